@@ -1,0 +1,137 @@
+"""``compressdet`` command line.
+
+Each command group lives next to the code it drives (``compressdet/<pkg>/_cli.py``) and registers
+its own sub-parser, so this file only wires them up and maps errors to exit codes:
+0 ok, 2 bad input (one readable line), 1 internal error (traceback with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+__all__ = ["main", "build_parser"]
+
+# modules providing ``register(subparsers)``; each adds one or more commands
+_COMMAND_MODULES = (
+    "compressdet.models._cli",    # info
+    "compressdet.data._cli",      # data
+    "compressdet.eval._cli",      # eval, viz
+    "compressdet.export._cli",    # export
+    "compressdet.bench._cli",     # bench
+)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run_recipe
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = run_recipe(recipe, run_dir=args.run_dir, resume=args.resume, from_stage=args.from_stage,
+                         only=args.only, runs_root=args.runs_root)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"finished: {run_dir}")
+        print(f"next: compressdet export {run_dir} --onnx   |   compressdet bench {run_dir}")
+    return 0
+
+
+def _cmd_recipe_check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .pipeline import find_latest_run, plan
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = args.run_dir or find_latest_run(args.runs_root, recipe.name)
+    rows = plan(recipe, run_dir)
+    console = Console()
+    console.print(f"[green]ok[/] {args.recipe}: recipe '{recipe.name}', {len(rows)} stages, "
+                  f"data {recipe.data.format} at {recipe.data.image_size[0]}x{recipe.data.image_size[1]}")
+    table = Table(title=f"plan (run dir: {run_dir or 'new'})")
+    for col in ("stage", "kind", "model", "inputs", "status", "action"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in ("stage", "kind", "model", "inputs", "status", "action")))
+    console.print(table)
+    if args.print_resolved:
+        import yaml
+
+        print(yaml.safe_dump(recipe.to_yaml_dict(), sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compressdet", description="Compress one-stage detectors: teacher training, "
+                                "feature imitation, pruning, INT8, export and benchmarks from one YAML recipe.")
+    p.add_argument("--version", action="version", version=f"compressdet {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a recipe's stages", description="Run a recipe end to end, or resume it.")
+    r.add_argument("recipe", type=Path, help="YAML recipe")
+    r.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. stages.student.schedule.steps=200 or data.image_size=[192,624]")
+    r.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<name>/<time>)")
+    r.add_argument("--runs-root", type=Path, default=Path("runs"), help="where new run directories go")
+    r.add_argument("--resume", action="store_true", help="continue the latest (or --run-dir) run: finished "
+                   "stages are verified and skipped, an interrupted one restarts from its last checkpoint")
+    r.add_argument("--from-stage", default=None, metavar="NAME", help="re-run this stage and all after it")
+    r.add_argument("--only", default=None, metavar="STAGE", help="run only this stage (its inputs must be done)")
+    r.set_defaults(func=_cmd_run)
+
+    rc = sub.add_parser("recipe", help="recipe tools")
+    rsub = rc.add_subparsers(dest="recipe_command", metavar="ACTION")
+    chk = rsub.add_parser("check", help="validate a recipe and print the plan; does no work")
+    chk.add_argument("recipe", type=Path)
+    chk.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    chk.add_argument("--run-dir", type=Path, default=None, help="compare against this run directory")
+    chk.add_argument("--runs-root", type=Path, default=Path("runs"))
+    chk.add_argument("--print-resolved", action="store_true", help="print the recipe with all defaults filled in")
+    chk.set_defaults(func=_cmd_recipe_check)
+    rc.set_defaults(func=lambda a: (rc.print_help(), 2)[1])
+
+    for mod in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: say so, keep the one-line promise unless --debug
+        if args.debug:
+            raise
+        print(f"internal error: {e.__class__.__name__}: {e} (re-run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

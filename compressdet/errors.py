@@ -1,0 +1,31 @@
+"""Error types the CLI maps to exit codes.
+
+`UserError` (and subclasses) means the input was wrong: a recipe, a path, an override, a data file.
+The CLI prints its message as one line and exits 2. Anything else is a bug and exits 1.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UserError", "RecipeError", "DataError", "ArtifactError", "MissingDependencyError"]
+
+
+class UserError(Exception):
+    """Bad input from the user; the message is one readable line naming what and where."""
+
+    exit_code = 2
+
+
+class RecipeError(UserError):
+    """A recipe or override failed validation (message: ``file:line: field: problem``)."""
+
+
+class DataError(UserError):
+    """A data file is missing or malformed (message names the file, line and field)."""
+
+
+class ArtifactError(UserError):
+    """A run directory's artifact is missing or its sha256 does not match the manifest."""
+
+
+class MissingDependencyError(UserError):
+    """An optional backend (TensorRT, CUDA) is needed but absent; the message says what to install."""

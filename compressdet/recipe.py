@@ -1,0 +1,681 @@
+"""Recipe schema and loader: one YAML file describes a whole compression chain.
+
+The schema is strict (unknown keys are errors) and every error names the file, the line and the
+field, e.g. ``recipes/x.yaml:14: stages[2].teacher: no stage named 'teachr' (did you mean
+'teacher'?)``. Stage kinds are looked up in a registry so later stage kinds (and tests) add their
+own config model with :func:`register_stage_schema`.
+
+Example:
+    >>> recipe = load_recipe("recipes/quickstart.yaml", ["stages.student.schedule.steps=20"])
+    >>> [s.name for s in recipe.stages]
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+
+__all__ = [
+    "Recipe", "StageConfig", "DataConfig", "ModelConfig", "ScheduleConfig", "ImitationConfig",
+    "PostprocessConfig", "EvalConfig", "TrainStage", "PruneStage", "QatStage", "PtqStage",
+    "ExportStage", "BenchStage", "load_recipe", "parse_recipe", "register_stage_schema",
+    "stage_schemas", "apply_overrides",
+]
+
+CLASS_NAMES = ("car", "pedestrian", "cyclist")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+class SynthConfig(_Strict):
+    """SynthKITTI generation settings; the generated set is cached under a key of these values."""
+
+    num_images: int = Field(400, gt=0, description="images to generate (train + val)")
+    size: tuple[int, int] = Field((1242, 375), description="image size, W x H (KITTI's is 1242x375)")
+    seed: int = 0
+    layouts: str | None = Field(None, description="folder of real KITTI label_2 files to take object layouts from")
+    val_fraction: float = Field(0.25, gt=0, lt=1)
+    oversample: dict[str, float] = Field(default_factory=dict,
+                                         description="per KITTI type, how much more often layouts holding it are drawn")
+    cache_dir: str | None = Field(None, description="where generated sets are cached (default ~/.cache/compressdet/synth)")
+
+
+class AugmentConfig(_Strict):
+    """The seed's augmentation (METHOD.md section 4); each step can be switched off."""
+
+    enabled: bool = True
+    brightness: int = Field(50, ge=0, description="offset drawn from U{-b..b}")
+    contrast: tuple[float, float] | None = (0.5, 1.5)
+    drift: tuple[int, int] | None = Field((150, 100), description="max crop/pad in px, (x, y)")
+    flip: float = Field(0.5, ge=0, le=1)
+
+
+class DataConfig(_Strict):
+    format: Literal["kitti", "synth"] = "synth"
+    root: str | None = Field(None, description="KITTI root holding training/ and ImageSets/")
+    train_split: str = "ImageSets/train.txt"
+    val_split: str = "ImageSets/val.txt"
+    image_size: tuple[int, int] = Field((384, 1248), description="model input, H x W; both divisible by 16")
+    classes: list[str] = Field(default_factory=lambda: list(CLASS_NAMES))
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    cache: bool = Field(False, description="decode + resize once into a uint8 memmap cache")
+    num_workers: int = Field(0, ge=0)
+    max_train_images: int | None = Field(None, gt=0)
+    max_val_images: int | None = Field(None, gt=0)
+
+    @field_validator("image_size")
+    @classmethod
+    def _div16(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] % 16 or v[1] % 16 or min(v) <= 0:
+            raise ValueError(f"both sides must be positive multiples of 16, got {v[0]}x{v[1]}")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in CLASS_NAMES]
+        if bad or not v or len(set(v)) != len(v):
+            raise ValueError(f"classes must be distinct names from {list(CLASS_NAMES)}, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _root(self) -> "DataConfig":
+        if self.format == "kitti" and not self.root:
+            raise ValueError("format 'kitti' needs data.root (a folder holding training/ and ImageSets/)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces of stage configs
+# --------------------------------------------------------------------------------------------
+class ModelConfig(_Strict):
+    arch: str = Field(description="registered model name, e.g. shuffledet_0.25x")
+    width: float | None = Field(None, gt=0, description="width multiplier for a non-standard width")
+    pretrained: str | None = Field(None, description="local backbone checkpoint; never downloaded")
+    dropout: float = Field(0.5, ge=0, lt=1, description="head dropout probability (seed: keep 0.5)")
+
+
+class ScheduleConfig(_Strict):
+    """Step-based SGD schedule; defaults are the seed's (METHOD.md section 4)."""
+
+    steps: int = Field(40000, gt=0)
+    batch_size: int = Field(32, gt=0, description="global batch, split across processes")
+    lr: float = Field(0.02, gt=0)
+    lr_min: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay_on: Literal["seed", "all"] = Field("seed", description="seed: head + adaptation only")
+    warmup_steps: int = Field(0, ge=0)
+    clip_grad_norm: float | None = Field(1.0, gt=0, description="per-tensor gradient-norm clip")
+    eval_every: int = Field(500, gt=0)
+    checkpoint_every: int = Field(500, gt=0)
+    log_every: int = Field(20, gt=0)
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    channels_last: bool = False
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+
+class ImitationConfig(_Strict):
+    """Fine-grained feature imitation (METHOD.md section 3)."""
+
+    weight: float = Field(1.0, ge=0, description="0 = the baseline without imitation")
+    psi: float = Field(0.5, gt=0, le=1, description="mask threshold factor on each GT's max anchor IoU")
+    normalizer: Literal["paper", "seed"] = Field("paper", description="paper: 2*N_p; seed: the seed code's")
+    warmup_steps: int = Field(0, ge=0, description="steps without imitation at the start")
+    cache_teacher_features: bool = Field(False, description="cache teacher maps (exact only without photometric/drift aug)")
+
+
+class PostprocessConfig(_Strict):
+    score_thresh: float = Field(0.0, ge=0, le=1)
+    nms_thresh: float = Field(0.4, gt=0, le=1)
+    topk_candidates: int = Field(64, gt=0)
+    detections_per_class: int = Field(50, gt=0)
+
+
+class EvalConfig(_Strict):
+    protocol: Literal["official", "seed"] = "official"
+    max_images: int | None = Field(None, gt=0)
+    batch_size: int = Field(8, gt=0)
+    num_images_logged: int = Field(4, ge=0, description="detection PNGs written to tensorboard per evaluation")
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+_STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+class StageConfig(_Strict):
+    """Fields every stage has. ``from`` and ``teacher`` name earlier stages."""
+
+    name: str
+    kind: str
+    from_: str | None = Field(None, alias="from", description="stage whose model this one starts from")
+    teacher: str | None = Field(None, description="stage whose model guides this one")
+
+    ref_fields: ClassVar[tuple[str, ...]] = ("from_", "teacher")
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _STAGE_NAME.match(v):
+            raise ValueError("stage names are letters, digits, '_', '-', '.', starting with a letter")
+        return v
+
+    def references(self) -> list[tuple[str, str]]:
+        """(field name as written in YAML, referenced stage) pairs."""
+        out: list[tuple[str, str]] = []
+        for f in self.ref_fields:
+            v = getattr(self, f)
+            key = "from" if f == "from_" else f
+            if isinstance(v, str):
+                out.append((key, v))
+            elif isinstance(v, list):
+                out.extend((f"{key}[{i}]", x) for i, x in enumerate(v))
+        return out
+
+    @model_validator(mode="after")
+    def _required_refs(self) -> "StageConfig":
+        for f in self.requires:
+            if getattr(self, f) is None:
+                key = "from" if f == "from_" else f
+                raise ValueError(f"stage kind '{self.kind}' needs '{key}: <stage name>'")
+        return self
+
+
+_SCHEMAS: dict[str, type[StageConfig]] = {}
+
+
+def register_stage_schema(kind: str) -> Callable[[type[StageConfig]], type[StageConfig]]:
+    """Register the config model of a stage kind. Raises on a duplicate kind (safer than warning)."""
+
+    def deco(cls: type[StageConfig]) -> type[StageConfig]:
+        if kind in _SCHEMAS and _SCHEMAS[kind] is not cls:
+            raise ValueError(f"stage kind '{kind}' is already registered")
+        _SCHEMAS[kind] = cls
+        return cls
+
+    return deco
+
+
+def stage_schemas() -> dict[str, type[StageConfig]]:
+    return dict(_SCHEMAS)
+
+
+@register_stage_schema("train")
+class TrainStage(StageConfig):
+    """Train a detector; with ``teacher`` and ``imitation`` it is the paper's student."""
+
+    kind: Literal["train"] = "train"
+    model: ModelConfig | str | None = Field(None, description="inline model, a key of recipe.models, or an arch name")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    imitation: ImitationConfig | None = None
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _model_or_from(self) -> "TrainStage":
+        if self.model is None and self.from_ is None:
+            raise ValueError("a train stage needs 'model' (what to build) or 'from' (a stage to continue)")
+        if self.imitation is not None and self.imitation.weight > 0 and self.teacher is None:
+            raise ValueError("imitation with weight > 0 needs 'teacher: <stage name>'")
+        return self
+
+
+class PruneTarget(_Strict):
+    macs: float | None = Field(None, gt=0, lt=1, description="keep this fraction of the backbone MACs")
+    pruning_ratio: float | None = Field(None, gt=0, lt=1, description="uniform channel ratio removed")
+    pruning_ratio_dict: dict[str, float] = Field(default_factory=dict, description="per-module ratios")
+
+    @model_validator(mode="after")
+    def _one(self) -> "PruneTarget":
+        if self.macs is None and self.pruning_ratio is None and not self.pruning_ratio_dict:
+            raise ValueError("give one of macs, pruning_ratio, pruning_ratio_dict")
+        return self
+
+
+@register_stage_schema("prune")
+class PruneStage(StageConfig):
+    """Structured channel pruning with torch-pruning, then a fine-tune (imitation on if a teacher is named)."""
+
+    kind: Literal["prune"] = "prune"
+    requires: ClassVar[tuple[str, ...]] = ("from_",)
+    target: PruneTarget = Field(default_factory=lambda: PruneTarget(macs=0.6))
+    importance: Literal["group_magnitude", "bn_scale", "taylor"] = "group_magnitude"
+    iterative_steps: int = Field(1, gt=0, description="prune -> fine-tune rounds")
+    round_to: int | None = Field(None, gt=0, description="channel multiple (default: the conv groups)")
+    ignored_layers: list[str] = Field(default_factory=list, description="module names never pruned")
+    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(steps=2000, lr=0.005))
+    imitation: ImitationConfig | None = None
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+class QuantConfig(_Strict):
+    backend: Literal["x86"] = "x86"
+    per_channel: bool = True
+    keep_head_float: bool = Field(True, description="head output and decode stay float")
+    calibration_images: int = Field(64, gt=0)
+
+
+@register_stage_schema("qat")
+class QatStage(StageConfig):
+    """INT8 quantization-aware training (torchao PT2E), teacher still guiding."""
+
+    kind: Literal["qat"] = "qat"
+    requires: ClassVar[tuple[str, ...]] = ("from_",)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(steps=1000, lr=0.001))
+    freeze_observers_step: int | None = Field(None, ge=0, description="default: 2/3 of the steps")
+    freeze_bn_step: int | None = Field(None, ge=0, description="default: 1/2 of the steps")
+    imitation: ImitationConfig | None = None
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+@register_stage_schema("ptq")
+class PtqStage(StageConfig):
+    """INT8 post-training quantization (calibration only), the baseline QAT is compared with."""
+
+    kind: Literal["ptq"] = "ptq"
+    requires: ClassVar[tuple[str, ...]] = ("from_",)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+@register_stage_schema("export")
+class ExportStage(StageConfig):
+    kind: Literal["export"] = "export"
+    requires: ClassVar[tuple[str, ...]] = ("from_",)
+    formats: list[Literal["onnx", "onnx-int8", "tensorrt"]] = Field(default_factory=lambda: ["onnx"])
+    opset: int = Field(17, ge=13)
+    dynamic_batch: bool = False
+    with_postprocess: bool = False
+    tolerance: float = Field(1e-3, gt=0, description="max |ORT - PyTorch| allowed on the raw head output")
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+
+
+@register_stage_schema("bench")
+class BenchStage(StageConfig):
+    """Measure every model stage of the run: MACs, params, latency per backend, mAP on val."""
+
+    kind: Literal["bench"] = "bench"
+    ref_fields: ClassVar[tuple[str, ...]] = ("from_", "teacher", "stages")
+    stages: list[str] | None = Field(None, description="stages to measure (default: every model stage)")
+    backends: list[Literal["torch", "ort", "ort-int8", "tensorrt"]] = Field(default_factory=lambda: ["torch", "ort"])
+    runs: int = Field(50, gt=0)
+    warmup: int = Field(5, ge=0)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    threads: int | None = Field(None, gt=0)
+    val: bool = True
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Recipe
+# --------------------------------------------------------------------------------------------
+class Recipe(_Strict):
+    name: str = Field(description="run folder name: runs/<name>/<run id>/")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: dict[str, ModelConfig] = Field(default_factory=dict, description="named models stages can refer to")
+    stages: list[Any] = Field(min_length=1)
+    source: str | None = Field(None, exclude=True, description="file the recipe came from")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _STAGE_NAME.match(v):
+            raise ValueError("recipe names are letters, digits, '_', '-', '.', starting with a letter")
+        return v
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def resolve_model(self, stage: StageConfig) -> ModelConfig | None:
+        """Resolve a stage's ``model`` (inline, key of ``models``, or bare arch name)."""
+        m = getattr(stage, "model", None)
+        if isinstance(m, str):
+            return self.models.get(m) or ModelConfig(arch=m)
+        return m
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json", by_alias=True, exclude={"source"})
+        d["stages"] = [s.model_dump(mode="json", by_alias=True) for s in self.stages]
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# Loading with file:line error messages
+# --------------------------------------------------------------------------------------------
+Path_ = tuple[Any, ...]
+
+
+def _line_map(text: str) -> dict[Path_, int]:
+    """Map every key/item path of a YAML document to its 1-based line number."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[Path_, int] = {}
+
+    def walk(node: yaml.Node, path: Path_) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = path + (k.value,)
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                p = path + (i,)
+                lines[p] = v.start_mark.line + 1
+                walk(v, p)
+
+    if root is not None:
+        lines[()] = root.start_mark.line + 1
+        walk(root, ())
+    return lines
+
+
+def _fmt_loc(loc: Path_) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<top>"
+
+
+class _Errors:
+    def __init__(self, source: str, lines: dict[Path_, int], overridden: dict[Path_, str]):
+        self.source, self.lines, self.overridden, self.items = source, lines, overridden, []
+
+    def where(self, loc: Path_) -> str:
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in self.overridden:
+                return f"{self.source}: override '{self.overridden[loc[:n]]}'"
+            if loc[:n] in self.lines:
+                return f"{self.source}:{self.lines[loc[:n]]}"
+        return self.source
+
+    def add(self, loc: Path_, msg: str) -> None:
+        self.items.append(f"{self.where(loc)}: {_fmt_loc(loc)}: {msg}")
+
+    def add_pydantic(self, exc: ValidationError, prefix: Path_, model: type[BaseModel] | None) -> None:
+        for e in exc.errors(include_url=False):
+            loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+            loc = tuple("from" if p == "from_" else p for p in loc)
+            if e["type"] == "extra_forbidden":
+                msg = f"unknown key '{loc[-1]}'" + _suggest(str(loc[-1]), _valid_keys(model, e["loc"][:-1]))
+            elif e["type"] == "missing":
+                msg = "required field is missing"
+            else:
+                msg = e["msg"].removeprefix("Value error, ")
+                if e["type"] not in ("value_error", "assertion_error") and "input" in e:
+                    msg += f" (got {e['input']!r})"
+            self.add(loc, msg)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise RecipeError("\n".join(dict.fromkeys(self.items)))
+
+
+_UNION_TAGS = {"ModelConfig", "str", "function-after[_root(), DataConfig]"}
+
+
+def _valid_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """Field names accepted at ``loc`` inside ``model`` (for 'did you mean' hints)."""
+    cur: Any = model
+    for part in loc:
+        if cur is None or not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            return []
+        if isinstance(part, int):
+            continue
+        f = cur.model_fields.get(part) or next((v for v in cur.model_fields.values() if v.alias == part), None)
+        if f is None:
+            return []
+        cur = _model_in(f.annotation)
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return [f.alias or k for k, f in cur.model_fields.items() if k != "source"]
+    return []
+
+
+def _model_in(tp: Any) -> Any:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in getattr(tp, "__args__", ()) or ():
+        m = _model_in(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    if choices:
+        return f" (valid keys: {', '.join(choices)})"
+    return ""
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str) -> dict[Path_, str]:
+    """Apply ``dotted.key=value`` overrides in place; return {path: override text} for messages.
+
+    A path part may be a list index (``stages.1.schedule``) or, under ``stages``, a stage name
+    (``stages.student.schedule.steps=200``). Values are parsed as YAML (``true``, ``[1, 2]``, ``0.5``).
+    """
+    done: dict[Path_, str] = {}
+    for text in overrides:
+        if "=" not in text:
+            raise RecipeError(f"{source}: override '{text}': expected dotted.key=value")
+        key, raw = text.split("=", 1)
+        parts = [p for p in key.strip().split(".")]
+        if not key.strip() or any(not p for p in parts):
+            raise RecipeError(f"{source}: override '{text}': empty key part in '{key}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{source}: override '{text}': value is not valid YAML ({e.problem})") from None
+        cur: Any = data
+        path: list[Any] = []
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(cur, list):
+                if part.lstrip("-").isdigit():
+                    idx = int(part)
+                elif path == ["stages"]:
+                    names = [s.get("name") for s in cur if isinstance(s, dict)]
+                    if part not in names:
+                        raise RecipeError(f"{source}: override '{text}': stages.{part}: no stage named "
+                                          f"'{part}'{_did_you_mean(part, [n for n in names if n])}")
+                    idx = names.index(part)
+                else:
+                    raise RecipeError(f"{source}: override '{text}': {_fmt_loc(tuple(path))}: is a list, "
+                                      f"'{part}' is not an index")
+                if not -len(cur) <= idx < len(cur):
+                    raise RecipeError(f"{source}: override '{text}': {_fmt_loc(tuple(path))}: index {idx} out of "
+                                      f"range (list has {len(cur)} items)")
+                idx %= len(cur)
+                path.append(idx)
+                if last:
+                    cur[idx] = value
+                else:
+                    cur = cur[idx]
+            elif isinstance(cur, dict):
+                path.append(part)
+                if last:
+                    cur[part] = value
+                else:
+                    if cur.get(part) is None:
+                        cur[part] = {}
+                    cur = cur[part]
+            else:
+                raise RecipeError(f"{source}: override '{text}': {_fmt_loc(tuple(path))}: is a value "
+                                  f"({cur!r}), cannot set '{part}' inside it")
+        done[tuple(path)] = text
+    return done
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | None = None,
+                 check_paths: bool = True) -> Recipe:
+    """Validate recipe text; raises :class:`RecipeError` naming file:line: field: problem."""
+    try:
+        lines = _line_map(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{source}{line}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}:1: <top>: a recipe is a mapping with name, data and stages "
+                          f"(got {type(data).__name__})")
+    overridden = apply_overrides(data, overrides or [], source)
+    errs = _Errors(source, lines, overridden)
+
+    raw_stages = data.get("stages")
+    try:
+        top = Recipe.model_validate({**data, "source": source})
+    except ValidationError as e:
+        errs.add_pydantic(e, (), Recipe)
+        top = None
+
+    stages: list[StageConfig] = []
+    if isinstance(raw_stages, list):
+        for i, raw in enumerate(raw_stages):
+            if not isinstance(raw, dict):
+                errs.add(("stages", i), f"a stage is a mapping with name and kind (got {raw!r})")
+                continue
+            kind = raw.get("kind")
+            if kind is None:
+                errs.add(("stages", i), "required field 'kind' is missing "
+                                        f"(one of: {', '.join(sorted(_SCHEMAS))})")
+                continue
+            schema = _SCHEMAS.get(kind)
+            if schema is None:
+                errs.add(("stages", i, "kind"), f"unknown stage kind '{kind}'"
+                         f"{_did_you_mean(str(kind), sorted(_SCHEMAS))} (known: {', '.join(sorted(_SCHEMAS))})")
+                continue
+            try:
+                stages.append(schema.model_validate(raw))
+            except ValidationError as e:
+                errs.add_pydantic(e, ("stages", i), schema)
+    errs.raise_if_any()
+    assert top is not None
+    top.stages = stages
+    _check_references(top, errs)
+    _check_models(top, errs)
+    if check_paths:
+        _check_paths(top, errs)
+    errs.raise_if_any()
+    return top
+
+
+def _check_references(recipe: Recipe, errs: _Errors) -> None:
+    index: dict[str, int] = {}
+    for i, s in enumerate(recipe.stages):
+        if s.name in index:
+            errs.add(("stages", i, "name"), f"duplicate stage name '{s.name}' (first used by stages[{index[s.name]}])")
+        else:
+            index[s.name] = i
+    names = list(index)
+    graph = {s.name: [ref for _, ref in s.references()] for s in recipe.stages}
+    # cycles first: they are the clearer message when a forward reference is part of one
+    in_cycle: set[str] = set()
+    for start in names:
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph.get(node, []):
+                if nxt == start:
+                    if start not in in_cycle:
+                        in_cycle.update(trail)
+                        i = index[start]
+                        field = next(f for f, r in recipe.stages[i].references() if r == (trail + [start])[1])
+                        errs.add(("stages", i, field.split("[")[0]), "reference cycle: " + " -> ".join(trail + [start]))
+                elif nxt in graph and nxt not in trail:
+                    stack.append((nxt, trail + [nxt]))
+    for i, s in enumerate(recipe.stages):
+        for field, ref in s.references():
+            base = field.split("[")[0]
+            if ref not in index:
+                errs.add(("stages", i, base), f"no stage named '{ref}'{_did_you_mean(ref, names)}")
+            elif s.name not in in_cycle and index[ref] >= i:
+                errs.add(("stages", i, base), f"'{ref}' is defined later (stages[{index[ref]}]); "
+                                              "a stage can only use stages listed before it")
+
+
+def _check_models(recipe: Recipe, errs: _Errors) -> None:
+    try:
+        from .models import list_models
+    except ImportError:  # model registry not importable: nothing to check against
+        return
+    known = list_models()
+    if not known:
+        return
+    checks: list[tuple[Path_, str]] = [(("models", k, "arch"), m.arch) for k, m in recipe.models.items()]
+    for i, s in enumerate(recipe.stages):
+        m = getattr(s, "model", None)
+        if isinstance(m, ModelConfig):
+            checks.append((("stages", i, "model", "arch"), m.arch))
+        elif isinstance(m, str) and m not in recipe.models:
+            checks.append((("stages", i, "model"), m))
+    for loc, arch in checks:
+        if arch not in known:
+            errs.add(loc, f"unknown model '{arch}'{_did_you_mean(arch, known)} (known: {', '.join(known)})")
+
+
+def _check_paths(recipe: Recipe, errs: _Errors) -> None:
+    d = recipe.data
+    if d.format == "kitti" and d.root:
+        root = Path(d.root)
+        if not root.is_dir():
+            errs.add(("data", "root"), f"folder '{d.root}' does not exist")
+            return
+        for field in ("train_split", "val_split"):
+            p = root / getattr(d, field)
+            if not p.is_file():
+                errs.add(("data", field), f"split file '{p}' does not exist")
+    if d.format == "synth" and d.synth.layouts and not Path(d.synth.layouts).is_dir():
+        errs.add(("data", "synth", "layouts"), f"folder '{d.synth.layouts}' does not exist")
+    for i, s in enumerate(recipe.stages):
+        m = recipe.resolve_model(s)
+        if m is not None and m.pretrained and not Path(m.pretrained).is_file():
+            errs.add(("stages", i, "model", "pretrained"), f"file '{m.pretrained}' does not exist")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
+    """Read and validate a recipe file (safe YAML loader), applying ``dotted.key=value`` overrides."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as e:
+        raise RecipeError(f"{path}: cannot read recipe ({e.__class__.__name__})") from None
+    return parse_recipe(text, source=str(path), overrides=overrides, check_paths=check_paths)
