@@ -53,7 +53,7 @@ def _cmd_recipe_check(args: argparse.Namespace) -> int:
     rows = plan(recipe, run_dir)
     console = Console()
     console.print(f"[green]ok[/] {args.recipe}: recipe '{recipe.name}', {len(rows)} stages, "
-                  f"data {recipe.data.format} at {recipe.data.image_size[0]}x{recipe.data.image_size[1]}")
+                  f"data {recipe.data.format} at {recipe.data.image_size[0]}x{recipe.data.image_size[1]}", soft_wrap=True)
     table = Table(title=f"plan (run dir: {run_dir or 'new'})")
     for col in ("stage", "kind", "model", "inputs", "status", "action"):
         table.add_column(col)
@@ -110,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides may also follow the options: `run r.yaml --resume a.b=1`
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -603,6 +603,8 @@ def _check_references(recipe: Recipe, errs: _Errors) -> None:
             errs.add(("stages", i, "name"), f"duplicate stage name '{s.name}' (first used by stages[{index[s.name]}])")
         else:
             index[s.name] = i
+    if len(index) != len(recipe.stages):
+        return  # references are ambiguous until names are unique
     names = list(index)
     graph = {s.name: [ref for _, ref in s.references()] for s in recipe.stages}
     # cycles first: they are the clearer message when a forward reference is part of one
@@ -616,7 +618,8 @@ def _check_references(recipe: Recipe, errs: _Errors) -> None:
                     if start not in in_cycle:
                         in_cycle.update(trail)
                         i = index[start]
-                        field = next(f for f, r in recipe.stages[i].references() if r == (trail + [start])[1])
+                        field = next((f for f, r in recipe.stages[i].references() if r == (trail + [start])[1]),
+                                     "name")
                         errs.add(("stages", i, field.split("[")[0]), "reference cycle: " + " -> ".join(trail + [start]))
                 elif nxt in graph and nxt not in trail:
                     stack.append((nxt, trail + [nxt]))

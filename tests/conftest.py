@@ -1,0 +1,37 @@
+"""Shared fixtures: paths to ../shared and small helpers; tests keep torch to one thread."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+KITTI_REAL = SHARED / "kitti_real"
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config):
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@pytest.fixture
+def kitti_real() -> Path:
+    if not (KITTI_REAL / "training" / "label_2").is_dir():
+        pytest.skip(f"real KITTI sample data not found at {KITTI_REAL} (../shared/kitti_real beside the repo)")
+    return KITTI_REAL
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Generated data sets go to one per-session cache, never to the user's home."""
+    cache = tmp_path_factory.getbasetemp() / "compressdet-cache"
+    monkeypatch.setenv("COMPRESSDET_CACHE", str(cache))

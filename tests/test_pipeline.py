@@ -1,0 +1,174 @@
+"""Pipeline: order, inputs, manifest, resume with hash checks, atomic writes under SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import pipeline_plugin  # noqa: F401  (registers the 'echo' stage kind)
+from compressdet.cli import main
+
+RECIPE = """name: chain
+data: {format: synth, image_size: [64, 192]}
+stages:
+  - {name: a, kind: echo, text: "A"}
+  - {name: b, kind: echo, from: a, text: "B"}
+  - {name: c, kind: echo, from: b, text: "C"}
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    p = tmp_path / "chain.yaml"
+    p.write_text(RECIPE)
+    pipeline_plugin.CALLS.clear()
+    return p
+
+
+def run(*args):
+    return main(["run", *map(str, args)])
+
+
+def test_runs_in_order_and_passes_artifacts(recipe, tmp_path):
+    assert run(recipe, "--run-dir", tmp_path / "r") == 0
+    assert pipeline_plugin.CALLS == ["a", "b", "c"]
+    assert (tmp_path / "r" / "c" / "out.txt").read_text() == "ABC"
+
+
+def test_manifest_contents(recipe, tmp_path):
+    run(recipe, "--run-dir", tmp_path / "r")
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["recipe"] == "chain"
+    assert set(m["versions"]) >= {"python", "torch", "compressdet", "git_commit"}
+    b = m["stages"]["b"]
+    assert b["status"] == "done" and b["inputs"] == {"from": "a"}
+    assert b["metrics"] == {"length": 2} and b["meta"] == {"text": "B"}
+    assert b["artifacts"]["out"]["path"] == "b/out.txt"
+    import hashlib
+
+    assert b["artifacts"]["out"]["sha256"] == hashlib.sha256(b"AB").hexdigest()
+    assert b["wall_time_s"] >= 0
+    assert (tmp_path / "r" / "recipe.yaml").is_file()
+
+
+def test_default_run_dir_under_runs_root(recipe, tmp_path):
+    assert run(recipe, "--runs-root", tmp_path / "runs") == 0
+    (run_dir,) = (tmp_path / "runs" / "chain").iterdir()
+    assert (run_dir / "manifest.json").is_file()
+
+
+def test_resume_skips_done_stages(recipe, tmp_path):
+    run(recipe, "--run-dir", tmp_path / "r")
+    pipeline_plugin.CALLS.clear()
+    assert run(recipe, "--run-dir", tmp_path / "r", "--resume") == 0
+    assert pipeline_plugin.CALLS == []
+
+
+def test_existing_run_dir_needs_resume(recipe, tmp_path, capsys):
+    run(recipe, "--run-dir", tmp_path / "r")
+    assert run(recipe, "--run-dir", tmp_path / "r") == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_changed_artifact_is_an_error_not_a_rerun(recipe, tmp_path, capsys):
+    run(recipe, "--run-dir", tmp_path / "r")
+    (tmp_path / "r" / "a" / "out.txt").write_text("tampered")
+    pipeline_plugin.CALLS.clear()
+    assert run(recipe, "--run-dir", tmp_path / "r", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "a/out.txt: sha256" in err and "does not match the manifest" in err and "--from-stage a" in err
+    assert pipeline_plugin.CALLS == []
+
+
+def test_missing_artifact_is_an_error(recipe, tmp_path, capsys):
+    run(recipe, "--run-dir", tmp_path / "r")
+    (tmp_path / "r" / "b" / "out.txt").unlink()
+    assert run(recipe, "--run-dir", tmp_path / "r", "--resume") == 2
+    assert "artifact 'out' of finished stage 'b' is missing" in capsys.readouterr().err
+
+
+def test_changed_settings_of_done_stage_are_detected(recipe, tmp_path, capsys):
+    run(recipe, "--run-dir", tmp_path / "r")
+    assert run(recipe, "stages.b.text=Z", "--run-dir", tmp_path / "r", "--resume") == 2
+    assert "stage 'b' ran with different settings" in capsys.readouterr().err
+
+
+def test_from_stage_and_only(recipe, tmp_path):
+    run(recipe, "--run-dir", tmp_path / "r")
+    pipeline_plugin.CALLS.clear()
+    assert run(recipe, "stages.b.text=Z", "--run-dir", tmp_path / "r", "--from-stage", "b") == 0
+    assert pipeline_plugin.CALLS == ["b", "c"]
+    assert (tmp_path / "r" / "c" / "out.txt").read_text() == "AZC"
+    pipeline_plugin.CALLS.clear()
+    assert run(recipe, "stages.b.text=Z", "--run-dir", tmp_path / "r", "--only", "c") == 0
+    assert pipeline_plugin.CALLS == ["c"]
+
+
+def test_only_needs_finished_inputs(recipe, tmp_path, capsys):
+    assert run(recipe, "--run-dir", tmp_path / "r", "--only", "b") == 2
+    assert "stage 'a' is needed by the selected stages" in capsys.readouterr().err
+
+
+def test_failed_stage_is_recorded_and_resume_gets_its_checkpoint(recipe, tmp_path, monkeypatch):
+    text = RECIPE.replace('text: "B"}', 'text: "B", fail_once_env: FAIL_B}')
+    recipe.write_text(text)
+    monkeypatch.setenv("FAIL_B", "1")
+    assert run(recipe, "--run-dir", tmp_path / "r") == 1
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["stages"]["a"]["status"] == "done"
+    assert m["stages"]["b"]["status"] == "failed" and "simulated crash" in m["stages"]["b"]["error"]
+    monkeypatch.delenv("FAIL_B")
+    pipeline_plugin.CALLS.clear()
+    assert run(recipe, "--run-dir", tmp_path / "r", "--resume") == 0
+    assert pipeline_plugin.CALLS == ["b", "c"]
+    info = json.loads((tmp_path / "r" / "b" / "info.json").read_text())
+    assert info["resumed_from"] == "checkpoint of b"
+    # a fresh (non-resumed) stage gets no checkpoint
+    assert json.loads((tmp_path / "r" / "c" / "info.json").read_text())["resumed_from"] is None
+
+
+def test_sigkill_mid_write_leaves_no_partial_artifact(tmp_path):
+    recipe = tmp_path / "slow.yaml"
+    recipe.write_text(RECIPE.replace('text: "B"}', 'text: "B", slow_bytes: 4000000}'))
+    code = ("import sys; sys.path.insert(0, %r); import pipeline_plugin; from compressdet.cli import main; "
+            "sys.exit(main(['run', %r, '--run-dir', %r]))") % (str(Path(__file__).parent), str(recipe),
+                                                              str(tmp_path / "r"))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    b_dir = tmp_path / "r" / "b"
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until the temp file of b's artifact is being written
+        if b_dir.is_dir() and any(p.name.startswith(".out.txt.") for p in b_dir.iterdir()):
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("stage b never started writing")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (b_dir / "out.txt").exists()  # only the temp file may remain, never a half artifact
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())  # still valid JSON
+    assert m["stages"]["a"]["status"] == "done" and m["stages"]["b"]["status"] == "running"
+    pipeline_plugin.CALLS.clear()
+    recipe.write_text(RECIPE)
+    assert main(["run", str(recipe), "--run-dir", str(tmp_path / "r"), "--resume", "stages.b.text=B"]) == 0
+    assert (tmp_path / "r" / "c" / "out.txt").read_text() == "ABC"
+
+
+def test_atomic_path_keeps_old_file_on_error(tmp_path):
+    from compressdet._io import atomic_path
+
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(ValueError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise ValueError
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]

@@ -1,0 +1,159 @@
+"""Recipe validation: every malformed recipe gets one exact `file:line: field: problem` line and exit 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from compressdet.cli import main
+from compressdet.errors import RecipeError
+from compressdet.recipe import load_recipe, parse_recipe, stage_schemas
+
+BASE = """name: demo
+data:
+  format: synth
+  image_size: [64, 192]
+stages:
+  - name: teacher
+    kind: train
+    model: shuffledet_1x
+  - name: student
+    kind: train
+    model: shuffledet_0.25x
+    teacher: teacher
+    imitation: {weight: 1.0}
+"""
+
+T = "    model: shuffledet_1x"  # the teacher's model line, a place to insert keys after
+
+CASES = {
+    "bad_yaml": ("name: demo\nstages: [\n  - name: a\n", [],
+                 "{f}:3: invalid YAML: expected the node content, but found '-'"),
+    "not_mapping": ("- a\n- b\n", [], "{f}:1: <top>: a recipe is a mapping with name, data and stages (got list)"),
+    "unknown_top_key": (BASE.replace("name: demo", "nmae: demo\nname: demo"), [],
+                        "{f}:1: nmae: unknown key 'nmae' (did you mean 'name'?)"),
+    "unknown_stage_key": (BASE.replace(T, T + "\n    shedule: {steps: 3}"), [],
+                          "{f}:9: stages[0].shedule: unknown key 'shedule' (did you mean 'schedule'?)"),
+    "wrong_type": (BASE.replace(T, T + "\n    schedule: {steps: abc}"), [],
+                   "{f}:9: stages[0].schedule.steps: Input should be a valid integer, unable to parse string as "
+                   "an integer (got 'abc')"),
+    "out_of_range": (BASE.replace(T, T + "\n    schedule:\n      lr: -1"), [],
+                     "{f}:10: stages[0].schedule.lr: Input should be greater than 0 (got -1)"),
+    "unknown_kind": (BASE.replace("kind: train\n" + T, "kind: trian\n" + T), [],
+                     "{f}:7: stages[0].kind: unknown stage kind 'trian' (did you mean 'train'?) "
+                     "(known: {known})"),
+    "missing_kind": (BASE.replace("    kind: train\n" + T, T), [],
+                     "{f}:6: stages[0]: required field 'kind' is missing (one of: {known})"),
+    "dangling_reference": (BASE.replace("teacher: teacher", "teacher: teachr"), [],
+                           "{f}:12: stages[1].teacher: no stage named 'teachr' (did you mean 'teacher'?)"),
+    "cyclic_reference": (BASE.replace(T, T + "\n    from: student"), [],
+                         "{f}:9: stages[0].from: reference cycle: teacher -> student -> teacher"),
+    "forward_reference": (BASE + "  - name: p\n    kind: prune\n    from: q\n  - name: q\n    kind: train\n"
+                                 "    model: shuffledet_0.5x\n", [],
+                          "{f}:16: stages[2].from: 'q' is defined later (stages[3]); a stage can only use stages "
+                          "listed before it"),
+    "duplicate_name": (BASE.replace("name: student", "name: teacher").replace("teacher: teacher", "teacher: teacher"),
+                       [], "{f}:9: stages[1].name: duplicate stage name 'teacher' (first used by stages[0])"),
+    "missing_required_ref": (BASE + "  - name: p\n    kind: prune\n", [],
+                             "{f}:14: stages[2]: stage kind 'prune' needs 'from: <stage name>'"),
+    "imitation_without_teacher": (BASE.replace("    teacher: teacher\n", ""), [],
+                                  "{f}:9: stages[1]: imitation with weight > 0 needs 'teacher: <stage name>'"),
+    "image_size_not_16": (BASE.replace("[64, 192]", "[60, 192]"), [],
+                          "{f}:4: data.image_size: both sides must be positive multiples of 16, got 60x192"),
+    "missing_data_root": (BASE.replace("format: synth", "format: kitti\n  root: /nonexistent/kitti"), [],
+                          "{f}:4: data.root: folder '/nonexistent/kitti' does not exist"),
+    "override_bad_stage": (BASE, ["stages.studnt.schedule.steps=3"],
+                           "{f}: override 'stages.studnt.schedule.steps=3': stages.studnt: no stage named 'studnt' "
+                           "(did you mean 'student'?)"),
+    "override_wrong_type": (BASE, ["stages.student.schedule.steps=many"],
+                            "{f}: override 'stages.student.schedule.steps=many': stages[1].schedule.steps: Input "
+                            "should be a valid integer, unable to parse string as an integer (got 'many')"),
+    "override_without_value": (BASE, ["stages.student.schedule.steps"],
+                               "{f}: override 'stages.student.schedule.steps': expected dotted.key=value"),
+    "override_index_out_of_range": (BASE, ["stages.5.name=x"],
+                                    "{f}: override 'stages.5.name=x': stages: index 5 out of range (list has 2 items)"),
+    "override_into_value": (BASE, ["name.x=1"],
+                            "{f}: override 'name.x=1': name: is a value ('demo'), cannot set 'x' inside it"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_malformed_recipe_gives_exact_error(case, tmp_path, capsys):
+    text, overrides, expected = CASES[case]
+    f = tmp_path / f"{case}.yaml"
+    f.write_text(text)
+    rc = main(["recipe", "check", str(f), *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    known = ", ".join(sorted(stage_schemas()))  # tests may register extra kinds
+    assert err[0] == "error: " + expected.format(f=f, known=known)
+
+
+def test_missing_file_is_exit_2(tmp_path, capsys):
+    assert main(["recipe", "check", str(tmp_path / "nope.yaml")]) == 2
+    assert "recipe file not found" in capsys.readouterr().err
+
+
+def test_every_error_is_reported(tmp_path):
+    text = BASE.replace(T, T + "\n    shedule: {}\n    bogus: 1")
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(text, "r.yaml")
+    lines = str(e.value).splitlines()
+    assert lines == ["r.yaml:9: stages[0].shedule: unknown key 'shedule' (did you mean 'schedule'?)",
+                     "r.yaml:10: stages[0].bogus: unknown key 'bogus' (valid keys: name, kind, from, teacher, model, "
+                     "schedule, imitation, postprocess, eval)"]
+
+
+def test_overrides_by_stage_name_index_and_yaml_values(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text(BASE)
+    r = load_recipe(f, ["stages.student.schedule.steps=200", "stages.0.schedule.lr=0.5",
+                        "data.image_size=[96, 320]", "stages.student.imitation.psi=0.25", "seed=7"])
+    assert r.stage("student").schedule.steps == 200
+    assert r.stage("teacher").schedule.lr == 0.5
+    assert r.data.image_size == (96, 320)
+    assert r.stage("student").imitation.psi == 0.25
+    assert r.seed == 7
+    # defaults come from METHOD.md
+    s = r.stage("teacher").schedule
+    assert (s.lr, s.momentum, s.steps, s.batch_size, s.clip_grad_norm) == (0.5, 0.9, 40000, 32, 1.0)
+    assert r.stage("student").postprocess.nms_thresh == 0.4
+    assert r.stage("student").postprocess.topk_candidates == 64
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    import yaml
+
+    r = parse_recipe(BASE, "r.yaml")
+    again = parse_recipe(yaml.safe_dump(r.to_yaml_dict()), "again.yaml")
+    assert again.to_yaml_dict() == r.to_yaml_dict()
+
+
+def test_yaml_is_loaded_safely():
+    with pytest.raises(RecipeError, match="invalid YAML"):
+        parse_recipe("name: !!python/object/apply:os.system ['echo hi']\nstages: []\n", "evil.yaml")
+
+
+def test_unknown_model_name_when_registry_present(tmp_path):
+    models = pytest.importorskip("compressdet.models")
+    if not getattr(models, "list_models", None) or not models.list_models():
+        pytest.skip("model registry not available")
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(BASE.replace("shuffledet_0.25x", "shufledet_0.25x"), "r.yaml")
+    assert str(e.value).startswith("r.yaml:11: stages[1].model: unknown model 'shufledet_0.25x' (did you mean ")
+
+
+def test_recipe_check_prints_plan(tmp_path, capsys):
+    f = tmp_path / "r.yaml"
+    f.write_text(BASE)
+    assert main(["recipe", "check", str(f), "--runs-root", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "recipe 'demo', 2 stages" in out and "student" in out and "teacher=teacher" in out
+
+
+def test_shipped_recipes_validate():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+    assert recipes, "no recipes shipped"
+    for p in recipes:
+        load_recipe(p, check_paths=False)
