@@ -155,7 +155,7 @@ class EvalConfig(_Strict):
 # --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
-_STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 class StageConfig(_Strict):
@@ -173,7 +173,7 @@ class StageConfig(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _STAGE_NAME.match(v):
-            raise ValueError("stage names are letters, digits, '_', '-', '.', starting with a letter")
+            raise ValueError("stage names are letters, digits, '_', '-', '.', not starting with a dot or dash")
         return v
 
     def references(self) -> list[tuple[str, str]]:
@@ -304,7 +304,8 @@ class ExportStage(StageConfig):
     kind: Literal["export"] = "export"
     requires: ClassVar[tuple[str, ...]] = ("from_",)
     formats: list[Literal["onnx", "onnx-int8", "tensorrt"]] = Field(default_factory=lambda: ["onnx"])
-    opset: int = Field(17, ge=13)
+    opset: int = Field(18, ge=13, description=">= 18: torch.onnx dynamo exporter; 13-17: TorchScript exporter")
+    calibration_images: int = Field(16, gt=0, description="images for static PTQ when the stage has no INT8 graph")
     dynamic_batch: bool = False
     with_postprocess: bool = False
     tolerance: float = Field(1e-3, gt=0, description="max |ORT - PyTorch| allowed on the raw head output")
@@ -344,7 +345,7 @@ class Recipe(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _STAGE_NAME.match(v):
-            raise ValueError("recipe names are letters, digits, '_', '-', '.', starting with a letter")
+            raise ValueError("recipe names are letters, digits, '_', '-', '.', not starting with a dot or dash")
         return v
 
     def stage(self, name: str) -> StageConfig:
@@ -658,7 +659,7 @@ def _check_paths(recipe: Recipe, errs: _Errors) -> None:
     if d.format == "kitti" and d.root:
         root = Path(d.root)
         if not root.is_dir():
-            errs.add(("data", "root"), f"folder '{d.root}' does not exist")
+            errs.add(("data", "root"), f"folder '{d.root}' does not exist (put KITTI there or override data.root=PATH)")
             return
         for field in ("train_split", "val_split"):
             p = root / getattr(d, field)

@@ -60,7 +60,8 @@ CASES = {
     "image_size_not_16": (BASE.replace("[64, 192]", "[60, 192]"), [],
                           "{f}:4: data.image_size: both sides must be positive multiples of 16, got 60x192"),
     "missing_data_root": (BASE.replace("format: synth", "format: kitti\n  root: /nonexistent/kitti"), [],
-                          "{f}:4: data.root: folder '/nonexistent/kitti' does not exist"),
+                          "{f}:4: data.root: folder '/nonexistent/kitti' does not exist (put KITTI there or override "
+                          "data.root=PATH)"),
     "override_bad_stage": (BASE, ["stages.studnt.schedule.steps=3"],
                            "{f}: override 'stages.studnt.schedule.steps=3': stages.studnt: no stage named 'studnt' "
                            "(did you mean 'student'?)"),
