@@ -1,0 +1,168 @@
+"""``compressdet eval`` (KITTI AP of a result folder) and ``compressdet viz`` (PNGs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import DataError, UserError
+
+__all__ = ["register", "load_kitti_dirs"]
+
+
+def load_kitti_dirs(gt_dir: Path, det_dir: Path | None, ids: list[str] | None) -> tuple[dict, dict | None, list[str]]:
+    """Read label files and result files; every id needs both (a missing one is an error naming it)."""
+    from ..data.kitti import read_label_file, read_split
+
+    gt_dir = Path(gt_dir)
+    if not gt_dir.is_dir():
+        raise DataError(f"{gt_dir}: ground-truth label folder not found")
+    if ids is None:
+        ids = sorted(p.stem for p in gt_dir.glob("*.txt"))
+        if not ids:
+            raise DataError(f"{gt_dir}: no label .txt files")
+    gt = {k: read_label_file(gt_dir / f"{k}.txt") for k in ids}
+    dets = None
+    if det_dir is not None:
+        det_dir = Path(det_dir)
+        if not det_dir.is_dir():
+            raise DataError(f"{det_dir}: result folder not found")
+        dets = {}
+        for k in ids:
+            p = det_dir / f"{k}.txt"
+            if not p.is_file():
+                raise DataError(f"{p}: result file missing (every image needs one, empty if nothing was detected)")
+            dets[k] = read_label_file(p)
+            for i, o in enumerate(dets[k], 1):
+                if o.score is None:
+                    raise DataError(f"{p}: detection {i} has no score (16th field)")
+    return gt, dets, ids
+
+
+def _ids(path: Path | None) -> list[str] | None:
+    from ..data.kitti import read_split
+
+    return read_split(path) if path else None
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .._io import atomic_write_json
+    from .kitti_eval import evaluate_kitti
+    from .table import format_table
+
+    gt, dets, ids = load_kitti_dirs(args.gt, args.det, _ids(args.ids))
+    res = evaluate_kitti(gt, dets, protocol=args.protocol)
+    name = args.name or Path(args.det).name
+    print(f"KITTI 2D, {len(ids)} images, protocol {args.protocol}")
+    print(format_table([res, res], models=[f"{name} AP40", f"{name} AP11"], metrics=["ap40", "ap11"]), end="")
+    print(f"mAP40 {res['map40']:.2f}  mAP11 {res['map11']:.2f}")
+    if args.json:
+        atomic_write_json(args.json, res)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _save_png(arr, path: Path) -> None:
+    from PIL import Image
+
+    from .._io import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+
+
+def _load_image(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _cmd_viz_dets(args: argparse.Namespace) -> int:
+    from .viz import draw_detections
+
+    ids = _ids(args.ids)
+    gt, dets, ids = load_kitti_dirs(args.gt, args.det, ids)
+    if args.limit:
+        ids = ids[: args.limit]
+    for k in ids:
+        img = draw_detections(_load_image(args.image_dir / f"{k}.png"), gt[k], dets[k] if dets else (),
+                              score_thresh=args.score_thresh)
+        _save_png(img, args.out / f"{k}.png")
+    print(f"wrote {len(ids)} images to {args.out}")
+    return 0
+
+
+def _cmd_viz_mask(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.kitti import read_label_file
+    from ..models.anchors import generate_anchors
+    from .viz import draw_mask, imitation_mask_for_boxes
+
+    image = _load_image(args.image)
+    h, w = args.size
+    objs = [o for o in read_label_file(args.label) if o.type.lower() in ("car", "pedestrian", "cyclist")]
+    sy, sx = h / image.shape[0], w / image.shape[1]
+    boxes = torch.tensor([[o.bbox[0] * sx, o.bbox[1] * sy, o.bbox[2] * sx, o.bbox[3] * sy] for o in objs],
+                         dtype=torch.float32).reshape(-1, 4)
+    anchors = generate_anchors((h, w))
+    mask = imitation_mask_for_boxes(boxes, anchors, (h // 16, w // 16), psi=args.psi)
+    _save_png(draw_mask(image, mask), args.out)
+    print(f"wrote {args.out} ({int(mask.sum())} of {mask.numel()} cells masked)")
+    return 0
+
+
+def _cmd_viz_pr(args: argparse.Namespace) -> int:
+    from .._io import atomic_path
+    from .kitti_eval import evaluate_kitti
+    from .viz import plot_pr_curves
+
+    gt, dets, _ = load_kitti_dirs(args.gt, args.det, _ids(args.ids))
+    fig = plot_pr_curves(evaluate_kitti(gt, dets, protocol=args.protocol, return_curves=True))
+    with atomic_path(args.out, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def register(sub) -> None:
+    e = sub.add_parser("eval", help="KITTI 2D AP of a result folder (official devkit rules)",
+                       description="Evaluate KITTI result files against label_2 ground truth; prints the seed's table.")
+    e.add_argument("--gt", type=Path, required=True, help="label_2 folder")
+    e.add_argument("--det", type=Path, required=True, help="result folder: one <id>.txt per image (may be empty)")
+    e.add_argument("--ids", type=Path, default=None, help="split file (default: every label file)")
+    e.add_argument("--protocol", choices=("official", "seed"), default="official",
+                   help="official devkit (short detections ignored) or the seed's old copy (not ignored)")
+    e.add_argument("--json", type=Path, default=None, help="write the result as JSON")
+    e.add_argument("--name", default=None, help="model name in the table (default: result folder name)")
+    e.set_defaults(func=_cmd_eval)
+
+    v = sub.add_parser("viz", help="PNGs: detections, imitation mask, PR curves")
+    vs = v.add_subparsers(dest="viz_command", metavar="ACTION")
+    d = vs.add_parser("dets", help="draw GT (with difficulty) and detections (with scores) on images")
+    d.add_argument("--image-dir", type=Path, required=True)
+    d.add_argument("--gt", type=Path, required=True)
+    d.add_argument("--det", type=Path, default=None)
+    d.add_argument("--ids", type=Path, default=None)
+    d.add_argument("--out", type=Path, required=True, help="output folder")
+    d.add_argument("--score-thresh", type=float, default=0.3)
+    d.add_argument("--limit", type=int, default=0, help="only the first N images")
+    d.set_defaults(func=_cmd_viz_dets)
+    m = vs.add_parser("mask", help="the imitation mask (METHOD.md section 3) as a heat map")
+    m.add_argument("--image", type=Path, required=True)
+    m.add_argument("--label", type=Path, required=True)
+    m.add_argument("--size", type=int, nargs=2, default=(384, 1248), metavar=("H", "W"))
+    m.add_argument("--psi", type=float, default=0.5)
+    m.add_argument("--out", type=Path, required=True)
+    m.set_defaults(func=_cmd_viz_mask)
+    p = vs.add_parser("pr", help="per-class precision/recall curves")
+    p.add_argument("--gt", type=Path, required=True)
+    p.add_argument("--det", type=Path, required=True)
+    p.add_argument("--ids", type=Path, default=None)
+    p.add_argument("--protocol", choices=("official", "seed"), default="official")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_viz_pr)
+    v.set_defaults(func=lambda a: (v.print_help(), 2)[1])

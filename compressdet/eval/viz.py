@@ -1,0 +1,162 @@
+"""Pictures for people: detections and ground truth on images, the imitation mask, PR curves.
+
+Everything returns arrays or matplotlib Figures (Agg backend, no display needed) so the trainer
+can hand them to tensorboard; the ``viz`` command writes them as PNGs.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..data.kitti import KittiObject
+from ..errors import UserError
+from .kitti_eval import LEVELS, MAX_OCCLUSION, MAX_TRUNCATION, MIN_HEIGHT
+
+__all__ = ["draw_detections", "draw_mask", "plot_pr_curves", "imitation_mask_for_boxes", "CLASS_COLOURS"]
+
+#: RGB per (lower-case) KITTI type; others grey
+CLASS_COLOURS = {"car": (230, 60, 50), "van": (240, 150, 60), "pedestrian": (40, 170, 70),
+                 "person_sitting": (120, 200, 90), "cyclist": (50, 110, 230), "dontcare": (160, 160, 160)}
+_LEVEL_TAG = ("E", "M", "H")
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise UserError(f"image: expected a uint8 RGB array [H, W, 3], got {a.dtype} {list(a.shape)}")
+    return a
+
+
+def gt_level(o: KittiObject) -> str | None:
+    """Easiest level at which a GT counts (devkit rules: height > min, occlusion/truncation <= max)."""
+    h = o.bbox[3] - o.bbox[1]
+    for i, lvl in enumerate(LEVELS):
+        if o.occluded <= MAX_OCCLUSION[i] and o.truncated <= MAX_TRUNCATION[i] and h > MIN_HEIGHT[i]:
+            return lvl
+    return None
+
+
+def draw_detections(image: np.ndarray, gt: Sequence[KittiObject] = (), dets: Sequence[KittiObject] = (), *,
+                    score_thresh: float = 0.0) -> np.ndarray:
+    """Ground truth (thin, dashed-looking, with its difficulty E/M/H) and detections (thick, score).
+
+    Args:
+        image: uint8 RGB ``[H, W, 3]``.
+        gt, dets: KittiObjects in the image's pixels (dets with ``score``).
+        score_thresh: detections below it are not drawn.
+
+    Returns:
+        uint8 RGB ``[H, W, 3]`` copy with the boxes drawn.
+    """
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(_check_image(image).copy())
+    draw = ImageDraw.Draw(img)
+    for o in gt:
+        t = o.type.lower()
+        col = CLASS_COLOURS.get(t, (200, 200, 200))
+        x1, y1, x2, y2 = o.bbox
+        draw.rectangle([x1, y1, x2, y2], outline=col, width=1)
+        lvl = gt_level(o) if t != "dontcare" else None
+        tag = "DC" if t == "dontcare" else f"{o.type}{' ' + _LEVEL_TAG[LEVELS.index(lvl)] if lvl else ' -'}"
+        draw.text((x1 + 2, y2 - 11), tag, fill=col)
+    for o in dets:
+        if o.score is not None and o.score < score_thresh:
+            continue
+        col = CLASS_COLOURS.get(o.type.lower(), (255, 255, 255))
+        x1, y1, x2, y2 = o.bbox
+        draw.rectangle([x1, y1, x2, y2], outline=col, width=3)
+        label = f"{o.type} {o.score:.2f}" if o.score is not None else o.type
+        tw = 6 * len(label) + 4
+        draw.rectangle([x1, y1 - 12, x1 + tw, y1], fill=col)
+        draw.text((x1 + 2, y1 - 12), label, fill=(255, 255, 255))
+    return np.asarray(img)
+
+
+def draw_mask(image: np.ndarray, mask, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Heat map of a grid mask (e.g. the imitation mask) over an image.
+
+    Args:
+        image: uint8 RGB ``[H, W, 3]``.
+        mask: ``[Hg, Wg]`` tensor or array (bool or float, values in [0, 1]); each cell covers
+            ``H/Hg x W/Wg`` pixels (nearest upsampling).
+        alpha: blend weight of the heat map where the mask is > 0.
+
+    Returns:
+        uint8 RGB ``[H, W, 3]``.
+    """
+    import matplotlib
+
+    img = _check_image(image)
+    m = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+    if m.ndim != 2:
+        raise UserError(f"mask: expected [Hg, Wg], got shape {list(m.shape)}")
+    m = m.astype(np.float64)
+    h, w = img.shape[:2]
+    rows = np.minimum((np.arange(h) * m.shape[0]) // h, m.shape[0] - 1)
+    cols = np.minimum((np.arange(w) * m.shape[1]) // w, m.shape[1] - 1)
+    up = np.clip(m[rows][:, cols], 0.0, 1.0)
+    heat = matplotlib.colormaps[cmap](up)[..., :3] * 255.0
+    a = (alpha * (up > 0))[..., None]
+    out = img.astype(np.float64) * (1 - a) + heat * a
+    return out.round().astype(np.uint8)
+
+
+def imitation_mask_for_boxes(boxes, anchors, grid: tuple[int, int], num_anchors: int = 9, psi: float = 0.5):
+    """METHOD.md section 3 mask: per GT, anchors with IoU > psi * (its max IoU); OR over anchors and GTs.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` xyxy GT boxes in model-input pixels.
+        anchors: ``Tensor[Hg*Wg*B, 4]`` (cx, cy, w, h).
+        grid: ``(Hg, Wg)``.
+
+    Returns:
+        bool ``Tensor[Hg, Wg]``.
+    """
+    import torch
+    from torchvision.ops import box_convert, box_iou
+
+    hg, wg = grid
+    if len(boxes) == 0:
+        return torch.zeros(hg, wg, dtype=torch.bool)
+    iou = box_iou(boxes.float(), box_convert(anchors.float(), "cxcywh", "xyxy"))  # N, A
+    keep = iou > psi * iou.max(dim=1, keepdim=True).values
+    return keep.any(dim=0).reshape(hg, wg, num_anchors).any(dim=-1)
+
+
+def plot_pr_curves(result: Mapping, *, metric_title: str | None = None):
+    """Precision at the 41 recall samples, one panel per class, one line per level.
+
+    Args:
+        result: ``evaluate_kitti(..., return_curves=True)`` output.
+
+    Returns:
+        matplotlib Figure (Agg; ``fig.savefig`` or tensorboard ``add_figure``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    if "curves" not in result:
+        raise UserError("plot_pr_curves: the result has no curves; call evaluate_kitti(..., return_curves=True)")
+    classes = list(result["curves"])
+    fig = Figure(figsize=(4.2 * max(len(classes), 1), 3.4), dpi=100)
+    recall = np.linspace(0.0, 1.0, 41)
+    for i, c in enumerate(classes):
+        ax = fig.add_subplot(1, len(classes), i + 1)
+        for lvl in LEVELS:
+            p = np.asarray(result["curves"][c][lvl]["precision"])
+            ap = result["ap"][c][lvl]
+            ax.plot(recall, p, label=f"{lvl} AP40 {ap['ap40']:.1f} / AP11 {ap['ap11']:.1f}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title(f"{c} ({metric_title or result.get('protocol', '')})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
