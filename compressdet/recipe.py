@@ -269,6 +269,7 @@ class QuantConfig(_Strict):
     backend: Literal["x86"] = "x86"
     per_channel: bool = True
     keep_head_float: bool = Field(True, description="head output and decode stay float")
+    float_stem: bool = Field(False, description="keep the 3-channel stem conv in fp32 (docs/quantization.md)")
     calibration_images: int = Field(64, gt=0)
 
 
@@ -294,7 +295,7 @@ class PtqStage(StageConfig):
     kind: Literal["ptq"] = "ptq"
     requires: ClassVar[tuple[str, ...]] = ("from_",)
     quant: QuantConfig = Field(default_factory=QuantConfig)
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    method: Literal["minmax", "histogram"] = Field("histogram", description="activation range observer (PT2E)")
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

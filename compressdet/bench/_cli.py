@@ -1,0 +1,89 @@
+"""``compressdet bench``: measure every model stage of a run (the latest by default)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+
+__all__ = ["register", "parse_size", "parse_ints"]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"384x1248"`` -> (384, 1248); both multiples of 16."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--image-size {text!r}: expected HxW, e.g. 384x1248") from None
+    if h <= 0 or w <= 0 or h % 16 or w % 16:
+        raise UserError(f"--image-size {text}: both sides must be positive multiples of 16")
+    return h, w
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,8") from None
+    if not vals or min(vals) <= 0:
+        raise UserError(f"{flag} {text!r}: expected positive integers")
+    return vals
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..export.formats import backend_format
+    from ..pipeline import find_latest_run
+    from .report import print_table
+    from .runner import BenchOptions, bench_run
+
+    console = Console()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    for b in backends:
+        backend_format(b)
+    run_dir = args.run_dir
+    if run_dir is None:
+        run_dir = find_latest_run(args.runs_root)
+        if run_dir is None:
+            raise UserError(f"no run found under {args.runs_root}/ (run a recipe first, or pass RUN_DIR)")
+        console.print(f"using the latest run: {run_dir}", highlight=False)
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    opts = BenchOptions(backends=backends, image_size=parse_size(args.image_size) if args.image_size else None,
+                        runs=args.runs, warmup=args.warmup, batch_sizes=parse_ints(args.batch_sizes, "--batch-sizes"),
+                        threads=args.threads, val=args.val,
+                        stages=[s for s in args.stages.split(",") if s] if args.stages else None,
+                        protocol=args.protocol)
+    if args.runs <= 0:
+        raise UserError("--runs must be positive")
+    out = args.out or Path(run_dir) / "bench"
+    report = bench_run(run_dir, out, opts, log=lambda s: console.print(s, highlight=False, markup=False))
+    print_table(report, console)
+    console.print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'pareto.png'}", highlight=False)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..export.formats import BACKENDS
+
+    p = subparsers.add_parser(
+        "bench", help="benchmark every model stage of a run (MACs, params, latency, mAP)",
+        description="Measure every finished model stage of a run (default: the latest under runs/): backbone and "
+                    "total MACs, params, file size, latency per backend (median and p90 after warm-up) and KITTI AP "
+                    "on the val split; writes report.md, report.json and pareto.png into RUN_DIR/bench.")
+    p.add_argument("run_dir", nargs="?", type=Path, default=None, metavar="RUN_DIR",
+                   help="run directory (default: the most recent run under --runs-root)")
+    p.add_argument("--backends", default="torch,ort,ort-int8", help=f"comma-separated, of: {', '.join(BACKENDS)}")
+    p.add_argument("--image-size", default=None, metavar="HxW", help="latency input size (default: the model's)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per measurement (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ORT (default: torch's)")
+    p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True, help="evaluate mAP on val")
+    p.add_argument("--stages", default=None, help="comma-separated stages to measure (default: all model stages)")
+    p.add_argument("--protocol", choices=("official", "seed"), default="official", help="KITTI AP protocol")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/bench)")
+    p.add_argument("--runs-root", type=Path, default=Path("runs"), help="where to look for the latest run")
+    p.set_defaults(func=_cmd_bench)

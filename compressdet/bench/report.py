@@ -1,0 +1,162 @@
+"""Bench report: the seed's table plus latency and per-stage deltas, as JSON, markdown, PNG and rich."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_path, atomic_write_json, atomic_write_text
+
+__all__ = ["table_rows", "markdown_report", "write_reports", "pareto_plot", "print_table", "COLUMNS"]
+
+_CLASSES = ("car", "pedestrian", "cyclist")
+_LEVELS = ("easy", "moderate", "hard")
+COLUMNS = ["model", "FLOPs", "params", "car E/M/H", "ped E/M/H", "cyc E/M/H", "mAP", "size", "latency b1",
+           "delta vs ref"]
+
+
+def _ap_cells(ev: dict[str, Any] | None, metric: str) -> list[str]:
+    if not ev:
+        return ["-", "-", "-", "-"]
+    cells, vals = [], []
+    for c in _CLASSES:
+        per = ev["ap"].get(c)
+        if per is None:
+            cells.append("-")
+            continue
+        v = [per[lvl][metric] for lvl in _LEVELS if lvl in per]
+        vals.extend(v)
+        cells.append("/".join(f"{x:.1f}" for x in v))
+    return cells + [f"{sum(vals) / len(vals):.1f}" if vals else "-"]
+
+
+def _lat(row: dict[str, Any]) -> str:
+    parts = []
+    for b, cells in row["latency"].items():
+        c = cells.get("b1") if isinstance(cells, dict) else None
+        if c and "median_ms" in c:
+            parts.append(f"{b} {c['median_ms']:.1f}/{c['p90_ms']:.1f}")
+        elif isinstance(cells, dict) and "skipped" in cells:
+            parts.append(f"{b} n/a")
+    return ", ".join(parts) or "-"
+
+
+def _delta(row: dict[str, Any]) -> str:
+    d = row.get("delta")
+    if not d:
+        return "-"
+    bits = [f"vs {d['vs']}:"]
+    if d.get("map") is not None:
+        bits.append(f"mAP {d['map']:+.1f}")
+    if d.get("macs_backbone_pct"):
+        bits.append(f"MACs {d['macs_backbone_pct']:+.0f}%")
+    if d.get("speedup"):
+        bits.append(f"x{d['speedup']:.2f} speed")
+    if d.get("file_bytes_pct") is not None:
+        bits.append(f"size {d['file_bytes_pct']:+.0f}%")
+    return " ".join(bits)
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Cells per row, in :data:`COLUMNS` order (AP per class as E/M/H, FLOPs = backbone MACs)."""
+    metric = "ap11" if report.get("protocol") == "seed" else "ap40"
+    out = []
+    for r in report["rows"]:
+        out.append([r["label"], f"{r['macs']['backbone'] / 1e9:.3f} G", f"{r['params_with_bn_stats']['total'] / 1e6:.3f} M",
+                    *_ap_cells(r.get("eval"), metric), f"{r['file_bytes'] / 1e6:.2f} MB", _lat(r), _delta(r)])
+    return out
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The markdown text of report.md."""
+    lines = [f"# Benchmark: {report['run_dir']}", "",
+             f"FLOPs = backbone multiply-adds at the input size; params include BN statistics and the head. "
+             f"AP: KITTI {report.get('protocol')} protocol ({'AP11' if report.get('protocol') == 'seed' else 'AP40'}), "
+             f"val split. Latency: median/p90 ms at batch 1 over {report['runs']} runs after {report['warmup']} "
+             f"warm-up, {report['threads']} threads, {report['device']}.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table_rows(report)]
+    lines += ["", "## Latency per backend and batch size (median / p90 ms)", "",
+              "| model | backend | " + " | ".join(f"batch {b}" for b in report["batch_sizes"]) + " |",
+              "|---|---|" + "---|" * len(report["batch_sizes"])]
+    for r in report["rows"]:
+        for b, cells in r["latency"].items():
+            if "skipped" in cells:
+                lines.append(f"| {r['label']} | {b} | " + " | ".join(f"n/a: {cells['skipped']}" for _ in report["batch_sizes"]) + " |")
+                continue
+            vals = []
+            for bs in report["batch_sizes"]:
+                c = cells.get(f"b{bs}", {})
+                vals.append(f"{c['median_ms']:.2f} / {c['p90_ms']:.2f}" if "median_ms" in c else f"n/a: {c.get('skipped', '-')}")
+            lines.append(f"| {r['label']} | {b} | " + " | ".join(vals) + " |")
+    q = report.get("qat_vs_ptq")
+    if q:
+        lines += ["", f"**QAT vs PTQ**: {q['qat']} mAP {q['map_qat']} vs {q['ptq']} mAP {q['map_ptq']} "
+                  f"(gain {q['map_gain']}); latency {q['latency_qat_ms']} vs {q['latency_ptq_ms']} ms."]
+    lines += ["", "![mAP vs latency](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def pareto_plot(report: dict[str, Any], path: str | Path) -> Path:
+    """mAP (or, without val, backbone MACs) against batch-1 latency; the Pareto front as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .runner import best_latency, row_map
+
+    pts = []
+    for r in report["rows"]:
+        lat = best_latency(r)[1]
+        m = row_map(r, report.get("protocol", "official"))
+        y = m if m is not None else r["macs"]["backbone"] / 1e9
+        if lat is not None:
+            pts.append((lat, y, r["label"]))
+    has_map = any(row_map(r, report.get("protocol", "official")) is not None for r in report["rows"])
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for x, y, name in pts:
+        ax.scatter([x], [y])
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front, best = [], None
+    for x, y, _ in sorted(pts):  # higher mAP at lower latency is better
+        if has_map and (best is None or y > best):
+            front.append((x, y))
+            best = y
+    if len(front) > 1:
+        ax.plot(*zip(*front), linestyle="--", color="gray", label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("latency, batch 1, median (ms)")
+    ax.set_ylabel("mAP (%)" if has_map else "backbone GMACs (no val)")
+    ax.set_title("mAP vs latency" if has_map else "MACs vs latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png.tmp") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def write_reports(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """report.json, report.md and pareto.png in ``out_dir`` (each written atomically)."""
+    out_dir = Path(out_dir)
+    return {"json": atomic_write_json(out_dir / "report.json", report),
+            "md": atomic_write_text(out_dir / "report.md", markdown_report(report)),
+            "png": pareto_plot(report, out_dir / "pareto.png")}
+
+
+def print_table(report: dict[str, Any], console: Any = None) -> None:
+    """The report table on the terminal (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title=f"compressdet bench: {report['run_dir']}")
+    for c in COLUMNS:
+        t.add_column(c, overflow="fold")
+    for row in table_rows(report):
+        t.add_row(*row)
+    console.print(t)
+    q = report.get("qat_vs_ptq")
+    if q:
+        console.print(f"QAT vs PTQ: {q['qat']} mAP {q['map_qat']} vs {q['ptq']} mAP {q['map_ptq']} (gain {q['map_gain']})")

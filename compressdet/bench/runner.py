@@ -1,0 +1,348 @@
+"""Measure every model stage of a run: MACs, params, size, latency per backend, mAP on val.
+
+A row is one (stage, precision): the fp32 model of each stage that has one, and its INT8 QDQ graph
+where one was exported (by an export stage, ``compressdet export`` into ``RUN/exports/``, or the
+QAT/PTQ stage itself). Backends come from the export format table; ``torch`` runs the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .._io import sha256_file
+from ..errors import UserError
+from ..export.formats import backend_format
+from .latency import measure_latency, set_threads
+
+__all__ = ["Variant", "collect_variants", "bench_run", "BenchOptions"]
+
+
+@dataclass
+class Variant:
+    """One row of the report."""
+
+    stage: str
+    kind: str
+    source: str | None  # the 'from' stage
+    precision: str  # fp32 | int8
+    model_path: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)  # backend -> file (onnx / int8 onnx / engine)
+    quantization: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.stage if self.precision == "fp32" else f"{self.stage} (int8)"
+
+
+@dataclass
+class BenchOptions:
+    backends: list[str] = field(default_factory=lambda: ["torch", "ort"])
+    image_size: tuple[int, int] | None = None
+    runs: int = 50
+    warmup: int = 5
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    threads: int | None = None
+    val: bool = True
+    stages: list[str] | None = None
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "official"
+    max_images: int | None = None
+
+
+def _onnx_matches(path: Path, model_path: Path) -> bool:
+    """True when the ONNX file was exported from this exact model file (metadata sha256)."""
+    from ..export.runtime import onnx_metadata
+
+    try:
+        return onnx_metadata(path).get("source_sha256") in (None, sha256_file(model_path))
+    except Exception:  # noqa: BLE001 - an unreadable file simply is not used
+        return False
+
+
+def collect_variants(run_dir: Path, stages: list[str] | None = None) -> list[Variant]:
+    """Rows of a run, in recipe order (see the module docstring).
+
+    Raises:
+        UserError: a name in ``stages`` is not a finished model stage of the run.
+    """
+    from ..export.runtime import onnx_metadata
+    from ..pipeline import load_manifest
+
+    man = load_manifest(run_dir)["stages"]
+    done = {n: r for n, r in man.items() if r.get("status") == "done"}
+    arts = {n: {k: run_dir / a["path"] for k, a in r.get("artifacts", {}).items()} for n, r in done.items()}
+    model_names = [n for n in done if "model" in arts[n]]
+    if stages:
+        bad = [s for s in stages if s not in model_names]
+        if bad:
+            raise UserError(f"{run_dir}: no finished model stage named {', '.join(bad)} "
+                            f"(model stages: {', '.join(model_names) or 'none'})")
+        model_names = [n for n in model_names if n in stages]
+    exports: dict[str, dict[str, Path]] = {}
+    for n, r in done.items():  # export stages: artifacts belong to their 'from' stage
+        src = (r.get("inputs") or {}).get("from")
+        if r.get("kind") == "export" and src:
+            exports.setdefault(src, {}).update(arts[n])
+    out: list[Variant] = []
+    for n in model_names:
+        rec, a = done[n], arts[n]
+        src = (rec.get("inputs") or {}).get("from")
+        files = dict(exports.get(n, {}))
+        files.update({k: v for k, v in a.items() if k in ("onnx", "onnx_int8", "tensorrt")})
+        for key, suffix in (("onnx", ".onnx"), ("onnx_int8", ".int8.onnx")):
+            p = run_dir / "exports" / f"{n}{suffix}"
+            if key not in files and p.is_file() and _onnx_matches(p, a["model"]):
+                files[key] = p
+        v = Variant(n, rec.get("kind", "?"), src, "fp32", a["model"])
+        if "onnx" in files:
+            v.files["ort"] = files["onnx"]
+        if "tensorrt" in files and not str(files["tensorrt"]).endswith(".int8.engine"):
+            v.files["tensorrt"] = files["tensorrt"]
+        out.append(v)
+        if "onnx_int8" in files:
+            q = Variant(n, rec.get("kind", "?"), src, "int8", a["model"], {"ort-int8": files["onnx_int8"]})
+            with contextlib.suppress(Exception):
+                q.quantization = onnx_metadata(files["onnx_int8"]).get("quantization")
+            if q.quantization is None:
+                q.quantization = f"{rec.get('kind')} stage" if rec.get("kind") in ("qat", "ptq") else None
+            if "tensorrt" in files and str(files["tensorrt"]).endswith(".int8.engine"):
+                q.files["tensorrt"] = files["tensorrt"]
+            out.append(q)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# runners: backend -> callable(images np [N,3,H,W]) -> head np
+# ------------------------------------------------------------------------------------------------
+def _torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    model = model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def _ort_runner(path: Path, threads: int | None) -> tuple[Callable[[np.ndarray], np.ndarray], list]:
+    from ..export.runtime import onnx_input_shape, ort_run, ort_session
+
+    sess = ort_session(path, threads=threads)
+    return (lambda x: ort_run(sess, x)[0]), onnx_input_shape(sess)
+
+
+def _shape_ok(shape: list, batch: int, size: tuple[int, int]) -> str | None:
+    """None when a graph input of ``shape`` accepts ``[batch, 3, *size]``, else why not."""
+    b, _, h, w = shape
+    if isinstance(b, int) and b != batch:
+        return f"graph has a static batch {b} (export with --dynamic-batch)"
+    if (isinstance(h, int) and h != size[0]) or (isinstance(w, int) and w != size[1]):
+        return f"graph input is {h}x{w}"
+    return None
+
+
+def _ensure_onnx(v: Variant, model: torch.nn.Module, out_dir: Path, dynamic: bool,
+                 log: Callable[[str], None]) -> Path:
+    """The row's fp32 ONNX, exported (and verified) into the bench folder when the run has none."""
+    from ..export._onnx import export_onnx
+
+    p = out_dir / "onnx" / f"{v.stage}.onnx"
+    if not p.is_file():
+        log(f"  {v.stage}: no ONNX in the run; exporting one for the ort backend -> {p}")
+        export_onnx(model, p, image_size=tuple(model.image_size), dynamic_batch=dynamic,
+                    metadata={"stage": v.stage, "source_sha256": sha256_file(v.model_path)}, log=log)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------
+def _evaluate(run: Callable[[np.ndarray], np.ndarray], batch: int, recipe: Any, image_size: tuple[int, int],
+              num_classes: int, opts: BenchOptions) -> dict[str, Any]:
+    """KITTI AP of ``run`` on the run's val split (outputs decoded by the same PostProcessor)."""
+    from ..data import build_dataset, load_ground_truth
+    from ..eval import evaluate_kitti, predictions_to_kitti
+    from ..models.postprocess import PostProcessor
+
+    cfg = recipe.data.model_copy(update={"image_size": tuple(image_size)})
+    if opts.max_images:
+        cfg = cfg.model_copy(update={"max_val_images": opts.max_images})
+    ds = build_dataset(cfg, "val", train=False)
+    gt, _ = load_ground_truth(cfg, "val")
+    pp = PostProcessor(image_size, num_classes=num_classes, **opts.postprocess)
+    dets: dict[str, list] = {}
+    for i in range(0, len(ds), batch):
+        items = [ds[j] for j in range(i, min(i + batch, len(ds)))]
+        x = torch.stack([it[0] for it in items]).float().numpy()
+        head = torch.from_numpy(np.asarray(run(x)))
+        out = pp(head, orig_sizes=[it[1]["orig_size"] for it in items])
+        for it, d in zip(items, out):
+            dets[it[1]["image_id"]] = predictions_to_kitti(d, cfg.classes)
+    gt = {k: gt[k] for k in dets}
+    return evaluate_kitti(gt, dets, protocol=opts.protocol, classes=tuple(cfg.classes))
+
+
+def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, recipe: Any = None,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Benchmark a run and write ``report.json``, ``report.md`` and ``pareto.png`` into ``out_dir``.
+
+    Returns:
+        The report dict (what ``report.json`` holds).
+    """
+    from ..export._onnx import synthetic_image
+    from ..models import load_model, model_summary
+    from .report import write_reports
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    for b in opts.backends:
+        backend_format(b)  # unknown backend -> UserError with the valid list
+    if recipe is None and (run_dir / "recipe.yaml").is_file():
+        from ..recipe import load_recipe
+
+        recipe = load_recipe(run_dir / "recipe.yaml")
+    if opts.val and recipe is None:
+        log("  note: the run has no recipe.yaml; mAP is skipped")
+    threads = set_threads(opts.threads)
+    variants = collect_variants(run_dir, opts.stages)
+    if not variants:
+        raise UserError(f"{run_dir}: no finished stage with a model to benchmark")
+    models: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for v in variants:
+        if v.stage not in models:
+            models[v.stage] = load_model(v.model_path)
+        model, meta = models[v.stage]
+        msize = tuple(int(s) for s in model.image_size)
+        size = tuple(opts.image_size or msize)
+        summ = model_summary(model, size)
+        row: dict[str, Any] = {
+            "label": v.label, "stage": v.stage, "kind": v.kind, "from": v.source, "precision": v.precision,
+            "quantization": v.quantization, "image_size": list(size),
+            "macs": summ["macs"], "params": summ["params"], "params_with_bn_stats": summ["params_with_bn_stats"],
+            "files": {k: str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p) for k, p in v.files.items()},
+            "file_bytes": (v.files["ort-int8"].stat().st_size if v.precision == "int8"
+                           else v.model_path.stat().st_size),
+            "latency": {}, "eval": None, "eval_backend": None}
+        log(f"{v.label}: backbone {summ['macs']['backbone'] / 1e9:.3f} GMACs, {summ['params']['total'] / 1e6:.3f} M params")
+        runners: dict[str, tuple[Callable, list | None]] = {}
+        for backend in opts.backends:
+            fmt = backend_format(backend)
+            if v.precision == "int8" and backend in ("torch", "ort"):
+                continue
+            if v.precision == "fp32" and backend == "ort-int8":
+                continue
+            try:
+                if backend == "torch":
+                    runners[backend] = (_torch_runner(model), None)
+                elif backend == "ort":
+                    p = v.files.get("ort") or _ensure_onnx(v, model, out_dir, max(opts.batch_sizes) > 1 or size != msize, log)
+                    v.files["ort"] = p
+                    runners[backend] = _ort_runner(p, opts.threads)
+                elif backend == "ort-int8":
+                    runners[backend] = _ort_runner(v.files["ort-int8"], opts.threads)
+                else:
+                    from ..export._tensorrt import check_tensorrt
+
+                    check_tensorrt()
+                    if backend not in v.files:
+                        raise UserError(f"no TensorRT engine for {v.label} (compressdet export {run_dir} "
+                                        f"--stage {v.stage} --tensorrt)")
+                    raise UserError("timing TensorRT engines is not implemented in bench yet")
+            except UserError as e:
+                row["latency"][backend] = {"skipped": str(e)}
+                log(f"  {backend}: skipped ({e})")
+        for backend, (fn, shape) in runners.items():
+            cells: dict[str, Any] = {}
+            for bs in opts.batch_sizes:
+                why = _shape_ok(shape, bs, size) if shape is not None else None
+                if why:
+                    cells[f"b{bs}"] = {"skipped": why}
+                    continue
+                x = synthetic_image(size).repeat(bs, 1, 1, 1).numpy()
+                cells[f"b{bs}"] = measure_latency(lambda: fn(x), runs=opts.runs, warmup=opts.warmup)
+                log(f"  {backend} batch {bs}: median {cells[f'b{bs}']['median_ms']:.2f} ms, "
+                    f"p90 {cells[f'b{bs}']['p90_ms']:.2f} ms ({threads} threads)")
+            row["latency"][backend] = cells
+        if opts.val and recipe is not None:
+            eval_backend = "ort-int8" if v.precision == "int8" else "torch"
+            if v.precision == "int8" and "ort-int8" not in runners:
+                runners["ort-int8"] = _ort_runner(v.files["ort-int8"], opts.threads)
+            fn = runners.get(eval_backend, (_torch_runner(model), None))[0]
+            shape = runners.get(eval_backend, (None, None))[1]
+            batch = 1 if shape is not None and isinstance(shape[0], int) else 8
+            res = _evaluate(fn, batch, recipe, msize, int(getattr(model, "num_classes", 3)), opts)
+            row["eval"], row["eval_backend"] = res, eval_backend
+            key = "map11" if opts.protocol == "seed" else "map40"
+            log(f"  mAP ({opts.protocol}, {eval_backend}): {res[key]:.2f}")
+        rows.append(row)
+    _deltas(rows, opts.protocol)
+    report = {"run_dir": str(run_dir), "threads": threads, "backends": list(opts.backends),
+              "batch_sizes": list(opts.batch_sizes), "runs": opts.runs, "warmup": opts.warmup,
+              "protocol": opts.protocol, "device": "cpu", "torch": torch.__version__,
+              "map_key": "map11" if opts.protocol == "seed" else "map40",
+              "rows": rows, "qat_vs_ptq": _qat_vs_ptq(rows, opts.protocol), "notes": notes}
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        report["onnxruntime"] = onnxruntime.__version__
+    write_reports(report, out_dir)
+    return json.loads(json.dumps(report, default=str))
+
+
+def best_latency(row: dict[str, Any], batch: int = 1) -> tuple[str | None, float | None]:
+    """(backend, median ms) of the row's fastest measured backend at ``batch``."""
+    best: tuple[str | None, float | None] = (None, None)
+    for b, cells in row["latency"].items():
+        c = cells.get(f"b{batch}") if isinstance(cells, dict) else None
+        if c and "median_ms" in c and (best[1] is None or c["median_ms"] < best[1]):
+            best = (b, c["median_ms"])
+    return best
+
+
+def row_map(row: dict[str, Any], protocol: str) -> float | None:
+    if not row.get("eval"):
+        return None
+    return float(row["eval"]["map11" if protocol == "seed" else "map40"])
+
+
+def _pct(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(100.0 * (a - b) / b, 2)
+
+
+def _deltas(rows: list[dict[str, Any]], protocol: str) -> None:
+    """Each row vs its reference: an int8 row vs its own stage's fp32 row, else vs its 'from' stage."""
+    fp32 = {r["stage"]: r for r in rows if r["precision"] == "fp32"}
+    for r in rows:
+        ref = fp32.get(r["stage"]) if r["precision"] == "int8" else fp32.get(r["from"] or "")
+        if ref is None or ref is r:
+            r["delta"] = None
+            continue
+        m, mr = row_map(r, protocol), row_map(ref, protocol)
+        lat, latr = best_latency(r)[1], best_latency(ref)[1]
+        r["delta"] = {"vs": ref["label"],
+                      "map": None if m is None or mr is None else round(m - mr, 2),
+                      "macs_backbone_pct": _pct(r["macs"]["backbone"], ref["macs"]["backbone"]),
+                      "params_pct": _pct(r["params"]["total"], ref["params"]["total"]),
+                      "latency_pct": _pct(lat, latr),
+                      "speedup": None if not lat or not latr else round(latr / lat, 2),
+                      "file_bytes_pct": _pct(r["file_bytes"], ref["file_bytes"])}
+
+
+def _qat_vs_ptq(rows: list[dict[str, Any]], protocol: str) -> dict[str, Any] | None:
+    """mAP/latency of the QAT INT8 row vs a PTQ INT8 row, when the run has both."""
+    int8 = [r for r in rows if r["precision"] == "int8"]
+    qat = [r for r in int8 if r["kind"] == "qat" and not str(r.get("quantization") or "").startswith("ptq")]
+    ptq = [r for r in int8 if r["kind"] == "ptq" or str(r.get("quantization") or "").startswith("ptq")]
+    if not qat or not ptq:
+        return None
+    q, p = qat[0], ptq[0]
+    mq, mp = row_map(q, protocol), row_map(p, protocol)
+    return {"qat": q["label"], "ptq": p["label"], "map_qat": mq, "map_ptq": mp,
+            "map_gain": None if mq is None or mp is None else round(mq - mp, 2),
+            "latency_qat_ms": best_latency(q)[1], "latency_ptq_ms": best_latency(p)[1]}

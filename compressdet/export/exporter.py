@@ -1,0 +1,324 @@
+"""Export a run's model (or a model file) to the formats of :mod:`compressdet.export.formats`.
+
+One :class:`Exporter` prepares the model once (deep copy, eval), then runs one ``export_<fmt>``
+function per requested format behind :meth:`Exporter._report`, which logs time, path and size.
+Metadata (classes, anchors, mean, input size, stage, source sha256, version) goes into every ONNX.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from .._io import sha256_file
+from ..errors import UserError
+from .formats import FORMATS, get_format, validate_options
+
+__all__ = ["ExportSource", "resolve_source", "model_stages", "calibration_images", "Exporter", "export_model"]
+
+MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@dataclass
+class ExportSource:
+    """A model to export and where it came from."""
+
+    model: nn.Module
+    model_path: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+    stage: str | None = None
+    stage_kind: str | None = None
+    run_dir: Path | None = None
+    recipe: Any = None  # compressdet.recipe.Recipe when the run's recipe.yaml is readable
+    artifacts: dict[str, Path] = field(default_factory=dict)  # the stage's own artifacts (absolute)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(int(v) for v in getattr(self.model, "image_size", self.meta.get("image_size", (384, 1248))))
+
+    @property
+    def classes(self) -> list[str]:
+        if self.recipe is not None:
+            return list(self.recipe.data.classes)
+        n = int(getattr(self.model, "num_classes", 3))
+        return list(self.meta.get("classes") or ["car", "pedestrian", "cyclist"][:n])
+
+    @property
+    def name(self) -> str:
+        return self.stage or self.model_path.stem
+
+
+def model_stages(run_dir: Path) -> list[str]:
+    """Done stages of a run that hold a ``model`` artifact, in recipe order."""
+    from ..pipeline import load_manifest
+
+    stages = load_manifest(run_dir)["stages"]
+    return [n for n, r in stages.items() if r.get("status") == "done" and "model" in r.get("artifacts", {})]
+
+
+def _load_recipe(run_dir: Path) -> Any:
+    from ..recipe import load_recipe
+
+    p = run_dir / "recipe.yaml"
+    return load_recipe(p) if p.is_file() else None
+
+
+def resolve_source(path: str | Path | None, stage: str | None = None, *, runs_root: str | Path = "runs",
+                   log: Callable[[str], None] = print) -> ExportSource:
+    """A run directory (its ``stage``, default the last model stage), a model file, or the latest run.
+
+    Raises:
+        UserError: nothing found, unknown stage, or a ``--stage`` given with a model file.
+    """
+    from ..models import load_model
+    from ..pipeline import find_latest_run, load_manifest
+
+    if path is None:
+        path = find_latest_run(runs_root)
+        if path is None:
+            raise UserError(f"no run found under {runs_root}/ (run a recipe first, or pass RUN_DIR or MODEL_FILE)")
+        log(f"using the latest run: {path}")
+    path = Path(path)
+    if path.is_file():
+        if stage:
+            raise UserError(f"--stage {stage}: only valid with a run directory, {path} is a model file")
+        model, meta = load_model(path)
+        return ExportSource(model=model, model_path=path, meta=meta)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such run directory or model file")
+    manifest = load_manifest(path)
+    names = model_stages(path)
+    if not names:
+        raise UserError(f"{path}: no finished stage with a model artifact yet")
+    if stage is None:
+        stage = names[-1]
+        log(f"using stage '{stage}' (the last model stage; pick another with --stage: {', '.join(names)})")
+    elif stage not in names:
+        raise UserError(f"{path}: stage '{stage}' has no finished model (stages with a model: {', '.join(names)})")
+    rec = manifest["stages"][stage]
+    arts = {k: path / a["path"] for k, a in rec.get("artifacts", {}).items()}
+    model, meta = load_model(arts["model"])
+    return ExportSource(model=model, model_path=arts["model"], meta=meta, stage=stage, stage_kind=rec.get("kind"),
+                        run_dir=path, recipe=_load_recipe(path), artifacts=arts)
+
+
+def calibration_images(source: ExportSource, n: int, *, split: str = "train",
+                       log: Callable[[str], None] = print) -> list[torch.Tensor]:
+    """Up to ``n`` model-ready images ``[1, 3, H, W]`` from the run's data, else synthetic ones.
+
+    Synthetic images keep the command usable on a bare model file; INT8 ranges calibrated on them
+    are only a smoke test, and the log says so.
+    """
+    from ._onnx import synthetic_image
+
+    if source.recipe is not None:
+        try:
+            from ..data import build_dataset
+
+            cfg = source.recipe.data.model_copy(update={"image_size": source.image_size})
+            ds = build_dataset(cfg, split, train=False)
+            step = max(1, len(ds) // n)
+            return [ds[i][0][None].float() for i in range(0, len(ds), step)][:n]
+        except UserError as e:
+            log(f"  warning: run data unavailable ({e}); using synthetic images")
+    else:
+        log("  note: no run data (a bare model file): using synthetic images")
+    return [synthetic_image(source.image_size, seed=i) for i in range(n)]
+
+
+def _metadata(source: ExportSource, precision: str) -> dict[str, Any]:
+    from ..models.anchors import generate_anchors
+
+    anchors = generate_anchors(source.image_size)
+    return {"classes": source.classes, "anchors_shape": list(anchors.shape),
+            "anchor_order": "(h*W_grid + w)*9 + b, (cx, cy, w, h) in input pixels", "mean_bgr": list(MEAN_BGR),
+            "input_size": f"{source.image_size[0]}x{source.image_size[1]}", "stage": source.name,
+            "source_file": source.model_path.name, "source_sha256": sha256_file(source.model_path),
+            "compressdet_version": __version__, "precision": precision,
+            "head_layout": "[0:27) class logits b*3+c, [27:36) confidence, [36:72) deltas 36+b*4+k",
+            "arch": getattr(source.model, "arch", {})}
+
+
+class Exporter:
+    """Runs the requested formats for one source; each output is verified before it is kept.
+
+    Args:
+        source: what to export.
+        out_dir: where files go (named ``<stage><suffix>``).
+        options: export options (validated against each format's row of the format table).
+    """
+
+    def __init__(self, source: ExportSource, out_dir: str | Path, *, opset: int = 18, dynamic_batch: bool = False,
+                 with_postprocess: bool = False, tolerance: float = 1e-3, calibration_images: int = 16,
+                 postprocess: dict[str, Any] | None = None, log: Callable[[str], None] = print):
+        self.source, self.out_dir, self.log = source, Path(out_dir), log
+        self.opset, self.dynamic_batch, self.with_postprocess = opset, dynamic_batch, with_postprocess
+        self.tolerance, self.n_calib = tolerance, calibration_images
+        self.postprocess = dict(postprocess or {})
+        self.model = source.model.eval()
+        self.results: dict[str, dict[str, Any]] = {}
+
+    # ---------------------------------------------------------------------------------------------
+    def run(self, formats: list[str]) -> dict[str, dict[str, Any]]:
+        """Export ``formats`` (plus what they require, e.g. onnx before onnx-int8), in table order."""
+        wanted: list[str] = []
+        for name in formats:
+            f = get_format(name)
+            for req in f.requires:
+                if req not in wanted:
+                    wanted.append(req)
+            if name not in wanted:
+                wanted.append(name)
+        for name in wanted:
+            opts = {"opset": self.opset, "dynamic_batch": self.dynamic_batch,
+                    "with_postprocess": self.with_postprocess and name == "onnx"}
+            validate_options(name, opts)
+        order = [n for n in FORMATS if n in wanted]
+        for name in order:
+            self._report(name, getattr(self, "export_" + name.replace("-", "_")))
+        return self.results
+
+    def _report(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> None:
+        f = FORMATS[name]
+        path = self.out_dir / f"{self.source.name}{f.suffix}"
+        self.log(f"[{name}] exporting {self.source.name} -> {path}")
+        t0 = time.perf_counter()
+        info = fn(path)
+        dt = time.perf_counter() - t0
+        size = Path(info["path"]).stat().st_size
+        info.update(seconds=round(dt, 2), bytes=size, format=name, artifact=f.artifact)
+        self.results[name] = info
+        self.log(f"[{name}] done in {dt:.1f}s: {info['path']} ({size / 1e6:.2f} MB)")
+
+    def _sample(self) -> torch.Tensor:
+        return calibration_images(self.source, 1, split="val", log=self.log)[0]
+
+    # ---------------------------------------------------------------------------------------------
+    def export_onnx(self, path: Path) -> dict[str, Any]:
+        from ._onnx import export_onnx
+
+        anchors = None
+        check = None
+        if self.with_postprocess:
+            from ..models.anchors import generate_anchors
+
+            anchors = generate_anchors(self.source.image_size)
+            check = self._check_against_postprocessor
+        meta = _metadata(self.source, "fp32")
+        meta["postprocess"] = self.postprocess if self.with_postprocess else None
+        return export_onnx(self.model, path, image_size=self.source.image_size, opset=self.opset,
+                           dynamic_batch=self.dynamic_batch, with_postprocess=self.with_postprocess, anchors=anchors,
+                           postprocess=self.postprocess, num_classes=int(getattr(self.model, "num_classes", 3)),
+                           num_anchors=int(getattr(self.model, "num_anchors", 9)), metadata=meta,
+                           tolerance=self.tolerance, sample=self._sample(), check_detections=check, log=self.log)
+
+    def _check_against_postprocessor(self, ort_out: list[np.ndarray], x: torch.Tensor) -> dict[str, Any]:
+        """The in-graph decode must give PostProcessor's detections (same count, labels, boxes)."""
+        from ..models.postprocess import PostProcessor
+        from ._onnx import ExportVerificationError
+        from .runtime import detection_agreement, max_abs_diff
+
+        with torch.no_grad():
+            ref = PostProcessor(self.source.image_size, num_classes=int(getattr(self.model, "num_classes", 3)),
+                                **self.postprocess)(self.model(x))[0]
+        ort = {"boxes": ort_out[0], "scores": ort_out[1], "labels": ort_out[2]}
+        agree = detection_agreement(ref, ort, iou=0.99)
+        ok = len(ort_out[0]) == len(ref["boxes"]) and agree == 1.0
+        diff = max_abs_diff(ort_out[1], ref["scores"].numpy()) if ok else float("inf")
+        self.log(f"  in-graph post-processing vs PostProcessor: {len(ort_out[0])} vs {len(ref['boxes'])} "
+                 f"detections, agreement {agree:.3f}, max |score diff| {diff:.3g}")
+        if not ok or diff > self.tolerance:
+            raise ExportVerificationError(f"in-graph post-processing disagrees with PostProcessor "
+                                          f"({len(ort_out[0])} vs {len(ref['boxes'])} detections, agreement {agree:.3f})")
+        return {"postprocess_agreement": agree, "detections": int(len(ort_out[0]))}
+
+    def export_onnx_int8(self, path: Path) -> dict[str, Any]:
+        from ._int8 import copy_onnx_int8, quantize_onnx_int8, verify_int8
+
+        fp32 = Path(self.results["onnx"]["path"])
+        own = self.source.artifacts.get("onnx_int8")
+        if own is not None and own.is_file():
+            self.log(f"  using stage '{self.source.name}''s own INT8 graph {own}")
+            copy_onnx_int8(own, path)
+            how = f"copied from stage '{self.source.name}' ({self.source.stage_kind})"
+        else:
+            if "quantized" in self.source.artifacts:
+                self.log("  note: the stage's quantized .pt2 program is not exported directly; "
+                         "its float weights get static PTQ in ONNX Runtime")
+            imgs = calibration_images(self.source, self.n_calib, split="train", log=self.log)
+            self.log(f"  static PTQ (QDQ, per-channel s8 weights, u8 activations) on {len(imgs)} images")
+            quantize_onnx_int8(fp32, path, [i.numpy() for i in imgs])
+            how = f"ptq-minmax onnxruntime ({len(imgs)} calibration images)"
+        check = calibration_images(self.source, 2, split="val", log=lambda s: None)
+        info = verify_int8(path, fp32, [c.numpy() for c in check], decode=self._decode, agreement=self._agree)
+        self.log(f"  INT8 vs fp32 in ORT: max |diff| {info['max_abs_diff_vs_fp32']:.3g}, detection agreement "
+                 f"{info.get('detection_agreement', float('nan')):.3f}, QDQ nodes {info['qdq_nodes']}")
+        return {"path": str(path), "source": how, **info}
+
+    def _decode(self, head: np.ndarray) -> dict[str, Any]:
+        from ..models.postprocess import PostProcessor
+
+        pp = PostProcessor(self.source.image_size, num_classes=int(getattr(self.model, "num_classes", 3)),
+                           **self.postprocess)
+        d = pp(torch.from_numpy(np.asarray(head)))[0]
+        return {"boxes": d["boxes"][:20], "labels": d["labels"][:20]}
+
+    @staticmethod
+    def _agree(a: dict, b: dict) -> float:
+        from .runtime import detection_agreement
+
+        return detection_agreement(a, b, iou=0.5)
+
+    def export_tensorrt(self, path: Path) -> dict[str, Any]:
+        from ._tensorrt import build_engine
+
+        src = self.results.get("onnx-int8") or self.results["onnx"]
+        int8 = "onnx-int8" in self.results
+        if int8:
+            path = path.with_name(f"{self.source.name}.int8.engine")
+        return build_engine(src["path"], path, int8=int8, dynamic_batch=self.dynamic_batch)
+
+
+def export_model(path: str | Path | None, formats: list[str], *, stage: str | None = None,
+                 out_dir: str | Path | None = None, runs_root: str | Path = "runs",
+                 log: Callable[[str], None] = print, **options: Any) -> tuple[ExportSource, dict[str, dict[str, Any]]]:
+    """Resolve the source, export ``formats`` and write ``export.json`` next to the files.
+
+    Returns:
+        ``(source, {format: info})``.
+    """
+    from .._io import atomic_write_json
+
+    if "tensorrt" in formats:  # fail before any work when the backend is absent
+        from ._tensorrt import check_tensorrt
+
+        check_tensorrt()
+    source = resolve_source(path, stage, runs_root=runs_root, log=log)
+    if out_dir is None:
+        out_dir = (source.run_dir / "exports") if source.run_dir else source.model_path.parent
+    if source.recipe is not None and "postprocess" not in options:
+        stage_cfg = _stage_cfg(source)
+        pp = getattr(stage_cfg, "postprocess", None)
+        if pp is not None:
+            options["postprocess"] = pp.model_dump()
+    exporter = Exporter(source, out_dir, log=log, **options)
+    results = exporter.run(formats)
+    index = Path(out_dir) / f"{source.name}.export.json"
+    atomic_write_json(index, {"stage": source.stage, "run_dir": str(source.run_dir) if source.run_dir else None,
+                              "model": str(source.model_path), "model_sha256": sha256_file(source.model_path),
+                              "formats": results})
+    return source, results
+
+
+def _stage_cfg(source: ExportSource) -> Any:
+    try:
+        return source.recipe.stage(source.stage) if source.stage else None
+    except KeyError:
+        return None

@@ -1,0 +1,80 @@
+"""ONNX Runtime helpers shared by export verification and bench.
+
+Kept apart from the exporters so bench can run an ONNX file without importing the export code.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import MissingDependencyError
+
+__all__ = ["ort_session", "ort_run", "max_abs_diff", "detection_agreement", "onnx_metadata",
+           "onnx_input_shape"]
+
+
+def ort_session(path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[str] | None = None):
+    """An ``onnxruntime.InferenceSession`` on CPU (or the given providers), ``threads`` intra-op threads."""
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - a hard dependency
+        raise MissingDependencyError("ONNX Runtime is not installed (pip install onnxruntime)") from None
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def ort_run(session: Any, images: np.ndarray) -> list[np.ndarray]:
+    """Run ``session`` on ``images`` (``float32 [N, 3, H, W]``) fed to its first input."""
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: np.ascontiguousarray(images, dtype=np.float32)})
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b|; shapes must agree (a shape mismatch is reported as inf)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+
+
+def detection_agreement(ref: dict[str, Any], other: dict[str, Any], iou: float = 0.5) -> float:
+    """Fraction of ``ref`` detections matched by an ``other`` detection of the same label at IoU >= ``iou``.
+
+    Args:
+        ref / other: ``{"boxes": [K, 4] xyxy, "labels": [K]}`` (tensors or arrays).
+
+    Returns:
+        1.0 when ``ref`` is empty and ``other`` is too, else the matched fraction in [0, 1].
+    """
+    import torch
+    from torchvision.ops import box_iou
+
+    rb, rl = torch.as_tensor(np.asarray(ref["boxes"])).float(), torch.as_tensor(np.asarray(ref["labels"]))
+    ob, ol = torch.as_tensor(np.asarray(other["boxes"])).float(), torch.as_tensor(np.asarray(other["labels"]))
+    if len(rb) == 0:
+        return 1.0 if len(ob) == 0 else 0.0
+    if len(ob) == 0:
+        return 0.0
+    m = (box_iou(rb, ob) >= iou) & (rl[:, None] == ol[None, :])
+    return float(m.any(dim=1).float().mean())
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (read without loading weights into ORT)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}
+
+
+def onnx_input_shape(session: Any) -> list[int | str | None]:
+    """Shape of the session's first input (a string/None for a dynamic axis)."""
+    return list(session.get_inputs()[0].shape)
+

@@ -1,0 +1,32 @@
+"""Stage kind ``bench``: benchmark the run's model stages; report in this stage's folder."""
+
+from __future__ import annotations
+
+from ..bench.runner import BenchOptions, bench_run, best_latency, row_map
+from . import StageContext, StageResult
+
+__all__ = ["run"]
+
+
+def run(ctx: StageContext) -> StageResult:
+    """Artifact ``report`` (report.json); metrics: mAP and batch-1 latency per row."""
+    from ..bench.report import print_table
+
+    cfg = ctx.cfg
+    opts = BenchOptions(backends=list(cfg.backends), runs=cfg.runs, warmup=cfg.warmup,
+                        batch_sizes=list(cfg.batch_sizes), threads=cfg.threads, val=cfg.val, stages=cfg.stages,
+                        postprocess=cfg.postprocess.model_dump(), protocol=cfg.eval.protocol,
+                        max_images=cfg.eval.max_images)
+    report = bench_run(ctx.run_dir, ctx.stage_dir, opts, recipe=ctx.recipe)
+    print_table(report)
+    metrics = {}
+    for r in report["rows"]:
+        key = r["label"].replace(" (int8)", "_int8")
+        m = row_map(r, opts.protocol)
+        if m is not None:
+            metrics[f"{key}/mAP"] = m
+        lat = best_latency(r)[1]
+        if lat is not None:
+            metrics[f"{key}/latency_ms"] = round(lat, 3)
+    return StageResult(artifacts={"report": ctx.stage_dir / "report.json"}, metrics=metrics,
+                       meta={"rows": [r["label"] for r in report["rows"]]})

@@ -1,0 +1,65 @@
+"""bench: report keys, markdown, PNG, deltas, latest-run pick, bad backends; tiny hand-made run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from compressdet.bench.latency import measure_latency  # noqa: E402
+from compressdet.cli import main  # noqa: E402
+
+from test_export_helpers import make_run  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def test_measure_latency_counts_calls():
+    calls = []
+    r = measure_latency(lambda: calls.append(1), runs=7, warmup=2)
+    assert len(calls) == 9 and r["runs"] == 7 and 0 <= r["min_ms"] <= r["median_ms"] <= r["p90_ms"]
+
+
+def test_bench_latest_run_writes_reports(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(run), "--stage", "pruned", "--onnx", "--int8", "--calibration-images", "2"]) == 0
+    capsys.readouterr()
+    rc = main(["bench", "--backends", "torch,ort,ort-int8", "--runs", "2", "--warmup", "1", "--batch-sizes", "1,2",
+               "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "using the latest run" in out
+    rep = json.loads((run / "bench" / "report.json").read_text())
+    assert {"rows", "threads", "backends", "batch_sizes", "qat_vs_ptq", "protocol"} <= set(rep)
+    labels = [r["label"] for r in rep["rows"]]
+    assert labels == ["student", "pruned", "pruned (int8)"]
+    student, pruned, q = rep["rows"]
+    for r in rep["rows"]:
+        assert {"macs", "params", "file_bytes", "latency", "eval", "delta"} <= set(r)
+        assert r["macs"]["backbone"] > 0 and r["eval"]["map40"] >= 0
+        assert set(r["eval"]["ap"]) == {"car", "pedestrian", "cyclist"}
+    assert set(student["latency"]) == {"torch", "ort"} and set(q["latency"]) == {"ort-int8"}
+    assert student["latency"]["torch"]["b1"]["median_ms"] > 0
+    # the run's export was static batch 1 -> batch 2 for int8 is skipped with the reason
+    assert "static batch" in q["latency"]["ort-int8"]["b2"]["skipped"]
+    assert pruned["delta"]["vs"] == "student" and q["delta"]["vs"] == "pruned"
+    assert q["eval_backend"] == "ort-int8" and q["file_bytes"] < pruned["file_bytes"]
+    md = (run / "bench" / "report.md").read_text()
+    assert "car E/M/H" in md and "FLOPs" in md and "pruned (int8)" in md
+    assert (run / "bench" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_bad_backend_exit_2(tmp_path, capsys):
+    run = make_run(tmp_path / "runs", stages=("student",))
+    assert main(["bench", str(run), "--backends", "torch,onnxrt"]) == 2
+    assert "unknown backend 'onnxrt'" in capsys.readouterr().err
+
+
+def test_bench_no_run_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench"]) == 2
+    assert "no run found" in capsys.readouterr().err
