@@ -1,0 +1,60 @@
+"""Detector models: the ShuffleDet family, anchors, box coding, post-processing, model files.
+
+Example:
+    >>> import torch
+    >>> from compressdet.models import build_model, list_models
+    >>> list_models()
+    ['shuffledet', 'shuffledet_0.25x', 'shuffledet_0.5x', 'shuffledet_1x']
+    >>> model = build_model("shuffledet_0.25x", image_size=(192, 624)).eval()
+    >>> model(torch.zeros(1, 3, 192, 624)).shape
+    torch.Size([1, 72, 12, 39])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._builder import load_model, load_pretrained_backbone, save_model
+from ._registry import ModelError, get_model_builder, is_model, list_models, register_model
+from .anchors import generate_anchors
+from .box_coder import BoxCoder, safe_exp
+from .head import split_head_output
+from .postprocess import PostProcessor
+from .shuffledet import ShuffleDet
+from .summary import model_summary
+
+__all__ = [
+    "build_model", "create_model", "list_models", "register_model", "is_model", "ModelError",
+    "ShuffleDet", "generate_anchors", "BoxCoder", "safe_exp", "split_head_output", "PostProcessor",
+    "save_model", "load_model", "load_pretrained_backbone", "model_summary",
+]
+
+
+def build_model(name: str, *, width: float | None = None, image_size: tuple[int, int] = (384, 1248),
+                num_classes: int = 3, num_anchors: int = 9, dropout: float = 0.5, pretrained: str | None = None,
+                **kwargs: Any):
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models` (``shuffledet_1x``, ``shuffledet_0.5x``,
+            ``shuffledet_0.25x``, or ``shuffledet`` with ``width=``).
+        width: width multiplier; only for ``shuffledet`` (a named variant accepts its own width).
+        image_size: ``(H, W)`` model input, multiples of 16.
+        num_classes, num_anchors, dropout: head settings.
+        pretrained: a local backbone checkpoint to load (never downloaded).
+
+    Returns:
+        the model (``ShuffleDet``), in training mode.
+
+    Raises:
+        ModelError: unknown name, bad width/size, unreadable checkpoint.
+    """
+    builder = get_model_builder(name)
+    kw: dict[str, Any] = dict(image_size=tuple(image_size), num_classes=num_classes, num_anchors=num_anchors,
+                              dropout=dropout, pretrained=pretrained, **kwargs)
+    if width is not None:
+        kw["width"] = width
+    return builder(**kw)
+
+
+create_model = build_model  # timm's name
