@@ -140,7 +140,7 @@ def difficulty(o: KittiObject) -> int | None:
 NEIGHBOUR_OF = {"car": "Van", "pedestrian": "Person_sitting"}
 
 
-def train_label(o: KittiObject, classes: "list[str] | tuple[str, ...]") -> int | None:
+def train_label(o: KittiObject, classes: list[str] | tuple[str, ...]) -> int | None:
     """Index of ``o``'s training class in ``classes``, or None when the seed drops it in training.
 
     Van, Truck, Person_sitting, Tram, Misc and DontCare have no training class (the seed dropped
@@ -158,13 +158,17 @@ def read_image(path: str | Path):
     Raises:
         DataError: the file is missing or cannot be decoded (the message names it).
     """
+    import warnings
+
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: image not found")
     try:
-        img = decode_image(read_file(str(p)), mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates io in favour of torchcodec (not installed)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            img = decode_image(read_file(str(p)), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as e:
         raise DataError(f"{p}: cannot decode image ({str(e).splitlines()[0][:120]})") from None
     return img

@@ -1,0 +1,22 @@
+"""Data: KITTI reader, the seed's augmentation, loaders and SynthKITTI (the embedded default).
+
+Public API (docs/architecture.md, ``compressdet.data``): :func:`prepare_data`,
+:func:`build_dataset`, :func:`collate`, :func:`build_loader`, :func:`load_ground_truth`,
+:func:`to_original`.
+"""
+
+from .dataset import (
+           InfiniteSampler,
+           KittiDataset,
+           build_dataset,
+           build_loader,
+           collate,
+           load_ground_truth,
+           prepare_data,
+)
+from .kitti import KittiObject, difficulty, read_label_file, read_split, write_label_file
+from .transforms import MEAN_BGR, to_original
+
+__all__ = ["prepare_data", "build_dataset", "collate", "build_loader", "load_ground_truth", "to_original",
+           "KittiDataset", "InfiniteSampler", "KittiObject", "read_label_file", "write_label_file", "read_split",
+           "difficulty", "MEAN_BGR"]

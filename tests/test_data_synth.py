@@ -1,0 +1,180 @@
+"""SynthKITTI: labels match the drawing, determinism, layouts, fitted constants, atomic cache, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compressdet.data.kitti import read_label_file, read_split
+from compressdet.data.synth import (
+    LAYOUT_STATS,
+    SYNTH_TYPES,
+    Placed,
+    ensure_synth,
+    fit_layout_stats,
+    generate_synth,
+    layout_from_real,
+    load_layouts,
+    render_image,
+    sample_layout,
+    synth_key,
+)
+from compressdet.errors import UserError
+from compressdet.recipe import SynthConfig
+
+KITTI = Path(__file__).resolve().parents[2] / "shared" / "kitti_real"
+needs_kitti = pytest.mark.skipif(not KITTI.is_dir(), reason=f"real KITTI sample not found at {KITTI} (../shared)")
+SIZE = (320, 96)
+
+
+@pytest.mark.parametrize("kind", SYNTH_TYPES)
+def test_box_equals_drawn_extent(kind):
+    dbg: dict = {}
+    _, labels = render_image(np.random.default_rng(3), [Placed(kind, (40.3, 20.6, 150.2, 90.1))], SIZE, debug=dbg)
+    assert len(labels) == 1 and labels[0].type == kind
+    ys, xs = np.nonzero(dbg["ids"] == 0)
+    assert labels[0].bbox == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert labels[0].truncated == 0 and labels[0].occluded == 0
+    x1, y1, x2, y2 = labels[0].bbox  # the silhouette spans (nearly) its layout box
+    assert 39 <= x1 <= 55 and 20 <= y1 <= 35 and 130 <= x2 <= 152 and 80 <= y2 <= 92
+
+
+def test_fully_hidden_object_is_not_labelled():
+    # a tram's body (full width, rows 8%..95%) hides a small far car completely
+    layout = [Placed("Car", (100, 40, 120, 60)), Placed("Tram", (50, 20, 250, 90))]
+    dbg: dict = {}
+    _, labels = render_image(np.random.default_rng(0), layout, SIZE, debug=dbg)
+    assert [o.type for o in labels] == ["Tram"]
+    assert not (dbg["ids"] == 0).any()
+
+
+def test_partly_hidden_object_gets_occlusion_level():
+    layout = [Placed("Tram", (60, 30, 200, 70)), Placed("Misc", (20, 20, 130, 90))]
+    _, labels = render_image(np.random.default_rng(1), layout, SIZE)
+    tram = [o for o in labels if o.type == "Tram"]
+    assert tram and tram[0].occluded in (1, 2)
+
+
+def test_truncation_equals_cut_fraction():
+    # a tram is nearly a full rectangle, symmetric about its centre: half of it lies left of x=0
+    _, labels = render_image(np.random.default_rng(0), [Placed("Tram", (-100, 10, 100, 90))], SIZE)
+    (o,) = labels
+    assert o.bbox[0] == 0 and o.bbox[2] == 100
+    assert abs(o.truncated - 0.5) <= 0.02
+    _, labels = render_image(np.random.default_rng(0), [Placed("Tram", (220, 10, 420, 90))], SIZE)
+    assert abs(labels[0].truncated - 0.5) <= 0.02 and labels[0].bbox[2] == SIZE[0]
+
+
+def test_object_outside_image_is_not_labelled():
+    _, labels = render_image(np.random.default_rng(0), [Placed("Car", (-80, 10, -5, 50))], SIZE)
+    assert labels == []
+
+
+def test_render_is_deterministic_per_seed():
+    a = render_image(np.random.default_rng(7), sample_layout(np.random.default_rng(7), SIZE), SIZE)
+    b = render_image(np.random.default_rng(7), sample_layout(np.random.default_rng(7), SIZE), SIZE)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+
+
+def test_oversample_shifts_the_class_mix():
+    def cyclist_share(over):
+        rng = np.random.default_rng(0)
+        types = [p.type for _ in range(200) for p in sample_layout(rng, SIZE, over)]
+        return types.count("Cyclist") / len(types)
+
+    base, over = cyclist_share({}), cyclist_share({"Cyclist": 5})
+    assert 0.02 < base < 0.07 and over > 2.5 * base
+
+
+def test_sampled_layouts_look_like_kitti():
+    rng = np.random.default_rng(0)
+    layouts = [sample_layout(rng, (1242, 375)) for _ in range(300)]
+    n = np.array([len(x) for x in layouts])
+    assert 4.5 < n.mean() < 6.5
+    cars = np.array([p.box for lay in layouts for p in lay if p.type == "Car"])
+    h = cars[:, 3] - cars[:, 1]
+    near = cars[:, 3] > 260
+    assert np.median(h[near]) > 2 * np.median(h[cars[:, 3] < 200])  # nearer (lower) boxes are taller
+
+
+@needs_kitti
+def test_fitted_constants_still_agree_with_kitti():
+    got = fit_layout_stats(KITTI / "training" / "label_2_all")
+    assert got["objects_per_image"][0] == pytest.approx(LAYOUT_STATS["objects_per_image"][0], rel=0.02)
+    assert got["truncated_rate"] == pytest.approx(LAYOUT_STATS["truncated_rate"], abs=0.01)
+    for t, ref in LAYOUT_STATS["types"].items():
+        np.testing.assert_allclose(got["types"][t], ref, rtol=0.05, atol=0.01, err_msg=t)
+
+
+@needs_kitti
+def test_real_layouts_scaled_and_untruncated():
+    layouts = load_layouts(KITTI / "training" / "label_2")
+    assert len(layouts) == 29
+    placed = layout_from_real(layouts[0], (621, 187))  # half size
+    assert len(placed) == len(layouts[0])
+    for o, p in zip(layouts[0], placed, strict=True):
+        assert p.box[3] == pytest.approx(o.bbox[3] / 2, rel=0.01) or o.truncated > 0
+
+
+@needs_kitti
+def test_generate_with_real_layouts(tmp_path):
+    cfg = SynthConfig(num_images=4, size=SIZE, seed=1, layouts=str(KITTI / "training" / "label_2"),
+                      oversample={"Cyclist": 10})
+    root = generate_synth(tmp_path / "s", cfg)
+    types = [o.type for i in range(4) for o in read_label_file(root / "training" / "label_2" / f"{i:06d}.txt")]
+    assert "Cyclist" in types  # layouts holding cyclists are drawn 10x more often
+
+
+def test_generate_layout_and_determinism(tmp_path):
+    cfg = SynthConfig(num_images=5, size=SIZE, seed=3, val_fraction=0.4)
+    a, b = generate_synth(tmp_path / "a", cfg), generate_synth(tmp_path / "b", cfg)
+    assert read_split(a / "ImageSets" / "train.txt") == ["000000", "000001", "000002"]
+    assert read_split(a / "ImageSets" / "val.txt") == ["000003", "000004"]
+    assert len(read_split(a / "ImageSets" / "trainval.txt")) == 5
+    assert (a / "README.md").is_file() and json.loads((a / "settings.json").read_text())["seed"] == 3
+    for i in range(5):
+        for sub, ext in (("image_2", "png"), ("label_2", "txt")):
+            fa, fb = (r / "training" / sub / f"{i:06d}.{ext}" for r in (a, b))
+            assert fa.read_bytes() == fb.read_bytes()
+    with pytest.raises(UserError, match="not empty"):
+        generate_synth(a, cfg)
+
+
+def test_ensure_synth_caches_by_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSDET_CACHE", str(tmp_path / "cache"))
+    cfg = SynthConfig(num_images=2, size=SIZE)
+    root = ensure_synth(cfg)
+    assert root == tmp_path / "cache" / "synth" / synth_key(cfg)
+    mtime = (root / "settings.json").stat().st_mtime_ns
+    assert ensure_synth(cfg) == root and (root / "settings.json").stat().st_mtime_ns == mtime
+    other = SynthConfig(num_images=2, size=SIZE, seed=1)
+    assert synth_key(other) != synth_key(cfg)
+    assert not [p for p in (tmp_path / "cache" / "synth").iterdir() if ".tmp" in p.name]  # no leftovers
+
+
+def test_killed_generation_leaves_no_set(tmp_path, monkeypatch):
+    import compressdet.data.synth as synth
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "render_image", boom)
+    cfg = SynthConfig(num_images=2, size=SIZE, cache_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synth(cfg)
+    assert not (tmp_path / synth_key(cfg)).exists()
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+def test_cli_data_synth(tmp_path, capsys):
+    from compressdet.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path / "o"), "--num-images", "3", "--size", "160x48",
+                 "--seed", "2", "--oversample", "Cyclist=3"]) == 0
+    assert len(list((tmp_path / "o" / "training" / "image_2").glob("*.png"))) == 3
+    assert json.loads((tmp_path / "o" / "settings.json").read_text())["oversample"] == {"Cyclist": 3.0}
+    assert main(["data", "synth", "--out", str(tmp_path / "p"), "--oversample", "Bike=3"]) == 2
+    assert "unknown KITTI type 'Bike'" in capsys.readouterr().err
