@@ -1,0 +1,341 @@
+"""How much to prune and when: targets (MACs ratio, uniform or per-layer ratios), one-shot or iterative.
+
+The pruner does not own a training loop (Torch-Pruning's habit): :meth:`ChannelPruner.step` prunes
+once and returns what it did; the caller fine-tunes between steps. Each step rebuilds the
+:class:`~compressdet.prune.graph.ShuffleDependencyGraph`, scores every group, lists for each group
+the valid cuts (whole shuffle tuples, balanced conv groups: :func:`feasible_cuts`) and picks one
+uniform ratio for all groups, searched so that MACs land on the step's target.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .graph import GroupConstraints, PruningError, ShuffleDependencyGraph, group_constraints
+from .importance import ChannelImportance
+
+__all__ = ["ChannelPruner", "GroupPlan", "feasible_cuts", "conv_macs", "apply_ops"]
+
+_MAX_DP_STATES = 200_000
+
+
+def conv_macs(model: nn.Module, example_inputs: Tensor, modules: nn.Module | None = None) -> int:
+    """Multiply-adds of the convs and linears of ``modules`` (default: all of ``model``) for one forward."""
+    total = [0]
+
+    def hook(m: nn.Module, args: tuple, out: Tensor) -> None:
+        if isinstance(m, nn.Conv2d):
+            total[0] += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            total[0] += out[0].numel() * m.in_features
+
+    scope = model if modules is None else modules
+    hooks = [m.register_forward_hook(hook) for m in scope.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_inputs[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return total[0]
+
+
+def feasible_cuts(cons: GroupConstraints, scores: Tensor, max_remove: int) -> dict[int, tuple[float, list[int]]]:
+    """All valid cuts of one group: removed channel count -> (importance removed, root channels).
+
+    Tuples with the same per-conv-group signature are interchangeable for the constraints, so the
+    cheapest ones of each kind go first; a small DP over the kinds (state: channels removed so far
+    and the per-conv-group imbalance, pruned when the remaining kinds can no longer rebalance it)
+    enumerates every balanced combination.
+    """
+    kinds: dict[tuple, list[tuple[float, list[int]]]] = {}
+    for t in cons.tuples:
+        key = (len(t), cons.signature(t))
+        kinds.setdefault(key, []).append((float(scores[t].sum()), t))
+    order = sorted(kinds, key=lambda k: len(kinds[k]))
+    for k in order:
+        kinds[k].sort(key=lambda x: x[0])
+
+    def diff_vec(sig: tuple) -> tuple[int, ...]:
+        return tuple(c[i] - c[0] for c in sig for i in range(1, len(c)))
+
+    vecs = [diff_vec(k[1]) for k in order]
+    dim = len(vecs[0]) if vecs else 0
+    sizes = [len(kinds[k]) for k in order]
+    lo = [[0] * dim for _ in range(len(order) + 1)]
+    hi = [[0] * dim for _ in range(len(order) + 1)]
+    for j in range(len(order) - 1, -1, -1):
+        for d in range(dim):
+            step = vecs[j][d] * sizes[j]
+            lo[j][d] = lo[j + 1][d] + min(0, step)
+            hi[j][d] = hi[j + 1][d] + max(0, step)
+    prefix = [[0.0] + list(torch.tensor([c for c, _ in kinds[k]], dtype=torch.float64).cumsum(0).tolist())
+              for k in order]
+
+    states: dict[tuple[int, tuple[int, ...]], tuple[float, tuple[int, ...]]] = {(0, (0,) * dim): (0.0, ())}
+    for j, key in enumerate(order):
+        width = key[0]
+        new: dict[tuple[int, tuple[int, ...]], tuple[float, tuple[int, ...]]] = {}
+        for (removed, diff), (cost, choice) in states.items():
+            for t in range(sizes[j] + 1):
+                ch = removed + t * width
+                if ch > max_remove:
+                    break
+                d = tuple(diff[i] + t * vecs[j][i] for i in range(dim))
+                if any(not (lo[j + 1][i] <= -d[i] <= hi[j + 1][i]) for i in range(dim)):
+                    continue
+                c = cost + prefix[j][t]
+                old = new.get((ch, d))
+                if old is None or c < old[0]:
+                    new[(ch, d)] = (c, choice + (t,))
+        states = new
+        if len(states) > _MAX_DP_STATES:
+            return {0: (0.0, [])}
+    out: dict[int, tuple[float, list[int]]] = {}
+    zero = (0,) * dim
+    for (removed, d), (cost, choice) in states.items():
+        if d != zero:
+            continue
+        roots = [r for j, t in enumerate(choice) for _, tup in kinds[order[j]][:t] for r in tup]
+        out[removed] = (cost, sorted(roots))
+    return out
+
+
+@dataclass
+class GroupPlan:
+    """One group of the current graph: its root, constraints, importance and valid cuts."""
+
+    root: str
+    members: list[str]
+    channels: int
+    cuts: dict[int, tuple[float, list[int]]]
+    granularity: int = 1
+
+    def pick(self, remove: float) -> list[int]:
+        """Root channels of the valid cut whose size is closest to ``remove`` (fewer on ties)."""
+        best = min(self.cuts, key=lambda n: (abs(n - remove), n))
+        return self.cuts[best][1]
+
+
+def apply_ops(DG: ShuffleDependencyGraph, model: nn.Module, ops: Sequence[dict[str, Any]]) -> None:
+    """Prune ``model`` (the one ``DG`` was built on) by ``[{"module": name, "idxs": [...]}, ...]``."""
+    modules = dict(model.named_modules())
+    for op in ops:
+        if op["module"] not in modules:
+            raise PruningError(f"pruning op names module '{op['module']}', which the model does not have")
+        m = modules[op["module"]]
+        if not op["idxs"]:
+            continue
+        group = DG.get_pruning_group(m, DG.out_pruning_fn(m), list(op["idxs"]))
+        if not DG.check_pruning_group(group):
+            raise PruningError(f"pruning {len(op['idxs'])} channels rooted at '{op['module']}' would empty a layer")
+        group.prune()
+
+
+def _default_output_transform(out: Any) -> list[Tensor]:
+    """Detector outputs (tensor, tuple or dict) -> flat list of tensors for the DepGraph tracer."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [v for v in out.values() if isinstance(v, Tensor)]
+    return [v for v in out if isinstance(v, Tensor)]
+
+
+class ChannelPruner:
+    """Structured channel pruning for ShuffleNet-like detectors.
+
+    Args:
+        model: the network, pruned in place.
+        example_inputs: ``Tensor[1, 3, H, W]`` used to trace the graph and count MACs.
+        importance: a :class:`ChannelImportance` (``get_importance(name)``).
+        target_macs: keep this fraction of the MACs counted by ``macs_fn`` (after the last step).
+        pruning_ratio: uniform fraction of every prunable group's channels to remove.
+        pruning_ratio_dict: ``{module name or prefix: ratio}``; the longest prefix matching a module
+            of a group wins over ``pruning_ratio``.
+        iterative_steps: reach the target in this many equal steps (prune -> fine-tune -> prune ...).
+        ignored_layers: modules whose output channels are never pruned (the head output conv).
+        round_to: removed channels per group are a multiple of this (on top of group divisibility).
+        max_pruning_ratio: never remove more than this fraction of one group.
+        macs_fn: ``model -> MACs`` (default: every conv/linear at ``example_inputs``).
+        output_transform: turns the model output into tensors for the tracer.
+        forward_fn: ``(model, inputs) -> output`` for tracing (default ``model(inputs)``).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Tensor, importance: ChannelImportance, *,
+                 target_macs: float | None = None, pruning_ratio: float | None = None,
+                 pruning_ratio_dict: dict[str, float] | None = None, iterative_steps: int = 1,
+                 ignored_layers: Sequence[nn.Module] = (), round_to: int | None = None,
+                 max_pruning_ratio: float = 0.9, macs_fn: Callable[[nn.Module], float] | None = None,
+                 output_transform: Callable[[Any], Any] | None = None,
+                 forward_fn: Callable[[nn.Module, Tensor], Any] | None = None) -> None:
+        if target_macs is None and pruning_ratio is None and not pruning_ratio_dict:
+            raise PruningError("give a target: target_macs, pruning_ratio or pruning_ratio_dict")
+        if target_macs is not None and not 0 < target_macs < 1:
+            raise PruningError(f"target_macs must be in (0, 1), got {target_macs}")
+        if iterative_steps < 1:
+            raise PruningError(f"iterative_steps must be >= 1, got {iterative_steps}")
+        self.model = model
+        self.example_inputs = example_inputs
+        self.importance = importance
+        self.target_macs = target_macs
+        self.pruning_ratio = pruning_ratio
+        self.pruning_ratio_dict = dict(pruning_ratio_dict or {})
+        self.iterative_steps = iterative_steps
+        names = {m: n for n, m in model.named_modules()}
+        self.ignored_names = [names[m] for m in ignored_layers]
+        self.round_to = round_to or 1
+        self.max_pruning_ratio = max_pruning_ratio
+        self.macs_fn = macs_fn or (lambda m: conv_macs(m, example_inputs))
+        self.output_transform = output_transform or _default_output_transform
+        self.forward_fn = forward_fn
+        self.current_step = 0
+        self.base_macs = float(self.macs_fn(model))
+        self._orig_channels: dict[str, int] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # -- graph --------------------------------------------------------------------------------
+    def build_graph(self, model: nn.Module | None = None) -> ShuffleDependencyGraph:
+        model = self.model if model is None else model
+        was = model.training
+        try:
+            return ShuffleDependencyGraph().build_dependency(model, self.example_inputs, forward_fn=self.forward_fn,
+                                                             output_transform=self.output_transform)
+        finally:
+            model.train(was)
+
+    def _ratio_for(self, members: list[str]) -> float | None:
+        best, best_len = None, -1
+        for key, r in self.pruning_ratio_dict.items():
+            for m in members:
+                if (m == key or m.startswith(key + ".")) and len(key) > best_len:
+                    best, best_len = r, len(key)
+        return best
+
+    def plan_groups(self, DG: ShuffleDependencyGraph) -> list[GroupPlan]:
+        """Score every prunable group and list its valid cuts."""
+        modules = dict(self.model.named_modules())
+        ignored = [modules[n] for n in self.ignored_names]
+        plans = []
+        for group in DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d,)):
+            root = DG.module_name(group[0].dep.target.module)
+            members = sorted({DG.module_name(it.dep.target.module) for it in group
+                              if isinstance(it.dep.target.module, nn.Module) and it.dep.target.module in DG._module2name})
+            cons = group_constraints(DG, group)
+            scores = self.importance(group)
+            max_remove = int(math.floor(self.max_pruning_ratio * cons.channels))
+            cuts = feasible_cuts(cons, scores, max_remove)
+            if self.round_to > 1:
+                cuts = {n: c for n, c in cuts.items() if n % self.round_to == 0}
+            self._orig_channels.setdefault(root, cons.channels)
+            if len(cuts) > 1:
+                plans.append(GroupPlan(root, members, cons.channels, cuts))
+        return plans
+
+    def _ops_for(self, plans: list[GroupPlan], ratio: float, step_frac: float) -> list[dict[str, Any]]:
+        ops = []
+        for p in plans:
+            r = self._ratio_for(p.members)
+            r = ratio if r is None else r * step_frac
+            orig = self._orig_channels.get(p.root, p.channels)
+            remove = p.channels - orig * (1.0 - r)  # ratios are of the original width
+            idxs = p.pick(max(0.0, remove))
+            ops.append({"module": p.root, "idxs": idxs})
+        return ops
+
+    def _macs_after(self, ops: list[dict[str, Any]]) -> float:
+        trial = copy.deepcopy(self.model)
+        apply_ops(self.build_graph(trial), trial, ops)
+        return float(self.macs_fn(trial))
+
+    def _refine(self, plans: list[GroupPlan], ops: list[dict[str, Any]], macs: float, goal: float,
+                tries: int = 10) -> list[dict[str, Any]]:
+        """Move single groups one valid cut up or down (cheapest importance first) towards ``goal``.
+
+        The uniform ratio moves every group at once, and a coarse group (the shared residual stream)
+        can jump past the goal; single-group moves close the gap.
+        """
+        by_root = {p.root: p for p in plans}
+        for _ in range(tries):
+            if abs(macs - goal) <= 0.01 * goal:
+                break
+            more = macs > goal
+            moves = []
+            for i, op in enumerate(ops):
+                p = by_root[op["module"]]
+                n = len(op["idxs"])
+                sizes = sorted(k for k in p.cuts if (k > n if more else k < n))
+                if not sizes:
+                    continue
+                k = sizes[0] if more else sizes[-1]
+                delta = abs(p.cuts[k][0] - p.cuts[n][0]) / max(1, abs(k - n))
+                moves.append((delta if more else -delta, i, k))
+            if not moves:
+                break
+            moves.sort()
+            best = None
+            for _, i, k in moves[:4]:
+                trial = list(ops)
+                trial[i] = {"module": ops[i]["module"], "idxs": by_root[ops[i]["module"]].cuts[k][1]}
+                m = self._macs_after(trial)
+                if abs(m - goal) < abs(macs - goal) and (best is None or abs(m - goal) < abs(best[0] - goal)):
+                    best = (m, trial)
+            if best is None:
+                break
+            macs, ops = best
+        return ops
+
+    # -- pruning ------------------------------------------------------------------------------
+    def step(self, loss_fn: Callable[[nn.Module], Tensor] | None = None) -> dict[str, Any]:
+        """One pruning step (of ``iterative_steps``); returns its history record.
+
+        Args:
+            loss_fn: ``model -> scalar loss``; needed by gradient criteria (Taylor), whose gradients
+                are computed here on the current model.
+        """
+        if self.current_step >= self.iterative_steps:
+            raise PruningError(f"all {self.iterative_steps} pruning steps are done")
+        self.current_step += 1
+        frac = self.current_step / self.iterative_steps
+        if getattr(self.importance, "needs_grad", False):
+            if loss_fn is None:
+                raise PruningError(f"{type(self.importance).__name__} needs loss_fn to compute gradients")
+            self.model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                loss_fn(self.model).backward()
+        macs_before = float(self.macs_fn(self.model))
+        DG = self.build_graph()
+        plans = self.plan_groups(DG)
+        if self.target_macs is not None:
+            goal = self.base_macs * (1.0 - (1.0 - self.target_macs) * frac)
+            lo, hi = 0.0, self.max_pruning_ratio
+            best: tuple[float, list[dict[str, Any]]] | None = None
+            for _ in range(14):
+                mid = (lo + hi) / 2
+                ops = self._ops_for(plans, mid, frac)
+                macs = self._macs_after(ops)
+                if best is None or abs(macs - goal) < abs(best[0] - goal):
+                    best = (macs, ops)
+                if macs > goal:
+                    lo = mid
+                else:
+                    hi = mid
+            assert best is not None
+            ops = self._refine(plans, best[1], best[0], goal)
+        else:
+            ops = self._ops_for(plans, (self.pruning_ratio or 0.0) * frac, frac)
+        ops = [op for op in ops if op["idxs"]]
+        apply_ops(DG, self.model, ops)
+        self.model.zero_grad(set_to_none=True)
+        record = {"step": self.current_step, "macs_before": macs_before, "macs_after": float(self.macs_fn(self.model)),
+                  "base_macs": self.base_macs, "ops": ops}
+        self.history.append(record)
+        return record

@@ -1,0 +1,135 @@
+"""Stage kind ``prune``: make the ``from`` model smaller and faster, then recover with imitation.
+
+Structured channel pruning (:mod:`compressdet.prune`: shuffle-aware DepGraph, no masks) towards
+``target`` (MACs ratio or channel ratios), ``iterative_steps`` rounds of prune -> fine-tune, each
+fine-tune the train stage's machinery (:func:`compressdet.engine.launch.fit_stage`) with imitation
+from ``teacher`` when configured (the adaptation layer is rebuilt for the pruned width).
+
+Artifacts: ``model`` (a dense model file: arch + pruned state dict, reloadable by ``load_model``),
+``history`` (``prune_history.json``, replayable). Metrics: MACs/params before and after, ratios,
+map40/map11 of the fine-tuned model, per-round pruning records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from . import StageContext, StageResult
+
+__all__ = ["run", "example_input_size"]
+
+
+def example_input_size(image_size: tuple[int, int]) -> tuple[int, int]:
+    """A small input with the same stride pattern, for tracing and the MACs search (ratios don't change)."""
+    h, w = image_size
+    return max(32, (h // 4) // 16 * 16), max(32, (w // 4) // 16 * 16)
+
+
+def _ignored(model: nn.Module, names: list[str]) -> list[nn.Module]:
+    modules = dict(model.named_modules())
+    out = [model.head.conv] if hasattr(model, "head") and hasattr(model.head, "conv") else []
+    for n in names:
+        if n not in modules:
+            close = difflib.get_close_matches(n, list(modules), n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"prune stage: ignored_layers: no module named '{n}'{hint}")
+        out.append(modules[n])
+    return out
+
+
+def _taylor_loss(ctx: StageContext) -> Any:
+    """``model -> detection loss`` on a fixed train batch (gradients for Taylor importance)."""
+    from ..data import build_dataset, collate
+    from ..losses import SqueezeDetLoss
+    from ..models.anchors import generate_anchors
+
+    data_cfg = ctx.recipe.data
+    ds = build_dataset(data_cfg, "train", train=False, seed=ctx.recipe.seed)
+    n = min(len(ds), max(1, min(8, ctx.cfg.schedule.batch_size)))
+    images, targets = collate([ds[i] for i in range(n)])
+    hw = tuple(data_cfg.image_size)
+    loss = SqueezeDetLoss(generate_anchors(hw), num_classes=len(data_cfg.classes), image_size=hw)
+
+    def fn(model: nn.Module) -> torch.Tensor:
+        return loss(model(images), targets)["total"]
+
+    return fn
+
+
+def _summary(model: nn.Module, hw: tuple[int, int]) -> dict[str, Any]:
+    from ..models import model_summary
+
+    s = model_summary(model, hw)
+    return {"macs": s["macs"], "params": s["params"], "params_with_bn_stats": s["params_with_bn_stats"],
+            "feature_channels": s.get("feature_channels")}
+
+
+def run(ctx: StageContext) -> StageResult:
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.launch import fit_stage
+    from ..models import load_model, save_model
+    from ..prune import ChannelPruner, conv_macs, get_importance, save_history
+
+    cfg, recipe = ctx.cfg, ctx.recipe
+    hw = tuple(recipe.data.image_size)
+    model, meta_in = load_model(ctx.input("from").artifact("model"))
+    model.train()
+    before = _summary(model, hw)
+    x = torch.zeros(1, 3, *example_input_size(hw))
+    target = cfg.target
+    pruner = ChannelPruner(model, x, get_importance(cfg.importance), target_macs=target.macs,
+                           pruning_ratio=target.pruning_ratio, pruning_ratio_dict=target.pruning_ratio_dict,
+                           iterative_steps=cfg.iterative_steps, ignored_layers=_ignored(model, cfg.ignored_layers),
+                           round_to=cfg.round_to, macs_fn=lambda m: conv_macs(m, x, m.backbone),
+                           output_transform=lambda out: [out] if isinstance(out, torch.Tensor) else list(out))
+    loss_fn = _taylor_loss(ctx) if cfg.importance == "taylor" else None
+    k = cfg.iterative_steps
+    rounds: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    sub = ctx
+    for i in range(k):
+        model.cpu()
+        rec = pruner.step(loss_fn)
+        sub = dataclasses.replace(ctx, stage_dir=ctx.stage_dir / f"round{i + 1}", resume=False) if k > 1 else ctx
+        sched = cfg.schedule.model_copy(update={"steps": max(1, cfg.schedule.steps // k)})
+        summary = fit_stage(sub, model, schedule=sched, imitation=cfg.imitation, postprocess=cfg.postprocess,
+                            eval_cfg=cfg.eval)
+        rounds.append({"step": rec["step"], "backbone_macs_ratio": rec["macs_after"] / rec["base_macs"],
+                       "channels_removed": sum(len(op["idxs"]) for op in rec["ops"]),
+                       "best_map40": summary.get("best_map40"), "steps": sched.steps})
+        if i < k - 1:  # every rank continues from the same (last) weights
+            model.load_state_dict(load_checkpoint(sub.checkpoint_dir / "last.pt")["model"])
+    if not ctx.is_main:
+        return StageResult()
+    best = load_checkpoint(sub.checkpoint_dir / "best.pt")
+    model.cpu().load_state_dict(best["model"])
+    model.eval()
+    after = _summary(model, hw)
+    hist_path = save_history(ctx.stage_dir / "prune_history.json", pruner.history, arch=getattr(model, "arch", None),
+                             extra={"example_input_size": list(x.shape[2:]), "importance": cfg.importance,
+                                    "target": target.model_dump(mode="json")})
+    imit = cfg.imitation
+    meta = {"from": cfg.from_, "arch": getattr(model, "arch", None), "best_step": best["step"],
+            "teacher": cfg.teacher if (imit is not None and imit.weight > 0) else None,
+            "imitation": imit.model_dump(mode="json") if imit is not None else None,
+            "image_size": list(hw), "classes": list(recipe.data.classes), "pruning_history": hist_path.name,
+            "pruned": {"importance": cfg.importance, "iterative_steps": k}}
+    path = save_model(model, ctx.stage_dir / "model.pt", meta=meta)
+    res = summary.get("best_result") or {}
+    metrics = {
+        "macs_before": before["macs"], "macs_after": after["macs"],
+        "params_before": before["params"], "params_after": after["params"],
+        "macs_ratio": after["macs"]["backbone"] / max(1, before["macs"]["backbone"]),
+        "total_macs_ratio": after["macs"]["total"] / max(1, before["macs"]["total"]),
+        "params_ratio": after["params"]["total"] / max(1, before["params"]["total"]),
+        "feature_channels": [before["feature_channels"], after["feature_channels"]],
+        "map40": res.get("map40"), "map11": res.get("map11"), "ap40": res.get("ap", {}),
+        "best_step": summary.get("best_step"), "rounds": rounds,
+    }
+    return StageResult(artifacts={"model": path, "history": hist_path}, metrics=metrics, meta=meta)
