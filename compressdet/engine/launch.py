@@ -1,0 +1,154 @@
+"""From a stage context to a finished training run: data, loss, teacher, evaluator, Trainer.
+
+The train, prune and qat stages all train the same way; :func:`fit_stage` is the one place that
+wires a recipe's data/schedule/imitation/eval settings to :class:`~compressdet.engine.Trainer`.
+:func:`build_evaluate_fn` is the validation used for best-checkpoint selection (KITTI mAP40 of
+PostProcessor detections against ``load_ground_truth``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..recipe import DataConfig, EvalConfig, ImitationConfig, PostprocessConfig, ScheduleConfig
+
+__all__ = ["build_evaluate_fn", "fit_stage", "load_teacher"]
+
+
+def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess: PostprocessConfig,
+                      device: str | torch.device = "cpu", viz_dir: str | Path | None = None
+                      ) -> Callable[[nn.Module, int], dict[str, Any]]:
+    """``fn(model, step) -> {"map40", "map11", "ap": {cls: {level: ap40}}, "images"}`` on the val split.
+
+    Ground truth is read once; ``eval.max_images`` (or ``data.max_val_images``) limits the images.
+    ``images`` holds up to ``eval.num_images_logged`` detection drawings (HWC uint8) when
+    ``compressdet.eval.viz`` is available; they are also written as PNGs under ``viz_dir``.
+    """
+    from ..data import build_dataset, build_loader, load_ground_truth
+    from ..eval import evaluate_kitti, predictions_to_kitti
+    from ..models.postprocess import PostProcessor
+
+    dataset = build_dataset(data_cfg, "val", train=False)
+    limit = eval_cfg.max_images
+    if limit is not None and limit < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(limit))
+    if len(dataset) == 0:
+        raise UserError("the val split is empty: nothing to evaluate (check data.val_split)")
+    loader = build_loader(dataset, batch_size=eval_cfg.batch_size, train=False, seed=0,
+                          num_workers=data_cfg.num_workers)
+    gt_all, _ = load_ground_truth(data_cfg, "val")
+    classes = tuple(data_cfg.classes)
+    post = PostProcessor.from_config(tuple(data_cfg.image_size), postprocess, num_classes=len(classes))
+    dev = torch.device(device)
+
+    def evaluate(model: nn.Module, step: int) -> dict[str, Any]:
+        dets: dict[str, list] = {}
+        shown: list[tuple[str, torch.Tensor, dict]] = []
+        for images, targets in loader:
+            out = model(images.to(dev)).float()
+            preds = post(out, [t["orig_size"] for t in targets])
+            for t, p in zip(targets, preds):
+                dets[t["image_id"]] = predictions_to_kitti({k: v.cpu() for k, v in p.items()}, classes)
+                if len(shown) < eval_cfg.num_images_logged:
+                    shown.append((t["image_id"], images[len(shown) % len(images)], p))
+        gt = {i: gt_all[i] for i in dets}
+        res = evaluate_kitti(gt, dets, protocol=eval_cfg.protocol, classes=classes)
+        result: dict[str, Any] = {"map40": float(res["map40"]), "map11": float(res["map11"]),
+                                  "ap": {c: {lvl: float(v["ap40"]) for lvl, v in lv.items()}
+                                         for c, lv in res["ap"].items()}}
+        result["images"] = _draw(shown, dets, step, viz_dir)
+        return result
+
+    return evaluate
+
+
+def _draw(shown: list, dets: dict, step: int, viz_dir: str | Path | None) -> dict[str, np.ndarray]:
+    """Detection drawings via compressdet.eval.viz when it exists (optional: never fails training)."""
+    if not shown:
+        return {}
+    try:
+        from ..eval import viz  # noqa: F401
+        from ..eval.viz import draw_detections
+    except ImportError:
+        return {}
+    out: dict[str, np.ndarray] = {}
+    for image_id, _, _ in shown:
+        try:
+            img = draw_detections(image_id=image_id, detections=dets[image_id])
+        except Exception:  # noqa: BLE001 - drawing is a nicety; the contract of viz may differ
+            return out
+        arr = np.asarray(img)
+        if arr.ndim == 3 and arr.dtype == np.uint8:
+            out[image_id] = arr
+            if viz_dir is not None:
+                from PIL import Image
+
+                from .._io import atomic_path
+
+                with atomic_path(Path(viz_dir) / f"step{step:06d}_{image_id}.png", suffix=".png") as tmp:
+                    Image.fromarray(arr).save(tmp)
+    return out
+
+
+def load_teacher(path: str | Path, device: str | torch.device) -> nn.Module:
+    """A frozen teacher (eval mode, no grads) from a model file."""
+    from ..models import load_model
+
+    teacher, _ = load_model(path, map_location=device)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if not hasattr(teacher, "forward_with_features"):
+        raise UserError(f"{path}: the teacher model has no forward_with_features (not a ShuffleDet)")
+    return teacher
+
+
+def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation: ImitationConfig | None,
+              postprocess: PostprocessConfig, eval_cfg: EvalConfig,
+              param_groups: Callable | None = None, on_step: Callable | None = None,
+              loss_fn: nn.Module | None = None) -> dict[str, Any]:
+    """Train ``model`` as stage ``ctx`` says (resuming ``ctx.latest_checkpoint()``); returns the summary.
+
+    The teacher is ``ctx.input("teacher")``'s model when imitation is on (weight > 0). After it
+    returns, rank 0 finds the best weights in ``ctx.checkpoint_dir / "best.pt"``.
+    """
+    from ..data import build_dataset, build_loader, prepare_data
+    from ..losses import SqueezeDetLoss
+    from ..models.anchors import generate_anchors
+
+    data_cfg = ctx.recipe.data
+    hw = tuple(data_cfg.image_size)
+    prepare_data(data_cfg)
+    if schedule.batch_size % ctx.world_size:
+        raise UserError(f"stage '{ctx.name}': schedule.batch_size {schedule.batch_size} must be divisible by the "
+                        f"{ctx.world_size} processes")
+    train_set = build_dataset(data_cfg, "train", train=True, seed=ctx.recipe.seed)
+    loader = build_loader(train_set, batch_size=schedule.batch_size // ctx.world_size, train=True,
+                          seed=ctx.recipe.seed, rank=ctx.rank, world_size=ctx.world_size,
+                          num_workers=data_cfg.num_workers)
+    num_classes = len(data_cfg.classes)
+    num_anchors = getattr(model, "num_anchors", 9)
+    anchors = generate_anchors(hw)
+    if loss_fn is None:
+        loss_fn = SqueezeDetLoss(anchors, num_classes=num_classes, num_anchors=num_anchors, image_size=hw)
+    teacher = None
+    if imitation is not None and imitation.weight > 0:
+        teacher = load_teacher(ctx.input("teacher").artifact("model"), ctx.device)
+    evaluate_fn = None
+    if ctx.is_main:
+        evaluate_fn = build_evaluate_fn(data_cfg, eval_cfg=eval_cfg, postprocess=postprocess, device=ctx.device,
+                                        viz_dir=ctx.stage_dir / "viz")
+    from .trainer import Trainer
+
+    trainer = Trainer(model, schedule=schedule, loss_fn=loss_fn, train_loader=loader, evaluate_fn=evaluate_fn,
+                      teacher=teacher, imitation=imitation, out_dir=ctx.checkpoint_dir, tb_dir=ctx.tb_dir,
+                      device=ctx.device, rank=ctx.rank, world_size=ctx.world_size, seed=ctx.recipe.seed,
+                      param_groups=param_groups, on_step=on_step, anchors=anchors, num_anchors=num_anchors,
+                      description=ctx.name)
+    return trainer.fit(resume_from=ctx.latest_checkpoint())

@@ -1,0 +1,59 @@
+"""The train stage end to end through the CLI: teacher -> student with imitation (tiny synth run)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from compressdet.cli import main
+
+RECIPE = """
+name: tiny
+seed: 0
+device: cpu
+data:
+  format: synth
+  image_size: [64, 192]
+  synth: {num_images: 12, size: [384, 128], seed: 0, cache_dir: CACHE}
+  max_val_images: 3
+stages:
+  - name: teacher
+    kind: train
+    model: {arch: shuffledet_1x, dropout: 0.0}
+    schedule: {steps: 4, batch_size: 2, eval_every: 2, checkpoint_every: 2, log_every: 1, threads: 1}
+  - name: student
+    kind: train
+    model: shuffledet_0.25x
+    teacher: teacher
+    imitation: {weight: 1.0, normalizer: seed}
+    schedule: {steps: 4, batch_size: 2, eval_every: 2, checkpoint_every: 2, log_every: 1, threads: 1}
+"""
+
+
+def test_teacher_then_student_via_cli(tmp_path):
+    torch.set_num_threads(1)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("CACHE", str(tmp_path / "cache")))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(recipe), "--run-dir", str(run_dir)]) == 0
+    man = json.loads((run_dir / "manifest.json").read_text())
+    for name in ("teacher", "student"):
+        rec = man["stages"][name]
+        assert rec["status"] == "done"
+        assert (run_dir / rec["artifacts"]["model"]["path"]).is_file()
+        m = rec["metrics"]
+        assert 0.0 <= m["map40"] <= 100.0 and m["steps"] == 4 and m["best_step"] in (2, 4)
+        assert set(m["ap40"]) == {"car", "pedestrian", "cyclist"} and m["train_img_per_s"] > 0
+        assert (run_dir / name / "checkpoints" / "last.pt").is_file()
+        assert any((run_dir / "tb" / name).iterdir())
+    assert set(man["stages"]["student"]["metrics"]["final_losses"]) == {"class", "confidence", "box", "imitation",
+                                                                          "total"}
+    assert "imitation" not in man["stages"]["teacher"]["metrics"]["final_losses"]
+    from compressdet.models import load_model
+
+    student, meta = load_model(run_dir / man["stages"]["student"]["artifacts"]["model"]["path"])
+    assert meta["teacher"] == "teacher" and student.arch["width"] == 0.25
+    assert not any("adapt" in k for k in student.state_dict())  # the adaptation layer is not exported
+    # a finished run resumes as a no-op (artifacts verified)
+    assert main(["run", str(recipe), "--run-dir", str(run_dir), "--resume"]) == 0
