@@ -121,8 +121,8 @@ class ConsoleHook(StageHook):
     def after_stage(self, pipeline: "Pipeline", name: str, result: StageResult | None) -> None:
         if pipeline.rank == 0 and result is not None:
             rec = pipeline.manifest["stages"][name]
-            metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in list(result.metrics.items())[:6])
+            scalars = [(k, v) for k, v in result.metrics.items() if isinstance(v, (int, float))]
+            metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars[:6])
             pipeline.console.print(f"[green]done[/] {name} in {rec.get('wall_time_s', 0):.1f}s  {metrics}")
 
 

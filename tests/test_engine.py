@@ -23,8 +23,8 @@ HW = (64, 192)
 class TinyBoxes(Dataset):
     """Deterministic noise images with two boxes each; items keyed by (index, epoch) like KittiDataset."""
 
-    def __init__(self, n: int = 8, hw: tuple[int, int] = HW) -> None:
-        self.n, self.hw = n, hw
+    def __init__(self, n: int = 8, hw: tuple[int, int] = HW, dtype: torch.dtype = torch.float32) -> None:
+        self.n, self.hw, self.dtype = n, hw, dtype
 
     def __len__(self) -> int:
         return self.n
@@ -32,7 +32,7 @@ class TinyBoxes(Dataset):
     def __getitem__(self, key):
         i, _ = key if isinstance(key, tuple) else (key, 0)
         g = torch.Generator().manual_seed(i)
-        img = torch.randn(3, *self.hw, generator=g) * 50
+        img = (torch.randn(3, *self.hw, generator=g) * 50).to(self.dtype)
         x0 = torch.randint(0, self.hw[1] - 60, (2,), generator=g).float()
         y0 = torch.randint(0, self.hw[0] - 40, (2,), generator=g).float()
         boxes = torch.stack([x0, y0, x0 + 50, y0 + 30], 1)
@@ -40,16 +40,16 @@ class TinyBoxes(Dataset):
 
 
 def make_trainer(out_dir, *, steps=4, rank=0, world_size=1, dropout=0.5, imitation=True, batch=2, on_step=None,
-                 loss_wrap=None, checkpoint_every=2, evaluate=True, lr=0.01):
+                 loss_wrap=None, checkpoint_every=2, evaluate=True, lr=0.01, dtype=torch.float32):
     from compressdet.data import build_loader
     from compressdet.losses import SqueezeDetLoss
     from compressdet.models import build_model
     from compressdet.models.anchors import generate_anchors
 
     torch.manual_seed(0)
-    student = build_model("shuffledet_0.25x", image_size=HW, dropout=dropout)
-    teacher = build_model("shuffledet_1x", image_size=HW).eval() if imitation else None
-    loader = build_loader(TinyBoxes(), batch_size=batch // world_size, train=True, seed=0, rank=rank,
+    student = build_model("shuffledet_0.25x", image_size=HW, dropout=dropout).to(dtype)
+    teacher = build_model("shuffledet_1x", image_size=HW).to(dtype).eval() if imitation else None
+    loader = build_loader(TinyBoxes(dtype=dtype), batch_size=batch // world_size, train=True, seed=0, rank=rank,
                           world_size=world_size)
     loss = SqueezeDetLoss(generate_anchors(HW), image_size=HW)
     if loss_wrap is not None:

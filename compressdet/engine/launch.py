@@ -47,52 +47,46 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
     post = PostProcessor.from_config(tuple(data_cfg.image_size), postprocess, num_classes=len(classes))
     dev = torch.device(device)
 
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+
     def evaluate(model: nn.Module, step: int) -> dict[str, Any]:
         dets: dict[str, list] = {}
-        shown: list[tuple[str, torch.Tensor, dict]] = []
         for images, targets in loader:
             out = model(images.to(dev)).float()
             preds = post(out, [t["orig_size"] for t in targets])
             for t, p in zip(targets, preds):
                 dets[t["image_id"]] = predictions_to_kitti({k: v.cpu() for k, v in p.items()}, classes)
-                if len(shown) < eval_cfg.num_images_logged:
-                    shown.append((t["image_id"], images[len(shown) % len(images)], p))
         gt = {i: gt_all[i] for i in dets}
         res = evaluate_kitti(gt, dets, protocol=eval_cfg.protocol, classes=classes)
         result: dict[str, Any] = {"map40": float(res["map40"]), "map11": float(res["map11"]),
                                   "ap": {c: {lvl: float(v["ap40"]) for lvl, v in lv.items()}
                                          for c, lv in res["ap"].items()}}
-        result["images"] = _draw(shown, dets, step, viz_dir)
+        shown = list(dets)[: eval_cfg.num_images_logged]
+        result["images"] = _draw(base, shown, gt, dets, step, viz_dir)
         return result
 
     return evaluate
 
 
-def _draw(shown: list, dets: dict, step: int, viz_dir: str | Path | None) -> dict[str, np.ndarray]:
-    """Detection drawings via compressdet.eval.viz when it exists (optional: never fails training)."""
-    if not shown:
+def _draw(dataset: Any, ids: list[str], gt: dict, dets: dict, step: int,
+          viz_dir: str | Path | None) -> dict[str, np.ndarray]:
+    """Ground truth and detections drawn on the original images (for tensorboard and ``viz_dir``)."""
+    if not ids:
         return {}
-    try:
-        from ..eval import viz  # noqa: F401
-        from ..eval.viz import draw_detections
-    except ImportError:
-        return {}
+    from PIL import Image
+
+    from .._io import atomic_path
+    from ..data.kitti import read_image
+    from ..eval.viz import draw_detections
+
     out: dict[str, np.ndarray] = {}
-    for image_id, _, _ in shown:
-        try:
-            img = draw_detections(image_id=image_id, detections=dets[image_id])
-        except Exception:  # noqa: BLE001 - drawing is a nicety; the contract of viz may differ
-            return out
-        arr = np.asarray(img)
-        if arr.ndim == 3 and arr.dtype == np.uint8:
-            out[image_id] = arr
-            if viz_dir is not None:
-                from PIL import Image
-
-                from .._io import atomic_path
-
-                with atomic_path(Path(viz_dir) / f"step{step:06d}_{image_id}.png", suffix=".png") as tmp:
-                    Image.fromarray(arr).save(tmp)
+    for image_id in ids:
+        rgb = read_image(dataset.image_path(image_id)).permute(1, 2, 0).numpy()
+        arr = draw_detections(rgb, gt.get(image_id, []), dets[image_id], score_thresh=0.1)
+        out[image_id] = arr
+        if viz_dir is not None:
+            with atomic_path(Path(viz_dir) / f"step{step:06d}_{image_id}.png", suffix=".png") as tmp:
+                Image.fromarray(arr).save(tmp, format="PNG")
     return out
 
 

@@ -202,6 +202,9 @@ class Trainer(TrainerBase):
             width = (getattr(model, "arch", None) or {}).get("width")
             imit_loss = ImitationLoss(model.feature_channels, teacher.feature_channels,
                                       normalizer=self.imitation_cfg.normalizer, student_width=width)
+            first = next((p for p in model.parameters() if p.is_floating_point()), None)
+            if first is not None:  # the adaptation layer computes in the student's dtype (fp64 in tests)
+                imit_loss.to(dtype=first.dtype)
             self.anchors = (anchors if anchors is not None else loss_fn.anchors).detach().float().cpu()
             self.num_anchors = num_anchors
         model.to(self.device)
@@ -295,7 +298,7 @@ class Trainer(TrainerBase):
                 mask = imitation_mask([t["boxes"] for t in targets], self.anchors, grid, self.num_anchors,
                                       self.imitation_cfg.psi).to(self.device)
             head_out, imit = self.ddp(images, teacher_feat, mask)
-        losses = dict(self.loss_fn(head_out.float(), targets))
+        losses = dict(self.loss_fn(head_out.to(torch.promote_types(head_out.dtype, torch.float32)), targets))
         total = losses.pop("total")
         if imit is not None:
             w = self.imitation_cfg.weight if teacher_feat is not None else 0.0

@@ -98,8 +98,9 @@ class ImitationLoss(nn.Module):
         self.reduce_counts = reduce_counts
 
     def forward(self, student_feat: Tensor, teacher_feat: Tensor, mask: Tensor) -> Tensor:
-        adapted = self.adapt(student_feat).float()
-        teacher_feat = teacher_feat.detach().float()
+        adapted = self.adapt(student_feat)
+        adapted = adapted.to(torch.promote_types(adapted.dtype, torch.float32))  # fp16/bf16 -> fp32, fp64 kept
+        teacher_feat = teacher_feat.detach().to(adapted.dtype)
         if adapted.shape != teacher_feat.shape:
             raise ValueError(f"adapted student feature {tuple(adapted.shape)} != teacher feature "
                              f"{tuple(teacher_feat.shape)} (same input size needed)")
