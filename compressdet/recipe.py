@@ -25,7 +25,7 @@ from .errors import RecipeError
 __all__ = [
     "Recipe", "StageConfig", "DataConfig", "ModelConfig", "ScheduleConfig", "ImitationConfig",
     "PostprocessConfig", "EvalConfig", "TrainStage", "PruneStage", "QatStage", "PtqStage",
-    "ExportStage", "BenchStage", "load_recipe", "parse_recipe", "register_stage_schema",
+    "ExportStage", "BenchStage", "ModelFileStage", "load_recipe", "parse_recipe", "register_stage_schema",
     "stage_schemas", "apply_overrides",
 ]
 
@@ -287,6 +287,17 @@ class QatStage(StageConfig):
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="after")
+    def _freeze_steps(self) -> "QatStage":
+        for f in ("freeze_observers_step", "freeze_bn_step"):
+            v = getattr(self, f)
+            if v is not None and v > self.schedule.steps:
+                raise ValueError(f"{f}={v} is after the last step ({self.schedule.steps}); "
+                                 f"use a value in [0, {self.schedule.steps}]")
+        if self.imitation is not None and self.imitation.weight > 0 and self.teacher is None:
+            raise ValueError("imitation with weight > 0 needs 'teacher: <stage name>'")
+        return self
+
 
 @register_stage_schema("ptq")
 class PtqStage(StageConfig):
@@ -328,6 +339,15 @@ class BenchStage(StageConfig):
     val: bool = True
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+@register_stage_schema("model_file")
+class ModelFileStage(StageConfig):
+    """An existing model file (e.g. a teacher trained in another run) as this recipe's stage."""
+
+    kind: Literal["model_file"] = "model_file"
+    path: str = Field(description="model file written by compressdet.models.save_model")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="expected sha256 of the file")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,332 @@
+"""INT8 on CPU: PTQ vs QAT (without / with imitation) mAP, and ONNX Runtime latency fp32 vs INT8.
+
+Two parts:
+
+* ``speed``: randomly initialised ShuffleDets (BN statistics randomised so activations are not
+  degenerate) at batch 1, 384x1248; every graph variant of the speed study (docs/quantization.md)
+  timed *interleaved* in one process (the machine is shared: ratios inside one run are what
+  counts), median of ``--runs``; writes benchmarks/results/quant_speed.json.
+* ``accuracy``: a pipeline on SynthKITTI: teacher (1x) -> 0.25x student with imitation -> PTQ,
+  QAT without imitation, QAT with imitation; mAP (official, AP40) of each as the PyTorch int8
+  program and as the ONNX graph under ONNX Runtime, plus ORT latency at the run's image size;
+  writes benchmarks/results/quant.{json,md}.
+
+    .venv/bin/python benchmarks/quant.py speed [--widths 0.25 0.5 1] [--runs 50] [--threads 2]
+    .venv/bin/python benchmarks/quant.py accuracy --preset smoke|full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compressdet._io import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+ARCH = {"0.25": "shuffledet_0.25x", "0.5": "shuffledet_0.5x", "1": "shuffledet_1x"}
+
+
+# ---------------------------------------------------------------------------------------------
+# speed
+def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    return model
+
+
+def _export_fp32(model: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["images"],
+                          output_names=["head"])
+    return path
+
+
+def _ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
+    """Stock ONNX Runtime static quantization (QDQ, u8 activations, s8 per-channel weights)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"images": c} for c in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None) -> Path:
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from compressdet.quant._pt2e import capture, convert, make_quantizer
+    from compressdet.quant.onnx_int8 import export_int8_onnx
+    from compressdet.recipe import QuantConfig
+
+    gm = capture(model, x, fold_shuffle=fold, pad_stem=pad, train=False)
+    prepared = prepare_pt2e(gm, make_quantizer(QuantConfig(), is_qat=False, observer="minmax"))
+    move_exported_model_to_eval(prepared)
+    with torch.no_grad():
+        for c in calib:
+            prepared(torch.from_numpy(c))
+    return export_int8_onnx(convert(prepared), x, out)
+
+
+def _time_interleaved(sessions: dict, feed: dict, runs: int, warmup: int = 5) -> dict[str, dict]:
+    for s in sessions.values():
+        for _ in range(warmup):
+            s.run(None, feed)
+    wall = {k: [] for k in sessions}
+    cpu = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t, c = time.perf_counter(), time.process_time()
+            s.run(None, feed)
+            wall[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
+    return {k: {"median_ms": 1e3 * float(np.median(wall[k])), "p90_ms": 1e3 * float(np.percentile(wall[k], 90)),
+                "cpu_median_ms": 1e3 * float(np.median(cpu[k]))} for k in sessions}
+
+
+def speed(args: argparse.Namespace) -> dict:
+    from compressdet.models import build_model
+    from compressdet.quant.onnx_int8 import ort_session
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    H, W = args.size
+    rng = np.random.default_rng(0)
+    calib = [(rng.standard_normal((1, 3, H, W)) * 50).astype(np.float32) for _ in range(2)]
+    feed = {"images": (rng.standard_normal((1, 3, H, W)) * 50).astype(np.float32)}
+    out: dict = {"machine": platform.processor() or platform.machine(), "size": [H, W], "batch": 1,
+                 "threads": args.threads, "runs": args.runs, "note": "interleaved in one process; "
+                 "ratios are what to read (the machine is shared)", "widths": {}}
+    tmp = Path(tempfile.mkdtemp(prefix="quant_speed_"))
+    for w in args.widths:
+        model = _randomize_bn(build_model(ARCH[w], image_size=(H, W))).eval()
+        torch.nn.init.normal_(model.head.conv.weight, std=0.02)
+        x = torch.from_numpy(calib[0])
+        t0 = time.time()
+        paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx")}
+        paths["int8_ort_static"] = _ort_static(paths["fp32"], tmp / f"{w}_ortstatic.onnx", calib)
+        paths["int8_nofold"] = _pt2e_int8(model, x, calib, tmp / f"{w}_nofold.onnx", fold=False, pad=None)
+        paths["int8_fold"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fold.onnx", fold=True, pad=None)
+        paths["int8_fast"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fast.onnx", fold=True, pad=4)
+        print(f"[{w}x] graphs built in {time.time() - t0:.0f}s", flush=True)
+        sess = {k: ort_session(p, threads=args.threads) for k, p in paths.items()}
+        sess["int8_fast_opt_extended"] = ort_session(paths["int8_fast"], threads=args.threads, opt_level="extended")
+        sess["fp32_opt_extended"] = ort_session(paths["fp32"], threads=args.threads, opt_level="extended")
+        res = _time_interleaved(sess, feed, args.runs)
+        one = _time_interleaved({"fp32_1thread": ort_session(paths["fp32"], threads=1),
+                                 "int8_fast_1thread": ort_session(paths["int8_fast"], threads=1)}, feed,
+                                max(10, args.runs // 2))
+        res.update(one)
+        base = res["fp32"]["median_ms"]
+        for k, v in res.items():
+            ref = res["fp32_1thread"]["median_ms"] if k.endswith("1thread") else base
+            v["ratio_to_fp32"] = v["median_ms"] / ref
+        out["widths"][f"{w}x"] = res
+        print(f"[{w}x] " + "  ".join(f"{k} {v['median_ms']:.1f}ms ({v['ratio_to_fp32']:.2f}x)"
+                                     for k, v in res.items()), flush=True)
+        atomic_write_json(RESULTS / "quant_speed.json", out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy
+PRESETS = {
+    "smoke": dict(image_size=[64, 192], num_images=32, max_val=16, teacher_steps=20, student_steps=20,
+                  qat_steps=8, batch=8, calib=16, runs=50),
+    "full": dict(image_size=[384, 1248], num_images=2000, max_val=500, teacher_steps=20000, student_steps=20000,
+                 qat_steps=2000, batch=32, calib=64, runs=100),
+}
+
+
+def _recipe_text(p: dict, cache: str) -> str:
+    h, w = p["image_size"]
+    sched = "{steps: %d, batch_size: %d, lr: %s, eval_every: %d, checkpoint_every: %d, log_every: 10}"
+    return f"""name: quant_bench
+seed: 0
+data:
+  format: synth
+  image_size: [{h}, {w}]
+  synth: {{num_images: {p['num_images']}, size: [1242, 375], seed: 0, cache_dir: {cache}}}
+  max_val_images: {p['max_val']}
+stages:
+  - name: teacher
+    kind: train
+    model: shuffledet_1x
+    schedule: {sched % (p['teacher_steps'], p['batch'], 0.02, p['teacher_steps'], p['teacher_steps'])}
+  - name: student
+    kind: train
+    model: shuffledet_0.25x
+    teacher: teacher
+    imitation: {{weight: 1.0}}
+    schedule: {sched % (p['student_steps'], p['batch'], 0.02, p['student_steps'], p['student_steps'])}
+  - name: ptq
+    kind: ptq
+    from: student
+    quant: {{calibration_images: {p['calib']}}}
+  - name: qat
+    kind: qat
+    from: student
+    quant: {{calibration_images: {p['calib']}}}
+    schedule: {sched % (p['qat_steps'], p['batch'], 0.001, p['qat_steps'], p['qat_steps'])}
+  - name: qat_imitation
+    kind: qat
+    from: student
+    teacher: teacher
+    imitation: {{weight: 1.0}}
+    schedule: {sched % (p['qat_steps'], p['batch'], 0.001, p['qat_steps'], p['qat_steps'])}
+"""
+
+
+def accuracy(args: argparse.Namespace) -> dict:
+    from compressdet.eval import format_table
+    from compressdet.pipeline import Pipeline
+    from compressdet.quant.onnx_int8 import ort_session
+    from compressdet.recipe import parse_recipe
+
+    p = PRESETS[args.preset]
+    torch.set_num_threads(args.threads)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="quant_bench_"))
+    recipe = parse_recipe(_recipe_text(p, str(work / "synth")), source="benchmarks/quant.py")
+    run_dir = Pipeline(recipe, work / "run", resume=True).run()  # reruns skip done stages
+    man = json.loads((run_dir / "manifest.json").read_text())
+    st = man["stages"]
+    from datetime import datetime
+
+    minutes = sum((datetime.fromisoformat(r["finished"]) - datetime.fromisoformat(r["started"])).total_seconds()
+                  for r in st.values() if r.get("started") and r.get("finished")) / 60
+
+    def m(name, key="map40"):
+        return st[name].get("metrics", {}).get(key)
+
+    fp32 = m("student")
+    rows = {"fp32 student": fp32, "PTQ": m("ptq"), "QAT": m("qat"), "QAT + imitation": m("qat_imitation")}
+    ort_rows = {"PTQ": m("ptq", "ort_map40"), "QAT": m("qat", "ort_map40"),
+                "QAT + imitation": m("qat_imitation", "ort_map40")}
+    # latency of the run's own graphs at its image size (batch 1)
+    H, W = p["image_size"]
+    from compressdet.models import load_model
+
+    student, _ = load_model(run_dir / st["student"]["artifacts"]["model"]["path"]
+                            if isinstance(st["student"]["artifacts"]["model"], dict)
+                            else run_dir / st["student"]["artifacts"]["model"])
+    x = torch.randn(1, 3, H, W) * 50
+    fp32_onnx = _export_fp32(student.eval(), x, work / "student_fp32.onnx")
+
+    def art(stage):
+        a = st[stage]["artifacts"]["onnx_int8"]
+        return run_dir / (a["path"] if isinstance(a, dict) else a)
+
+    sessions = {"fp32": ort_session(fp32_onnx, threads=args.threads)}
+    for s in ("ptq", "qat", "qat_imitation"):
+        sessions[s] = ort_session(art(s), threads=args.threads)
+    lat = _time_interleaved(sessions, {"images": x.numpy()}, p["runs"])
+    result = {
+        "preset": args.preset, "image_size": [H, W], "minutes": minutes, "map_metric": "official AP40 (%)",
+        "map": rows, "ort_map": ort_rows,
+        "ptq_map_drop": None if fp32 is None or rows["PTQ"] is None else fp32 - rows["PTQ"],
+        "qat_map_drop": None if fp32 is None or rows["QAT + imitation"] is None else fp32 - rows["QAT + imitation"],
+        "qat_no_imitation_map_drop": None if fp32 is None or rows["QAT"] is None else fp32 - rows["QAT"],
+        "ort_vs_torch_map_drop": {k: (None if rows[k] is None or ort_rows[k] is None else rows[k] - ort_rows[k])
+                                  for k in ort_rows},
+        "latency_ms": {k: v["median_ms"] for k, v in lat.items()},
+        "int8_speedup": lat["fp32"]["median_ms"] / lat["qat_imitation"]["median_ms"],
+        "int8_speedup_note": "fp32 ms / int8 ms at the run's image size (> 1: INT8 faster; the target "
+                             "INT8 <= 0.5x fp32 is a speedup >= 2)",
+        "threads": args.threads, "runs": p["runs"],
+    }
+    speed_file = RESULTS / "quant_speed.json"
+    if speed_file.exists():  # the 384x1248 numbers of the speed study
+        sp = json.loads(speed_file.read_text())
+        result["speed_384x1248"] = {w: {"fp32_ms": r["fp32"]["median_ms"], "int8_ms": r["int8_fast"]["median_ms"],
+                                        "ratio": r["int8_fast"]["ratio_to_fp32"]}
+                                    for w, r in sp.get("widths", {}).items()}
+        if "0.25x" in result["speed_384x1248"]:
+            result["int8_speedup_384x1248_0.25x"] = 1 / result["speed_384x1248"]["0.25x"]["ratio"]
+    atomic_write_json(RESULTS / "quant.json", result)
+    names, results = [], []
+    for name, stage in (("fp32 student", "student"), ("PTQ", "ptq"), ("QAT", "qat"),
+                        ("QAT + imitation", "qat_imitation")):
+        res = st[stage].get("metrics", {})
+        if res.get("ap40"):
+            names.append(name)
+            results.append({"ap": {c: {lv: _ap_entry(v) for lv, v in lvls.items()} for c, lvls in res["ap40"].items()},
+                            "map40": res["map40"], "map11": res.get("map11", 0.0), "protocol": "official"})
+    tables = [format_table(results, models=names)] if results else []
+    md = [f"# INT8: PTQ vs QAT ({args.preset} preset, SynthKITTI {H}x{W}, {minutes:.1f} min)", "",
+          "| model | mAP (PyTorch int8) | mAP (ORT) | ORT latency ms (batch 1, median) |", "|---|---|---|---|"]
+    key = {"fp32 student": "fp32", "PTQ": "ptq", "QAT": "qat", "QAT + imitation": "qat_imitation"}
+    for k, v in rows.items():
+        md.append(f"| {k} | {_f(v)} | {_f(ort_rows.get(k, v if k == 'fp32 student' else None))} | "
+                  f"{result['latency_ms'][key[k]]:.1f} |")
+    if args.preset == "smoke":
+        md += ["", "Smoke preset: models trained for a few dozen steps at 64x192; mAPs near 0 only show that "
+                   "the chain runs. Use `--preset full` for the accuracy targets."]
+    md += ["", f"qat_map_drop {_f(result['qat_map_drop'])}, ptq_map_drop {_f(result['ptq_map_drop'])}, "
+               f"int8 speedup at {H}x{W}: {result['int8_speedup']:.2f}x", ""]
+    if "speed_384x1248" in result:
+        md += ["Latency at 384x1248 (random-init models, benchmarks/results/quant_speed.json):", "",
+               "| width | fp32 ms | int8 ms | int8/fp32 |", "|---|---|---|---|"]
+        md += [f"| {w} | {r['fp32_ms']:.1f} | {r['int8_ms']:.1f} | {r['ratio']:.2f} |"
+               for w, r in result["speed_384x1248"].items()]
+    if tables:
+        md += ["", "Per class (AP40):", ""] + tables
+    atomic_write_text(RESULTS / "quant.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    return result
+
+
+def _ap_entry(v) -> dict:
+    """Stages store per-level AP either as ``{"ap40", "ap11"}`` or as the AP40 number alone."""
+    return {"ap40": v["ap40"], "ap11": v.get("ap11", 0.0)} if isinstance(v, dict) else {"ap40": v, "ap11": 0.0}
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--widths", nargs="+", default=["0.25", "0.5", "1"], choices=list(ARCH))
+    s.add_argument("--runs", type=int, default=50)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--size", type=int, nargs=2, default=[384, 1248])
+    a = sub.add_parser("accuracy")
+    a.add_argument("--preset", choices=list(PRESETS), default="smoke")
+    a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--workdir", default=None)
+    args = ap.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (speed if args.cmd == "speed" else accuracy)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

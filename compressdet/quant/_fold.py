@@ -1,0 +1,180 @@
+"""Quantization-ready float model: ShuffleNet units rewritten so INT8 graphs run fast and annotate.
+
+Two exact rewrites (same outputs as the source model, up to float rounding):
+
+* **Channel shuffle folded into weights.** The shuffle (view/transpose/flatten) sits between the
+  first 1x1 conv and the depthwise conv. A depthwise conv and its BN act per channel, so the
+  permutation moves past them by permuting their parameters; it then reaches the second 1x1
+  conv's *input* side. That conv is grouped (g=3) and the shuffle deliberately maps every output
+  group to channels of all three input groups, so the permutation cannot stay a grouped conv: the
+  conv becomes dense, its weight the block-diagonal expansion of the grouped weight with columns
+  permuted (zeros elsewhere). ``mask`` keeps those zeros at zero during QAT (gradient hook), so
+  the layer remains a ShuffleNet conv in disguise. Per-output-channel weight scales are unchanged
+  (a zero column does not change a channel's max |w|). ONNX Runtime's NHWC INT8 kernels then see
+  no 5-D reshape/transpose, which is what made the naive INT8 graph slower than fp32.
+* **One ReLU module per use.** PT2E's pattern matcher groups the calls of a shared ``nn.ReLU``
+  into one partition with several outputs and refuses it; each use gets its own module.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["QuantUnit", "PaddedStemConv", "shuffle_permutation", "quant_ready", "FeatureWrapper"]
+
+
+def shuffle_permutation(channels: int, groups: int) -> Tensor:
+    """``perm`` with ``channel_shuffle(x)[:, j] == x[:, perm[j]]`` (``channels % groups == 0``)."""
+    if channels % groups:
+        raise ValueError(f"{channels} channels are not divisible by {groups} shuffle groups")
+    return torch.arange(channels).view(groups, channels // groups).t().reshape(-1)
+
+
+def _dense_permuted(conv: nn.Conv2d, perm: Tensor) -> tuple[nn.Conv2d, Tensor]:
+    """Dense 1x1 conv equal to ``conv(x[:, perm])`` applied to the unpermuted ``x``; plus its 0/1 mask."""
+    out, cin_g = conv.weight.shape[:2]
+    g, cin = conv.groups, conv.in_channels
+    full = conv.weight.new_zeros(out, cin, *conv.weight.shape[2:])
+    mask = torch.zeros_like(full)
+    og = out // g
+    for k in range(g):
+        full[k * og:(k + 1) * og, k * cin_g:(k + 1) * cin_g] = conv.weight.detach()[k * og:(k + 1) * og]
+        mask[k * og:(k + 1) * og, k * cin_g:(k + 1) * cin_g] = 1
+    # new input channel perm[j] carries what the grouped conv saw at position j
+    w = torch.zeros_like(full)
+    m = torch.zeros_like(mask)
+    w[:, perm] = full
+    m[:, perm] = mask
+    dense = nn.Conv2d(cin, out, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    dense.weight.data.copy_(w)
+    if conv.bias is not None:
+        dense.bias.data.copy_(conv.bias.detach())
+    return dense, m
+
+
+def _permute_channels_(module: nn.Module, perm: Tensor) -> None:
+    """Reorder a per-channel module (depthwise conv, BN) so new channel ``perm[j]`` = old channel ``j``."""
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(module, name, None)
+        if t is None:
+            continue
+        new = torch.empty_like(t.data)
+        new[perm] = t.data
+        t.data = new
+
+
+class QuantUnit(nn.Module):
+    """A ShuffleNet v1 unit in quantization-ready form (see module docstring).
+
+    Args:
+        unit: a ``compressdet.models.shuffledet.ShuffleUnit`` (copied, not shared).
+        fold_shuffle: fold the shuffle into ``conv2`` (exact) instead of keeping the 5-D transpose.
+    """
+
+    def __init__(self, unit: nn.Module, fold_shuffle: bool = True) -> None:
+        super().__init__()
+        unit = copy.deepcopy(unit)
+        self.mode, self.stride = unit.mode, unit.stride
+        self.groups = unit.shuffle.groups
+        self.conv1, self.bn1, self.dwconv, self.bn2 = unit.conv1, unit.bn1, unit.dwconv, unit.bn2
+        self.bn3, self.pool = unit.bn3, unit.pool
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+        self.folded = fold_shuffle
+        if fold_shuffle:
+            perm = shuffle_permutation(unit.dwconv.in_channels, self.groups)
+            _permute_channels_(self.dwconv, perm)
+            _permute_channels_(self.bn2, perm)
+            self.conv2, mask = _dense_permuted(unit.conv2, perm)
+            self.register_buffer("conv2_mask", mask, persistent=False)
+            self.conv2.weight.register_hook(self._mask_grad)
+        else:
+            self.conv2 = unit.conv2
+            self.conv2_mask = None
+
+    def _mask_grad(self, grad: Tensor) -> Tensor:
+        return grad * self.conv2_mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.relu1(self.bn1(self.conv1(x)))
+        if not self.folded:
+            y = y.unflatten(1, (self.groups, -1)).transpose(1, 2).flatten(1, 2)
+        y = self.bn2(self.dwconv(y))
+        y = self.bn3(self.conv2(y))
+        if self.pool is not None:
+            return torch.cat([self.pool(x), self.relu2(y)], dim=1)
+        if self.mode == "residual":
+            return self.relu2(x + y)
+        return self.relu2(y)
+
+
+class FeatureWrapper(nn.Module):
+    """``forward(x) -> (head_out, feature)`` so one exported graph exposes the imitation feature.
+
+    At deployment only ``head_out`` is used (``head_only=True`` drops the second output).
+    """
+
+    def __init__(self, model: nn.Module, head_only: bool = False) -> None:
+        super().__init__()
+        self.backbone, self.head = model.backbone, model.head
+        self.head_only = head_only
+
+    def forward(self, x: Tensor):
+        feat = self.backbone(x)
+        out = self.head(feat)
+        return out if self.head_only else (out, feat)
+
+
+class PaddedStemConv(nn.Module):
+    """The stem conv with its 3 input channels zero-padded to ``channels`` (exact: zero weights).
+
+    ONNX Runtime's int8 im2col conv is about 2x faster with 4 input channels than with 3 (the
+    reduction depth 27 -> 36 fits its u8s8 kernels); the zero channel quantizes to the zero point
+    exactly, so outputs do not change.
+    """
+
+    def __init__(self, conv: nn.Conv2d, channels: int = 4) -> None:
+        super().__init__()
+        if conv.groups != 1 or conv.in_channels > channels:
+            raise ValueError(f"cannot pad a {conv.in_channels}-channel (groups={conv.groups}) conv to {channels}")
+        self.extra = channels - conv.in_channels
+        self.conv = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              bias=conv.bias is not None)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:, :conv.in_channels] = conv.weight
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias)
+        mask = torch.zeros_like(self.conv.weight)
+        mask[:, :conv.in_channels] = 1
+        self.register_buffer("weight_mask", mask, persistent=False)
+        self.conv.weight.register_hook(lambda g: g * self.weight_mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(torch.nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra)))
+
+
+def quant_ready(model: nn.Module, *, fold_shuffle: bool = True, pad_stem: int | None = 4) -> nn.Module:
+    """Deep copy of a ShuffleDet with every ``ShuffleUnit`` replaced by :class:`QuantUnit`.
+
+    ``pad_stem``: pad the stem conv's input channels to this many (:class:`PaddedStemConv`);
+    None keeps it. Returns the copy (same outputs as ``model``); the source is not modified.
+    """
+    from ..models.shuffledet import ShuffleUnit
+
+    model = copy.deepcopy(model)
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, ShuffleUnit):
+                setattr(mod, child_name, QuantUnit(child, fold_shuffle=fold_shuffle))
+    stem = getattr(getattr(model, "backbone", None), "stem", None)
+    if isinstance(stem, nn.Sequential):
+        for i, layer in enumerate(stem):
+            if isinstance(layer, nn.ReLU):
+                stem[i] = nn.ReLU()
+            elif (pad_stem and isinstance(layer, nn.Conv2d) and layer.groups == 1
+                  and layer.in_channels < pad_stem):
+                stem[i] = PaddedStemConv(layer, pad_stem)
+    return model

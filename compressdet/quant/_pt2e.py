@@ -1,0 +1,238 @@
+"""PT2E plumbing shared by QAT and PTQ: quantizer settings, capture, convert, freeze schedules.
+
+Why PT2E with ``X86InductorQuantizer``: it is the maintained PyTorch quantization path (torchao),
+it does per-channel symmetric int8 weights + per-tensor u8 activations and folds BN at convert,
+and the converted program re-exports through ``torch.onnx.export(dynamo=True)`` to a QDQ ONNX
+graph that ONNX Runtime and TensorRT consume (see docs/quantization.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ._fold import FeatureWrapper, quant_ready
+
+__all__ = ["make_quantizer", "capture", "convert", "freeze_observers", "freeze_bn", "weight_masks"]
+
+
+def _check_cfg(cfg: Any) -> None:
+    if getattr(cfg, "backend", "x86") != "x86":
+        raise UserError(f"quant.backend '{cfg.backend}' is not supported (only 'x86': torchao's X86InductorQuantizer)")
+
+
+def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
+    """An ``X86InductorQuantizer`` for a ``QuantConfig``.
+
+    Weights: int8 symmetric, narrow range [-127, 127] (TensorRT needs zero-point 0, and the narrow
+    range avoids u8*s8 pair saturation on pre-VNNI CPUs), per output channel unless
+    ``cfg.per_channel`` is False. Activations: u8 per tensor. ``cfg.keep_head_float`` leaves the
+    head conv unquantized so its output (box deltas and logits) stays float; ``cfg.float_stem``
+    leaves the 3-input-channel stem conv in fp32 (see docs/quantization.md for why it is faster).
+    """
+    from torchao.quantization.pt2e import (
+        HistogramObserver,
+        MinMaxObserver,
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+        PerChannelMinMaxObserver,
+    )
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        get_default_x86_inductor_quantization_config,
+    )
+
+    _check_cfg(cfg)
+    base = get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    w = base.weight
+    if cfg.per_channel:
+        wobs = MovingAveragePerChannelMinMaxObserver if is_qat else PerChannelMinMaxObserver
+        qscheme = torch.per_channel_symmetric
+    else:
+        wobs = MovingAverageMinMaxObserver if is_qat else MinMaxObserver
+        qscheme = torch.per_tensor_symmetric
+    if is_qat:
+        from torchao.quantization.pt2e import FusedMovingAvgObsFakeQuantize
+
+        w_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=wobs, eps=2 ** -12, quant_min=-127, quant_max=127,
+                                                        dtype=torch.int8, qscheme=qscheme)
+    else:
+        w_ctr = wobs.with_args(eps=2 ** -12, quant_min=-127, quant_max=127, qscheme=qscheme)
+    weight = dataclasses.replace(w, quant_min=-127, quant_max=127, qscheme=qscheme,
+                                 ch_axis=0 if cfg.per_channel else None, observer_or_fake_quant_ctr=w_ctr)
+    act = base.input_activation
+    if not is_qat:
+        if observer not in ("minmax", "histogram"):
+            raise UserError(f"PTQ observer '{observer}' is not supported (use 'minmax' or 'histogram')")
+        aobs = MinMaxObserver if observer == "minmax" else HistogramObserver
+        act = dataclasses.replace(act, observer_or_fake_quant_ctr=aobs.with_args(eps=2 ** -12))
+    qcfg = dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
+    q = _ort_quantizer_class()().set_global(qcfg)
+    if cfg.keep_head_float:
+        q.set_module_name_qconfig("head", None)
+    if getattr(cfg, "float_stem", False):
+        q.set_module_name_qconfig("backbone.stem", None)
+        q.set_module_name_qconfig("backbone.pool", None)
+    return q
+
+
+_ORT_QUANTIZER = None
+
+
+def _ort_quantizer_class():
+    """``X86InductorQuantizer`` with an ONNX Runtime friendly recipe (class built lazily: torchao import).
+
+    The stock x86 recipe targets Inductor, which fuses conv+BN+add+ReLU and wants int8 in, fp32
+    out: the residual conv's output stays float, and ORT then runs those convs in fp32 with
+    Transposes around them. Here the conv+add fusions are disabled, every residual ``add`` gets
+    quantized inputs and a quantized (ReLU) output, and any quantized pattern whose output feeds a
+    float op (the float head) gets an output observer, so ORT fuses every conv into QLinearConv
+    and adds into QLinearAdd.
+    """
+    global _ORT_QUANTIZER
+    if _ORT_QUANTIZER is not None:
+        return _ORT_QUANTIZER
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        QUANT_ANNOTATION_KEY,
+        X86InductorQuantizer,
+        _create_module_name_filter,
+        _X86InductorQuantizationAnnotation,
+    )
+
+    aten = torch.ops.aten
+
+    class OrtX86Quantizer(X86InductorQuantizer):
+        def _annotate_qat_conv2d_bn_binary_unary(self, *a, **k):
+            return None
+
+        def _annotate_qat_conv2d_bn_binary(self, *a, **k):
+            return None
+
+        def _annotate_conv2d_binary_unary(self, *a, **k):
+            return None
+
+        def _annotate_conv2d_binary(self, *a, **k):
+            return None
+
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            cfg = self.global_config
+            skip = [_create_module_name_filter(n) for n, c in self.module_name_qconfig.items() if c is None]
+            if cfg is not None:
+                act = cfg.input_activation
+                for node in model.graph.nodes:
+                    if (node.op == "call_function" and node.target == aten.avg_pool2d.default
+                            and not any(f([node]) for f in skip) and QUANT_ANNOTATION_KEY not in node.meta):
+                        # int8 in and out even when its producer is float (float stem -> max-pool)
+                        node.meta[QUANT_ANNOTATION_KEY] = _X86InductorQuantizationAnnotation(
+                            input_qspec_map={node.args[0]: act}, _annotated=True,
+                            _is_output_of_quantized_pattern=True)
+                        continue
+                    if node.op != "call_function" or node.target not in (aten.add.Tensor, aten.add_.Tensor):
+                        continue
+                    if any(f([node]) for f in skip) or QUANT_ANNOTATION_KEY in node.meta:
+                        continue
+                    ins = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+                    users = list(node.users)
+                    relu = users[0] if (len(users) == 1 and users[0].target in (aten.relu.default,
+                                                                                aten.relu_.default)) else None
+                    node.meta[QUANT_ANNOTATION_KEY] = _X86InductorQuantizationAnnotation(
+                        input_qspec_map={a: act for a in ins}, output_qspec=None if relu else act,
+                        _annotated=True, _is_output_of_quantized_pattern=relu is None)
+                    if relu is not None:
+                        relu.meta[QUANT_ANNOTATION_KEY] = _X86InductorQuantizationAnnotation(
+                            output_qspec=act, _annotated=True, _is_output_of_quantized_pattern=True)
+            super().annotate(model)
+            if cfg is not None:
+                for node in model.graph.nodes:
+                    ann = node.meta.get(QUANT_ANNOTATION_KEY)
+                    if (ann is None or not getattr(ann, "_is_output_of_quantized_pattern", False)
+                            or ann.output_qspec is not None):
+                        continue
+                    if any(not getattr(u.meta.get(QUANT_ANNOTATION_KEY), "input_qspec_map", None)
+                           for u in node.users):
+                        ann.output_qspec = cfg.input_activation
+            return model
+
+    _ORT_QUANTIZER = OrtX86Quantizer
+    return OrtX86Quantizer
+
+
+def capture(model: nn.Module, example: torch.Tensor, *, fold_shuffle: bool = True, train: bool = True,
+            pad_stem: int | None = 4) -> torch.fx.GraphModule:
+    """Quantization-ready copy of ``model`` captured with ``torch.export`` in training mode.
+
+    The captured module returns ``(head_out, feature)`` so imitation can read the student's
+    feature from the same (fake-quantised) graph. QAT needs ``train=True`` (PT2E's QAT conv+BN
+    patterns match training-mode batch norm); PTQ captures in eval mode so BN folds at prepare.
+    """
+    if not hasattr(model, "backbone") or not hasattr(model, "head"):
+        raise UserError(f"quantization needs a ShuffleDet-like model with .backbone and .head, got "
+                        f"{type(model).__name__}")
+    wrapped = FeatureWrapper(quant_ready(model, fold_shuffle=fold_shuffle, pad_stem=pad_stem)).train(train)
+    masks = weight_masks(wrapped)
+    # batch stays dynamic: training batches, evaluation batches and the batch-1 export differ
+    dyn = {"x": {0: torch.export.Dim.DYNAMIC}}
+    if example.shape[0] == 1:  # a size-1 dim would be specialised
+        example = example.expand(2, *example.shape[1:]).contiguous()
+    gm = torch.export.export(wrapped, (example,), dynamic_shapes=dyn, strict=False).module()
+    gm._compressdet_masks = masks  # names of the captured params differ; re-bound in rebind_masks
+    return gm
+
+
+def weight_masks(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``{param name: 0/1 mask}`` of the folded (dense-in-disguise) convs."""
+    out = {}
+    for name, m in module.named_modules():
+        for attr, param in (("conv2_mask", "conv2.weight"), ("weight_mask", "conv.weight")):
+            mask = getattr(m, attr, None)
+            if isinstance(mask, torch.Tensor):
+                out[f"{name}.{param}" if name else param] = mask
+    return out
+
+
+def apply_masks(gm: torch.fx.GraphModule) -> int:
+    """Register gradient masks on the captured graph's folded conv weights; returns how many.
+
+    ``torch.export`` keeps parameter names (dots become attribute paths), so the masks found on
+    the eager copy bind by name. Without them QAT would fill the zeros of the folded convs.
+    """
+    masks = getattr(gm, "_compressdet_masks", {})
+    params = dict(gm.named_parameters())
+    n = 0
+    for name, mask in masks.items():
+        p = params.get(name)
+        if p is None:
+            continue
+        with torch.no_grad():
+            p.mul_(mask)
+        p.register_hook(lambda g, m=mask: g * m)
+        n += 1
+    if masks and n != len(masks):
+        raise RuntimeError(f"bound {n} of {len(masks)} folded-conv masks; parameter names changed in capture")
+    return n
+
+
+def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Eval mode + ``convert_pt2e`` (folds BN, int8 weights as constants with dequantize nodes)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    move_exported_model_to_eval(prepared)
+    return convert_pt2e(prepared)
+
+
+def freeze_observers(prepared: torch.fx.GraphModule) -> None:
+    """Stop updating activation/weight ranges (fake quant stays on): late QAT trains against fixed scales."""
+    from torchao.quantization.pt2e import disable_observer
+
+    prepared.apply(disable_observer)
+
+
+def freeze_bn(prepared: torch.fx.GraphModule) -> None:
+    """Use running BN statistics from now on (the folded weights stop moving with batch stats)."""
+    from torchao.quantization.pt2e.export_utils import _replace_batchnorm
+
+    _replace_batchnorm(prepared, train_to_eval=True)

@@ -1,0 +1,59 @@
+"""What the ``qat`` and ``ptq`` stages share: inputs, artifacts and evaluation of an int8 program."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_path, atomic_write_json
+from ..errors import UserError
+
+__all__ = ["load_float_model", "save_quantized", "finish_quant_stage"]
+
+
+def load_float_model(ctx: Any, role: str = "from") -> tuple[torch.nn.Module, dict]:
+    """The float model of the stage named by ``role`` (its ``model`` artifact), in eval mode."""
+    from ..models import load_model
+
+    src = ctx.input(role)
+    model, meta = load_model(src.artifact("model"))
+    if tuple(getattr(model, "image_size", ctx.recipe.data.image_size)) != tuple(ctx.recipe.data.image_size):
+        raise UserError(f"stage '{ctx.name}': model of '{src.name}' was built for {tuple(model.image_size)}, "
+                        f"data.image_size is {tuple(ctx.recipe.data.image_size)}")
+    return model.eval(), meta
+
+
+def save_quantized(converted: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """``torch.export.save`` of the deployable (head-only) int8 program; load with ``torch.export.load``."""
+    from .onnx_int8 import HeadOnly
+
+    ep = torch.export.export(HeadOnly(converted), (example,), strict=False)
+    with atomic_path(path, suffix=".tmp.pt2") as tmp:
+        torch.export.save(ep, str(tmp))
+    return Path(path)
+
+
+def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tensor, *, extra_metrics: dict,
+                       meta: dict) -> Any:
+    """Write ``quantized`` (.pt2) and ``onnx_int8`` artifacts, evaluate both, return the StageResult."""
+    from ..stages import StageResult
+    from ._eval import evaluate_head_fn, ort_head_fn, torch_head_fn
+    from .onnx_int8 import check_int8_graph, export_int8_onnx, ort_session
+
+    cfg, recipe = ctx.cfg, ctx.recipe
+    example = example[:1].cpu()
+    q_path = save_quantized(converted, example, ctx.stage_dir / "quantized.pt2")
+    onnx_path = export_int8_onnx(converted, example, ctx.stage_dir / "model_int8.onnx")
+    graph = check_int8_graph(onnx_path)
+    res_torch = evaluate_head_fn(torch_head_fn(converted), recipe.data, post_cfg=cfg.postprocess, eval_cfg=cfg.eval)
+    res_ort = evaluate_head_fn(ort_head_fn(ort_session(onnx_path)), recipe.data, post_cfg=cfg.postprocess,
+                               eval_cfg=cfg.eval)
+    metrics = {"map40": res_torch["map40"], "map11": res_torch["map11"], "ap40": res_torch["ap"],
+               "ort_map40": res_ort["map40"], "ort_map11": res_ort["map11"],
+               "ort_vs_torch_map40": res_ort["map40"] - res_torch["map40"], "graph": graph, **extra_metrics}
+    report = ctx.stage_dir / "quant_report.json"
+    atomic_write_json(report, {"metrics": metrics, "meta": meta})
+    return StageResult(artifacts={"quantized": q_path, "onnx_int8": onnx_path, "report": report},
+                       metrics=metrics, meta=meta)

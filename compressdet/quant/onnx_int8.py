@@ -1,0 +1,150 @@
+"""INT8 QDQ ONNX from a converted PT2E program, graph checks, and fast ONNX Runtime sessions.
+
+The converted program is re-captured with ``torch.export`` and translated by
+``torch.onnx.export(dynamo=True)``: QuantizeLinear/DequantizeLinear pairs on activations, int8
+per-channel weight initializers behind DequantizeLinear, float conv biases (no DequantizeLinear
+on a bias: TensorRT rejects int32 bias DQ, and ORT >= 1.20 quantizes float biases itself when it
+fuses DQ -> Conv -> Q into QLinearConv). Speed comes mostly from the float-model rewrites done
+before quantization (:mod:`compressdet.quant._fold`); docs/quantization.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._io import atomic_path
+from ..errors import ArtifactError
+
+__all__ = ["export_int8_onnx", "check_int8_graph", "ort_session", "HeadOnly"]
+
+
+class HeadOnly(nn.Module):
+    """Deployment view of a captured ``(head_out, feature)`` program: the head output only."""
+
+    def __init__(self, gm: nn.Module) -> None:
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.gm(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os.PathLike, *,
+                     opset: int = 18, check: bool = True) -> Path:
+    """Write the QDQ ONNX graph of a converted (int8) program; input ``images``, output ``head``.
+
+    Args:
+        converted: output of :func:`compressdet.quant.convert` (returns ``(head, feature)`` or ``head``).
+        example: ``[1, 3, H, W]`` input fixing the static shape.
+        path: destination ``.onnx`` (written atomically).
+        opset: ONNX opset (>= 13 for per-axis QDQ; 18 is what the dynamo exporter emits natively).
+        check: run :func:`check_int8_graph` on the result.
+
+    Returns:
+        ``path``.
+    """
+    import onnx
+
+    mod = HeadOnly(converted)
+    with torch.no_grad():
+        ep = torch.export.export(mod, (example,), strict=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(ep, (example,), dynamo=True, opset_version=opset, input_names=["images"],
+                                 output_names=["head"], verbose=False)
+    model = prog.model_proto
+    with atomic_path(path, suffix=".tmp.onnx") as tmp:
+        onnx.save_model(model, str(tmp))
+    if check:
+        check_int8_graph(path)
+    return Path(path)
+
+
+def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = True) -> dict[str, Any]:
+    """Validate a QDQ graph for ORT and TensorRT; raises ``ArtifactError`` naming the first problem.
+
+    Checks: ``onnx.checker``; no DequantizeLinear feeding a Conv bias; every quantized Conv weight
+    has per-output-channel scales (``axis=0``, one scale per output channel) when
+    ``require_per_channel``; weight zero points are 0 (symmetric).
+
+    Returns:
+        ``{"qdq_nodes", "int8_convs", "float_convs"}`` counts.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(m, full_check=True)
+    except Exception as e:  # checker raises several types
+        raise ArtifactError(f"{path}: onnx.checker failed: {str(e).splitlines()[0]}") from None
+    producers = {o: n for n in m.graph.node for o in n.output}
+    inits = {i.name: i for i in m.graph.initializer}
+    consts = {n.output[0]: n for n in m.graph.node if n.op_type == "Constant"}
+
+    def value(name: str):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in consts:
+            return numpy_helper.to_array(consts[name].attribute[0].t)
+        return None
+
+    int8_convs = float_convs = 0
+    for n in m.graph.node:
+        if n.op_type != "Conv":
+            continue
+        if len(n.input) > 2 and n.input[2]:
+            b = producers.get(n.input[2])
+            if b is not None and b.op_type == "DequantizeLinear":
+                raise ArtifactError(f"{path}: Conv '{n.name}' has a DequantizeLinear on its bias "
+                                    "(TensorRT needs float biases)")
+        wdq = producers.get(n.input[1])
+        if wdq is None or wdq.op_type != "DequantizeLinear":
+            float_convs += 1
+            continue
+        int8_convs += 1
+        w, scale = value(wdq.input[0]), value(wdq.input[1])
+        zp = value(wdq.input[2]) if len(wdq.input) > 2 and wdq.input[2] else None
+        axis = next((a.i for a in wdq.attribute if a.name == "axis"), 1)
+        if require_per_channel and (w is None or scale is None or scale.ndim != 1 or axis != 0
+                                    or scale.shape[0] != w.shape[0]):
+            raise ArtifactError(f"{path}: Conv '{n.name}' weight is not quantized per output channel "
+                                f"(scale shape {None if scale is None else list(scale.shape)}, axis {axis})")
+        if zp is not None and (zp != 0).any():
+            raise ArtifactError(f"{path}: Conv '{n.name}' weight zero point is not 0 (TensorRT needs symmetric)")
+    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
+    if int8_convs == 0:
+        raise ArtifactError(f"{path}: no quantized Conv found (is this an INT8 graph?)")
+    return {"qdq_nodes": qdq, "int8_convs": int8_convs, "float_convs": float_convs}
+
+
+def ort_session(path: str | os.PathLike, *, threads: int | None = None, opt_level: str = "all",
+                profile: bool = False):
+    """An ONNX Runtime CPU session with the settings the speed study picked (see docs/quantization.md).
+
+    Args:
+        threads: intra-op threads (``None``: ORT's default, all cores).
+        opt_level: ``"basic" | "extended" | "all"`` (``all`` adds the NCHWc fp32 layout and NHWC int8
+            transformers).
+    """
+    import onnxruntime as ort
+
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[opt_level]
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.enable_profiling = profile
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -1,0 +1,263 @@
+"""INT8 path: exact float rewrites, QAT (with imitation) and PTQ through PT2E, the QDQ ONNX graph.
+
+Tiny models (64x192) and a few steps; torch on one thread (conftest).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("torchao")
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from compressdet.errors import ArtifactError, RecipeError, UserError  # noqa: E402
+from compressdet.models import build_model  # noqa: E402
+from compressdet.models.shuffledet import channel_shuffle  # noqa: E402
+from compressdet.quant import (  # noqa: E402
+    check_int8_graph,
+    export_int8_onnx,
+    prepare_qat,
+    quant_ready,
+    quantize_ptq,
+    shuffle_permutation,
+    train_qat,
+)
+from compressdet.quant._pt2e import convert, make_quantizer  # noqa: E402
+from compressdet.quant.qat import resolve_freeze_steps  # noqa: E402
+from compressdet.recipe import ImitationConfig, QuantConfig, ScheduleConfig  # noqa: E402
+
+SIZE = (64, 192)
+# ORT's kernels round some activations one quantization step away from PyTorch's reference
+# (dequantize -> fp32 op -> quantize) kernels, and such a step propagates through ~50 int8 layers.
+# Measured on these random tiny models, even with every ORT graph optimisation off: mean |diff|
+# about 1.7% (PTQ) and 5-6% (after 4 QAT steps, whose activations are small next to their
+# quantization step) of mean |head|, max 2-7% of max |head|. Tolerance: mean |diff| <= 10% of
+# mean |head| and max |diff| <= 10% of max |head| (a wrong scale, a lost zero point or a
+# float/int8 mix-up gives 30% and more). The detection-level check (ORT mAP within 0.3 of the
+# PyTorch int8 program's) is in benchmarks/quant.py.
+MEAN_TOL, MAX_TOL = 0.10, 0.10
+
+
+def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    head = getattr(model, "head", None)
+    if head is not None:  # the seed's init (std 1e-4) makes a near-zero head: use a visible one
+        torch.nn.init.normal_(head.conv.weight, std=0.02, generator=g)
+    return model
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    return _randomize_bn(build_model("shuffledet_0.25x", image_size=SIZE)).eval()
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, *SIZE, generator=torch.Generator().manual_seed(seed)) * 50
+
+
+def _targets(n: int) -> list[dict]:
+    boxes = torch.tensor([[10.0, 12.0, 60.0, 50.0], [100.0, 20.0, 130.0, 60.0]])
+    return [{"boxes": boxes.clone(), "labels": torch.tensor([0, 1])} for _ in range(n)]
+
+
+def _assert_ort_matches_torch(path, converted, x) -> None:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        ref = converted(x)[0].numpy()
+    d = np.abs(got - ref)
+    assert d.mean() <= MEAN_TOL * np.abs(ref).mean(), (d.mean(), np.abs(ref).mean())
+    assert d.max() <= MAX_TOL * np.abs(ref).max(), (d.max(), np.abs(ref).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# exact float rewrites
+
+
+def test_shuffle_permutation_matches_channel_shuffle():
+    x = torch.randn(2, 12, 3, 3)
+    perm = shuffle_permutation(12, 3)
+    assert torch.equal(channel_shuffle(x, 3), x[:, perm])
+    with pytest.raises(ValueError, match="not divisible"):
+        shuffle_permutation(10, 3)
+
+
+def test_shuffle_mixes_groups_so_grouped_conv_cannot_absorb_it():
+    # why conv2 becomes dense: each output group of the next grouped conv reads shuffled positions
+    # that come from every input group, so no group-consistent permutation exists.
+    perm = shuffle_permutation(12, 3)
+    for k in range(3):
+        src_groups = {int(p) // 4 for p in perm[k * 4:(k + 1) * 4]}
+        assert src_groups == {0, 1, 2}
+
+
+@pytest.mark.parametrize("fold,pad", [(True, 4), (False, None), (True, None)])
+def test_quant_ready_is_exact(student, fold, pad):
+    x = _images(2)
+    ready = quant_ready(student, fold_shuffle=fold, pad_stem=pad).eval()
+    with torch.no_grad():
+        a, b = student(x), ready(x)
+    assert torch.allclose(a, b, atol=1e-4 * a.abs().max().item() + 1e-6)
+    has_shuffle_dense = any(getattr(m, "conv2_mask", None) is not None for m in ready.modules())
+    assert has_shuffle_dense == fold
+
+
+# ---------------------------------------------------------------------------------------------
+# QAT with imitation
+
+
+@pytest.fixture(scope="module")
+def qat_run(student):
+    from compressdet.losses import ImitationLoss, SqueezeDetLoss
+
+    torch.manual_seed(0)
+    teacher = _randomize_bn(build_model("shuffledet_0.25x", image_size=SIZE), seed=1).eval()
+    x = _images(2)
+    cfg = QuantConfig()
+    prepared = prepare_qat(student, x, cfg)
+    masked = [(n, p.detach().clone()) for n, p in prepared.named_parameters() if n in prepared._compressdet_masks]
+    sched = ScheduleConfig(steps=4, batch_size=2, lr=1e-3, log_every=1)
+    batches = iter([(_images(2, seed=s), _targets(2)) for s in range(sched.steps)])
+    anchors = student.anchors()
+    res = train_qat(prepared, batches, det_loss=SqueezeDetLoss(anchors, image_size=SIZE), schedule=sched,
+                    freeze_observers_step=3, freeze_bn_step=2, teacher=teacher,
+                    imitation=ImitationConfig(weight=1.0), imitation_loss=ImitationLoss(192, 192),
+                    anchors=anchors, grid=student.grid_size)
+    return {"res": res, "masked": masked, "x": x, "cfg": cfg}
+
+
+def test_qat_trains_with_imitation(qat_run):
+    hist = qat_run["res"].history
+    assert len(hist) == 4
+    assert all(np.isfinite(h["total"]) for h in hist)
+    assert all("imitation" in h and h["imitation"] > 0 for h in hist)
+
+
+def test_qat_keeps_folded_zeros_and_freezes(qat_run):
+    prepared = qat_run["res"].prepared
+    params = dict(prepared.named_parameters())
+    assert qat_run["masked"], "no folded conv found"
+    for name, mask in prepared._compressdet_masks.items():
+        assert (params[name].detach()[mask == 0] == 0).all(), name
+    # some weight moved: training happened
+    assert any(not torch.equal(params[n].detach(), before) for n, before in qat_run["masked"])
+    fqs = [m for m in prepared.modules() if hasattr(m, "observer_enabled")]
+    assert fqs and all(int(m.observer_enabled[0]) == 0 for m in fqs)
+
+
+def test_qat_onnx_qdq_graph(qat_run, tmp_path):
+    converted = convert(qat_run["res"].prepared)
+    x = qat_run["x"][:1]
+    path = export_int8_onnx(converted, x, tmp_path / "qat_int8.onnx")
+    info = check_int8_graph(path)  # checker, no bias DQ, per-channel weights
+    assert info["int8_convs"] >= 40 and info["float_convs"] == 1  # the head stays float
+    _assert_ort_matches_torch(path, converted, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# PTQ
+
+
+@pytest.fixture(scope="module")
+def ptq_program(student):
+    return quantize_ptq(student, iter([_images(2, seed=5), _images(2, seed=6)]), QuantConfig(calibration_images=4),
+                        observer="minmax")
+
+
+def test_ptq_onnx_matches_torch(ptq_program, student, tmp_path):
+    x = _images(1, seed=9)
+    path = export_int8_onnx(ptq_program, x, tmp_path / "ptq.onnx")
+    _assert_ort_matches_torch(path, ptq_program, x)
+    with torch.no_grad():  # and it is still the float model, approximately
+        ref = student(x)
+        q = ptq_program(x)[0]
+    assert (q - ref).abs().max() < 0.25 * ref.abs().max()
+    m = onnx.load(str(path))
+    ops = {n.op_type for n in m.graph.node}
+    assert "Transpose" not in ops  # the channel shuffle was folded away
+
+
+def test_ort_fuses_every_backbone_conv(ptq_program, tmp_path):
+    """All backbone convs run as QLinearConv in ORT (none falls back to float with layout copies)."""
+    x = _images(1)
+    path = export_int8_onnx(ptq_program, x, tmp_path / "p.onnx")
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 49 and ops.count("Conv") + ops.count("FusedConv") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# graph checks catch what TensorRT rejects
+
+
+def _first_conv_with_bias(m):
+    return next(n for n in m.graph.node if n.op_type == "Conv" and len(n.input) > 2 and n.input[2])
+
+
+def test_check_rejects_bias_dequantize(ptq_program, tmp_path):
+    from onnx import helper, numpy_helper
+
+    path = export_int8_onnx(ptq_program, _images(1), tmp_path / "p.onnx")
+    m = onnx.load(str(path))
+    conv = _first_conv_with_bias(m)
+    m.graph.initializer.extend([numpy_helper.from_array(np.zeros(72, np.int32), "bq"),
+                                numpy_helper.from_array(np.ones(72, np.float32), "bs")])
+    m.graph.node.insert(0, helper.make_node("DequantizeLinear", ["bq", "bs"], ["bdq"], axis=0))
+    conv.input[2] = "bdq"
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    with pytest.raises(ArtifactError, match="bias"):
+        check_int8_graph(bad)
+
+
+def test_check_rejects_per_tensor_weights(student, tmp_path):
+    prog = quantize_ptq(student, iter([_images(1)]), QuantConfig(per_channel=False, calibration_images=1),
+                        observer="minmax")
+    path = export_int8_onnx(prog, _images(1), tmp_path / "pt.onnx", check=False)
+    with pytest.raises(ArtifactError, match="per output channel"):
+        check_int8_graph(path)
+    assert check_int8_graph(path, require_per_channel=False)["int8_convs"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# bad settings
+
+
+def test_bad_settings_are_clear_errors(student):
+    with pytest.raises(UserError, match="freeze_observers_step=11 is after the last step"):
+        resolve_freeze_steps(10, 11, None)
+    assert resolve_freeze_steps(9, None, None) == (6, 4)
+    with pytest.raises(UserError, match="observer 'entropy'"):
+        make_quantizer(QuantConfig(), is_qat=False, observer="entropy")
+    with pytest.raises(UserError, match="no images"):
+        quantize_ptq(student, iter([]), QuantConfig())
+    with pytest.raises(UserError, match=".backbone and .head"):
+        prepare_qat(torch.nn.Conv2d(3, 3, 1), _images(1), QuantConfig())
+
+
+def test_recipe_rejects_bad_quant_stages():
+    from compressdet.recipe import parse_recipe
+
+    base = "name: r\ndata: {format: synth}\nstages:\n  - {name: s, kind: train, model: shuffledet_0.25x}\n"
+    with pytest.raises(RecipeError, match="needs 'from"):
+        parse_recipe(base + "  - {name: q, kind: qat}\n", check_paths=False)
+    with pytest.raises(RecipeError, match="quant.backend"):
+        parse_recipe(base + "  - {name: q, kind: qat, from: s, quant: {backend: arm}}\n", check_paths=False)
+    with pytest.raises(RecipeError, match="method"):
+        parse_recipe(base + "  - {name: p, kind: ptq, from: s, method: entropy}\n", check_paths=False)
+    r = parse_recipe(base + "  - {name: q, kind: qat, from: s, freeze_bn_step: 5}\n", check_paths=False)
+    assert r.stages[1].quant.keep_head_float
