@@ -317,8 +317,11 @@ def _resolve_device(device: str, local_rank: int) -> str:
     return "cpu"
 
 
-def init_distributed() -> tuple[int, int]:
-    """Start the process group under torchrun (nccl on CUDA, gloo on CPU); no-op for one process."""
+def init_distributed(device: str = "auto") -> tuple[int, int]:
+    """Start the process group under torchrun (nccl on CUDA, gloo on CPU); no-op for one process.
+
+    ``device`` is the recipe's: ``cpu`` means gloo even on a CUDA machine (nccl cannot reduce CPU tensors).
+    """
     rank, world, local = env_rank()
     if world <= 1:
         return rank, world
@@ -326,7 +329,7 @@ def init_distributed() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
@@ -369,7 +372,7 @@ def plan(recipe: Recipe, run_dir: Path | None) -> list[dict[str, Any]]:
 def run_recipe(recipe: Recipe, run_dir: Path | None = None, resume: bool = False, from_stage: str | None = None,
                only: str | None = None, runs_root: Path | str = "runs") -> Path:
     """Entry point of ``compressdet run``; returns the run directory."""
-    init_distributed()
+    init_distributed(recipe.device)
     if resume and run_dir is None:
         run_dir = find_latest_run(runs_root, recipe.name)
         if run_dir is None:

@@ -1,4 +1,4 @@
-"""Latency timing: warm-up, then per-call wall time; median and p90 (robust to a busy machine)."""
+"""Latency timing: warm-up, then per-call wall time (CPU) or CUDA-event time (GPU); median and p90."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["measure_latency", "set_threads"]
+__all__ = ["measure_latency", "measure_cuda_latency", "set_threads"]
 
 
 def set_threads(threads: int | None) -> int:
@@ -37,5 +37,40 @@ def measure_latency(fn: Callable[[], Any], *, runs: int = 50, warmup: int = 5) -
         t0 = time.perf_counter()
         fn()
         times[i] = (time.perf_counter() - t0) * 1e3
+    return _summary(times)
+
+
+def _summary(times: np.ndarray) -> dict[str, float]:
     return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
-            "mean_ms": float(times.mean()), "min_ms": float(times.min()), "runs": int(runs)}
+            "mean_ms": float(times.mean()), "min_ms": float(times.min()), "runs": int(len(times))}
+
+
+def measure_cuda_latency(enqueue: Callable[[], Any], stream: Any, *, runs: int = 50, warmup: int = 5) -> dict[str, Any]:
+    """Time ``enqueue()`` (asynchronous work on ``stream``) with CUDA events, ``runs`` times after ``warmup``.
+
+    Each run is bracketed by events recorded on ``stream`` and waited for, so the time is the
+    device's, not the host's enqueue time, and runs do not overlap.
+
+    Args:
+        enqueue: launches one inference on ``stream`` (inputs already on the device) and returns.
+        stream: a ``torch.cuda.Stream``.
+
+    Returns:
+        ``{"median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "timer": "cuda_events"}``.
+    """
+    import torch
+
+    if runs <= 0:
+        raise ValueError(f"runs must be positive, got {runs}")
+    for _ in range(warmup):
+        enqueue()
+    stream.synchronize()
+    times = np.empty(runs)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for i in range(runs):
+        start.record(stream)
+        enqueue()
+        end.record(stream)
+        end.synchronize()
+        times[i] = start.elapsed_time(end)
+    return {**_summary(times), "timer": "cuda_events"}

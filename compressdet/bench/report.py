@@ -93,6 +93,11 @@ def markdown_report(report: dict[str, Any]) -> str:
     if q:
         lines += ["", f"**QAT vs PTQ**: {q['qat']} mAP {q['map_qat']} vs {q['ptq']} mAP {q['map_ptq']} "
                   f"(gain {q['map_gain']}); latency {q['latency_qat_ms']} vs {q['latency_ptq_ms']} ms."]
+    if report.get("cuda_device"):
+        lines += ["", f"TensorRT {report.get('tensorrt')} on {report['cuda_device']}: latency timed with CUDA events "
+                  "(input resident on the GPU); its mAP per row is in report.json `eval_by_backend`."]
+    if report.get("notes"):
+        lines += ["", "Notes:", *(f"- {n}" for n in report["notes"])]
     lines += ["", "![mAP vs latency](pareto.png)", ""]
     return "\n".join(lines)
 

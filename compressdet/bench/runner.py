@@ -3,6 +3,8 @@
 A row is one (stage, precision): the fp32 model of each stage that has one, and its INT8 QDQ graph
 where one was exported (by an export stage, ``compressdet export`` into ``RUN/exports/``, or the
 QAT/PTQ stage itself). Backends come from the export format table; ``torch`` runs the model.
+``tensorrt`` runs the run's engine (or one built here from the row's ONNX) on the GPU, timed with
+CUDA events; without tensorrt/CUDA it is an error, or a recorded skip when ``skip_unavailable``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import numpy as np
 import torch
 
 from .._io import sha256_file
-from ..errors import UserError
+from ..errors import MissingDependencyError, UserError
 from ..export.formats import backend_format
-from .latency import measure_latency, set_threads
+from .latency import measure_cuda_latency, measure_latency, set_threads
 
 __all__ = ["Variant", "collect_variants", "bench_run", "BenchOptions"]
 
@@ -54,6 +56,10 @@ class BenchOptions:
     postprocess: dict[str, Any] = field(default_factory=dict)
     protocol: str = "official"
     max_images: int | None = None
+    #: a backend whose dependency is absent (tensorrt without the package or CUDA) is skipped with a
+    #: note and ``{"skipped": reason}`` in the report instead of raising MissingDependencyError; the
+    #: recipe bench stage sets it, since shipped recipes list tensorrt for GPU machines
+    skip_unavailable: bool = False
 
 
 def _onnx_matches(path: Path, model_path: Path) -> bool:
@@ -161,6 +167,39 @@ def _ensure_onnx(v: Variant, model: torch.nn.Module, out_dir: Path, dynamic: boo
     return p
 
 
+def _ensure_engine(v: Variant, model: torch.nn.Module, out_dir: Path, opts: BenchOptions, size: tuple[int, int],
+                   msize: tuple[int, int], log: Callable[[str], None]) -> Path:
+    """The row's TensorRT engine: the run's, else built here from the row's ONNX (INT8 from its QDQ graph)."""
+    from ..export._tensorrt import build_engine
+
+    if "tensorrt" in v.files:
+        return v.files["tensorrt"]
+    int8 = v.precision == "int8"
+    if int8:
+        onnx = v.files["ort-int8"]
+    else:
+        onnx = v.files.get("ort") or _ensure_onnx(v, model, out_dir, max(opts.batch_sizes) > 1 or size != msize, log)
+        v.files["ort"] = onnx
+    p = out_dir / "tensorrt" / f"{v.stage}{'.int8' if int8 else ''}.engine"
+    if not p.is_file():
+        log(f"  {v.label}: no TensorRT engine in the run; building one from {onnx} -> {p}")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        build_engine(onnx, p, int8=int8, max_batch=max(8, *opts.batch_sizes))
+    return p
+
+
+def _time_tensorrt(runner: Any, size: tuple[int, int], batch: int, opts: BenchOptions) -> dict[str, Any]:
+    """CUDA-event latency of one engine call at ``batch`` (input resident on the GPU, outputs preallocated)."""
+    from ..export._onnx import synthetic_image
+
+    if batch > runner.max_batch:
+        return {"skipped": f"engine accepts batch <= {runner.max_batch}"}
+    x = runner.to_device(synthetic_image(size).repeat(batch, 1, 1, 1))
+    runner.stream.wait_stream(torch.cuda.current_stream(runner.device))
+    runner.bind(x)
+    return measure_cuda_latency(runner.enqueue, runner.stream, runs=opts.runs, warmup=opts.warmup)
+
+
 # ------------------------------------------------------------------------------------------------
 def _evaluate(run: Callable[[np.ndarray], np.ndarray], batch: int, recipe: Any, image_size: tuple[int, int],
               num_classes: int, opts: BenchOptions) -> dict[str, Any]:
@@ -201,6 +240,18 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     for b in opts.backends:
         backend_format(b)  # unknown backend -> UserError with the valid list
+    notes: list[str] = []
+    unavailable: dict[str, str] = {}
+    if "tensorrt" in opts.backends:  # fail (or decide to skip) before any work
+        from ..export._tensorrt import tensorrt_unavailable
+
+        why = tensorrt_unavailable("the bench tensorrt backend")
+        if why and not opts.skip_unavailable:
+            raise MissingDependencyError(why)
+        if why:
+            unavailable["tensorrt"] = why
+            notes.append(f"tensorrt backend skipped: {why}")
+            log(f"note: skipping the tensorrt backend ({why})")
     if recipe is None and (run_dir / "recipe.yaml").is_file():
         from ..recipe import load_recipe
 
@@ -213,7 +264,6 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
         raise UserError(f"{run_dir}: no finished stage with a model to benchmark")
     models: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    notes: list[str] = []
     for v in variants:
         if v.stage not in models:
             models[v.stage] = load_model(v.model_path)
@@ -237,6 +287,9 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
                 continue
             if v.precision == "fp32" and backend == "ort-int8":
                 continue
+            if backend in unavailable:
+                row["latency"][backend] = {"skipped": unavailable[backend]}
+                continue
             try:
                 if backend == "torch":
                     runners[backend] = (_torch_runner(model), None)
@@ -247,16 +300,16 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
                 elif backend == "ort-int8":
                     runners[backend] = _ort_runner(v.files["ort-int8"], opts.threads)
                 else:
-                    from ..export._tensorrt import check_tensorrt
+                    from ..export._tensorrt import TensorRTRunner
 
-                    check_tensorrt()
-                    if backend not in v.files:
-                        raise UserError(f"no TensorRT engine for {v.label} (compressdet export {run_dir} "
-                                        f"--stage {v.stage} --tensorrt)")
-                    raise UserError("timing TensorRT engines is not implemented in bench yet")
+                    v.files["tensorrt"] = _ensure_engine(v, model, out_dir, opts, size, msize, log)
+                    trt = TensorRTRunner(v.files["tensorrt"])
+                    runners[backend] = (trt, trt.input_shape)
             except UserError as e:
                 row["latency"][backend] = {"skipped": str(e)}
                 log(f"  {backend}: skipped ({e})")
+        row["files"] = {k: str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p)
+                        for k, p in v.files.items()}  # plus what was exported/built here
         for backend, (fn, shape) in runners.items():
             cells: dict[str, Any] = {}
             for bs in opts.batch_sizes:
@@ -264,10 +317,16 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
                 if why:
                     cells[f"b{bs}"] = {"skipped": why}
                     continue
-                x = synthetic_image(size).repeat(bs, 1, 1, 1).numpy()
-                cells[f"b{bs}"] = measure_latency(lambda: fn(x), runs=opts.runs, warmup=opts.warmup)
+                if backend == "tensorrt":
+                    cells[f"b{bs}"] = _time_tensorrt(fn, size, bs, opts)
+                    if "skipped" in cells[f"b{bs}"]:
+                        continue
+                else:
+                    x = synthetic_image(size).repeat(bs, 1, 1, 1).numpy()
+                    cells[f"b{bs}"] = measure_latency(lambda: fn(x), runs=opts.runs, warmup=opts.warmup)
                 log(f"  {backend} batch {bs}: median {cells[f'b{bs}']['median_ms']:.2f} ms, "
-                    f"p90 {cells[f'b{bs}']['p90_ms']:.2f} ms ({threads} threads)")
+                    f"p90 {cells[f'b{bs}']['p90_ms']:.2f} ms "
+                    f"({'GPU, CUDA events' if backend == 'tensorrt' else f'{threads} threads'})")
             row["latency"][backend] = cells
         if opts.val and recipe is not None:
             eval_backend = "ort-int8" if v.precision == "int8" else "torch"
@@ -280,13 +339,24 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
             row["eval"], row["eval_backend"] = res, eval_backend
             key = "map11" if opts.protocol == "seed" else "map40"
             log(f"  mAP ({opts.protocol}, {eval_backend}): {res[key]:.2f}")
+            if "tensorrt" in runners:  # the engine's own accuracy (fp16 / INT8 kernels), same PostProcessor
+                trt = runners["tensorrt"][0]
+                tres = _evaluate(trt, min(8, trt.max_batch), recipe, msize, int(getattr(model, "num_classes", 3)),
+                                 opts)
+                row["eval_by_backend"] = {eval_backend: res, "tensorrt": tres}
+                log(f"  mAP ({opts.protocol}, tensorrt): {tres[key]:.2f}")
         rows.append(row)
     _deltas(rows, opts.protocol)
     report = {"run_dir": str(run_dir), "threads": threads, "backends": list(opts.backends),
               "batch_sizes": list(opts.batch_sizes), "runs": opts.runs, "warmup": opts.warmup,
               "protocol": opts.protocol, "device": "cpu", "torch": torch.__version__,
               "map_key": "map11" if opts.protocol == "seed" else "map40",
-              "rows": rows, "qat_vs_ptq": _qat_vs_ptq(rows, opts.protocol), "notes": notes}
+              "rows": rows, "qat_vs_ptq": _qat_vs_ptq(rows, opts.protocol), "notes": notes,
+              "skipped_backends": unavailable}
+    if "tensorrt" in opts.backends and "tensorrt" not in unavailable:
+        import tensorrt
+
+        report.update(tensorrt=tensorrt.__version__, cuda_device=torch.cuda.get_device_name(0))
     with contextlib.suppress(ImportError):
         import onnxruntime
 

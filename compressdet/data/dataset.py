@@ -207,18 +207,21 @@ def _worker_init(_: int) -> None:
 
 
 def build_loader(dataset: KittiDataset, *, batch_size: int, train: bool, seed: int, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 0, drop_last: bool | None = None) -> DataLoader:
+                 world_size: int = 1, num_workers: int = 0, drop_last: bool | None = None,
+                 pin_memory: bool | None = None) -> DataLoader:
     """DataLoader over ``dataset``; ``batch_size`` is per process.
 
     ``train=True``: an endless :class:`InfiniteSampler` stream (see the module docstring for
     resuming; iterate it ``steps`` times, ``len()`` is undefined). ``train=False``: one ordered
     pass, DistributedSampler(shuffle=False) when ``world_size > 1`` (it pads the last ranks by
-    repeating ids; drop duplicates by ``image_id`` when gathering). Pinned memory on CUDA.
+    repeating ids; drop duplicates by ``image_id`` when gathering). Pinned memory on CUDA
+    (``pin_memory=None``: when CUDA is available; pass False for a CPU run on a CUDA machine).
     """
     if drop_last is None:
         drop_last = train
     common = dict(batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
-                  pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+                  pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory),
+                  persistent_workers=num_workers > 0,
                   worker_init_fn=_worker_init if num_workers > 0 else None)
     if train:
         sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)

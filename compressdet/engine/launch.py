@@ -41,7 +41,7 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
     if len(dataset) == 0:
         raise UserError("the val split is empty: nothing to evaluate (check data.val_split)")
     loader = build_loader(dataset, batch_size=eval_cfg.batch_size, train=False, seed=0,
-                          num_workers=data_cfg.num_workers)
+                          num_workers=data_cfg.num_workers, pin_memory=torch.device(device).type == "cuda")
     gt_all, _ = load_ground_truth(data_cfg, "val")
     classes = tuple(data_cfg.classes)
     post = PostProcessor.from_config(tuple(data_cfg.image_size), postprocess, num_classes=len(classes))
@@ -125,7 +125,7 @@ def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation
     train_set = build_dataset(data_cfg, "train", train=True, seed=ctx.recipe.seed)
     loader = build_loader(train_set, batch_size=schedule.batch_size // ctx.world_size, train=True,
                           seed=ctx.recipe.seed, rank=ctx.rank, world_size=ctx.world_size,
-                          num_workers=data_cfg.num_workers)
+                          num_workers=data_cfg.num_workers, pin_memory=torch.device(ctx.device).type == "cuda")
     num_classes = len(data_cfg.classes)
     num_anchors = getattr(model, "num_anchors", 9)
     anchors = generate_anchors(hw)

@@ -16,7 +16,8 @@ def run(ctx: StageContext) -> StageResult:
     opts = BenchOptions(backends=list(cfg.backends), runs=cfg.runs, warmup=cfg.warmup,
                         batch_sizes=list(cfg.batch_sizes), threads=cfg.threads, val=cfg.val, stages=cfg.stages,
                         postprocess=cfg.postprocess.model_dump(), protocol=cfg.eval.protocol,
-                        max_images=cfg.eval.max_images)
+                        max_images=cfg.eval.max_images, skip_unavailable=True)
+    # skip_unavailable: recipes list tensorrt for GPU machines; on CPU it is a recorded skip, not a failure
     report = bench_run(ctx.run_dir, ctx.stage_dir, opts, recipe=ctx.recipe)
     print_table(report)
     metrics = {}
@@ -28,5 +29,8 @@ def run(ctx: StageContext) -> StageResult:
         lat = best_latency(r)[1]
         if lat is not None:
             metrics[f"{key}/latency_ms"] = round(lat, 3)
+    for backend, why in report.get("skipped_backends", {}).items():
+        metrics[f"{backend}_skipped"] = why
     return StageResult(artifacts={"report": ctx.stage_dir / "report.json"}, metrics=metrics,
-                       meta={"rows": [r["label"] for r in report["rows"]]})
+                       meta={"rows": [r["label"] for r in report["rows"]],
+                             "skipped_backends": report.get("skipped_backends", {})})
