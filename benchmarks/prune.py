@@ -3,8 +3,15 @@ without imitation, on SynthKITTI; mAP drop and ONNX Runtime fp32 speed-up.
 
 Targets (issue 7): map_drop <= 1.0 (with imitation), ort_speedup >= 1.3, macs_ratio <= 0.6.
 
-    .venv/bin/python benchmarks/prune.py --preset smoke   # < 3 min on CPU, checks the plumbing only
-    .venv/bin/python benchmarks/prune.py --preset full    # the real measurement (GPU recommended)
+    .venv/bin/python benchmarks/prune.py --preset latency  # no training: untrained 0.5x pruned to 0.6 MACs
+                                                           # (uniform and latency allocation), ORT at 384x1248
+    .venv/bin/python benchmarks/prune.py --preset smoke    # < 3 min on CPU, checks the plumbing only
+    .venv/bin/python benchmarks/prune.py --preset full     # the real measurement (GPU recommended)
+
+Latency: ORT fp32 CPU, batch 1, ``--threads`` (2) intra-op threads, median of ``runs`` runs with the
+models interleaved in one process (on a shared machine only ratios inside one run mean anything).
+Results merge into benchmarks/results/prune.json (``ort_speedup``; ``ort_speedup_384x1248`` when the
+preset trains at a smaller size).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ PRESETS = {
     "smoke": dict(size=[64, 192], images=24, teacher=4, student=4, prune=4, batch=4, val=4, runs=10),
     "full": dict(size=[384, 1248], images=2000, teacher=8000, student=8000, prune=2000, batch=16, val=500, runs=50),
 }
+FULL_SIZE = [384, 1248]
 
 
 def _recipe(p: dict) -> str:
@@ -49,34 +57,104 @@ stages:
 """
 
 
-def _ort_latency_ms(model: torch.nn.Module, hw: list[int], runs: int) -> float:
+def _ort_compare_ms(models: dict[str, torch.nn.Module], hw: list[int], runs: int, threads: int = 2) -> dict[str, float]:
+    """Median ORT fp32 latency (ms) per model, runs interleaved round-robin so load drifts hit all alike."""
     import onnxruntime as ort
 
     x = torch.zeros(1, 3, *hw)
+    feed = {"images": x.numpy()}
+    times: dict[str, list[float]] = {k: [] for k in models}
     with tempfile.TemporaryDirectory() as d:
-        f = Path(d) / "m.onnx"
-        torch.onnx.export(model.eval(), (x,), str(f), input_names=["images"], opset_version=17, dynamo=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        sess = ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
-        feed = {"images": x.numpy()}
-        for _ in range(3):
-            sess.run(None, feed)
-        times = []
+        sessions = {}
+        for name, model in models.items():
+            f = Path(d) / f"{name}.onnx"
+            torch.onnx.export(model.eval(), (x,), str(f), input_names=["images"], opset_version=17, dynamo=False)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            sessions[name] = ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
+        for sess in sessions.values():
+            for _ in range(3):
+                sess.run(None, feed)
         for _ in range(runs):
-            t = time.perf_counter()
-            sess.run(None, feed)
-            times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000)
+            for name, sess in sessions.items():
+                t = time.perf_counter()
+                sess.run(None, feed)
+                times[name].append(time.perf_counter() - t)
+    return {k: float(np.median(v) * 1000) for k, v in times.items()}
+
+
+def _prune_untrained(allocation: str, hw: list[int]) -> tuple[torch.nn.Module, dict]:
+    """The 0.5x student (untrained) pruned to 0.6 backbone MACs the way the prune stage does it."""
+    from compressdet.models import build_model
+    from compressdet.prune import ChannelPruner, conv_macs, get_importance
+    from compressdet.stages.prune import example_input_size
+
+    model = build_model("shuffledet_0.5x", image_size=tuple(hw)).train()
+    x = torch.zeros(1, 3, *example_input_size(tuple(hw)))
+    pruner = ChannelPruner(model, x, get_importance("group_magnitude"), target_macs=0.6, ignored_layers=[model.head.conv],
+                           macs_fn=lambda m: conv_macs(m, x, m.backbone), allocation=allocation,
+                           output_transform=lambda out: [out] if isinstance(out, torch.Tensor) else list(out))
+    rec = pruner.step()
+    return model.eval(), {"macs_ratio": rec["macs_after"] / rec["base_macs"],
+                          "channels_removed": {op["module"]: len(op["idxs"]) for op in rec["ops"]},
+                          "weights": rec.get("weights")}
+
+
+def _latency_only(args: argparse.Namespace) -> dict:
+    from compressdet.models import build_model
+
+    hw = FULL_SIZE
+    models = {"student": build_model("shuffledet_0.5x", image_size=tuple(hw)).eval()}
+    info = {}
+    for alloc in ("uniform", "latency"):
+        models[f"pruned_{alloc}"], info[alloc] = _prune_untrained(alloc, hw)
+    ms = _ort_compare_ms(models, hw, args.runs, args.threads)
+    base = ms["student"]
+    return {"preset": "latency", "image_size": hw, "threads": args.threads, "runs": args.runs, "ort_ms": ms,
+            "macs_ratio": info["latency"]["macs_ratio"], "macs_ratio_uniform": info["uniform"]["macs_ratio"],
+            "ort_speedup": base / ms["pruned_latency"], "ort_speedup_uniform": base / ms["pruned_uniform"],
+            "ort_speedup_384x1248": base / ms["pruned_latency"], "allocation": info,
+            "targets": {"macs_ratio": "<= 0.6", "ort_speedup": ">= 1.3"}}
+
+
+def _write(out: Path, res: dict, lines: list[str]) -> None:
+    from compressdet._io import atomic_write_json, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    old = {}
+    if (out / "prune.json").exists():
+        try:
+            old = json.loads((out / "prune.json").read_text())
+        except json.JSONDecodeError:
+            old = {}
+    key = "latency" if res["preset"] == "latency" else "training"
+    res = {**res, "report": lines}
+    merged = {**{k: v for k, v in old.items() if k in ("latency", "training")}, **res, key: res}
+    atomic_write_json(out / "prune.json", merged)
+    reports = [merged[k]["report"] for k in ("training", "latency") if k in merged and "report" in merged[k]]
+    atomic_write_text(out / "prune.md", "\n\n".join("\n".join(r) for r in reports) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
+    ap.add_argument("--preset", choices=sorted(PRESETS) + ["latency"], default="smoke")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--runs", type=int, default=30, help="latency runs per model (median; >= 30)")
+    ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     args = ap.parse_args(argv)
-    p = PRESETS[args.preset]
     torch.set_num_threads(1)
+    if args.preset == "latency":
+        res = _latency_only(args)
+        ms = res["ort_ms"]
+        lines = [f"# Prune latency (untrained 0.5x -> 0.6 backbone MACs, 384x1248, ORT fp32 {args.threads} threads, "
+                 f"median of {args.runs} interleaved runs)", "", "| model | ORT ms | speed-up |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.1f} | {ms['student'] / v:.2f}x |" for k, v in ms.items()]
+        lines += ["", f"macs_ratio {res['macs_ratio']:.3f} (latency allocation), {res['macs_ratio_uniform']:.3f} (uniform); "
+                  f"ort_speedup {res['ort_speedup']:.2f}x (latency), {res['ort_speedup_uniform']:.2f}x (uniform)"]
+        _write(Path(args.out), res, lines)
+        print("\n".join(lines))
+        return 0
+    p = PRESETS[args.preset]
     from compressdet.models import load_model, model_summary
     from compressdet.pipeline import run_recipe
     from compressdet.recipe import parse_recipe
@@ -88,30 +166,36 @@ def main(argv: list[str] | None = None) -> int:
         stages = manifest["stages"]
         stages = stages if isinstance(stages, dict) else {s["name"]: s for s in stages}
         rows = {}
+        loaded = {}
         for name in ("student", "pruned", "pruned_noimit"):
             model, _ = load_model(next(run_dir.rglob(f"{name}/model.pt")))
+            loaded[name] = model
             s = model_summary(model, tuple(p["size"]))
             rows[name] = {"map40": stages[name]["metrics"].get("map40"), "macs": s["macs"]["backbone"],
-                          "params": s["params"]["total"], "ort_ms": _ort_latency_ms(model, p["size"], p["runs"])}
+                          "params": s["params"]["total"], "model": model}
+    ms = _ort_compare_ms({k: r.pop("model") for k, r in rows.items()}, p["size"], max(args.runs, p["runs"]), args.threads)
+    for k, r in rows.items():
+        r["ort_ms"] = ms[k]
     st, pr, pn = rows["student"], rows["pruned"], rows["pruned_noimit"]
-    res = {"preset": args.preset, "image_size": p["size"], "macs_ratio": pr["macs"] / st["macs"],
+    res = {"preset": args.preset, "image_size": p["size"], "threads": args.threads, "macs_ratio": pr["macs"] / st["macs"],
            "map_drop": (st["map40"] or 0) - (pr["map40"] or 0),
            "map_drop_without_imitation": (st["map40"] or 0) - (pn["map40"] or 0),
            "ort_speedup": st["ort_ms"] / pr["ort_ms"], "rows": rows, "minutes": (time.time() - t0) / 60,
            "targets": {"macs_ratio": "<= 0.6", "map_drop": "<= 1.0", "ort_speedup": ">= 1.3"}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from compressdet._io import atomic_write_json, atomic_write_text
-
-    atomic_write_json(out / "prune.json", res)
-    lines = [f"# Prune benchmark ({args.preset}, {p['size'][0]}x{p['size'][1]}, ORT fp32 1 thread)", "",
+    student_model, pruned_model = loaded["student"], loaded["pruned"]
+    if list(p["size"]) != FULL_SIZE:  # weights don't depend on the input size: time the same nets at full size
+        full = _ort_compare_ms({"student": student_model, "pruned": pruned_model}, FULL_SIZE, args.runs, args.threads)
+        res["ort_speedup_384x1248"] = full["student"] / full["pruned"]
+        res["ort_ms_384x1248"] = full
+    lines = [f"# Prune benchmark ({args.preset}, {p['size'][0]}x{p['size'][1]}, ORT fp32 {args.threads} threads)", "",
              "| model | backbone MACs | params | ORT ms | mAP40 |", "|---|---|---|---|---|"]
     for name, r in rows.items():
         m = "-" if r["map40"] is None else f"{r['map40']:.1f}"
         lines.append(f"| {name} | {r['macs'] / 1e6:.1f} M | {r['params'] / 1e6:.3f} M | {r['ort_ms']:.2f} | {m} |")
     lines += ["", f"macs_ratio {res['macs_ratio']:.3f}, map_drop {res['map_drop']:.2f}, "
-              f"map_drop_without_imitation {res['map_drop_without_imitation']:.2f}, ort_speedup {res['ort_speedup']:.2f}x"]
-    atomic_write_text(out / "prune.md", "\n".join(lines) + "\n")
+              f"map_drop_without_imitation {res['map_drop_without_imitation']:.2f}, ort_speedup {res['ort_speedup']:.2f}x"
+              + (f", ort_speedup_384x1248 {res['ort_speedup_384x1248']:.2f}x" if "ort_speedup_384x1248" in res else "")]
+    _write(Path(args.out), res, lines)
     print("\n".join(lines))
     return 0
 

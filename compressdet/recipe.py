@@ -258,6 +258,9 @@ class PruneStage(StageConfig):
     importance: Literal["group_magnitude", "bn_scale", "taylor"] = "group_magnitude"
     iterative_steps: int = Field(1, gt=0, description="prune -> fine-tune rounds")
     round_to: int | None = Field(None, gt=0, description="channel multiple (default: the conv groups)")
+    allocation: Literal["uniform", "latency"] = Field(
+        "latency", description="how the MACs target is spread over channel groups: one ratio for all, or "
+        "more from groups that save more CPU latency per MAC (stream, head input)")
     ignored_layers: list[str] = Field(default_factory=list, description="module names never pruned")
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(steps=2000, lr=0.005))
     imitation: ImitationConfig | None = None

@@ -5,6 +5,12 @@ once and returns what it did; the caller fine-tunes between steps. Each step reb
 :class:`~compressdet.prune.graph.ShuffleDependencyGraph`, scores every group, lists for each group
 the valid cuts (whole shuffle tuples, balanced conv groups: :func:`feasible_cuts`) and picks one
 uniform ratio for all groups, searched so that MACs land on the step's target.
+
+``allocation="latency"`` scales that ratio per group by how much latency (a cost model, default the
+analytic :func:`~compressdet.prune.cost.latency_proxy`: MACs + activation memory traffic) a group's
+channels save per MAC they remove, measured with one trial cut per group: on CPU the residual/concat
+stream (which reaches the full-resolution stem) and the head input are worth more than their MACs,
+the bottleneck mids less. The MACs target is still met exactly (the ratio search is unchanged).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from torch import Tensor, nn
 from .graph import GroupConstraints, PruningError, ShuffleDependencyGraph, group_constraints
 from .importance import ChannelImportance
 
-__all__ = ["ChannelPruner", "GroupPlan", "feasible_cuts", "conv_macs", "apply_ops"]
+__all__ = ["ChannelPruner", "GroupPlan", "feasible_cuts", "conv_macs", "apply_ops", "ALLOCATIONS"]
+
+ALLOCATIONS = ("uniform", "latency")
 
 _MAX_DP_STATES = 200_000
 
@@ -119,6 +127,8 @@ class GroupPlan:
     channels: int
     cuts: dict[int, tuple[float, list[int]]]
     granularity: int = 1
+    weight: float = 1.0  # multiplies the searched ratio (latency allocation)
+    efficiency: float | None = None  # relative cost saved / relative MACs saved by a trial cut
 
     def pick(self, remove: float) -> list[int]:
         """Root channels of the valid cut whose size is closest to ``remove`` (fewer on ties)."""
@@ -168,6 +178,12 @@ class ChannelPruner:
         macs_fn: ``model -> MACs`` (default: every conv/linear at ``example_inputs``).
         output_transform: turns the model output into tensors for the tracer.
         forward_fn: ``(model, inputs) -> output`` for tracing (default ``model(inputs)``).
+        allocation: ``"uniform"`` (one ratio for every group) or ``"latency"`` (per-group ratio
+            scaled by the group's cost saved per MAC saved, clipped to ``weight_range``).
+        cost_fn: ``model -> latency proxy`` for ``"latency"`` (default: :func:`latency_proxy` of the
+            whole model at ``example_inputs``).
+        weight_range: ``(lo, hi)`` clip of the per-group ratio multiplier (relative to the median
+            group), so no group is cut far beyond the others.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Tensor, importance: ChannelImportance, *,
@@ -176,7 +192,13 @@ class ChannelPruner:
                  ignored_layers: Sequence[nn.Module] = (), round_to: int | None = None,
                  max_pruning_ratio: float = 0.9, macs_fn: Callable[[nn.Module], float] | None = None,
                  output_transform: Callable[[Any], Any] | None = None,
-                 forward_fn: Callable[[nn.Module, Tensor], Any] | None = None) -> None:
+                 forward_fn: Callable[[nn.Module, Tensor], Any] | None = None, allocation: str = "uniform",
+                 cost_fn: Callable[[nn.Module], float] | None = None,
+                 weight_range: tuple[float, float] = (0.5, 2.0)) -> None:
+        if allocation not in ALLOCATIONS:
+            raise PruningError(f"unknown allocation '{allocation}' (known: {', '.join(ALLOCATIONS)})")
+        if not 0 < weight_range[0] <= 1 <= weight_range[1]:
+            raise PruningError(f"weight_range must satisfy 0 < lo <= 1 <= hi, got {weight_range}")
         if target_macs is None and pruning_ratio is None and not pruning_ratio_dict:
             raise PruningError("give a target: target_macs, pruning_ratio or pruning_ratio_dict")
         if target_macs is not None and not 0 < target_macs < 1:
@@ -197,6 +219,13 @@ class ChannelPruner:
         self.macs_fn = macs_fn or (lambda m: conv_macs(m, example_inputs))
         self.output_transform = output_transform or _default_output_transform
         self.forward_fn = forward_fn
+        self.allocation = allocation
+        if cost_fn is None and allocation == "latency":
+            from .cost import latency_proxy
+
+            cost_fn = lambda m: latency_proxy(m, example_inputs)  # noqa: E731
+        self.cost_fn = cost_fn
+        self.weight_range = (float(weight_range[0]), float(weight_range[1]))
         self.current_step = 0
         self.base_macs = float(self.macs_fn(model))
         self._orig_channels: dict[str, int] = {}
@@ -244,12 +273,37 @@ class ChannelPruner:
         ops = []
         for p in plans:
             r = self._ratio_for(p.members)
-            r = ratio if r is None else r * step_frac
+            r = min(ratio * p.weight, self.max_pruning_ratio) if r is None else r * step_frac
             orig = self._orig_channels.get(p.root, p.channels)
             remove = p.channels - orig * (1.0 - r)  # ratios are of the original width
             idxs = p.pick(max(0.0, remove))
             ops.append({"module": p.root, "idxs": idxs})
         return ops
+
+    def latency_weights(self, plans: list[GroupPlan], trial_ratio: float = 0.25) -> None:
+        """Set each plan's ``efficiency`` and ``weight`` from one trial cut (about ``trial_ratio``).
+
+        efficiency = (relative cost saved) / (relative MACs saved); a group that saves no MACs
+        (nothing the MACs target counts) but saves cost gets the top weight. Weights are the
+        efficiencies over their median, clipped to ``weight_range``.
+        """
+        assert self.cost_fn is not None
+        macs0, cost0 = float(self.macs_fn(self.model)), float(self.cost_fn(self.model))
+        lo, hi = self.weight_range
+        effs = []
+        for p in plans:
+            k = min((n for n in p.cuts if n > 0), key=lambda n: (abs(n - trial_ratio * p.channels), n))
+            trial = copy.deepcopy(self.model)
+            apply_ops(self.build_graph(trial), trial, [{"module": p.root, "idxs": p.cuts[k][1]}])
+            dm = (macs0 - float(self.macs_fn(trial))) / max(macs0, 1e-12)
+            dc = (cost0 - float(self.cost_fn(trial))) / max(cost0, 1e-12)
+            p.efficiency = dc / dm if dm > 1e-9 else (math.inf if dc > 0 else 0.0)
+            effs.append(p.efficiency)
+        finite = sorted(e for e in effs if math.isfinite(e))
+        med = finite[len(finite) // 2] if finite else 1.0
+        for p in plans:
+            e = p.efficiency if p.efficiency is not None else med
+            p.weight = hi if not math.isfinite(e) else min(hi, max(lo, e / max(med, 1e-12)))
 
     def _macs_after(self, ops: list[dict[str, Any]]) -> float:
         trial = copy.deepcopy(self.model)
@@ -314,9 +368,11 @@ class ChannelPruner:
         macs_before = float(self.macs_fn(self.model))
         DG = self.build_graph()
         plans = self.plan_groups(DG)
+        if self.allocation == "latency":
+            self.latency_weights(plans)
         if self.target_macs is not None:
             goal = self.base_macs * (1.0 - (1.0 - self.target_macs) * frac)
-            lo, hi = 0.0, self.max_pruning_ratio
+            lo, hi = 0.0, self.max_pruning_ratio / min([p.weight for p in plans] + [1.0])
             best: tuple[float, list[dict[str, Any]]] | None = None
             for _ in range(14):
                 mid = (lo + hi) / 2
@@ -336,6 +392,8 @@ class ChannelPruner:
         apply_ops(DG, self.model, ops)
         self.model.zero_grad(set_to_none=True)
         record = {"step": self.current_step, "macs_before": macs_before, "macs_after": float(self.macs_fn(self.model)),
-                  "base_macs": self.base_macs, "ops": ops}
+                  "base_macs": self.base_macs, "allocation": self.allocation, "ops": ops}
+        if self.allocation == "latency":
+            record["weights"] = {p.root: round(p.weight, 4) for p in plans}
         self.history.append(record)
         return record

@@ -87,6 +87,7 @@ def run(ctx: StageContext) -> StageResult:
                            pruning_ratio=target.pruning_ratio, pruning_ratio_dict=target.pruning_ratio_dict,
                            iterative_steps=cfg.iterative_steps, ignored_layers=_ignored(model, cfg.ignored_layers),
                            round_to=cfg.round_to, macs_fn=lambda m: conv_macs(m, x, m.backbone),
+                           allocation=cfg.allocation,
                            output_transform=lambda out: [out] if isinstance(out, torch.Tensor) else list(out))
     loss_fn = _taylor_loss(ctx) if cfg.importance == "taylor" else None
     k = cfg.iterative_steps
@@ -113,13 +114,14 @@ def run(ctx: StageContext) -> StageResult:
     after = _summary(model, hw)
     hist_path = save_history(ctx.stage_dir / "prune_history.json", pruner.history, arch=getattr(model, "arch", None),
                              extra={"example_input_size": list(x.shape[2:]), "importance": cfg.importance,
+                                    "allocation": cfg.allocation,
                                     "target": target.model_dump(mode="json")})
     imit = cfg.imitation
     meta = {"from": cfg.from_, "arch": getattr(model, "arch", None), "best_step": best["step"],
             "teacher": cfg.teacher if (imit is not None and imit.weight > 0) else None,
             "imitation": imit.model_dump(mode="json") if imit is not None else None,
             "image_size": list(hw), "classes": list(recipe.data.classes), "pruning_history": hist_path.name,
-            "pruned": {"importance": cfg.importance, "iterative_steps": k}}
+            "pruned": {"importance": cfg.importance, "iterative_steps": k, "allocation": cfg.allocation}}
     path = save_model(model, ctx.stage_dir / "model.pt", meta=meta)
     res = summary.get("best_result") or {}
     metrics = {

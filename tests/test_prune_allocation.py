@@ -1,0 +1,106 @@
+"""Latency-aware allocation: MACs target still met, groups stay divisible, zeroed channels prune exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from _prune_models import TinyShuffleNet, randomize_bn, silence
+
+from compressdet.prune import ChannelPruner, PruningError, ShuffleDependencyGraph, conv_macs, get_importance
+from compressdet.prune.cost import latency_proxy
+
+X = torch.randn(1, 3, 32, 64)
+
+
+def _pruner(model: nn.Module, **kw) -> ChannelPruner:
+    return ChannelPruner(model, X, get_importance("group_magnitude"), ignored_layers=[model.out], **kw)
+
+
+def _check_divisible(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            assert m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0, m
+        if hasattr(m, "shuffle"):
+            assert m.conv1.out_channels % m.shuffle.groups == 0, m
+
+
+def test_latency_allocation_reaches_macs_target_and_keeps_groups_divisible():
+    torch.manual_seed(0)
+    model = TinyShuffleNet().eval()
+    base = conv_macs(model, X)
+    pruner = _pruner(model, target_macs=0.6, allocation="latency")
+    rec = pruner.step()
+    assert rec["allocation"] == "latency" and rec["weights"]
+    assert abs(conv_macs(model, X) / base - 0.6) <= 0.05
+    _check_divisible(model)
+    assert model(X).shape == TinyShuffleNet()(X).shape
+
+
+def test_latency_allocation_favours_groups_that_save_more_cost_per_mac():
+    torch.manual_seed(0)
+    model = TinyShuffleNet().eval()
+    pruner = _pruner(model, target_macs=0.6, allocation="latency", weight_range=(0.5, 2.0))
+    plans = pruner.plan_groups(pruner.build_graph())
+    pruner.latency_weights(plans)
+    effs = {p.root: p.efficiency for p in plans}
+    weights = {p.root: p.weight for p in plans}
+    assert all(0.5 <= w <= 2.0 for w in weights.values())
+    best, worst = max(effs, key=effs.get), min(effs, key=effs.get)
+    assert effs[best] > effs[worst] and weights[best] >= weights[worst]
+
+
+def test_latency_allocation_with_macs_as_cost_equals_uniform():
+    """When the cost model is the MACs count every group saves cost at the same rate: uniform result."""
+    torch.manual_seed(0)
+    a, b = TinyShuffleNet().eval(), TinyShuffleNet().eval()
+    b.load_state_dict(a.state_dict())
+    ops_u = _pruner(a, target_macs=0.6).step()["ops"]
+    pl = _pruner(b, target_macs=0.6, allocation="latency", cost_fn=lambda m: conv_macs(m, X))
+    rec = pl.step()
+    assert all(abs(w - 1.0) < 1e-6 for w in rec["weights"].values())
+    assert rec["ops"] == ops_u
+
+
+def test_latency_plan_on_silenced_channels_keeps_output():
+    torch.manual_seed(0)
+    model = TinyShuffleNet().eval()
+    randomize_bn(model)
+    ops = _pruner(copy.deepcopy(model), target_macs=0.6, allocation="latency").step()["ops"]
+    assert ops
+    DG = ShuffleDependencyGraph().build_dependency(model, X)
+    modules = dict(model.named_modules())
+    groups = []
+    for op in ops:
+        root = modules[op["module"]]
+        groups.append(DG.get_pruning_group(root, DG.out_pruning_fn(root), op["idxs"]))
+    for g in groups:
+        silence(DG, g)
+    ref = model(X)
+    for g in groups:
+        g.prune()
+    _check_divisible(model)
+    torch.testing.assert_close(model(X), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_latency_proxy_counts_memory_traffic():
+    model = TinyShuffleNet().eval()
+    assert latency_proxy(model, X, mem_weight=0.0) == pytest.approx(conv_macs(model, X))
+    assert latency_proxy(model, X) > conv_macs(model, X)
+
+
+def test_bad_allocation_is_refused():
+    with pytest.raises(PruningError, match="allocation"):
+        _pruner(TinyShuffleNet(), target_macs=0.6, allocation="fastest")
+
+
+def test_recipe_allocation_field():
+    from compressdet.recipe import PruneStage
+
+    assert PruneStage(name="p", **{"from": "s"}).allocation == "latency"
+    assert PruneStage(name="p", **{"from": "s"}, allocation="uniform").allocation == "uniform"
+    with pytest.raises(ValueError):
+        PruneStage(name="p", **{"from": "s"}, allocation="fastest")
