@@ -11,8 +11,8 @@ __all__ = ["table_rows", "markdown_report", "write_reports", "pareto_plot", "pri
 
 _CLASSES = ("car", "pedestrian", "cyclist")
 _LEVELS = ("easy", "moderate", "hard")
-COLUMNS = ["model", "FLOPs", "params", "car E/M/H", "ped E/M/H", "cyc E/M/H", "mAP", "size", "latency b1",
-           "delta vs ref"]
+COLUMNS = ["model", "FLOPs", "params", "car E/M/H", "ped E/M/H", "cyc E/M/H", "mAP", "size", "weights",
+           "latency b1", "delta vs ref"]
 
 
 def _ap_cells(ev: dict[str, Any] | None, metric: str) -> list[str]:
@@ -57,13 +57,35 @@ def _delta(row: dict[str, Any]) -> str:
     return " ".join(bits)
 
 
+def _weights(row: dict[str, Any]) -> str:
+    b = row.get("weights_bytes")
+    if b is None:
+        return "-"
+    return f"{b / 1e6:.2f} MB {row.get('weights_dtype', '')}".strip()
+
+
+def _qat_vs_ptq_line(q: dict[str, Any]) -> str:
+    def ms(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.2f} ms"
+
+    def mp(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    gain = "n/a" if q.get("map_gain") is None else f"{q['map_gain']:+.2f}"
+    return (f"{q['qat']} mAP {mp(q['map_qat'])} vs {q['ptq']} mAP {mp(q['map_ptq'])} (QAT gain {gain}); "
+            f"latency ({q.get('latency_backend', 'best')}, b1) {ms(q['latency_qat_ms'])} vs {ms(q['latency_ptq_ms'])}"
+            + ("" if q.get("same_float_source", True) else
+               f" (float sources differ: {q.get('from_qat')} vs {q.get('from_ptq')})"))
+
+
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
     """Cells per row, in :data:`COLUMNS` order (AP per class as E/M/H, FLOPs = backbone MACs)."""
     metric = "ap11" if report.get("protocol") == "seed" else "ap40"
     out = []
     for r in report["rows"]:
         out.append([r["label"], f"{r['macs']['backbone'] / 1e9:.3f} G", f"{r['params_with_bn_stats']['total'] / 1e6:.3f} M",
-                    *_ap_cells(r.get("eval"), metric), f"{r['file_bytes'] / 1e6:.2f} MB", _lat(r), _delta(r)])
+                    *_ap_cells(r.get("eval"), metric), f"{r['file_bytes'] / 1e6:.2f} MB", _weights(r), _lat(r),
+                    _delta(r)])
     return out
 
 
@@ -91,8 +113,13 @@ def markdown_report(report: dict[str, Any]) -> str:
             lines.append(f"| {r['label']} | {b} | " + " | ".join(vals) + " |")
     q = report.get("qat_vs_ptq")
     if q:
-        lines += ["", f"**QAT vs PTQ**: {q['qat']} mAP {q['map_qat']} vs {q['ptq']} mAP {q['map_ptq']} "
-                  f"(gain {q['map_gain']}); latency {q['latency_qat_ms']} vs {q['latency_ptq_ms']} ms."]
+        lines += ["", f"**QAT vs PTQ**: {_qat_vs_ptq_line(q)}."]
+    quant = [r for r in report["rows"] if r.get("float_source")]
+    if quant:
+        lines += ["", "Quantized stages (" + ", ".join(f"{r['label']} from {r['float_source']}" for r in quant)
+                  + "): FLOPs/params are the float source's (the same network, weights stored as int8: see the "
+                  "weights column); size is the INT8 ONNX file; ort-int8 runs the stage's own QDQ graph and torch "
+                  "its quantized .pt2 program; delta is vs the float source."]
     if report.get("cuda_device"):
         lines += ["", f"TensorRT {report.get('tensorrt')} on {report['cuda_device']}: latency timed with CUDA events "
                   "(input resident on the GPU); its mAP per row is in report.json `eval_by_backend`."]
@@ -164,4 +191,4 @@ def print_table(report: dict[str, Any], console: Any = None) -> None:
     console.print(t)
     q = report.get("qat_vs_ptq")
     if q:
-        console.print(f"QAT vs PTQ: {q['qat']} mAP {q['map_qat']} vs {q['ptq']} mAP {q['map_ptq']} (gain {q['map_gain']})")
+        console.print(f"QAT vs PTQ: {_qat_vs_ptq_line(q)}", highlight=False, markup=False)

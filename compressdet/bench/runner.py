@@ -28,18 +28,27 @@ __all__ = ["Variant", "collect_variants", "bench_run", "BenchOptions"]
 
 @dataclass
 class Variant:
-    """One row of the report."""
+    """One row of the report.
+
+    A quantized stage (qat/ptq) gives an int8 row whose ``model_path`` is its float source's model
+    (MACs, params) and whose files are the stage's own: ``ort-int8`` its QDQ graph, ``torch`` its
+    ``quantized`` .pt2 program.
+    """
 
     stage: str
     kind: str
-    source: str | None  # the 'from' stage
+    source: str | None  # the 'from' stage (for a quantized stage: its float source)
     precision: str  # fp32 | int8
     model_path: Path | None = None
-    files: dict[str, Path] = field(default_factory=dict)  # backend -> file (onnx / int8 onnx / engine)
+    files: dict[str, Path] = field(default_factory=dict)  # backend -> file (onnx / int8 onnx / engine / .pt2)
     quantization: str | None = None
+    quant_stage: bool = False  # a qat/ptq stage's own int8 model (not a PTQ of a float stage)
+    stage_metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
+        if self.quant_stage:
+            return f"{self.stage} ({self.kind})"
         return self.stage if self.precision == "fp32" else f"{self.stage} (int8)"
 
 
@@ -76,30 +85,59 @@ def collect_variants(run_dir: Path, stages: list[str] | None = None) -> list[Var
     """Rows of a run, in recipe order (see the module docstring).
 
     Raises:
-        UserError: a name in ``stages`` is not a finished model stage of the run.
+        UserError: a name in ``stages`` is not a finished model (or qat/ptq) stage of the run.
     """
+    from ..export.quantized import float_source, is_quant_stage, quantization_label
     from ..export.runtime import onnx_metadata
     from ..pipeline import load_manifest
 
     man = load_manifest(run_dir)["stages"]
     done = {n: r for n, r in man.items() if r.get("status") == "done"}
     arts = {n: {k: run_dir / a["path"] for k, a in r.get("artifacts", {}).items()} for n, r in done.items()}
-    model_names = [n for n in done if "model" in arts[n]]
+    quant_names = {n for n in done if is_quant_stage(done[n])}
+    model_names = [n for n in done if "model" in arts[n] or n in quant_names]
     if stages:
         bad = [s for s in stages if s not in model_names]
         if bad:
             raise UserError(f"{run_dir}: no finished model stage named {', '.join(bad)} "
-                            f"(model stages: {', '.join(model_names) or 'none'})")
+                            f"(model and qat/ptq stages: {', '.join(model_names) or 'none'})")
         model_names = [n for n in model_names if n in stages]
+    floats = {}
+    for n in quant_names:
+        with contextlib.suppress(UserError):
+            floats[n] = float_source(done, n)
     exports: dict[str, dict[str, Path]] = {}
     for n, r in done.items():  # export stages: artifacts belong to their 'from' stage
         src = (r.get("inputs") or {}).get("from")
-        if r.get("kind") == "export" and src:
+        if r.get("kind") != "export" or not src:
+            continue
+        if src in quant_names:  # fp32 files are the float source's, int8 ones the quantized stage's
+            for k, p in arts[n].items():
+                int8 = k == "onnx_int8" or str(p).endswith(".int8.engine")
+                owner = src if int8 else floats.get(src)
+                if owner and not (k == "onnx" and not _onnx_matches(p, arts[owner]["model"])):
+                    exports.setdefault(owner, {}).setdefault(k, p)
+        else:
             exports.setdefault(src, {}).update(arts[n])
     out: list[Variant] = []
     for n in model_names:
         rec, a = done[n], arts[n]
         src = (rec.get("inputs") or {}).get("from")
+        if n in quant_names:
+            if n not in floats:
+                continue  # no float source to measure MACs against: float_source raised; not a row
+            files = {"ort-int8": a["onnx_int8"]}
+            if "quantized" in a:
+                files["torch"] = a["quantized"]
+            te = exports.get(n, {}).get("tensorrt")
+            if te is not None:
+                files["tensorrt"] = te
+            q = Variant(n, rec.get("kind", "?"), floats[n], "int8", arts[floats[n]]["model"], files,
+                        quantization_label(rec.get("kind"), rec.get("meta")), quant_stage=True,
+                        stage_metrics={k: rec.get("metrics", {}).get(k) for k in
+                                       ("map40", "map11", "ort_map40", "ort_map11", "graph")})
+            out.append(q)
+            continue
         files = dict(exports.get(n, {}))
         files.update({k: v for k, v in a.items() if k in ("onnx", "onnx_int8", "tensorrt")})
         for key, suffix in (("onnx", ".onnx"), ("onnx_int8", ".int8.onnx")):
@@ -122,6 +160,41 @@ def collect_variants(run_dir: Path, stages: list[str] | None = None) -> list[Var
                 q.files["tensorrt"] = files["tensorrt"]
             out.append(q)
     return out
+
+
+def _weights_bytes(v: Variant, model: torch.nn.Module) -> int:
+    """Bytes of the weights as stored: ONNX initializers of an int8 graph (int8 weights, float biases and
+    scales), the state_dict tensors (fp32) of a float model."""
+    if v.precision == "int8" and "ort-int8" in v.files:
+        with contextlib.suppress(Exception):
+            import onnx
+            from onnx import numpy_helper
+
+            m = onnx.load(str(v.files["ort-int8"]))
+            total = sum(numpy_helper.to_array(i).nbytes for i in m.graph.initializer)
+            for n in m.graph.node:  # the dynamo exporter stores some constants as Constant nodes
+                if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
+                    total += numpy_helper.to_array(n.attribute[0].t).nbytes
+            return int(total)
+    return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+
+
+def _quantized_runner(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], list]:
+    """The ``torch`` backend of a quantized stage: its .pt2 int8 program (static batch 1)."""
+    from ..export.quantized import load_quantized_program
+
+    try:
+        prog = load_quantized_program(path)
+    except Exception as e:  # noqa: BLE001 - reported as an n/a cell with the reason
+        raise UserError(f"quantized .pt2 program not loadable ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    shape = [1, 3, None, None]  # torch.export fixed the example's batch of 1
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return prog(torch.from_numpy(x)).numpy()
+
+    return run, shape
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,9 +338,10 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
     models: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for v in variants:
-        if v.stage not in models:
-            models[v.stage] = load_model(v.model_path)
-        model, meta = models[v.stage]
+        key = str(v.model_path)
+        if key not in models:
+            models[key] = load_model(v.model_path)
+        model, meta = models[key]
         msize = tuple(int(s) for s in model.image_size)
         size = tuple(opts.image_size or msize)
         summ = model_summary(model, size)
@@ -278,11 +352,32 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
             "files": {k: str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p) for k, p in v.files.items()},
             "file_bytes": (v.files["ort-int8"].stat().st_size if v.precision == "int8"
                            else v.model_path.stat().st_size),
+            "weights_bytes": _weights_bytes(v, model), "weights_dtype": "int8" if v.precision == "int8" else "fp32",
             "latency": {}, "eval": None, "eval_backend": None}
+        if v.quant_stage:
+            row["float_source"] = v.source
+            row["macs_params_from"] = v.source  # MACs/params are the float source's; its weights are int8 here
+            row["stage_metrics"] = v.stage_metrics
+            if "torch" in v.files:
+                row["quantized_bytes"] = v.files["torch"].stat().st_size
         log(f"{v.label}: backbone {summ['macs']['backbone'] / 1e9:.3f} GMACs, {summ['params']['total'] / 1e6:.3f} M params")
         runners: dict[str, tuple[Callable, list | None]] = {}
         for backend in opts.backends:
             fmt = backend_format(backend)
+            if v.quant_stage and backend == "torch":
+                if backend in unavailable:
+                    row["latency"][backend] = {"skipped": unavailable[backend]}
+                    continue
+                if "torch" not in v.files:
+                    row["latency"][backend] = {"skipped": "the stage has no quantized .pt2 program"}
+                    continue
+                try:
+                    runners[backend] = _quantized_runner(v.files["torch"])
+                    log(f"  torch: the stage's int8 program {v.files['torch'].name} (torch.export.load)")
+                except UserError as e:
+                    row["latency"][backend] = {"skipped": str(e)}
+                    log(f"  torch: n/a ({e})")
+                continue
             if v.precision == "int8" and backend in ("torch", "ort"):
                 continue
             if v.precision == "fp32" and backend == "ort-int8":
@@ -315,7 +410,8 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
             for bs in opts.batch_sizes:
                 why = _shape_ok(shape, bs, size) if shape is not None else None
                 if why:
-                    cells[f"b{bs}"] = {"skipped": why}
+                    cells[f"b{bs}"] = {"skipped": why if backend != "torch" or not v.quant_stage
+                                       else "the quantized .pt2 program was exported for batch 1"}
                     continue
                 if backend == "tensorrt":
                     cells[f"b{bs}"] = _time_tensorrt(fn, size, bs, opts)
@@ -389,7 +485,8 @@ def _deltas(rows: list[dict[str, Any]], protocol: str) -> None:
     """Each row vs its reference: an int8 row vs its own stage's fp32 row, else vs its 'from' stage."""
     fp32 = {r["stage"]: r for r in rows if r["precision"] == "fp32"}
     for r in rows:
-        ref = fp32.get(r["stage"]) if r["precision"] == "int8" else fp32.get(r["from"] or "")
+        own = r["precision"] == "int8" and not r.get("float_source")  # PTQ of a float stage's own model
+        ref = fp32.get(r["stage"]) if own else fp32.get(r["from"] or "")
         if ref is None or ref is r:
             r["delta"] = None
             continue
@@ -404,15 +501,30 @@ def _deltas(rows: list[dict[str, Any]], protocol: str) -> None:
                       "file_bytes_pct": _pct(r["file_bytes"], ref["file_bytes"])}
 
 
+def _backend_latency(row: dict[str, Any], backend: str, batch: int = 1) -> float | None:
+    c = (row["latency"].get(backend) or {}).get(f"b{batch}") or {}
+    return c.get("median_ms")
+
+
 def _qat_vs_ptq(rows: list[dict[str, Any]], protocol: str) -> dict[str, Any] | None:
-    """mAP/latency of the QAT INT8 row vs a PTQ INT8 row, when the run has both."""
+    """mAP/latency of the QAT INT8 row vs a PTQ INT8 row, when the run has both.
+
+    The PTQ row preferred is a ``ptq`` stage quantized from the same float source, then any ``ptq``
+    stage, then an ONNX Runtime PTQ of a float stage. Latency is compared on ``ort-int8`` (batch 1).
+    """
     int8 = [r for r in rows if r["precision"] == "int8"]
     qat = [r for r in int8 if r["kind"] == "qat" and not str(r.get("quantization") or "").startswith("ptq")]
     ptq = [r for r in int8 if r["kind"] == "ptq" or str(r.get("quantization") or "").startswith("ptq")]
     if not qat or not ptq:
         return None
-    q, p = qat[0], ptq[0]
+    q = qat[0]
+    ptq.sort(key=lambda r: (not (r["kind"] == "ptq" and r.get("from") == q.get("from")), r["kind"] != "ptq"))
+    p = ptq[0]
     mq, mp = row_map(q, protocol), row_map(p, protocol)
+    lq, lp = _backend_latency(q, "ort-int8"), _backend_latency(p, "ort-int8")
+    if lq is None or lp is None:
+        lq, lp = best_latency(q)[1], best_latency(p)[1]
     return {"qat": q["label"], "ptq": p["label"], "map_qat": mq, "map_ptq": mp,
             "map_gain": None if mq is None or mp is None else round(mq - mp, 2),
-            "latency_qat_ms": best_latency(q)[1], "latency_ptq_ms": best_latency(p)[1]}
+            "latency_qat_ms": lq, "latency_ptq_ms": lp, "latency_backend": "ort-int8",
+            "same_float_source": q.get("from") == p.get("from"), "from_qat": q.get("from"), "from_ptq": p.get("from")}

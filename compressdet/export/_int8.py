@@ -18,7 +18,8 @@ from .._io import atomic_path
 from ..errors import UserError
 from .runtime import max_abs_diff, ort_run, ort_session
 
-__all__ = ["ImageCalibrationReader", "quantize_onnx_int8", "copy_onnx_int8", "count_qdq", "verify_int8"]
+__all__ = ["ImageCalibrationReader", "quantize_onnx_int8", "copy_onnx_int8", "count_qdq", "verify_int8",
+           "copy_onnx_int8_with_metadata"]
 
 
 def _reader_base():
@@ -133,6 +134,22 @@ def copy_onnx_int8(src: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """Copy a QAT/PTQ stage's already-exported INT8 graph (atomically)."""
     with atomic_path(out_path, suffix=".onnx.tmp") as tmp:
         shutil.copyfile(src, tmp)
+    return Path(out_path)
+
+
+def copy_onnx_int8_with_metadata(src: str | os.PathLike, out_path: str | os.PathLike,
+                                 metadata: dict[str, Any]) -> Path:
+    """Copy an INT8 graph unchanged, adding ``metadata_props`` (non-strings as JSON), atomically."""
+    import onnx
+
+    from ._onnx import _metadata_props
+
+    m = onnx.load(str(src))
+    props = {p.key: p.value for p in m.metadata_props}
+    props.update(metadata)
+    _metadata_props(m, props)
+    with atomic_path(out_path, suffix=".onnx.tmp") as tmp:
+        onnx.save(m, str(tmp))
     return Path(out_path)
 
 

@@ -21,14 +21,30 @@ from .._io import sha256_file
 from ..errors import UserError
 from .formats import FORMATS, get_format, validate_options
 
-__all__ = ["ExportSource", "resolve_source", "model_stages", "calibration_images", "Exporter", "export_model"]
+__all__ = ["ExportSource", "QuantSource", "resolve_source", "model_stages", "exportable_stages", "quant_source",
+           "calibration_images", "Exporter", "export_model"]
 
 MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 @dataclass
+class QuantSource:
+    """A quantized (qat/ptq) stage: its own int8 files; the fp32 side comes from its float source."""
+
+    stage: str
+    kind: str
+    artifacts: dict[str, Path]  # quantized (.pt2), onnx_int8, report (absolute)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ExportSource:
-    """A model to export and where it came from."""
+    """A model to export and where it came from.
+
+    For a quantized stage, ``model``/``model_path``/``stage`` are its float source (the stage it was
+    quantized from: the fp32 graph, metadata) and ``quant`` the quantized stage itself (whose own
+    verified ``onnx_int8`` is the int8 export).
+    """
 
     model: nn.Module
     model_path: Path
@@ -38,6 +54,7 @@ class ExportSource:
     run_dir: Path | None = None
     recipe: Any = None  # compressdet.recipe.Recipe when the run's recipe.yaml is readable
     artifacts: dict[str, Path] = field(default_factory=dict)  # the stage's own artifacts (absolute)
+    quant: QuantSource | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -54,6 +71,17 @@ class ExportSource:
     def name(self) -> str:
         return self.stage or self.model_path.stem
 
+    @property
+    def selected(self) -> str:
+        """The stage asked for: the quantized stage when there is one, else the model's stage."""
+        return self.quant.stage if self.quant else self.name
+
+    def stem(self, fmt: str) -> str:
+        """File stem of a format: int8 outputs of a quantized stage carry its name, the rest the model's."""
+        if self.quant is not None and fmt in ("onnx-int8", "tensorrt-int8"):
+            return self.quant.stage
+        return self.name
+
 
 def model_stages(run_dir: Path) -> list[str]:
     """Done stages of a run that hold a ``model`` artifact, in recipe order."""
@@ -61,6 +89,33 @@ def model_stages(run_dir: Path) -> list[str]:
 
     stages = load_manifest(run_dir)["stages"]
     return [n for n, r in stages.items() if r.get("status") == "done" and "model" in r.get("artifacts", {})]
+
+
+def exportable_stages(run_dir: Path) -> list[str]:
+    """Done stages with a ``model`` or an ``onnx_int8`` of their own (qat/ptq), in recipe order."""
+    from ..pipeline import load_manifest
+    from .quantized import is_model_stage, is_quant_stage
+
+    stages = load_manifest(run_dir)["stages"]
+    return [n for n, r in stages.items() if r.get("status") == "done" and (is_model_stage(r) or is_quant_stage(r))]
+
+
+def quant_source(run_dir: Path, stage: str, *, stages: dict[str, Any] | None = None,
+                 artifacts: dict[str, Path] | None = None) -> tuple[QuantSource, str]:
+    """The quantized stage ``stage`` and the name of its float source stage (from the run manifest).
+
+    Raises:
+        UserError: the float source is missing or unfinished.
+    """
+    from ..pipeline import load_manifest
+    from .quantized import float_source
+
+    stages = stages if stages is not None else load_manifest(run_dir)["stages"]
+    rec = stages[stage]
+    arts = artifacts if artifacts is not None else {k: run_dir / a["path"]
+                                                    for k, a in rec.get("artifacts", {}).items()}
+    q = QuantSource(stage=stage, kind=rec.get("kind", "?"), artifacts=dict(arts), meta=dict(rec.get("meta") or {}))
+    return q, float_source(stages, stage)
 
 
 def _load_recipe(run_dir: Path) -> Any:
@@ -93,20 +148,30 @@ def resolve_source(path: str | Path | None, stage: str | None = None, *, runs_ro
         return ExportSource(model=model, model_path=path, meta=meta)
     if not path.is_dir():
         raise UserError(f"{path}: no such run directory or model file")
+    from .quantized import is_quant_stage
+
     manifest = load_manifest(path)
-    names = model_stages(path)
+    names = exportable_stages(path)
     if not names:
-        raise UserError(f"{path}: no finished stage with a model artifact yet")
+        raise UserError(f"{path}: no finished stage with a model artifact (or an INT8 graph) yet")
     if stage is None:
         stage = names[-1]
-        log(f"using stage '{stage}' (the last model stage; pick another with --stage: {', '.join(names)})")
+        log(f"using stage '{stage}' ({manifest['stages'][stage].get('kind')}; the last stage with a model or an "
+            f"INT8 graph; pick another with --stage: {', '.join(names)})")
     elif stage not in names:
-        raise UserError(f"{path}: stage '{stage}' has no finished model (stages with a model: {', '.join(names)})")
+        raise UserError(f"{path}: stage '{stage}' has no finished model (stages with a model or an INT8 graph: "
+                        f"{', '.join(names)})")
+    quant = None
+    if is_quant_stage(manifest["stages"][stage]):
+        quant, float_stage = quant_source(path, stage, stages=manifest["stages"])
+        log(f"stage '{stage}' is a {quant.kind} stage: fp32 ONNX comes from its float source '{float_stage}' "
+            f"(the stage it was quantized from); INT8 ONNX is '{stage}''s own verified QDQ graph")
+        stage = float_stage
     rec = manifest["stages"][stage]
     arts = {k: path / a["path"] for k, a in rec.get("artifacts", {}).items()}
     model, meta = load_model(arts["model"])
     return ExportSource(model=model, model_path=arts["model"], meta=meta, stage=stage, stage_kind=rec.get("kind"),
-                        run_dir=path, recipe=_load_recipe(path), artifacts=arts)
+                        run_dir=path, recipe=_load_recipe(path), artifacts=arts, quant=quant)
 
 
 def calibration_images(source: ExportSource, n: int, *, split: str = "train",
@@ -187,8 +252,13 @@ class Exporter:
 
     def _report(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> None:
         f = FORMATS[name]
-        path = self.out_dir / f"{self.source.name}{f.suffix}"
-        self.log(f"[{name}] exporting {self.source.name} -> {path}")
+        stem = self.source.stem(name)
+        path = self.out_dir / f"{stem}{f.suffix}"
+        what = stem
+        if self.source.quant is not None:
+            what = (f"{stem} (fp32 float source of {self.source.quant.kind} stage '{self.source.quant.stage}')"
+                    if stem != self.source.quant.stage else f"{stem} ({self.source.quant.kind}, own INT8 graph)")
+        self.log(f"[{name}] exporting {what} -> {path}")
         t0 = time.perf_counter()
         info = fn(path)
         dt = time.perf_counter() - t0
@@ -243,6 +313,8 @@ class Exporter:
         from ._int8 import copy_onnx_int8, quantize_onnx_int8, verify_int8
 
         fp32 = Path(self.results["onnx"]["path"])
+        if self.source.quant is not None:
+            return self._export_quant_int8(path, fp32)
         own = self.source.artifacts.get("onnx_int8")
         if own is not None and own.is_file():
             self.log(f"  using stage '{self.source.name}''s own INT8 graph {own}")
@@ -261,6 +333,69 @@ class Exporter:
         self.log(f"  INT8 vs fp32 in ORT: max |diff| {info['max_abs_diff_vs_fp32']:.3g}, detection agreement "
                  f"{info.get('detection_agreement', float('nan')):.3f}, QDQ nodes {info['qdq_nodes']}")
         return {"path": str(path), "source": how, **info}
+
+    def _export_quant_int8(self, path: Path, fp32: Path) -> dict[str, Any]:
+        """A qat/ptq stage's own QDQ graph: copied with metadata, re-verified, never re-quantized.
+
+        Checks: same graph (sha256 of the graph, metadata aside) as the stage's ``onnx_int8``, the
+        QDQ graph rules (``check_int8_graph``), finite ORT outputs; ORT vs the stage's ``quantized``
+        .pt2 program (max |diff|, detection agreement) and vs the float source's fp32 graph.
+        """
+        from .._io import sha256_file as _sha
+        from ..quant.onnx_int8 import check_int8_graph
+        from ._int8 import copy_onnx_int8_with_metadata, verify_int8
+        from .quantized import graph_sha256, load_quantized_program, quantization_label
+        from .runtime import max_abs_diff, ort_run, ort_session
+
+        q = self.source.quant
+        own = q.artifacts.get("onnx_int8")
+        if own is None or not Path(own).is_file():
+            raise UserError(f"stage '{q.stage}' ({q.kind}): its onnx_int8 artifact is missing ({own})")
+        own = Path(own)
+        self.log(f"  using {q.kind} stage '{q.stage}''s own INT8 graph {own} (no fresh PTQ of '{self.source.name}')")
+        gsha = graph_sha256(own)
+        meta = _metadata(self.source, "int8")
+        meta.update(stage=q.stage, stage_kind=q.kind, float_source_stage=self.source.name,
+                    quantization=quantization_label(q.kind, q.meta), graph_sha256=gsha, source_onnx_int8=own.name,
+                    source_onnx_int8_sha256=_sha(own), exporter="compressdet.quant (PT2E program -> QDQ ONNX)")
+        pt2 = q.artifacts.get("quantized")
+        if pt2 is not None and Path(pt2).is_file():
+            meta["quantized_sha256"] = _sha(pt2)
+        copy_onnx_int8_with_metadata(own, path, meta)
+        try:
+            if graph_sha256(path) != gsha:
+                raise UserError(f"{path}: copied INT8 graph differs from stage '{q.stage}''s {own}")
+            graph = check_int8_graph(path)
+            check = calibration_images(self.source, 2, split="val", log=lambda s: None)
+            info = verify_int8(path, fp32, [c.numpy() for c in check], decode=self._decode, agreement=self._agree)
+        except Exception:
+            path.unlink(missing_ok=True)
+            raise
+        info.update(graph=graph, graph_sha256=gsha, quantization=meta["quantization"], stage=q.stage,
+                    stage_kind=q.kind, float_source=self.source.name)
+        if pt2 is not None and Path(pt2).is_file():
+            try:
+                prog = load_quantized_program(pt2)
+                sess = ort_session(path)
+                diffs, agree = [], []
+                for c in check:
+                    with torch.no_grad():
+                        ref = prog(c).numpy()
+                    o = ort_run(sess, c.numpy())[0]
+                    diffs.append(max_abs_diff(o, ref))
+                    agree.append(self._agree(self._decode(ref), self._decode(o)))
+                info["max_abs_diff_vs_quantized"] = float(max(diffs))
+                info["detection_agreement_vs_quantized"] = float(np.mean(agree))
+                self.log(f"  ORT INT8 vs the stage's quantized program: max |diff| {max(diffs):.3g}, detection "
+                         f"agreement {np.mean(agree):.3f}")
+            except Exception as e:  # noqa: BLE001 - the .pt2 check is extra; the ORT checks above passed
+                info["quantized_check"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                self.log(f"  note: could not run the stage's quantized .pt2 ({info['quantized_check']})")
+        self.log(f"  INT8 ({q.kind}) vs fp32 '{self.source.name}' in ORT: max |diff| "
+                 f"{info['max_abs_diff_vs_fp32']:.3g}, detection agreement "
+                 f"{info.get('detection_agreement', float('nan')):.3f}, QDQ nodes {info['qdq_nodes']}")
+        return {"path": str(path), "source": f"copied from {q.kind} stage '{q.stage}' (same graph, sha256 "
+                f"{gsha[:12]}...)", **info}
 
     def _decode(self, head: np.ndarray) -> dict[str, Any]:
         from ..models.postprocess import PostProcessor
@@ -282,7 +417,7 @@ class Exporter:
         src = self.results.get("onnx-int8") or self.results["onnx"]
         int8 = "onnx-int8" in self.results
         if int8:
-            path = path.with_name(f"{self.source.name}.int8.engine")
+            path = path.with_name(f"{self.source.stem('tensorrt-int8')}.int8.engine")
         return build_engine(src["path"], path, int8=int8, dynamic_batch=self.dynamic_batch)
 
 
@@ -310,8 +445,11 @@ def export_model(path: str | Path | None, formats: list[str], *, stage: str | No
             options["postprocess"] = pp.model_dump()
     exporter = Exporter(source, out_dir, log=log, **options)
     results = exporter.run(formats)
-    index = Path(out_dir) / f"{source.name}.export.json"
-    atomic_write_json(index, {"stage": source.stage, "run_dir": str(source.run_dir) if source.run_dir else None,
+    index = Path(out_dir) / f"{source.selected}.export.json"
+    q = source.quant
+    atomic_write_json(index, {"stage": source.selected, "kind": q.kind if q else source.stage_kind,
+                              "float_source": source.stage if q else None,
+                              "run_dir": str(source.run_dir) if source.run_dir else None,
                               "model": str(source.model_path), "model_sha256": sha256_file(source.model_path),
                               "formats": results})
     return source, results
@@ -319,6 +457,7 @@ def export_model(path: str | Path | None, formats: list[str], *, stage: str | No
 
 def _stage_cfg(source: ExportSource) -> Any:
     try:
-        return source.recipe.stage(source.stage) if source.stage else None
+        name = source.selected if source.stage else None
+        return source.recipe.stage(name) if name else None
     except KeyError:
         return None

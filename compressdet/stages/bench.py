@@ -22,13 +22,16 @@ def run(ctx: StageContext) -> StageResult:
     print_table(report)
     metrics = {}
     for r in report["rows"]:
-        key = r["label"].replace(" (int8)", "_int8")
+        key = r["stage"] if r.get("float_source") else r["label"].replace(" (int8)", "_int8")
         m = row_map(r, opts.protocol)
         if m is not None:
             metrics[f"{key}/mAP"] = m
         lat = best_latency(r)[1]
         if lat is not None:
             metrics[f"{key}/latency_ms"] = round(lat, 3)
+    q = report.get("qat_vs_ptq")
+    if q and q.get("map_gain") is not None:
+        metrics["qat_vs_ptq/map_gain"] = q["map_gain"]
     for backend, why in report.get("skipped_backends", {}).items():
         metrics[f"{backend}_skipped"] = why
     return StageResult(artifacts={"report": ctx.stage_dir / "report.json"}, metrics=metrics,

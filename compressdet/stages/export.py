@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export.exporter import ExportSource, Exporter, _load_recipe
+from ..export.exporter import Exporter, ExportSource, QuantSource, _load_recipe, quant_source
 from ..export.formats import FORMATS
 from . import StageContext, StageResult
 
@@ -19,6 +19,7 @@ def run(ctx: StageContext) -> StageResult:
     ``compressdet export --tensorrt`` still fails with exit 2).
     """
     from ..export._tensorrt import tensorrt_unavailable
+    from ..export.quantized import is_quant_stage
     from ..models import load_model
 
     cfg = ctx.cfg
@@ -30,10 +31,17 @@ def run(ctx: StageContext) -> StageResult:
             skipped["tensorrt"] = why
             print(f"note: stage '{ctx.name}': skipping format tensorrt ({why})", flush=True)
     src_in = ctx.input("from")
+    quant = None
+    if is_quant_stage({"kind": src_in.kind, "artifacts": src_in.artifacts}):
+        # a qat/ptq stage: fp32 from the float model it was quantized from, INT8 = its own graph
+        quant, float_name = _quant_source(ctx, src_in)
+        print(f"stage '{ctx.name}': '{src_in.name}' is a {src_in.kind} stage; fp32 ONNX from its float source "
+              f"'{float_name}', INT8 ONNX = '{src_in.name}''s own verified QDQ graph", flush=True)
+        src_in = ctx.all_stages[float_name]
     model, meta = load_model(src_in.artifact("model"))
     source = ExportSource(model=model, model_path=src_in.artifact("model"), meta=meta, stage=src_in.name,
                           stage_kind=src_in.kind, run_dir=ctx.run_dir, recipe=ctx.recipe or _load_recipe(ctx.run_dir),
-                          artifacts=dict(src_in.artifacts))
+                          artifacts=dict(src_in.artifacts), quant=quant)
     exporter = Exporter(source, ctx.stage_dir, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
                         with_postprocess=cfg.with_postprocess, tolerance=cfg.tolerance,
                         calibration_images=cfg.calibration_images, postprocess=cfg.postprocess.model_dump())
@@ -45,6 +53,22 @@ def run(ctx: StageContext) -> StageResult:
         metrics["int8_detection_agreement"] = results["onnx-int8"]["detection_agreement"]
     for name, why in skipped.items():
         metrics[f"{FORMATS[name].artifact}_skipped"] = why
-    meta = {"from": src_in.name, "formats": {n: {k: v for k, v in info.items() if k != "path"}
+    meta = {"from": quant.stage if quant else src_in.name, "float_source": src_in.name if quant else None,
+            "formats": {n: {k: v for k, v in info.items() if k != "path"}
                                              for n, info in results.items()}, "skipped": skipped}
     return StageResult(artifacts=artifacts, metrics=metrics, meta=meta)
+
+
+def _quant_source(ctx: StageContext, src_in) -> tuple[QuantSource, str]:
+    """The quantized stage as a QuantSource and its float source's name (manifest records of done stages)."""
+    from ..errors import UserError
+
+    stages = {n: {"kind": i.kind, "status": "done", "meta": i.meta,
+                  "artifacts": {k: {"path": str(p)} for k, p in i.artifacts.items()}}
+              for n, i in ctx.all_stages.items()}
+    stages[src_in.name] = {"kind": src_in.kind, "status": "done", "meta": src_in.meta,
+                           "artifacts": {k: {"path": str(p)} for k, p in src_in.artifacts.items()}}
+    q, float_name = quant_source(ctx.run_dir, src_in.name, stages=stages, artifacts=dict(src_in.artifacts))
+    if float_name not in ctx.all_stages:
+        raise UserError(f"stage '{ctx.name}': float source '{float_name}' of '{src_in.name}' has not finished")
+    return q, float_name
