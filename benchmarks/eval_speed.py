@@ -103,8 +103,8 @@ def main(argv=None) -> int:
         "map40": res["map40"], "map11": res["map11"], "map11_seed_protocol": res_seed["map11"],
         "python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
     }
-    print(f"| evaluator | images | gt/det lines | time (s) |")
-    print(f"|---|---|---|---|")
+    print("| evaluator | images | gt/det lines | time (s) |")
+    print("|---|---|---|---|")
     print(f"| vectorised (best of {args.repeat}) | {len(ids)} | {n_gt}/{n_det} | {min(times):.3f} "
           f"(median {np.median(times):.3f}, target {TARGET_S}) |")
     print(f"| reference loop | {len(sub)} | | {ref_s:.3f} (x{len(ids) / max(len(sub), 1):.1f} = "

@@ -34,7 +34,7 @@ MANIFEST = "manifest.json"
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _git_commit() -> str | None:
@@ -341,7 +341,7 @@ def new_run_dir(recipe: Recipe, runs_root: Path | str = "runs") -> Path:
     rank, world, _ = env_rank()
     path: list[Any] = [None]
     if rank == 0:
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
         base = Path(runs_root) / recipe.name / stamp
         p, i = base, 1
         while p.exists():

@@ -9,10 +9,10 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
+from test_export_helpers import make_run  # noqa: E402
+
 from compressdet.bench.latency import measure_latency  # noqa: E402
 from compressdet.cli import main  # noqa: E402
-
-from test_export_helpers import make_run  # noqa: E402
 
 torch.set_num_threads(1)
 

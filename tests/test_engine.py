@@ -12,8 +12,14 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from compressdet.engine import (NonFiniteLossError, Trainer, clip_grad_norm_per_tensor, cosine_lr_lambda,
-                                load_checkpoint, seed_param_groups)
+from compressdet.engine import (
+    NonFiniteLossError,
+    Trainer,
+    clip_grad_norm_per_tensor,
+    cosine_lr_lambda,
+    load_checkpoint,
+    seed_param_groups,
+)
 from compressdet.recipe import ImitationConfig, ScheduleConfig
 
 torch.set_num_threads(1)

@@ -9,13 +9,13 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from test_export_helpers import SIZE, make_model, make_run  # noqa: E402
+
 from compressdet.cli import main  # noqa: E402
 from compressdet.errors import UserError  # noqa: E402
 from compressdet.export._onnx import ExportVerificationError, export_onnx, synthetic_image  # noqa: E402
 from compressdet.export.formats import backend_format, get_format, validate_options  # noqa: E402
 from compressdet.export.runtime import onnx_metadata, ort_run, ort_session  # noqa: E402
-
-from test_export_helpers import SIZE, make_model, make_run  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 
-from compressdet.losses import (AdaptationLayer, ImitationLoss, SqueezeDetLoss, assign_anchors, imitation_mask,
-                                normalizer_factor)
+from compressdet.losses import (
+    AdaptationLayer,
+    ImitationLoss,
+    SqueezeDetLoss,
+    assign_anchors,
+    imitation_mask,
+    normalizer_factor,
+)
 
 torch.set_num_threads(1)
 

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import pipeline_plugin  # noqa: F401  (registers the 'echo' stage kind)
 import pytest
 
-import pipeline_plugin  # noqa: F401  (registers the 'echo' stage kind)
 from compressdet.cli import main
 
 RECIPE = """name: chain

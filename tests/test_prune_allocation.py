@@ -6,9 +6,8 @@ import copy
 
 import pytest
 import torch
-from torch import nn
-
 from _prune_models import TinyShuffleNet, randomize_bn, silence
+from torch import nn
 
 from compressdet.prune import ChannelPruner, PruningError, ShuffleDependencyGraph, conv_macs, get_importance
 from compressdet.prune.cost import latency_proxy

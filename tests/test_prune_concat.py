@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from _prune_models import TinyShuffleNet, randomize_bn, silence
+
 from compressdet.prune import ShuffleDependencyGraph, feasible_cuts, group_constraints
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch_pruning as tp
-
 from _prune_models import TinyShuffleNet, randomize_bn, silence
+
 from compressdet.models.shuffledet import ChannelShuffle, channel_shuffle
 from compressdet.prune import PruningError, ShuffleDependencyGraph, feasible_cuts, group_constraints
 

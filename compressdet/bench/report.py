@@ -104,7 +104,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         for b, cells in r["latency"].items():
             if "skipped" in cells:
-                lines.append(f"| {r['label']} | {b} | " + " | ".join(f"n/a: {cells['skipped']}" for _ in report["batch_sizes"]) + " |")
+                skipped = " | ".join(f"n/a: {cells['skipped']}" for _ in report["batch_sizes"])
+                lines.append(f"| {r['label']} | {b} | {skipped} |")
                 continue
             vals = []
             for bs in report["batch_sizes"]:

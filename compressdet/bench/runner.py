@@ -363,7 +363,7 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
         log(f"{v.label}: backbone {summ['macs']['backbone'] / 1e9:.3f} GMACs, {summ['params']['total'] / 1e6:.3f} M params")
         runners: dict[str, tuple[Callable, list | None]] = {}
         for backend in opts.backends:
-            fmt = backend_format(backend)
+            backend_format(backend)  # validates the name
             if v.quant_stage and backend == "torch":
                 if backend in unavailable:
                     row["latency"][backend] = {"skipped": unavailable[backend]}

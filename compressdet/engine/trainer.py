@@ -31,8 +31,17 @@ from ..losses import ImitationLoss, imitation_mask
 from ..recipe import ImitationConfig, ScheduleConfig
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .distributed import all_gather_object, all_reduce_sum, convert_sync_batchnorm, unwrap
-from .hooks import (BestCheckpointer, CallbackHook, EvalHook, HookBase, IterationTimer, LRSchedulerHook,
-                    PeriodicCheckpointer, ProgressHook, TensorboardWriter)
+from .hooks import (
+    BestCheckpointer,
+    CallbackHook,
+    EvalHook,
+    HookBase,
+    IterationTimer,
+    LRSchedulerHook,
+    PeriodicCheckpointer,
+    ProgressHook,
+    TensorboardWriter,
+)
 
 __all__ = ["TrainerBase", "Trainer", "NonFiniteLossError", "cosine_lr_lambda", "clip_grad_norm_per_tensor",
            "seed_param_groups"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import DataError, UserError
+from ..errors import DataError
 
 __all__ = ["register", "load_kitti_dirs"]
 
 
 def load_kitti_dirs(gt_dir: Path, det_dir: Path | None, ids: list[str] | None) -> tuple[dict, dict | None, list[str]]:
     """Read label files and result files; every id needs both (a missing one is an error naming it)."""
-    from ..data.kitti import read_label_file, read_split
+    from ..data.kitti import read_label_file
 
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():

@@ -12,8 +12,20 @@ import math
 from typing import Mapping, Sequence
 
 from ..data.kitti import KittiObject
-from .kitti_eval import (CLASSES, LEVELS, MAX_OCCLUSION, MAX_TRUNCATION, MIN_HEIGHT, MIN_OVERLAP, N_SAMPLE_PTS,
-                         NEIGHBOUR, NO_DETECTION, _assemble, _check_inputs, _compute_aos)
+from .kitti_eval import (
+    CLASSES,
+    LEVELS,
+    MAX_OCCLUSION,
+    MAX_TRUNCATION,
+    MIN_HEIGHT,
+    MIN_OVERLAP,
+    N_SAMPLE_PTS,
+    NEIGHBOUR,
+    NO_DETECTION,
+    _assemble,
+    _check_inputs,
+    _compute_aos,
+)
 
 __all__ = ["reference_evaluate_kitti"]
 

@@ -31,7 +31,6 @@ are all resolved in the first step.
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -356,7 +355,7 @@ def _eval_class(cls: str, g: _Flat, d: _Flat, n_img: int, protocol: str, compute
             # pass 2: non-ignored detections by IoU (desc), then ignored ones; ties: file order
             key = np.where(idet[pd] == 0, -piou, 0.0)
             o2 = np.lexsort((pd, key, idet[pd], pg))
-            p2g, p2d, p2iou = pg[o2], pd[o2], piou[o2]
+            p2g, p2d = pg[o2], pd[o2]
             gts, chosen, assigned = _greedy(p2g, p2d, gt_img_G, len(D), score_D[p2d], thresholds)
             hit = chosen >= 0
             det_of = np.where(hit, p2d[np.maximum(chosen, 0)], -1)

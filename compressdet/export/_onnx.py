@@ -15,7 +15,6 @@ import copy
 import json
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np

@@ -115,7 +115,8 @@ class SqueezeDetLoss(nn.Module):
     def forward(self, head_out: Tensor, targets: list[dict]) -> dict[str, Tensor]:
         from ..models.head import split_head_output
 
-        cls_logits, conf_logits, deltas = split_head_output(head_out.to(torch.promote_types(head_out.dtype, torch.float32)), self.num_classes, self.num_anchors)
+        head_out = head_out.to(torch.promote_types(head_out.dtype, torch.float32))  # half -> float32, float64 stays
+        cls_logits, conf_logits, deltas = split_head_output(head_out, self.num_classes, self.num_anchors)
         n_img, n_anchor = conf_logits.shape
         if n_anchor != self.anchors.shape[0]:
             raise ValueError(f"head output has {n_anchor} anchors, the loss was built for {self.anchors.shape[0]} "

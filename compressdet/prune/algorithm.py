@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .cost import forward_with_hooks
 from .graph import GroupConstraints, PruningError, ShuffleDependencyGraph, group_constraints
 from .importance import ChannelImportance
 
@@ -43,17 +44,7 @@ def conv_macs(model: nn.Module, example_inputs: Tensor, modules: nn.Module | Non
         else:
             total[0] += out[0].numel() * m.in_features
 
-    scope = model if modules is None else modules
-    hooks = [m.register_forward_hook(hook) for m in scope.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_inputs[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    forward_with_hooks(model, example_inputs, model if modules is None else modules, (nn.Conv2d, nn.Linear), hook)
     return total[0]
 
 

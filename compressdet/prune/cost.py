@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_MEM_WEIGHT", "latency_proxy", "latency_proxy_fn"]
+__all__ = ["DEFAULT_MEM_WEIGHT", "latency_proxy", "latency_proxy_fn", "forward_with_hooks"]
 
 DEFAULT_MEM_WEIGHT = 16.0
 
@@ -62,7 +62,14 @@ def latency_proxy(model: nn.Module, example_inputs: Tensor, modules: nn.Module |
             total[0] += mem_weight * (inp + outn)
 
     kinds = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, ShuffleUnit) + shuffle_types()
-    scope = model if modules is None else modules
+    forward_with_hooks(model, example_inputs, model if modules is None else modules, kinds, hook)
+    return total[0]
+
+
+def forward_with_hooks(model: nn.Module, example_inputs: Tensor, scope: nn.Module, kinds: tuple[type, ...],
+                       hook: Callable[[nn.Module, tuple, object], None]) -> None:
+    """One eval-mode, no-grad forward of the first example image with ``hook`` on every ``kinds`` module
+    inside ``scope``; hooks and the training flag are restored even if the forward fails."""
     hooks = [m.register_forward_hook(hook) for m in scope.modules() if isinstance(m, kinds)]
     was = model.training
     model.eval()
@@ -73,7 +80,6 @@ def latency_proxy(model: nn.Module, example_inputs: Tensor, modules: nn.Module |
         for h in hooks:
             h.remove()
         model.train(was)
-    return total[0]
 
 
 def latency_proxy_fn(example_inputs: Tensor, scope: Callable[[nn.Module], nn.Module] | None = None, *,
