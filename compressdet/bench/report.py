@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,8 @@ def print_table(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    # piped output (make demo, CI logs) gets a wide table instead of rich's 80-column default
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
     t = Table(title=f"compressdet bench: {report['run_dir']}")
     for c in COLUMNS:
         t.add_column(c, overflow="fold")
