@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from compressdet._io import atomic_write_json, atomic_write_text
+from compressdet.quant.ptq import randomize_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -38,18 +39,6 @@ ARCH = {"0.25": "shuffledet_0.25x", "0.5": "shuffledet_0.5x", "1": "shuffledet_1
 
 # ---------------------------------------------------------------------------------------------
 # speed
-def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-    return model
-
-
 def _export_fp32(model: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -125,7 +114,7 @@ def speed(args: argparse.Namespace) -> dict:
                  "ratios are what to read (the machine is shared)", "widths": {}}
     tmp = Path(tempfile.mkdtemp(prefix="quant_speed_"))
     for w in args.widths:
-        model = _randomize_bn(build_model(ARCH[w], image_size=(H, W))).eval()
+        model = randomize_batchnorm(build_model(ARCH[w], image_size=(H, W))).eval()
         torch.nn.init.normal_(model.head.conv.weight, std=0.02)
         x = torch.from_numpy(calib[0])
         t0 = time.time()

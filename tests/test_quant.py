@@ -26,6 +26,7 @@ from compressdet.quant import (  # noqa: E402
     train_qat,
 )
 from compressdet.quant._pt2e import convert, make_quantizer  # noqa: E402
+from compressdet.quant.ptq import randomize_batchnorm  # noqa: E402
 from compressdet.quant.qat import resolve_freeze_steps  # noqa: E402
 from compressdet.recipe import ImitationConfig, QuantConfig, ScheduleConfig  # noqa: E402
 
@@ -41,25 +42,10 @@ SIZE = (64, 192)
 MEAN_TOL, MAX_TOL = 0.10, 0.10
 
 
-def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-    head = getattr(model, "head", None)
-    if head is not None:  # the seed's init (std 1e-4) makes a near-zero head: use a visible one
-        torch.nn.init.normal_(head.conv.weight, std=0.02, generator=g)
-    return model
-
-
 @pytest.fixture(scope="module")
 def student():
     torch.manual_seed(0)
-    return _randomize_bn(build_model("shuffledet_0.25x", image_size=SIZE)).eval()
+    return randomize_batchnorm(build_model("shuffledet_0.25x", image_size=SIZE), head_std=0.02).eval()
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -122,7 +108,7 @@ def qat_run(student):
     from compressdet.losses import ImitationLoss, SqueezeDetLoss
 
     torch.manual_seed(0)
-    teacher = _randomize_bn(build_model("shuffledet_0.25x", image_size=SIZE), seed=1).eval()
+    teacher = randomize_batchnorm(build_model("shuffledet_0.25x", image_size=SIZE), seed=1, head_std=0.02).eval()
     x = _images(2)
     cfg = QuantConfig()
     prepared = prepare_qat(student, x, cfg)

@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import UserError
 from ._pt2e import capture, convert, make_quantizer
 
-__all__ = ["quantize_ptq", "calibrate"]
+__all__ = ["quantize_ptq", "calibrate", "randomize_batchnorm"]
 
 
 def calibrate(prepared: torch.fx.GraphModule, images: Iterable[torch.Tensor], max_images: int) -> int:
@@ -65,3 +65,24 @@ def quantize_ptq(model: nn.Module, images: Iterable[torch.Tensor], cfg: Any, *, 
 
     calibrate(prepared, chain(), cfg.calibration_images)
     return convert(prepared)
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0, head_std: float | None = None) -> nn.Module:
+    """Give an untrained model realistic BN statistics (and optionally a visible head) in place.
+
+    Latency and QDQ-graph checks run on untrained models; with BN at its init (mean 0, var 1,
+    gamma 1, beta 0) and the seed's 1e-4 head, activation ranges are degenerate and calibration
+    says little. Returns ``model``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    head = getattr(model, "head", None)
+    if head_std is not None and head is not None:
+        nn.init.normal_(head.conv.weight, std=head_std, generator=g)
+    return model
