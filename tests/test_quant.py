@@ -25,6 +25,7 @@ from compressdet.quant import (  # noqa: E402
     shuffle_permutation,
     train_qat,
 )
+from compressdet.quant._fold import AvgPoolAsConv  # noqa: E402
 from compressdet.quant._pt2e import convert, make_quantizer  # noqa: E402
 from compressdet.quant.ptq import randomize_batchnorm  # noqa: E402
 from compressdet.quant.qat import resolve_freeze_steps  # noqa: E402
@@ -97,6 +98,24 @@ def test_quant_ready_is_exact(student, fold, pad):
     assert torch.allclose(a, b, atol=1e-4 * a.abs().max().item() + 1e-6)
     has_shuffle_dense = any(getattr(m, "conv2_mask", None) is not None for m in ready.modules())
     assert has_shuffle_dense == fold
+
+
+@pytest.mark.parametrize("hw", [(8, 12), (7, 9), (1, 2), (48, 156)])
+def test_avgpool_as_conv_is_exact(hw):
+    x = torch.randn(2, 6, *hw) * 3
+    pool = torch.nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+    conv = AvgPoolAsConv(6)
+    a, b = pool(x), conv(x)
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    assert not any(p.requires_grad for p in conv.parameters())  # fixed weights: nothing for QAT to train
+
+
+def test_quant_ready_replaces_shortcut_pools(student):
+    ready = quant_ready(student)
+    assert sum(isinstance(m, AvgPoolAsConv) for m in ready.modules()) == 3
+    assert not any(isinstance(m, torch.nn.AvgPool2d) for m in ready.modules())
+    kept = quant_ready(student, pool_as_conv=False)
+    assert not any(isinstance(m, AvgPoolAsConv) for m in kept.modules())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +202,10 @@ def test_ort_fuses_every_backbone_conv(ptq_program, tmp_path):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
-    assert ops.count("QLinearConv") == 49 and ops.count("Conv") + ops.count("FusedConv") == 1
+    # 49 backbone convs + 3 shortcut pools as depthwise convs (AvgPoolAsConv), their border maps in int8
+    assert ops.count("QLinearConv") == 52 and ops.count("Conv") + ops.count("FusedConv") == 1
+    assert ops.count("QLinearMul") == 3 and "Mul" not in ops
+    assert not any("AveragePool" in o for o in ops)
 
 
 # ---------------------------------------------------------------------------------------------

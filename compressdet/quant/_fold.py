@@ -1,6 +1,6 @@
 """Quantization-ready float model: ShuffleNet units rewritten so INT8 graphs run fast and annotate.
 
-Two exact rewrites (same outputs as the source model, up to float rounding):
+Exact rewrites (same outputs as the source model, up to float rounding):
 
 * **Channel shuffle folded into weights.** The shuffle (view/transpose/flatten) sits between the
   first 1x1 conv and the depthwise conv. A depthwise conv and its BN act per channel, so the
@@ -12,6 +12,11 @@ Two exact rewrites (same outputs as the source model, up to float rounding):
   the layer remains a ShuffleNet conv in disguise. Per-output-channel weight scales are unchanged
   (a zero column does not change a channel's max |w|). ONNX Runtime's NHWC INT8 kernels then see
   no 5-D reshape/transpose, which is what made the naive INT8 graph slower than fp32.
+* **Shortcut average pool as a depthwise conv.** ``AvgPool2d(3, 2, 1, count_include_pad=False)``
+  equals a depthwise 3x3/2 conv with weights 1/9 (zero padding) times a fixed map ``9 / count``
+  (``count``: valid inputs per window; differs from 9 only on border rows/columns).
+  :class:`AvgPoolAsConv`. ONNX Runtime runs it as QLinearConv + QLinearMul instead of its slow
+  generic QLinearAveragePool.
 * **One ReLU module per use.** PT2E's pattern matcher groups the calls of a shared ``nn.ReLU``
   into one partition with several outputs and refuses it; each use gets its own module.
 """
@@ -23,7 +28,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-__all__ = ["QuantUnit", "PaddedStemConv", "shuffle_permutation", "quant_ready", "FeatureWrapper"]
+__all__ = ["QuantUnit", "PaddedStemConv", "AvgPoolAsConv", "shuffle_permutation", "quant_ready", "FeatureWrapper"]
 
 
 def shuffle_permutation(channels: int, groups: int) -> Tensor:
@@ -66,21 +71,64 @@ def _permute_channels_(module: nn.Module, perm: Tensor) -> None:
         t.data = new
 
 
+class AvgPoolAsConv(nn.Module):
+    """``AvgPool2d(3, stride=2, padding=1, count_include_pad=False)`` as depthwise conv * border map.
+
+    The conv weight (1/9, a frozen parameter) quantizes exactly (per channel: q = 127). The
+    correction map ``9 / count`` depends only on the input's spatial size; it is computed in
+    Python on the first eager call for a size (``capture`` runs one eager pass before export) and
+    kept as a non-persistent buffer, so exported graphs see a constant.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        # an nn.Conv2d with a frozen weight: with F.conv2d on a module tensor, PT2E QAT left it float
+        self.conv = nn.Conv2d(channels, channels, 3, 2, 1, groups=channels, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(1 / 9)
+        self.conv.weight.requires_grad_(False)
+        self.register_buffer("corr", torch.ones(1, 1, 1, 1), persistent=False)
+        self._corr_hw: tuple[int, int] | None = None  # input size ``corr`` was made for
+
+    @staticmethod
+    def _counts(n: int) -> list[int]:
+        return [sum(0 <= i < n for i in (2 * r - 1, 2 * r, 2 * r + 1)) for r in range((n - 1) // 2 + 1)]
+
+    def correction(self, h: int, w: int) -> Tensor:
+        rows, cols = self._counts(h), self._counts(w)
+        return torch.tensor([[9.0 / (a * b) for b in cols] for a in rows]).view(1, 1, len(rows), len(cols))
+
+    def forward(self, x: Tensor) -> Tensor:
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        if self._corr_hw != hw:
+            self.corr = self.correction(*hw).to(x.device, x.dtype)
+            self._corr_hw = hw
+        y = self.conv(x)
+        return y * self.corr
+
+
 class QuantUnit(nn.Module):
     """A ShuffleNet v1 unit in quantization-ready form (see module docstring).
 
     Args:
         unit: a ``compressdet.models.shuffledet.ShuffleUnit`` (copied, not shared).
         fold_shuffle: fold the shuffle into ``conv2`` (exact) instead of keeping the 5-D transpose.
+        pool_as_conv: replace the stride-2 shortcut's average pool by :class:`AvgPoolAsConv` (exact).
     """
 
-    def __init__(self, unit: nn.Module, fold_shuffle: bool = True) -> None:
+    def __init__(self, unit: nn.Module, fold_shuffle: bool = True, pool_as_conv: bool = True) -> None:
         super().__init__()
         unit = copy.deepcopy(unit)
         self.mode, self.stride = unit.mode, unit.stride
         self.groups = unit.shuffle.groups
         self.conv1, self.bn1, self.dwconv, self.bn2 = unit.conv1, unit.bn1, unit.dwconv, unit.bn2
         self.bn3, self.pool = unit.bn3, unit.pool
+        p = unit.pool
+        if (pool_as_conv and isinstance(p, nn.AvgPool2d) and p.kernel_size in (3, (3, 3))
+                and p.stride in (2, (2, 2)) and p.padding in (1, (1, 1)) and not p.ceil_mode
+                and not p.count_include_pad and p.divisor_override is None):
+            self.pool = AvgPoolAsConv(unit.conv1.in_channels)
         self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
         self.folded = fold_shuffle
         if fold_shuffle:
@@ -156,11 +204,13 @@ class PaddedStemConv(nn.Module):
         return self.conv(torch.nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra)))
 
 
-def quant_ready(model: nn.Module, *, fold_shuffle: bool = True, pad_stem: int | None = 4) -> nn.Module:
+def quant_ready(model: nn.Module, *, fold_shuffle: bool = True, pad_stem: int | None = 4,
+                pool_as_conv: bool = True) -> nn.Module:
     """Deep copy of a ShuffleDet with every ``ShuffleUnit`` replaced by :class:`QuantUnit`.
 
     ``pad_stem``: pad the stem conv's input channels to this many (:class:`PaddedStemConv`);
-    None keeps it. Returns the copy (same outputs as ``model``); the source is not modified.
+    None keeps it. ``pool_as_conv``: shortcut average pools as :class:`AvgPoolAsConv`.
+    Returns the copy (same outputs as ``model``); the source is not modified.
     """
     from ..models.shuffledet import ShuffleUnit
 
@@ -168,7 +218,8 @@ def quant_ready(model: nn.Module, *, fold_shuffle: bool = True, pad_stem: int | 
     for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, ShuffleUnit):
-                setattr(mod, child_name, QuantUnit(child, fold_shuffle=fold_shuffle))
+                setattr(mod, child_name, QuantUnit(child, fold_shuffle=fold_shuffle,
+                                                            pool_as_conv=pool_as_conv))
     stem = getattr(getattr(model, "backbone", None), "stem", None)
     if isinstance(stem, nn.Sequential):
         for i, layer in enumerate(stem):

@@ -130,6 +130,14 @@ def _ort_quantizer_class():
                             input_qspec_map={node.args[0]: act}, _annotated=True,
                             _is_output_of_quantized_pattern=True)
                         continue
+                    if (node.op == "call_function" and node.target == aten.mul.Tensor
+                            and not any(f([node]) for f in skip) and QUANT_ANNOTATION_KEY not in node.meta
+                            and any(isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in node.args[:2])):
+                        # AvgPoolAsConv's border map: int8 in/out so ORT fuses it into QLinearMul
+                        node.meta[QUANT_ANNOTATION_KEY] = _X86InductorQuantizationAnnotation(
+                            input_qspec_map={a: act for a in node.args[:2] if isinstance(a, torch.fx.Node)},
+                            output_qspec=act, _annotated=True, _is_output_of_quantized_pattern=True)
+                        continue
                     if node.op != "call_function" or node.target not in (aten.add.Tensor, aten.add_.Tensor):
                         continue
                     if any(f([node]) for f in skip) or QUANT_ANNOTATION_KEY in node.meta:
@@ -161,17 +169,23 @@ def _ort_quantizer_class():
 
 
 def capture(model: nn.Module, example: torch.Tensor, *, fold_shuffle: bool = True, train: bool = True,
-            pad_stem: int | None = 4) -> torch.fx.GraphModule:
+            pad_stem: int | None = 4, pool_as_conv: bool = True) -> torch.fx.GraphModule:
     """Quantization-ready copy of ``model`` captured with ``torch.export`` in training mode.
 
     The captured module returns ``(head_out, feature)`` so imitation can read the student's
-    feature from the same (fake-quantised) graph. QAT needs ``train=True`` (PT2E's QAT conv+BN
+    feature from the same (fake-quantised) graph (``pool_as_conv``: see ``_fold.AvgPoolAsConv``).
+    QAT needs ``train=True`` (PT2E's QAT conv+BN
     patterns match training-mode batch norm); PTQ captures in eval mode so BN folds at prepare.
     """
     if not hasattr(model, "backbone") or not hasattr(model, "head"):
         raise UserError(f"quantization needs a ShuffleDet-like model with .backbone and .head, got "
                         f"{type(model).__name__}")
-    wrapped = FeatureWrapper(quant_ready(model, fold_shuffle=fold_shuffle, pad_stem=pad_stem)).train(train)
+    wrapped = FeatureWrapper(quant_ready(model, fold_shuffle=fold_shuffle, pad_stem=pad_stem,
+                                         pool_as_conv=pool_as_conv))
+    if pool_as_conv:  # one eager pass fixes AvgPoolAsConv's border maps (constants in the export)
+        with torch.no_grad():
+            wrapped.eval()(example[:1])
+    wrapped.train(train)
     masks = weight_masks(wrapped)
     # batch stays dynamic: training batches, evaluation batches and the batch-1 export differ
     dyn = {"x": {0: torch.export.Dim.DYNAMIC}}
