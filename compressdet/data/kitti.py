@@ -22,7 +22,7 @@ KITTI_TYPES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist",
 TRAIN_CLASS_OF = {"Car": "car", "Pedestrian": "pedestrian", "Cyclist": "cyclist"}
 
 #: METHOD.md section 5: (min box height px, max occlusion, max truncation) per level
-DIFFICULTY_LEVELS = {"easy": (40.0, 0, 0.15), "moderate": (25.0, 1, 0.30), "hard": (25.0, 2, 0.50)}
+DIFFICULTY_LEVELS = {"easy": (40, 0, 0.15), "moderate": (25, 1, 0.30), "hard": (25, 2, 0.50)}
 
 _FIELDS = ("type", "truncated", "occluded", "alpha", "x1", "y1", "x2", "y2", "h", "w", "l", "x", "y", "z",
            "rotation_y", "score")

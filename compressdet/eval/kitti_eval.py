@@ -36,23 +36,21 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..data.kitti import KittiObject
+from ..data.kitti import DIFFICULTY_LEVELS, KittiObject
 from ..errors import UserError
 
 __all__ = ["evaluate_kitti", "predictions_to_kitti", "ap_from_precision", "CLASSES", "LEVELS",
            "MIN_OVERLAP", "PROTOCOLS", "N_SAMPLE_PTS"]
 
 CLASSES = ("car", "pedestrian", "cyclist")
-LEVELS = ("easy", "moderate", "hard")
+LEVELS = tuple(DIFFICULTY_LEVELS)  # ("easy", "moderate", "hard")
 PROTOCOLS = ("official", "seed")
 #: class -> minimum IoU (strictly greater) for a match, 2D boxes
 MIN_OVERLAP = {"car": 0.7, "pedestrian": 0.5, "cyclist": 0.5}
 #: class -> the neighbouring KITTI type (lower case) whose GT is ignored
 NEIGHBOUR = {"car": "van", "pedestrian": "person_sitting"}
 #: per level: min height (GT: ignored if <=; detection: ignored if int(height) <), max occlusion, max truncation
-MIN_HEIGHT = (40, 25, 25)
-MAX_OCCLUSION = (0, 1, 2)
-MAX_TRUNCATION = (0.15, 0.3, 0.5)
+MIN_HEIGHT, MAX_OCCLUSION, MAX_TRUNCATION = (tuple(col) for col in zip(*DIFFICULTY_LEVELS.values()))
 N_SAMPLE_PTS = 41
 NO_DETECTION = -10000000.0  # the devkit's sentinel: a score <= this never wins pass 1
 _BIG = np.iinfo(np.int32).max

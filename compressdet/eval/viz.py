@@ -10,9 +10,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..data.kitti import KittiObject
+from ..data.kitti import KittiObject, difficulty
 from ..errors import UserError
-from .kitti_eval import LEVELS, MAX_OCCLUSION, MAX_TRUNCATION, MIN_HEIGHT
+from .kitti_eval import LEVELS
 
 __all__ = ["draw_detections", "draw_mask", "plot_pr_curves", "imitation_mask_for_boxes", "CLASS_COLOURS"]
 
@@ -31,11 +31,8 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 def gt_level(o: KittiObject) -> str | None:
     """Easiest level at which a GT counts (devkit rules: height > min, occlusion/truncation <= max)."""
-    h = o.bbox[3] - o.bbox[1]
-    for i, lvl in enumerate(LEVELS):
-        if o.occluded <= MAX_OCCLUSION[i] and o.truncated <= MAX_TRUNCATION[i] and h > MIN_HEIGHT[i]:
-            return lvl
-    return None
+    idx = difficulty(o)
+    return None if idx is None else LEVELS[idx]
 
 
 def draw_detections(image: np.ndarray, gt: Sequence[KittiObject] = (), dets: Sequence[KittiObject] = (), *,
