@@ -123,8 +123,8 @@ def test_quant_ready_replaces_shortcut_pools(student):
 
 
 @pytest.fixture(scope="module")
-def qat_run(student):
-    from compressdet.losses import ImitationLoss, SqueezeDetLoss
+def qat_run(student, tmp_path_factory):
+    from compressdet.losses import SqueezeDetLoss
 
     torch.manual_seed(0)
     teacher = randomize_batchnorm(build_model("shuffledet_0.25x", image_size=SIZE), seed=1, head_std=0.02).eval()
@@ -137,8 +137,8 @@ def qat_run(student):
     anchors = student.anchors()
     res = train_qat(prepared, batches, det_loss=SqueezeDetLoss(anchors, image_size=SIZE), schedule=sched,
                     freeze_observers_step=3, freeze_bn_step=2, teacher=teacher,
-                    imitation=ImitationConfig(weight=1.0), imitation_loss=ImitationLoss(192, 192),
-                    anchors=anchors, grid=student.grid_size)
+                    imitation=ImitationConfig(weight=1.0), anchors=anchors,
+                    out_dir=tmp_path_factory.mktemp("qat"))
     return {"res": res, "masked": masked, "x": x, "cfg": cfg}
 
 
@@ -159,6 +159,49 @@ def test_qat_keeps_folded_zeros_and_freezes(qat_run):
     assert any(not torch.equal(params[n].detach(), before) for n, before in qat_run["masked"])
     fqs = [m for m in prepared.modules() if hasattr(m, "observer_enabled")]
     assert fqs and all(int(m.observer_enabled[0]) == 0 for m in fqs)
+
+
+def _qat_on_loader(student, out_dir, steps, *, resume_from=None, stop_after=None):
+    """QAT over an InfiniteSampler loader (positions restore exactly); ``stop_after``: crash then."""
+    from test_engine import TinyBoxes
+
+    from compressdet.data import build_loader
+    from compressdet.losses import SqueezeDetLoss
+
+    prepared = prepare_qat(student, _images(2), QuantConfig())
+    loader = build_loader(TinyBoxes(n=6, hw=SIZE), batch_size=2, train=True, seed=0)
+    sched = ScheduleConfig(steps=steps, batch_size=2, lr=1e-3, log_every=1, checkpoint_every=2)
+
+    def crash(tr):
+        if stop_after is not None and tr.iter + 1 == stop_after:
+            raise KeyboardInterrupt  # after the step-2 checkpoint, before step 4's
+    anchors = student.anchors()
+    return train_qat(prepared, loader, det_loss=SqueezeDetLoss(anchors, image_size=SIZE), schedule=sched,
+                     freeze_observers_step=3, freeze_bn_step=2, out_dir=out_dir, resume_from=resume_from,
+                     on_step=crash)
+
+
+def test_qat_resumes_exactly(student, tmp_path):
+    """Crash after step 3 (last checkpoint: step 2, before either freeze), resume to step 5: the
+    freezes are re-applied on the way and weights, scales and observer flags equal an
+    uninterrupted run's."""
+    from compressdet.engine import load_checkpoint
+
+    full = _qat_on_loader(student, tmp_path / "full", 5)
+    with pytest.raises(KeyboardInterrupt):
+        _qat_on_loader(student, tmp_path / "cut", 5, stop_after=3)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 2
+    resumed = _qat_on_loader(student, tmp_path / "cut", 5, resume_from=tmp_path / "cut" / "last.pt")
+    assert [h["step"] for h in resumed.history] == [3, 4, 5]
+    a, b = full.prepared.state_dict(), resumed.prepared.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    fqs = [m for m in resumed.prepared.modules() if hasattr(m, "observer_enabled")]
+    assert fqs and all(int(m.observer_enabled[0]) == 0 for m in fqs)
+    x = _images(1, seed=7)
+    with torch.no_grad():
+        assert torch.equal(convert(full.prepared)(x)[0], convert(resumed.prepared)(x)[0])
 
 
 def test_qat_onnx_qdq_graph(qat_run, tmp_path):

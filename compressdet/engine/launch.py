@@ -106,11 +106,12 @@ def load_teacher(path: str | Path, device: str | torch.device) -> nn.Module:
 def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation: ImitationConfig | None,
               postprocess: PostprocessConfig, eval_cfg: EvalConfig,
               param_groups: Callable | None = None, on_step: Callable | None = None,
-              loss_fn: nn.Module | None = None) -> dict[str, Any]:
+              loss_fn: nn.Module | None = None, evaluate: bool = True, hooks: tuple = ()) -> dict[str, Any]:
     """Train ``model`` as stage ``ctx`` says (resuming ``ctx.latest_checkpoint()``); returns the summary.
 
     The teacher is ``ctx.input("teacher")``'s model when imitation is on (weight > 0). After it
-    returns, rank 0 finds the best weights in ``ctx.checkpoint_dir / "best.pt"``.
+    returns, rank 0 finds the best weights in ``ctx.checkpoint_dir / "best.pt"`` (with
+    ``evaluate=False``: no validation during training, best = last).
     """
     from ..data import build_dataset, build_loader, prepare_data
     from ..losses import SqueezeDetLoss
@@ -135,7 +136,7 @@ def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation
     if imitation is not None and imitation.weight > 0:
         teacher = load_teacher(ctx.input("teacher").artifact("model"), ctx.device)
     evaluate_fn = None
-    if ctx.is_main:
+    if ctx.is_main and evaluate:
         evaluate_fn = build_evaluate_fn(data_cfg, eval_cfg=eval_cfg, postprocess=postprocess, device=ctx.device,
                                         viz_dir=ctx.stage_dir / "viz")
     from .trainer import Trainer
@@ -144,5 +145,5 @@ def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation
                       teacher=teacher, imitation=imitation, out_dir=ctx.checkpoint_dir, tb_dir=ctx.tb_dir,
                       device=ctx.device, rank=ctx.rank, world_size=ctx.world_size, seed=ctx.recipe.seed,
                       param_groups=param_groups, on_step=on_step, anchors=anchors, num_anchors=num_anchors,
-                      description=ctx.name)
+                      description=ctx.name, hooks=hooks)
     return trainer.fit(resume_from=ctx.latest_checkpoint())

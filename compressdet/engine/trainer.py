@@ -176,6 +176,8 @@ class Trainer(TrainerBase):
         seed: seeds torch/numpy/random (plus rank) at the start of a fresh run.
         param_groups: ``fn(model, adaptation_module) -> list of SGD groups`` replacing the default.
         on_step: ``fn(trainer)`` after every step (after checkpoints): tests, custom schedules.
+        hooks: extra hooks, called after the built-in ones (e.g. QAT's freeze schedule, which must
+            act in ``before_step`` so a resumed run re-applies it).
         anchors, grid: for the imitation mask (default: ``loss_fn.anchors`` and the model's grid).
     """
 
@@ -186,7 +188,7 @@ class Trainer(TrainerBase):
                  rank: int = 0, world_size: int = 1, seed: int = 0,
                  param_groups: Callable[[nn.Module, nn.Module | None], list[dict[str, Any]]] | None = None,
                  on_step: Callable[["Trainer"], None] | None = None, anchors: Tensor | None = None,
-                 num_anchors: int = 9, description: str = "train") -> None:
+                 num_anchors: int = 9, description: str = "train", hooks: Iterable[HookBase] = ()) -> None:
         super().__init__()
         self.schedule, self.loss_fn, self.train_loader = schedule, loss_fn, train_loader
         self.device = torch.device(device)
@@ -257,6 +259,7 @@ class Trainer(TrainerBase):
             TensorboardWriter(Path(tb_dir), schedule.log_every) if tb_dir is not None else None,
             ProgressHook(description, every=max(1, min(schedule.log_every, 10))),
             CallbackHook(on_step) if on_step is not None else None,
+            *hooks,
         ])
         self._data_iter = None
         self._last_good: Path | None = None

@@ -2,30 +2,35 @@
 
 The student is captured once (``torch.export``), prepared with ``prepare_qat_pt2e`` and trained as
 a fake-quantized GraphModule that returns ``(head_out, feature)``: the detection loss reads the
-head, the imitation loss reads the feature, both through the int8 simulation. Schedules freeze BN
-statistics (``freeze_bn_step``) and then observers (``freeze_observers_step``), so the last steps
-train against the scales that ship.
+head, the imitation loss reads the feature, both through the int8 simulation.
 
-The loop is deliberately small (SGD + cosine, per-tensor grad clip, the seed's weight-decay rule):
-a fake-quant GraphModule does not support DDP/SyncBN conversion or module surgery that a general
-trainer does, and QAT fine-tunes are short.
+Training is the engine's :class:`~compressdet.engine.Trainer` (same loss, imitation, SGD/cosine,
+per-tensor clip, checkpoints with exact resume, DDP, progress bar and tensorboard) over
+:class:`FakeQuantStudent`, plus :class:`QatFreezeHook`, which freezes BN statistics
+(``freeze_bn_step``) and then observers (``freeze_observers_step``) so the last steps train
+against the scales that ship. Under DDP the fake-quant observers' buffers are broadcast from
+rank 0 every step (DDP's ``broadcast_buffers``), so every rank quantizes with the same scales;
+batch norm in the captured graph is functional, so before ``freeze_bn_step`` each rank normalises
+with its own batch (there is no module to swap for a synchronised one).
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..engine.hooks import HookBase
 from ..errors import UserError
 from ._pt2e import apply_masks, capture, convert, freeze_bn, freeze_observers, make_quantizer
 
-__all__ = ["prepare_qat", "QatResult", "train_qat", "resolve_freeze_steps", "quantize_qat"]
+__all__ = ["prepare_qat", "QatResult", "train_qat", "resolve_freeze_steps", "quantize_qat", "FakeQuantStudent",
+           "QatFreezeHook", "qat_param_groups", "qat_schedule"]
 
 
 def prepare_qat(model: nn.Module, example: torch.Tensor, cfg: Any) -> torch.fx.GraphModule:
@@ -43,6 +48,7 @@ def prepare_qat(model: nn.Module, example: torch.Tensor, cfg: Any) -> torch.fx.G
     prepared = prepare_qat_pt2e(gm, make_quantizer(cfg, is_qat=True))
     move_exported_model_to_train(prepared)
     prepared._compressdet_masks = getattr(gm, "_compressdet_masks", {})
+    prepared._compressdet_student = {"feature_channels": model.feature_channels, "arch": getattr(model, "arch", None)}
     apply_masks(prepared)
     return prepared
 
@@ -63,101 +69,129 @@ class QatResult:
     prepared: torch.fx.GraphModule
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _cosine(step: int, steps: int, lr: float, lr_min: float, warmup: int) -> float:
-    if warmup and step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
+class FakeQuantStudent(nn.Module):
+    """A prepared (fake-quant) GraphModule with the student interface the Trainer expects.
+
+    ``forward`` gives the head output, ``forward_with_features`` ``(head, feature)``.
+    ``train()``/``eval()`` only set the flag: an exported graph's mode is a graph rewrite
+    (``move_exported_model_to_train``, done once here; BN freezing is :class:`QatFreezeHook`'s).
+    """
+
+    def __init__(self, prepared: torch.fx.GraphModule) -> None:
+        super().__init__()
+        from torchao.quantization.pt2e import move_exported_model_to_train
+
+        info = getattr(prepared, "_compressdet_student", None)
+        if info is None:
+            raise UserError("FakeQuantStudent needs a graph from compressdet.quant.prepare_qat")
+        move_exported_model_to_train(prepared)
+        self.prepared = prepared
+        self.feature_channels, self.arch = info["feature_channels"], info["arch"]
+        self.bn_frozen = self.observers_frozen = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prepared(x)[0]
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prepared(x)
+
+    def train(self, mode: bool = True) -> "FakeQuantStudent":
+        self.training = mode
+        return self
+
+
+class QatFreezeHook(HookBase):
+    """Freezes BN statistics at ``bn_step`` and observers at ``observer_step`` (before that step runs).
+
+    Acting in ``before_step`` makes a resumed run re-apply the freezes its checkpoint was past.
+    """
+
+    def __init__(self, student: FakeQuantStudent, observer_step: int, bn_step: int) -> None:
+        self.student, self.observer_step, self.bn_step = student, observer_step, bn_step
+
+    def before_step(self) -> None:
+        step, s = self.trainer.iter, self.student
+        if not s.bn_frozen and step >= self.bn_step:
+            freeze_bn(s.prepared)
+            s.bn_frozen = True
+        if not s.observers_frozen and step >= max(self.observer_step, 1):  # ranges need one observed step
+            freeze_observers(s.prepared)
+            s.observers_frozen = True
+
+
+def qat_param_groups(weight_decay: float, on: str = "seed") -> Callable[[nn.Module, nn.Module | None], list]:
+    """The seed's weight-decay rule on a captured graph: the head's and the adaptation layer's weights."""
+
+    def groups(model: nn.Module, extra: nn.Module | None) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                head = name.split(".", 1)[-1].startswith("head")
+                (decay if on == "all" or head else no_decay).append(p)
+        if extra is not None:
+            decay.extend(p for p in extra.parameters() if p.requires_grad)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    return groups
+
+
+def qat_schedule(schedule: Any) -> Any:
+    """The schedule QAT trains with: no AMP (fake quant simulates int8 in fp32) and contiguous
+    tensors (the graph was captured that way)."""
+    return schedule.model_copy(update={"amp": False, "channels_last": False})
 
 
 def train_qat(prepared: torch.fx.GraphModule, batches: Iterable[tuple[torch.Tensor, list[dict]]], *,
               det_loss: nn.Module, schedule: Any, freeze_observers_step: int | None = None,
               freeze_bn_step: int | None = None, teacher: nn.Module | None = None,
-              imitation: Any = None, imitation_loss: nn.Module | None = None,
-              anchors: torch.Tensor | None = None, grid: tuple[int, int] | None = None, num_anchors: int = 9,
-              device: str = "cpu", log: Callable[[dict[str, float]], None] | None = None) -> QatResult:
-    """Run ``schedule.steps`` QAT steps on ``prepared`` (from :func:`prepare_qat`).
+              imitation: Any = None, anchors: torch.Tensor | None = None, num_anchors: int = 9,
+              device: str = "cpu", out_dir: str | Path, resume_from: str | Path | None = None,
+              tb_dir: str | Path | None = None, seed: int = 0,
+              on_step: Callable[[Any], None] | None = None) -> QatResult:
+    """Run ``schedule.steps`` QAT steps on ``prepared`` (from :func:`prepare_qat`) in one process.
+
+    The stage uses ``engine.launch.fit_stage`` (DDP, data, teacher from the recipe); this is the
+    same training for callers that hold their own batches.
 
     Args:
-        batches: endless ``(images [N,3,H,W], targets)`` iterator (``data.build_loader(train=True)``).
-        det_loss: ``SqueezeDetLoss`` (returns named sub-losses with ``total``).
-        schedule: ``ScheduleConfig`` (steps, lr, lr_min, momentum, weight_decay(_on), warmup, clip).
-        teacher: frozen fp32 model with ``forward_with_features``; with ``imitation.weight > 0`` and
-            ``imitation_loss`` (an ``ImitationLoss``, trained with the student) imitation is on.
-        anchors, grid: for the imitation mask (``losses.imitation_mask``).
+        batches: endless ``(images [N,3,H,W], targets)`` iterable (``data.build_loader(train=True)``
+            resumes exactly; a plain iterator works for runs that are not resumed).
+        det_loss: ``SqueezeDetLoss``. schedule: ``ScheduleConfig`` (AMP and channels_last are off).
+        teacher, imitation: frozen fp32 model with ``forward_with_features`` and ``ImitationConfig``;
+            imitation is on when both are given and ``imitation.weight > 0``.
+        anchors: for the imitation mask (default: ``det_loss.anchors``).
+        out_dir: where ``last.pt`` (every ``schedule.checkpoint_every`` steps) goes;
+            ``resume_from``: such a ``last.pt`` to continue.
 
     Returns:
-        :class:`QatResult` with the per-log-step history (losses, lr).
+        :class:`QatResult` with the per-``log_every`` history (sub-losses, lr) of the steps run here.
     """
-    from torchao.quantization.pt2e import move_exported_model_to_train
+    from ..engine import Trainer
 
-    from ..losses import imitation_mask
-
-    steps = schedule.steps
-    obs_step, bn_step = resolve_freeze_steps(steps, freeze_observers_step, freeze_bn_step)
-    use_imit = teacher is not None and imitation is not None and imitation.weight > 0
-    if use_imit and (imitation_loss is None or anchors is None or grid is None):
-        raise UserError("QAT with imitation needs the imitation loss, anchors and grid")
-    move_exported_model_to_train(prepared)
-    prepared.to(device)
-    if use_imit:
-        teacher.eval().to(device)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        imitation_loss.to(device).train()
-    decay, no_decay = [], []
-    for name, p in prepared.named_parameters():
-        (decay if schedule.weight_decay_on == "all" or name.startswith("head") else no_decay).append(p)
-    if use_imit:
-        decay.extend(imitation_loss.parameters())
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": schedule.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=schedule.lr, momentum=schedule.momentum)
-    params = [p for g in opt.param_groups for p in g["params"]]
+    obs_step, bn_step = resolve_freeze_steps(schedule.steps, freeze_observers_step, freeze_bn_step)
+    student = FakeQuantStudent(prepared)
     history: list[dict[str, float]] = []
-    it: Iterator = iter(batches)
+
+    def record(tr: Any) -> None:
+        done = tr.iter + 1
+        if done % schedule.log_every == 0 or done == schedule.steps:
+            history.append({**tr.loss_values(), "step": done, "lr": tr.storage.get("lr", 0.0)})
+        if on_step is not None:
+            on_step(tr)
+
+    use_imit = teacher is not None and imitation is not None and imitation.weight > 0
+    trainer = Trainer(student, schedule=qat_schedule(schedule), loss_fn=det_loss, train_loader=batches,
+                      teacher=teacher if use_imit else None, imitation=imitation if use_imit else None,
+                      out_dir=out_dir, tb_dir=tb_dir, device=device, seed=seed,
+                      param_groups=qat_param_groups(schedule.weight_decay, schedule.weight_decay_on),
+                      on_step=record, anchors=anchors, num_anchors=num_anchors, description="qat",
+                      hooks=(QatFreezeHook(student, obs_step, bn_step),))
     t0 = time.time()
-    bn_frozen = obs_frozen = False
-    for step in range(steps):
-        if not bn_frozen and step >= bn_step:
-            freeze_bn(prepared)
-            bn_frozen = True
-        if not obs_frozen and step >= max(obs_step, 1):  # ranges need at least one observed step
-            freeze_observers(prepared)
-            obs_frozen = True
-        lr = _cosine(step, steps, schedule.lr, schedule.lr_min, schedule.warmup_steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        images, targets = next(it)
-        images = images.to(device)
-        head, feat = prepared(images)
-        losses = det_loss(head, [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()}
-                                 for t in targets])
-        total = losses["total"]
-        rec = {k: float(v.detach()) for k, v in losses.items()}
-        if use_imit and step >= imitation.warmup_steps:
-            with torch.no_grad():
-                _, t_feat = teacher.forward_with_features(images)
-            mask = imitation_mask([t["boxes"] for t in targets], anchors, grid, num_anchors, imitation.psi).to(device)
-            imit = imitation_loss(feat, t_feat, mask)
-            total = total + imitation.weight * imit
-            rec["imitation"] = float(imit.detach())
-        if not torch.isfinite(total):
-            raise RuntimeError(f"QAT loss is not finite at step {step} ({rec}); lower schedule.lr")
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        if schedule.clip_grad_norm:
-            for p in params:  # the seed clips each tensor's gradient on its own
-                if p.grad is not None:
-                    torch.nn.utils.clip_grad_norm_([p], schedule.clip_grad_norm)
-        opt.step()
-        rec.update(step=step + 1, lr=lr, total=float(total.detach()))
-        if (step + 1) % schedule.log_every == 0 or step + 1 == steps:
-            history.append(rec)
-            if log:
-                log(rec)
-    return QatResult(prepared=prepared, history=history, seconds=time.time() - t0)
+    summary = trainer.fit(resume_from=resume_from)
+    return QatResult(prepared=student.prepared, history=history, seconds=time.time() - t0, summary=summary)
 
 
 def quantize_qat(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:

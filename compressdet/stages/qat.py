@@ -2,7 +2,8 @@
 
 Starts from ``from`` (student or pruned student), keeps the imitation loss on when ``teacher`` and
 ``imitation.weight > 0`` (fp32 teacher, fake-quantized student), trains with PT2E fake quant,
-converts and writes:
+converts and writes (training: ``engine.launch.fit_stage`` over a fake-quant graph, so a killed
+QAT resumes from its ``last.pt`` with ``--resume`` and ``torchrun`` trains it with DDP):
 
 Artifacts: ``quantized`` (``torch.export`` ``.pt2`` of the int8 program, head output only),
 ``onnx_int8`` (the QDQ graph), ``report`` (JSON). Metrics: ``map40``/``map11`` of the PyTorch
@@ -20,15 +21,20 @@ __all__ = ["run"]
 
 
 def run(ctx: StageContext) -> StageResult:
-    from ..data import build_dataset, build_loader
-    from ..losses import ImitationLoss, SqueezeDetLoss
+    from ..data import build_dataset
+    from ..engine.launch import fit_stage
     from ..quant._pt2e import convert
     from ..quant._runner import finish_quant_stage, load_float_model
-    from ..quant.qat import prepare_qat, resolve_freeze_steps, train_qat
+    from ..quant.qat import (
+        FakeQuantStudent,
+        QatFreezeHook,
+        prepare_qat,
+        qat_param_groups,
+        qat_schedule,
+        resolve_freeze_steps,
+    )
 
     cfg, recipe = ctx.cfg, ctx.recipe
-    if ctx.world_size > 1:
-        raise UserError(f"stage '{ctx.name}' (qat) runs in one process; launch the run without torchrun")
     sched = cfg.schedule
     obs_step, bn_step = resolve_freeze_steps(sched.steps, cfg.freeze_observers_step, cfg.freeze_bn_step)
     if sched.threads:
@@ -37,40 +43,23 @@ def run(ctx: StageContext) -> StageResult:
     student, smeta = load_float_model(ctx, "from")
     imit = cfg.imitation
     use_imit = imit is not None and imit.weight > 0
-    teacher = None
-    if use_imit:
-        if cfg.teacher is None:
-            raise UserError(f"stage '{ctx.name}': imitation.weight > 0 needs 'teacher: <stage name>'")
-        teacher, _ = load_float_model(ctx, "teacher")
-    ds = build_dataset(recipe.data, "train", train=True, seed=recipe.seed)
-    loader = build_loader(ds, batch_size=sched.batch_size, train=True, seed=recipe.seed,
-                          num_workers=recipe.data.num_workers)
-    batches = iter(loader)
-    first = next(batches)
-    device = ctx.device
-
-    def stream():
-        yield first
-        yield from batches
-
-    prepared = prepare_qat(student, first[0], cfg.quant)
-    anchors = student.anchors()
-    det_loss = SqueezeDetLoss(anchors, student.num_classes, student.num_anchors, image_size=tuple(student.image_size))
-    imit_loss = None
-    if use_imit:
-        width = getattr(student, "arch", {}).get("width")
-        imit_loss = ImitationLoss(student.feature_channels, teacher.feature_channels, normalizer=imit.normalizer,
-                                  student_width=width)
-    result = train_qat(prepared, stream(), det_loss=det_loss, schedule=sched, freeze_observers_step=obs_step,
-                       freeze_bn_step=bn_step, teacher=teacher, imitation=imit if use_imit else None,
-                       imitation_loss=imit_loss, anchors=anchors, grid=student.grid_size,
-                       num_anchors=student.num_anchors, device=device)
-    converted = convert(result.prepared.to("cpu"))  # ONNX export and ORT evaluation run on CPU
+    if use_imit and cfg.teacher is None:
+        raise UserError(f"stage '{ctx.name}': imitation.weight > 0 needs 'teacher: <stage name>'")
+    # a real training image fixes the capture's shapes and checks the export (batch stays dynamic)
+    example = build_dataset(recipe.data, "train", train=False)[0][0].unsqueeze(0).expand(2, -1, -1, -1).contiguous()
+    fq = FakeQuantStudent(prepare_qat(student, example, cfg.quant))
+    summary = fit_stage(ctx, fq, schedule=qat_schedule(sched), imitation=imit if use_imit else None,
+              postprocess=cfg.postprocess, eval_cfg=cfg.eval, evaluate=False,
+              param_groups=qat_param_groups(sched.weight_decay, sched.weight_decay_on),
+              hooks=(QatFreezeHook(fq, obs_step, bn_step),))
+    if not ctx.is_main:
+        return StageResult()
+    converted = convert(fq.prepared.to("cpu"))  # ONNX export and ORT evaluation run on CPU
     meta = {"from": cfg.from_, "teacher": cfg.teacher if use_imit else None, "quant": cfg.quant.model_dump(mode="json"),
             "arch": getattr(student, "arch", None), "from_meta": {k: smeta.get(k) for k in ("arch", "image_size")
                                                                   if k in smeta},
-            "freeze_observers_step": obs_step, "freeze_bn_step": bn_step,
+            "freeze_observers_step": obs_step, "freeze_bn_step": bn_step, "world_size": ctx.world_size,
             "image_size": list(recipe.data.image_size), "classes": list(recipe.data.classes)}
-    extra = {"steps": sched.steps, "qat_minutes": result.seconds / 60,
-             "final_losses": result.history[-1] if result.history else {}, "imitation": use_imit}
-    return finish_quant_stage(ctx, converted, first[0], extra_metrics=extra, meta=meta)
+    extra = {"steps": sched.steps, "qat_minutes": summary["minutes"], "final_losses": summary["final_losses"],
+             "train_img_per_s": summary["train_img_per_s"], "imitation": use_imit}
+    return finish_quant_stage(ctx, converted, example[:1], extra_metrics=extra, meta=meta)
