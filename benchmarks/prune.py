@@ -7,6 +7,12 @@ Targets (issue 7): map_drop <= 1.0 (with imitation), ort_speedup >= 1.3, macs_ra
                                                            # (uniform and latency allocation), ORT at 384x1248
     .venv/bin/python benchmarks/prune.py --preset smoke    # < 3 min on CPU, checks the plumbing only
     .venv/bin/python benchmarks/prune.py --preset full     # the real measurement (GPU recommended)
+    .venv/bin/python benchmarks/prune.py --preset cpu --student-steps 600 --prune-steps 300
+                                                           # reuses the imitation benchmark's teacher
+
+``cpu``: the teacher is the imitation benchmark's (``benchmarks/_reuse.py``: same SynthKITTI set,
+input size, val subset, batch and threads); only the 0.5x imitation student and the two
+prune + fine-tune stages train here.
 
 Latency: ORT fp32 CPU, batch 1, ``--threads`` (2) intra-op threads, median of ``runs`` runs with the
 models interleaved in one process (on a shared machine only ratios inside one run mean anything).
@@ -17,6 +23,7 @@ preset trains at a smaller size).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -32,6 +39,31 @@ PRESETS = {
     "full": dict(size=[384, 1248], images=2000, teacher=8000, student=8000, prune=2000, batch=16, val=500, runs=50),
 }
 FULL_SIZE = [384, 1248]
+
+
+def _cpu_recipe(reuse: dict, student_steps: int, prune_steps: int) -> str:
+    """The cpu preset: teacher from the imitation benchmark, then the same chain as ``_recipe``."""
+    import yaml
+
+    ev = {"batch_size": 16, "num_images_logged": 0}
+    if reuse["eval_images"]:
+        ev["max_images"] = reuse["eval_images"]
+
+    def sched(steps, n_evals, lr=0.02):
+        out = {"steps": steps, "batch_size": reuse["batch"], "lr": lr, "eval_every": max(steps // n_evals, 1),
+               "checkpoint_every": max(steps // n_evals, 1), "log_every": min(20, steps),
+               "channels_last": reuse["channels_last"]}
+        return {**out, "threads": reuse["threads"]} if reuse["threads"] else out
+
+    w = reuse["best_weight"]
+    return yaml.safe_dump({"name": "bench-prune-cpu", "seed": 0, "device": "cpu", "data": reuse["data"], "stages": [
+        {"name": "teacher", "kind": "model_file", "path": str(reuse["teacher"]), "sha256": reuse["teacher_sha256"]},
+        {"name": "student", "kind": "train", "model": "shuffledet_0.5x", "teacher": "teacher",
+         "imitation": {"weight": w}, "schedule": sched(student_steps, 2), "eval": ev},
+        {"name": "pruned", "kind": "prune", "from": "student", "teacher": "teacher", "target": {"macs": 0.6},
+         "imitation": {"weight": w}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev},
+        {"name": "pruned_noimit", "kind": "prune", "from": "student", "target": {"macs": 0.6},
+         "imitation": {"weight": 0.0}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev}]}, sort_keys=False)
 
 
 def _recipe(p: dict) -> str:
@@ -137,7 +169,13 @@ def _write(out: Path, res: dict, lines: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS) + ["latency"], default="smoke")
+    ap.add_argument("--preset", choices=sorted(PRESETS) + ["latency", "cpu"], default="smoke")
+    ap.add_argument("--workdir", default=None, help="keep the run here and resume it on re-runs (cpu default: "
+                    "benchmarks/.prune_cpu)")
+    ap.add_argument("--student-steps", type=int, default=600, help="(cpu preset) 0.5x imitation student steps")
+    ap.add_argument("--prune-steps", type=int, default=300, help="(cpu preset) fine-tune steps after pruning")
+    ap.add_argument("--imitation-results", type=Path, default=ROOT / "benchmarks" / "results" / "imitation_gain.json",
+                    help="(cpu preset) the imitation benchmark's results JSON whose teacher is reused")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--runs", type=int, default=30, help="latency runs per model (median; >= 30)")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
@@ -154,14 +192,29 @@ def main(argv: list[str] | None = None) -> int:
         _write(Path(args.out), res, lines)
         print("\n".join(lines))
         return 0
-    p = PRESETS[args.preset]
     from compressdet.models import load_model, model_summary
     from compressdet.pipeline import run_recipe
     from compressdet.recipe import parse_recipe
 
+    if args.preset == "cpu":
+        from _reuse import imitation_artifacts
+
+        reuse = imitation_artifacts(args.imitation_results)
+        p = {"size": list(reuse["data"]["image_size"]), "runs": 50}
+        text = _cpu_recipe(reuse, args.student_steps, args.prune_steps)
+        torch.set_num_threads(reuse["threads"] or 2)
+    else:
+        p = PRESETS[args.preset]
+        text = _recipe(p)
+
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as d:
-        run_dir = run_recipe(parse_recipe(_recipe(p), source=f"benchmarks/prune.py:{args.preset}"), run_dir=Path(d) / "run")
+    keep = args.workdir is not None or args.preset == "cpu"  # long runs: keep the folder, resume on re-runs
+    with contextlib.ExitStack() as stack:
+        d = (Path(args.workdir or ROOT / "benchmarks" / ".prune_cpu") if keep
+             else Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        run_dir = d / "run"
+        run_dir = run_recipe(parse_recipe(text, source=f"benchmarks/prune.py:{args.preset}"), run_dir=run_dir,
+                             resume=(run_dir / "manifest.json").exists())
         manifest = json.loads((run_dir / "manifest.json").read_text())
         stages = manifest["stages"]
         stages = stages if isinstance(stages, dict) else {s["name"]: s for s in stages}

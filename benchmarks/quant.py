@@ -13,6 +13,12 @@ Two parts:
 
     .venv/bin/python benchmarks/quant.py speed [--widths 0.25 0.5 1] [--runs 50] [--threads 2]
     .venv/bin/python benchmarks/quant.py accuracy --preset smoke|full
+    .venv/bin/python benchmarks/quant.py accuracy --preset cpu --qat-steps 200
+
+``cpu`` trains nothing float: it starts from the imitation benchmark's teacher and its seed-0
+imitation student (``benchmarks/_reuse.py``; same SynthKITTI set, input size and val subset) and
+only runs PTQ and the two QATs (``--qat-steps``, batch and threads of the imitation run). The fp32
+row is that student evaluated here with the same evaluator settings as the int8 stages.
 """
 
 from __future__ import annotations
@@ -153,7 +159,39 @@ PRESETS = {
                   qat_steps=8, batch=8, calib=16, runs=50),
     "full": dict(image_size=[384, 1248], num_images=2000, max_val=500, teacher_steps=20000, student_steps=20000,
                  qat_steps=2000, batch=32, calib=64, runs=100),
+    "cpu": dict(calib=64, runs=50),  # the rest comes from the imitation benchmark's run (_reuse.py)
 }
+
+
+def _cpu_recipe(reuse: dict, qat_steps: int) -> dict:
+    """PTQ, QAT and QAT + imitation of the imitation benchmark's student, its teacher guiding."""
+    ev = {"batch_size": 16, "num_images_logged": 0}
+    if reuse["eval_images"]:
+        ev["max_images"] = reuse["eval_images"]
+    sched = {"steps": qat_steps, "batch_size": reuse["batch"], "lr": 0.001, "checkpoint_every": max(qat_steps // 4, 1),
+             "eval_every": qat_steps, "log_every": min(20, qat_steps)}
+    if reuse["threads"]:
+        sched["threads"] = reuse["threads"]
+    return {"name": "quant_bench_cpu", "seed": 0, "device": "cpu", "data": reuse["data"], "stages": [
+        {"name": "teacher", "kind": "model_file", "path": str(reuse["teacher"]), "sha256": reuse["teacher_sha256"]},
+        {"name": "student", "kind": "model_file", "path": str(reuse["student"]), "sha256": reuse["student_sha256"]},
+        {"name": "ptq", "kind": "ptq", "from": "student", "quant": {"calibration_images": PRESETS["cpu"]["calib"]},
+         "eval": ev},
+        {"name": "qat", "kind": "qat", "from": "student", "schedule": sched, "eval": ev},
+        {"name": "qat_imitation", "kind": "qat", "from": "student", "teacher": "teacher",
+         "imitation": {"weight": reuse["best_weight"]}, "schedule": sched, "eval": ev}]}
+
+
+def _evaluate_fp32(recipe, stage: str, model) -> dict:
+    """The float model with the evaluator settings of the int8 stage ``stage`` (same val subset)."""
+    from compressdet.engine.launch import build_evaluate_fn
+
+    cfg = recipe.stage(stage)
+    fn = build_evaluate_fn(recipe.data, eval_cfg=cfg.eval.model_copy(update={"num_images_logged": 0}),
+                           postprocess=cfg.postprocess)
+    with torch.no_grad():
+        res = fn(model.eval(), 0)
+    return {"map40": res["map40"], "map11": res["map11"], "ap40": res["ap"]}
 
 
 def _recipe_text(p: dict, cache: str) -> str:
@@ -201,10 +239,20 @@ def accuracy(args: argparse.Namespace) -> dict:
     from compressdet.quant.onnx_int8 import ort_session
     from compressdet.recipe import parse_recipe
 
-    p = PRESETS[args.preset]
+    p = dict(PRESETS[args.preset])
     torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="quant_bench_"))
-    recipe = parse_recipe(_recipe_text(p, str(work / "synth")), source="benchmarks/quant.py")
+    reuse = None
+    if args.preset == "cpu":
+        import yaml
+        from _reuse import imitation_artifacts
+
+        reuse = imitation_artifacts(args.imitation_results)
+        text = yaml.safe_dump(_cpu_recipe(reuse, args.qat_steps), sort_keys=False)
+        p["image_size"] = list(reuse["data"]["image_size"])
+    else:
+        text = _recipe_text(p, str(work / "synth"))
+    recipe = parse_recipe(text, source="benchmarks/quant.py")
     run_dir = Pipeline(recipe, work / "run", resume=True).run()  # reruns skip done stages
     man = json.loads((run_dir / "manifest.json").read_text())
     st = man["stages"]
@@ -216,17 +264,21 @@ def accuracy(args: argparse.Namespace) -> dict:
     def m(name, key="map40"):
         return st[name].get("metrics", {}).get(key)
 
+    from compressdet.models import load_model
+
+    def model_path(stage):
+        a = st[stage]["artifacts"]["model"]
+        return run_dir / (a["path"] if isinstance(a, dict) else a)
+
+    student, _ = load_model(model_path("student"))
+    if reuse is not None:  # a model_file stage has no metrics: evaluate it like the int8 stages
+        st["student"]["metrics"] = _evaluate_fp32(recipe, "qat_imitation", student)
     fp32 = m("student")
     rows = {"fp32 student": fp32, "PTQ": m("ptq"), "QAT": m("qat"), "QAT + imitation": m("qat_imitation")}
     ort_rows = {"PTQ": m("ptq", "ort_map40"), "QAT": m("qat", "ort_map40"),
                 "QAT + imitation": m("qat_imitation", "ort_map40")}
     # latency of the run's own graphs at its image size (batch 1)
     H, W = p["image_size"]
-    from compressdet.models import load_model
-
-    student, _ = load_model(run_dir / st["student"]["artifacts"]["model"]["path"]
-                            if isinstance(st["student"]["artifacts"]["model"], dict)
-                            else run_dir / st["student"]["artifacts"]["model"])
     x = torch.randn(1, 3, H, W) * 50
     fp32_onnx = _export_fp32(student.eval(), x, work / "student_fp32.onnx")
 
@@ -252,6 +304,10 @@ def accuracy(args: argparse.Namespace) -> dict:
                              "INT8 <= 0.5x fp32 is a speedup >= 2)",
         "threads": args.threads, "runs": p["runs"],
     }
+    if reuse is not None:
+        result["reused"] = {"imitation_preset": reuse["preset"], "teacher": str(reuse["teacher"]),
+                            "student": str(reuse["student"]), "student_sha256": reuse["student_sha256"],
+                            "qat_steps": args.qat_steps, "imitation_weight": reuse["best_weight"]}
     speed_file = RESULTS / "quant_speed.json"
     if speed_file.exists():  # the 384x1248 numbers of the speed study
         sp = json.loads(speed_file.read_text())
@@ -276,6 +332,10 @@ def accuracy(args: argparse.Namespace) -> dict:
     for k, v in rows.items():
         md.append(f"| {k} | {_f(v)} | {_f(ort_rows.get(k, v if k == 'fp32 student' else None))} | "
                   f"{result['latency_ms'][key[k]]:.1f} |")
+    if reuse is not None:
+        md += ["", f"Reused from the imitation benchmark ({reuse['preset']} preset): teacher "
+                   f"`{reuse['teacher'].name}` and the seed-0 0.25x-I student (w={reuse['best_weight']}); "
+                   f"QAT {args.qat_steps} steps each, batch {reuse['batch']}."]
     if args.preset == "smoke":
         md += ["", "Smoke preset: models trained for a few dozen steps at 64x192; mAPs near 0 only show that "
                    "the chain runs. Use `--preset full` for the accuracy targets."]
@@ -314,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--preset", choices=list(PRESETS), default="smoke")
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--workdir", default=None)
+    a.add_argument("--qat-steps", type=int, default=200, help="(cpu preset) steps of each QAT stage")
+    a.add_argument("--imitation-results", type=Path, default=RESULTS / "imitation_gain.json",
+                   help="(cpu preset) the imitation benchmark's results JSON whose models are reused")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (speed if args.cmd == "speed" else accuracy)(args)

@@ -1,0 +1,69 @@
+"""The imitation benchmark's trained models, for the prune and INT8 benchmarks' ``cpu`` presets.
+
+Training a 1x teacher and a 0.25x imitation student takes most of a CPU budget; the ``cpu``
+presets of ``prune.py`` and ``quant.py`` start from what ``imitation_gain.py`` already trained
+(same SynthKITTI set, input size and val subset), entering each model through a ``model_file``
+stage pinned by sha256.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _model_path(run_dir: Path, stage: str) -> Path:
+    man = json.loads((run_dir / "manifest.json").read_text())
+    rec = man["stages"][stage]
+    if rec.get("status") != "done":
+        raise SystemExit(f"{run_dir}: stage '{stage}' is not done ({rec.get('status')})")
+    a = rec["artifacts"]["model"]
+    return run_dir / (a["path"] if isinstance(a, dict) else a)
+
+
+def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") -> dict:
+    """Teacher and seed-0 imitation student (best weight) of the imitation benchmark's last run.
+
+    Returns ``{"preset", "teacher", "teacher_sha256", "student", "student_sha256", "best_weight",
+    "data" (the students' data config), "eval_images", "batch", "threads", "channels_last",
+    "student_map40"}``; exits with a one-line message when the benchmark has not been run.
+    """
+    from compressdet._io import sha256_file
+
+    if not results_json.is_file():
+        raise SystemExit(f"{results_json}: not found; run benchmarks/imitation_gain.py first (its models are reused)")
+    r = json.loads(results_json.read_text())
+    teacher = Path(r["teacher"]["model"])
+    if not teacher.is_file() or sha256_file(teacher) != r["teacher"]["sha256"]:
+        raise SystemExit(f"{teacher}: the imitation benchmark's teacher is missing or changed; re-run "
+                         "benchmarks/imitation_gain.py (its cache is under benchmarks/.imitation_gain)")
+    runs = teacher.parents[2]  # runs/<teacher run>/teacher/model.pt
+    best_w = r["best_weight"]
+    candidates = []
+    for run in sorted(runs.glob(f"I-w{best_w}-s0-*")):
+        man = run / "manifest.json"
+        if not man.is_file():
+            continue
+        rec = yaml.safe_load((run / "recipe.yaml").read_text())
+        pinned = [s.get("sha256") for s in rec["stages"] if s.get("kind") == "model_file"]
+        if r["teacher"]["sha256"] in pinned:
+            candidates.append(run)
+    if not candidates:
+        raise SystemExit(f"{runs}: no seed-0 student with weight {best_w} imitating teacher "
+                         f"{r['teacher']['sha256'][:12]}; re-run benchmarks/imitation_gain.py")
+    run = max(candidates, key=lambda p: (p / "manifest.json").stat().st_mtime)
+    student = _model_path(run, "student")
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    sstage = next(s for s in recipe["stages"] if s["name"] == "student")
+    man = json.loads((run / "manifest.json").read_text())
+    return {"preset": r["preset"], "teacher": teacher, "teacher_sha256": r["teacher"]["sha256"],
+            "student": student, "student_sha256": sha256_file(student), "best_weight": best_w,
+            "data": recipe["data"], "eval_images": (sstage.get("eval") or {}).get("max_images"),
+            "batch": sstage["schedule"]["batch_size"], "threads": sstage["schedule"].get("threads"),
+            "channels_last": sstage["schedule"].get("channels_last", False),
+            "student_map40": man["stages"]["student"]["metrics"].get("map40")}
