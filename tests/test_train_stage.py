@@ -50,6 +50,17 @@ def test_teacher_then_student_via_cli(tmp_path):
     assert set(man["stages"]["student"]["metrics"]["final_losses"]) == {"class", "confidence", "box", "imitation",
                                                                           "total"}
     assert "imitation" not in man["stages"]["teacher"]["metrics"]["final_losses"]
+    # detection PNGs at each evaluation; the imitating student also shows its imitation masks
+    for name, with_masks in (("teacher", False), ("student", True)):
+        pngs = sorted(p.name for p in (run_dir / name / "viz").glob("*.png"))
+        dets = [p for p in pngs if "_mask_" not in p]
+        masks = [p for p in pngs if "_mask_" in p]
+        assert len(dets) == 2 * 3, pngs  # 2 evaluations x 3 val images
+        assert len(masks) == (2 * 3 if with_masks else 0), pngs
+    from PIL import Image
+
+    mask_png = sorted((run_dir / "student" / "viz").glob("step000004_mask_*.png"))[0]
+    assert Image.open(mask_png).size == (192, 64)  # drawn over the model input
     from compressdet.models import load_model
 
     student, meta = load_model(run_dir / man["stages"]["student"]["artifacts"]["model"]["path"])

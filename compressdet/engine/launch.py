@@ -22,13 +22,15 @@ __all__ = ["build_evaluate_fn", "fit_stage", "load_teacher"]
 
 
 def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess: PostprocessConfig,
-                      device: str | torch.device = "cpu", viz_dir: str | Path | None = None
-                      ) -> Callable[[nn.Module, int], dict[str, Any]]:
+                      device: str | torch.device = "cpu", viz_dir: str | Path | None = None,
+                      mask_psi: float | None = None) -> Callable[[nn.Module, int], dict[str, Any]]:
     """``fn(model, step) -> {"map40", "map11", "ap": {cls: {level: ap40}}, "images"}`` on the val split.
 
     Ground truth is read once; ``eval.max_images`` (or ``data.max_val_images``) limits the images.
     ``images`` holds up to ``eval.num_images_logged`` detection drawings (HWC uint8) when
-    ``compressdet.eval.viz`` is available; they are also written as PNGs under ``viz_dir``.
+    ``compressdet.eval.viz`` is available; they are also written as PNGs under ``viz_dir``. With
+    ``mask_psi`` (a student that imitates) the same images also get the imitation mask of their
+    ground truth drawn over the model input (``mask_<id>``), so one can see where imitation acts.
     """
     from ..data import build_dataset, build_loader, load_ground_truth
     from ..eval import evaluate_kitti, predictions_to_kitti
@@ -44,18 +46,22 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
                           num_workers=data_cfg.num_workers, pin_memory=torch.device(device).type == "cuda")
     gt_all, _ = load_ground_truth(data_cfg, "val")
     classes = tuple(data_cfg.classes)
-    post = PostProcessor.from_config(tuple(data_cfg.image_size), postprocess, num_classes=len(classes))
+    hw = tuple(data_cfg.image_size)
+    post = PostProcessor.from_config(hw, postprocess, num_classes=len(classes))
     dev = torch.device(device)
 
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
 
     def evaluate(model: nn.Module, step: int) -> dict[str, Any]:
         dets: dict[str, list] = {}
+        inputs: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (id, model input, GT boxes) to draw masks
         for images, targets in loader:
             out = model(images.to(dev)).float()
             preds = post(out, [t["orig_size"] for t in targets])
-            for t, p in zip(targets, preds):
+            for j, (t, p) in enumerate(zip(targets, preds)):
                 dets[t["image_id"]] = predictions_to_kitti({k: v.cpu() for k, v in p.items()}, classes)
+                if mask_psi is not None and len(inputs) < eval_cfg.num_images_logged:
+                    inputs.append((t["image_id"], images[j], t["boxes"]))
         gt = {i: gt_all[i] for i in dets}
         res = evaluate_kitti(gt, dets, protocol=eval_cfg.protocol, classes=classes)
         result: dict[str, Any] = {"map40": float(res["map40"]), "map11": float(res["map11"]),
@@ -63,6 +69,8 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
                                          for c, lv in res["ap"].items()}}
         shown = list(dets)[: eval_cfg.num_images_logged]
         result["images"] = _draw(base, shown, gt, dets, step, viz_dir)
+        if inputs:
+            result["images"].update(_draw_masks(inputs, hw, mask_psi, step, viz_dir))
         return result
 
     return evaluate
@@ -73,9 +81,6 @@ def _draw(dataset: Any, ids: list[str], gt: dict, dets: dict, step: int,
     """Ground truth and detections drawn on the original images (for tensorboard and ``viz_dir``)."""
     if not ids:
         return {}
-    from PIL import Image
-
-    from .._io import atomic_path
     from ..data.kitti import read_image
     from ..eval.viz import draw_detections
 
@@ -85,8 +90,35 @@ def _draw(dataset: Any, ids: list[str], gt: dict, dets: dict, step: int,
         arr = draw_detections(rgb, gt.get(image_id, []), dets[image_id], score_thresh=0.1)
         out[image_id] = arr
         if viz_dir is not None:
-            with atomic_path(Path(viz_dir) / f"step{step:06d}_{image_id}.png", suffix=".png") as tmp:
-                Image.fromarray(arr).save(tmp, format="PNG")
+            _save_png(arr, Path(viz_dir) / f"step{step:06d}_{image_id}.png")
+    return out
+
+
+def _save_png(arr: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    from .._io import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+
+
+def _draw_masks(inputs: list, hw: tuple[int, int], psi: float, step: int,
+                viz_dir: str | Path | None) -> dict[str, np.ndarray]:
+    """The imitation mask (METHOD.md section 3) of each image's ground truth over its model input."""
+    from ..data.transforms import denormalize
+    from ..eval.viz import draw_mask, imitation_mask_for_boxes
+    from ..models.anchors import generate_anchors
+
+    anchors = generate_anchors(hw)
+    grid = (hw[0] // 16, hw[1] // 16)
+    out: dict[str, np.ndarray] = {}
+    for image_id, image, boxes in inputs:
+        mask = imitation_mask_for_boxes(boxes, anchors, grid, anchors.shape[0] // (grid[0] * grid[1]), psi)
+        arr = draw_mask(denormalize(image).permute(1, 2, 0).numpy(), mask)
+        out[f"mask_{image_id}"] = arr
+        if viz_dir is not None:
+            _save_png(arr, Path(viz_dir) / f"step{step:06d}_mask_{image_id}.png")
     return out
 
 
@@ -138,7 +170,7 @@ def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation
     evaluate_fn = None
     if ctx.is_main and evaluate:
         evaluate_fn = build_evaluate_fn(data_cfg, eval_cfg=eval_cfg, postprocess=postprocess, device=ctx.device,
-                                        viz_dir=ctx.stage_dir / "viz")
+                                        viz_dir=ctx.stage_dir / "viz", mask_psi=imitation.psi if teacher is not None else None)
     from .trainer import Trainer
 
     trainer = Trainer(model, schedule=schedule, loss_fn=loss_fn, train_loader=loader, evaluate_fn=evaluate_fn,
