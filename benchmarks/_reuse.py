@@ -45,7 +45,8 @@ def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") ->
     runs = teacher.parents[2]  # runs/<teacher run>/teacher/model.pt
     best_w = r["best_weight"]
     candidates = []
-    for run in sorted(runs.glob(f"I-w{best_w}-s0-*")):
+    named = [Path(p).parents[1] for k, p in (r.get("student_models") or {}).items() if k.startswith(f"I-w{best_w}-s0-")]
+    for run in named or sorted(runs.glob(f"I-w{best_w}-s0-*")):
         man = run / "manifest.json"
         if not man.is_file():
             continue

@@ -554,9 +554,12 @@ def main(argv=None) -> int:
         return {**base, "seed": seed, "name": f"{label}-s{seed}-{skey}", "data": _data(p, True), "stages": stages}
 
     student_s: list[float] = []  # each student stage's own wall time (also for runs a re-run skips)
+    models: dict[str, str] = {}  # run name -> the student's model file (reused by prune.py/quant.py cpu)
 
     def metrics(man: dict) -> dict:
         student_s.append(sum(r.get("wall_time_s", 0.0) for r in man["stages"].values()))
+        art = man["stages"]["student"]["artifacts"]["model"]
+        models[man["recipe"]] = str((work / "runs" / man["recipe"] / art["path"]).resolve())
         return man["stages"]["student"]["metrics"]
 
     rows: dict[str, list] = {"0.25x": [], "0.25x-I": [], "0.25x-I-random": []}
@@ -623,6 +626,9 @@ def main(argv=None) -> int:
         "feature_cache": {"enabled": p["feature_cache"], "stores": cache_stats,
                           "max_abs_diff": plan.get("speeds", {}).get("feature_cache_max_abs_diff")},
         "seed0_ap40": {"1x": tm.get("ap40"), **{k: seed_metrics[k]["ap40"] for k in rows}},
+        "student_models": models,
+        "eval_history": {"1x": tm.get("eval_history"),
+                         **{k: seed_metrics[k].get("eval_history") for k in rows}},  # seed 0 (None: older runs)
         "total_minutes": (time.perf_counter() - t_start) / 60,
     }
     result["targets"] = {
@@ -653,6 +659,11 @@ def main(argv=None) -> int:
            f"- input overhead: {ov['input_overhead'] * 100:.1f}% (plain student step), "
            f"{ov_imit['input_overhead'] * 100:.1f}% (live-teacher imitation step)",
            f"- targets: {result['targets']}"]
+    curves = {k: v for k, v in result["eval_history"].items() if v}
+    if curves:
+        md.append("- val mAP40 at each evaluation (seed 0): " + "; ".join(
+            f"{k} " + ", ".join(f"{h['step']}: {h['map40']:.2f}" for h in v if h.get("map40") is not None)
+            for k, v in curves.items()))
     (out_dir / "imitation_gain.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

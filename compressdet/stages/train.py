@@ -57,5 +57,6 @@ def run(ctx: StageContext) -> StageResult:
     metrics = {"map40": res.get("map40"), "map11": res.get("map11"), "ap40": res.get("ap", {}),
                "best_step": summary["best_step"], "steps": summary["steps"],
                "train_img_per_s": summary["train_img_per_s"], "final_losses": summary["final_losses"],
-               "train_minutes": summary["minutes"]}
+               "train_minutes": summary["minutes"],
+               "eval_history": [{"step": h["step"], "map40": h.get("map40")} for h in summary.get("history", [])]}
     return StageResult(artifacts={"model": path}, metrics=metrics, meta=meta)
