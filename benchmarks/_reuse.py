@@ -17,15 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _model_path(run_dir: Path, stage: str) -> Path:
-    man = json.loads((run_dir / "manifest.json").read_text())
-    rec = man["stages"][stage]
-    if rec.get("status") != "done":
-        raise SystemExit(f"{run_dir}: stage '{stage}' is not done ({rec.get('status')})")
-    a = rec["artifacts"]["model"]
-    return run_dir / (a["path"] if isinstance(a, dict) else a)
-
-
 def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") -> dict:
     """Teacher and seed-0 imitation student (best weight) of the imitation benchmark's last run.
 
@@ -44,27 +35,27 @@ def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") ->
                          "benchmarks/imitation_gain.py (its cache is under benchmarks/.imitation_gain)")
     runs = teacher.parents[2]  # runs/<teacher run>/teacher/model.pt
     best_w = r["best_weight"]
-    candidates = []
+    candidates = []  # (run folder, its recipe, its manifest) of seed-0 students of this teacher
     named = [Path(p).parents[1] for k, p in (r.get("student_models") or {}).items() if k.startswith(f"I-w{best_w}-s0-")]
     for run in named or sorted(runs.glob(f"I-w{best_w}-s0-*")):
-        man = run / "manifest.json"
-        if not man.is_file():
+        if not (run / "manifest.json").is_file():
             continue
-        rec = yaml.safe_load((run / "recipe.yaml").read_text())
-        pinned = [s.get("sha256") for s in rec["stages"] if s.get("kind") == "model_file"]
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+        pinned = [s.get("sha256") for s in recipe["stages"] if s.get("kind") == "model_file"]
         if r["teacher"]["sha256"] in pinned:
-            candidates.append(run)
+            candidates.append((run, recipe, json.loads((run / "manifest.json").read_text())))
     if not candidates:
         raise SystemExit(f"{runs}: no seed-0 student with weight {best_w} imitating teacher "
                          f"{r['teacher']['sha256'][:12]}; re-run benchmarks/imitation_gain.py")
-    run = max(candidates, key=lambda p: (p / "manifest.json").stat().st_mtime)
-    student = _model_path(run, "student")
-    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    run, recipe, man = max(candidates, key=lambda c: (c[0] / "manifest.json").stat().st_mtime)
+    rec = man["stages"]["student"]
+    if rec.get("status") != "done":
+        raise SystemExit(f"{run}: stage 'student' is not done ({rec.get('status')})")
+    student = run / rec["artifacts"]["model"]["path"]
     sstage = next(s for s in recipe["stages"] if s["name"] == "student")
-    man = json.loads((run / "manifest.json").read_text())
     return {"preset": r["preset"], "teacher": teacher, "teacher_sha256": r["teacher"]["sha256"],
             "student": student, "student_sha256": sha256_file(student), "best_weight": best_w,
             "data": recipe["data"], "eval_images": (sstage.get("eval") or {}).get("max_images"),
             "batch": sstage["schedule"]["batch_size"], "threads": sstage["schedule"].get("threads"),
             "channels_last": sstage["schedule"].get("channels_last", False),
-            "student_map40": man["stages"]["student"]["metrics"].get("map40")}
+            "student_map40": rec["metrics"].get("map40")}

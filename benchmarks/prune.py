@@ -118,15 +118,10 @@ def _ort_compare_ms(models: dict[str, torch.nn.Module], hw: list[int], runs: int
 def _prune_untrained(allocation: str, hw: list[int]) -> tuple[torch.nn.Module, dict]:
     """The 0.5x student (untrained) pruned to 0.6 backbone MACs the way the prune stage does it."""
     from compressdet.models import build_model
-    from compressdet.prune import ChannelPruner, conv_macs, get_importance
-    from compressdet.stages.prune import example_input_size
+    from compressdet.stages.prune import build_pruner
 
     model = build_model("shuffledet_0.5x", image_size=tuple(hw)).train()
-    x = torch.zeros(1, 3, *example_input_size(tuple(hw)))
-    pruner = ChannelPruner(model, x, get_importance("group_magnitude"), target_macs=0.6, ignored_layers=[model.head.conv],
-                           macs_fn=lambda m: conv_macs(m, x, m.backbone), allocation=allocation,
-                           output_transform=lambda out: [out] if isinstance(out, torch.Tensor) else list(out))
-    rec = pruner.step()
+    rec = build_pruner(model, tuple(hw), target_macs=0.6, allocation=allocation).step()
     return model.eval(), {"macs_ratio": rec["macs_after"] / rec["base_macs"],
                           "channels_removed": {op["module"]: len(op["idxs"]) for op in rec["ops"]},
                           "weights": rec.get("weights")}
@@ -221,12 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = {}
         loaded = {}
         for name in ("student", "pruned", "pruned_noimit"):
-            model, _ = load_model(next(run_dir.rglob(f"{name}/model.pt")))
-            loaded[name] = model
-            s = model_summary(model, tuple(p["size"]))
+            loaded[name], _ = load_model(next(run_dir.rglob(f"{name}/model.pt")))
+            s = model_summary(loaded[name], tuple(p["size"]))
             rows[name] = {"map40": stages[name]["metrics"].get("map40"), "macs": s["macs"]["backbone"],
-                          "params": s["params"]["total"], "model": model}
-    ms = _ort_compare_ms({k: r.pop("model") for k, r in rows.items()}, p["size"], max(args.runs, p["runs"]), args.threads)
+                          "params": s["params"]["total"]}
+    ms = _ort_compare_ms(loaded, p["size"], max(args.runs, p["runs"]), args.threads)
     for k, r in rows.items():
         r["ort_ms"] = ms[k]
     st, pr, pn = rows["student"], rows["pruned"], rows["pruned_noimit"]
@@ -235,9 +229,8 @@ def main(argv: list[str] | None = None) -> int:
            "map_drop_without_imitation": (st["map40"] or 0) - (pn["map40"] or 0),
            "ort_speedup": st["ort_ms"] / pr["ort_ms"], "rows": rows, "minutes": (time.time() - t0) / 60,
            "targets": {"macs_ratio": "<= 0.6", "map_drop": "<= 1.0", "ort_speedup": ">= 1.3"}}
-    student_model, pruned_model = loaded["student"], loaded["pruned"]
     if list(p["size"]) != FULL_SIZE:  # weights don't depend on the input size: time the same nets at full size
-        full = _ort_compare_ms({"student": student_model, "pruned": pruned_model}, FULL_SIZE, args.runs, args.threads)
+        full = _ort_compare_ms({k: loaded[k] for k in ("student", "pruned")}, FULL_SIZE, args.runs, args.threads)
         res["ort_speedup_384x1248"] = full["student"] / full["pruned"]
         res["ort_ms_384x1248"] = full
     lines = [f"# Prune benchmark ({args.preset}, {p['size'][0]}x{p['size'][1]}, ORT fp32 {args.threads} threads)", "",

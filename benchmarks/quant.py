@@ -266,11 +266,10 @@ def accuracy(args: argparse.Namespace) -> dict:
 
     from compressdet.models import load_model
 
-    def model_path(stage):
-        a = st[stage]["artifacts"]["model"]
-        return run_dir / (a["path"] if isinstance(a, dict) else a)
+    def artifact(stage, key):
+        return run_dir / st[stage]["artifacts"][key]["path"]
 
-    student, _ = load_model(model_path("student"))
+    student, _ = load_model(artifact("student", "model"))
     if reuse is not None:  # a model_file stage has no metrics: evaluate it like the int8 stages
         st["student"]["metrics"] = _evaluate_fp32(recipe, "qat_imitation", student)
     fp32 = m("student")
@@ -282,13 +281,9 @@ def accuracy(args: argparse.Namespace) -> dict:
     x = torch.randn(1, 3, H, W) * 50
     fp32_onnx = _export_fp32(student.eval(), x, work / "student_fp32.onnx")
 
-    def art(stage):
-        a = st[stage]["artifacts"]["onnx_int8"]
-        return run_dir / (a["path"] if isinstance(a, dict) else a)
-
     sessions = {"fp32": ort_session(fp32_onnx, threads=args.threads)}
     for s in ("ptq", "qat", "qat_imitation"):
-        sessions[s] = ort_session(art(s), threads=args.threads)
+        sessions[s] = ort_session(artifact(s, "onnx_int8"), threads=args.threads)
     lat = _time_interleaved(sessions, {"images": x.numpy()}, p["runs"])
     result = {
         "preset": args.preset, "image_size": [H, W], "minutes": minutes, "map_metric": "official AP40 (%)",

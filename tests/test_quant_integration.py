@@ -13,6 +13,8 @@ pytest.importorskip("torchao")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from test_quant_stage import RECIPE  # noqa: E402
+
 from compressdet._io import sha256_file  # noqa: E402
 from compressdet.cli import main  # noqa: E402
 from compressdet.export.quantized import graph_sha256  # noqa: E402
@@ -20,35 +22,8 @@ from compressdet.export.runtime import onnx_metadata  # noqa: E402
 from compressdet.pipeline import Pipeline  # noqa: E402
 from compressdet.recipe import parse_recipe  # noqa: E402
 
-RECIPE = """name: tiny_quant_chain
-seed: 0
-data:
-  format: synth
-  image_size: [64, 192]
-  synth: {{num_images: 12, size: [248, 75], seed: 0, cache_dir: {cache}}}
-  augment: {{enabled: false}}
-  max_val_images: 4
-stages:
-  - name: student
-    kind: train
-    model: shuffledet_0.25x
-    schedule: {{steps: 2, batch_size: 2, eval_every: 2, checkpoint_every: 2, log_every: 1}}
-    eval: {{batch_size: 4}}
-  - name: int8
-    kind: qat
-    from: student
-    teacher: student
-    imitation: {{weight: 1.0}}
-    quant: {{calibration_images: 2}}
-    schedule: {{steps: 2, batch_size: 2, lr: 0.001, log_every: 1}}
-    freeze_observers_step: 1
-    eval: {{batch_size: 4}}
-  - name: ptq
-    kind: ptq
-    from: student
-    quant: {{calibration_images: 2}}
-    eval: {{batch_size: 4}}
-  - name: export
+# the qat/ptq stage test's recipe (2 QAT steps, observers frozen after 1) plus export and bench
+TAIL = """  - name: export
     kind: export
     from: int8
     formats: [onnx, onnx-int8]
@@ -64,7 +39,7 @@ stages:
 @pytest.fixture(scope="module")
 def quant_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("quant_chain")
-    recipe = parse_recipe(RECIPE.format(cache=root / "synth"), source="tiny.yaml")
+    recipe = parse_recipe(RECIPE.format(cache=root / "synth", qat_steps=2, freeze_obs=1) + TAIL, source="tiny.yaml")
     run = Pipeline(recipe, root / "run").run()
     return run, json.loads((run / "manifest.json").read_text())
 

@@ -48,6 +48,11 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
     classes = tuple(data_cfg.classes)
     hw = tuple(data_cfg.image_size)
     post = PostProcessor.from_config(hw, postprocess, num_classes=len(classes))
+    mask_args = None  # (anchors, anchors per cell, psi) for the imitation-mask drawings
+    if mask_psi is not None:
+        from ..models.anchors import SEED_ANCHOR_SHAPES, generate_anchors
+
+        mask_args = (generate_anchors(hw), len(SEED_ANCHOR_SHAPES), mask_psi)
     dev = torch.device(device)
 
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
@@ -60,7 +65,7 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
             preds = post(out, [t["orig_size"] for t in targets])
             for j, (t, p) in enumerate(zip(targets, preds)):
                 dets[t["image_id"]] = predictions_to_kitti({k: v.cpu() for k, v in p.items()}, classes)
-                if mask_psi is not None and len(inputs) < eval_cfg.num_images_logged:
+                if mask_args is not None and len(inputs) < eval_cfg.num_images_logged:
                     inputs.append((t["image_id"], images[j], t["boxes"]))
         gt = {i: gt_all[i] for i in dets}
         res = evaluate_kitti(gt, dets, protocol=eval_cfg.protocol, classes=classes)
@@ -70,7 +75,7 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
         shown = list(dets)[: eval_cfg.num_images_logged]
         result["images"] = _draw(base, shown, gt, dets, step, viz_dir)
         if inputs:
-            result["images"].update(_draw_masks(inputs, hw, mask_psi, step, viz_dir))
+            result["images"].update(_draw_masks(inputs, *mask_args, step, viz_dir))
         return result
 
     return evaluate
@@ -103,18 +108,17 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
-def _draw_masks(inputs: list, hw: tuple[int, int], psi: float, step: int,
+def _draw_masks(inputs: list, anchors: torch.Tensor, num_anchors: int, psi: float, step: int,
                 viz_dir: str | Path | None) -> dict[str, np.ndarray]:
-    """The imitation mask (METHOD.md section 3) of each image's ground truth over its model input."""
+    """The imitation mask (METHOD.md section 3, as training computes it) over each image's model input."""
     from ..data.transforms import denormalize
-    from ..eval.viz import draw_mask, imitation_mask_for_boxes
-    from ..models.anchors import generate_anchors
+    from ..eval.viz import draw_mask
+    from ..losses import imitation_mask
 
-    anchors = generate_anchors(hw)
-    grid = (hw[0] // 16, hw[1] // 16)
+    grid = tuple(int(s) // 16 for s in inputs[0][1].shape[-2:])
+    masks = imitation_mask([boxes for _, _, boxes in inputs], anchors, grid, num_anchors, psi)
     out: dict[str, np.ndarray] = {}
-    for image_id, image, boxes in inputs:
-        mask = imitation_mask_for_boxes(boxes, anchors, grid, anchors.shape[0] // (grid[0] * grid[1]), psi)
+    for (image_id, image, _), mask in zip(inputs, masks):
         arr = draw_mask(denormalize(image).permute(1, 2, 0).numpy(), mask)
         out[f"mask_{image_id}"] = arr
         if viz_dir is not None:

@@ -102,7 +102,7 @@ def draw_mask(image: np.ndarray, mask, *, alpha: float = 0.5, cmap: str = "jet")
 
 
 def imitation_mask_for_boxes(boxes, anchors, grid: tuple[int, int], num_anchors: int = 9, psi: float = 0.5):
-    """METHOD.md section 3 mask: per GT, anchors with IoU > psi * (its max IoU); OR over anchors and GTs.
+    """METHOD.md section 3 mask of one image: :func:`compressdet.losses.imitation_mask`, the one training uses.
 
     Args:
         boxes: ``Tensor[N, 4]`` xyxy GT boxes in model-input pixels.
@@ -112,15 +112,9 @@ def imitation_mask_for_boxes(boxes, anchors, grid: tuple[int, int], num_anchors:
     Returns:
         bool ``Tensor[Hg, Wg]``.
     """
-    import torch
-    from torchvision.ops import box_convert, box_iou
+    from ..losses import imitation_mask
 
-    hg, wg = grid
-    if len(boxes) == 0:
-        return torch.zeros(hg, wg, dtype=torch.bool)
-    iou = box_iou(boxes.float(), box_convert(anchors.float(), "cxcywh", "xyxy"))  # N, A
-    keep = iou > psi * iou.max(dim=1, keepdim=True).values
-    return keep.any(dim=0).reshape(hg, wg, num_anchors).any(dim=-1)
+    return imitation_mask([boxes], anchors, grid, num_anchors, psi)[0]
 
 
 def plot_pr_curves(result: Mapping, *, metric_title: str | None = None):

@@ -156,12 +156,11 @@ def copy_onnx_int8_with_metadata(src: str | os.PathLike, out_path: str | os.Path
 def _copy_metadata(src: str | os.PathLike, dst: Path, extra: dict[str, str]) -> None:
     import onnx
 
+    from ._onnx import _metadata_props
+
     s, d = onnx.load(str(src)), onnx.load(str(dst))
     props = {p.key: p.value for p in s.metadata_props}
     props.update({p.key: p.value for p in d.metadata_props})
     props.update(extra)
-    del d.metadata_props[:]
-    for k, v in props.items():
-        e = d.metadata_props.add()
-        e.key, e.value = k, v
+    _metadata_props(d, props)
     onnx.save(d, str(dst))

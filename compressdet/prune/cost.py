@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_MEM_WEIGHT", "latency_proxy", "latency_proxy_fn", "forward_with_hooks"]
+__all__ = ["DEFAULT_MEM_WEIGHT", "latency_proxy", "forward_with_hooks"]
 
 DEFAULT_MEM_WEIGHT = 16.0
 
@@ -80,13 +80,3 @@ def forward_with_hooks(model: nn.Module, example_inputs: Tensor, scope: nn.Modul
         for h in hooks:
             h.remove()
         model.train(was)
-
-
-def latency_proxy_fn(example_inputs: Tensor, scope: Callable[[nn.Module], nn.Module] | None = None, *,
-                     mem_weight: float = DEFAULT_MEM_WEIGHT) -> Callable[[nn.Module], float]:
-    """``model -> latency proxy`` (``scope(model)`` picks the counted part, e.g. the backbone)."""
-
-    def fn(model: nn.Module) -> float:
-        return latency_proxy(model, example_inputs, None if scope is None else scope(model), mem_weight=mem_weight)
-
-    return fn

@@ -16,7 +16,6 @@ with its own batch (there is no module to swap for a synchronised one).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from ..errors import UserError
 from ._pt2e import apply_masks, capture, convert, freeze_bn, freeze_observers, make_quantizer
 
 __all__ = ["prepare_qat", "QatResult", "train_qat", "resolve_freeze_steps", "quantize_qat", "FakeQuantStudent",
-           "QatFreezeHook", "qat_param_groups", "qat_schedule"]
+           "QatFreezeHook", "qat_param_groups", "qat_schedule", "qat_training"]
 
 
 def prepare_qat(model: nn.Module, example: torch.Tensor, cfg: Any) -> torch.fx.GraphModule:
@@ -144,6 +143,17 @@ def qat_schedule(schedule: Any) -> Any:
     return schedule.model_copy(update={"amp": False, "channels_last": False})
 
 
+def qat_training(prepared: torch.fx.GraphModule, schedule: Any, observer_step: int, bn_step: int
+                 ) -> tuple[FakeQuantStudent, dict[str, Any]]:
+    """The trainable student and the Trainer / ``fit_stage`` settings every QAT run uses:
+    ``schedule`` (:func:`qat_schedule`), ``param_groups`` (:func:`qat_param_groups`) and ``hooks``
+    (the :class:`QatFreezeHook`)."""
+    student = FakeQuantStudent(prepared)
+    return student, {"schedule": qat_schedule(schedule),
+                     "param_groups": qat_param_groups(schedule.weight_decay, schedule.weight_decay_on),
+                     "hooks": (QatFreezeHook(student, observer_step, bn_step),)}
+
+
 def train_qat(prepared: torch.fx.GraphModule, batches: Iterable[tuple[torch.Tensor, list[dict]]], *,
               det_loss: nn.Module, schedule: Any, freeze_observers_step: int | None = None,
               freeze_bn_step: int | None = None, teacher: nn.Module | None = None,
@@ -172,7 +182,7 @@ def train_qat(prepared: torch.fx.GraphModule, batches: Iterable[tuple[torch.Tens
     from ..engine import Trainer
 
     obs_step, bn_step = resolve_freeze_steps(schedule.steps, freeze_observers_step, freeze_bn_step)
-    student = FakeQuantStudent(prepared)
+    student, settings = qat_training(prepared, schedule, obs_step, bn_step)
     history: list[dict[str, float]] = []
 
     def record(tr: Any) -> None:
@@ -183,15 +193,12 @@ def train_qat(prepared: torch.fx.GraphModule, batches: Iterable[tuple[torch.Tens
             on_step(tr)
 
     use_imit = teacher is not None and imitation is not None and imitation.weight > 0
-    trainer = Trainer(student, schedule=qat_schedule(schedule), loss_fn=det_loss, train_loader=batches,
-                      teacher=teacher if use_imit else None, imitation=imitation if use_imit else None,
-                      out_dir=out_dir, tb_dir=tb_dir, device=device, seed=seed,
-                      param_groups=qat_param_groups(schedule.weight_decay, schedule.weight_decay_on),
-                      on_step=record, anchors=anchors, num_anchors=num_anchors, description="qat",
-                      hooks=(QatFreezeHook(student, obs_step, bn_step),))
-    t0 = time.time()
+    trainer = Trainer(student, loss_fn=det_loss, train_loader=batches, teacher=teacher if use_imit else None,
+                      imitation=imitation if use_imit else None, out_dir=out_dir, tb_dir=tb_dir, device=device,
+                      seed=seed, on_step=record, anchors=anchors, num_anchors=num_anchors, description="qat",
+                      **settings)
     summary = trainer.fit(resume_from=resume_from)
-    return QatResult(prepared=student.prepared, history=history, seconds=time.time() - t0, summary=summary)
+    return QatResult(prepared=student.prepared, history=history, seconds=summary["minutes"] * 60, summary=summary)
 
 
 def quantize_qat(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export.exporter import Exporter, ExportSource, QuantSource, _load_recipe, quant_source
+from ..export.exporter import Exporter, ExportSource, QuantSource, _load_recipe
 from ..export.formats import FORMATS
 from . import StageContext, StageResult
 
@@ -60,15 +60,10 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def _quant_source(ctx: StageContext, src_in) -> tuple[QuantSource, str]:
-    """The quantized stage as a QuantSource and its float source's name (manifest records of done stages)."""
-    from ..errors import UserError
+    """The quantized stage as a QuantSource and the name of its float source (a done stage of this run)."""
+    from ..export.quantized import float_source
 
-    stages = {n: {"kind": i.kind, "status": "done", "meta": i.meta,
-                  "artifacts": {k: {"path": str(p)} for k, p in i.artifacts.items()}}
-              for n, i in ctx.all_stages.items()}
-    stages[src_in.name] = {"kind": src_in.kind, "status": "done", "meta": src_in.meta,
-                           "artifacts": {k: {"path": str(p)} for k, p in src_in.artifacts.items()}}
-    q, float_name = quant_source(ctx.run_dir, src_in.name, stages=stages, artifacts=dict(src_in.artifacts))
-    if float_name not in ctx.all_stages:
-        raise UserError(f"stage '{ctx.name}': float source '{float_name}' of '{src_in.name}' has not finished")
-    return q, float_name
+    records = {i.name: {"kind": i.kind, "meta": i.meta, "artifacts": i.artifacts}
+               for i in (*ctx.all_stages.values(), src_in)}
+    quant = QuantSource(stage=src_in.name, kind=src_in.kind, artifacts=dict(src_in.artifacts), meta=dict(src_in.meta))
+    return quant, float_source(records, src_in.name)

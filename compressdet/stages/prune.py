@@ -22,13 +22,28 @@ from torch import nn
 from ..errors import UserError
 from . import StageContext, StageResult
 
-__all__ = ["run", "example_input_size"]
+__all__ = ["run", "example_input_size", "build_pruner"]
 
 
 def example_input_size(image_size: tuple[int, int]) -> tuple[int, int]:
     """A small input with the same stride pattern, for tracing and the MACs search (ratios don't change)."""
     h, w = image_size
     return max(32, (h // 4) // 16 * 16), max(32, (w // 4) // 16 * 16)
+
+
+def build_pruner(model: nn.Module, image_size: tuple[int, int], *, importance: str = "group_magnitude",
+                 ignored_layers: list[str] = (), **kw: Any) -> Any:
+    """The stage's :class:`~compressdet.prune.ChannelPruner` for a ShuffleDet: traced and searched at
+    :func:`example_input_size`, MACs counted over the backbone, the head's output conv never pruned.
+
+    ``kw``: the ChannelPruner targets and options (``target_macs``, ``allocation``, ``round_to`` ...).
+    """
+    from ..prune import ChannelPruner, conv_macs, get_importance
+
+    x = torch.zeros(1, 3, *example_input_size(image_size))
+    return ChannelPruner(model, x, get_importance(importance), ignored_layers=_ignored(model, list(ignored_layers)),
+                         macs_fn=lambda m: conv_macs(m, x, m.backbone),
+                         output_transform=lambda out: [out] if isinstance(out, torch.Tensor) else list(out), **kw)
 
 
 def _ignored(model: nn.Module, names: list[str]) -> list[nn.Module]:
@@ -74,21 +89,18 @@ def run(ctx: StageContext) -> StageResult:
     from ..engine.checkpoint import load_checkpoint
     from ..engine.launch import fit_stage
     from ..models import load_model, save_model
-    from ..prune import ChannelPruner, conv_macs, get_importance, save_history
+    from ..prune import save_history
 
     cfg, recipe = ctx.cfg, ctx.recipe
     hw = tuple(recipe.data.image_size)
     model, meta_in = load_model(ctx.input("from").artifact("model"))
     model.train()
     before = _summary(model, hw)
-    x = torch.zeros(1, 3, *example_input_size(hw))
     target = cfg.target
-    pruner = ChannelPruner(model, x, get_importance(cfg.importance), target_macs=target.macs,
-                           pruning_ratio=target.pruning_ratio, pruning_ratio_dict=target.pruning_ratio_dict,
-                           iterative_steps=cfg.iterative_steps, ignored_layers=_ignored(model, cfg.ignored_layers),
-                           round_to=cfg.round_to, macs_fn=lambda m: conv_macs(m, x, m.backbone),
-                           allocation=cfg.allocation,
-                           output_transform=lambda out: [out] if isinstance(out, torch.Tensor) else list(out))
+    pruner = build_pruner(model, hw, importance=cfg.importance, target_macs=target.macs,
+                          pruning_ratio=target.pruning_ratio, pruning_ratio_dict=target.pruning_ratio_dict,
+                          iterative_steps=cfg.iterative_steps, ignored_layers=cfg.ignored_layers,
+                          round_to=cfg.round_to, allocation=cfg.allocation)
     loss_fn = _taylor_loss(ctx) if cfg.importance == "taylor" else None
     k = cfg.iterative_steps
     rounds: list[dict[str, Any]] = []
@@ -113,7 +125,7 @@ def run(ctx: StageContext) -> StageResult:
     model.eval()
     after = _summary(model, hw)
     hist_path = save_history(ctx.stage_dir / "prune_history.json", pruner.history, arch=getattr(model, "arch", None),
-                             extra={"example_input_size": list(x.shape[2:]), "importance": cfg.importance,
+                             extra={"example_input_size": list(pruner.example_inputs.shape[2:]), "importance": cfg.importance,
                                     "allocation": cfg.allocation,
                                     "target": target.model_dump(mode="json")})
     imit = cfg.imitation

@@ -25,14 +25,7 @@ def run(ctx: StageContext) -> StageResult:
     from ..engine.launch import fit_stage
     from ..quant._pt2e import convert
     from ..quant._runner import finish_quant_stage, load_float_model
-    from ..quant.qat import (
-        FakeQuantStudent,
-        QatFreezeHook,
-        prepare_qat,
-        qat_param_groups,
-        qat_schedule,
-        resolve_freeze_steps,
-    )
+    from ..quant.qat import prepare_qat, qat_training, resolve_freeze_steps
 
     cfg, recipe = ctx.cfg, ctx.recipe
     sched = cfg.schedule
@@ -47,11 +40,9 @@ def run(ctx: StageContext) -> StageResult:
         raise UserError(f"stage '{ctx.name}': imitation.weight > 0 needs 'teacher: <stage name>'")
     # a real training image fixes the capture's shapes and checks the export (batch stays dynamic)
     example = build_dataset(recipe.data, "train", train=False)[0][0].unsqueeze(0).expand(2, -1, -1, -1).contiguous()
-    fq = FakeQuantStudent(prepare_qat(student, example, cfg.quant))
-    summary = fit_stage(ctx, fq, schedule=qat_schedule(sched), imitation=imit if use_imit else None,
-              postprocess=cfg.postprocess, eval_cfg=cfg.eval, evaluate=False,
-              param_groups=qat_param_groups(sched.weight_decay, sched.weight_decay_on),
-              hooks=(QatFreezeHook(fq, obs_step, bn_step),))
+    fq, settings = qat_training(prepare_qat(student, example, cfg.quant), sched, obs_step, bn_step)
+    summary = fit_stage(ctx, fq, imitation=imit if use_imit else None, postprocess=cfg.postprocess,
+                        eval_cfg=cfg.eval, evaluate=False, **settings)
     if not ctx.is_main:
         return StageResult()
     converted = convert(fq.prepared.to("cpu"))  # ONNX export and ORT evaluation run on CPU
