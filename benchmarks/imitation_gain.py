@@ -267,6 +267,20 @@ def _trainer(p, model, data_cfg, loader, teacher=None, weight=0.0, tmp="."):
                    out_dir=tmp, device=device, seed=0)
 
 
+def _flops_params(hw) -> tuple[dict, dict]:
+    """The seed table's columns at the benchmark's input: backbone MACs ("FLOPs" in METHOD.md section 6)
+    and params with BN statistics, as strings per model."""
+    from compressdet.models import build_model
+    from compressdet.models.summary import model_summary
+
+    flops, params = {}, {}
+    for key, arch in (("1x", "shuffledet_1x"), ("0.25x", "shuffledet_0.25x")):
+        s = model_summary(build_model(arch, image_size=hw))
+        flops[key] = f"{s['macs']['backbone'] / 1e9:.3f} G"
+        params[key] = f"{s['params_with_bn_stats']['total'] / 1e6:.4f} M"
+    return flops, params
+
+
 def _cuda() -> bool:
     import torch
 
@@ -642,8 +656,10 @@ def main(argv=None) -> int:
         "input_overhead<=15%": ov["input_overhead"] <= 0.15}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "imitation_gain.json").write_text(json.dumps(result, indent=2) + "\n")
+    flops, params = _flops_params(hw)
     table = format_table([_table_result(tm["ap40"])] + [_table_result(seed_metrics[k]["ap40"]) for k in rows],
                          models=["1x", "0.25x", f"0.25x-I (w={best_w})", f"0.25x-I random 1x (w={best_w})"],
+                         flops=[flops["1x"]] + [flops["0.25x"]] * 3, params=[params["1x"]] + [params["0.25x"]] * 3,
                          metrics="ap40",
                          extra=[{"train img/s": f"{tm.get('train_img_per_s') or 0:.1f}"}]
                          + [{"train img/s": f"{seed_metrics[k]['train_img_per_s'] or 0:.1f}"} for k in rows])
