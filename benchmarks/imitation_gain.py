@@ -268,17 +268,15 @@ def _trainer(p, model, data_cfg, loader, teacher=None, weight=0.0, tmp="."):
 
 
 def _flops_params(hw) -> tuple[dict, dict]:
-    """The seed table's columns at the benchmark's input: backbone MACs ("FLOPs" in METHOD.md section 6)
-    and params with BN statistics, as strings per model."""
+    """The seed table's FLOPs and params cells per model at the benchmark's input (params to 4 digits,
+    as METHOD.md gives the 0.25x's 0.2095 M)."""
+    from compressdet.eval.table import size_cells
     from compressdet.models import build_model
     from compressdet.models.summary import model_summary
 
-    flops, params = {}, {}
-    for key, arch in (("1x", "shuffledet_1x"), ("0.25x", "shuffledet_0.25x")):
-        s = model_summary(build_model(arch, image_size=hw))
-        flops[key] = f"{s['macs']['backbone'] / 1e9:.3f} G"
-        params[key] = f"{s['params_with_bn_stats']['total'] / 1e6:.4f} M"
-    return flops, params
+    cells = {key: size_cells(model_summary(build_model(arch, image_size=hw)), params_digits=4)
+             for key, arch in (("1x", "shuffledet_1x"), ("0.25x", "shuffledet_0.25x"))}
+    return {k: c[0] for k, c in cells.items()}, {k: c[1] for k, c in cells.items()}
 
 
 def _cuda() -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_path, atomic_write_json, atomic_write_text
+from ..eval.table import size_cells
 
 __all__ = ["table_rows", "markdown_report", "write_reports", "pareto_plot", "print_table", "COLUMNS"]
 
@@ -84,9 +85,8 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
     metric = "ap11" if report.get("protocol") == "seed" else "ap40"
     out = []
     for r in report["rows"]:
-        out.append([r["label"], f"{r['macs']['backbone'] / 1e9:.3f} G", f"{r['params_with_bn_stats']['total'] / 1e6:.3f} M",
-                    *_ap_cells(r.get("eval"), metric), f"{r['file_bytes'] / 1e6:.2f} MB", _weights(r), _lat(r),
-                    _delta(r)])
+        out.append([r["label"], *size_cells(r), *_ap_cells(r.get("eval"), metric),
+                    f"{r['file_bytes'] / 1e6:.2f} MB", _weights(r), _lat(r), _delta(r)])
     return out
 
 

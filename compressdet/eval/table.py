@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 from ..errors import UserError
 from .kitti_eval import CLASSES, LEVELS
 
-__all__ = ["format_table", "format_row", "TABLE_HEADER"]
+__all__ = ["format_table", "format_row", "size_cells", "TABLE_HEADER"]
 
 _SHORT = {"car": "car", "pedestrian": "ped", "cyclist": "cyc"}
 TABLE_HEADER = ("model", "FLOPs", "params", "car E/M/H", "ped E/M/H", "cyc E/M/H", "mAP")
@@ -23,6 +23,13 @@ def _metric_for(result: Mapping, metric: str | None) -> str:
     if metric not in ("ap11", "ap40"):
         raise UserError(f"metric '{metric}': expected ap11 or ap40")
     return metric
+
+
+def size_cells(summary: Mapping, *, params_digits: int = 3) -> tuple[str, str]:
+    """The FLOPs and params cells from a :func:`~compressdet.models.model_summary`: backbone MACs (the
+    seed's "FLOPs", METHOD.md section 6) and params with BN statistics, e.g. ``("5.238 G", "1.629 M")``."""
+    return (f"{summary['macs']['backbone'] / 1e9:.3f} G",
+            f"{summary['params_with_bn_stats']['total'] / 1e6:.{params_digits}f} M")
 
 
 def format_row(result: Mapping, *, model: str = "", flops: str = "", params: str = "",
