@@ -449,11 +449,6 @@ def measure_input_overhead(p: dict, *, steps: int = 8, chunk: int = 2, warmup: i
 # --------------------------------------------------------------------------------------------
 # The experiment
 # --------------------------------------------------------------------------------------------
-def _table_result(ap40: dict) -> dict:
-    """Train-stage metrics ``ap40`` ({cls: {level: AP}}) -> the shape format_table reads."""
-    return {"protocol": "official", "ap": {c: {lvl: {"ap40": v} for lvl, v in lv.items()} for c, lv in ap40.items()}}
-
-
 def _preset(args) -> dict:
     p = copy.deepcopy(PRESETS[args.preset])
     if args.synth_images:  # check runs only: a smaller set, same split fractions
@@ -498,6 +493,7 @@ def main(argv=None) -> int:
     from compressdet.data import build_dataset, prepare_data
     from compressdet.data.synth import synth_key
     from compressdet.eval import format_table
+    from compressdet.eval.table import result_from_ap40
     from compressdet.models import build_model, save_model
     from compressdet.recipe import DataConfig
 
@@ -655,7 +651,7 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "imitation_gain.json").write_text(json.dumps(result, indent=2) + "\n")
     flops, params = _flops_params(hw)
-    table = format_table([_table_result(tm["ap40"])] + [_table_result(seed_metrics[k]["ap40"]) for k in rows],
+    table = format_table([result_from_ap40(tm["ap40"])] + [result_from_ap40(seed_metrics[k]["ap40"]) for k in rows],
                          models=["1x", "0.25x", f"0.25x-I (w={best_w})", f"0.25x-I random 1x (w={best_w})"],
                          flops=[flops["1x"]] + [flops["0.25x"]] * 3, params=[params["1x"]] + [params["0.25x"]] * 3,
                          metrics="ap40",

@@ -11,8 +11,9 @@ Targets (issue 7): map_drop <= 1.0 (with imitation), ort_speedup >= 1.3, macs_ra
                                                            # reuses the imitation benchmark's teacher
 
 ``cpu``: the teacher is the imitation benchmark's (``benchmarks/_reuse.py``: same SynthKITTI set,
-input size, val subset, batch and threads); only the 0.5x imitation student and the two
-prune + fine-tune stages train here.
+input size, val subset, batch and threads); the 0.5x imitation student, the two prune + fine-tune
+stages and ``student_ft`` (the unpruned student fine-tuned with the same schedule: an equal-budget
+control, since a short CPU student is still improving when it is pruned) train here.
 
 Latency: ORT fp32 CPU, batch 1, ``--threads`` (2) intra-op threads, median of ``runs`` runs with the
 models interleaved in one process (on a shared machine only ratios inside one run mean anything).
@@ -63,7 +64,11 @@ def _cpu_recipe(reuse: dict, student_steps: int, prune_steps: int) -> str:
         {"name": "pruned", "kind": "prune", "from": "student", "teacher": "teacher", "target": {"macs": 0.6},
          "imitation": {"weight": w}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev},
         {"name": "pruned_noimit", "kind": "prune", "from": "student", "target": {"macs": 0.6},
-         "imitation": {"weight": 0.0}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev}]}, sort_keys=False)
+         "imitation": {"weight": 0.0}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev},
+        # equal-budget control: the unpruned student fine-tuned exactly like the pruned one, so a
+        # short student that is still improving cannot flatter map_drop
+        {"name": "student_ft", "kind": "train", "from": "student", "teacher": "teacher",
+         "imitation": {"weight": w}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev}]}, sort_keys=False)
 
 
 def _recipe(p: dict) -> str:
@@ -187,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         _write(Path(args.out), res, lines)
         print("\n".join(lines))
         return 0
+    from compressdet.eval import format_table
+    from compressdet.eval.table import result_from_ap40, size_cells
     from compressdet.models import load_model, model_summary
     from compressdet.pipeline import run_recipe
     from compressdet.recipe import parse_recipe
@@ -215,11 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         stages = stages if isinstance(stages, dict) else {s["name"]: s for s in stages}
         rows = {}
         loaded = {}
-        for name in ("student", "pruned", "pruned_noimit"):
+        for name in ("student", "pruned", "pruned_noimit") + (("student_ft",) if "student_ft" in stages else ()):
             loaded[name], _ = load_model(next(run_dir.rglob(f"{name}/model.pt")))
             s = model_summary(loaded[name], tuple(p["size"]))
             rows[name] = {"map40": stages[name]["metrics"].get("map40"), "macs": s["macs"]["backbone"],
-                          "params": s["params"]["total"]}
+                          "params": s["params"]["total"], "ap40": stages[name]["metrics"].get("ap40"),
+                          "cells": size_cells(s)}
     ms = _ort_compare_ms(loaded, p["size"], max(args.runs, p["runs"]), args.threads)
     for k, r in rows.items():
         r["ort_ms"] = ms[k]
@@ -228,19 +236,33 @@ def main(argv: list[str] | None = None) -> int:
            "map_drop": (st["map40"] or 0) - (pr["map40"] or 0),
            "map_drop_without_imitation": (st["map40"] or 0) - (pn["map40"] or 0),
            "ort_speedup": st["ort_ms"] / pr["ort_ms"], "rows": rows, "minutes": (time.time() - t0) / 60,
+           **({"map_drop_vs_equal_budget": (rows["student_ft"]["map40"] or 0) - (pr["map40"] or 0),
+               "map_drop_vs_equal_budget_without_imitation": (rows["student_ft"]["map40"] or 0) - (pn["map40"] or 0)}
+              if "student_ft" in rows else {}),
            "targets": {"macs_ratio": "<= 0.6", "map_drop": "<= 1.0", "ort_speedup": ">= 1.3"}}
     if list(p["size"]) != FULL_SIZE:  # weights don't depend on the input size: time the same nets at full size
         full = _ort_compare_ms({k: loaded[k] for k in ("student", "pruned")}, FULL_SIZE, args.runs, args.threads)
         res["ort_speedup_384x1248"] = full["student"] / full["pruned"]
         res["ort_ms_384x1248"] = full
     lines = [f"# Prune benchmark ({args.preset}, {p['size'][0]}x{p['size'][1]}, ORT fp32 {args.threads} threads)", "",
-             "| model | backbone MACs | params | ORT ms | mAP40 |", "|---|---|---|---|---|"]
-    for name, r in rows.items():
-        m = "-" if r["map40"] is None else f"{r['map40']:.1f}"
-        lines.append(f"| {name} | {r['macs'] / 1e6:.1f} M | {r['params'] / 1e6:.3f} M | {r['ort_ms']:.2f} | {m} |")
+             "AP40 (official protocol); FLOPs = backbone MACs, params with BN statistics (the seed's columns); "
+             f"ORT ms = batch 1 at {p['size'][0]}x{p['size'][1]}, median of {max(args.runs, p['runs'])} interleaved runs.",
+             ""]
+    scored = [n for n, r in rows.items() if r["ap40"]]
+    if scored:
+        lines.append(format_table([result_from_ap40(rows[n]["ap40"]) for n in scored], models=scored,
+                                  flops=[rows[n]["cells"][0] for n in scored],
+                                  params=[rows[n]["cells"][1] for n in scored], metrics="ap40",
+                                  extra=[{"ORT ms": f"{rows[n]['ort_ms']:.2f}"} for n in scored]).rstrip("\n"))
+    for r in rows.values():
+        r.pop("cells")
     lines += ["", f"macs_ratio {res['macs_ratio']:.3f}, map_drop {res['map_drop']:.2f}, "
               f"map_drop_without_imitation {res['map_drop_without_imitation']:.2f}, ort_speedup {res['ort_speedup']:.2f}x"
               + (f", ort_speedup_384x1248 {res['ort_speedup_384x1248']:.2f}x" if "ort_speedup_384x1248" in res else "")]
+    if "map_drop_vs_equal_budget" in res:
+        lines += ["", "student_ft = the unpruned student fine-tuned with the pruned model's schedule (equal budget): "
+                  f"map_drop_vs_equal_budget {res['map_drop_vs_equal_budget']:.2f} with imitation, "
+                  f"{res['map_drop_vs_equal_budget_without_imitation']:.2f} without"]
     _write(Path(args.out), res, lines)
     print("\n".join(lines))
     return 0

@@ -235,6 +235,8 @@ stages:
 
 def accuracy(args: argparse.Namespace) -> dict:
     from compressdet.eval import format_table
+    from compressdet.eval.table import result_from_ap40, size_cells
+    from compressdet.models import model_summary
     from compressdet.pipeline import Pipeline
     from compressdet.quant.onnx_int8 import ort_session
     from compressdet.recipe import parse_recipe
@@ -311,19 +313,22 @@ def accuracy(args: argparse.Namespace) -> dict:
                                     for w, r in sp.get("widths", {}).items()}
         if "0.25x" in result["speed_384x1248"]:
             result["int8_speedup_384x1248_0.25x"] = 1 / result["speed_384x1248"]["0.25x"]["ratio"]
-    atomic_write_json(RESULTS / "quant.json", result)
+    key = {"fp32 student": "fp32", "PTQ": "ptq", "QAT": "qat", "QAT + imitation": "qat_imitation"}
     names, results = [], []
     for name, stage in (("fp32 student", "student"), ("PTQ", "ptq"), ("QAT", "qat"),
                         ("QAT + imitation", "qat_imitation")):
         res = st[stage].get("metrics", {})
         if res.get("ap40"):
             names.append(name)
-            results.append({"ap": {c: {lv: _ap_entry(v) for lv, v in lvls.items()} for c, lvls in res["ap40"].items()},
-                            "map40": res["map40"], "map11": res.get("map11", 0.0), "protocol": "official"})
-    tables = [format_table(results, models=names)] if results else []
+            results.append(result_from_ap40(res["ap40"]))
+    # int8 rewrites are exact float graphs of the same network: MACs and params are the student's
+    flops, params = size_cells(model_summary(student, (H, W)))
+    result["flops"], result["params"] = flops, params
+    atomic_write_json(RESULTS / "quant.json", result)
+    tables = [format_table(results, models=names, flops=flops, params=params, metrics="ap40",
+                           extra=[{"ORT ms": f"{result['latency_ms'][key[n]]:.1f}"} for n in names])] if results else []
     md = [f"# INT8: PTQ vs QAT ({args.preset} preset, SynthKITTI {H}x{W}, {minutes:.1f} min)", "",
           "| model | mAP (PyTorch int8) | mAP (ORT) | ORT latency ms (batch 1, median) |", "|---|---|---|---|"]
-    key = {"fp32 student": "fp32", "PTQ": "ptq", "QAT": "qat", "QAT + imitation": "qat_imitation"}
     for k, v in rows.items():
         md.append(f"| {k} | {_f(v)} | {_f(ort_rows.get(k, v if k == 'fp32 student' else None))} | "
                   f"{result['latency_ms'][key[k]]:.1f} |")
@@ -346,11 +351,6 @@ def accuracy(args: argparse.Namespace) -> dict:
     atomic_write_text(RESULTS / "quant.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return result
-
-
-def _ap_entry(v) -> dict:
-    """Stages store per-level AP either as ``{"ap40", "ap11"}`` or as the AP40 number alone."""
-    return {"ap40": v["ap40"], "ap11": v.get("ap11", 0.0)} if isinstance(v, dict) else {"ap40": v, "ap11": 0.0}
 
 
 def _f(v) -> str:

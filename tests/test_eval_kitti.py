@@ -244,6 +244,19 @@ def test_predictions_to_kitti_and_table():
     assert "9.1/9.1/9.1" in format_table(r, metrics="ap11")
 
 
+def test_table_from_stage_metrics_both_shapes():
+    """Manifest metrics store AP per level as a number (train/prune) or {"ap40", "ap11"} (int8 stages)."""
+    from compressdet.eval.table import result_from_ap40
+
+    plain = {"car": {"easy": 64.1, "moderate": 47.1, "hard": 41.9}, "pedestrian": {"easy": 30.8, "moderate": 28.0,
+             "hard": 27.1}}
+    nested = {c: {lvl: {"ap40": v, "ap11": v / 2} for lvl, v in lv.items()} for c, lv in plain.items()}
+    rows = format_table([result_from_ap40(plain), result_from_ap40(nested)], models=["a", "b"]).splitlines()
+    assert rows[2] == "| a |  |  | 64.1/47.1/41.9 | 30.8/28.0/27.1 | - | 39.8 |"
+    assert rows[3] == rows[2].replace("| a |", "| b |")
+    assert "32.0/23.6/20.9" in format_table(result_from_ap40(nested), metrics="ap11")
+
+
 def test_real_val_labels_perfect_detections():
     root = Path(__file__).resolve().parents[2] / "shared" / "kitti_real"
     if not (root / "training" / "label_2").is_dir():

@@ -39,6 +39,18 @@ def test_latency_allocation_reaches_macs_target_and_keeps_groups_divisible():
     assert model(X).shape == TinyShuffleNet()(X).shape
 
 
+@pytest.mark.parametrize("allocation", ["uniform", "latency"])
+@pytest.mark.parametrize("target", [0.5, 0.6, 0.75])
+def test_macs_target_is_a_budget_not_a_guess(allocation, target):
+    """``target_macs`` = "at most": the result lands at or under the target, not just near it."""
+    torch.manual_seed(0)
+    model = TinyShuffleNet().eval()
+    base = conv_macs(model, X)
+    _pruner(model, target_macs=target, allocation=allocation).step()
+    ratio = conv_macs(model, X) / base
+    assert target * 0.95 <= ratio <= target + 1e-9, ratio
+
+
 def test_latency_allocation_favours_groups_that_save_more_cost_per_mac():
     torch.manual_seed(0)
     model = TinyShuffleNet().eval()

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 from ..errors import UserError
 from .kitti_eval import CLASSES, LEVELS
 
-__all__ = ["format_table", "format_row", "size_cells", "TABLE_HEADER"]
+__all__ = ["format_table", "format_row", "size_cells", "result_from_ap40", "TABLE_HEADER"]
 
 _SHORT = {"car": "car", "pedestrian": "ped", "cyclist": "cyc"}
 TABLE_HEADER = ("model", "FLOPs", "params", "car E/M/H", "ped E/M/H", "cyc E/M/H", "mAP")
@@ -30,6 +30,16 @@ def size_cells(summary: Mapping, *, params_digits: int = 3) -> tuple[str, str]:
     seed's "FLOPs", METHOD.md section 6) and params with BN statistics, e.g. ``("5.238 G", "1.629 M")``."""
     return (f"{summary['macs']['backbone'] / 1e9:.3f} G",
             f"{summary['params_with_bn_stats']['total'] / 1e6:.{params_digits}f} M")
+
+
+def result_from_ap40(ap40: Mapping) -> dict:
+    """A stage's ``metrics["ap40"]`` (``{class: {level: AP}}``, AP a number or ``{"ap40", "ap11"}``)
+    as the result shape :func:`format_table` reads, so reports build the table from the manifest."""
+    def entry(v):
+        return {"ap40": float(v["ap40"]), "ap11": float(v.get("ap11", 0.0))} if isinstance(v, Mapping) \
+            else {"ap40": float(v), "ap11": 0.0}
+
+    return {"protocol": "official", "ap": {c: {lvl: entry(v) for lvl, v in lv.items()} for c, lv in ap40.items()}}
 
 
 def format_row(result: Mapping, *, model: str = "", flops: str = "", params: str = "",

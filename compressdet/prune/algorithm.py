@@ -27,6 +27,8 @@ from .cost import forward_with_hooks
 from .graph import GroupConstraints, PruningError, ShuffleDependencyGraph, group_constraints
 from .importance import ChannelImportance
 
+BUDGET_SLACK = 0.02  # a MACs target is met when MACs land in [(1 - slack) * target, target]
+
 __all__ = ["ChannelPruner", "GroupPlan", "feasible_cuts", "conv_macs", "apply_ops", "ALLOCATIONS"]
 
 ALLOCATIONS = ("uniform", "latency")
@@ -158,7 +160,9 @@ class ChannelPruner:
         model: the network, pruned in place.
         example_inputs: ``Tensor[1, 3, H, W]`` used to trace the graph and count MACs.
         importance: a :class:`ChannelImportance` (``get_importance(name)``).
-        target_macs: keep this fraction of the MACs counted by ``macs_fn`` (after the last step).
+        target_macs: keep at most this fraction of the MACs counted by ``macs_fn`` (after the last
+            step; the search aims at ``[(1 - BUDGET_SLACK) * target, target]``, over only if no
+            valid cut lands inside).
         pruning_ratio: uniform fraction of every prunable group's channels to remove.
         pruning_ratio_dict: ``{module name or prefix: ratio}``; the longest prefix matching a module
             of a group wins over ``pruning_ratio``.
@@ -301,16 +305,27 @@ class ChannelPruner:
         apply_ops(self.build_graph(trial), trial, ops)
         return float(self.macs_fn(trial))
 
+    @staticmethod
+    def _miss(macs: float, goal: float) -> float:
+        """Distance of ``macs`` from the budget window ``[(1 - BUDGET_SLACK) * goal, goal]``.
+
+        A MACs target is a budget ("at most 60 %"), so going over it costs three times as much as
+        staying under; inside the window the miss is 0.
+        """
+        if macs > goal:
+            return 3.0 * (macs - goal)
+        return max(0.0, (1.0 - BUDGET_SLACK) * goal - macs)
+
     def _refine(self, plans: list[GroupPlan], ops: list[dict[str, Any]], macs: float, goal: float,
                 tries: int = 10) -> list[dict[str, Any]]:
-        """Move single groups one valid cut up or down (cheapest importance first) towards ``goal``.
+        """Move single groups one valid cut up or down (cheapest importance first) into the budget.
 
         The uniform ratio moves every group at once, and a coarse group (the shared residual stream)
         can jump past the goal; single-group moves close the gap.
         """
         by_root = {p.root: p for p in plans}
         for _ in range(tries):
-            if abs(macs - goal) <= 0.01 * goal:
+            if self._miss(macs, goal) == 0.0:
                 break
             more = macs > goal
             moves = []
@@ -331,7 +346,8 @@ class ChannelPruner:
                 trial = list(ops)
                 trial[i] = {"module": ops[i]["module"], "idxs": by_root[ops[i]["module"]].cuts[k][1]}
                 m = self._macs_after(trial)
-                if abs(m - goal) < abs(macs - goal) and (best is None or abs(m - goal) < abs(best[0] - goal)):
+                if self._miss(m, goal) < self._miss(macs, goal) and (
+                        best is None or self._miss(m, goal) < self._miss(best[0], goal)):
                     best = (m, trial)
             if best is None:
                 break
@@ -369,7 +385,7 @@ class ChannelPruner:
                 mid = (lo + hi) / 2
                 ops = self._ops_for(plans, mid, frac)
                 macs = self._macs_after(ops)
-                if best is None or abs(macs - goal) < abs(best[0] - goal):
+                if best is None or self._miss(macs, goal) < self._miss(best[0], goal):
                     best = (macs, ops)
                 if macs > goal:
                     lo = mid
