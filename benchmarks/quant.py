@@ -243,16 +243,20 @@ def accuracy(args: argparse.Namespace) -> dict:
 
     p = dict(PRESETS[args.preset])
     torch.set_num_threads(args.threads)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="quant_bench_"))
+    work = Path(args.workdir) if args.workdir else None
     reuse = None
     if args.preset == "cpu":
         import yaml
         from _reuse import imitation_artifacts
 
         reuse = imitation_artifacts(args.imitation_results)
+        # kept and resumed; one folder per reused student and step count, so a re-trained
+        # imitation benchmark or another --qat-steps starts fresh instead of clashing with the old run
+        work = work or ROOT / "benchmarks" / ".quant_cpu" / f"{reuse['student_sha256'][:12]}-q{args.qat_steps}"
         text = yaml.safe_dump(_cpu_recipe(reuse, args.qat_steps), sort_keys=False)
         p["image_size"] = list(reuse["data"]["image_size"])
     else:
+        work = work or Path(tempfile.mkdtemp(prefix="quant_bench_"))
         text = _recipe_text(p, str(work / "synth"))
     recipe = parse_recipe(text, source="benchmarks/quant.py")
     run_dir = Pipeline(recipe, work / "run", resume=True).run()  # reruns skip done stages
@@ -368,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("accuracy")
     a.add_argument("--preset", choices=list(PRESETS), default="smoke")
     a.add_argument("--threads", type=int, default=2)
-    a.add_argument("--workdir", default=None)
+    a.add_argument("--workdir", default=None, help="run folder, resumed on re-runs (cpu default: "
+                   "benchmarks/.quant_cpu/<student sha>-q<steps>; others: a temporary folder)")
     a.add_argument("--qat-steps", type=int, default=200, help="(cpu preset) steps of each QAT stage")
     a.add_argument("--imitation-results", type=Path, default=RESULTS / "imitation_gain.json",
                    help="(cpu preset) the imitation benchmark's results JSON whose models are reused")

@@ -158,6 +158,17 @@ class EvalConfig(_Strict):
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
+def _check_teacher_imitation(stage: "StageConfig") -> None:
+    """``teacher`` and ``imitation`` come together: one without the other is a recipe mistake
+    (a named teacher that silently guides nothing, or an imitation loss with nothing to imitate)."""
+    imit = getattr(stage, "imitation", None)
+    if imit is not None and imit.weight > 0 and stage.teacher is None:
+        raise ValueError("imitation with weight > 0 needs 'teacher: <stage name>'")
+    if stage.teacher is not None and imit is None:
+        raise ValueError(f"'teacher: {stage.teacher}' is named but there is no 'imitation' block; add "
+                         "'imitation: {weight: 1.0}' to imitate it (weight 0: the baseline) or drop 'teacher'")
+
+
 class StageConfig(_Strict):
     """Fields every stage has. ``from`` and ``teacher`` name earlier stages."""
 
@@ -231,8 +242,7 @@ class TrainStage(StageConfig):
     def _model_or_from(self) -> "TrainStage":
         if self.model is None and self.from_ is None:
             raise ValueError("a train stage needs 'model' (what to build) or 'from' (a stage to continue)")
-        if self.imitation is not None and self.imitation.weight > 0 and self.teacher is None:
-            raise ValueError("imitation with weight > 0 needs 'teacher: <stage name>'")
+        _check_teacher_imitation(self)
         return self
 
 
@@ -250,14 +260,16 @@ class PruneTarget(_Strict):
 
 @register_stage_schema("prune")
 class PruneStage(StageConfig):
-    """Structured channel pruning with torch-pruning, then a fine-tune (imitation on if a teacher is named)."""
+    """Structured channel pruning with torch-pruning, then a fine-tune (with ``teacher`` + ``imitation``:
+    imitating the teacher, adaptation layer rebuilt for the pruned width)."""
 
     kind: Literal["prune"] = "prune"
     requires: ClassVar[tuple[str, ...]] = ("from_",)
     target: PruneTarget = Field(default_factory=lambda: PruneTarget(macs=0.6))
     importance: Literal["group_magnitude", "bn_scale", "taylor"] = "group_magnitude"
     iterative_steps: int = Field(1, gt=0, description="prune -> fine-tune rounds")
-    round_to: int | None = Field(None, gt=0, description="channel multiple (default: the conv groups)")
+    round_to: int | None = Field(None, gt=0, description="removed channels per group are a multiple of this, on "
+                                 "top of what grouped convs and the shuffle require (default: no extra rounding)")
     allocation: Literal["uniform", "latency"] = Field(
         "latency", description="how the MACs target is spread over channel groups: one ratio for all, or "
         "more from groups that save more CPU latency per MAC (stream, head input)")
@@ -266,6 +278,11 @@ class PruneStage(StageConfig):
     imitation: ImitationConfig | None = None
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _teacher(self) -> "PruneStage":
+        _check_teacher_imitation(self)
+        return self
 
 
 class QuantConfig(_Strict):
@@ -297,8 +314,7 @@ class QatStage(StageConfig):
             if v is not None and v > self.schedule.steps:
                 raise ValueError(f"{f}={v} is after the last step ({self.schedule.steps}); "
                                  f"use a value in [0, {self.schedule.steps}]")
-        if self.imitation is not None and self.imitation.weight > 0 and self.teacher is None:
-            raise ValueError("imitation with weight > 0 needs 'teacher: <stage name>'")
+        _check_teacher_imitation(self)
         return self
 
 

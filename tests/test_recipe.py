@@ -57,6 +57,18 @@ CASES = {
                              "{f}:14: stages[2]: stage kind 'prune' needs 'from: <stage name>'"),
     "imitation_without_teacher": (BASE.replace("    teacher: teacher\n", ""), [],
                                   "{f}:9: stages[1]: imitation with weight > 0 needs 'teacher: <stage name>'"),
+    "teacher_without_imitation": (BASE.replace("    imitation: {weight: 1.0}\n", ""), [],
+                                  "{f}:9: stages[1]: 'teacher: teacher' is named but there is no 'imitation' "
+                                  "block; add 'imitation: {{weight: 1.0}}' to imitate it (weight 0: the baseline) or "
+                                  "drop 'teacher'"),
+    "prune_teacher_without_imitation": (BASE + "  - name: p\n    kind: prune\n    from: student\n"
+                                        "    teacher: teacher\n", [],
+                                        "{f}:14: stages[2]: 'teacher: teacher' is named but there is no 'imitation' "
+                                        "block; add 'imitation: {{weight: 1.0}}' to imitate it (weight 0: the "
+                                        "baseline) or drop 'teacher'"),
+    "prune_imitation_without_teacher": (BASE + "  - name: p\n    kind: prune\n    from: student\n"
+                                        "    imitation: {weight: 1.0}\n", [],
+                                        "{f}:14: stages[2]: imitation with weight > 0 needs 'teacher: <stage name>'"),
     "image_size_not_16": (BASE.replace("[64, 192]", "[60, 192]"), [],
                           "{f}:4: data.image_size: both sides must be positive multiples of 16, got 60x192"),
     "missing_data_root": (BASE.replace("format: synth", "format: kitti\n  root: /nonexistent/kitti"), [],
