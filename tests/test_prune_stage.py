@@ -102,3 +102,16 @@ def test_prune_stage_from_tiny_recipe(tmp_path):
     assert meta["pruning_history"] == "prune_history.json"
     assert (model_file.parent / "prune_history.json").is_file()
     assert model(torch.zeros(1, 3, *HW)).shape == (1, 72, 4, 12)
+    # `compressdet export` rebuilds the pruned model from the manifest (arch + state_dict, no pickle)
+    pytest.importorskip("onnxruntime")
+    from compressdet.cli import main
+    from compressdet.export.runtime import ort_run, ort_session
+
+    assert main(["export", str(run_dir), "--stage", "pruned", "--onnx"]) == 0
+    onnx_file = run_dir / "exports" / "pruned.onnx"
+    x = torch.rand(1, 3, *HW) * 255
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    got = ort_run(ort_session(onnx_file), x.numpy())[0]
+    assert got.shape == ref.shape == (1, 72, 4, 12)
+    assert abs(got - ref).max() <= 1e-3 * max(1.0, abs(ref).max())
