@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imitation-results", type=Path, default=ROOT / "benchmarks" / "results" / "imitation_gain.json",
                     help="(cpu preset) the imitation benchmark's results JSON whose teacher is reused")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--rerun", nargs="+", default=[], metavar="STAGE",
+                    help="re-run these stages of the kept run (the others resume), e.g. pruned pruned_noimit")
     ap.add_argument("--runs", type=int, default=30, help="latency runs per model (median; >= 30)")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     args = ap.parse_args(argv)
@@ -215,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         d = (Path(args.workdir or ROOT / "benchmarks" / ".prune_cpu") if keep
              else Path(stack.enter_context(tempfile.TemporaryDirectory())))
         run_dir = d / "run"
+        recipe = parse_recipe(text, source=f"benchmarks/prune.py:{args.preset}")
+        for name in args.rerun:  # e.g. after a pruner change: re-run these, keep the trained student
+            run_recipe(recipe, run_dir=run_dir, only=name)
         run_dir = run_recipe(parse_recipe(text, source=f"benchmarks/prune.py:{args.preset}"), run_dir=run_dir,
                              resume=(run_dir / "manifest.json").exists())
         manifest = json.loads((run_dir / "manifest.json").read_text())

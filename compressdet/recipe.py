@@ -273,6 +273,9 @@ class PruneStage(StageConfig):
     allocation: Literal["uniform", "latency"] = Field(
         "latency", description="how the MACs target is spread over channel groups: one ratio for all, or "
         "more from groups that save more CPU latency per MAC (stream, head input)")
+    latency_weight_range: tuple[float, float] = Field(
+        (0.25, 4.0), description="(lo, hi) clip of the latency allocation's per-group ratio multiplier, relative "
+        "to the median group; wider = more speed from the same MACs, less even cuts")
     ignored_layers: list[str] = Field(default_factory=list, description="module names never pruned")
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(steps=2000, lr=0.005))
     imitation: ImitationConfig | None = None
@@ -281,6 +284,9 @@ class PruneStage(StageConfig):
 
     @model_validator(mode="after")
     def _teacher(self) -> "PruneStage":
+        lo, hi = self.latency_weight_range
+        if not 0 < lo <= 1 <= hi:
+            raise ValueError(f"latency_weight_range must satisfy 0 < lo <= 1 <= hi, got [{lo}, {hi}]")
         _check_teacher_imitation(self)
         return self
 

@@ -115,3 +115,13 @@ def test_recipe_allocation_field():
     assert PruneStage(name="p", **{"from": "s"}, allocation="uniform").allocation == "uniform"
     with pytest.raises(ValueError):
         PruneStage(name="p", **{"from": "s"}, allocation="fastest")
+
+
+def test_recipe_weight_range_default_matches_library_and_bad_range_is_refused():
+    from compressdet.prune.algorithm import DEFAULT_WEIGHT_RANGE
+    from compressdet.recipe import PruneStage
+
+    assert PruneStage(name="p", **{"from": "s"}).latency_weight_range == DEFAULT_WEIGHT_RANGE
+    with pytest.raises(ValueError, match="latency_weight_range"):
+        PruneStage(name="p", **{"from": "s"}, latency_weight_range=(2.0, 4.0))
+

@@ -115,3 +115,21 @@ def test_prune_stage_from_tiny_recipe(tmp_path):
     got = ort_run(ort_session(onnx_file), x.numpy())[0]
     assert got.shape == ref.shape == (1, 72, 4, 12)
     assert abs(got - ref).max() <= 1e-3 * max(1.0, abs(ref).max())
+
+
+def test_search_survives_cut_combinations_that_would_empty_a_layer():
+    """Each group's cuts are valid alone, but big cuts of several groups can together empty a shared
+    layer (here: 432 of the 480 stream channels once the other groups are cut). Found with a
+    memory-heavy latency proxy on this seed; the search must treat it as over-pruned, not crash."""
+    from compressdet.prune.cost import latency_proxy
+    from compressdet.stages.prune import build_pruner, example_input_size
+
+    hw = (128, 384)
+    x = torch.zeros(1, 3, *example_input_size(hw))
+    torch.manual_seed(0)
+    model = build_model("shuffledet_0.5x", image_size=hw).train()
+    base = conv_macs(model, x, model.backbone)
+    build_pruner(model, hw, target_macs=0.6, allocation="latency", weight_range=(0.5, 2.0),
+                 cost_fn=lambda m: latency_proxy(m, x, mem_weight=48)).step()
+    assert 0.6 * 0.95 <= conv_macs(model, x, model.backbone) / base <= 0.6
+    assert model.eval()(torch.zeros(1, 3, *hw)).shape == (1, 72, hw[0] // 16, hw[1] // 16)

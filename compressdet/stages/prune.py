@@ -100,7 +100,8 @@ def run(ctx: StageContext) -> StageResult:
     pruner = build_pruner(model, hw, importance=cfg.importance, target_macs=target.macs,
                           pruning_ratio=target.pruning_ratio, pruning_ratio_dict=target.pruning_ratio_dict,
                           iterative_steps=cfg.iterative_steps, ignored_layers=cfg.ignored_layers,
-                          round_to=cfg.round_to, allocation=cfg.allocation)
+                          round_to=cfg.round_to, allocation=cfg.allocation,
+                          weight_range=tuple(cfg.latency_weight_range))
     loss_fn = _taylor_loss(ctx) if cfg.importance == "taylor" else None
     k = cfg.iterative_steps
     rounds: list[dict[str, Any]] = []
@@ -127,6 +128,7 @@ def run(ctx: StageContext) -> StageResult:
     hist_path = save_history(ctx.stage_dir / "prune_history.json", pruner.history, arch=getattr(model, "arch", None),
                              extra={"example_input_size": list(pruner.example_inputs.shape[2:]), "importance": cfg.importance,
                                     "allocation": cfg.allocation,
+                                    "latency_weight_range": list(cfg.latency_weight_range),
                                     "target": target.model_dump(mode="json")})
     imit = cfg.imitation
     meta = {"from": cfg.from_, "arch": getattr(model, "arch", None), "best_step": best["step"],
