@@ -4,7 +4,8 @@ without imitation, on SynthKITTI; mAP drop and ONNX Runtime fp32 speed-up.
 Targets (issue 7): map_drop <= 1.0 (with imitation), ort_speedup >= 1.3, macs_ratio <= 0.6.
 
     .venv/bin/python benchmarks/prune.py --preset latency  # no training: untrained 0.5x pruned to 0.6 MACs
-                                                           # (uniform and latency allocation), ORT at 384x1248
+                                                           # (uniform; latency allocation at clip ranges
+                                                           # (0.25, 4) default, (0.5, 2), (0.1, 10)), ORT at 384x1248
     .venv/bin/python benchmarks/prune.py --preset smoke    # < 3 min on CPU, checks the plumbing only
     .venv/bin/python benchmarks/prune.py --preset full     # the real measurement (GPU recommended)
     .venv/bin/python benchmarks/prune.py --preset cpu --student-steps 600 --prune-steps 300
@@ -65,6 +66,10 @@ def _cpu_recipe(reuse: dict, student_steps: int, prune_steps: int) -> str:
          "imitation": {"weight": w}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev},
         {"name": "pruned_noimit", "kind": "prune", "from": "student", "target": {"macs": 0.6},
          "imitation": {"weight": 0.0}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev},
+        # the speed end of the trade-off: latency allocation clipped at (0.25, 4) instead of (0.5, 2)
+        {"name": "pruned_wide", "kind": "prune", "from": "student", "teacher": "teacher", "target": {"macs": 0.6},
+         "latency_weight_range": [0.25, 4.0], "imitation": {"weight": w}, "schedule": sched(prune_steps, 2, lr=0.005),
+         "eval": ev},
         # equal-budget control: the unpruned student fine-tuned exactly like the pruned one, so a
         # short student that is still improving cannot flatter map_drop
         {"name": "student_ft", "kind": "train", "from": "student", "teacher": "teacher",
@@ -120,13 +125,18 @@ def _ort_compare_ms(models: dict[str, torch.nn.Module], hw: list[int], runs: int
     return {k: float(np.median(v) * 1000) for k, v in times.items()}
 
 
-def _prune_untrained(allocation: str, hw: list[int]) -> tuple[torch.nn.Module, dict]:
-    """The 0.5x student (untrained) pruned to 0.6 backbone MACs the way the prune stage does it."""
+def _prune_untrained(allocation: str, hw: list[int], weight_range: tuple[float, float] | None = None,
+                     base: torch.nn.Module | None = None) -> tuple[torch.nn.Module, dict]:
+    """The 0.5x student (untrained, or a copy of ``base``) pruned to 0.6 backbone MACs the way the
+    prune stage does it."""
+    import copy
+
     from compressdet.models import build_model
     from compressdet.stages.prune import build_pruner
 
-    model = build_model("shuffledet_0.5x", image_size=tuple(hw)).train()
-    rec = build_pruner(model, tuple(hw), target_macs=0.6, allocation=allocation).step()
+    model = (copy.deepcopy(base) if base is not None else build_model("shuffledet_0.5x", image_size=tuple(hw))).train()
+    kw = {"weight_range": weight_range} if weight_range else {}
+    rec = build_pruner(model, tuple(hw), target_macs=0.6, allocation=allocation, **kw).step()
     return model.eval(), {"macs_ratio": rec["macs_after"] / rec["base_macs"],
                           "channels_removed": {op["module"]: len(op["idxs"]) for op in rec["ops"]},
                           "weights": rec.get("weights")}
@@ -136,15 +146,21 @@ def _latency_only(args: argparse.Namespace) -> dict:
     from compressdet.models import build_model
 
     hw = FULL_SIZE
-    models = {"student": build_model("shuffledet_0.5x", image_size=tuple(hw)).eval()}
+    torch.manual_seed(0)
+    student = build_model("shuffledet_0.5x", image_size=tuple(hw)).eval()
+    models = {"student": student}
     info = {}
-    for alloc in ("uniform", "latency"):
-        models[f"pruned_{alloc}"], info[alloc] = _prune_untrained(alloc, hw)
+    # uniform, the default latency allocation, and its clip range swept (latency_weight_range)
+    for name, alloc, wr in (("uniform", "uniform", None), ("latency", "latency", None),
+                            ("latency_0.5-2", "latency", (0.5, 2.0)), ("latency_0.1-10", "latency", (0.1, 10.0))):
+        models[f"pruned_{name}"], info[name] = _prune_untrained(alloc, hw, wr, base=student)
     ms = _ort_compare_ms(models, hw, args.runs, args.threads)
     base = ms["student"]
     return {"preset": "latency", "image_size": hw, "threads": args.threads, "runs": args.runs, "ort_ms": ms,
             "macs_ratio": info["latency"]["macs_ratio"], "macs_ratio_uniform": info["uniform"]["macs_ratio"],
+            "macs_ratios": {k: v["macs_ratio"] for k, v in info.items()},
             "ort_speedup": base / ms["pruned_latency"], "ort_speedup_uniform": base / ms["pruned_uniform"],
+            "ort_speedups": {k[len("pruned_"):]: base / v for k, v in ms.items() if k.startswith("pruned_")},
             "ort_speedup_384x1248": base / ms["pruned_latency"], "allocation": info,
             "targets": {"macs_ratio": "<= 0.6", "ort_speedup": ">= 1.3"}}
 
@@ -187,10 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         res = _latency_only(args)
         ms = res["ort_ms"]
         lines = [f"# Prune latency (untrained 0.5x -> 0.6 backbone MACs, 384x1248, ORT fp32 {args.threads} threads, "
-                 f"median of {args.runs} interleaved runs)", "", "| model | ORT ms | speed-up |", "|---|---|---|"]
-        lines += [f"| {k} | {v:.1f} | {ms['student'] / v:.2f}x |" for k, v in ms.items()]
-        lines += ["", f"macs_ratio {res['macs_ratio']:.3f} (latency allocation), {res['macs_ratio_uniform']:.3f} (uniform); "
-                  f"ort_speedup {res['ort_speedup']:.2f}x (latency), {res['ort_speedup_uniform']:.2f}x (uniform)"]
+                 f"median of {args.runs} interleaved runs)", "",
+                 "| model | backbone MACs ratio | ORT ms | speed-up |", "|---|---|---|---|"]
+        lines += [f"| {k} | {res['macs_ratios'].get(k[len('pruned_'):], 1.0):.3f} | {v:.1f} | {ms['student'] / v:.2f}x |"
+                  for k, v in ms.items()]
+        lines += ["", f"macs_ratio {res['macs_ratio']:.3f} (latency allocation, default clip (0.25, 4)), "
+                  f"{res['macs_ratio_uniform']:.3f} (uniform); ort_speedup {res['ort_speedup']:.2f}x (latency), "
+                  f"{res['ort_speedup_uniform']:.2f}x (uniform)"]
         _write(Path(args.out), res, lines)
         print("\n".join(lines))
         return 0
@@ -227,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         stages = stages if isinstance(stages, dict) else {s["name"]: s for s in stages}
         rows = {}
         loaded = {}
-        for name in ("student", "pruned", "pruned_noimit") + (("student_ft",) if "student_ft" in stages else ()):
+        for name in ("student", "pruned", "pruned_noimit") + tuple(n for n in ("pruned_wide", "student_ft") if n in stages):
             loaded[name], _ = load_model(next(run_dir.rglob(f"{name}/model.pt")))
             s = model_summary(loaded[name], tuple(p["size"]))
             rows[name] = {"map40": stages[name]["metrics"].get("map40"), "macs": s["macs"]["backbone"],
@@ -241,14 +260,20 @@ def main(argv: list[str] | None = None) -> int:
            "map_drop": (st["map40"] or 0) - (pr["map40"] or 0),
            "map_drop_without_imitation": (st["map40"] or 0) - (pn["map40"] or 0),
            "ort_speedup": st["ort_ms"] / pr["ort_ms"], "rows": rows, "minutes": (time.time() - t0) / 60,
+           **({"wide": {"latency_weight_range": [0.25, 4.0], "macs_ratio": rows["pruned_wide"]["macs"] / st["macs"],
+                        "map_drop": (st["map40"] or 0) - (rows["pruned_wide"]["map40"] or 0),
+                        "ort_speedup": st["ort_ms"] / rows["pruned_wide"]["ort_ms"]}} if "pruned_wide" in rows else {}),
            **({"map_drop_vs_equal_budget": (rows["student_ft"]["map40"] or 0) - (pr["map40"] or 0),
                "map_drop_vs_equal_budget_without_imitation": (rows["student_ft"]["map40"] or 0) - (pn["map40"] or 0)}
               if "student_ft" in rows else {}),
            "targets": {"macs_ratio": "<= 0.6", "map_drop": "<= 1.0", "ort_speedup": ">= 1.3"}}
     if list(p["size"]) != FULL_SIZE:  # weights don't depend on the input size: time the same nets at full size
-        full = _ort_compare_ms({k: loaded[k] for k in ("student", "pruned")}, FULL_SIZE, args.runs, args.threads)
+        full = _ort_compare_ms({k: loaded[k] for k in ("student", "pruned", "pruned_wide") if k in loaded}, FULL_SIZE,
+                               args.runs, args.threads)
         res["ort_speedup_384x1248"] = full["student"] / full["pruned"]
         res["ort_ms_384x1248"] = full
+        if "pruned_wide" in full:
+            res["wide"]["ort_speedup_384x1248"] = full["student"] / full["pruned_wide"]
     lines = [f"# Prune benchmark ({args.preset}, {p['size'][0]}x{p['size'][1]}, ORT fp32 {args.threads} threads)", "",
              "AP40 (official protocol); FLOPs = backbone MACs, params with BN statistics (the seed's columns); "
              f"ORT ms = batch 1 at {p['size'][0]}x{p['size'][1]}, median of {max(args.runs, p['runs'])} interleaved runs.",
@@ -264,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"macs_ratio {res['macs_ratio']:.3f}, map_drop {res['map_drop']:.2f}, "
               f"map_drop_without_imitation {res['map_drop_without_imitation']:.2f}, ort_speedup {res['ort_speedup']:.2f}x"
               + (f", ort_speedup_384x1248 {res['ort_speedup_384x1248']:.2f}x" if "ort_speedup_384x1248" in res else "")]
+    if "wide" in res:
+        wd = res["wide"]
+        lines += ["", f"pruned_wide = latency_weight_range [0.25, 4] (default [0.5, 2]): macs_ratio {wd['macs_ratio']:.3f}, "
+                  f"map_drop {wd['map_drop']:.2f}, ort_speedup {wd['ort_speedup']:.2f}x"
+                  + (f", ort_speedup_384x1248 {wd['ort_speedup_384x1248']:.2f}x" if "ort_speedup_384x1248" in wd else "")]
     if "map_drop_vs_equal_budget" in res:
         lines += ["", "student_ft = the unpruned student fine-tuned with the pruned model's schedule (equal budget): "
                   f"map_drop_vs_equal_budget {res['map_drop_vs_equal_budget']:.2f} with imitation, "

@@ -12,6 +12,7 @@ import datetime as _dt
 import hashlib
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -237,13 +238,18 @@ class Pipeline:
         spec = get_stage(stage.kind)
         fn = spec.load()
         rec = self.manifest["stages"][stage.name]
-        interrupted = rec.get("status") in ("running", "failed")
+        # resume an interrupted attempt only if it ran these exact settings; otherwise its checkpoints
+        # (a different model, schedule or pruning) must not leak into this attempt
+        interrupted = rec.get("status") in ("running", "failed") and rec.get("fingerprint") == fp
         inputs = {("from" if role == "from" else role.split("[")[0]): self.stage_input(ref)
                   for role, ref in stage.references() if "[" not in role}
         for _, ref in stage.references():
             self.verify(ref)
         stage_dir = self.run_dir / stage.name
         stage_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.resume and interrupted) and self.rank == 0 and (stage_dir / "checkpoints").is_dir():
+            shutil.rmtree(stage_dir / "checkpoints")  # stale: an earlier attempt's
+        _barrier(self.world_size)
         ctx = StageContext(name=stage.name, cfg=stage, recipe=self.recipe, run_dir=self.run_dir,
                            stage_dir=stage_dir, inputs=inputs,
                            all_stages={n: self.stage_input(n) for n, r in self.manifest["stages"].items()

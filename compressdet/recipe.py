@@ -274,8 +274,8 @@ class PruneStage(StageConfig):
         "latency", description="how the MACs target is spread over channel groups: one ratio for all, or "
         "more from groups that save more CPU latency per MAC (stream, head input)")
     latency_weight_range: tuple[float, float] = Field(
-        (0.25, 4.0), description="(lo, hi) clip of the latency allocation's per-group ratio multiplier, relative "
-        "to the median group; wider = more speed from the same MACs, less even cuts")
+        (0.5, 2.0), description="(lo, hi) clip of the latency allocation's per-group ratio multiplier, relative "
+        "to the median group; wider = more speed from the same MACs, but the head input is cut harder")
     ignored_layers: list[str] = Field(default_factory=list, description="module names never pruned")
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(steps=2000, lr=0.005))
     imitation: ImitationConfig | None = None

@@ -134,6 +134,17 @@ def test_failed_stage_is_recorded_and_resume_gets_its_checkpoint(recipe, tmp_pat
     assert json.loads((tmp_path / "r" / "c" / "info.json").read_text())["resumed_from"] is None
 
 
+def test_interrupted_stage_with_changed_settings_starts_fresh(recipe, tmp_path, monkeypatch):
+    """A failed attempt's checkpoint belongs to its settings: after a recipe change, no resume from it."""
+    recipe.write_text(RECIPE.replace('text: "B"}', 'text: "B", fail_once_env: FAIL_B}'))
+    monkeypatch.setenv("FAIL_B", "1")
+    assert run(recipe, "--run-dir", tmp_path / "r") == 1
+    assert (tmp_path / "r" / "b" / "checkpoints" / "last.pt").is_file()
+    monkeypatch.delenv("FAIL_B")
+    assert run(recipe, "stages.b.text=Z", "--run-dir", tmp_path / "r", "--resume") == 0
+    assert json.loads((tmp_path / "r" / "b" / "info.json").read_text())["resumed_from"] is None
+
+
 def test_sigkill_mid_write_leaves_no_partial_artifact(tmp_path):
     recipe = tmp_path / "slow.yaml"
     recipe.write_text(RECIPE.replace('text: "B"}', 'text: "B", slow_bytes: 4000000}'))
