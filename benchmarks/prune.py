@@ -41,9 +41,10 @@ PRESETS = {
     "full": dict(size=[384, 1248], images=2000, teacher=8000, student=8000, prune=2000, batch=16, val=500, runs=50),
 }
 FULL_SIZE = [384, 1248]
-VARIANTS = {  # cpu preset stages beyond the pair, reported with their own drop and speed-up
-    "pruned_wide": "latency_weight_range [0.25, 4] (default [0.5, 2]), macs 0.6, imitation",
-    "pruned_055": "macs 0.55 (default clip), imitation",
+VARIANTS = {  # cpu preset: the default pruned stage with these settings changed, and what to call them
+    "pruned_wide": ({"latency_weight_range": [0.25, 4.0]},
+                    "latency_weight_range [0.25, 4] (default [0.5, 2]), macs 0.6, imitation"),
+    "pruned_055": ({"target": {"macs": 0.55}}, "macs 0.55 (default clip), imitation"),
 }
 
 
@@ -62,25 +63,21 @@ def _cpu_recipe(reuse: dict, student_steps: int, prune_steps: int) -> str:
         return {**out, "threads": reuse["threads"]} if reuse["threads"] else out
 
     w = reuse["best_weight"]
+    fine_tune = sched(prune_steps, 2, lr=0.005)
+    pruned = {"name": "pruned", "kind": "prune", "from": "student", "teacher": "teacher", "target": {"macs": 0.6},
+              "imitation": {"weight": w}, "schedule": fine_tune, "eval": ev}
+    noimit = {k: v for k, v in pruned.items() if k != "teacher"} | {"name": "pruned_noimit", "imitation": {"weight": 0.0}}
     return yaml.safe_dump({"name": "bench-prune-cpu", "seed": 0, "device": "cpu", "data": reuse["data"], "stages": [
         {"name": "teacher", "kind": "model_file", "path": str(reuse["teacher"]), "sha256": reuse["teacher_sha256"]},
         {"name": "student", "kind": "train", "model": "shuffledet_0.5x", "teacher": "teacher",
          "imitation": {"weight": w}, "schedule": sched(student_steps, 2), "eval": ev},
-        {"name": "pruned", "kind": "prune", "from": "student", "teacher": "teacher", "target": {"macs": 0.6},
-         "imitation": {"weight": w}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev},
-        {"name": "pruned_noimit", "kind": "prune", "from": "student", "target": {"macs": 0.6},
-         "imitation": {"weight": 0.0}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev},
-        # the speed end of the trade-off: latency allocation clipped at (0.25, 4) instead of (0.5, 2)
-        {"name": "pruned_wide", "kind": "prune", "from": "student", "teacher": "teacher", "target": {"macs": 0.6},
-         "latency_weight_range": [0.25, 4.0], "imitation": {"weight": w}, "schedule": sched(prune_steps, 2, lr=0.005),
-         "eval": ev},
-        # a deeper cut: the "at most 60 %" leaves room for speed
-        {"name": "pruned_055", "kind": "prune", "from": "student", "teacher": "teacher", "target": {"macs": 0.55},
-         "imitation": {"weight": w}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev},
+        pruned, noimit,
+        # the speed end of the trade-off (a wider allocation clip, a deeper cut)
+        *({**pruned, "name": n, **override} for n, (override, _) in VARIANTS.items()),
         # equal-budget control: the unpruned student fine-tuned exactly like the pruned one, so a
         # short student that is still improving cannot flatter map_drop
         {"name": "student_ft", "kind": "train", "from": "student", "teacher": "teacher",
-         "imitation": {"weight": w}, "schedule": sched(prune_steps, 2, lr=0.005), "eval": ev}]}, sort_keys=False)
+         "imitation": {"weight": w}, "schedule": fine_tune, "eval": ev}]}, sort_keys=False)
 
 
 def _recipe(p: dict) -> str:
@@ -164,9 +161,8 @@ def _latency_only(args: argparse.Namespace) -> dict:
     ms = _ort_compare_ms(models, hw, args.runs, args.threads)
     base = ms["student"]
     return {"preset": "latency", "image_size": hw, "threads": args.threads, "runs": args.runs, "ort_ms": ms,
-            "macs_ratio": info["latency"]["macs_ratio"], "macs_ratio_uniform": info["uniform"]["macs_ratio"],
-            "macs_ratios": {k: v["macs_ratio"] for k, v in info.items()},
-            "ort_speedup": base / ms["pruned_latency"], "ort_speedup_uniform": base / ms["pruned_uniform"],
+            "macs_ratio": info["latency"]["macs_ratio"], "macs_ratios": {k: v["macs_ratio"] for k, v in info.items()},
+            "ort_speedup": base / ms["pruned_latency"],
             "ort_speedups": {k[len("pruned_"):]: base / v for k, v in ms.items() if k.startswith("pruned_")},
             "ort_speedup_384x1248": base / ms["pruned_latency"], "allocation": info,
             "targets": {"macs_ratio": "<= 0.6", "ort_speedup": ">= 1.3"}}
@@ -217,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"| {k} | {res['macs_ratios'].get(k[len('pruned_'):], 1.0):.3f} | {v:.1f} | {ms['student'] / v:.2f}x |"
                   for k, v in ms.items()]
         lines += ["", f"macs_ratio {res['macs_ratio']:.3f} (latency allocation, default clip (0.5, 2)), "
-                  f"{res['macs_ratio_uniform']:.3f} (uniform); ort_speedup {res['ort_speedup']:.2f}x (latency), "
-                  f"{res['ort_speedup_uniform']:.2f}x (uniform)"]
+                  f"{res['macs_ratios']['uniform']:.3f} (uniform); ort_speedup {res['ort_speedup']:.2f}x (latency), "
+                  f"{res['ort_speedups']['uniform']:.2f}x (uniform)"]
         _write(Path(args.out), res, lines)
         print("\n".join(lines))
         return 0
@@ -248,19 +244,17 @@ def main(argv: list[str] | None = None) -> int:
         recipe = parse_recipe(text, source=f"benchmarks/prune.py:{args.preset}")
         for name in args.rerun:  # e.g. after a pruner change: re-run these, keep the trained student
             run_recipe(recipe, run_dir=run_dir, only=name)
-        run_dir = run_recipe(parse_recipe(text, source=f"benchmarks/prune.py:{args.preset}"), run_dir=run_dir,
-                             resume=(run_dir / "manifest.json").exists())
+        run_dir = run_recipe(recipe, run_dir=run_dir, resume=(run_dir / "manifest.json").exists())
         manifest = json.loads((run_dir / "manifest.json").read_text())
         stages = manifest["stages"]
         stages = stages if isinstance(stages, dict) else {s["name"]: s for s in stages}
-        rows = {}
-        loaded = {}
+        rows, loaded, cells = {}, {}, {}
         for name in ("student", "pruned", "pruned_noimit") + tuple(n for n in (*VARIANTS, "student_ft") if n in stages):
             loaded[name], _ = load_model(next(run_dir.rglob(f"{name}/model.pt")))
             s = model_summary(loaded[name], tuple(p["size"]))
             rows[name] = {"map40": stages[name]["metrics"].get("map40"), "macs": s["macs"]["backbone"],
-                          "params": s["params"]["total"], "ap40": stages[name]["metrics"].get("ap40"),
-                          "cells": size_cells(s)}
+                          "params": s["params"]["total"], "ap40": stages[name]["metrics"].get("ap40")}
+            cells[name] = size_cells(s)
     ms = _ort_compare_ms(loaded, p["size"], max(args.runs, p["runs"]), args.threads)
     for k, r in rows.items():
         r["ort_ms"] = ms[k]
@@ -269,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
            "map_drop": (st["map40"] or 0) - (pr["map40"] or 0),
            "map_drop_without_imitation": (st["map40"] or 0) - (pn["map40"] or 0),
            "ort_speedup": st["ort_ms"] / pr["ort_ms"], "rows": rows, "minutes": (time.time() - t0) / 60,
-           "variants": {n: {"what": VARIANTS[n], "macs_ratio": rows[n]["macs"] / st["macs"],
+           "variants": {n: {"what": VARIANTS[n][1], "macs_ratio": rows[n]["macs"] / st["macs"],
                             "map_drop": (st["map40"] or 0) - (rows[n]["map40"] or 0),
                             "ort_speedup": st["ort_ms"] / rows[n]["ort_ms"]} for n in VARIANTS if n in rows},
            **({"map_drop_vs_equal_budget": (rows["student_ft"]["map40"] or 0) - (pr["map40"] or 0),
@@ -290,11 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     scored = [n for n, r in rows.items() if r["ap40"]]
     if scored:
         lines.append(format_table([result_from_ap40(rows[n]["ap40"]) for n in scored], models=scored,
-                                  flops=[rows[n]["cells"][0] for n in scored],
-                                  params=[rows[n]["cells"][1] for n in scored], metrics="ap40",
+                                  flops=[cells[n][0] for n in scored],
+                                  params=[cells[n][1] for n in scored], metrics="ap40",
                                   extra=[{"ORT ms": f"{rows[n]['ort_ms']:.2f}"} for n in scored]).rstrip("\n"))
-    for r in rows.values():
-        r.pop("cells")
     lines += ["", f"macs_ratio {res['macs_ratio']:.3f}, map_drop {res['map_drop']:.2f}, "
               f"map_drop_without_imitation {res['map_drop_without_imitation']:.2f}, ort_speedup {res['ort_speedup']:.2f}x"
               + (f", ort_speedup_384x1248 {res['ort_speedup_384x1248']:.2f}x" if "ort_speedup_384x1248" in res else "")]

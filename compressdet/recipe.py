@@ -161,7 +161,9 @@ _STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 def _check_teacher_imitation(stage: "StageConfig") -> None:
     """``teacher`` and ``imitation`` come together: one without the other is a recipe mistake
     (a named teacher that silently guides nothing, or an imitation loss with nothing to imitate)."""
-    imit = getattr(stage, "imitation", None)
+    if "imitation" not in type(stage).model_fields:  # kinds that never imitate (ptq, export ...)
+        return
+    imit = stage.imitation
     if imit is not None and imit.weight > 0 and stage.teacher is None:
         raise ValueError("imitation with weight > 0 needs 'teacher: <stage name>'")
     if stage.teacher is not None and imit is None:
@@ -205,6 +207,7 @@ class StageConfig(_Strict):
             if getattr(self, f) is None:
                 key = "from" if f == "from_" else f
                 raise ValueError(f"stage kind '{self.kind}' needs '{key}: <stage name>'")
+        _check_teacher_imitation(self)
         return self
 
 
@@ -242,7 +245,6 @@ class TrainStage(StageConfig):
     def _model_or_from(self) -> "TrainStage":
         if self.model is None and self.from_ is None:
             raise ValueError("a train stage needs 'model' (what to build) or 'from' (a stage to continue)")
-        _check_teacher_imitation(self)
         return self
 
 
@@ -283,11 +285,10 @@ class PruneStage(StageConfig):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _teacher(self) -> "PruneStage":
+    def _weight_range(self) -> "PruneStage":
         lo, hi = self.latency_weight_range
         if not 0 < lo <= 1 <= hi:
             raise ValueError(f"latency_weight_range must satisfy 0 < lo <= 1 <= hi, got [{lo}, {hi}]")
-        _check_teacher_imitation(self)
         return self
 
 
@@ -320,7 +321,6 @@ class QatStage(StageConfig):
             if v is not None and v > self.schedule.steps:
                 raise ValueError(f"{f}={v} is after the last step ({self.schedule.steps}); "
                                  f"use a value in [0, {self.schedule.steps}]")
-        _check_teacher_imitation(self)
         return self
 
 

@@ -359,8 +359,10 @@ class ChannelPruner:
                 trial = list(ops)
                 trial[i] = {"module": ops[i]["module"], "idxs": by_root[ops[i]["module"]].cuts[k][1]}
                 m = self._macs_after(trial)
-                if m is not None and self._miss(m, goal) < self._miss(macs, goal) and (
-                        best is None or self._miss(m, goal) < self._miss(best[0], goal)):
+                if m is None:
+                    continue
+                miss = self._miss(m, goal)
+                if miss < self._miss(macs, goal) and (best is None or miss < self._miss(best[0], goal)):
                     best = (m, trial)
             if best is None:
                 break

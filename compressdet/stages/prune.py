@@ -101,7 +101,7 @@ def run(ctx: StageContext) -> StageResult:
                           pruning_ratio=target.pruning_ratio, pruning_ratio_dict=target.pruning_ratio_dict,
                           iterative_steps=cfg.iterative_steps, ignored_layers=cfg.ignored_layers,
                           round_to=cfg.round_to, allocation=cfg.allocation,
-                          weight_range=tuple(cfg.latency_weight_range))
+                          weight_range=cfg.latency_weight_range)
     loss_fn = _taylor_loss(ctx) if cfg.importance == "taylor" else None
     k = cfg.iterative_steps
     rounds: list[dict[str, Any]] = []
