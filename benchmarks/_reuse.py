@@ -17,13 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") -> dict:
-    """Teacher and seed-0 imitation student (best weight) of the imitation benchmark's last run.
+def imitation_teacher(results_json: Path = RESULTS / "imitation_gain.json") -> dict:
+    """The imitation benchmark's teacher, and the settings its students trained with.
 
-    Returns ``{"preset", "teacher", "teacher_sha256", "student", "student_sha256", "best_weight",
-    "data" (the students' data config), "eval_images", "batch", "threads", "channels_last",
-    "student_map40"}``; exits with a one-line message when the benchmark has not been run.
+    For a benchmark that trains its own students (``prune.py --preset cpu``): it needs the teacher
+    file only, not a trained 0.25x student. The student settings come from the benchmark's preset,
+    built by the same functions that built its student recipes.
+
+    Returns ``{"preset", "teacher", "teacher_sha256", "best_weight", "data", "eval_images", "batch",
+    "threads", "channels_last"}``; exits with a one-line message when the teacher is missing or changed.
     """
+    import imitation_gain
+
     from compressdet._io import sha256_file
 
     if not results_json.is_file():
@@ -32,9 +37,30 @@ def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") ->
     teacher = Path(r["teacher"]["model"])
     if not teacher.is_file() or sha256_file(teacher) != r["teacher"]["sha256"]:
         raise SystemExit(f"{teacher}: the imitation benchmark's teacher is missing or changed; re-run "
-                         "benchmarks/imitation_gain.py (its cache is under benchmarks/.imitation_gain)")
+                         "benchmarks/imitation_gain.py (--teacher-only retrains just the teacher; its cache is "
+                         "under benchmarks/.imitation_gain)")
+    p = imitation_gain.PRESETS[r["preset"]]
+    sched = imitation_gain._stage("student", "-", 1, p, 1)
+    return {"preset": r["preset"], "teacher": teacher, "teacher_sha256": r["teacher"]["sha256"],
+            "best_weight": r["best_weight"], "data": imitation_gain._data(p, True),
+            "eval_images": sched["eval"].get("max_images"), "batch": sched["schedule"]["batch_size"],
+            "threads": sched["schedule"].get("threads"), "channels_last": sched["schedule"]["channels_last"]}
+
+
+def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") -> dict:
+    """Teacher and seed-0 imitation student (best weight) of the imitation benchmark's last run.
+
+    Returns :func:`imitation_teacher`'s keys (the student settings read from the student's own
+    recipe) plus ``"student", "student_sha256", "student_map40"``; exits with a one-line message when
+    the benchmark has not been run.
+    """
+    from compressdet._io import sha256_file
+
+    t = imitation_teacher(results_json)
+    r = json.loads(results_json.read_text())
+    teacher = t["teacher"]
     runs = teacher.parents[2]  # runs/<teacher run>/teacher/model.pt
-    best_w = r["best_weight"]
+    best_w = t["best_weight"]
     candidates = []  # (run folder, its recipe, its manifest) of seed-0 students of this teacher
     named = [Path(p).parents[1] for k, p in (r.get("student_models") or {}).items() if k.startswith(f"I-w{best_w}-s0-")]
     for run in named or sorted(runs.glob(f"I-w{best_w}-s0-*")):
@@ -53,9 +79,8 @@ def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") ->
         raise SystemExit(f"{run}: stage 'student' is not done ({rec.get('status')})")
     student = run / rec["artifacts"]["model"]["path"]
     sstage = next(s for s in recipe["stages"] if s["name"] == "student")
-    return {"preset": r["preset"], "teacher": teacher, "teacher_sha256": r["teacher"]["sha256"],
-            "student": student, "student_sha256": sha256_file(student), "best_weight": best_w,
-            "data": recipe["data"], "eval_images": (sstage.get("eval") or {}).get("max_images"),
+    return {**t, "student": student, "student_sha256": sha256_file(student), "data": recipe["data"],
+            "eval_images": (sstage.get("eval") or {}).get("max_images"),
             "batch": sstage["schedule"]["batch_size"], "threads": sstage["schedule"].get("threads"),
             "channels_last": sstage["schedule"].get("channels_last", False),
             "student_map40": rec["metrics"].get("map40")}

@@ -473,6 +473,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-images", type=int, help="(checks only) evaluate on fewer val images")
     ap.add_argument("--seeds", type=int, help="(checks only) number of paired seeds (default 3)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where imitation_gain.{json,md} go")
+    ap.add_argument("--teacher-only", action="store_true",
+                    help="train (or find) the cached teacher and stop; says whether it matches the results JSON's "
+                         "teacher (what prune.py/quant.py --preset cpu reuse)")
     args = ap.parse_args(argv)
     p = _preset(args)
     out_dir = args.results
@@ -546,6 +549,13 @@ def main(argv=None) -> int:
     # the stage's own wall time, as recorded when it ran (also when this run reused the cached teacher)
     teacher_minutes = trec.get("wall_time_s", time.perf_counter() - t0) / 60
     teacher_file = (work / "runs" / teacher_recipe["name"] / trec["artifacts"]["model"]["path"]).resolve()
+    if args.teacher_only:
+        recorded = out_dir / "imitation_gain.json"
+        want = json.loads(recorded.read_text())["teacher"]["sha256"] if recorded.is_file() else None
+        got = sha256_file(teacher_file)
+        print(f"teacher {teacher_file} sha256 {got[:12]}, mAP40 {trec['metrics'].get('map40')}, "
+              f"{teacher_minutes:.1f} min: " + ("matches" if got == want else f"differs from {recorded} ({str(want)[:12]})"))
+        return 0 if got == want else 1
 
     # the control: an untrained 1x, frozen like the teacher (fixed init, independent of the seeds)
     random_file = work / f"random_1x_{hw[0]}x{hw[1]}_seed{RANDOM_TEACHER_SEED}.pt"

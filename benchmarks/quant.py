@@ -4,8 +4,9 @@ Two parts:
 
 * ``speed``: randomly initialised ShuffleDets (BN statistics randomised so activations are not
   degenerate) at batch 1, 384x1248; every graph variant of the speed study (docs/quantization.md)
-  timed *interleaved* in one process (the machine is shared: ratios inside one run are what
-  counts), median of ``--runs``; writes benchmarks/results/quant_speed.json.
+  timed in alternating blocks of runs in one process (the machine is shared: ratios inside one run
+  are what counts; ``compressdet.bench.latency.compare_latency``), median of ``--runs``; writes
+  benchmarks/results/quant_speed.json.
 * ``accuracy``: a pipeline on SynthKITTI: teacher (1x) -> 0.25x student with imitation -> PTQ,
   QAT without imitation, QAT with imitation; mAP (official, AP40) of each as the PyTorch int8
   program and as the ONNX graph under ONNX Runtime, plus ORT latency at the run's image size;
@@ -89,20 +90,13 @@ def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_
     return export_int8_onnx(convert(prepared), x, out)
 
 
-def _time_interleaved(sessions: dict, feed: dict, runs: int, warmup: int = 5) -> dict[str, dict]:
-    for s in sessions.values():
-        for _ in range(warmup):
-            s.run(None, feed)
-    wall = {k: [] for k in sessions}
-    cpu = {k: [] for k in sessions}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            t, c = time.perf_counter(), time.process_time()
-            s.run(None, feed)
-            wall[k].append(time.perf_counter() - t)
-            cpu[k].append(time.process_time() - c)
-    return {k: {"median_ms": 1e3 * float(np.median(wall[k])), "p90_ms": 1e3 * float(np.percentile(wall[k], 90)),
-                "cpu_median_ms": 1e3 * float(np.median(cpu[k]))} for k in sessions}
+def _time_blocks(sessions: dict, feed: dict, runs: int) -> dict[str, dict]:
+    """Median/p90 wall ms per session, timed in alternating blocks (``compare_latency``: interleaved
+    single runs let the idle sessions' spinning ORT threads slow the timed one)."""
+    from compressdet.bench.latency import compare_latency
+
+    res = compare_latency({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, runs=runs)
+    return {k: {"median_ms": v["median_ms"], "p90_ms": v["p90_ms"]} for k, v in res.items()}
 
 
 def speed(args: argparse.Namespace) -> dict:
@@ -116,8 +110,8 @@ def speed(args: argparse.Namespace) -> dict:
     calib = [(rng.standard_normal((1, 3, H, W)) * 50).astype(np.float32) for _ in range(2)]
     feed = {"images": (rng.standard_normal((1, 3, H, W)) * 50).astype(np.float32)}
     out: dict = {"machine": platform.processor() or platform.machine(), "size": [H, W], "batch": 1,
-                 "threads": args.threads, "runs": args.runs, "note": "interleaved in one process; "
-                 "ratios are what to read (the machine is shared)", "widths": {}}
+                 "threads": args.threads, "runs": args.runs, "note": "alternating blocks of 5 runs in one "
+                 "process; ratios are what to read (the machine is shared)", "widths": {}}
     tmp = Path(tempfile.mkdtemp(prefix="quant_speed_"))
     for w in args.widths:
         model = randomize_batchnorm(build_model(ARCH[w], image_size=(H, W))).eval()
@@ -136,8 +130,8 @@ def speed(args: argparse.Namespace) -> dict:
         sess = {k: ort_session(p, threads=args.threads) for k, p in paths.items()}
         sess["int8_fast_opt_extended"] = ort_session(paths["int8_fast"], threads=args.threads, opt_level="extended")
         sess["fp32_opt_extended"] = ort_session(paths["fp32"], threads=args.threads, opt_level="extended")
-        res = _time_interleaved(sess, feed, args.runs)
-        one = _time_interleaved({"fp32_1thread": ort_session(paths["fp32"], threads=1),
+        res = _time_blocks(sess, feed, args.runs)
+        one = _time_blocks({"fp32_1thread": ort_session(paths["fp32"], threads=1),
                                  "int8_fast_1thread": ort_session(paths["int8_fast"], threads=1)}, feed,
                                 max(10, args.runs // 2))
         res.update(one)
@@ -294,7 +288,7 @@ def accuracy(args: argparse.Namespace) -> dict:
     sessions = {"fp32": ort_session(fp32_onnx, threads=args.threads)}
     for s in ("ptq", "qat", "qat_imitation"):
         sessions[s] = ort_session(artifact(s, "onnx_int8"), threads=args.threads)
-    lat = _time_interleaved(sessions, {"images": x.numpy()}, p["runs"])
+    lat = _time_blocks(sessions, {"images": x.numpy()}, p["runs"])
     result = {
         "preset": args.preset, "image_size": [H, W], "minutes": minutes, "map_metric": "official AP40 (%)",
         "map": rows, "ort_map": ort_rows,

@@ -278,6 +278,10 @@ class PruneStage(StageConfig):
     latency_weight_range: tuple[float, float] = Field(
         (0.5, 2.0), description="(lo, hi) clip of the latency allocation's per-group ratio multiplier, relative "
         "to the median group; wider = more speed from the same MACs, but the head input is cut harder")
+    depthwise_align: int = Field(
+        4, ge=1, description="a channel group with a depthwise conv keeps a multiple of this many channels (or "
+        "stays unpruned): ONNX Runtime's x86 CPU kernels run depthwise convs blocked only at multiples of 4 "
+        "(1 = no alignment)")
     ignored_layers: list[str] = Field(default_factory=list, description="module names never pruned")
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(steps=2000, lr=0.005))
     imitation: ImitationConfig | None = None

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 
 from test_export_helpers import make_run  # noqa: E402
 
-from compressdet.bench.latency import measure_latency  # noqa: E402
+from compressdet.bench.latency import compare_latency, measure_latency  # noqa: E402
 from compressdet.cli import main  # noqa: E402
 
 torch.set_num_threads(1)
@@ -21,6 +21,16 @@ def test_measure_latency_counts_calls():
     calls = []
     r = measure_latency(lambda: calls.append(1), runs=7, warmup=2)
     assert len(calls) == 9 and r["runs"] == 7 and 0 <= r["min_ms"] <= r["median_ms"] <= r["p90_ms"]
+
+
+def test_compare_latency_times_models_in_alternating_blocks():
+    log = []
+    r = compare_latency({"a": lambda: log.append("a"), "b": lambda: log.append("b")}, runs=5, block=3, warmup=1)
+    # warm-up, then 2 rounds (5 runs -> 2 blocks of 3) of [a: 1 dropped + 3 timed][b: the same]
+    assert log == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2
+    assert set(r) == {"a", "b"} and r["a"]["runs"] == r["b"]["runs"] == 6
+    with pytest.raises(ValueError, match="block"):
+        compare_latency({"a": lambda: None}, block=0)
 
 
 def test_bench_latest_run_writes_reports(tmp_path, monkeypatch, capsys):
@@ -63,3 +73,22 @@ def test_bench_no_run_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["bench"]) == 2
     assert "no run found" in capsys.readouterr().err
+
+
+def test_compare_onnx_isolated_times_each_model_in_its_own_process(tmp_path):
+    from compressdet.bench.latency import compare_onnx_isolated
+
+    paths = {}
+    for name, width in (("small", 4), ("big", 32)):
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(width, width, 3, padding=1)).eval()
+        paths[name] = tmp_path / f"{name}.onnx"
+        torch.onnx.export(m, (torch.zeros(1, 3, 64, 64),), str(paths[name]), input_names=["images"],
+                          opset_version=17, dynamo=False)
+    r = compare_onnx_isolated(paths, runs=6, rounds=2, threads=1, warmup=1)
+    assert set(r) == {"small", "big"} and r["small"]["runs"] == r["big"]["runs"] == 6
+    assert 0 < r["small"]["min_ms"] <= r["small"]["median_ms"]
+    # 64x more MACs in the second conv: the isolated timer must see it
+    assert r["big"]["median_ms"] > r["small"]["median_ms"]
+    with pytest.raises(ValueError, match="rounds"):
+        compare_onnx_isolated(paths, rounds=0)

@@ -125,3 +125,39 @@ def test_recipe_weight_range_default_matches_library_and_bad_range_is_refused():
     with pytest.raises(ValueError, match="latency_weight_range"):
         PruneStage(name="p", **{"from": "s"}, latency_weight_range=(2.0, 4.0))
 
+
+
+@pytest.mark.parametrize("align", [4, 6])
+def test_depthwise_align_keeps_pruned_depthwise_widths_aligned(align):
+    """Every depthwise conv the search cut keeps a multiple of ``align`` channels; the budget still holds."""
+    torch.manual_seed(0)
+    model = TinyShuffleNet().eval()
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 3}
+    base = conv_macs(model, X)
+    _pruner(model, target_macs=0.6, allocation="latency", depthwise_align=align).step()
+    after = {n: m.out_channels for n, m in model.named_modules() if n in before}
+    cut = [n for n in before if after[n] != before[n]]
+    assert cut, "the search should still cut some depthwise groups"
+    assert all(after[n] % align == 0 for n in cut), after
+    assert conv_macs(model, X) / base <= 0.6 + 1e-9
+    _check_divisible(model)
+
+
+def test_unaligned_search_leaves_unaligned_depthwise_widths():
+    """The control for the test above: without alignment the same search lands on other widths."""
+    torch.manual_seed(0)
+    model = TinyShuffleNet().eval()
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 3}
+    _pruner(model, target_macs=0.6, allocation="latency", depthwise_align=1).step()
+    after = {n: m.out_channels for n, m in model.named_modules() if n in before}
+    assert any(after[n] % 4 for n in before if after[n] != before[n]), after
+
+
+def test_bad_depthwise_align_is_refused():
+    from compressdet.recipe import PruneStage
+
+    with pytest.raises(PruningError, match="depthwise_align"):
+        _pruner(TinyShuffleNet(), target_macs=0.6, depthwise_align=0)
+    assert PruneStage(name="p", **{"from": "s"}).depthwise_align == 4
+    with pytest.raises(ValueError, match="depthwise_align"):
+        PruneStage(name="p", **{"from": "s"}, depthwise_align=0)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-__all__ = ["measure_latency", "measure_cuda_latency", "set_threads"]
+__all__ = ["compare_latency", "compare_onnx_isolated", "measure_latency", "measure_cuda_latency", "set_threads"]
 
 
 def set_threads(threads: int | None) -> int:
@@ -38,6 +42,92 @@ def measure_latency(fn: Callable[[], Any], *, runs: int = 50, warmup: int = 5) -
         fn()
         times[i] = (time.perf_counter() - t0) * 1e3
     return _summary(times)
+
+
+def compare_latency(fns: Mapping[str, Callable[[], Any]], *, runs: int = 50, block: int = 5,
+                    warmup: int = 3) -> dict[str, dict[str, float]]:
+    """Time several models against each other on a shared machine: alternating blocks of runs.
+
+    Why blocks: timing one model after another lets load drift bias the ratio, and interleaving single
+    runs is worse. An idle ONNX Runtime session's worker threads keep spinning for a while after its
+    run returns, so with interleaved runs every other session's threads compete with the one being
+    timed: on this 2-core machine the 0.5x ShuffleDet took 89 ms a run interleaved with two other
+    sessions and 61 ms in blocks (``benchmarks/prune.py --preset latency`` re-measures both). Here
+    each model runs ``block`` consecutive times per round, round-robin, and the first run of every
+    block is dropped (it pays for the previous session's spinning threads and cold caches).
+
+    Args:
+        fns: ``{name: one blocking inference}``.
+        runs: timed runs per model (rounded up to whole blocks).
+        block: consecutive timed runs per model per round.
+        warmup: untimed calls per model before timing.
+
+    Returns:
+        ``{name: {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs"}}``.
+    """
+    if runs <= 0 or block <= 0:
+        raise ValueError(f"runs and block must be positive, got runs={runs}, block={block}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(-(-runs // block)):
+        for name, fn in fns.items():
+            fn()  # dropped: the block's first run
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {k: _summary(np.asarray(v)) for k, v in times.items()}
+
+
+def compare_onnx_isolated(models: Mapping[str, str | Path], *, runs: int = 50, rounds: int = 3, threads: int = 2,
+                          warmup: int = 5) -> dict[str, dict[str, float]]:
+    """Time ONNX models with ONNX Runtime (CPU), each in a fresh process of its own, alternating.
+
+    The reference protocol for speed-up claims: a deployed detector runs alone in its process, so
+    nothing of another model (spinning worker threads, caches, allocator state) may touch its time.
+    Each of ``rounds`` rounds starts one process per model in turn that times ``runs // rounds``
+    (at least 1) runs after ``warmup``; load drift on a shared machine hits every model alike.
+    Input: zeros of the graph's static input shape (latency of these convolutional graphs does not
+    depend on the values).
+
+    Returns:
+        ``{name: {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs"}}`` over all rounds.
+    """
+    if runs <= 0 or rounds <= 0:
+        raise ValueError(f"runs and rounds must be positive, got runs={runs}, rounds={rounds}")
+    per_round = max(1, -(-runs // rounds))
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for name, path in models.items():
+            cmd = [sys.executable, "-m", "compressdet.bench.latency", str(path), "--runs", str(per_round),
+                   "--threads", str(threads), "--warmup", str(warmup)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            times[name] += json.loads(out.stdout.strip().splitlines()[-1])
+    return {k: _summary(np.asarray(v)) for k, v in times.items()}
+
+
+def _time_onnx(path: str, runs: int, threads: int, warmup: int) -> list[float]:
+    """One process's share of :func:`compare_onnx_isolated`: ms per run of ``path`` on zeros."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    feed = {}
+    for inp in sess.get_inputs():
+        if not all(isinstance(d, int) for d in inp.shape):
+            raise ValueError(f"{path}: input '{inp.name}' has a dynamic shape {inp.shape}; export with a fixed one")
+        feed[inp.name] = np.zeros(inp.shape, dtype=np.float32)
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def _summary(times: np.ndarray) -> dict[str, float]:
@@ -74,3 +164,15 @@ def measure_cuda_latency(enqueue: Callable[[], Any], stream: Any, *, runs: int =
         end.synchronize()
         times[i] = start.elapsed_time(end)
     return {**_summary(times), "timer": "cuda_events"}
+
+
+if __name__ == "__main__":  # the child process of compare_onnx_isolated
+    import argparse
+
+    ap = argparse.ArgumentParser(description="time one ONNX model with ONNX Runtime (prints a JSON list of ms)")
+    ap.add_argument("onnx")
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=5)
+    a = ap.parse_args()
+    print(json.dumps(_time_onnx(a.onnx, a.runs, a.threads, a.warmup)))

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .cost import forward_with_hooks
-from .graph import GroupConstraints, PruningError, ShuffleDependencyGraph, group_constraints
+from .graph import GroupConstraints, PruningError, ShuffleDependencyGraph, group_constraints, is_depthwise_conv
 from .importance import ChannelImportance
 
 BUDGET_SLACK = 0.02  # a MACs target is met when MACs land in [(1 - slack) * target, target]
@@ -183,6 +183,10 @@ class ChannelPruner:
             whole model at ``example_inputs``).
         weight_range: ``(lo, hi)`` clip of the per-group ratio multiplier (relative to the median
             group), so no group is cut far beyond the others.
+        depthwise_align: a group with a depthwise conv keeps a multiple of this many channels (or is
+            left at its current width). ONNX Runtime's x86 CPU provider runs a depthwise conv with its
+            blocked NCHWc kernel only when the channel count is a multiple of 4; other counts fall back
+            to a slower NCHW kernel (docs/pruning.md, "Aligned depthwise widths").
     """
 
     def __init__(self, model: nn.Module, example_inputs: Tensor, importance: ChannelImportance, *,
@@ -193,11 +197,13 @@ class ChannelPruner:
                  output_transform: Callable[[Any], Any] | None = None,
                  forward_fn: Callable[[nn.Module, Tensor], Any] | None = None, allocation: str = "uniform",
                  cost_fn: Callable[[nn.Module], float] | None = None,
-                 weight_range: tuple[float, float] = DEFAULT_WEIGHT_RANGE) -> None:
+                 weight_range: tuple[float, float] = DEFAULT_WEIGHT_RANGE, depthwise_align: int = 1) -> None:
         if allocation not in ALLOCATIONS:
             raise PruningError(f"unknown allocation '{allocation}' (known: {', '.join(ALLOCATIONS)})")
         if not 0 < weight_range[0] <= 1 <= weight_range[1]:
             raise PruningError(f"weight_range must satisfy 0 < lo <= 1 <= hi, got {weight_range}")
+        if depthwise_align < 1:
+            raise PruningError(f"depthwise_align must be >= 1, got {depthwise_align}")
         if target_macs is None and pruning_ratio is None and not pruning_ratio_dict:
             raise PruningError("give a target: target_macs, pruning_ratio or pruning_ratio_dict")
         if target_macs is not None and not 0 < target_macs < 1:
@@ -214,6 +220,7 @@ class ChannelPruner:
         names = {m: n for n, m in model.named_modules()}
         self.ignored_names = [names[m] for m in ignored_layers]
         self.round_to = round_to or 1
+        self.depthwise_align = int(depthwise_align)
         self.max_pruning_ratio = max_pruning_ratio
         self.macs_fn = macs_fn or (lambda m: conv_macs(m, example_inputs))
         self.output_transform = output_transform or _default_output_transform
@@ -263,6 +270,8 @@ class ChannelPruner:
             cuts = feasible_cuts(cons, scores, max_remove)
             if self.round_to > 1:
                 cuts = {n: c for n, c in cuts.items() if n % self.round_to == 0}
+            if self.depthwise_align > 1 and any(is_depthwise_conv(modules.get(m)) for m in members):
+                cuts = {n: c for n, c in cuts.items() if n == 0 or (cons.channels - n) % self.depthwise_align == 0}
             self._orig_channels.setdefault(root, cons.channels)
             if len(cuts) > 1:
                 plans.append(GroupPlan(root, members, cons.channels, cuts))

@@ -101,7 +101,7 @@ def run(ctx: StageContext) -> StageResult:
                           pruning_ratio=target.pruning_ratio, pruning_ratio_dict=target.pruning_ratio_dict,
                           iterative_steps=cfg.iterative_steps, ignored_layers=cfg.ignored_layers,
                           round_to=cfg.round_to, allocation=cfg.allocation,
-                          weight_range=cfg.latency_weight_range)
+                          weight_range=cfg.latency_weight_range, depthwise_align=cfg.depthwise_align)
     loss_fn = _taylor_loss(ctx) if cfg.importance == "taylor" else None
     k = cfg.iterative_steps
     rounds: list[dict[str, Any]] = []
@@ -129,6 +129,7 @@ def run(ctx: StageContext) -> StageResult:
                              extra={"example_input_size": list(pruner.example_inputs.shape[2:]), "importance": cfg.importance,
                                     "allocation": cfg.allocation,
                                     "latency_weight_range": list(cfg.latency_weight_range),
+                                    "depthwise_align": cfg.depthwise_align,
                                     "target": target.model_dump(mode="json")})
     imit = cfg.imitation
     meta = {"from": cfg.from_, "arch": getattr(model, "arch", None), "best_step": best["step"],
