@@ -38,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,20 +137,12 @@ def _ort_compare_ms(models: dict[str, torch.nn.Module], hw: list[int], runs: int
             opts.intra_op_num_threads = threads
             sessions = {k: ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
                         for k, f in paths.items()}
+            fns = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
             if "blocks" in protocols:
-                fns = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
                 out["blocks"] = {k: v["median_ms"] for k, v in compare_latency(fns, runs=runs, block=5).items()}
             if "interleaved" in protocols:
-                times: dict[str, list[float]] = {k: [] for k in sessions}
-                for sess in sessions.values():
-                    for _ in range(3):
-                        sess.run(None, feed)
-                for _ in range(runs):
-                    for name, sess in sessions.items():
-                        t = time.perf_counter()
-                        sess.run(None, feed)
-                        times[name].append(time.perf_counter() - t)
-                out["interleaved"] = {k: float(np.median(v) * 1000) for k, v in times.items()}
+                out["interleaved"] = {k: v["median_ms"] for k, v in
+                                      compare_latency(fns, runs=runs, block=1, drop_first=False).items()}
     return {k: out[k] for k in protocols}
 
 

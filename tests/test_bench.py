@@ -29,6 +29,10 @@ def test_compare_latency_times_models_in_alternating_blocks():
     # warm-up, then 2 rounds (5 runs -> 2 blocks of 3) of [a: 1 dropped + 3 timed][b: the same]
     assert log == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2
     assert set(r) == {"a", "b"} and r["a"]["runs"] == r["b"]["runs"] == 6
+    log.clear()  # the biased single-run interleaving: nothing dropped, a b a b ...
+    r = compare_latency({"a": lambda: log.append("a"), "b": lambda: log.append("b")}, runs=3, block=1, warmup=0,
+                        drop_first=False)
+    assert log == ["a", "b"] * 3 and r["a"]["runs"] == 3
     with pytest.raises(ValueError, match="block"):
         compare_latency({"a": lambda: None}, block=0)
 

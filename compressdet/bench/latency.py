@@ -45,7 +45,7 @@ def measure_latency(fn: Callable[[], Any], *, runs: int = 50, warmup: int = 5) -
 
 
 def compare_latency(fns: Mapping[str, Callable[[], Any]], *, runs: int = 50, block: int = 5,
-                    warmup: int = 3) -> dict[str, dict[str, float]]:
+                    warmup: int = 3, drop_first: bool = True) -> dict[str, dict[str, float]]:
     """Time several models against each other on a shared machine: alternating blocks of runs.
 
     Why blocks: timing one model after another lets load drift bias the ratio, and interleaving single
@@ -61,6 +61,8 @@ def compare_latency(fns: Mapping[str, Callable[[], Any]], *, runs: int = 50, blo
         runs: timed runs per model (rounded up to whole blocks).
         block: consecutive timed runs per model per round.
         warmup: untimed calls per model before timing.
+        drop_first: drop each block's first run (``block=1, drop_first=False`` is the biased
+            single-run interleaving, kept only to show the bias).
 
     Returns:
         ``{name: {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs"}}``.
@@ -73,7 +75,8 @@ def compare_latency(fns: Mapping[str, Callable[[], Any]], *, runs: int = 50, blo
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(-(-runs // block)):
         for name, fn in fns.items():
-            fn()  # dropped: the block's first run
+            if drop_first:
+                fn()  # dropped: the block's first run
             for _ in range(block):
                 t0 = time.perf_counter()
                 fn()
