@@ -161,3 +161,25 @@ def test_bad_depthwise_align_is_refused():
     assert PruneStage(name="p", **{"from": "s"}).depthwise_align == 4
     with pytest.raises(ValueError, match="depthwise_align"):
         PruneStage(name="p", **{"from": "s"}, depthwise_align=0)
+
+
+@pytest.mark.parametrize("channels,blocked", [(30, False), (33, False), (36, True), (60, True)])
+def test_ort_runs_depthwise_convs_blocked_only_at_multiples_of_4(tmp_path, channels, blocked):
+    """Why ``depthwise_align`` defaults to 4: ONNX Runtime's CPU provider rewrites a depthwise conv into its
+    NCHWc (blocked) kernel only when the channel count is a multiple of 4 (ORT 1.32; if this fails after an
+    ORT upgrade, re-measure the default with ``benchmarks/prune.py --preset latency``)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"ORT's NCHWc kernels are x86 ones; this is {platform.machine()}")
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    m = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False), nn.ReLU()).eval()
+    src, opt = tmp_path / "dw.onnx", tmp_path / "dw.opt.onnx"
+    torch.onnx.export(m, (torch.zeros(1, channels, 16, 16),), str(src), opset_version=17, dynamo=False)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(opt)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    domains = {(n.op_type, n.domain) for n in onnx.load(str(opt)).graph.node}
+    assert (("Conv", "com.microsoft.nchwc") in domains) == blocked, domains
