@@ -17,18 +17,28 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def student_settings(preset: str = "cpu") -> dict:
+    """The settings the imitation benchmark's students train with under ``preset``: ``{"data",
+    "eval_images", "batch", "threads", "channels_last"}``, built by the functions that built its
+    student recipes."""
+    import imitation_gain
+
+    p = imitation_gain.PRESETS[preset]
+    st = imitation_gain._stage("student", "-", 1, p, 1)
+    return {"data": imitation_gain._data(p, True), "eval_images": st["eval"].get("max_images"),
+            "batch": st["schedule"]["batch_size"], "threads": st["schedule"].get("threads"),
+            "channels_last": st["schedule"]["channels_last"]}
+
+
 def imitation_teacher(results_json: Path = RESULTS / "imitation_gain.json") -> dict:
     """The imitation benchmark's teacher, and the settings its students trained with.
 
     For a benchmark that trains its own students (``prune.py --preset cpu``): it needs the teacher
-    file only, not a trained 0.25x student. The student settings come from the benchmark's preset,
-    built by the same functions that built its student recipes.
+    file only, not a trained 0.25x student.
 
-    Returns ``{"preset", "teacher", "teacher_sha256", "best_weight", "data", "eval_images", "batch",
-    "threads", "channels_last"}``; exits with a one-line message when the teacher is missing or changed.
+    Returns ``{"preset", "teacher", "teacher_sha256", "best_weight"}`` and :func:`student_settings`;
+    exits with a one-line message when the teacher is missing or changed.
     """
-    import imitation_gain
-
     from compressdet._io import sha256_file
 
     if not results_json.is_file():
@@ -39,12 +49,8 @@ def imitation_teacher(results_json: Path = RESULTS / "imitation_gain.json") -> d
         raise SystemExit(f"{teacher}: the imitation benchmark's teacher is missing or changed; re-run "
                          "benchmarks/imitation_gain.py (--teacher-only retrains just the teacher; its cache is "
                          "under benchmarks/.imitation_gain)")
-    p = imitation_gain.PRESETS[r["preset"]]
-    sched = imitation_gain._stage("student", "-", 1, p, 1)
     return {"preset": r["preset"], "teacher": teacher, "teacher_sha256": r["teacher"]["sha256"],
-            "best_weight": r["best_weight"], "data": imitation_gain._data(p, True),
-            "eval_images": sched["eval"].get("max_images"), "batch": sched["schedule"]["batch_size"],
-            "threads": sched["schedule"].get("threads"), "channels_last": sched["schedule"]["channels_last"]}
+            "best_weight": r["best_weight"], **student_settings(r["preset"])}
 
 
 def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") -> dict:

@@ -11,9 +11,13 @@ Targets (issue 7): map_drop <= 1.0 (with imitation), ort_speedup >= 1.3, macs_ra
     .venv/bin/python benchmarks/prune.py --preset full     # the real measurement (GPU recommended)
     .venv/bin/python benchmarks/prune.py --preset cpu --student-steps 600 --prune-steps 300
                                                            # reuses the imitation benchmark's teacher
+    .venv/bin/python benchmarks/prune.py --preset cpu --teacher-steps 2000 --student-steps 1600 --prune-steps 800
+                                                           # trains its own (shorter) teacher first
 
 ``cpu``: the teacher is the imitation benchmark's (``benchmarks/_reuse.py``: same SynthKITTI set,
-input size, val subset, batch and threads); the 0.5x imitation student, the two prune + fine-tune
+input size, val subset, batch and threads), or with ``--teacher-steps N`` a 1x trained here first under
+the same settings (no augmentation: the recipe's data config is shared by its stages); the 0.5x
+imitation student, the two prune + fine-tune
 stages and ``student_ft`` (the unpruned student fine-tuned with the same schedule: an equal-budget
 control, since a short CPU student is still improving when it is pruned) train here.
 
@@ -51,8 +55,9 @@ VARIANTS = {  # cpu preset: the default pruned stage with these settings changed
 }
 
 
-def _cpu_recipe(reuse: dict, student_steps: int, prune_steps: int) -> str:
-    """The cpu preset: teacher from the imitation benchmark, then the same chain as ``_recipe``."""
+def _cpu_recipe(reuse: dict, student_steps: int, prune_steps: int, teacher_steps: int | None = None) -> str:
+    """The cpu preset: teacher from the imitation benchmark (or, with ``teacher_steps``, a 1x trained
+    here under the same settings), then the same chain as ``_recipe``."""
     import yaml
 
     ev = {"batch_size": 16, "num_images_logged": 0}
@@ -71,7 +76,9 @@ def _cpu_recipe(reuse: dict, student_steps: int, prune_steps: int) -> str:
               "imitation": {"weight": w}, "schedule": fine_tune, "eval": ev}
     noimit = {k: v for k, v in pruned.items() if k != "teacher"} | {"name": "pruned_noimit", "imitation": {"weight": 0.0}}
     return yaml.safe_dump({"name": "bench-prune-cpu", "seed": 0, "device": "cpu", "data": reuse["data"], "stages": [
-        {"name": "teacher", "kind": "model_file", "path": str(reuse["teacher"]), "sha256": reuse["teacher_sha256"]},
+        ({"name": "teacher", "kind": "train", "model": "shuffledet_1x", "schedule": sched(teacher_steps, 1), "eval": ev}
+         if teacher_steps else
+         {"name": "teacher", "kind": "model_file", "path": str(reuse["teacher"]), "sha256": reuse["teacher_sha256"]}),
         {"name": "student", "kind": "train", "model": "shuffledet_0.5x", "teacher": "teacher",
          "imitation": {"weight": w}, "schedule": sched(student_steps, 2), "eval": ev},
         pruned, noimit,
@@ -220,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                     "benchmarks/.prune_cpu)")
     ap.add_argument("--student-steps", type=int, default=600, help="(cpu preset) 0.5x imitation student steps")
     ap.add_argument("--prune-steps", type=int, default=300, help="(cpu preset) fine-tune steps after pruning")
+    ap.add_argument("--teacher-steps", type=int, default=None,
+                    help="(cpu preset) train the 1x teacher here for this many steps (same data, batch and val "
+                         "subset) instead of reusing the imitation benchmark's")
     ap.add_argument("--imitation-results", type=Path, default=ROOT / "benchmarks" / "results" / "imitation_gain.json",
                     help="(cpu preset) the imitation benchmark's results JSON whose teacher is reused")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -254,11 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     from compressdet.recipe import parse_recipe
 
     if args.preset == "cpu":
-        from _reuse import imitation_teacher
+        from _reuse import imitation_teacher, student_settings
 
-        reuse = imitation_teacher(args.imitation_results)
+        if args.teacher_steps:  # the imitation benchmark's best weight when it has run, else the seed's 1.0
+            best = json.loads(args.imitation_results.read_text())["best_weight"] if args.imitation_results.is_file() else 1.0
+            reuse = {**student_settings("cpu"), "best_weight": best}
+        else:
+            reuse = imitation_teacher(args.imitation_results)
         p = {"size": list(reuse["data"]["image_size"]), "runs": 50}
-        text = _cpu_recipe(reuse, args.student_steps, args.prune_steps)
+        text = _cpu_recipe(reuse, args.student_steps, args.prune_steps, args.teacher_steps)
         torch.set_num_threads(reuse["threads"] or 2)
     else:
         p = PRESETS[args.preset]
