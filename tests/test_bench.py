@@ -96,3 +96,6 @@ def test_compare_onnx_isolated_times_each_model_in_its_own_process(tmp_path):
     assert r["big"]["median_ms"] > r["small"]["median_ms"]
     with pytest.raises(ValueError, match="rounds"):
         compare_onnx_isolated(paths, rounds=0)
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(RuntimeError, match="broken.onnx failed"):
+        compare_onnx_isolated({"x": tmp_path / "broken.onnx"}, runs=1, rounds=1, threads=1)

@@ -106,7 +106,10 @@ def compare_onnx_isolated(models: Mapping[str, str | Path], *, runs: int = 50, r
         for name, path in models.items():
             cmd = [sys.executable, "-m", "compressdet.bench.latency", str(path), "--runs", str(per_round),
                    "--threads", str(threads), "--warmup", str(warmup)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"timing {path} failed (exit {out.returncode}): "
+                                   f"{(out.stderr.strip().splitlines() or ['no output'])[-1]}")
             times[name] += json.loads(out.stdout.strip().splitlines()[-1])
     return {k: _summary(np.asarray(v)) for k, v in times.items()}
 
