@@ -27,7 +27,7 @@ protocol: each model in a fresh process of its own, models alternating over 3 ro
 reported: one process with the models in alternating blocks of 5 runs (``compare_latency``). Single
 runs interleaved round-robin in one process, the protocol of the earlier results, are biased: an idle
 ORT session's worker threads keep spinning after its run and slow the next session's (0.5x student
-78.7 ms interleaved vs 51.8 ms in blocks); the ``latency`` preset reports all three.
+89.3 ms interleaved, 60.5 ms in blocks, 57.0 ms alone); the ``latency`` preset reports all three.
 Results merge into benchmarks/results/prune.json (``ort_speedup``; ``ort_speedup_384x1248`` when the
 preset trains at a smaller size).
 """

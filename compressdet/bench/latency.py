@@ -51,8 +51,9 @@ def compare_latency(fns: Mapping[str, Callable[[], Any]], *, runs: int = 50, blo
     Why blocks: timing one model after another lets load drift bias the ratio, and interleaving single
     runs is worse. An idle ONNX Runtime session's worker threads keep spinning for a while after its
     run returns, so with interleaved runs every other session's threads compete with the one being
-    timed: on this 2-core machine the 0.5x ShuffleDet took 89 ms a run interleaved with two other
-    sessions and 61 ms in blocks (``benchmarks/prune.py --preset latency`` re-measures both). Here
+    timed: on this 2-core machine the 0.5x ShuffleDet at 384x1248 took 89.3 ms a run interleaved with
+    five other sessions, 60.5 ms in blocks and 57.0 ms alone (``benchmarks/prune.py --preset latency``
+    re-measures all three). Here
     each model runs ``block`` consecutive times per round, round-robin, and the first run of every
     block is dropped (it pays for the previous session's spinning threads and cold caches).
 
