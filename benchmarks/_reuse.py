@@ -30,15 +30,8 @@ def student_settings(preset: str = "cpu") -> dict:
             "channels_last": st["schedule"]["channels_last"]}
 
 
-def imitation_teacher(results_json: Path = RESULTS / "imitation_gain.json") -> dict:
-    """The imitation benchmark's teacher, and the settings its students trained with.
-
-    For a benchmark that trains its own students (``prune.py --preset cpu``): it needs the teacher
-    file only, not a trained 0.25x student.
-
-    Returns ``{"preset", "teacher", "teacher_sha256", "best_weight"}`` and :func:`student_settings`;
-    exits with a one-line message when the teacher is missing or changed.
-    """
+def _checked_results(results_json: Path) -> dict:
+    """The imitation benchmark's results JSON, once its teacher file is known to be the recorded one."""
     from compressdet._io import sha256_file
 
     if not results_json.is_file():
@@ -49,8 +42,25 @@ def imitation_teacher(results_json: Path = RESULTS / "imitation_gain.json") -> d
         raise SystemExit(f"{teacher}: the imitation benchmark's teacher is missing or changed; re-run "
                          "benchmarks/imitation_gain.py (--teacher-only retrains just the teacher; its cache is "
                          "under benchmarks/.imitation_gain)")
-    return {"preset": r["preset"], "teacher": teacher, "teacher_sha256": r["teacher"]["sha256"],
-            "best_weight": r["best_weight"], **student_settings(r["preset"])}
+    return r
+
+
+def _teacher_keys(r: dict) -> dict:
+    return {"preset": r["preset"], "teacher": Path(r["teacher"]["model"]), "teacher_sha256": r["teacher"]["sha256"],
+            "best_weight": r["best_weight"]}
+
+
+def imitation_teacher(results_json: Path = RESULTS / "imitation_gain.json") -> dict:
+    """The imitation benchmark's teacher, and the settings its students trained with.
+
+    For a benchmark that trains its own students (``prune.py --preset cpu``): it needs the teacher
+    file only, not a trained 0.25x student.
+
+    Returns ``{"preset", "teacher", "teacher_sha256", "best_weight"}`` and :func:`student_settings`;
+    exits with a one-line message when the teacher is missing or changed.
+    """
+    r = _checked_results(results_json)
+    return {**_teacher_keys(r), **student_settings(r["preset"])}
 
 
 def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") -> dict:
@@ -62,8 +72,8 @@ def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") ->
     """
     from compressdet._io import sha256_file
 
-    t = imitation_teacher(results_json)
-    r = json.loads(results_json.read_text())
+    r = _checked_results(results_json)
+    t = _teacher_keys(r)
     teacher = t["teacher"]
     runs = teacher.parents[2]  # runs/<teacher run>/teacher/model.pt
     best_w = t["best_weight"]

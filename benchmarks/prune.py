@@ -123,9 +123,8 @@ PROTOCOLS = {  # how ORT latency is timed; the first is the headline (ort_ms, or
 def _ort_compare_ms(models: dict[str, torch.nn.Module], hw: list[int], runs: int, threads: int = 2, *,
                     protocols: tuple[str, ...] = ("isolated", "blocks")) -> dict[str, dict[str, float]]:
     """Median ORT fp32 latency (ms) per model, ``{protocol: {model: ms}}`` (:data:`PROTOCOLS`)."""
-    import onnxruntime as ort
-
     from compressdet.bench.latency import compare_latency, compare_onnx_isolated
+    from compressdet.export.runtime import ort_session
 
     x = torch.zeros(1, 3, *hw)
     feed = {"images": x.numpy()}
@@ -140,10 +139,7 @@ def _ort_compare_ms(models: dict[str, torch.nn.Module], hw: list[int], runs: int
             out["isolated"] = {k: v["median_ms"] for k, v in compare_onnx_isolated(paths, runs=runs,
                                                                                     threads=threads).items()}
         if set(protocols) - {"isolated"}:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            sessions = {k: ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
-                        for k, f in paths.items()}
+            sessions = {k: ort_session(f, threads=threads) for k, f in paths.items()}
             fns = {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}
             if "blocks" in protocols:
                 out["blocks"] = {k: v["median_ms"] for k, v in compare_latency(fns, runs=runs, block=5).items()}

@@ -34,6 +34,11 @@ def measure_latency(fn: Callable[[], Any], *, runs: int = 50, warmup: int = 5) -
     """
     if runs <= 0:
         raise ValueError(f"runs must be positive, got {runs}")
+    return _summary(_timed_runs(fn, runs, warmup))
+
+
+def _timed_runs(fn: Callable[[], Any], runs: int, warmup: int) -> np.ndarray:
+    """Wall ms of each of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = np.empty(runs)
@@ -41,7 +46,7 @@ def measure_latency(fn: Callable[[], Any], *, runs: int = 50, warmup: int = 5) -
         t0 = time.perf_counter()
         fn()
         times[i] = (time.perf_counter() - t0) * 1e3
-    return _summary(times)
+    return times
 
 
 def compare_latency(fns: Mapping[str, Callable[[], Any]], *, runs: int = 50, block: int = 5,
@@ -53,9 +58,8 @@ def compare_latency(fns: Mapping[str, Callable[[], Any]], *, runs: int = 50, blo
     run returns, so with interleaved runs every other session's threads compete with the one being
     timed: on this 2-core machine the 0.5x ShuffleDet at 384x1248 took 89.3 ms a run interleaved with
     five other sessions, 60.5 ms in blocks and 57.0 ms alone (``benchmarks/prune.py --preset latency``
-    re-measures all three). Here
-    each model runs ``block`` consecutive times per round, round-robin, and the first run of every
-    block is dropped (it pays for the previous session's spinning threads and cold caches).
+    re-measures all three). Here each model runs ``block`` consecutive times per round, round-robin,
+    and the first run of every block is dropped (it pays for the previous session's spinning threads and cold caches).
 
     Args:
         fns: ``{name: one blocking inference}``.
@@ -117,24 +121,15 @@ def compare_onnx_isolated(models: Mapping[str, str | Path], *, runs: int = 50, r
 
 def _time_onnx(path: str, runs: int, threads: int, warmup: int) -> list[float]:
     """One process's share of :func:`compare_onnx_isolated`: ms per run of ``path`` on zeros."""
-    import onnxruntime as ort
+    from ..export.runtime import ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, threads=threads)
     feed = {}
     for inp in sess.get_inputs():
         if not all(isinstance(d, int) for d in inp.shape):
             raise ValueError(f"{path}: input '{inp.name}' has a dynamic shape {inp.shape}; export with a fixed one")
         feed[inp.name] = np.zeros(inp.shape, dtype=np.float32)
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return _timed_runs(lambda: sess.run(None, feed), runs, warmup).tolist()
 
 
 def _summary(times: np.ndarray) -> dict[str, float]:
