@@ -73,7 +73,8 @@ def _ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
     return out
 
 
-def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_conv: bool = True) -> Path:
+def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_conv: bool = True,
+               align: int | None = 16) -> Path:
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
@@ -81,7 +82,7 @@ def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_
     from compressdet.quant.onnx_int8 import export_int8_onnx
     from compressdet.recipe import QuantConfig
 
-    gm = capture(model, x, fold_shuffle=fold, pad_stem=pad, train=False, pool_as_conv=pool_conv)
+    gm = capture(model, x, fold_shuffle=fold, pad_stem=pad, train=False, pool_as_conv=pool_conv, pad_bottleneck=align)
     prepared = prepare_pt2e(gm, make_quantizer(QuantConfig(), is_qat=False, observer="minmax"))
     move_exported_model_to_eval(prepared)
     with torch.no_grad():
@@ -120,11 +121,16 @@ def speed(args: argparse.Namespace) -> dict:
         t0 = time.time()
         paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx")}
         paths["int8_ort_static"] = _ort_static(paths["fp32"], tmp / f"{w}_ortstatic.onnx", calib)
+        # the ladder of docs/quantization.md, each step on top of the previous one
         paths["int8_nofold"] = _pt2e_int8(model, x, calib, tmp / f"{w}_nofold.onnx", fold=False, pad=None,
-                                          pool_conv=False)
-        paths["int8_fold"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fold.onnx", fold=True, pad=None, pool_conv=False)
-        paths["int8_pad4"] = _pt2e_int8(model, x, calib, tmp / f"{w}_pad4.onnx", fold=True, pad=4, pool_conv=False)
-        # default: + shortcut avg-pool as depthwise conv * border map (AvgPoolAsConv)
+                                          pool_conv=False, align=None)
+        paths["int8_fold"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fold.onnx", fold=True, pad=None, pool_conv=False,
+                                        align=None)
+        paths["int8_pad4"] = _pt2e_int8(model, x, calib, tmp / f"{w}_pad4.onnx", fold=True, pad=4, pool_conv=False,
+                                        align=None)
+        # + shortcut avg-pool as depthwise conv * border map (AvgPoolAsConv)
+        paths["int8_poolconv"] = _pt2e_int8(model, x, calib, tmp / f"{w}_poolconv.onnx", fold=True, pad=4, align=None)
+        # default: + bottleneck widths padded to a multiple of 16
         paths["int8_fast"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fast.onnx", fold=True, pad=4)
         print(f"[{w}x] graphs built in {time.time() - t0:.0f}s", flush=True)
         sess = {k: ort_session(p, threads=args.threads) for k, p in paths.items()}

@@ -5,6 +5,8 @@ Tiny models (64x192) and a few steps; torch on one thread (conftest).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +27,7 @@ from compressdet.quant import (  # noqa: E402
     shuffle_permutation,
     train_qat,
 )
-from compressdet.quant._fold import AvgPoolAsConv  # noqa: E402
+from compressdet.quant._fold import AvgPoolAsConv, QuantUnit  # noqa: E402
 from compressdet.quant._pt2e import convert, make_quantizer  # noqa: E402
 from compressdet.quant.ptq import randomize_batchnorm  # noqa: E402
 from compressdet.quant.qat import resolve_freeze_steps  # noqa: E402
@@ -89,15 +91,31 @@ def test_shuffle_mixes_groups_so_grouped_conv_cannot_absorb_it():
         assert src_groups == {0, 1, 2}
 
 
-@pytest.mark.parametrize("fold,pad", [(True, 4), (False, None), (True, None)])
-def test_quant_ready_is_exact(student, fold, pad):
+@pytest.mark.parametrize("fold,pad,align", [(True, 4, 16), (False, None, None), (True, None, None), (True, 4, 8)])
+def test_quant_ready_is_exact(student, fold, pad, align):
     x = _images(2)
-    ready = quant_ready(student, fold_shuffle=fold, pad_stem=pad).eval()
+    ready = quant_ready(student, fold_shuffle=fold, pad_stem=pad, pad_bottleneck=align).eval()
     with torch.no_grad():
         a, b = student(x), ready(x)
     assert torch.allclose(a, b, atol=1e-4 * a.abs().max().item() + 1e-6)
-    has_shuffle_dense = any(getattr(m, "conv2_mask", None) is not None for m in ready.modules())
-    assert has_shuffle_dense == fold
+    units = [m for m in ready.modules() if isinstance(m, QuantUnit)]
+    assert all(("conv2.weight" in u.param_masks()) == fold for u in units)
+    widths = [u.dwconv.in_channels for u in units]
+    orig = [m.dwconv.in_channels for m in student.modules() if hasattr(m, "shuffle")]
+    if align:
+        assert all(w % align == 0 and 0 <= w - o < align for w, o in zip(widths, orig, strict=True))
+        assert widths != orig  # the 0.25x student has 15/30/60-wide bottlenecks
+    else:
+        assert widths == orig
+    # train mode (batch statistics) is exact too: padded BN channels output exactly zero
+    a = copy.deepcopy(student).train().backbone(x)
+    b = ready.train().backbone(x)
+    assert torch.allclose(a, b, atol=1e-4 * a.abs().max().item() + 1e-6)
+
+
+def test_pad_bottleneck_needs_folded_shuffle(student):
+    with pytest.raises(ValueError, match="fold_shuffle"):
+        quant_ready(student, fold_shuffle=False, pad_bottleneck=16)
 
 
 @pytest.mark.parametrize("hw", [(8, 12), (7, 9), (1, 2), (48, 156)])
@@ -249,6 +267,37 @@ def test_ort_fuses_every_backbone_conv(ptq_program, tmp_path):
     assert ops.count("QLinearConv") == 52 and ops.count("Conv") + ops.count("FusedConv") == 1
     assert ops.count("QLinearMul") == 3 and "Mul" not in ops
     assert not any("AveragePool" in o for o in ops)
+    # the padded stem input is padded after quantization (uint8), not as float
+    exported = onnx.load(str(path)).graph
+    producer = {o: n.op_type for n in exported.node for o in n.output}
+    pads = [n for n in exported.node if n.op_type == "Pad"]
+    assert len(pads) == 1 and producer[pads[0].input[0]] == "QuantizeLinear"
+
+
+def test_quantize_before_pad_is_exact(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compressdet.quant.onnx_int8 import _quantize_before_pad
+
+    inits = [numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 1, 1, 2], np.int64), "pads"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(37, np.uint8), "z")]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]), helper.make_node("QuantizeLinear", ["p", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.random.default_rng(0).standard_normal((1, 3, 5, 6)).astype(np.float32) * 3
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    ref = run(m)
+    assert _quantize_before_pad(m) == 1
+    onnx.checker.check_model(m, full_check=True)
+    assert [n.op_type for n in m.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
+    out = run(m)
+    assert out.shape == (1, 4, 6, 8) and np.array_equal(out, ref)
 
 
 # ---------------------------------------------------------------------------------------------

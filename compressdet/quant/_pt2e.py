@@ -169,7 +169,8 @@ def _ort_quantizer_class():
 
 
 def capture(model: nn.Module, example: torch.Tensor, *, fold_shuffle: bool = True, train: bool = True,
-            pad_stem: int | None = 4, pool_as_conv: bool = True) -> torch.fx.GraphModule:
+            pad_stem: int | None = 4, pool_as_conv: bool = True, pad_bottleneck: int | None = 16
+            ) -> torch.fx.GraphModule:
     """Quantization-ready copy of ``model`` captured with ``torch.export`` in training mode.
 
     The captured module returns ``(head_out, feature)`` so imitation can read the student's
@@ -181,7 +182,7 @@ def capture(model: nn.Module, example: torch.Tensor, *, fold_shuffle: bool = Tru
         raise UserError(f"quantization needs a ShuffleDet-like model with .backbone and .head, got "
                         f"{type(model).__name__}")
     wrapped = FeatureWrapper(quant_ready(model, fold_shuffle=fold_shuffle, pad_stem=pad_stem,
-                                         pool_as_conv=pool_as_conv))
+                                         pool_as_conv=pool_as_conv, pad_bottleneck=pad_bottleneck))
     if pool_as_conv:  # one eager pass fixes AvgPoolAsConv's border maps (constants in the export)
         with torch.no_grad():
             wrapped.eval()(example[:1])
@@ -197,12 +198,11 @@ def capture(model: nn.Module, example: torch.Tensor, *, fold_shuffle: bool = Tru
 
 
 def weight_masks(module: nn.Module) -> dict[str, torch.Tensor]:
-    """``{param name: 0/1 mask}`` of the folded (dense-in-disguise) convs."""
+    """``{param name: 0/1 mask}`` of every rewritten layer (folded, padded) whose zeros must stay."""
     out = {}
     for name, m in module.named_modules():
-        for attr, param in (("conv2_mask", "conv2.weight"), ("weight_mask", "conv.weight")):
-            mask = getattr(m, attr, None)
-            if isinstance(mask, torch.Tensor):
+        if hasattr(m, "param_masks"):
+            for param, mask in m.param_masks().items():
                 out[f"{name}.{param}" if name else param] = mask
     return out
 

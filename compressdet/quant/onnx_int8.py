@@ -60,11 +60,63 @@ def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os
         prog = torch.onnx.export(ep, (example,), dynamo=True, opset_version=opset, input_names=["images"],
                                  output_names=["head"], verbose=False)
     model = prog.model_proto
+    _quantize_before_pad(model)
     with atomic_path(path, suffix=".tmp.onnx") as tmp:
         onnx.save_model(model, str(tmp))
     if check:
         check_int8_graph(path)
     return Path(path)
+
+
+def _quantize_before_pad(model) -> int:
+    """Rewrite ``Pad(x, value 0) -> QuantizeLinear`` as ``QuantizeLinear(x) -> Pad(value = zero point)``.
+
+    Exact (quantization is elementwise and maps 0 to the zero point). The padded stem input
+    (``_fold.PaddedStemConv``) is then padded as uint8 instead of float: 4x fewer bytes, and ONNX
+    Runtime's Pad of the full-resolution float input took ~1 ms of a ~20 ms 0.25x model (2 threads).
+    Returns the number of rewrites.
+    """
+    from onnx import numpy_helper
+
+    g = model.graph
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    inits = {i.name: i for i in g.initializer}
+    n_done = 0
+    for pad in list(g.node):
+        if pad.op_type != "Pad" or any(a.name == "mode" and a.s not in (b"constant", b"") for a in pad.attribute):
+            continue
+        if len(pad.input) > 2 and pad.input[2]:
+            v = inits.get(pad.input[2])
+            if v is None or numpy_helper.to_array(v).any():
+                continue
+        if len(pad.input) > 3 and pad.input[3]:  # axes input: keep it simple, leave such pads alone
+            continue
+        users = consumers.get(pad.output[0], [])
+        if len(users) != 1 or users[0].op_type != "QuantizeLinear" or len(users[0].input) < 3:
+            continue
+        q = users[0]
+        scale = inits.get(q.input[1])
+        if scale is None or numpy_helper.to_array(scale).size != 1:
+            continue  # per-axis quantization: the pad value would differ per channel
+        src, padded, quantized = pad.input[0], pad.output[0], q.output[0]
+        q.input[0], q.output[0] = src, padded + "_quantized"
+        del pad.input[2:]
+        pad.input[0] = padded + "_quantized"
+        pad.input.append(q.input[2])
+        pad.output[0] = quantized
+        stale = [v for v in g.value_info if v.name == padded]  # was float, now gone
+        for v in stale:
+            g.value_info.remove(v)
+        nodes = list(g.node)
+        i, j = nodes.index(pad), nodes.index(q)
+        nodes[i], nodes[j] = nodes[j], nodes[i]  # keep topological order
+        del g.node[:]
+        g.node.extend(nodes)
+        n_done += 1
+    return n_done
 
 
 def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = True) -> dict[str, Any]:
