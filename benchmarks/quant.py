@@ -74,16 +74,18 @@ def _ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
 
 
 def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_conv: bool = True,
-               align: int | None = 16) -> Path:
+               align: int | None = 16, int8_head: bool = False) -> Path:
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from compressdet.quant._pt2e import capture, convert, make_quantizer
+    from compressdet.quant._pt2e import capture, capture_options, convert, make_quantizer
     from compressdet.quant.onnx_int8 import export_int8_onnx
     from compressdet.recipe import QuantConfig
 
-    gm = capture(model, x, fold_shuffle=fold, pad_stem=pad, train=False, pool_as_conv=pool_conv, pad_bottleneck=align)
-    prepared = prepare_pt2e(gm, make_quantizer(QuantConfig(), is_qat=False, observer="minmax"))
+    cfg = QuantConfig(keep_head_float=not int8_head)  # int8 head: one output scale per kind
+    gm = capture(model, x, fold_shuffle=fold, pad_stem=pad, train=False, pool_as_conv=pool_conv, pad_bottleneck=align,
+                 **capture_options(cfg))
+    prepared = prepare_pt2e(gm, make_quantizer(cfg, is_qat=False, observer="minmax"))
     move_exported_model_to_eval(prepared)
     with torch.no_grad():
         for c in calib:
@@ -132,14 +134,18 @@ def speed(args: argparse.Namespace) -> dict:
         paths["int8_poolconv"] = _pt2e_int8(model, x, calib, tmp / f"{w}_poolconv.onnx", fold=True, pad=4, align=None)
         # default: + bottleneck widths padded to a multiple of 16
         paths["int8_fast"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fast.onnx", fold=True, pad=4)
+        # opt-in: int8 head with one output scale per kind (keep_head_float: false)
+        paths["int8_fast_head_int8"] = _pt2e_int8(model, x, calib, tmp / f"{w}_headq.onnx", fold=True, pad=4,
+                                                  int8_head=True)
         print(f"[{w}x] graphs built in {time.time() - t0:.0f}s", flush=True)
         sess = {k: ort_session(p, threads=args.threads) for k, p in paths.items()}
         sess["int8_fast_opt_extended"] = ort_session(paths["int8_fast"], threads=args.threads, opt_level="extended")
         sess["fp32_opt_extended"] = ort_session(paths["fp32"], threads=args.threads, opt_level="extended")
         res = _time_blocks(sess, feed, args.runs)
         one = _time_blocks({"fp32_1thread": ort_session(paths["fp32"], threads=1),
-                                 "int8_fast_1thread": ort_session(paths["int8_fast"], threads=1)}, feed,
-                                max(10, args.runs // 2))
+                            "int8_fast_1thread": ort_session(paths["int8_fast"], threads=1),
+                            "int8_fast_head_int8_1thread": ort_session(paths["int8_fast_head_int8"], threads=1)},
+                           feed, max(10, args.runs // 2))
         res.update(one)
         base = res["fp32"]["median_ms"]
         for k, v in res.items():

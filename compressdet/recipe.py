@@ -299,7 +299,10 @@ class PruneStage(StageConfig):
 class QuantConfig(_Strict):
     backend: Literal["x86"] = "x86"
     per_channel: bool = True
-    keep_head_float: bool = Field(True, description="head output and decode stay float")
+    keep_head_float: bool = Field(True, description="head conv, its output and the decode stay float")
+    head_int8: Literal["per_kind", "shared"] = Field(
+        "per_kind", description="with keep_head_float false: one int8 output scale per output kind (class "
+        "logits, confidence, box deltas) or one scale shared by all")
     float_stem: bool = Field(False, description="keep the 3-channel stem conv in fp32 (docs/quantization.md)")
     calibration_images: int = Field(64, gt=0)
 

@@ -27,7 +27,7 @@ from compressdet.quant import (  # noqa: E402
     shuffle_permutation,
     train_qat,
 )
-from compressdet.quant._fold import AvgPoolAsConv, QuantUnit  # noqa: E402
+from compressdet.quant._fold import AvgPoolAsConv, PerKindHead, QuantUnit  # noqa: E402
 from compressdet.quant._pt2e import convert, make_quantizer  # noqa: E402
 from compressdet.quant.ptq import randomize_batchnorm  # noqa: E402
 from compressdet.quant.qat import resolve_freeze_steps  # noqa: E402
@@ -116,6 +116,16 @@ def test_quant_ready_is_exact(student, fold, pad, align):
 def test_pad_bottleneck_needs_folded_shuffle(student):
     with pytest.raises(ValueError, match="fold_shuffle"):
         quant_ready(student, fold_shuffle=False, pad_bottleneck=16)
+
+
+def test_per_kind_head_is_exact(student):
+    ready = quant_ready(student, per_kind_head=True).eval()
+    assert isinstance(ready.head.conv, PerKindHead)
+    assert [p.out_channels for p in ready.head.conv.parts.values()] == [27, 9, 36]
+    x = _images(2)
+    with torch.no_grad():
+        a, b = student(x), ready(x)
+    assert torch.allclose(a, b, atol=1e-5 * a.abs().max().item())
 
 
 @pytest.mark.parametrize("hw", [(8, 12), (7, 9), (1, 2), (48, 156)])
@@ -300,6 +310,57 @@ def test_quantize_before_pad_is_exact(tmp_path):
     assert out.shape == (1, 4, 6, 8) and np.array_equal(out, ref)
 
 
+def _wide_range_head(student):
+    """The student with box deltas ~100x smaller than the class logits (as in trained heads)."""
+    m = copy.deepcopy(student)
+    with torch.no_grad():
+        m.head.conv.weight[:27] *= 10
+        m.head.conv.weight[36:] *= 0.1
+    return m
+
+
+def _head_output_scales(path) -> list[float]:
+    """Output scales of the quantized head convs (3x3 over the 192-channel feature, an output Q)."""
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    scales = []
+    for conv in (n for n in m.graph.node if n.op_type == "Conv"):
+        wdq = producer.get(conv.input[1])
+        if wdq is None or wdq.op_type != "DequantizeLinear" or inits[wdq.input[0]].shape[1:] != (192, 3, 3):
+            continue
+        q = [n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == conv.output[0]]
+        scales += [float(inits[q[0].input[1]])] if q else []
+    return scales
+
+
+@pytest.mark.parametrize("mode", ["per_kind", "shared"])
+def test_int8_head_scales(student, tmp_path, mode):
+    """``keep_head_float: false``: per kind, class logits, confidence and box deltas each get their own
+    output scale (deltas ~100x finer here), concatenated in float; ``shared`` has one scale."""
+    model = _wide_range_head(student)
+    x = _images(1, seed=9)
+    cfg = QuantConfig(keep_head_float=False, head_int8=mode, calibration_images=2)
+    prog = quantize_ptq(model, iter([_images(2, seed=5)]), cfg, observer="minmax")
+    path = export_int8_onnx(prog, x, tmp_path / f"{mode}.onnx")
+    _assert_ort_matches_torch(path, prog, x)
+    scales = _head_output_scales(path)
+    if mode == "per_kind":
+        assert len(scales) == 3 and max(scales) > 20 * min(scales), scales
+        ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+        assert ops[-1] == "Concat"  # float concat of the dequantized parts
+        # the box deltas keep far more precision than under one shared scale
+        with torch.no_grad():
+            ref = model(x)
+            got = prog(x)[0]
+        err = (got - ref)[:, 36:].abs().max() / ref[:, 36:].abs().max()
+        assert err < 0.1, err
+    else:
+        assert len(scales) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # graph checks catch what TensorRT rejects
 
@@ -359,5 +420,7 @@ def test_recipe_rejects_bad_quant_stages():
         parse_recipe(base + "  - {name: q, kind: qat, from: s, quant: {backend: arm}}\n", check_paths=False)
     with pytest.raises(RecipeError, match="method"):
         parse_recipe(base + "  - {name: p, kind: ptq, from: s, method: entropy}\n", check_paths=False)
+    with pytest.raises(RecipeError, match="head_int8"):
+        parse_recipe(base + "  - {name: p, kind: ptq, from: s, quant: {head_int8: per_anchor}}\n", check_paths=False)
     r = parse_recipe(base + "  - {name: q, kind: qat, from: s, freeze_bn_step: 5}\n", check_paths=False)
-    assert r.stages[1].quant.keep_head_float
+    assert r.stages[1].quant.keep_head_float and r.stages[1].quant.head_int8 == "per_kind"

@@ -24,6 +24,10 @@ Exact rewrites (same outputs as the source model, up to float rounding):
   rows, the depthwise conv zero filters, ``conv2`` zero columns; the padded BN channels have
   gamma 1 and beta 0, so they output exactly 0 in training and eval mode (gamma 0 would make
   PT2E's QAT conv+BN fold divide 0 by 0). Masks keep every padded weight and beta at zero in QAT.
+* **Head split per output kind** (opt-in, ``QuantConfig.head_int8``): the head conv becomes three
+  convs (class logits, confidence logits, box deltas; :class:`PerKindHead`) whose outputs are
+  concatenated in float, so an int8 head gives each kind its own output scale instead of one
+  scale shared by logits and box offsets.
 * **One ReLU module per use.** PT2E's pattern matcher groups the calls of a shared ``nn.ReLU``
   into one partition with several outputs and refuses it; each use gets its own module.
 """
@@ -35,7 +39,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-__all__ = ["QuantUnit", "PaddedStemConv", "AvgPoolAsConv", "shuffle_permutation", "quant_ready", "FeatureWrapper"]
+__all__ = ["QuantUnit", "PaddedStemConv", "AvgPoolAsConv", "PerKindHead", "shuffle_permutation", "quant_ready",
+           "FeatureWrapper"]
 
 
 def shuffle_permutation(channels: int, groups: int) -> Tensor:
@@ -303,13 +308,58 @@ class PaddedStemConv(nn.Module):
         return self.conv(torch.nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra)))
 
 
+class FloatConcat(nn.Module):
+    """``torch.cat(parts, dim=1)`` as a module, so the quantizer can leave it float by module name."""
+
+    def forward(self, *parts: Tensor) -> Tensor:
+        return torch.cat(parts, dim=1)
+
+
+class PerKindHead(nn.Module):
+    """The head conv as one conv per output kind, concatenated in float (exact in float).
+
+    Quantized, each part gets its own per-tensor output scale: class logits, confidence logits and
+    box deltas have very different ranges, and one shared u8 scale would spend the 256 levels on
+    the widest of them. ``merge`` (the concat) is left unquantized by ``make_quantizer``.
+
+    Args:
+        conv: the head's ``nn.Conv2d`` (``A*(C+5)`` outputs, layout of ``models.head``).
+        num_classes, num_anchors: ``C`` and ``A``.
+    """
+
+    KINDS = ("class_logits", "confidence", "box_deltas")
+
+    def __init__(self, conv: nn.Conv2d, num_classes: int, num_anchors: int) -> None:
+        super().__init__()
+        a, c = num_anchors, num_classes
+        bounds = ((0, a * c), (a * c, a * (c + 1)), (a * (c + 1), a * (c + 5)))
+        if conv.out_channels != bounds[-1][1]:
+            raise ValueError(f"head conv has {conv.out_channels} outputs, expected {bounds[-1][1]} for "
+                             f"{num_classes} classes x {num_anchors} anchors")
+        self.parts = nn.ModuleDict()
+        for kind, (lo, hi) in zip(self.KINDS, bounds, strict=True):
+            part = nn.Conv2d(conv.in_channels, hi - lo, conv.kernel_size, conv.stride, conv.padding,
+                             bias=conv.bias is not None)
+            with torch.no_grad():
+                part.weight.copy_(conv.weight[lo:hi])
+                if conv.bias is not None:
+                    part.bias.copy_(conv.bias[lo:hi])
+            self.parts[kind] = part
+        self.merge = FloatConcat()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.merge(*(part(x) for part in self.parts.values()))
+
+
 def quant_ready(model: nn.Module, *, fold_shuffle: bool = True, pad_stem: int | None = 4,
-                pool_as_conv: bool = True, pad_bottleneck: int | None = 16) -> nn.Module:
+                pool_as_conv: bool = True, pad_bottleneck: int | None = 16, per_kind_head: bool = False
+                ) -> nn.Module:
     """Deep copy of a ShuffleDet with every ``ShuffleUnit`` replaced by :class:`QuantUnit`.
 
     ``pad_stem``: pad the stem conv's input channels to this many (:class:`PaddedStemConv`);
     None keeps it. ``pool_as_conv``: shortcut average pools as :class:`AvgPoolAsConv`.
     ``pad_bottleneck``: bottleneck widths padded to a multiple of this (None/1: kept).
+    ``per_kind_head``: the head conv as :class:`PerKindHead`.
     Returns the copy (same outputs as ``model``); the source is not modified.
     """
     from ..models.shuffledet import ShuffleUnit
@@ -328,4 +378,9 @@ def quant_ready(model: nn.Module, *, fold_shuffle: bool = True, pad_stem: int | 
             elif (pad_stem and isinstance(layer, nn.Conv2d) and layer.groups == 1
                   and layer.in_channels < pad_stem):
                 stem[i] = PaddedStemConv(layer, pad_stem)
+    if per_kind_head:
+        head = getattr(model, "head", None)
+        if not isinstance(getattr(head, "conv", None), nn.Conv2d) or not hasattr(head, "num_anchors"):
+            raise ValueError("per_kind_head needs a ConvDet head (.conv, .num_classes, .num_anchors)")
+        head.conv = PerKindHead(head.conv, head.num_classes, head.num_anchors)
     return model

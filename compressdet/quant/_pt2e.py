@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import UserError
 from ._fold import FeatureWrapper, quant_ready
 
-__all__ = ["make_quantizer", "capture", "convert", "freeze_observers", "freeze_bn", "weight_masks"]
+__all__ = ["make_quantizer", "capture", "capture_options", "convert", "freeze_observers", "freeze_bn", "weight_masks"]
 
 
 def _check_cfg(cfg: Any) -> None:
@@ -31,7 +31,9 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
     Weights: int8 symmetric, narrow range [-127, 127] (TensorRT needs zero-point 0, and the narrow
     range avoids u8*s8 pair saturation on pre-VNNI CPUs), per output channel unless
     ``cfg.per_channel`` is False. Activations: u8 per tensor. ``cfg.keep_head_float`` leaves the
-    head conv unquantized so its output (box deltas and logits) stays float; ``cfg.float_stem``
+    head conv unquantized so its output (box deltas and logits) stays float; otherwise
+    ``cfg.head_int8 == "per_kind"`` keeps the concat of a :class:`~._fold.PerKindHead` float (one
+    output scale per kind; capture with ``capture_options(cfg)``); ``cfg.float_stem``
     leaves the 3-input-channel stem conv in fp32 (see docs/quantization.md for why it is faster).
     """
     from torchao.quantization.pt2e import (
@@ -73,6 +75,8 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
     q = _ort_quantizer_class()().set_global(qcfg)
     if cfg.keep_head_float:
         q.set_module_name_qconfig("head", None)
+    elif getattr(cfg, "head_int8", "shared") == "per_kind":
+        q.set_module_name_qconfig("head.conv.merge", None)
     if getattr(cfg, "float_stem", False):
         q.set_module_name_qconfig("backbone.stem", None)
         q.set_module_name_qconfig("backbone.pool", None)
@@ -168,9 +172,14 @@ def _ort_quantizer_class():
     return OrtX86Quantizer
 
 
+def capture_options(cfg: Any) -> dict[str, Any]:
+    """The :func:`capture` arguments a ``QuantConfig`` implies (the head split)."""
+    return {"per_kind_head": not cfg.keep_head_float and getattr(cfg, "head_int8", "shared") == "per_kind"}
+
+
 def capture(model: nn.Module, example: torch.Tensor, *, fold_shuffle: bool = True, train: bool = True,
-            pad_stem: int | None = 4, pool_as_conv: bool = True, pad_bottleneck: int | None = 16
-            ) -> torch.fx.GraphModule:
+            pad_stem: int | None = 4, pool_as_conv: bool = True, pad_bottleneck: int | None = 16,
+            per_kind_head: bool = False) -> torch.fx.GraphModule:
     """Quantization-ready copy of ``model`` captured with ``torch.export`` in training mode.
 
     The captured module returns ``(head_out, feature)`` so imitation can read the student's
@@ -181,8 +190,8 @@ def capture(model: nn.Module, example: torch.Tensor, *, fold_shuffle: bool = Tru
     if not hasattr(model, "backbone") or not hasattr(model, "head"):
         raise UserError(f"quantization needs a ShuffleDet-like model with .backbone and .head, got "
                         f"{type(model).__name__}")
-    wrapped = FeatureWrapper(quant_ready(model, fold_shuffle=fold_shuffle, pad_stem=pad_stem,
-                                         pool_as_conv=pool_as_conv, pad_bottleneck=pad_bottleneck))
+    wrapped = FeatureWrapper(quant_ready(model, fold_shuffle=fold_shuffle, pad_stem=pad_stem, pool_as_conv=pool_as_conv,
+                                         pad_bottleneck=pad_bottleneck, per_kind_head=per_kind_head))
     if pool_as_conv:  # one eager pass fixes AvgPoolAsConv's border maps (constants in the export)
         with torch.no_grad():
             wrapped.eval()(example[:1])

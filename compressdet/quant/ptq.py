@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ._pt2e import capture, convert, make_quantizer
+from ._pt2e import capture, capture_options, convert, make_quantizer
 
 __all__ = ["quantize_ptq", "calibrate", "randomize_batchnorm"]
 
@@ -55,7 +55,7 @@ def quantize_ptq(model: nn.Module, images: Iterable[torch.Tensor], cfg: Any, *, 
         raise UserError("PTQ calibration got no images (is the train split empty?)")
     if example is None:
         example = first[:1]
-    gm = capture(model, example, train=False)
+    gm = capture(model, example, train=False, **capture_options(cfg))
     prepared = prepare_pt2e(gm, make_quantizer(cfg, is_qat=False, observer=observer))
     move_exported_model_to_eval(prepared)
 

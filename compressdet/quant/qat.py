@@ -26,7 +26,7 @@ from torch import nn
 
 from ..engine.hooks import HookBase
 from ..errors import UserError
-from ._pt2e import apply_masks, capture, convert, freeze_bn, freeze_observers, make_quantizer
+from ._pt2e import apply_masks, capture, capture_options, convert, freeze_bn, freeze_observers, make_quantizer
 
 __all__ = ["prepare_qat", "QatResult", "train_qat", "resolve_freeze_steps", "quantize_qat", "FakeQuantStudent",
            "QatFreezeHook", "qat_param_groups", "qat_schedule", "qat_training"]
@@ -43,7 +43,7 @@ def prepare_qat(model: nn.Module, example: torch.Tensor, cfg: Any) -> torch.fx.G
     from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    gm = capture(model, example)
+    gm = capture(model, example, **capture_options(cfg))
     prepared = prepare_qat_pt2e(gm, make_quantizer(cfg, is_qat=True))
     move_exported_model_to_train(prepared)
     prepared._compressdet_masks = getattr(gm, "_compressdet_masks", {})
