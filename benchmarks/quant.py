@@ -15,6 +15,11 @@ Two parts:
     .venv/bin/python benchmarks/quant.py speed [--widths 0.25 0.5 1] [--runs 50] [--threads 2]
     .venv/bin/python benchmarks/quant.py accuracy --preset smoke|full
     .venv/bin/python benchmarks/quant.py accuracy --preset cpu --qat-steps 200
+    .venv/bin/python benchmarks/quant.py head [--run benchmarks/.prune_cpu/run --stage student]
+
+``head``: PTQ of a trained student (default: the prune benchmark's cpu run) with the float head,
+the int8 head with one output scale per kind, and the int8 head with one shared scale;
+benchmarks/results/quant_head.{json,md}.
 
 ``cpu`` trains nothing float: it starts from the imitation benchmark's teacher and its seed-0
 imitation student (``benchmarks/_reuse.py``; same SynthKITTI set, input size and val subset) and
@@ -375,6 +380,58 @@ def accuracy(args: argparse.Namespace) -> dict:
     return result
 
 
+# ---------------------------------------------------------------------------------------------
+# head: float head vs int8 head with one scale per output kind vs one shared scale
+HEAD_MODES = {"float head": {}, "int8 head, per-kind scales": {"keep_head_float": False, "head_int8": "per_kind"},
+              "int8 head, one shared scale": {"keep_head_float": False, "head_int8": "shared"}}
+
+
+def head(args: argparse.Namespace) -> dict:
+    """PTQ of a trained student with each head mode; mAP as the PyTorch int8 program and in ORT."""
+    import hashlib
+
+    import yaml
+
+    from compressdet.pipeline import Pipeline
+    from compressdet.recipe import parse_recipe
+
+    torch.set_num_threads(args.threads)
+    src = Path(args.run)
+    src_recipe = yaml.safe_load((src / "recipe.yaml").read_text())
+    model = src / args.stage / "model.pt"
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    ev = {"max_images": args.eval_images, "batch_size": 16, "num_images_logged": 0}
+    stages = [{"name": "student", "kind": "model_file", "path": str(model.resolve()), "sha256": sha}]
+    names = {}
+    for i, (label, quant) in enumerate(HEAD_MODES.items()):
+        names[label] = f"ptq_{i}"
+        stages.append({"name": f"ptq_{i}", "kind": "ptq", "from": "student", "eval": ev,
+                       "quant": {"calibration_images": args.calib, **quant}})
+    recipe = parse_recipe(yaml.safe_dump({"name": "quant_head", "seed": 0, "device": "cpu",
+                                          "data": src_recipe["data"], "stages": stages}, sort_keys=False),
+                          source="benchmarks/quant.py head")
+    work = ROOT / "benchmarks" / ".quant_head" / sha[:12]
+    run_dir = Pipeline(recipe, work / "run", resume=True).run()
+    st = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    base = st[names["float head"]]["metrics"]["map40"]
+    rows = {}
+    for label, name in names.items():
+        met = st[name]["metrics"]
+        rows[label] = {"map40": met["map40"], "ort_map40": met["ort_map40"], "drop_vs_float_head": base - met["map40"]}
+    shown = model.resolve().relative_to(ROOT) if model.resolve().is_relative_to(ROOT) else model
+    out = {"student": str(shown), "student_sha256": sha, "image_size": src_recipe["data"]["image_size"],
+           "eval_images": args.eval_images, "calibration_images": args.calib, "method": "PTQ (histogram)",
+           "rows": rows}
+    atomic_write_json(RESULTS / "quant_head.json", out)
+    md = [f"PTQ of `{shown}` ({src_recipe['data']['image_size'][0]}x{src_recipe['data']['image_size'][1]}, "
+          f"{args.eval_images} val images, {args.calib} calibration images)", "",
+          "| head | mAP40 (PyTorch int8) | mAP40 (ORT) | drop vs float head |", "|---|---|---|---|"]
+    md += [f"| {k} | {_f(v['map40'])} | {_f(v['ort_map40'])} | {_f(v['drop_vs_float_head'])} |" for k, v in rows.items()]
+    atomic_write_text(RESULTS / "quant_head.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    return out
+
+
 def _f(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -395,9 +452,16 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--qat-steps", type=int, default=200, help="(cpu preset) steps of each QAT stage")
     a.add_argument("--imitation-results", type=Path, default=RESULTS / "imitation_gain.json",
                    help="(cpu preset) the imitation benchmark's results JSON whose models are reused")
+    h = sub.add_parser("head", help="PTQ with a float head vs int8 heads (per-kind / shared scale)")
+    h.add_argument("--run", default=str(ROOT / "benchmarks" / ".prune_cpu" / "run"),
+                   help="a finished run folder holding the student (default: the prune benchmark's cpu run)")
+    h.add_argument("--stage", default="student", help="the stage of --run whose model.pt is quantized")
+    h.add_argument("--eval-images", type=int, default=1000)
+    h.add_argument("--calib", type=int, default=64)
+    h.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (speed if args.cmd == "speed" else accuracy)(args)
+    {"speed": speed, "accuracy": accuracy, "head": head}[args.cmd](args)
     return 0
 
 
