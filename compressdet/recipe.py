@@ -299,6 +299,9 @@ class PruneStage(StageConfig):
 class QuantConfig(_Strict):
     backend: Literal["x86"] = "x86"
     per_channel: bool = True
+    activations: Literal["u8", "s8_symmetric"] = Field(
+        "u8", description="u8: asymmetric uint8, fastest in ONNX Runtime on x86; s8_symmetric: int8 with zero "
+        "point 0, the only activation scheme TensorRT's explicit quantization accepts")
     keep_head_float: bool = Field(True, description="head conv, its output and the decode stay float")
     head_int8: Literal["per_kind", "shared"] = Field(
         "per_kind", description="with keep_head_float false: one int8 output scale per output kind (class "

@@ -416,6 +416,45 @@ def test_check_rejects_per_tensor_weights(student, tmp_path):
     assert check_int8_graph(path, require_per_channel=False)["int8_convs"] > 0
 
 
+def test_tensorrt_flavour_is_symmetric_int8(student, ptq_program, tmp_path):
+    """TensorRT takes only int8 Q/DQ with zero point 0: ``activations: s8_symmetric`` gives such a
+    graph (and ORT still runs it like PyTorch); the default u8 graph is refused with the fix named."""
+    from onnx import numpy_helper
+
+    x = _images(1, seed=9)
+    prog = quantize_ptq(student, iter([_images(2, seed=5)]), QuantConfig(activations="s8_symmetric",
+                                                                         calibration_images=2), observer="minmax")
+    path = export_int8_onnx(prog, x, tmp_path / "trt.onnx")
+    check_int8_graph(path, tensorrt=True)
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    zps = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.int8 and (z == 0).all() for z in zps)
+    assert "Pad" in [n.op_type for n in m.graph.node]  # float Pad -> Q -> DQ kept (no uint8 pad rewrite)
+    _assert_ort_matches_torch(path, prog, x)
+
+    u8 = export_int8_onnx(ptq_program, x, tmp_path / "u8.onnx")
+    with pytest.raises(ArtifactError, match="TensorRT needs int8 with zero point 0.*s8_symmetric"):
+        check_int8_graph(u8, tensorrt=True)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_ort_static_ptq_flavours(student, tmp_path, symmetric):
+    """The exporter's PTQ of a float graph (used when a stage has no INT8 graph of its own) makes
+    symmetric int8 activations when a TensorRT engine is wanted."""
+    from compressdet.export._int8 import quantize_onnx_int8
+
+    fp32 = tmp_path / "fp32.onnx"
+    torch.onnx.export(student, (_images(1),), str(fp32), dynamo=False, opset_version=17, input_names=["images"])
+    out = quantize_onnx_int8(fp32, tmp_path / "q.onnx", [_images(1, seed=s).numpy() for s in (1, 2)],
+                             symmetric=symmetric)
+    if symmetric:
+        check_int8_graph(out, tensorrt=True)
+    else:  # u8 activations and int32 bias DequantizeLinear: ORT's fast path, not TensorRT's
+        with pytest.raises(ArtifactError, match="TensorRT needs"):
+            check_int8_graph(out, tensorrt=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # bad settings
 
@@ -442,6 +481,8 @@ def test_recipe_rejects_bad_quant_stages():
         parse_recipe(base + "  - {name: q, kind: qat, from: s, quant: {backend: arm}}\n", check_paths=False)
     with pytest.raises(RecipeError, match="method"):
         parse_recipe(base + "  - {name: p, kind: ptq, from: s, method: entropy}\n", check_paths=False)
+    with pytest.raises(RecipeError, match="activations"):
+        parse_recipe(base + "  - {name: p, kind: ptq, from: s, quant: {activations: s8}}\n", check_paths=False)
     with pytest.raises(RecipeError, match="head_int8"):
         parse_recipe(base + "  - {name: p, kind: ptq, from: s, quant: {head_int8: per_anchor}}\n", check_paths=False)
     r = parse_recipe(base + "  - {name: q, kind: qat, from: s, freeze_bn_step: 5}\n", check_paths=False)

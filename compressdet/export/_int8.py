@@ -97,12 +97,13 @@ def verify_int8(int8_path: str | os.PathLike, fp32_path: str | os.PathLike, imag
 
 
 def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: Iterable[Any], *,
-                       per_channel: bool = True, method: str = "minmax") -> Path:
+                       per_channel: bool = True, method: str = "minmax", symmetric: bool = False) -> Path:
     """Static PTQ of an fp32 ONNX graph into a QDQ graph (s8 weights per channel, u8 activations).
 
     Args:
         images: calibration inputs, model-ready (BGR minus mean).
         method: ``minmax``, ``entropy`` or ``percentile`` (ORT's calibration methods).
+        symmetric: int8 activations with zero point 0 (what TensorRT accepts) instead of u8 affine.
 
     Returns:
         ``out_path`` (written atomically).
@@ -123,10 +124,14 @@ def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike
             shutil.copyfile(fp32_path, pre)
         with atomic_path(out_path, suffix=".onnx.tmp") as tmp:
             quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             calibrate_method=methods[method],
-                            extra_options={"CalibTensorRangeSymmetric": False})
-            _copy_metadata(fp32_path, tmp, {"precision": "int8", "quantization": f"ptq-{method} (onnxruntime)"})
+                            # TensorRT also needs float biases (no int32 bias DequantizeLinear)
+                            extra_options={"CalibTensorRangeSymmetric": symmetric, "ActivationSymmetric": symmetric,
+                                           "QuantizeBias": not symmetric})
+            _copy_metadata(fp32_path, tmp, {"precision": "int8", "quantization": f"ptq-{method} (onnxruntime)"
+                                            + (", symmetric int8 activations" if symmetric else "")})
     return Path(out_path)
 
 

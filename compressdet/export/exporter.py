@@ -229,6 +229,7 @@ class Exporter:
         self.postprocess = dict(postprocess or {})
         self.model = source.model.eval()
         self.results: dict[str, dict[str, Any]] = {}
+        self.trt_int8 = False  # set by run(): the INT8 graph must suit a TensorRT engine too
 
     # ---------------------------------------------------------------------------------------------
     def run(self, formats: list[str]) -> dict[str, dict[str, Any]]:
@@ -245,6 +246,8 @@ class Exporter:
             opts = {"opset": self.opset, "dynamic_batch": self.dynamic_batch,
                     "with_postprocess": self.with_postprocess and name == "onnx"}
             validate_options(name, opts)
+        # a TensorRT INT8 engine needs symmetric int8 activations: quantize for it when it is wanted
+        self.trt_int8 = "tensorrt" in wanted and "onnx-int8" in wanted
         order = [n for n in FORMATS if n in wanted]
         for name in order:
             self._report(name, getattr(self, "export_" + name.replace("-", "_")))
@@ -325,9 +328,11 @@ class Exporter:
                 self.log("  note: the stage's quantized .pt2 program is not exported directly; "
                          "its float weights get static PTQ in ONNX Runtime")
             imgs = calibration_images(self.source, self.n_calib, split="train", log=self.log)
-            self.log(f"  static PTQ (QDQ, per-channel s8 weights, u8 activations) on {len(imgs)} images")
-            quantize_onnx_int8(fp32, path, [i.numpy() for i in imgs])
-            how = f"ptq-minmax onnxruntime ({len(imgs)} calibration images)"
+            sym = self.trt_int8
+            acts = "symmetric s8 activations (for TensorRT)" if sym else "u8 activations"
+            self.log(f"  static PTQ (QDQ, per-channel s8 weights, {acts}) on {len(imgs)} images")
+            quantize_onnx_int8(fp32, path, [i.numpy() for i in imgs], symmetric=sym)
+            how = f"ptq-minmax onnxruntime ({len(imgs)} calibration images{', symmetric' if sym else ''})"
         check = calibration_images(self.source, 2, split="val", log=lambda s: None)
         info = verify_int8(path, fp32, [c.numpy() for c in check], decode=self._decode, agreement=self._agree)
         self.log(f"  INT8 vs fp32 in ORT: max |diff| {info['max_abs_diff_vs_fp32']:.3g}, detection agreement "
@@ -417,6 +422,9 @@ class Exporter:
         src = self.results.get("onnx-int8") or self.results["onnx"]
         int8 = "onnx-int8" in self.results
         if int8:
+            from ..quant.onnx_int8 import check_int8_graph
+
+            check_int8_graph(src["path"], tensorrt=True)  # a clear error instead of the parser's assertion
             path = path.with_name(f"{self.source.stem('tensorrt-int8')}.int8.engine")
         return build_engine(src["path"], path, int8=int8, dynamic_batch=self.dynamic_batch)
 

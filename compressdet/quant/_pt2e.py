@@ -30,7 +30,8 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
 
     Weights: int8 symmetric, narrow range [-127, 127] (TensorRT needs zero-point 0, and the narrow
     range avoids u8*s8 pair saturation on pre-VNNI CPUs), per output channel unless
-    ``cfg.per_channel`` is False. Activations: u8 per tensor. ``cfg.keep_head_float`` leaves the
+    ``cfg.per_channel`` is False. Activations: per tensor, u8 affine or, with
+    ``cfg.activations == "s8_symmetric"``, int8 with zero point 0 (TensorRT). ``cfg.keep_head_float`` leaves the
     head conv unquantized so its output (box deltas and logits) stays float; otherwise
     ``cfg.head_int8 == "per_kind"`` keeps the concat of a :class:`~._fold.PerKindHead` float (one
     output scale per kind; capture with ``capture_options(cfg)``); ``cfg.float_stem``
@@ -71,6 +72,9 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
             raise UserError(f"PTQ observer '{observer}' is not supported (use 'minmax' or 'histogram')")
         aobs = MinMaxObserver if observer == "minmax" else HistogramObserver
         act = dataclasses.replace(act, observer_or_fake_quant_ctr=aobs.with_args(eps=2 ** -12))
+    if getattr(cfg, "activations", "u8") == "s8_symmetric":  # TensorRT: int8, zero point 0
+        act = dataclasses.replace(act, dtype=torch.int8, quant_min=-128, quant_max=127,
+                                  qscheme=torch.per_tensor_symmetric)
     qcfg = dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
     q = _ort_quantizer_class()().set_global(qcfg)
     if cfg.keep_head_float:

@@ -76,6 +76,7 @@ def _quantize_before_pad(model) -> int:
     Runtime's Pad of the full-resolution float input took ~1 ms of a ~20 ms 0.25x model (2 threads).
     Returns the number of rewrites.
     """
+    import onnx
     from onnx import numpy_helper
 
     g = model.graph
@@ -98,9 +99,11 @@ def _quantize_before_pad(model) -> int:
         if len(users) != 1 or users[0].op_type != "QuantizeLinear" or len(users[0].input) < 3:
             continue
         q = users[0]
-        scale = inits.get(q.input[1])
+        scale, zp = inits.get(q.input[1]), inits.get(q.input[2])
         if scale is None or numpy_helper.to_array(scale).size != 1:
             continue  # per-axis quantization: the pad value would differ per channel
+        if zp is None or zp.data_type != onnx.TensorProto.UINT8:
+            continue  # int8 (TensorRT) graphs keep the plain Q -> DQ pairs TensorRT's parser expects
         src, padded, quantized = pad.input[0], pad.output[0], q.output[0]
         q.input[0], q.output[0] = src, padded + "_quantized"
         del pad.input[2:]
@@ -119,12 +122,15 @@ def _quantize_before_pad(model) -> int:
     return n_done
 
 
-def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = True) -> dict[str, Any]:
+def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = True,
+                     tensorrt: bool = False) -> dict[str, Any]:
     """Validate a QDQ graph for ORT and TensorRT; raises ``ArtifactError`` naming the first problem.
 
     Checks: ``onnx.checker``; no DequantizeLinear feeding a Conv bias; every quantized Conv weight
     has per-output-channel scales (``axis=0``, one scale per output channel) when
-    ``require_per_channel``; weight zero points are 0 (symmetric).
+    ``require_per_channel``; weight zero points are 0 (symmetric). ``tensorrt``: also every
+    Quantize/DequantizeLinear is int8 with zero point 0 (TensorRT's explicit quantization is
+    symmetric int8 only) and every QuantizeLinear feeds only DequantizeLinear nodes.
 
     Returns:
         ``{"qdq_nodes", "int8_convs", "float_convs"}`` counts.
@@ -171,6 +177,23 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
                                 f"(scale shape {None if scale is None else list(scale.shape)}, axis {axis})")
         if zp is not None and (zp != 0).any():
             raise ArtifactError(f"{path}: Conv '{n.name}' weight zero point is not 0 (TensorRT needs symmetric)")
+    if tensorrt:
+        for n in m.graph.node:
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+                continue
+            zp = value(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            if zp is None and n.op_type == "DequantizeLinear":
+                src = value(n.input[0])  # int8 weights without a zero point: 0 by definition
+                zp = None if src is None or src.dtype != "int8" else src.ravel()[:1] * 0
+            if zp is None or zp.dtype != "int8" or (zp != 0).any():
+                what = "no zero point" if zp is None else f"{zp.dtype} zero point {zp.ravel()[:1].tolist()}"
+                raise ArtifactError(f"{path}: {n.op_type} '{n.name}' has {what}; TensorRT needs int8 with zero "
+                                    "point 0 (quantize with quant.activations: s8_symmetric)")
+            if n.op_type == "QuantizeLinear":
+                bad = [u for u in m.graph.node if n.output[0] in u.input and u.op_type != "DequantizeLinear"]
+                if bad:
+                    raise ArtifactError(f"{path}: QuantizeLinear '{n.name}' feeds {bad[0].op_type} "
+                                        f"'{bad[0].name}'; TensorRT needs Q -> DQ pairs")
     qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
     if int8_convs == 0:
         raise ArtifactError(f"{path}: no quantized Conv found (is this an INT8 graph?)")
