@@ -438,6 +438,36 @@ def test_tensorrt_flavour_is_symmetric_int8(student, ptq_program, tmp_path):
         check_int8_graph(u8, tensorrt=True)
 
 
+def test_tensorrt_export_uses_int8_graph_only_when_tensorrt_can(student, ptq_program, tmp_path, monkeypatch):
+    """A u8 INT8 graph would abort TensorRT's parser: the exporter builds the engine from the fp32
+    graph and says why; a symmetric int8 graph becomes an INT8 engine. (``build_engine`` is
+    replaced: no TensorRT here.)"""
+    from types import SimpleNamespace
+
+    import compressdet.export._tensorrt as trt_mod
+    from compressdet.export.exporter import Exporter
+
+    calls = []
+    monkeypatch.setattr(trt_mod, "build_engine", lambda src, path, int8, dynamic_batch: calls.append((src, int8))
+                        or {"path": str(path), "precision": "int8" if int8 else "fp32"})
+    x = _images(1)
+    sym = quantize_ptq(student, iter([_images(2, seed=5)]), QuantConfig(activations="s8_symmetric",
+                                                                        calibration_images=2), observer="minmax")
+    graphs = {"u8": export_int8_onnx(ptq_program, x, tmp_path / "u8.onnx"),
+              "s8": export_int8_onnx(sym, x, tmp_path / "s8.onnx")}
+    logs = []
+    for kind, g in graphs.items():
+        stub = SimpleNamespace(results={"onnx": {"path": "fp32.onnx"}, "onnx-int8": {"path": str(g)}},
+                               log=logs.append, source=SimpleNamespace(stem=lambda f: "m"), dynamic_batch=False)
+        info = Exporter.export_tensorrt(stub, tmp_path / "m.engine")
+        if kind == "u8":
+            assert calls[-1] == ("fp32.onnx", False) and "s8_symmetric" in info["int8_skipped"]
+            assert "no TensorRT INT8 engine" in logs[-1]
+        else:
+            assert calls[-1] == (str(g), True) and "int8_skipped" not in info
+            assert info["path"].endswith(".int8.engine")
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_ort_static_ptq_flavours(student, tmp_path, symmetric):
     """The exporter's PTQ of a float graph (used when a stage has no INT8 graph of its own) makes

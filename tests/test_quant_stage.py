@@ -38,7 +38,7 @@ stages:
   - name: ptq
     kind: ptq
     from: student
-    quant: {{calibration_images: 2}}
+    quant: {{calibration_images: 2, activations: s8_symmetric}}
     eval: {{batch_size: 4}}
 """
 
@@ -54,6 +54,13 @@ def test_qat_and_ptq_stages_run(tmp_path):
         for key in ("map40", "ort_map40"):
             assert 0.0 <= rec["metrics"][key] <= 100.0
         assert rec["metrics"]["graph"]["float_convs"] == 1
+    # ptq has activations: s8_symmetric, the graph TensorRT takes; the u8 qat graph is refused for it
+    from compressdet.errors import ArtifactError
+    from compressdet.quant.onnx_int8 import check_int8_graph
+
+    check_int8_graph(run / man["stages"]["ptq"]["artifacts"]["onnx_int8"]["path"], tensorrt=True)
+    with pytest.raises(ArtifactError, match="s8_symmetric"):
+        check_int8_graph(run / man["stages"]["int8"]["artifacts"]["onnx_int8"]["path"], tensorrt=True)
     assert man["stages"]["int8"]["metrics"]["imitation"] is True
     assert "imitation" in man["stages"]["int8"]["metrics"]["final_losses"]
     # the .pt2 artifact reloads and runs

@@ -417,16 +417,24 @@ class Exporter:
         return detection_agreement(a, b, iou=0.5)
 
     def export_tensorrt(self, path: Path) -> dict[str, Any]:
+        from ..errors import ArtifactError
+        from ..quant.onnx_int8 import check_int8_graph
         from ._tensorrt import build_engine
 
         src = self.results.get("onnx-int8") or self.results["onnx"]
-        int8 = "onnx-int8" in self.results
+        int8, note = "onnx-int8" in self.results, None
         if int8:
-            from ..quant.onnx_int8 import check_int8_graph
-
-            check_int8_graph(src["path"], tensorrt=True)  # a clear error instead of the parser's assertion
+            try:
+                check_int8_graph(src["path"], tensorrt=True)
+            except ArtifactError as e:  # u8 graph (ORT's fast flavour): TensorRT's parser would abort
+                note = str(e).split(": ", 1)[-1]
+                self.log(f"  note: no TensorRT INT8 engine from {Path(src['path']).name}: {note}; "
+                         "building the engine from the fp32 graph instead")
+                src, int8 = self.results["onnx"], False
+        if int8:
             path = path.with_name(f"{self.source.stem('tensorrt-int8')}.int8.engine")
-        return build_engine(src["path"], path, int8=int8, dynamic_batch=self.dynamic_batch)
+        info = build_engine(src["path"], path, int8=int8, dynamic_batch=self.dynamic_batch)
+        return {**info, "int8_skipped": note} if note else info
 
 
 def export_model(path: str | Path | None, formats: list[str], *, stage: str | None = None,
