@@ -388,10 +388,9 @@ HEAD_MODES = {"float head": {}, "int8 head, per-kind scales": {"keep_head_float"
 
 def head(args: argparse.Namespace) -> dict:
     """PTQ of a trained student with each head mode; mAP as the PyTorch int8 program and in ORT."""
-    import hashlib
-
     import yaml
 
+    from compressdet._io import sha256_file
     from compressdet.pipeline import Pipeline
     from compressdet.recipe import parse_recipe
 
@@ -399,7 +398,7 @@ def head(args: argparse.Namespace) -> dict:
     src = Path(args.run)
     src_recipe = yaml.safe_load((src / "recipe.yaml").read_text())
     model = src / args.stage / "model.pt"
-    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    sha = sha256_file(model)
     ev = {"max_images": args.eval_images, "batch_size": 16, "num_images_logged": 0}
     stages = [{"name": "student", "kind": "model_file", "path": str(model.resolve()), "sha256": sha}]
     names = {}

@@ -427,9 +427,8 @@ class Exporter:
             try:
                 check_int8_graph(src["path"], tensorrt=True)
             except ArtifactError as e:  # u8 graph (ORT's fast flavour): TensorRT's parser would abort
-                note = str(e).split(": ", 1)[-1]
-                self.log(f"  note: no TensorRT INT8 engine from {Path(src['path']).name}: {note}; "
-                         "building the engine from the fp32 graph instead")
+                note = str(e)  # names the graph, the node and the fix
+                self.log(f"  note: no TensorRT INT8 engine: {note}; building the engine from the fp32 graph instead")
                 src, int8 = self.results["onnx"], False
         if int8:
             path = path.with_name(f"{self.source.stem('tensorrt-int8')}.int8.engine")

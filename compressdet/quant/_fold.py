@@ -95,14 +95,27 @@ def _pad_rows(conv: nn.Conv2d, out: int) -> tuple[nn.Conv2d, Tensor]:
     return _dense_conv(conv, w), mask
 
 
-def _pad_depthwise(conv: nn.Conv2d, channels: int) -> tuple[nn.Conv2d, Tensor]:
-    c = conv.in_channels
-    new = nn.Conv2d(channels, channels, conv.kernel_size, conv.stride, conv.padding, groups=channels, bias=False)
-    new.weight.data.zero_()
-    new.weight.data[:c] = conv.weight.detach()
-    mask = torch.zeros_like(new.weight)
-    mask[:c] = 1
-    return new, mask
+def _widened(conv: nn.Conv2d, out_channels: int, in_channels: int, mask: Tensor | None = None, *,
+             depthwise: bool = False) -> tuple[nn.Conv2d, Tensor]:
+    """``conv`` embedded in a wider zero conv and its 0/1 weight mask.
+
+    The old weight, bias and ``mask`` (default: all ones) fill the leading output and input channels.
+    ``depthwise``: ``conv`` is depthwise and stays so (``out_channels`` groups).
+    """
+    if conv.groups != (conv.in_channels if depthwise else 1):
+        raise ValueError(f"cannot widen a conv with groups={conv.groups} (depthwise={depthwise})")
+    new = nn.Conv2d(in_channels, out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    groups=out_channels if depthwise else 1, bias=conv.bias is not None)
+    o, i = conv.weight.shape[:2]
+    new_mask = torch.zeros_like(new.weight)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:o, :i] = conv.weight
+        new_mask[:o, :i] = 1 if mask is None else mask
+        if conv.bias is not None:
+            new.bias.zero_()
+            new.bias[:o] = conv.bias
+    return new, new_mask
 
 
 def _pad_bn(bn: nn.BatchNorm2d, channels: int) -> tuple[nn.BatchNorm2d, Tensor]:
@@ -113,22 +126,9 @@ def _pad_bn(bn: nn.BatchNorm2d, channels: int) -> tuple[nn.BatchNorm2d, Tensor]:
         new.weight[:c], new.bias[:c] = bn.weight, bn.bias
         new.running_mean[:c], new.running_var[:c] = bn.running_mean, bn.running_var
         new.num_batches_tracked.copy_(bn.num_batches_tracked)
-    mask = torch.zeros(channels)
+    mask = torch.zeros_like(new.bias)
     mask[:c] = 1
     return new, mask
-
-
-def _pad_columns(conv: nn.Conv2d, mask: Tensor, channels: int) -> tuple[nn.Conv2d, Tensor]:
-    """Dense ``conv`` with its input widened to ``channels`` (extra columns zero)."""
-    if conv.groups != 1:
-        raise ValueError("only a dense conv can take padded input channels")
-    c = conv.in_channels
-    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
-    new.weight.data.zero_()
-    new.weight.data[:, :c] = conv.weight.detach()
-    m = torch.zeros_like(new.weight)
-    m[:, :c] = mask
-    return new, m
 
 
 def _permute_channels_(module: nn.Module, perm: Tensor) -> None:
@@ -140,6 +140,24 @@ def _permute_channels_(module: nn.Module, perm: Tensor) -> None:
         new = torch.empty_like(t.data)
         new[perm] = t.data
         t.data = new
+
+
+class _MaskedParams(nn.Module):
+    """Parameters whose masked entries stay zero in QAT: the mask multiplies the gradient in eager
+    mode, and ``param_masks()`` hands it to ``_pt2e.apply_masks`` for the captured graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._masks: dict[str, str] = {}  # parameter name -> name of its mask buffer
+
+    def _add_mask(self, param: str, mask: Tensor) -> None:
+        buf = "mask_" + param.replace(".", "_")
+        self.register_buffer(buf, mask, persistent=False)
+        self._masks[param] = buf
+        self.get_parameter(param).register_hook(lambda g, b=buf: g * getattr(self, b))
+
+    def param_masks(self) -> dict[str, Tensor]:
+        return {p: getattr(self, b) for p, b in self._masks.items()}
 
 
 class AvgPoolAsConv(nn.Module):
@@ -182,7 +200,7 @@ class AvgPoolAsConv(nn.Module):
         return y * self.corr
 
 
-class QuantUnit(nn.Module):
+class QuantUnit(_MaskedParams):
     """A ShuffleNet v1 unit in quantization-ready form (see module docstring).
 
     Args:
@@ -209,14 +227,13 @@ class QuantUnit(nn.Module):
                 and not p.count_include_pad and p.divisor_override is None):
             self.pool = AvgPoolAsConv(unit.conv1.in_channels)
         self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
-        self._masks: dict[str, str] = {}
         self.folded = fold_shuffle
+        masks: dict[str, Tensor] = {}
         if fold_shuffle:
             perm = shuffle_permutation(unit.dwconv.in_channels, self.groups)
             _permute_channels_(self.dwconv, perm)
             _permute_channels_(self.bn2, perm)
-            self.conv2, mask = _dense_permuted(unit.conv2, perm)
-            self._add_mask("conv2.weight", mask)
+            self.conv2, masks["conv2.weight"] = _dense_permuted(unit.conv2, perm)
         else:
             self.conv2 = unit.conv2
         b = self.dwconv.in_channels
@@ -224,27 +241,14 @@ class QuantUnit(nn.Module):
             if not fold_shuffle:
                 raise ValueError("pad_bottleneck needs fold_shuffle=True (the shuffle would move the padding)")
             width = _round_up(b, pad_bottleneck)
-            self.conv1, m1 = _pad_rows(self.conv1, width)
-            self.dwconv, mdw = _pad_depthwise(self.dwconv, width)
-            self.bn1, mb1 = _pad_bn(self.bn1, width)
-            self.bn2, mb2 = _pad_bn(self.bn2, width)
-            buf = self._masks.pop("conv2.weight")
-            self.conv2, m2 = _pad_columns(self.conv2, getattr(self, buf), width)
-            delattr(self, buf)
-            for name, m in (("conv1.weight", m1), ("dwconv.weight", mdw), ("bn1.bias", mb1), ("bn2.bias", mb2),
-                            ("conv2.weight", m2)):
-                self._add_mask(name, m)
-
-    def _add_mask(self, param: str, mask: Tensor) -> None:
-        """Keep ``param``'s masked entries at zero: the mask multiplies its gradient (eager QAT) and
-        is exported by ``param_masks`` for the captured graph (``_pt2e.apply_masks``)."""
-        buf = "mask_" + param.replace(".", "_")
-        self.register_buffer(buf, mask, persistent=False)
-        self._masks[param] = buf
-        self.get_parameter(param).register_hook(lambda g, b=buf: g * getattr(self, b))
-
-    def param_masks(self) -> dict[str, Tensor]:
-        return {p: getattr(self, b) for p, b in self._masks.items()}
+            self.conv1, masks["conv1.weight"] = _pad_rows(self.conv1, width)
+            self.dwconv, masks["dwconv.weight"] = _widened(self.dwconv, width, width, depthwise=True)
+            self.bn1, masks["bn1.bias"] = _pad_bn(self.bn1, width)
+            self.bn2, masks["bn2.bias"] = _pad_bn(self.bn2, width)
+            self.conv2, masks["conv2.weight"] = _widened(self.conv2, self.conv2.out_channels, width,
+                                                         masks["conv2.weight"])
+        for name, m in masks.items():
+            self._add_mask(name, m)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.relu1(self.bn1(self.conv1(x)))
@@ -276,7 +280,7 @@ class FeatureWrapper(nn.Module):
         return out if self.head_only else (out, feat)
 
 
-class PaddedStemConv(nn.Module):
+class PaddedStemConv(_MaskedParams):
     """The stem conv with its 3 input channels zero-padded to ``channels`` (exact: zero weights).
 
     ONNX Runtime's int8 im2col conv is about 2x faster with 4 input channels than with 3 (the
@@ -289,20 +293,8 @@ class PaddedStemConv(nn.Module):
         if conv.groups != 1 or conv.in_channels > channels:
             raise ValueError(f"cannot pad a {conv.in_channels}-channel (groups={conv.groups}) conv to {channels}")
         self.extra = channels - conv.in_channels
-        self.conv = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              bias=conv.bias is not None)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[:, :conv.in_channels] = conv.weight
-            if conv.bias is not None:
-                self.conv.bias.copy_(conv.bias)
-        mask = torch.zeros_like(self.conv.weight)
-        mask[:, :conv.in_channels] = 1
-        self.register_buffer("weight_mask", mask, persistent=False)
-        self.conv.weight.register_hook(lambda g: g * self.weight_mask)
-
-    def param_masks(self) -> dict[str, Tensor]:
-        return {"conv.weight": self.weight_mask}
+        self.conv, mask = _widened(conv, conv.out_channels, channels)
+        self._add_mask("conv.weight", mask)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(torch.nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra)))

@@ -79,8 +79,8 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
     q = _ort_quantizer_class()().set_global(qcfg)
     if cfg.keep_head_float:
         q.set_module_name_qconfig("head", None)
-    elif getattr(cfg, "head_int8", "shared") == "per_kind":
-        q.set_module_name_qconfig("head.conv.merge", None)
+    elif capture_options(cfg)["per_kind_head"]:
+        q.set_module_name_qconfig("head.conv.merge", None)  # PerKindHead's concat: each part keeps its scale
     if getattr(cfg, "float_stem", False):
         q.set_module_name_qconfig("backbone.stem", None)
         q.set_module_name_qconfig("backbone.pool", None)

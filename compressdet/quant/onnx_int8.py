@@ -68,6 +68,15 @@ def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os
     return Path(path)
 
 
+def _consumers(graph) -> dict[str, list]:
+    """``{tensor name: nodes reading it}`` of an ONNX graph."""
+    out: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
 def _quantize_before_pad(model) -> int:
     """Rewrite ``Pad(x, value 0) -> QuantizeLinear`` as ``QuantizeLinear(x) -> Pad(value = zero point)``.
 
@@ -80,10 +89,7 @@ def _quantize_before_pad(model) -> int:
     from onnx import numpy_helper
 
     g = model.graph
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(g)
     inits = {i.name: i for i in g.initializer}
     n_done = 0
     for pad in list(g.node):
@@ -178,22 +184,22 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
         if zp is not None and (zp != 0).any():
             raise ArtifactError(f"{path}: Conv '{n.name}' weight zero point is not 0 (TensorRT needs symmetric)")
     if tensorrt:
+        consumers = _consumers(m.graph)
         for n in m.graph.node:
             if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
                 continue
             zp = value(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-            if zp is None and n.op_type == "DequantizeLinear":
-                src = value(n.input[0])  # int8 weights without a zero point: 0 by definition
-                zp = None if src is None or src.dtype != "int8" else src.ravel()[:1] * 0
+            src = value(n.input[0]) if n.op_type == "DequantizeLinear" else None
+            if zp is None and src is not None and src.dtype == "int8":
+                continue  # an int8 constant (weights) without a zero point: 0 by definition
             if zp is None or zp.dtype != "int8" or (zp != 0).any():
                 what = "no zero point" if zp is None else f"{zp.dtype} zero point {zp.ravel()[:1].tolist()}"
                 raise ArtifactError(f"{path}: {n.op_type} '{n.name}' has {what}; TensorRT needs int8 with zero "
                                     "point 0 (quantize with quant.activations: s8_symmetric)")
-            if n.op_type == "QuantizeLinear":
-                bad = [u for u in m.graph.node if n.output[0] in u.input and u.op_type != "DequantizeLinear"]
-                if bad:
-                    raise ArtifactError(f"{path}: QuantizeLinear '{n.name}' feeds {bad[0].op_type} "
-                                        f"'{bad[0].name}'; TensorRT needs Q -> DQ pairs")
+            bad = [u for u in consumers.get(n.output[0], []) if u.op_type != "DequantizeLinear"]
+            if bad and n.op_type == "QuantizeLinear":
+                raise ArtifactError(f"{path}: QuantizeLinear '{n.name}' feeds {bad[0].op_type} "
+                                    f"'{bad[0].name}'; TensorRT needs Q -> DQ pairs")
     qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
     if int8_convs == 0:
         raise ArtifactError(f"{path}: no quantized Conv found (is this an INT8 graph?)")
