@@ -78,8 +78,16 @@ def _ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
     return out
 
 
+ALL_REWRITES = ("quantize_before_pad", "pack_stem_columns", "pad_output_channels")
+
+
 def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_conv: bool = True,
-               align: int | None = 16, int8_head: bool = False) -> Path:
+               align: int | None = 16, int8_head: bool = False, rewrites: tuple[str, ...] = ALL_REWRITES) -> Path:
+    """PT2E PTQ graph of one step of the speed ladder; ``rewrites``: which ``quant._onnx_rewrites``
+    passes run on the exported graph (the exporter runs all of them)."""
+    import onnx
+
+    from compressdet.quant import _onnx_rewrites
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
@@ -95,7 +103,13 @@ def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_
     with torch.no_grad():
         for c in calib:
             prepared(torch.from_numpy(c))
-    return export_int8_onnx(convert(prepared), x, out)
+    export_int8_onnx(convert(prepared), x, out, ort_rewrites=False)
+    if rewrites:
+        m = onnx.load(str(out))
+        for name in rewrites:
+            getattr(_onnx_rewrites, name)(m)
+        onnx.save_model(m, str(out))
+    return out
 
 
 def _time_blocks(sessions: dict, feed: dict, runs: int) -> dict[str, dict]:
@@ -129,19 +143,27 @@ def speed(args: argparse.Namespace) -> dict:
         paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx")}
         paths["int8_ort_static"] = _ort_static(paths["fp32"], tmp / f"{w}_ortstatic.onnx", calib)
         # the ladder of docs/quantization.md, each step on top of the previous one
+        early = ("quantize_before_pad",)  # the pass these steps were first measured with
         paths["int8_nofold"] = _pt2e_int8(model, x, calib, tmp / f"{w}_nofold.onnx", fold=False, pad=None,
-                                          pool_conv=False, align=None)
+                                          pool_conv=False, align=None, rewrites=())
         paths["int8_fold"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fold.onnx", fold=True, pad=None, pool_conv=False,
-                                        align=None)
+                                        align=None, rewrites=())
         paths["int8_pad4"] = _pt2e_int8(model, x, calib, tmp / f"{w}_pad4.onnx", fold=True, pad=4, pool_conv=False,
-                                        align=None)
+                                        align=None, rewrites=early)
         # + shortcut avg-pool as depthwise conv * border map (AvgPoolAsConv)
-        paths["int8_poolconv"] = _pt2e_int8(model, x, calib, tmp / f"{w}_poolconv.onnx", fold=True, pad=4, align=None)
-        # default: + bottleneck widths padded to a multiple of 16
+        paths["int8_poolconv"] = _pt2e_int8(model, x, calib, tmp / f"{w}_poolconv.onnx", fold=True, pad=4, align=None,
+                                            rewrites=early)
+        # + bottleneck widths padded to a multiple of 16 (session 6's default)
+        paths["int8_padded"] = _pt2e_int8(model, x, calib, tmp / f"{w}_padded.onnx", fold=True, pad=4, rewrites=early)
+        # default: + the stem conv on column pairs, max-pool in uint8 (pack_stem_columns)
         paths["int8_fast"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fast.onnx", fold=True, pad=4)
-        # opt-in: int8 head with one output scale per kind (keep_head_float: false)
+        # opt-in: int8 head with one output scale per kind (keep_head_float: false), its narrow
+        # parts widened (pad_output_channels); and the same without the widening
         paths["int8_fast_head_int8"] = _pt2e_int8(model, x, calib, tmp / f"{w}_headq.onnx", fold=True, pad=4,
                                                   int8_head=True)
+        paths["int8_fast_head_int8_narrow"] = _pt2e_int8(model, x, calib, tmp / f"{w}_headq_narrow.onnx", fold=True,
+                                                         pad=4, int8_head=True,
+                                                         rewrites=("quantize_before_pad", "pack_stem_columns"))
         print(f"[{w}x] graphs built in {time.time() - t0:.0f}s", flush=True)
         sess = {k: ort_session(p, threads=args.threads) for k, p in paths.items()}
         sess["int8_fast_opt_extended"] = ort_session(paths["int8_fast"], threads=args.threads, opt_level="extended")
@@ -183,9 +205,11 @@ def _cpu_recipe(reuse: dict, qat_steps: int) -> dict:
              "eval_every": qat_steps, "log_every": min(20, qat_steps)}
     if reuse["threads"]:
         sched["threads"] = reuse["threads"]
+    student = reuse.get("student_stage") or {"name": "student", "kind": "model_file", "path": str(reuse["student"]),
+                                             "sha256": reuse["student_sha256"]}
     return {"name": "quant_bench_cpu", "seed": 0, "device": "cpu", "data": reuse["data"], "stages": [
         {"name": "teacher", "kind": "model_file", "path": str(reuse["teacher"]), "sha256": reuse["teacher_sha256"]},
-        {"name": "student", "kind": "model_file", "path": str(reuse["student"]), "sha256": reuse["student_sha256"]},
+        student,
         {"name": "ptq", "kind": "ptq", "from": "student", "quant": {"calibration_images": PRESETS["cpu"]["calib"]},
          "eval": ev},
         {"name": "qat", "kind": "qat", "from": "student", "schedule": sched, "eval": ev},
@@ -194,7 +218,44 @@ def _cpu_recipe(reuse: dict, qat_steps: int) -> dict:
         # equal-budget control: the float student trained exactly like QAT + imitation, so steps that
         # still improve a short CPU student do not flatter qat_map_drop
         {"name": "fp32_ft", "kind": "train", "from": "student", "teacher": "teacher",
-         "imitation": {"weight": reuse["best_weight"]}, "schedule": sched, "eval": ev}]}
+         "imitation": {"weight": reuse["best_weight"]}, "schedule": sched, "eval": ev},
+        # the opt-in int8 head (one output scale per kind), trained like QAT + imitation
+        {"name": "qat_imitation_head_int8", "kind": "qat", "from": "student", "teacher": "teacher",
+         "imitation": {"weight": reuse["best_weight"]}, "quant": {"keep_head_float": False}, "schedule": sched,
+         "eval": ev}]}
+
+
+def _run_artifacts(run: Path, student_width: str | None) -> dict:
+    """:func:`_cpu_recipe`'s inputs from any finished pipeline run with a ``teacher`` and an imitation
+    ``student`` stage (e.g. the prune benchmark's cpu run). ``student_width``: train a student of
+    that width here with the run's student schedule instead of reusing the run's student."""
+    import yaml
+
+    from compressdet._io import sha256_file
+
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    man = json.loads((run / "manifest.json").read_text())["stages"]
+    stages = {s["name"]: s for s in recipe["stages"]}
+    for name in ("teacher", "student"):
+        if man.get(name, {}).get("status") != "done":
+            raise SystemExit(f"{run}: stage '{name}' is not done; finish that run first")
+    teacher = run / man["teacher"]["artifacts"]["model"]["path"]
+    src = stages["student"]
+    out = {"preset": f"run {run}", "teacher": teacher, "teacher_sha256": sha256_file(teacher),
+           "best_weight": (src.get("imitation") or {}).get("weight", 1.0), "data": recipe["data"],
+           "eval_images": (src.get("eval") or {}).get("max_images"), "batch": src["schedule"]["batch_size"],
+           "threads": src["schedule"].get("threads"), "channels_last": src["schedule"].get("channels_last", False)}
+    if student_width:
+        stage = {k: v for k, v in src.items() if k not in ("from",)}
+        stage["model"] = ARCH[student_width]
+        out["student_stage"] = stage
+        out["student_label"] = f"{student_width}x-I student trained here with `{run.name}`'s student schedule"
+        out["student_key"] = f"{out['teacher_sha256'][:8]}-{student_width}x"
+    else:
+        student = run / man["student"]["artifacts"]["model"]["path"]
+        out.update(student=student, student_sha256=sha256_file(student), student_label=f"`{run.name}`'s student")
+        out["student_key"] = out["student_sha256"][:12]
+    return out
 
 
 def _evaluate_fp32(recipe, stage: str, model) -> dict:
@@ -264,10 +325,15 @@ def accuracy(args: argparse.Namespace) -> dict:
         import yaml
         from _reuse import imitation_artifacts
 
-        reuse = imitation_artifacts(args.imitation_results)
+        if args.from_run:
+            reuse = _run_artifacts(Path(args.from_run), args.student_width)
+        else:
+            reuse = imitation_artifacts(args.imitation_results)
+            reuse.update(student_label=f"the imitation benchmark's seed-0 0.25x-I student (w={reuse['best_weight']})",
+                         student_key=reuse["student_sha256"][:12])
         # kept and resumed; one folder per reused student and step count, so a re-trained
         # imitation benchmark or another --qat-steps starts fresh instead of clashing with the old run
-        work = work or ROOT / "benchmarks" / ".quant_cpu" / f"{reuse['student_sha256'][:12]}-q{args.qat_steps}"
+        work = work or ROOT / "benchmarks" / ".quant_cpu" / f"{reuse['student_key']}-q{args.qat_steps}"
         text = yaml.safe_dump(_cpu_recipe(reuse, args.qat_steps), sort_keys=False)
         p["image_size"] = list(reuse["data"]["image_size"])
     else:
@@ -291,20 +357,23 @@ def accuracy(args: argparse.Namespace) -> dict:
         return run_dir / st[stage]["artifacts"][key]["path"]
 
     student, _ = load_model(artifact("student", "model"))
-    if reuse is not None:  # a model_file stage has no metrics: evaluate it like the int8 stages
+    if reuse is not None:  # evaluate the float student exactly like the int8 stages (same val subset)
         st["student"]["metrics"] = _evaluate_fp32(recipe, "qat_imitation", student)
     fp32 = m("student")
-    rows = {"fp32 student": fp32, "PTQ": m("ptq"), "QAT": m("qat"), "QAT + imitation": m("qat_imitation")}
-    ort_rows = {"PTQ": m("ptq", "ort_map40"), "QAT": m("qat", "ort_map40"),
-                "QAT + imitation": m("qat_imitation", "ort_map40")}
+    key = {"fp32 student": "student", "PTQ": "ptq", "QAT": "qat", "QAT + imitation": "qat_imitation"}
+    if "qat_imitation_head_int8" in st:
+        key["QAT + imitation, int8 head"] = "qat_imitation_head_int8"
+    rows = {k: m(stage) for k, stage in key.items()}
+    ort_rows = {k: m(stage, "ort_map40") for k, stage in key.items() if stage != "student"}
     # latency of the run's own graphs at its image size (batch 1)
     H, W = p["image_size"]
     x = torch.randn(1, 3, H, W) * 50
     fp32_onnx = _export_fp32(student.eval(), x, work / "student_fp32.onnx")
 
-    sessions = {"fp32": ort_session(fp32_onnx, threads=args.threads)}
-    for s in ("ptq", "qat", "qat_imitation"):
-        sessions[s] = ort_session(artifact(s, "onnx_int8"), threads=args.threads)
+    sessions = {"student": ort_session(fp32_onnx, threads=args.threads)}
+    for s in key.values():
+        if s != "student":
+            sessions[s] = ort_session(artifact(s, "onnx_int8"), threads=args.threads)
     lat = _time_blocks(sessions, {"images": x.numpy()}, p["runs"])
     result = {
         "preset": args.preset, "image_size": [H, W], "minutes": minutes, "map_metric": "official AP40 (%)",
@@ -314,8 +383,8 @@ def accuracy(args: argparse.Namespace) -> dict:
         "qat_no_imitation_map_drop": None if fp32 is None or rows["QAT"] is None else fp32 - rows["QAT"],
         "ort_vs_torch_map_drop": {k: (None if rows[k] is None or ort_rows[k] is None else rows[k] - ort_rows[k])
                                   for k in ort_rows},
-        "latency_ms": {k: v["median_ms"] for k, v in lat.items()},
-        "int8_speedup": lat["fp32"]["median_ms"] / lat["qat_imitation"]["median_ms"],
+        "latency_ms": {("fp32" if k == "student" else k): v["median_ms"] for k, v in lat.items()},
+        "int8_speedup": lat["student"]["median_ms"] / lat["qat_imitation"]["median_ms"],
         "int8_speedup_note": "fp32 ms / int8 ms at the run's image size (> 1: INT8 faster; the target "
                              "INT8 <= 0.5x fp32 is a speedup >= 2)",
         "threads": args.threads, "runs": p["runs"],
@@ -324,10 +393,15 @@ def accuracy(args: argparse.Namespace) -> dict:
         result["fp32_equal_budget_map40"] = m("fp32_ft")
         result["qat_map_drop_vs_equal_budget"] = m("fp32_ft") - rows["QAT + imitation"]
         result["ptq_map_drop_vs_equal_budget"] = None if rows["PTQ"] is None else m("fp32_ft") - rows["PTQ"]
+    if "QAT + imitation, int8 head" in rows and fp32 is not None and rows["QAT + imitation, int8 head"] is not None:
+        result["qat_head_int8_map_drop"] = fp32 - rows["QAT + imitation, int8 head"]
+        result["int8_speedup_head_int8"] = lat["student"]["median_ms"] / lat["qat_imitation_head_int8"]["median_ms"]
     if reuse is not None:
-        result["reused"] = {"imitation_preset": reuse["preset"], "teacher": str(reuse["teacher"]),
-                            "student": str(reuse["student"]), "student_sha256": reuse["student_sha256"],
-                            "qat_steps": args.qat_steps, "imitation_weight": reuse["best_weight"]}
+        sha = st["student"].get("artifacts", {}).get("model", {}).get("sha256") or reuse.get("student_sha256")
+        result["reused"] = {"source": reuse["preset"], "teacher": str(reuse["teacher"]),
+                            "teacher_sha256": reuse["teacher_sha256"], "student": reuse["student_label"],
+                            "student_sha256": sha, "qat_steps": args.qat_steps,
+                            "imitation_weight": reuse["best_weight"]}
     speed_file = RESULTS / "quant_speed.json"
     if speed_file.exists():  # the 384x1248 numbers of the speed study
         sp = json.loads(speed_file.read_text())
@@ -336,10 +410,8 @@ def accuracy(args: argparse.Namespace) -> dict:
                                     for w, r in sp.get("widths", {}).items()}
         if "0.25x" in result["speed_384x1248"]:
             result["int8_speedup_384x1248_0.25x"] = 1 / result["speed_384x1248"]["0.25x"]["ratio"]
-    key = {"fp32 student": "fp32", "PTQ": "ptq", "QAT": "qat", "QAT + imitation": "qat_imitation"}
     names, results = [], []
-    for name, stage in (("fp32 student", "student"), ("PTQ", "ptq"), ("QAT", "qat"),
-                        ("QAT + imitation", "qat_imitation")):
+    for name, stage in key.items():
         res = st[stage].get("metrics", {})
         if res.get("ap40"):
             names.append(name)
@@ -349,15 +421,14 @@ def accuracy(args: argparse.Namespace) -> dict:
     result["flops"], result["params"] = flops, params
     atomic_write_json(RESULTS / "quant.json", result)
     tables = [format_table(results, models=names, flops=flops, params=params, metrics="ap40",
-                           extra=[{"ORT ms": f"{result['latency_ms'][key[n]]:.1f}"} for n in names])] if results else []
+                           extra=[{"ORT ms": f"{lat[key[n]]['median_ms']:.1f}"} for n in names])] if results else []
     md = [f"# INT8: PTQ vs QAT ({args.preset} preset, SynthKITTI {H}x{W}, {minutes:.1f} min)", "",
           "| model | mAP (PyTorch int8) | mAP (ORT) | ORT latency ms (batch 1, median) |", "|---|---|---|---|"]
     for k, v in rows.items():
         md.append(f"| {k} | {_f(v)} | {_f(ort_rows.get(k, v if k == 'fp32 student' else None))} | "
-                  f"{result['latency_ms'][key[k]]:.1f} |")
+                  f"{lat[key[k]]['median_ms']:.1f} |")
     if reuse is not None:
-        md += ["", f"Reused from the imitation benchmark ({reuse['preset']} preset): teacher "
-                   f"`{reuse['teacher'].name}` and the seed-0 0.25x-I student (w={reuse['best_weight']}); "
+        md += ["", f"Teacher from {reuse['preset']} (`{reuse['teacher']}`); student: {reuse['student_label']}; "
                    f"QAT {args.qat_steps} steps each, batch {reuse['batch']}."]
     if "qat_map_drop_vs_equal_budget" in result:
         md += ["", f"Equal-budget control (`fp32_ft`: the float student trained with the QAT + imitation "
@@ -451,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--qat-steps", type=int, default=200, help="(cpu preset) steps of each QAT stage")
     a.add_argument("--imitation-results", type=Path, default=RESULTS / "imitation_gain.json",
                    help="(cpu preset) the imitation benchmark's results JSON whose models are reused")
+    a.add_argument("--from-run", default=None, help="(cpu preset) reuse this finished run's teacher and "
+                   "imitation student instead (e.g. benchmarks/.prune_cpu/run)")
+    a.add_argument("--student-width", choices=list(ARCH), default=None,
+                   help="(with --from-run) train a student of this width with the run's student schedule")
     h = sub.add_parser("head", help="PTQ with a float head vs int8 heads (per-kind / shared scale)")
     h.add_argument("--run", default=str(ROOT / "benchmarks" / ".prune_cpu" / "run"),
                    help="a finished run folder holding the student (default: the prune benchmark's cpu run)")

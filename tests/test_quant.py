@@ -60,6 +60,10 @@ def _targets(n: int) -> list[dict]:
     return [{"boxes": boxes.clone(), "labels": torch.tensor([0, 1])} for _ in range(n)]
 
 
+def _ort_run(path, x: torch.Tensor) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+
+
 def _assert_ort_matches_torch(path, converted, x) -> None:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"images": x.numpy()})[0]
@@ -282,8 +286,9 @@ def test_ptq_onnx_matches_torch(ptq_program, student, tmp_path):
         q = ptq_program(x)[0]
     assert (q - ref).abs().max() < 0.25 * ref.abs().max()
     m = onnx.load(str(path))
-    ops = {n.op_type for n in m.graph.node}
-    assert "Transpose" not in ops  # the channel shuffle was folded away
+    # the channel shuffle was folded away; the only transposes view the stem input as column pairs
+    transposes = [n.name for n in m.graph.node if n.op_type == "Transpose"]
+    assert len(transposes) == 2 and all("column_pairs" in t for t in transposes)
 
 
 def test_ort_fuses_every_backbone_conv(ptq_program, tmp_path):
@@ -309,7 +314,7 @@ def test_ort_fuses_every_backbone_conv(ptq_program, tmp_path):
 def test_quantize_before_pad_is_exact(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
-    from compressdet.quant.onnx_int8 import _quantize_before_pad
+    from compressdet.quant._onnx_rewrites import quantize_before_pad as _quantize_before_pad
 
     inits = [numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 1, 1, 2], np.int64), "pads"),
              numpy_helper.from_array(np.array(0.05, np.float32), "s"),
@@ -330,6 +335,63 @@ def test_quantize_before_pad_is_exact(tmp_path):
     assert [n.op_type for n in m.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
     out = run(m)
     assert out.shape == (1, 4, 6, 8) and np.array_equal(out, ref)
+
+
+def _stem_graph(h: int, w: int, pool_scale: float = 0.05):
+    """``Q -> Pad(3 -> 4 channels) -> DQ -> Conv 3x3 (+bias) -> Relu -> Q -> DQ -> MaxPool 3x3/2 -> Q -> DQ``
+    with random int8 weights: the stem as the exporter writes it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    arrays = {"pads": np.array([0, 0, 0, 0, 0, 1, 0, 0], np.int64), "xs": np.array(0.04, np.float32),
+              "xz": np.array(120, np.uint8), "w": rng.integers(-127, 128, (24, 4, 3, 3)).astype(np.int8),
+              "ws": rng.uniform(0.002, 0.01, 24).astype(np.float32), "wz": np.zeros(24, np.int8),
+              "b": rng.standard_normal(24).astype(np.float32), "ys": np.array(0.05, np.float32),
+              "yz": np.array(0, np.uint8), "ps": np.array(pool_scale, np.float32)}
+    arrays["w"][:, 3] = 0  # the padded channel's weights are zero (PaddedStemConv)
+    mk = helper.make_node
+    nodes = [mk("QuantizeLinear", ["x", "xs", "xz"], ["xq0"]), mk("Pad", ["xq0", "pads", "xz"], ["xq"]),
+             mk("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]), mk("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             mk("Conv", ["xd", "wd", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="stem"),
+             mk("Relu", ["c"], ["r"]), mk("QuantizeLinear", ["r", "ys", "yz"], ["rq"]),
+             mk("DequantizeLinear", ["rq", "ys", "yz"], ["rd"]),
+             mk("MaxPool", ["rd"], ["m"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             mk("QuantizeLinear", ["m", "ps", "yz"], ["mq"]), mk("DequantizeLinear", ["mq", "ps", "yz"], ["y"])]
+    g = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, h, w])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, (h - 1) // 2 + 1, (w - 1) // 2 + 1])],
+                          [numpy_helper.from_array(v, k) for k, v in arrays.items()],
+                          value_info=[helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 4, h, w])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("h,w", [(16, 24), (9, 14), (7, 2)])
+def test_stem_on_column_pairs_is_bit_identical(h, w):
+    from compressdet.quant._onnx_rewrites import pack_stem_columns, quantize_before_pad
+
+    m = _stem_graph(h, w)
+    x = np.random.default_rng(1).standard_normal((1, 3, h, w)).astype(np.float32) * 3
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    ref = run(m)
+    assert quantize_before_pad(m) == 0  # the pad already follows the quantize
+    assert pack_stem_columns(m) == 1
+    onnx.checker.check_model(m, full_check=True)
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("Pad") == 1 and ops.count("MaxPool") == 2 and "Split" in ops and "Max" in ops
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    kernel = next(a.ints for a in conv.attribute if a.name == "kernel_shape")
+    assert list(kernel) == [3, 2]
+    out = run(m)
+    assert out.shape == ref.shape and np.array_equal(out, ref)
+
+
+def test_stem_on_column_pairs_only_where_exact():
+    from compressdet.quant._onnx_rewrites import pack_stem_columns
+
+    assert pack_stem_columns(_stem_graph(8, 15)) == 0  # odd width: columns do not pair up
+    assert pack_stem_columns(_stem_graph(8, 16, pool_scale=0.07)) == 0  # the pool requantizes
 
 
 def _wide_range_head(student):
@@ -362,6 +424,8 @@ def _head_output_scales(path) -> list[float]:
 def test_int8_head_scales(student, tmp_path, mode):
     """``keep_head_float: false``: per kind, class logits, confidence and box deltas each get their own
     output scale (deltas ~100x finer here), concatenated in float; ``shared`` has one scale."""
+    from onnx import numpy_helper
+
     model = _wide_range_head(student)
     x = _images(1, seed=9)
     cfg = QuantConfig(keep_head_float=False, head_int8=mode, calibration_images=2)
@@ -371,6 +435,12 @@ def test_int8_head_scales(student, tmp_path, mode):
     scales = _head_output_scales(path)
     if mode == "per_kind":
         assert len(scales) == 3 and max(scales) > 20 * min(scales), scales
+        # the 9- and 27-wide parts run 16 and 32 wide (zero filters), sliced in float: bit-identical
+        widths = sorted(numpy_helper.to_array(i).shape[0] for i in onnx.load(str(path)).graph.initializer
+                        if i.data_type == onnx.TensorProto.INT8 and tuple(i.dims[1:]) == (192, 3, 3))
+        assert widths == [16, 32, 36], widths
+        plain = export_int8_onnx(prog, x, tmp_path / "plain.onnx", ort_rewrites=False)
+        assert np.array_equal(_ort_run(path, x), _ort_run(plain, x))
         ops = [n.op_type for n in onnx.load(str(path)).graph.node]
         assert ops[-1] == "Concat"  # float concat of the dequantized parts
         # the box deltas keep far more precision than under one shared scale

@@ -20,6 +20,7 @@ from torch import nn
 
 from .._io import atomic_path
 from ..errors import ArtifactError
+from ._onnx_rewrites import consumers, pack_stem_columns, pad_output_channels, quantize_before_pad
 
 __all__ = ["export_int8_onnx", "check_int8_graph", "ort_session", "HeadOnly"]
 
@@ -37,7 +38,7 @@ class HeadOnly(nn.Module):
 
 
 def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os.PathLike, *,
-                     opset: int = 18, check: bool = True) -> Path:
+                     opset: int = 18, check: bool = True, ort_rewrites: bool = True) -> Path:
     """Write the QDQ ONNX graph of a converted (int8) program; input ``images``, output ``head``.
 
     Args:
@@ -46,6 +47,9 @@ def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os
         path: destination ``.onnx`` (written atomically).
         opset: ONNX opset (>= 13 for per-axis QDQ; 18 is what the dynamo exporter emits natively).
         check: run :func:`check_int8_graph` on the result.
+        ort_rewrites: apply the exact integer-domain rewrites of :mod:`._onnx_rewrites` (uint8
+            graphs only; bit-identical ORT outputs): pad after quantize, the stem conv on column
+            pairs, int8 convs feeding float ops widened to a fast width.
 
     Returns:
         ``path``.
@@ -60,72 +64,15 @@ def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os
         prog = torch.onnx.export(ep, (example,), dynamo=True, opset_version=opset, input_names=["images"],
                                  output_names=["head"], verbose=False)
     model = prog.model_proto
-    _quantize_before_pad(model)
+    if ort_rewrites:
+        quantize_before_pad(model)
+        pack_stem_columns(model)
+        pad_output_channels(model)
     with atomic_path(path, suffix=".tmp.onnx") as tmp:
         onnx.save_model(model, str(tmp))
     if check:
         check_int8_graph(path)
     return Path(path)
-
-
-def _consumers(graph) -> dict[str, list]:
-    """``{tensor name: nodes reading it}`` of an ONNX graph."""
-    out: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
-
-
-def _quantize_before_pad(model) -> int:
-    """Rewrite ``Pad(x, value 0) -> QuantizeLinear`` as ``QuantizeLinear(x) -> Pad(value = zero point)``.
-
-    Exact (quantization is elementwise and maps 0 to the zero point). The padded stem input
-    (``_fold.PaddedStemConv``) is then padded as uint8 instead of float: 4x fewer bytes, and ONNX
-    Runtime's Pad of the full-resolution float input took ~1 ms of a ~20 ms 0.25x model (2 threads).
-    Returns the number of rewrites.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    g = model.graph
-    consumers = _consumers(g)
-    inits = {i.name: i for i in g.initializer}
-    n_done = 0
-    for pad in list(g.node):
-        if pad.op_type != "Pad" or any(a.name == "mode" and a.s not in (b"constant", b"") for a in pad.attribute):
-            continue
-        if len(pad.input) > 2 and pad.input[2]:
-            v = inits.get(pad.input[2])
-            if v is None or numpy_helper.to_array(v).any():
-                continue
-        if len(pad.input) > 3 and pad.input[3]:  # axes input: keep it simple, leave such pads alone
-            continue
-        users = consumers.get(pad.output[0], [])
-        if len(users) != 1 or users[0].op_type != "QuantizeLinear" or len(users[0].input) < 3:
-            continue
-        q = users[0]
-        scale, zp = inits.get(q.input[1]), inits.get(q.input[2])
-        if scale is None or numpy_helper.to_array(scale).size != 1:
-            continue  # per-axis quantization: the pad value would differ per channel
-        if zp is None or zp.data_type != onnx.TensorProto.UINT8:
-            continue  # int8 (TensorRT) graphs keep the plain Q -> DQ pairs TensorRT's parser expects
-        src, padded, quantized = pad.input[0], pad.output[0], q.output[0]
-        q.input[0], q.output[0] = src, padded + "_quantized"
-        del pad.input[2:]
-        pad.input[0] = padded + "_quantized"
-        pad.input.append(q.input[2])
-        pad.output[0] = quantized
-        stale = [v for v in g.value_info if v.name == padded]  # was float, now gone
-        for v in stale:
-            g.value_info.remove(v)
-        nodes = list(g.node)
-        i, j = nodes.index(pad), nodes.index(q)
-        nodes[i], nodes[j] = nodes[j], nodes[i]  # keep topological order
-        del g.node[:]
-        g.node.extend(nodes)
-        n_done += 1
-    return n_done
 
 
 def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = True,
@@ -184,7 +131,7 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
         if zp is not None and (zp != 0).any():
             raise ArtifactError(f"{path}: Conv '{n.name}' weight zero point is not 0 (TensorRT needs symmetric)")
     if tensorrt:
-        consumers = _consumers(m.graph)
+        users = consumers(m.graph)
         for n in m.graph.node:
             if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
                 continue
@@ -196,7 +143,7 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
                 what = "no zero point" if zp is None else f"{zp.dtype} zero point {zp.ravel()[:1].tolist()}"
                 raise ArtifactError(f"{path}: {n.op_type} '{n.name}' has {what}; TensorRT needs int8 with zero "
                                     "point 0 (quantize with quant.activations: s8_symmetric)")
-            bad = [u for u in consumers.get(n.output[0], []) if u.op_type != "DequantizeLinear"]
+            bad = [u for u in users.get(n.output[0], []) if u.op_type != "DequantizeLinear"]
             if bad and n.op_type == "QuantizeLinear":
                 raise ArtifactError(f"{path}: QuantizeLinear '{n.name}' feeds {bad[0].op_type} "
                                     f"'{bad[0].name}'; TensorRT needs Q -> DQ pairs")

@@ -1,0 +1,358 @@
+"""Exact rewrites of an exported u8 INT8 QDQ graph, for ONNX Runtime's x86 kernels.
+
+The float-model rewrites (:mod:`._fold`) cannot say everything ORT needs: some speed-ups only
+exist as integer-domain graph edits. Each rewrite here leaves the integer computation unchanged
+(tests check bit-identical ORT outputs) and applies only to uint8-activation graphs; the
+symmetric int8 graphs for TensorRT keep the plain Q -> DQ pairs its parser expects.
+docs/quantization.md has the measurements behind each one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["consumers", "quantize_before_pad", "pack_stem_columns", "pad_output_channels"]
+
+
+def consumers(graph) -> dict[str, list]:
+    """``{tensor name: nodes reading it}`` of an ONNX graph."""
+    out: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv_like(node, kernel, stride, pads) -> bool:
+    a = _attrs(node)
+    return (list(a.get("kernel_shape", [])) == kernel and list(a.get("strides", [1, 1])) == stride
+            and list(a.get("pads", [0, 0, 0, 0])) == pads and list(a.get("dilations", [1, 1])) == [1, 1]
+            and a.get("group", 1) == 1 and a.get("ceil_mode", 0) == 0 and a.get("storage_order", 0) == 0
+            and a.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+
+
+class _Graph:
+    """Lookups over one ONNX graph that rewrites share."""
+
+    def __init__(self, model) -> None:
+        from onnx import numpy_helper
+
+        self.model, self.g = model, model.graph
+        self.inits = {i.name: i for i in self.g.initializer}
+        self.producer = {o: n for n in self.g.node for o in n.output}
+        self.users = consumers(self.g)
+        self.to_array = numpy_helper.to_array
+        self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                                for d in v.type.tensor_type.shape.dim]
+                       for v in list(self.g.value_info) + list(self.g.input) + list(self.g.output)}
+
+    def const(self, name: str):
+        return self.to_array(self.inits[name]) if name in self.inits else None
+
+    def made_by(self, name: str, op: str):
+        n = self.producer.get(name)
+        return n if n is not None and n.op_type == op else None
+
+    def only_user(self, name: str, op: str):
+        u = self.users.get(name, [])
+        return u[0] if len(u) == 1 and u[0].op_type == op else None
+
+    def is_u8_activation_q(self, node) -> bool:
+        """A per-tensor Quantize/DequantizeLinear with a uint8 zero point initializer."""
+        import onnx
+
+        if len(node.input) < 3 or node.input[2] not in self.inits or node.input[1] not in self.inits:
+            return False
+        return (self.inits[node.input[2]].data_type == onnx.TensorProto.UINT8
+                and self.const(node.input[1]).size == 1)
+
+    def same_qparams(self, a, b) -> bool:
+        return all(np.array_equal(self.const(x), self.const(y)) for x, y in zip(a.input[1:3], b.input[1:3]))
+
+    def add_init(self, array: np.ndarray, name: str) -> str:
+        from onnx import numpy_helper
+
+        self.g.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+    def feeds_float_only(self, name: str) -> bool:
+        """No QuantizeLinear reads ``name`` or the outputs of the nodes reading it."""
+        for u in self.users.get(name, []):
+            if u.op_type == "QuantizeLinear" or any(uu.op_type == "QuantizeLinear"
+                                                    for o in u.output for uu in self.users.get(o, [])):
+                return False
+        return True
+
+    def replace(self, removed: list, new_nodes: list, anchor) -> None:
+        """Drop ``removed`` nodes, put ``new_nodes`` where ``anchor`` (one of them) was, and forget the
+        value_info of tensors that no longer exist; unused initializers go too."""
+        gone = {id(n) for n in removed}
+        nodes = []
+        for n in self.g.node:
+            if n is anchor:
+                nodes.extend(new_nodes)
+            if id(n) not in gone:
+                nodes.append(n)
+        del self.g.node[:]
+        self.g.node.extend(nodes)
+        live = {t for n in self.g.node for t in list(n.input) + list(n.output)}
+        live |= {o.name for o in self.g.output}
+        for v in [v for v in self.g.value_info if v.name not in live]:
+            self.g.value_info.remove(v)
+        for i in [i for i in self.g.initializer if i.name not in live]:
+            self.g.initializer.remove(i)
+        self.__init__(self.model)
+
+
+def quantize_before_pad(model) -> int:
+    """Rewrite ``Pad(x, value 0) -> QuantizeLinear`` as ``QuantizeLinear(x) -> Pad(value = zero point)``.
+
+    Exact (quantization is elementwise and maps 0 to the zero point). The padded stem input
+    (``_fold.PaddedStemConv``) is then padded as uint8 instead of float: 4x fewer bytes, and ONNX
+    Runtime's Pad of the full-resolution float input took ~1 ms of a ~20 ms 0.25x model (2 threads).
+    Returns the number of rewrites.
+    """
+    G = _Graph(model)
+    g = G.g
+    n_done = 0
+    for pad in list(g.node):
+        if pad.op_type != "Pad" or _attrs(pad).get("mode", b"constant") not in (b"constant", b"", "constant"):
+            continue
+        if len(pad.input) > 2 and pad.input[2]:
+            v = G.const(pad.input[2])
+            if v is None or v.any():
+                continue
+        if len(pad.input) > 3 and pad.input[3]:  # axes input: keep it simple, leave such pads alone
+            continue
+        q = G.only_user(pad.output[0], "QuantizeLinear")
+        if q is None or not G.is_u8_activation_q(q):
+            continue  # per-axis (the pad value would differ per channel) or int8 (TensorRT) quantization
+        src, padded, quantized = pad.input[0], pad.output[0], q.output[0]
+        q.input[0], q.output[0] = src, padded + "_quantized"
+        del pad.input[2:]
+        pad.input[0] = padded + "_quantized"
+        pad.input.append(q.input[2])
+        pad.output[0] = quantized
+        for v in [v for v in g.value_info if v.name == padded]:  # was float, now gone
+            g.value_info.remove(v)
+        nodes = list(g.node)
+        i, j = nodes.index(pad), nodes.index(q)
+        nodes[i], nodes[j] = nodes[j], nodes[i]  # keep topological order
+        del g.node[:]
+        g.node.extend(nodes)
+        n_done += 1
+    return n_done
+
+
+def _stem_pattern(G: _Graph, pool):
+    """The nodes of ``DQ(x) -> Conv 3x3/1 -> Relu -> Q -> DQ -> MaxPool 3x3/2 -> Q`` ending at ``pool``,
+    or None when the graph around ``pool`` is anything else."""
+    if not _conv_like(pool, [3, 3], [2, 2], [1, 1, 1, 1]):
+        return None
+    dq_a = G.made_by(pool.input[0], "DequantizeLinear")
+    q_m = G.only_user(pool.output[0], "QuantizeLinear")
+    q_r = dq_a and G.made_by(dq_a.input[0], "QuantizeLinear")
+    relu = q_r and G.made_by(q_r.input[0], "Relu")
+    conv = relu and G.made_by(relu.input[0], "Conv")
+    if conv is None or q_m is None or not _conv_like(conv, [3, 3], [1, 1], [1, 1, 1, 1]):
+        return None
+    dq_x, dq_w = G.made_by(conv.input[0], "DequantizeLinear"), G.made_by(conv.input[1], "DequantizeLinear")
+    if dq_x is None or dq_w is None or not all(map(G.is_u8_activation_q, (dq_x, q_r, dq_a, q_m))):
+        return None
+    if not (G.same_qparams(q_r, dq_a) and G.same_qparams(q_r, q_m)):
+        return None  # the max-pool requantizes: moving it to uint8 would not be exact
+    singles = ((conv.output[0], "Relu"), (relu.output[0], "QuantizeLinear"), (q_r.output[0], "DequantizeLinear"),
+               (dq_a.output[0], "MaxPool"), (dq_w.output[0], "Conv"))
+    if any(G.only_user(t, op) is None for t, op in singles):
+        return None
+    if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in G.inits:
+        return None  # a computed (e.g. dequantized int32) bias: leave the conv alone
+    w = G.const(dq_w.input[0])
+    shape = G.shapes.get(dq_x.input[0])
+    if w is None or w.dtype != np.int8 or not shape or len(shape) != 4 or None in shape[1:] or shape[3] % 2:
+        return None
+    if _attrs(dq_w).get("axis", 1) != 0 or G.const(dq_w.input[1]).shape != (w.shape[0],):
+        return None
+    return dict(dq_x=dq_x, dq_w=dq_w, conv=conv, relu=relu, q_r=q_r, dq_a=dq_a, pool=pool, q_m=q_m, w=w,
+                shape=shape)
+
+
+def _column_pair_weight(w: np.ndarray) -> np.ndarray:
+    """3x3 conv weight ``[O, C, 3, 3]`` -> the same conv over column pairs, ``[2O, 2C, 3, 2]``.
+
+    Output channel ``k * O + o`` at packed column ``p`` is image column ``2p + k``. The input is
+    paired one column earlier: channel ``k' * C + c`` at packed column ``q`` is image column
+    ``2q - 1 + k'`` (the image gets one zero-point column on each side), so the two packed columns
+    ``p`` and ``p + 1`` hold image columns ``2p - 1 .. 2p + 2``, all that outputs ``2p`` and
+    ``2p + 1`` read: a kernel 2 packed columns wide (3 would be a third zeros, and ~25% slower).
+    """
+    o, c = w.shape[:2]
+    out = np.zeros((2 * o, 2 * c, 3, 2), w.dtype)
+    for k in range(2):
+        for kp in range(2):
+            for dx in range(2):
+                off = 2 * dx - 1 + kp - k  # image column read, relative to the output column
+                if -1 <= off <= 1:
+                    out[k * o:(k + 1) * o, kp * c:(kp + 1) * c, :, dx] = w[:, :, :, off + 1]
+    return out
+
+
+def _pad_columns(G: _Graph, xq: str, zp_name: str, pre: str) -> tuple[list, str]:
+    """One zero-point column on each side of the uint8 image ``xq``: the stem ``Pad`` widened when
+    ``xq`` comes from one (it already writes every byte), else a new Pad. Returns (nodes, output)."""
+    from onnx import helper
+
+    pad = G.made_by(xq, "Pad")
+    if (pad is not None and len(G.users.get(xq, [])) == 1 and len(pad.input) == 3 and pad.input[1] in G.inits
+            and pad.input[2] in G.inits and np.array_equal(G.const(pad.input[2]), G.const(zp_name))
+            and _attrs(pad).get("mode", b"constant") in (b"constant", "constant")):
+        pads = G.const(pad.input[1]).copy()
+        pads[3] += 1
+        pads[7] += 1
+        pad.input[1] = G.add_init(pads, f"{pre}/pads")
+        for v in [v for v in G.g.value_info if v.name == xq]:  # now two columns wider
+            G.g.value_info.remove(v)
+        return [], xq
+    G.add_init(np.array([0, 0, 0, 1, 0, 0, 0, 1], np.int64), f"{pre}/pads")
+    return [helper.make_node("Pad", [xq, f"{pre}/pads", zp_name], [f"{pre}/x_padded"], name=f"{pre}/pad")], \
+        f"{pre}/x_padded"
+
+
+def pack_stem_columns(model) -> int:
+    """Run the full-resolution stem conv on column pairs and max-pool the pairs in uint8 (exact).
+
+    ``DQ -> Conv 3x3/1 -> Relu -> Q -> DQ -> MaxPool 3x3/2 -> Q`` (the stem, ``C -> O`` channels at
+    ``H x W``, W even) becomes: the quantized input padded by one zero-point column on each side and
+    viewed as ``2C`` channels at ``H x (W/2 + 1)`` (column pairs), one ``2C -> 2O`` conv with a 3x2
+    kernel (:func:`_column_pair_weight`; per-channel scales and bias repeated), then in uint8:
+    MaxPool 3x1/(2,1) over rows, Split into even / odd output columns, MaxPool 1x2 (left pad 1)
+    over the odd ones (image columns ``2j - 1`` and ``2j + 1``) and an elementwise Max with the
+    even ones (column ``2j``): the 3x3/2 window. Every int32 accumulation is the conv's own and max
+    commutes with the monotone quantization, so outputs are bit-identical.
+
+    Why: ORT's u8s8 conv pays a per-output-pixel cost (indirection buffer) that dominates a conv
+    with 4 input channels. Half the pixels with twice the channels: 2.7 vs 4.4 ms for the conv
+    (2 threads, 384x1248); the stem region 8.4 vs 10.5 ms. In NHWC memory the packing is a free
+    reshape, and the max-pool stays in ORT's NHWC kernels (a channel split, not an interleave,
+    undoes the packing). Returns the number of rewrites.
+    """
+    from onnx import helper
+
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in model.opset_import):
+        return 0  # Split with a sizes input needs opset 13
+    G = _Graph(model)
+    n_done = 0
+    for out in [n.output[0] for n in G.g.node if n.op_type == "MaxPool"]:
+        p = _stem_pattern(G, G.producer[out])  # look up afresh: a rewrite copies the node list
+        if p is None:
+            continue
+        _, c, h, w = p["shape"]
+        o = p["w"].shape[0]
+        pre = f"{p['conv'].name or 'stem'}/column_pairs"
+        t = lambda s: f"{pre}/{s}"  # noqa: E731
+        dq_w, conv = p["dq_w"], p["conv"]
+        w_inputs = [G.add_init(_column_pair_weight(p["w"]), t("w")),
+                    G.add_init(np.tile(G.const(dq_w.input[1]), 2).astype(np.float32), t("w_scale"))]
+        if len(dq_w.input) > 2 and dq_w.input[2]:
+            w_inputs.append(G.add_init(np.tile(G.const(dq_w.input[2]), 2), t("w_zp")))
+        conv_inputs = [t("x_dq"), t("w_dq")]
+        if len(conv.input) > 2 and conv.input[2]:
+            conv_inputs.append(G.add_init(np.tile(G.const(conv.input[2]), 2), t("bias")))
+        G.add_init(np.array([0, h, w // 2 + 1, 2 * c], np.int64), t("shape"))
+        G.add_init(np.array([o, o], np.int64), t("split"))
+        xq, xs, xz = p["dq_x"].input[:3]
+        rs, rz = p["q_r"].input[1:3]
+        new, padded = _pad_columns(G, xq, xz, pre)
+        new += [
+            # NCHW -> NHWC, column pairs as channels (a free reshape there), back to NCHW: ORT's NHWC
+            # transformer cancels that last transpose against the one it puts before the int8 conv
+            helper.make_node("Transpose", [padded], [t("nhwc")], perm=[0, 2, 3, 1], name=t("to_nhwc")),
+            helper.make_node("Reshape", [t("nhwc"), t("shape")], [t("pairs")], name=t("pairs")),
+            helper.make_node("Transpose", [t("pairs")], [t("x")], perm=[0, 3, 1, 2], name=t("to_nchw")),
+            helper.make_node("DequantizeLinear", [t("x"), xs, xz], [t("x_dq")], name=t("x_dequantize")),
+            helper.make_node("DequantizeLinear", w_inputs, [t("w_dq")], axis=0, name=t("w_dequantize")),
+            helper.make_node("Conv", conv_inputs, [t("conv")], kernel_shape=[3, 2], strides=[1, 1],
+                             pads=[1, 0, 1, 0], name=t("conv")),
+            helper.make_node("Relu", [t("conv")], [t("relu")], name=t("relu")),
+            helper.make_node("QuantizeLinear", [t("relu"), rs, rz], [t("q")], name=t("quantize")),
+            helper.make_node("MaxPool", [t("q")], [t("rows")], kernel_shape=[3, 1], strides=[2, 1],
+                             pads=[1, 0, 1, 0], name=t("pool_rows")),
+            helper.make_node("Split", [t("rows"), t("split")], [t("even"), t("odd")], axis=1, name=t("split")),
+            helper.make_node("MaxPool", [t("odd")], [t("odd_pair")], kernel_shape=[1, 2], strides=[1, 1],
+                             pads=[0, 1, 0, 0], name=t("pool_odd")),
+            helper.make_node("Max", [t("even"), t("odd_pair")], [p["q_m"].output[0]], name=t("max")),
+        ]
+        removed = [p[k] for k in ("dq_w", "conv", "relu", "q_r", "dq_a", "pool", "q_m")]
+        if G.only_user(p["dq_x"].output[0], "Conv") is not None:
+            removed.append(p["dq_x"])
+        G.replace(removed, new, p["q_m"])
+        n_done += 1
+    return n_done
+
+
+def pad_output_channels(model, multiple: int = 16) -> int:
+    """Give int8 convs that feed float ops a padded output width (zero filters), sliced off in float.
+
+    Applies to ``Conv -> Q -> DQ`` whose dequantized output only feeds float ops (the per-kind
+    int8 head: 27 class, 9 confidence, 36 box channels) and whose width is under ``multiple`` or
+    not a multiple of 4. ORT's u8s8 conv kernels handle such widths on a slow path: a 3x3 conv
+    over 192 channels at 24x78 took 0.35 ms for 9 outputs and 0.13 ms for 16, 0.39 ms for 27 and
+    0.20 ms for 32 (2 threads). The extra channels have zero weights and bias, so the sliced
+    result is bit-identical. Returns the number of convs padded.
+    """
+    from onnx import helper
+
+    G = _Graph(model)
+    n_done = 0
+    for out in [n.output[0] for n in G.g.node if n.op_type == "Conv"]:
+        conv = G.producer[out]  # look up afresh: a rewrite copies the node list
+        dq_w = G.made_by(conv.input[1], "DequantizeLinear")
+        q = G.only_user(conv.output[0], "QuantizeLinear")
+        dq = q and G.only_user(q.output[0], "DequantizeLinear")
+        if dq_w is None or dq is None or not G.is_u8_activation_q(q):
+            continue
+        w = G.const(dq_w.input[0])
+        if w is None or w.dtype != np.int8 or G.only_user(dq_w.output[0], "Conv") is None:
+            continue
+        o = w.shape[0]
+        if o >= multiple and o % 4 == 0:
+            continue
+        if not G.feeds_float_only(dq.output[0]):
+            continue  # the output feeds int8 work: a Slice there would break ORT's QLinear fusion
+        scale = G.const(dq_w.input[1])
+        if _attrs(dq_w).get("axis", 1) != 0 or scale.shape != (o,):
+            continue
+        width = -(-o // multiple) * multiple
+        pre = f"{conv.name or 'conv'}/padded{width}"
+        pad = width - o
+        zp = G.const(dq_w.input[2]) if len(dq_w.input) > 2 and dq_w.input[2] else None
+        w_in = [G.add_init(np.concatenate([w, np.zeros((pad, *w.shape[1:]), w.dtype)]), f"{pre}/w"),
+                G.add_init(np.concatenate([scale, np.ones(pad, scale.dtype)]), f"{pre}/w_scale")]
+        if zp is not None:
+            w_in.append(G.add_init(np.concatenate([zp, np.zeros(pad, zp.dtype)]), f"{pre}/w_zp"))
+        conv_in = [conv.input[0], f"{pre}/w_dq"]
+        if len(conv.input) > 2 and conv.input[2]:
+            b = G.const(conv.input[2])
+            if b is None:
+                continue
+            conv_in.append(G.add_init(np.concatenate([b, np.zeros(pad, b.dtype)]), f"{pre}/bias"))
+        for k, v in (("starts", [0]), ("ends", [o]), ("axes", [1])):
+            G.add_init(np.array(v, np.int64), f"{pre}/{k}")
+        new_conv = helper.make_node("Conv", conv_in, [f"{pre}/conv"], name=f"{pre}/conv")
+        new_conv.attribute.extend(conv.attribute)
+        new = [helper.make_node("DequantizeLinear", w_in, [f"{pre}/w_dq"], axis=0, name=f"{pre}/w_dequantize"),
+               new_conv,
+               helper.make_node("QuantizeLinear", [f"{pre}/conv", *q.input[1:3]], [f"{pre}/q"], name=f"{pre}/quantize"),
+               helper.make_node("DequantizeLinear", [f"{pre}/q", *dq.input[1:3]], [f"{pre}/dq"],
+                                name=f"{pre}/dequantize"),
+               helper.make_node("Slice", [f"{pre}/dq", f"{pre}/starts", f"{pre}/ends", f"{pre}/axes"], [dq.output[0]],
+                                name=f"{pre}/slice")]
+        G.replace([dq_w, conv, q, dq], new, dq)
+        n_done += 1
+    return n_done
