@@ -86,11 +86,10 @@ def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_
     """PT2E PTQ graph of one step of the speed ladder; ``rewrites``: which ``quant._onnx_rewrites``
     passes run on the exported graph (the exporter runs all of them)."""
     import onnx
-
-    from compressdet.quant import _onnx_rewrites
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
+    from compressdet.quant import _onnx_rewrites
     from compressdet.quant._pt2e import capture, capture_options, convert, make_quantizer
     from compressdet.quant.onnx_int8 import export_int8_onnx
     from compressdet.recipe import QuantConfig
