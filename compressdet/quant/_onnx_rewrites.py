@@ -203,13 +203,14 @@ def _column_pair_weight(w: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pad_columns(G: _Graph, xq: str, zp_name: str, pre: str) -> tuple[list, str]:
+def _pad_columns(G: _Graph, xq: str, zp_name: str, pre: str, exclusive: bool) -> tuple[list, str]:
     """One zero-point column on each side of the uint8 image ``xq``: the stem ``Pad`` widened when
-    ``xq`` comes from one (it already writes every byte), else a new Pad. Returns (nodes, output)."""
+    ``xq`` comes from one that only the stem reads (``exclusive``; it already writes every byte),
+    else a new Pad. Returns (new nodes, padded tensor)."""
     from onnx import helper
 
     pad = G.made_by(xq, "Pad")
-    if (pad is not None and len(G.users.get(xq, [])) == 1 and len(pad.input) == 3 and pad.input[1] in G.inits
+    if (exclusive and pad is not None and len(pad.input) == 3 and pad.input[1] in G.inits
             and pad.input[2] in G.inits and np.array_equal(G.const(pad.input[2]), G.const(zp_name))
             and _attrs(pad).get("mode", b"constant") in (b"constant", "constant")):
         pads = G.const(pad.input[1]).copy()
@@ -268,7 +269,9 @@ def pack_stem_columns(model) -> int:
         G.add_init(np.array([o, o], np.int64), t("split"))
         xq, xs, xz = p["dq_x"].input[:3]
         rs, rz = p["q_r"].input[1:3]
-        new, padded = _pad_columns(G, xq, xz, pre)
+        exclusive = (G.only_user(xq, "DequantizeLinear") is not None
+                     and G.only_user(p["dq_x"].output[0], "Conv") is not None)
+        new, padded = _pad_columns(G, xq, xz, pre, exclusive)
         new += [
             # NCHW -> NHWC, column pairs as channels (a free reshape there), back to NCHW: ORT's NHWC
             # transformer cancels that last transpose against the one it puts before the int8 conv
@@ -326,8 +329,11 @@ def pad_output_channels(model, multiple: int = 16) -> int:
         if not G.feeds_float_only(dq.output[0]):
             continue  # the output feeds int8 work: a Slice there would break ORT's QLinear fusion
         scale = G.const(dq_w.input[1])
-        if _attrs(dq_w).get("axis", 1) != 0 or scale.shape != (o,):
+        if _attrs(dq_w).get("axis", 1) != 0 or scale.shape != (o,) or _attrs(conv).get("group", 1) != 1:
             continue
+        b = G.const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        if b is None and len(conv.input) > 2 and conv.input[2]:
+            continue  # a computed bias
         width = -(-o // multiple) * multiple
         pre = f"{conv.name or 'conv'}/padded{width}"
         pad = width - o
@@ -337,10 +343,7 @@ def pad_output_channels(model, multiple: int = 16) -> int:
         if zp is not None:
             w_in.append(G.add_init(np.concatenate([zp, np.zeros(pad, zp.dtype)]), f"{pre}/w_zp"))
         conv_in = [conv.input[0], f"{pre}/w_dq"]
-        if len(conv.input) > 2 and conv.input[2]:
-            b = G.const(conv.input[2])
-            if b is None:
-                continue
+        if b is not None:
             conv_in.append(G.add_init(np.concatenate([b, np.zeros(pad, b.dtype)]), f"{pre}/bias"))
         for k, v in (("starts", [0]), ("ends", [o]), ("axes", [1])):
             G.add_init(np.array(v, np.int64), f"{pre}/{k}")
