@@ -78,7 +78,7 @@ def _ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
     return out
 
 
-ALL_REWRITES = ("quantize_before_pad", "pack_stem_columns", "pad_output_channels")
+ALL_REWRITES = ("quantize_before_pad", "pack_stem_columns", "pad_output_channels", "shrink_repeated_constants")
 
 
 def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_conv: bool = True,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["consumers", "quantize_before_pad", "pack_stem_columns", "pad_output_channels"]
+__all__ = ["consumers", "quantize_before_pad", "pack_stem_columns", "pad_output_channels", "shrink_repeated_constants"]
 
 
 def consumers(graph) -> dict[str, list]:
@@ -357,5 +357,39 @@ def pad_output_channels(model, multiple: int = 16) -> int:
                helper.make_node("Slice", [f"{pre}/dq", f"{pre}/starts", f"{pre}/ends", f"{pre}/axes"], [dq.output[0]],
                                 name=f"{pre}/slice")]
         G.replace([dq_w, conv, q, dq], new, dq)
+        n_done += 1
+    return n_done
+
+
+def shrink_repeated_constants(model, min_bytes: int = 4096) -> int:
+    """Store quantized constants that repeat along the channel axis once, expanded when loaded.
+
+    ``AvgPoolAsConv``'s border maps are ``[1, C, H, W]`` uint8 with every channel equal (a per-channel map
+    keeps ORT's NHWC QLinearMul fast); at 384x1248 the three of a 0.25x model are 1.4 MB, more
+    than the model's weights. Such an 8-bit initializer read by a DequantizeLinear becomes its
+    ``[1, 1, H, W]`` slice and an ``Expand`` back to ``[1, C, H, W]``; ORT's constant folding undoes
+    the Expand when the session loads (the fused QLinearMul still sees the full constant), so
+    outputs and speed are unchanged and the file shrinks. Returns the number of constants shrunk.
+    """
+    from onnx import helper
+
+    G = _Graph(model)
+    n_done = 0
+    for dq in [n for n in G.g.node if n.op_type == "DequantizeLinear"]:
+        name = dq.input[0]
+        v = G.const(name)
+        if not G.is_u8_activation_q(dq):
+            continue
+        if (v is None or v.dtype != np.uint8 or v.ndim != 4 or v.shape[1] < 2 or v.nbytes < min_bytes
+                or len(G.users.get(name, [])) != 1 or not (v == v[:, :1]).all()):
+            continue
+        G.add_init(np.ascontiguousarray(v[:, :1]), f"{name}/one_channel")
+        G.add_init(np.array(v.shape, np.int64), f"{name}/shape")
+        expand = helper.make_node("Expand", [f"{name}/one_channel", f"{name}/shape"], [f"{name}/expanded"],
+                                  name=f"{name}/expand")
+        dq.input[0] = f"{name}/expanded"
+        G.g.node.insert(list(G.g.node).index(dq), expand)
+        G.g.initializer.remove(G.inits[name])
+        G.__init__(model)
         n_done += 1
     return n_done

@@ -20,7 +20,13 @@ from torch import nn
 
 from .._io import atomic_path
 from ..errors import ArtifactError
-from ._onnx_rewrites import consumers, pack_stem_columns, pad_output_channels, quantize_before_pad
+from ._onnx_rewrites import (
+    consumers,
+    pack_stem_columns,
+    pad_output_channels,
+    quantize_before_pad,
+    shrink_repeated_constants,
+)
 
 __all__ = ["export_int8_onnx", "check_int8_graph", "ort_session", "HeadOnly"]
 
@@ -49,7 +55,8 @@ def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os
         check: run :func:`check_int8_graph` on the result.
         ort_rewrites: apply the exact integer-domain rewrites of :mod:`._onnx_rewrites` (uint8
             graphs only; bit-identical ORT outputs): pad after quantize, the stem conv on column
-            pairs, int8 convs feeding float ops widened to a fast width.
+            pairs, int8 convs feeding float ops widened to a fast width, channel-repeated
+            constants (border maps) stored once.
 
     Returns:
         ``path``.
@@ -64,10 +71,13 @@ def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os
         prog = torch.onnx.export(ep, (example,), dynamo=True, opset_version=opset, input_names=["images"],
                                  output_names=["head"], verbose=False)
     model = prog.model_proto
+    for node in model.graph.node:  # the exporter's debug info (stack traces, local paths): ~20% of the file
+        del node.metadata_props[:]
     if ort_rewrites:
         quantize_before_pad(model)
         pack_stem_columns(model)
         pad_output_channels(model)
+        shrink_repeated_constants(model)
     with atomic_path(path, suffix=".tmp.onnx") as tmp:
         onnx.save_model(model, str(tmp))
     if check:
