@@ -16,6 +16,7 @@ Two parts:
     .venv/bin/python benchmarks/quant.py accuracy --preset smoke|full
     .venv/bin/python benchmarks/quant.py accuracy --preset cpu --qat-steps 200
     .venv/bin/python benchmarks/quant.py head [--run benchmarks/.prune_cpu/run --stage student]
+    .venv/bin/python benchmarks/quant.py size [--widths 0.25 0.5 1]
 
 ``head``: PTQ of a trained student (default: the prune benchmark's cpu run) with the float head,
 the int8 head with one output scale per kind, and the int8 head with one shared scale;
@@ -181,6 +182,31 @@ def speed(args: argparse.Namespace) -> dict:
         print(f"[{w}x] " + "  ".join(f"{k} {v['median_ms']:.1f}ms ({v['ratio_to_fp32']:.2f}x)"
                                      for k, v in res.items()), flush=True)
         atomic_write_json(RESULTS / "quant_speed.json", out)
+    return out
+
+
+def size(args: argparse.Namespace) -> dict:
+    """ONNX file sizes: fp32, INT8 without the exporter's rewrites, the default INT8 and the int8 head."""
+    from compressdet.models import build_model
+
+    torch.manual_seed(0)
+    H, W = args.size
+    rng = np.random.default_rng(0)
+    calib = [(rng.standard_normal((1, 3, H, W)) * 50).astype(np.float32) for _ in range(2)]
+    x = torch.from_numpy(calib[0])
+    tmp = Path(tempfile.mkdtemp(prefix="quant_size_"))
+    out: dict = {"size": [H, W], "unit": "MB (1e6 bytes)", "widths": {}}
+    for w in args.widths:
+        model = randomize_batchnorm(build_model(ARCH[w], image_size=(H, W))).eval()
+        paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx"),
+                 "int8_no_rewrites": _pt2e_int8(model, x, calib, tmp / f"{w}_plain.onnx", fold=True, pad=4,
+                                                rewrites=()),
+                 "int8_fast": _pt2e_int8(model, x, calib, tmp / f"{w}_fast.onnx", fold=True, pad=4),
+                 "int8_fast_head_int8": _pt2e_int8(model, x, calib, tmp / f"{w}_headq.onnx", fold=True, pad=4,
+                                                   int8_head=True)}
+        out["widths"][f"{w}x"] = {k: p.stat().st_size / 1e6 for k, p in paths.items()}
+        print(f"[{w}x] " + "  ".join(f"{k} {v:.2f} MB" for k, v in out["widths"][f"{w}x"].items()), flush=True)
+    atomic_write_json(RESULTS / "quant_size.json", out)
     return out
 
 
@@ -524,13 +550,19 @@ def _f1(v) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RESULTS  # --results redirects every sub-command's output
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=None, help="where the JSON/Markdown go (default "
+                    "benchmarks/results; give it before the sub-command)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("speed")
     s.add_argument("--widths", nargs="+", default=["0.25", "0.5", "1"], choices=list(ARCH))
     s.add_argument("--runs", type=int, default=50)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--size", type=int, nargs=2, default=[384, 1248])
+    z = sub.add_parser("size", help="ONNX file sizes, fp32 vs INT8")
+    z.add_argument("--widths", nargs="+", default=["0.25", "0.5", "1"], choices=list(ARCH))
+    z.add_argument("--size", type=int, nargs=2, default=[384, 1248])
     a = sub.add_parser("accuracy")
     a.add_argument("--preset", choices=list(PRESETS), default="smoke")
     a.add_argument("--threads", type=int, default=2)
@@ -551,8 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--calib", type=int, default=64)
     h.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    RESULTS = args.results or RESULTS
     RESULTS.mkdir(parents=True, exist_ok=True)
-    {"speed": speed, "accuracy": accuracy, "head": head}[args.cmd](args)
+    {"speed": speed, "size": size, "accuracy": accuracy, "head": head}[args.cmd](args)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Run every benchmark in this folder, one after another (``make bench``).
 
 Each script prints its table and writes JSON (and usually Markdown) to benchmarks/results/.
-Pass ``--preset smoke`` to check they all run (minutes) instead of measuring (hours).
+Pass ``--preset smoke`` to check they all run (minutes) instead of measuring (hours); scripts that take
+``--results`` then write to a temporary folder instead of benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -9,12 +10,25 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # order: cheap first; the training benchmarks last
-ORDER = ["eval_speed", "synth_speed", "data_loader", "quant_speed", "quant", "prune", "imitation_gain"]
+ORDER = ["eval_speed", "synth_speed", "data_loader", "quant", "prune", "imitation_gain"]
+
+
+def invocations(name: str, text: str, preset: str, results: str | None = None) -> list[list[str]]:
+    """Argument lists to run benchmark ``name`` with (its source is ``text``); scripts with
+    sub-commands (``quant.py``) run each of them. ``results``: a results folder for scripts that take
+    ``--results`` (smoke runs must not overwrite the measured tables)."""
+    out = ["--results", results] if results and '"--results"' in text else []
+    if name == "quant":
+        smoke = preset == "smoke"
+        return [[*out, "speed", *(["--widths", "0.25", "--runs", "5"] if smoke else [])],
+                [*out, "size", *(["--widths", "0.25"] if smoke else [])], [*out, "accuracy", "--preset", preset]]
+    return [[*out, *(["--preset", preset] if "--preset" in text else [])]]
 
 
 def main() -> int:
@@ -27,16 +41,16 @@ def main() -> int:
     if args.only:
         names = [n for n in names if n in args.only]
     failed = []
+    smoke_results = tempfile.mkdtemp(prefix="bench_smoke_") if args.preset == "smoke" else None
     for name in names:
-        cmd = [sys.executable, str(scripts[name])]
-        if "--preset" in scripts[name].read_text():
-            cmd += ["--preset", args.preset]
-        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
-        t0 = time.perf_counter()
-        rc = subprocess.call(cmd)
-        print(f"== {name}: exit {rc} in {time.perf_counter() - t0:.0f}s", flush=True)
-        if rc:
-            failed.append(name)
+        for extra in invocations(name, scripts[name].read_text(), args.preset, smoke_results):
+            cmd = [sys.executable, str(scripts[name]), *extra]
+            print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+            t0 = time.perf_counter()
+            rc = subprocess.call(cmd)
+            print(f"== {name}: exit {rc} in {time.perf_counter() - t0:.0f}s", flush=True)
+            if rc:
+                failed.append(" ".join([name, *extra]))
     if failed:
         print("failed: " + ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0
