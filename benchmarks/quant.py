@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from compressdet._io import atomic_write_json, atomic_write_text
+from compressdet.models import build_model
 from compressdet.quant.ptq import randomize_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,18 +80,15 @@ def _ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
     return out
 
 
-ALL_REWRITES = ("quantize_before_pad", "pack_stem_columns", "pad_output_channels", "shrink_repeated_constants")
 
 
 def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_conv: bool = True,
-               align: int | None = 16, int8_head: bool = False, rewrites: tuple[str, ...] = ALL_REWRITES) -> Path:
+               align: int | None = 16, int8_head: bool = False, rewrites: bool | tuple[str, ...] = True) -> Path:
     """PT2E PTQ graph of one step of the speed ladder; ``rewrites``: which ``quant._onnx_rewrites``
-    passes run on the exported graph (the exporter runs all of them)."""
-    import onnx
+    passes run on the exported graph (True: all, as the exporter does)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from compressdet.quant import _onnx_rewrites
     from compressdet.quant._pt2e import capture, capture_options, convert, make_quantizer
     from compressdet.quant.onnx_int8 import export_int8_onnx
     from compressdet.recipe import QuantConfig
@@ -103,13 +101,7 @@ def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_
     with torch.no_grad():
         for c in calib:
             prepared(torch.from_numpy(c))
-    export_int8_onnx(convert(prepared), x, out, ort_rewrites=False)
-    if rewrites:
-        m = onnx.load(str(out))
-        for name in rewrites:
-            getattr(_onnx_rewrites, name)(m)
-        onnx.save_model(m, str(out))
-    return out
+    return export_int8_onnx(convert(prepared), x, out, ort_rewrites=rewrites)
 
 
 def _time_blocks(sessions: dict, feed: dict, runs: int) -> dict[str, dict]:
@@ -121,23 +113,34 @@ def _time_blocks(sessions: dict, feed: dict, runs: int) -> dict[str, dict]:
     return {k: {"median_ms": v["median_ms"], "p90_ms": v["p90_ms"]} for k, v in res.items()}
 
 
+def _random_inputs(h: int, w: int) -> tuple[np.random.Generator, list[np.ndarray]]:
+    """The speed study's generator and its two calibration images (``[1, 3, h, w]``, std 50)."""
+    rng = np.random.default_rng(0)
+    return rng, [(rng.standard_normal((1, 3, h, w)) * 50).astype(np.float32) for _ in range(2)]
+
+
+def _random_student(width: str, h: int, w: int) -> torch.nn.Module:
+    """A randomly initialised ShuffleDet whose activations are not degenerate (BN statistics
+    randomised, head weights small)."""
+    model = randomize_batchnorm(build_model(ARCH[width], image_size=(h, w))).eval()
+    torch.nn.init.normal_(model.head.conv.weight, std=0.02)
+    return model
+
+
 def speed(args: argparse.Namespace) -> dict:
-    from compressdet.models import build_model
     from compressdet.quant.onnx_int8 import ort_session
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     H, W = args.size
-    rng = np.random.default_rng(0)
-    calib = [(rng.standard_normal((1, 3, H, W)) * 50).astype(np.float32) for _ in range(2)]
+    rng, calib = _random_inputs(H, W)
     feed = {"images": (rng.standard_normal((1, 3, H, W)) * 50).astype(np.float32)}
     out: dict = {"machine": platform.processor() or platform.machine(), "size": [H, W], "batch": 1,
                  "threads": args.threads, "runs": args.runs, "note": "alternating blocks of 5 runs in one "
                  "process; ratios are what to read (the machine is shared)", "widths": {}}
     tmp = Path(tempfile.mkdtemp(prefix="quant_speed_"))
     for w in args.widths:
-        model = randomize_batchnorm(build_model(ARCH[w], image_size=(H, W))).eval()
-        torch.nn.init.normal_(model.head.conv.weight, std=0.02)
+        model = _random_student(w, H, W)
         x = torch.from_numpy(calib[0])
         t0 = time.time()
         paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx")}
@@ -187,17 +190,14 @@ def speed(args: argparse.Namespace) -> dict:
 
 def size(args: argparse.Namespace) -> dict:
     """ONNX file sizes: fp32, INT8 without the exporter's rewrites, the default INT8 and the int8 head."""
-    from compressdet.models import build_model
-
     torch.manual_seed(0)
     H, W = args.size
-    rng = np.random.default_rng(0)
-    calib = [(rng.standard_normal((1, 3, H, W)) * 50).astype(np.float32) for _ in range(2)]
+    _, calib = _random_inputs(H, W)
     x = torch.from_numpy(calib[0])
     tmp = Path(tempfile.mkdtemp(prefix="quant_size_"))
     out: dict = {"size": [H, W], "unit": "MB (1e6 bytes)", "widths": {}}
     for w in args.widths:
-        model = randomize_batchnorm(build_model(ARCH[w], image_size=(H, W))).eval()
+        model = _random_student(w, H, W)
         paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx"),
                  "int8_no_rewrites": _pt2e_int8(model, x, calib, tmp / f"{w}_plain.onnx", fold=True, pad=4,
                                                 rewrites=()),

@@ -60,13 +60,15 @@ def _targets(n: int) -> list[dict]:
     return [{"boxes": boxes.clone(), "labels": torch.tensor([0, 1])} for _ in range(n)]
 
 
-def _ort_run(path, x: torch.Tensor) -> np.ndarray:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+def _ort_run(model, x, name: str = "images") -> np.ndarray:
+    """First output of ``model`` (a path or an in-memory ``ModelProto``) in ORT for input ``name`` = ``x``."""
+    src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    x = x.numpy() if isinstance(x, torch.Tensor) else x
+    return ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
 
 
 def _assert_ort_matches_torch(path, converted, x) -> None:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"images": x.numpy()})[0]
+    got = _ort_run(path, x)
     with torch.no_grad():
         ref = converted(x)[0].numpy()
     d = np.abs(got - ref)
@@ -259,7 +261,7 @@ def test_qat_with_per_kind_int8_head(student, tmp_path):
     assert len(scales) == 3
     # ORT and PyTorch int8 agree up to rounding, measured in each kind's own output step: a value
     # that rounds one step differently early on moves a few outputs by a step or two
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    got = _ort_run(path, x)
     with torch.no_grad():
         ref = converted(x)[0].numpy()
     for (lo, hi), step in zip([(0, 27), (27, 36), (36, 72)], scales, strict=True):
@@ -347,15 +349,11 @@ def test_quantize_before_pad_is_exact(tmp_path):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 8])], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     x = np.random.default_rng(0).standard_normal((1, 3, 5, 6)).astype(np.float32) * 3
-
-    def run(model):
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-    ref = run(m)
+    ref = _ort_run(m, x, "x")
     assert _quantize_before_pad(m) == 1
     onnx.checker.check_model(m, full_check=True)
     assert [n.op_type for n in m.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
-    out = run(m)
+    out = _ort_run(m, x, "x")
     assert out.shape == (1, 4, 6, 8) and np.array_equal(out, ref)
 
 
@@ -392,11 +390,7 @@ def test_stem_on_column_pairs_is_bit_identical(h, w):
 
     m = _stem_graph(h, w)
     x = np.random.default_rng(1).standard_normal((1, 3, h, w)).astype(np.float32) * 3
-
-    def run(model):
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-    ref = run(m)
+    ref = _ort_run(m, x, "x")
     assert quantize_before_pad(m) == 0  # the pad already follows the quantize
     assert pack_stem_columns(m) == 1
     onnx.checker.check_model(m, full_check=True)
@@ -405,7 +399,7 @@ def test_stem_on_column_pairs_is_bit_identical(h, w):
     conv = next(n for n in m.graph.node if n.op_type == "Conv")
     kernel = next(a.ints for a in conv.attribute if a.name == "kernel_shape")
     assert list(kernel) == [3, 2]
-    out = run(m)
+    out = _ort_run(m, x, "x")
     assert out.shape == ref.shape and np.array_equal(out, ref)
 
 

@@ -9,9 +9,12 @@ docs/quantization.md has the measurements behind each one.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
-__all__ = ["consumers", "quantize_before_pad", "pack_stem_columns", "pad_output_channels", "shrink_repeated_constants"]
+__all__ = ["consumers", "quantize_before_pad", "pack_stem_columns", "pad_output_channels", "shrink_repeated_constants",
+           "ORT_REWRITES"]
 
 
 def consumers(graph) -> dict[str, list]:
@@ -21,6 +24,11 @@ def consumers(graph) -> dict[str, list]:
         for i in n.input:
             out.setdefault(i, []).append(n)
     return out
+
+
+def _input(node, i: int) -> str | None:
+    """Name of ``node``'s ``i``-th input, None when it is absent or empty (an omitted optional input)."""
+    return node.input[i] if len(node.input) > i and node.input[i] else None
 
 
 def _attrs(node) -> dict:
@@ -41,19 +49,25 @@ class _Graph:
     """Lookups over one ONNX graph that rewrites share."""
 
     def __init__(self, model) -> None:
-        from onnx import numpy_helper
-
         self.model, self.g = model, model.graph
+        self._index()
+
+    def _index(self) -> None:
         self.inits = {i.name: i for i in self.g.initializer}
         self.producer = {o: n for n in self.g.node for o in n.output}
         self.users = consumers(self.g)
-        self.to_array = numpy_helper.to_array
-        self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
-                                for d in v.type.tensor_type.shape.dim]
-                       for v in list(self.g.value_info) + list(self.g.input) + list(self.g.output)}
+        self.__dict__.pop("shapes", None)
 
-    def const(self, name: str):
-        return self.to_array(self.inits[name]) if name in self.inits else None
+    @cached_property
+    def shapes(self) -> dict[str, list]:
+        """Static shapes from value_info / graph inputs / outputs (None for a symbolic dim)."""
+        return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+                for v in list(self.g.value_info) + list(self.g.input) + list(self.g.output)}
+
+    def const(self, name: str | None):
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
 
     def made_by(self, name: str, op: str):
         n = self.producer.get(name)
@@ -67,10 +81,10 @@ class _Graph:
         """A per-tensor Quantize/DequantizeLinear with a uint8 zero point initializer."""
         import onnx
 
-        if len(node.input) < 3 or node.input[2] not in self.inits or node.input[1] not in self.inits:
+        zp = _input(node, 2)
+        if zp not in self.inits or node.input[1] not in self.inits:
             return False
-        return (self.inits[node.input[2]].data_type == onnx.TensorProto.UINT8
-                and self.const(node.input[1]).size == 1)
+        return self.inits[zp].data_type == onnx.TensorProto.UINT8 and self.const(node.input[1]).size == 1
 
     def same_qparams(self, a, b) -> bool:
         return all(np.array_equal(self.const(x), self.const(y)) for x, y in zip(a.input[1:3], b.input[1:3]))
@@ -89,14 +103,15 @@ class _Graph:
                 return False
         return True
 
-    def replace(self, removed: list, new_nodes: list, anchor) -> None:
-        """Drop ``removed`` nodes, put ``new_nodes`` where ``anchor`` (one of them) was, and forget the
-        value_info of tensors that no longer exist; unused initializers go too."""
+    def rebuild(self, removed: list = (), insert_before: dict | None = None) -> None:
+        """Drop ``removed`` nodes and put ``insert_before[id(node)]`` (lists of new nodes) before
+        ``node``; forget the value_info of tensors that no longer exist, drop unused initializers and
+        re-index. The graph's node list is copied (protobuf), so node objects looked up before are stale."""
         gone = {id(n) for n in removed}
+        before = insert_before or {}
         nodes = []
         for n in self.g.node:
-            if n is anchor:
-                nodes.extend(new_nodes)
+            nodes.extend(before.get(id(n), ()))
             if id(n) not in gone:
                 nodes.append(n)
         del self.g.node[:]
@@ -107,7 +122,11 @@ class _Graph:
             self.g.value_info.remove(v)
         for i in [i for i in self.g.initializer if i.name not in live]:
             self.g.initializer.remove(i)
-        self.__init__(self.model)
+        self._index()
+
+    def replace(self, removed: list, new_nodes: list, anchor) -> None:
+        """Drop ``removed`` nodes and put ``new_nodes`` where ``anchor`` (one of them) was."""
+        self.rebuild(removed, {id(anchor): new_nodes})
 
 
 def quantize_before_pad(model) -> int:
@@ -124,11 +143,11 @@ def quantize_before_pad(model) -> int:
     for pad in list(g.node):
         if pad.op_type != "Pad" or _attrs(pad).get("mode", b"constant") not in (b"constant", b"", "constant"):
             continue
-        if len(pad.input) > 2 and pad.input[2]:
+        if _input(pad, 2):
             v = G.const(pad.input[2])
             if v is None or v.any():
                 continue
-        if len(pad.input) > 3 and pad.input[3]:  # axes input: keep it simple, leave such pads alone
+        if _input(pad, 3):  # axes input: keep it simple, leave such pads alone
             continue
         q = G.only_user(pad.output[0], "QuantizeLinear")
         if q is None or not G.is_u8_activation_q(q):
@@ -171,7 +190,7 @@ def _stem_pattern(G: _Graph, pool):
                (dq_a.output[0], "MaxPool"), (dq_w.output[0], "Conv"))
     if any(G.only_user(t, op) is None for t, op in singles):
         return None
-    if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in G.inits:
+    if _input(conv, 2) and conv.input[2] not in G.inits:
         return None  # a computed (e.g. dequantized int32) bias: leave the conv alone
     w = G.const(dq_w.input[0])
     shape = G.shapes.get(dq_x.input[0])
@@ -247,8 +266,8 @@ def pack_stem_columns(model) -> int:
     """
     from onnx import helper
 
-    if not any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in model.opset_import):
-        return 0  # Split with a sizes input needs opset 13
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 12 for o in model.opset_import):
+        return 0  # MaxPool on uint8 needs opset 12
     G = _Graph(model)
     n_done = 0
     for out in [n.output[0] for n in G.g.node if n.op_type == "MaxPool"]:
@@ -262,10 +281,10 @@ def pack_stem_columns(model) -> int:
         dq_w, conv = p["dq_w"], p["conv"]
         w_inputs = [G.add_init(_column_pair_weight(p["w"]), t("w")),
                     G.add_init(np.tile(G.const(dq_w.input[1]), 2).astype(np.float32), t("w_scale"))]
-        if len(dq_w.input) > 2 and dq_w.input[2]:
+        if _input(dq_w, 2):
             w_inputs.append(G.add_init(np.tile(G.const(dq_w.input[2]), 2), t("w_zp")))
         conv_inputs = [t("x_dq"), t("w_dq")]
-        if len(conv.input) > 2 and conv.input[2]:
+        if _input(conv, 2):
             conv_inputs.append(G.add_init(np.tile(G.const(conv.input[2]), 2), t("bias")))
         G.add_init(np.array([0, h, w // 2 + 1, 2 * c], np.int64), t("shape"))
         G.add_init(np.array([0, h, w, o], np.int64), t("unpacked"))
@@ -334,13 +353,13 @@ def pad_output_channels(model, multiple: int = 16) -> int:
         scale = G.const(dq_w.input[1])
         if _attrs(dq_w).get("axis", 1) != 0 or scale.shape != (o,) or _attrs(conv).get("group", 1) != 1:
             continue
-        b = G.const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        if b is None and len(conv.input) > 2 and conv.input[2]:
+        b = G.const(_input(conv, 2))
+        if b is None and _input(conv, 2):
             continue  # a computed bias
         width = -(-o // multiple) * multiple
         pre = f"{conv.name or 'conv'}/padded{width}"
         pad = width - o
-        zp = G.const(dq_w.input[2]) if len(dq_w.input) > 2 and dq_w.input[2] else None
+        zp = G.const(_input(dq_w, 2))
         w_in = [G.add_init(np.concatenate([w, np.zeros((pad, *w.shape[1:]), w.dtype)]), f"{pre}/w"),
                 G.add_init(np.concatenate([scale, np.ones(pad, scale.dtype)]), f"{pre}/w_scale")]
         if zp is not None:
@@ -377,22 +396,25 @@ def shrink_repeated_constants(model, min_bytes: int = 4096) -> int:
     from onnx import helper
 
     G = _Graph(model)
-    n_done = 0
-    for dq in [n for n in G.g.node if n.op_type == "DequantizeLinear"]:
+    expands = {}  # id(DequantizeLinear) -> [its new Expand]
+    for dq in G.g.node:
+        if dq.op_type != "DequantizeLinear" or not G.is_u8_activation_q(dq):
+            continue  # weights and int8 graphs: not read as arrays
         name = dq.input[0]
         v = G.const(name)
-        if not G.is_u8_activation_q(dq):
-            continue
         if (v is None or v.dtype != np.uint8 or v.ndim != 4 or v.shape[1] < 2 or v.nbytes < min_bytes
                 or len(G.users.get(name, [])) != 1 or not (v == v[:, :1]).all()):
             continue
         G.add_init(np.ascontiguousarray(v[:, :1]), f"{name}/one_channel")
         G.add_init(np.array(v.shape, np.int64), f"{name}/shape")
-        expand = helper.make_node("Expand", [f"{name}/one_channel", f"{name}/shape"], [f"{name}/expanded"],
-                                  name=f"{name}/expand")
+        expands[id(dq)] = [helper.make_node("Expand", [f"{name}/one_channel", f"{name}/shape"], [f"{name}/expanded"],
+                                            name=f"{name}/expand")]
         dq.input[0] = f"{name}/expanded"
-        G.g.node.insert(list(G.g.node).index(dq), expand)
-        G.g.initializer.remove(G.inits[name])
-        G.__init__(model)
-        n_done += 1
-    return n_done
+    if expands:
+        G.rebuild(insert_before=expands)  # also drops the full-size initializers, now unread
+    return len(expands)
+
+
+# the exporter's passes, in order (pack_stem_columns widens the uint8 Pad quantize_before_pad makes)
+ORT_REWRITES = {f.__name__: f for f in (quantize_before_pad, pack_stem_columns, pad_output_channels,
+                                        shrink_repeated_constants)}

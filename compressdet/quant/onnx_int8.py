@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,7 @@ from torch import nn
 
 from .._io import atomic_path
 from ..errors import ArtifactError
-from ._onnx_rewrites import (
-    consumers,
-    pack_stem_columns,
-    pad_output_channels,
-    quantize_before_pad,
-    shrink_repeated_constants,
-)
+from ._onnx_rewrites import ORT_REWRITES, consumers
 
 __all__ = ["export_int8_onnx", "check_int8_graph", "ort_session", "HeadOnly"]
 
@@ -44,7 +39,7 @@ class HeadOnly(nn.Module):
 
 
 def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os.PathLike, *,
-                     opset: int = 18, check: bool = True, ort_rewrites: bool = True) -> Path:
+                     opset: int = 18, check: bool = True, ort_rewrites: bool | Iterable[str] = True) -> Path:
     """Write the QDQ ONNX graph of a converted (int8) program; input ``images``, output ``head``.
 
     Args:
@@ -56,7 +51,8 @@ def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os
         ort_rewrites: apply the exact integer-domain rewrites of :mod:`._onnx_rewrites` (uint8
             graphs only; bit-identical ORT outputs): pad after quantize, the stem conv on column
             pairs, int8 convs feeding float ops widened to a fast width, channel-repeated
-            constants (border maps) stored once.
+            constants (border maps) stored once. Or the names of the passes to run
+            (``_onnx_rewrites.ORT_REWRITES``, run in that table's order).
 
     Returns:
         ``path``.
@@ -73,11 +69,12 @@ def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os
     model = prog.model_proto
     for node in model.graph.node:  # the exporter's debug info (stack traces, local paths): ~20% of the file
         del node.metadata_props[:]
-    if ort_rewrites:
-        quantize_before_pad(model)
-        pack_stem_columns(model)
-        pad_output_channels(model)
-        shrink_repeated_constants(model)
+    wanted = set(ORT_REWRITES if ort_rewrites is True else ort_rewrites or ())
+    if wanted - set(ORT_REWRITES):
+        raise ValueError(f"unknown ORT rewrites {sorted(wanted - set(ORT_REWRITES))} (known: {list(ORT_REWRITES)})")
+    for name, rewrite in ORT_REWRITES.items():
+        if name in wanted:
+            rewrite(model)
     with atomic_path(path, suffix=".tmp.onnx") as tmp:
         onnx.save_model(model, str(tmp))
     if check:
