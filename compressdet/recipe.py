@@ -302,7 +302,10 @@ class QuantConfig(_Strict):
     activations: Literal["u8", "s8_symmetric"] = Field(
         "u8", description="u8: asymmetric uint8, fastest in ONNX Runtime on x86; s8_symmetric: int8 with zero "
         "point 0, the only activation scheme TensorRT's explicit quantization accepts")
-    keep_head_float: bool = Field(True, description="head conv, its output and the decode stay float")
+    keep_head_float: bool = Field(True, description="the head's output and the decode stay float")
+    head_weights: Literal["int8", "float"] = Field(
+        "int8", description="with keep_head_float: int8 = int8 input and per-channel int8 weights, int32 "
+        "accumulation, float output (no output scale; ONNX Runtime runs it as an integer matmul); float = an fp32 conv")
     head_int8: Literal["per_kind", "shared"] = Field(
         "per_kind", description="with keep_head_float false: one int8 output scale per output kind (class "
         "logits, confidence, box deltas) or one scale shared by all")

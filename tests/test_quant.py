@@ -243,7 +243,9 @@ def test_qat_onnx_qdq_graph(qat_run, tmp_path):
     x = qat_run["x"][:1]
     path = export_int8_onnx(converted, x, tmp_path / "qat_int8.onnx")
     info = check_int8_graph(path)  # checker, no bias DQ, per-channel weights
-    assert info["int8_convs"] >= 40 and info["float_convs"] == 1  # the head stays float
+    # the head: int8 weights (fake-quantized in QAT), float output, run as an integer matmul
+    assert info["int8_convs"] >= 40 and info["float_convs"] == 0 and info["int8_matmuls"] == 1
+    assert not _head_output_scales(path)
     _assert_ort_matches_torch(path, converted, x)
 
 
@@ -289,19 +291,29 @@ def test_ptq_onnx_matches_torch(ptq_program, student, tmp_path):
     assert (q - ref).abs().max() < 0.25 * ref.abs().max()
     m = onnx.load(str(path))
     # the channel shuffle was folded away; the only transposes view the stem input as column pairs
+    # and the head's input / output as pixels (all but two cancel in ORT: the next test)
     transposes = [n.name for n in m.graph.node if n.op_type == "Transpose"]
-    assert len(transposes) == 4 and all("column_pairs" in t for t in transposes)
+    assert len(transposes) == 6 and all("column_pairs" in t or "int8_matmul" in t for t in transposes)
 
 
 def test_ort_rewrites_are_bit_identical(ptq_program, tmp_path):
     """The exporter's ORT rewrites (column-pair stem, shrunk border maps, pad after quantize) change
-    the graph, not one output value, and make the file smaller."""
+    the graph, not one output value, and make the file smaller; the head as an integer matmul
+    changes the output only by the float conv's own rounding."""
+    from compressdet.quant._onnx_rewrites import ORT_REWRITES
+
     x = _images(1, seed=3)
     fast = export_int8_onnx(ptq_program, x, tmp_path / "fast.onnx")
     plain = export_int8_onnx(ptq_program, x, tmp_path / "plain.onnx", ort_rewrites=False)
-    assert np.array_equal(_ort_run(fast, x), _ort_run(plain, x))
+    exact = export_int8_onnx(ptq_program, x, tmp_path / "exact.onnx",
+                             ort_rewrites=[k for k in ORT_REWRITES if k != "float_out_conv_as_matmul"])
+    ref = _ort_run(plain, x)
+    assert np.array_equal(_ort_run(exact, x), ref)
+    got = _ort_run(fast, x)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
     ops = [n.op_type for n in onnx.load(str(fast)).graph.node]
-    assert ops.count("Expand") == 3 and ops.count("Reshape") == 2  # three border maps; the stem's two views
+    # three border maps; the stem's two views; the head's index, pixel rows, patches and output views
+    assert ops.count("Expand") == 3 and ops.count("Reshape") == 6 and ops.count("MatMulInteger") == 1
     # ORT cancels the stem's explicit layout transposes against its own: what is left are the input's
     # NCHW -> NHWC and the head output's way back
     so = ort.SessionOptions()
@@ -324,15 +336,16 @@ def test_ort_fuses_every_backbone_conv(ptq_program, tmp_path):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
-    # 49 backbone convs + 3 shortcut pools as depthwise convs (AvgPoolAsConv), their border maps in int8
-    assert ops.count("QLinearConv") == 52 and ops.count("Conv") + ops.count("FusedConv") == 1
-    assert ops.count("QLinearMul") == 3 and "Mul" not in ops
-    assert not any("AveragePool" in o for o in ops)
-    # the padded stem input is padded after quantization (uint8), not as float
+    # 49 backbone convs + 3 shortcut pools as depthwise convs (AvgPoolAsConv), their border maps in
+    # int8; the head conv (int8 weights, float output) as an integer matmul, scaled by one float Mul
+    assert ops.count("QLinearConv") == 52 and ops.count("Conv") + ops.count("FusedConv") == 0
+    assert ops.count("MatMulInteger") == 1 and ops.count("Mul") == 1
+    assert ops.count("QLinearMul") == 3 and not any("AveragePool" in o for o in ops)
+    # the padded stem input is padded after quantization (uint8), not as float; so is the head's
     exported = onnx.load(str(path)).graph
     producer = {o: n.op_type for n in exported.node for o in n.output}
     pads = [n for n in exported.node if n.op_type == "Pad"]
-    assert len(pads) == 1 and producer[pads[0].input[0]] == "QuantizeLinear"
+    assert len(pads) == 2 and producer[pads[0].input[0]] == "QuantizeLinear" and "int8_matmul" in pads[1].name
 
 
 def test_quantize_before_pad_is_exact(tmp_path):
@@ -355,6 +368,53 @@ def test_quantize_before_pad_is_exact(tmp_path):
     assert [n.op_type for n in m.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
     out = _ort_run(m, x, "x")
     assert out.shape == (1, 4, 6, 8) and np.array_equal(out, ref)
+
+
+
+def _float_out_conv_graph(k: int, stride: int, pads: list[int], bias: bool, quantized_out: bool = False):
+    """``Q(u8) -> DQ -> Conv(DQ(s8 w, per channel)) [+ bias]`` with a float output (batch symbolic),
+    or, with ``quantized_out``, a ``Q -> DQ`` after the conv (ORT fuses that into QLinearConv itself)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    arrays = {"xs": np.array(0.03, np.float32), "xz": np.array(93, np.uint8),
+              "w": rng.integers(-127, 128, (20, 12, k, k)).astype(np.int8),
+              "ws": rng.uniform(0.002, 0.01, 20).astype(np.float32), "wz": np.zeros(20, np.int8),
+              "b": rng.standard_normal(20).astype(np.float32), "ys": np.array(0.2, np.float32),
+              "yz": np.array(128, np.uint8)}
+    mk = helper.make_node
+    conv_in = ["xd", "wd"] + (["b"] if bias else [])
+    nodes = [mk("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), mk("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             mk("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             mk("Conv", conv_in, ["c" if quantized_out else "y"], kernel_shape=[k, k], strides=[stride, stride],
+                pads=pads, name="head")]
+    if quantized_out:
+        nodes += [mk("QuantizeLinear", ["c", "ys", "yz"], ["cq"]), mk("DequantizeLinear", ["cq", "ys", "yz"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12, 9, 14])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(v, n) for n, v in arrays.items()])
+    return onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+@pytest.mark.parametrize("k,stride,pads,bias", [(3, 1, [1, 1, 1, 1], True), (3, 2, [1, 1, 1, 1], False),
+                                                (1, 1, [0, 0, 0, 0], True), (3, 1, [0, 1, 2, 1], False)])
+def test_float_out_conv_as_matmul(k, stride, pads, bias):
+    """An int8 conv with a float output (the default head) as im2col + MatMulInteger: same output
+    up to the float conv's rounding, any batch, any padding and stride."""
+    from compressdet.quant._onnx_rewrites import float_out_conv_as_matmul
+
+    m = _float_out_conv_graph(k, stride, pads, bias)
+    x = np.random.default_rng(2).standard_normal((2, 12, 9, 14)).astype(np.float32)
+    ref = _ort_run(m, x, "x")
+    assert float_out_conv_as_matmul(m) == 1
+    onnx.checker.check_model(m, full_check=True)
+    ops = [n.op_type for n in m.graph.node]
+    assert "Conv" not in ops and ops.count("MatMulInteger") == 1 and ops.count("Pad") == int(any(pads))
+    got = _ort_run(m, x, "x")
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    # a conv whose output is quantized is ORT's QLinearConv already: left alone
+    q = _float_out_conv_graph(k, stride, pads, bias, quantized_out=True)
+    assert float_out_conv_as_matmul(q) == 0 and "Conv" in [n.op_type for n in q.graph.node]
 
 
 def _stem_graph(h: int, w: int, pool_scale: float = 0.05):
@@ -434,6 +494,22 @@ def _head_output_scales(path) -> list[float]:
         q = [n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == conv.output[0]]
         scales += [float(inits[q[0].input[1]])] if q else []
     return scales
+
+
+def test_fp32_head_weights(ptq_program, student, tmp_path):
+    """``head_weights: float``: the head conv stays an fp32 conv (no weight quantization at all), so the
+    int8 and fp32 heads differ by the int8 weights' rounding only."""
+    cfg = QuantConfig(head_weights="float", calibration_images=2)
+    calib = [_images(2, seed=5), _images(2, seed=6)]
+    prog = quantize_ptq(student, iter(calib), cfg, observer="minmax")
+    x = _images(1, seed=9)
+    path = export_int8_onnx(prog, x, tmp_path / "fp32_head.onnx")
+    info = check_int8_graph(path)
+    assert info["float_convs"] == 1 and info["int8_matmuls"] == 0
+    _assert_ort_matches_torch(path, prog, x)
+    with torch.no_grad():
+        a, b = prog(x)[0], ptq_program(x)[0]
+    assert 0 < (a - b).abs().max() < 0.05 * b.abs().max()
 
 
 @pytest.mark.parametrize("mode", ["per_kind", "shared"])
@@ -601,5 +677,8 @@ def test_recipe_rejects_bad_quant_stages():
         parse_recipe(base + "  - {name: p, kind: ptq, from: s, quant: {activations: s8}}\n", check_paths=False)
     with pytest.raises(RecipeError, match="head_int8"):
         parse_recipe(base + "  - {name: p, kind: ptq, from: s, quant: {head_int8: per_anchor}}\n", check_paths=False)
+    with pytest.raises(RecipeError, match="head_weights"):
+        parse_recipe(base + "  - {name: p, kind: ptq, from: s, quant: {head_weights: int4}}\n", check_paths=False)
     r = parse_recipe(base + "  - {name: q, kind: qat, from: s, freeze_bn_step: 5}\n", check_paths=False)
-    assert r.stages[1].quant.keep_head_float and r.stages[1].quant.head_int8 == "per_kind"
+    q = r.stages[1].quant
+    assert q.keep_head_float and q.head_weights == "int8" and q.head_int8 == "per_kind"

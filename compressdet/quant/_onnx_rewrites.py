@@ -13,8 +13,8 @@ from functools import cached_property
 
 import numpy as np
 
-__all__ = ["consumers", "quantize_before_pad", "pack_stem_columns", "pad_output_channels", "shrink_repeated_constants",
-           "ORT_REWRITES"]
+__all__ = ["consumers", "quantize_before_pad", "pack_stem_columns", "pad_output_channels", "float_out_conv_as_matmul",
+           "shrink_repeated_constants", "ORT_REWRITES"]
 
 
 def consumers(graph) -> dict[str, list]:
@@ -383,6 +383,107 @@ def pad_output_channels(model, multiple: int = 16) -> int:
     return n_done
 
 
+def _float_out_pattern(G: _Graph, conv):
+    """``DQ(u8 x) -> Conv <- DQ(s8 w, per channel, zero point 0)`` whose output stays float, as a
+    dict, or None when ``conv`` is anything else (ORT fuses a conv with a quantized output itself)."""
+    a = _attrs(conv)
+    if (conv.op_type != "Conv" or a.get("group", 1) != 1 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+            or any(d != 1 for d in a.get("dilations", [1, 1])) or len(a.get("kernel_shape", [])) != 2):
+        return None
+    dq_x, dq_w = G.made_by(conv.input[0], "DequantizeLinear"), G.made_by(conv.input[1], "DequantizeLinear")
+    if dq_x is None or dq_w is None or not G.is_u8_activation_q(dq_x) or not G.feeds_float_only(conv.output[0]):
+        return None
+    w, scale, zp = G.const(dq_w.input[0]), G.const(dq_w.input[1]), G.const(_input(dq_w, 2))
+    if w is None or w.dtype != np.int8 or scale is None or _attrs(dq_w).get("axis", 1) != 0:
+        return None
+    if scale.shape != (w.shape[0],) or (zp is not None and zp.any()) or (_input(dq_w, 2) and zp is None):
+        return None
+    bias = G.const(_input(conv, 2))
+    if _input(conv, 2) and bias is None:
+        return None  # a computed bias
+    shape = G.shapes.get(dq_x.input[0])
+    if not shape or len(shape) != 4 or None in shape[1:] or shape[1] != w.shape[1]:
+        return None
+    return dict(dq_x=dq_x, dq_w=dq_w, w=w, w_scale=scale, bias=bias, shape=shape,
+                strides=list(a.get("strides", [1, 1])), pads=list(a.get("pads", [0, 0, 0, 0])))
+
+
+def float_out_conv_as_matmul(model) -> int:
+    """Run an int8 conv whose output stays float (the default head) as an integer matmul.
+
+    ``DQ(u8 x) -> Conv(DQ(s8 w)) -> float`` is what the quantizer makes of a conv with int8
+    input and weights and no output quantization (``QuantConfig.head_weights: int8``). ORT cannot
+    fuse it into QLinearConv (that needs a quantized output), so it dequantizes the weights at
+    load and runs an fp32 conv: 1.7 ms of a ~18 ms 0.25x model for the 192 -> 72 3x3 head. Here
+    it becomes im2col plus ``MatMulInteger`` with the int32 result scaled to float: the uint8
+    input transposed to NHWC (ORT cancels that against its own), padded with the zero point,
+    flattened over pixels and ``Gather``-ed into ``[N, pixels, k*k*C]`` rows (the gather indices
+    are a small constant expression ORT folds at load), multiplied with the ``[k*k*C, O]`` int8
+    weights, scaled by ``x_scale * w_scale``, biased, and transposed back to NCHW. The int32
+    accumulation is exact; the float conv it replaces rounds, so outputs agree to float
+    precision, not bit for bit. Measured at 24x78 (2 threads): 0.8 vs 2.3 ms for that conv alone.
+    Returns the number of convs rewritten.
+    """
+    from onnx import helper
+
+    G = _Graph(model)
+    n_done = 0
+    for out in [n.output[0] for n in G.g.node if n.op_type == "Conv"]:
+        conv = G.producer[out]  # look up afresh: a rewrite copies the node list
+        p = _float_out_pattern(G, conv)
+        if p is None:
+            continue
+        _, c, h, w_in = p["shape"]
+        o, _, kh, kw = p["w"].shape
+        (sh, sw), (pt, pl, pb, pr) = p["strides"], p["pads"]
+        hp, wp = h + pt + pb, w_in + pl + pr
+        ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+        pre = f"{conv.name or 'conv'}/int8_matmul"
+        t = lambda s: f"{pre}/{s}"  # noqa: E731
+        xq, xs, xz = p["dq_x"].input[:3]
+        # row (y*sh + dy) * wp + (x*sw + dx) of the padded, flattened input for output pixel (y, x), tap (dy, dx)
+        G.add_init((np.arange(ho, dtype=np.int64) * sh * wp).reshape(ho, 1, 1), t("rows"))
+        G.add_init((np.arange(wo, dtype=np.int64) * sw).reshape(1, wo, 1), t("cols"))
+        G.add_init((np.arange(kh, dtype=np.int64)[:, None] * wp + np.arange(kw)).reshape(1, 1, kh * kw), t("taps"))
+        G.add_init(np.array([-1], np.int64), t("flat1"))
+        G.add_init(np.array([-1, hp * wp, c], np.int64), t("pixels"))
+        G.add_init(np.array([-1, ho * wo, kh * kw * c], np.int64), t("patches"))
+        G.add_init(np.ascontiguousarray(p["w"].transpose(2, 3, 1, 0).reshape(kh * kw * c, o)), t("w"))
+        scale = (G.const(xs).astype(np.float32) * p["w_scale"].astype(np.float32)).astype(np.float32)
+        G.add_init(scale, t("scale"))
+        G.add_init(np.array([-1, ho, wo, o], np.int64), t("nhwc_shape"))
+        new = [helper.make_node("Add", [t("rows"), t("cols")], [t("pixel")], name=t("pixel")),
+               helper.make_node("Add", [t("pixel"), t("taps")], [t("index3")], name=t("index3")),
+               helper.make_node("Reshape", [t("index3"), t("flat1")], [t("index")], name=t("index")),
+               helper.make_node("Transpose", [xq], [t("x_nhwc")], perm=[0, 2, 3, 1], name=t("to_nhwc"))]
+        x = t("x_nhwc")
+        if any((pt, pl, pb, pr)):
+            G.add_init(np.array([0, pt, pl, 0, 0, pb, pr, 0], np.int64), t("pads"))  # NHWC begins, ends
+            new.append(helper.make_node("Pad", [x, t("pads"), xz], [t("x_padded")], name=t("pad")))
+            x = t("x_padded")
+        new += [helper.make_node("Reshape", [x, t("pixels")], [t("x_flat")], name=t("flatten")),
+                helper.make_node("Gather", [t("x_flat"), t("index")], [t("gathered")], axis=1, name=t("im2col")),
+                helper.make_node("Reshape", [t("gathered"), t("patches")], [t("cols_u8")], name=t("patches")),
+                helper.make_node("MatMulInteger", [t("cols_u8"), t("w"), xz], [t("acc")], name=t("matmul")),
+                helper.make_node("Cast", [t("acc")], [t("acc_f")], to=1, name=t("cast")),
+                helper.make_node("Mul", [t("acc_f"), t("scale")], [t("scaled")], name=t("scale"))]
+        y = t("scaled")
+        if p["bias"] is not None:
+            G.add_init(p["bias"].astype(np.float32), t("bias"))
+            new.append(helper.make_node("Add", [y, t("bias")], [t("biased")], name=t("bias")))
+            y = t("biased")
+        new += [helper.make_node("Reshape", [y, t("nhwc_shape")], [t("y_nhwc")], name=t("unflatten")),
+                helper.make_node("Transpose", [t("y_nhwc")], [out], perm=[0, 3, 1, 2], name=t("to_nchw"))]
+        removed = [conv]
+        if G.only_user(p["dq_w"].output[0], "Conv") is not None:
+            removed.append(p["dq_w"])
+        if G.only_user(p["dq_x"].output[0], "Conv") is not None:
+            removed.append(p["dq_x"])
+        G.replace(removed, new, conv)
+        n_done += 1
+    return n_done
+
+
 def shrink_repeated_constants(model, min_bytes: int = 4096) -> int:
     """Store quantized constants that repeat along the channel axis once, expanded when loaded.
 
@@ -417,4 +518,4 @@ def shrink_repeated_constants(model, min_bytes: int = 4096) -> int:
 
 # the exporter's passes, in order (pack_stem_columns widens the uint8 Pad quantize_before_pad makes)
 ORT_REWRITES = {f.__name__: f for f in (quantize_before_pad, pack_stem_columns, pad_output_channels,
-                                        shrink_repeated_constants)}
+                                        float_out_conv_as_matmul, shrink_repeated_constants)}

@@ -31,8 +31,10 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
     Weights: int8 symmetric, narrow range [-127, 127] (TensorRT needs zero-point 0, and the narrow
     range avoids u8*s8 pair saturation on pre-VNNI CPUs), per output channel unless
     ``cfg.per_channel`` is False. Activations: per tensor, u8 affine or, with
-    ``cfg.activations == "s8_symmetric"``, int8 with zero point 0 (TensorRT). ``cfg.keep_head_float`` leaves the
-    head conv unquantized so its output (box deltas and logits) stays float; otherwise
+    ``cfg.activations == "s8_symmetric"``, int8 with zero point 0 (TensorRT). ``cfg.keep_head_float`` keeps
+    the head's output (box deltas and logits) float: with ``cfg.head_weights == "int8"`` the head conv
+    gets int8 input and per-channel int8 weights but no output quantization (int32 accumulation,
+    float out: no scale shared by anything), with ``"float"`` it stays an fp32 conv; otherwise
     ``cfg.head_int8 == "per_kind"`` keeps the concat of a :class:`~._fold.PerKindHead` float (one
     output scale per kind; capture with ``capture_options(cfg)``); ``cfg.float_stem``
     leaves the 3-input-channel stem conv in fp32 (see docs/quantization.md for why it is faster).
@@ -79,6 +81,8 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
     q = _ort_quantizer_class()().set_global(qcfg)
     if cfg.keep_head_float:
         q.set_module_name_qconfig("head", None)
+        if getattr(cfg, "head_weights", "float") == "int8":
+            q.float_output_modules = ("head",)  # its convs: int8 input and weights, float output
     elif capture_options(cfg)["per_kind_head"]:
         q.set_module_name_qconfig("head.conv.merge", None)  # PerKindHead's concat: each part keeps its scale
     if getattr(cfg, "float_stem", False):
@@ -97,8 +101,10 @@ def _ort_quantizer_class():
     out: the residual conv's output stays float, and ORT then runs those convs in fp32 with
     Transposes around them. Here the conv+add fusions are disabled, every residual ``add`` gets
     quantized inputs and a quantized (ReLU) output, and any quantized pattern whose output feeds a
-    float op (the float head) gets an output observer, so ORT fuses every conv into QLinearConv
-    and adds into QLinearAdd.
+    op that does not quantize it as its input (the head) gets an output observer, so ORT fuses
+    every conv into QLinearConv and adds into QLinearAdd. Convs of ``float_output_modules`` (an
+    instance attribute) get int8 weights and a float output; their input is their producer's
+    quantized output (the head: see ``_onnx_rewrites.float_out_conv_as_matmul``).
     """
     global _ORT_QUANTIZER
     if _ORT_QUANTIZER is not None:
@@ -162,12 +168,20 @@ def _ort_quantizer_class():
                             output_qspec=act, _annotated=True, _is_output_of_quantized_pattern=True)
             super().annotate(model)
             if cfg is not None:
+                for name in getattr(self, "float_output_modules", ()):
+                    # weights only: the input is the feature's own quantized output (an observer
+                    # here would see the training-mode dropout's 2x values and requantize coarser)
+                    inside = _create_module_name_filter(name)
+                    for node in model.graph.nodes:
+                        if node.op == "call_function" and node.target == aten.conv2d.default and inside([node]):
+                            node.meta[QUANT_ANNOTATION_KEY] = _X86InductorQuantizationAnnotation(
+                                input_qspec_map={node.args[1]: cfg.weight}, _annotated=True)
                 for node in model.graph.nodes:
                     ann = node.meta.get(QUANT_ANNOTATION_KEY)
                     if (ann is None or not getattr(ann, "_is_output_of_quantized_pattern", False)
                             or ann.output_qspec is not None):
                         continue
-                    if any(not getattr(u.meta.get(QUANT_ANNOTATION_KEY), "input_qspec_map", None)
+                    if any(node not in (getattr(u.meta.get(QUANT_ANNOTATION_KEY), "input_qspec_map", None) or {})
                            for u in node.users):
                         ann.output_qspec = cfg.input_activation
             return model

@@ -93,7 +93,8 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
     symmetric int8 only) and every QuantizeLinear feeds only DequantizeLinear nodes.
 
     Returns:
-        ``{"qdq_nodes", "int8_convs", "float_convs"}`` counts.
+        ``{"qdq_nodes", "int8_convs", "float_convs", "int8_matmuls"}`` counts (``int8_matmuls``: convs
+        run as ``MatMulInteger`` with int8 weights, ``_onnx_rewrites.float_out_conv_as_matmul``).
     """
     import onnx
     from onnx import numpy_helper
@@ -154,10 +155,17 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
             if bad and n.op_type == "QuantizeLinear":
                 raise ArtifactError(f"{path}: QuantizeLinear '{n.name}' feeds {bad[0].op_type} "
                                     f"'{bad[0].name}'; TensorRT needs Q -> DQ pairs")
+    int8_matmuls = 0
+    for n in m.graph.node:
+        if n.op_type == "MatMulInteger":
+            w = value(n.input[1])
+            if w is None or w.dtype != "int8" or (len(n.input) > 3 and n.input[3] and (value(n.input[3]) != 0).any()):
+                raise ArtifactError(f"{path}: MatMulInteger '{n.name}' weight is not a symmetric int8 constant")
+            int8_matmuls += 1
     qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
     if int8_convs == 0:
         raise ArtifactError(f"{path}: no quantized Conv found (is this an INT8 graph?)")
-    return {"qdq_nodes": qdq, "int8_convs": int8_convs, "float_convs": float_convs}
+    return {"qdq_nodes": qdq, "int8_convs": int8_convs, "float_convs": float_convs, "int8_matmuls": int8_matmuls}
 
 
 def ort_session(path: str | os.PathLike, *, threads: int | None = None, opt_level: str = "all",
