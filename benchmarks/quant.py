@@ -83,9 +83,11 @@ def _ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
 
 
 def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_conv: bool = True,
-               align: int | None = 16, int8_head: bool = False, rewrites: bool | tuple[str, ...] = True) -> Path:
+               align: int | None = 16, int8_head: bool = False, head_weights: str = "int8",
+               rewrites: bool | tuple[str, ...] = True) -> Path:
     """PT2E PTQ graph of one step of the speed ladder; ``rewrites``: which ``quant._onnx_rewrites``
-    passes run on the exported graph (True: all, as the exporter does)."""
+    passes run on the exported graph (True: all, as the exporter does); ``head_weights``: the float-output
+    head's weights (``QuantConfig.head_weights``; ``int8_head`` quantizes its output too, per kind)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
@@ -93,7 +95,7 @@ def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_
     from compressdet.quant.onnx_int8 import export_int8_onnx
     from compressdet.recipe import QuantConfig
 
-    cfg = QuantConfig(keep_head_float=not int8_head)  # int8 head: one output scale per kind
+    cfg = QuantConfig(keep_head_float=not int8_head, head_weights=head_weights)  # int8 head: a scale per kind
     gm = capture(model, x, fold_shuffle=fold, pad_stem=pad, train=False, pool_as_conv=pool_conv, pad_bottleneck=align,
                  **capture_options(cfg))
     prepared = prepare_pt2e(gm, make_quantizer(cfg, is_qat=False, observer="minmax"))
@@ -147,18 +149,24 @@ def speed(args: argparse.Namespace) -> dict:
         paths["int8_ort_static"] = _ort_static(paths["fp32"], tmp / f"{w}_ortstatic.onnx", calib)
         # the ladder of docs/quantization.md, each step on top of the previous one
         early = ("quantize_before_pad",)  # the pass these steps were first measured with
+        fp = dict(head_weights="float")  # these steps had an fp32 head conv
         paths["int8_nofold"] = _pt2e_int8(model, x, calib, tmp / f"{w}_nofold.onnx", fold=False, pad=None,
-                                          pool_conv=False, align=None, rewrites=())
+                                          pool_conv=False, align=None, rewrites=(), **fp)
         paths["int8_fold"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fold.onnx", fold=True, pad=None, pool_conv=False,
-                                        align=None, rewrites=())
+                                        align=None, rewrites=(), **fp)
         paths["int8_pad4"] = _pt2e_int8(model, x, calib, tmp / f"{w}_pad4.onnx", fold=True, pad=4, pool_conv=False,
-                                        align=None, rewrites=early)
+                                        align=None, rewrites=early, **fp)
         # + shortcut avg-pool as depthwise conv * border map (AvgPoolAsConv)
         paths["int8_poolconv"] = _pt2e_int8(model, x, calib, tmp / f"{w}_poolconv.onnx", fold=True, pad=4, align=None,
-                                            rewrites=early)
+                                            rewrites=early, **fp)
         # + bottleneck widths padded to a multiple of 16 (session 6's default)
-        paths["int8_padded"] = _pt2e_int8(model, x, calib, tmp / f"{w}_padded.onnx", fold=True, pad=4, rewrites=early)
-        # default: + the stem conv on column pairs, max-pool in uint8 (pack_stem_columns)
+        paths["int8_padded"] = _pt2e_int8(model, x, calib, tmp / f"{w}_padded.onnx", fold=True, pad=4, rewrites=early,
+                                          **fp)
+        # + the stem conv on column pairs, max-pool in uint8 (pack_stem_columns; session 7's default)
+        paths["int8_fast_fp32_head"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fast_fp32_head.onnx", fold=True, pad=4,
+                                                  **fp)
+        # default: + the head with int8 weights and a float output, as an integer matmul
+        # (head_weights: int8, float_out_conv_as_matmul)
         paths["int8_fast"] = _pt2e_int8(model, x, calib, tmp / f"{w}_fast.onnx", fold=True, pad=4)
         # opt-in: int8 head with one output scale per kind (keep_head_float: false), its narrow
         # parts widened (pad_output_channels); and the same without the widening
@@ -189,7 +197,8 @@ def speed(args: argparse.Namespace) -> dict:
 
 
 def size(args: argparse.Namespace) -> dict:
-    """ONNX file sizes: fp32, INT8 without the exporter's rewrites, the default INT8 and the int8 head."""
+    """ONNX file sizes: fp32, INT8 without the exporter's rewrites, with an fp32 head conv, the default
+    INT8 (int8 head weights, float output) and the per-kind int8 head."""
     torch.manual_seed(0)
     H, W = args.size
     _, calib = _random_inputs(H, W)
@@ -201,6 +210,8 @@ def size(args: argparse.Namespace) -> dict:
         paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx"),
                  "int8_no_rewrites": _pt2e_int8(model, x, calib, tmp / f"{w}_plain.onnx", fold=True, pad=4,
                                                 rewrites=()),
+                 "int8_fast_fp32_head": _pt2e_int8(model, x, calib, tmp / f"{w}_fp32_head.onnx", fold=True, pad=4,
+                                                   head_weights="float"),
                  "int8_fast": _pt2e_int8(model, x, calib, tmp / f"{w}_fast.onnx", fold=True, pad=4),
                  "int8_fast_head_int8": _pt2e_int8(model, x, calib, tmp / f"{w}_headq.onnx", fold=True, pad=4,
                                                    int8_head=True)}
@@ -247,7 +258,33 @@ def _cpu_recipe(reuse: dict, qat_steps: int) -> dict:
         # the opt-in int8 head (one output scale per kind), trained like QAT + imitation
         {"name": "qat_imitation_head_int8", "kind": "qat", "from": "student", "teacher": "teacher",
          "imitation": {"weight": reuse["best_weight"]}, "quant": {"keep_head_float": False}, "schedule": sched,
+         "eval": ev},
+        # the head conv in fp32 (head_weights: float; the default until session 8), trained the same way
+        {"name": "qat_imitation_fp32_head", "kind": "qat", "from": "student", "teacher": "teacher",
+         "imitation": {"weight": reuse["best_weight"]}, "quant": {"head_weights": "float"}, "schedule": sched,
          "eval": ev}]}
+
+
+def _forget_stale(recipe, run_dir: Path) -> list[str]:
+    """Mark finished stages whose settings changed since they ran (a new ``QuantConfig`` default, say)
+    pending, so the resumed run re-runs them instead of refusing; returns their names."""
+    from compressdet._io import atomic_write_json as write
+    from compressdet.pipeline import MANIFEST, stage_fingerprint
+
+    path = run_dir / MANIFEST
+    if not path.exists():
+        return []
+    man = json.loads(path.read_text())
+    fps, stale = {}, []
+    for stage in recipe.stages:
+        fps[stage.name] = stage_fingerprint(recipe, stage, {ref: fps.get(ref, "") for _, ref in stage.references()})
+        rec = man["stages"].get(stage.name, {})
+        if rec.get("status") == "done" and rec.get("fingerprint") not in (None, fps[stage.name]):
+            rec["status"] = "stale"
+            stale.append(stage.name)
+    if stale:
+        write(path, man)
+    return stale
 
 
 def _run_artifacts(run: Path, student_width: str | None) -> dict:
@@ -365,6 +402,9 @@ def accuracy(args: argparse.Namespace) -> dict:
         work = work or Path(tempfile.mkdtemp(prefix="quant_bench_"))
         text = _recipe_text(p, str(work / "synth"))
     recipe = parse_recipe(text, source="benchmarks/quant.py")
+    stale = _forget_stale(recipe, work / "run")
+    if stale:
+        print(f"settings changed since they ran, re-running: {', '.join(stale)}", flush=True)
     run_dir = Pipeline(recipe, work / "run", resume=True).run()  # reruns skip done stages
     man = json.loads((run_dir / "manifest.json").read_text())
     st = man["stages"]
@@ -388,6 +428,8 @@ def accuracy(args: argparse.Namespace) -> dict:
     key = {"fp32 student": "student", "PTQ": "ptq", "QAT": "qat", "QAT + imitation": "qat_imitation"}
     if "qat_imitation_head_int8" in st:
         key["QAT + imitation, int8 head"] = "qat_imitation_head_int8"
+    if "qat_imitation_fp32_head" in st:
+        key["QAT + imitation, fp32 head conv"] = "qat_imitation_fp32_head"
     rows = {k: m(stage) for k, stage in key.items()}
     ort_rows = {k: m(stage, "ort_map40") for k, stage in key.items() if stage != "student"}
     # latency of the run's own graphs at its image size (batch 1)
@@ -420,6 +462,8 @@ def accuracy(args: argparse.Namespace) -> dict:
         result["qat_head_int8_map_drop"] = fp32 - rows["QAT + imitation, int8 head"]
         result["int8_speedup_head_int8_at_run_size"] = (lat["student"]["median_ms"]
                                                         / lat["qat_imitation_head_int8"]["median_ms"])
+    if rows.get("QAT + imitation, fp32 head conv") is not None and fp32 is not None:
+        result["qat_fp32_head_map_drop"] = fp32 - rows["QAT + imitation, fp32 head conv"]
     if reuse is not None:
         sha = st["student"].get("artifacts", {}).get("model", {}).get("sha256") or reuse.get("student_sha256")
         result["reused"] = {"source": reuse["preset"], "teacher": str(reuse["teacher"]),
@@ -438,7 +482,8 @@ def accuracy(args: argparse.Namespace) -> dict:
         result["speed_384x1248"] = {w: {"fp32_ms": r["fp32"]["median_ms"], "int8_ms": r["int8_fast"]["median_ms"],
                                         "ratio": r["int8_fast"]["ratio_to_fp32"],
                                         "int8_head_int8_ms": r.get("int8_fast_head_int8", {}).get("median_ms"),
-                                        "ratio_head_int8": r.get("int8_fast_head_int8", {}).get("ratio_to_fp32")}
+                                        "ratio_head_int8": r.get("int8_fast_head_int8", {}).get("ratio_to_fp32"),
+                                        "ratio_fp32_head": r.get("int8_fast_fp32_head", {}).get("ratio_to_fp32")}
                                     for w, r in sp["widths"].items()}
         result["speed_runs"] = sp.get("runs")
     mine = result.get("speed_384x1248", {}).get(width)
@@ -479,8 +524,9 @@ def accuracy(args: argparse.Namespace) -> dict:
     if "speed_384x1248" in result:
         md += [f"Latency at 384x1248, batch 1, median of {result['speed_runs']} runs (random-init models, "
                "benchmarks/results/quant_speed.json):", "",
-               "| width | fp32 ms | int8 ms | int8/fp32 | int8 head: ms | int8/fp32 |", "|---|---|---|---|---|---|"]
-        md += [f"| {w} | {r['fp32_ms']:.1f} | {r['int8_ms']:.1f} | {r['ratio']:.2f} | "
+               "| width | fp32 ms | int8 ms (default) | int8/fp32 | fp32 head conv: int8/fp32 | int8 head: ms | int8/fp32 |",
+               "|---|---|---|---|---|---|---|"]
+        md += [f"| {w} | {r['fp32_ms']:.1f} | {r['int8_ms']:.1f} | {r['ratio']:.2f} | {_f(r.get('ratio_fp32_head'))} | "
                f"{_f1(r['int8_head_int8_ms'])} | {_f(r['ratio_head_int8'])} |"
                for w, r in result["speed_384x1248"].items()]
     if tables:
@@ -491,8 +537,10 @@ def accuracy(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# head: float head vs int8 head with one scale per output kind vs one shared scale
-HEAD_MODES = {"float head": {}, "int8 head, per-kind scales": {"keep_head_float": False, "head_int8": "per_kind"},
+# head: fp32 head conv vs int8 weights with a float output (default) vs int8 output, one scale per kind or shared
+HEAD_MODES = {"fp32 head conv": {"head_weights": "float"},
+              "int8 weights, float output (default)": {},
+              "int8 head, per-kind scales": {"keep_head_float": False, "head_int8": "per_kind"},
               "int8 head, one shared scale": {"keep_head_float": False, "head_int8": "shared"}}
 
 
@@ -520,13 +568,14 @@ def head(args: argparse.Namespace) -> dict:
                                           "data": src_recipe["data"], "stages": stages}, sort_keys=False),
                           source="benchmarks/quant.py head")
     work = ROOT / "benchmarks" / ".quant_head" / sha[:12]
+    _forget_stale(recipe, work / "run")
     run_dir = Pipeline(recipe, work / "run", resume=True).run()
     st = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    base = st[names["float head"]]["metrics"]["map40"]
+    base = st[names["fp32 head conv"]]["metrics"]["map40"]
     rows = {}
     for label, name in names.items():
         met = st[name]["metrics"]
-        rows[label] = {"map40": met["map40"], "ort_map40": met["ort_map40"], "drop_vs_float_head": base - met["map40"]}
+        rows[label] = {"map40": met["map40"], "ort_map40": met["ort_map40"], "drop_vs_fp32_head": base - met["map40"]}
     shown = model.resolve().relative_to(ROOT) if model.resolve().is_relative_to(ROOT) else model
     out = {"student": str(shown), "student_sha256": sha, "image_size": src_recipe["data"]["image_size"],
            "eval_images": args.eval_images, "calibration_images": args.calib, "method": "PTQ (histogram)",
@@ -534,8 +583,8 @@ def head(args: argparse.Namespace) -> dict:
     atomic_write_json(RESULTS / "quant_head.json", out)
     md = [f"PTQ of `{shown}` ({src_recipe['data']['image_size'][0]}x{src_recipe['data']['image_size'][1]}, "
           f"{args.eval_images} val images, {args.calib} calibration images)", "",
-          "| head | mAP40 (PyTorch int8) | mAP40 (ORT) | drop vs float head |", "|---|---|---|---|"]
-    md += [f"| {k} | {_f(v['map40'])} | {_f(v['ort_map40'])} | {_f(v['drop_vs_float_head'])} |" for k, v in rows.items()]
+          "| head | mAP40 (PyTorch int8) | mAP40 (ORT) | drop vs fp32 head conv |", "|---|---|---|---|"]
+    md += [f"| {k} | {_f(v['map40'])} | {_f(v['ort_map40'])} | {_f(v['drop_vs_fp32_head'])} |" for k, v in rows.items()]
     atomic_write_text(RESULTS / "quant_head.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return out
