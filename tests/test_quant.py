@@ -371,9 +371,10 @@ def test_quantize_before_pad_is_exact(tmp_path):
 
 
 
-def _float_out_conv_graph(k: int, stride: int, pads: list[int], bias: bool, quantized_out: bool = False):
-    """``Q(u8) -> DQ -> Conv(DQ(s8 w, per channel)) [+ bias]`` with a float output (batch symbolic),
-    or, with ``quantized_out``, a ``Q -> DQ`` after the conv (ORT fuses that into QLinearConv itself)."""
+def _float_out_conv_graph(k: int, stride: int, pads: list[int], bias: bool, quantized_out: bool = False,
+                          per_tensor: bool = False):
+    """``Q(u8) -> DQ -> Conv(DQ(s8 w, per channel or per tensor)) [+ bias]`` with a float output (batch
+    symbolic), or, with ``quantized_out``, a ``Q -> DQ`` after the conv (ORT fuses that into QLinearConv)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(1)
@@ -382,6 +383,8 @@ def _float_out_conv_graph(k: int, stride: int, pads: list[int], bias: bool, quan
               "ws": rng.uniform(0.002, 0.01, 20).astype(np.float32), "wz": np.zeros(20, np.int8),
               "b": rng.standard_normal(20).astype(np.float32), "ys": np.array(0.2, np.float32),
               "yz": np.array(128, np.uint8)}
+    if per_tensor:
+        arrays.update(ws=np.array(0.006, np.float32), wz=np.array(0, np.int8))
     mk = helper.make_node
     conv_in = ["xd", "wd"] + (["b"] if bias else [])
     nodes = [mk("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), mk("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
@@ -396,14 +399,15 @@ def _float_out_conv_graph(k: int, stride: int, pads: list[int], bias: bool, quan
     return onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
 
 
-@pytest.mark.parametrize("k,stride,pads,bias", [(3, 1, [1, 1, 1, 1], True), (3, 2, [1, 1, 1, 1], False),
-                                                (1, 1, [0, 0, 0, 0], True), (3, 1, [0, 1, 2, 1], False)])
-def test_float_out_conv_as_matmul(k, stride, pads, bias):
+@pytest.mark.parametrize("k,stride,pads,bias,per_tensor", [
+    (3, 1, [1, 1, 1, 1], True, False), (3, 2, [1, 1, 1, 1], False, False), (1, 1, [0, 0, 0, 0], True, False),
+    (3, 1, [0, 1, 2, 1], False, False), (3, 1, [1, 1, 1, 1], True, True)])
+def test_float_out_conv_as_matmul(k, stride, pads, bias, per_tensor):
     """An int8 conv with a float output (the default head) as im2col + MatMulInteger: same output
-    up to the float conv's rounding, any batch, any padding and stride."""
+    up to the float conv's rounding, any batch, any padding and stride, per-channel or per-tensor weights."""
     from compressdet.quant._onnx_rewrites import float_out_conv_as_matmul
 
-    m = _float_out_conv_graph(k, stride, pads, bias)
+    m = _float_out_conv_graph(k, stride, pads, bias, per_tensor=per_tensor)
     x = np.random.default_rng(2).standard_normal((2, 12, 9, 14)).astype(np.float32)
     ref = _ort_run(m, x, "x")
     assert float_out_conv_as_matmul(m) == 1
@@ -413,7 +417,7 @@ def test_float_out_conv_as_matmul(k, stride, pads, bias):
     got = _ort_run(m, x, "x")
     assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
     # a conv whose output is quantized is ORT's QLinearConv already: left alone
-    q = _float_out_conv_graph(k, stride, pads, bias, quantized_out=True)
+    q = _float_out_conv_graph(k, stride, pads, bias, quantized_out=True, per_tensor=per_tensor)
     assert float_out_conv_as_matmul(q) == 0 and "Conv" in [n.op_type for n in q.graph.node]
 
 

@@ -394,9 +394,12 @@ def _float_out_pattern(G: _Graph, conv):
     if dq_x is None or dq_w is None or not G.is_u8_activation_q(dq_x) or not G.feeds_float_only(conv.output[0]):
         return None
     w, scale, zp = G.const(dq_w.input[0]), G.const(dq_w.input[1]), G.const(_input(dq_w, 2))
-    if w is None or w.dtype != np.int8 or scale is None or _attrs(dq_w).get("axis", 1) != 0:
+    if w is None or w.dtype != np.int8 or scale is None or (zp is not None and zp.any()) or (_input(dq_w, 2)
+                                                                                        and zp is None):
         return None
-    if scale.shape != (w.shape[0],) or (zp is not None and zp.any()) or (_input(dq_w, 2) and zp is None):
+    if scale.size == 1:  # per-tensor weights (per_channel: false)
+        scale = np.full(w.shape[0], scale.item(), scale.dtype)
+    elif scale.shape != (w.shape[0],) or _attrs(dq_w).get("axis", 1) != 0:
         return None
     bias = G.const(_input(conv, 2))
     if _input(conv, 2) and bias is None:
