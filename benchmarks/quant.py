@@ -80,8 +80,6 @@ def _ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
     return out
 
 
-
-
 def _pt2e_int8(model, x, calib, out: Path, *, fold: bool, pad: int | None, pool_conv: bool = True,
                align: int | None = 16, int8_head: bool = False, head_weights: str = "int8",
                rewrites: bool | tuple[str, ...] = True) -> Path:
@@ -268,22 +266,20 @@ def _cpu_recipe(reuse: dict, qat_steps: int) -> dict:
 def _forget_stale(recipe, run_dir: Path) -> list[str]:
     """Mark finished stages whose settings changed since they ran (a new ``QuantConfig`` default, say)
     pending, so the resumed run re-runs them instead of refusing; returns their names."""
-    from compressdet._io import atomic_write_json as write
-    from compressdet.pipeline import MANIFEST, stage_fingerprint
+    from compressdet.pipeline import MANIFEST, recipe_fingerprints
 
     path = run_dir / MANIFEST
     if not path.exists():
         return []
     man = json.loads(path.read_text())
-    fps, stale = {}, []
-    for stage in recipe.stages:
-        fps[stage.name] = stage_fingerprint(recipe, stage, {ref: fps.get(ref, "") for _, ref in stage.references()})
-        rec = man["stages"].get(stage.name, {})
-        if rec.get("status") == "done" and rec.get("fingerprint") not in (None, fps[stage.name]):
+    stale = []
+    for name, fp in recipe_fingerprints(recipe).items():
+        rec = man["stages"].get(name, {})
+        if rec.get("status") == "done" and rec.get("fingerprint") not in (None, fp):
             rec["status"] = "stale"
-            stale.append(stage.name)
+            stale.append(name)
     if stale:
-        write(path, man)
+        atomic_write_json(path, man)
     return stale
 
 

@@ -29,7 +29,8 @@ from .errors import ArtifactError, UserError
 from .recipe import Recipe, StageConfig
 from .stages import StageContext, StageInput, StageResult, env_rank, get_stage
 
-__all__ = ["Pipeline", "StageHook", "plan", "find_latest_run", "load_manifest", "stage_fingerprint"]
+__all__ = ["Pipeline", "StageHook", "plan", "find_latest_run", "load_manifest", "stage_fingerprint",
+           "recipe_fingerprints"]
 
 MANIFEST = "manifest.json"
 
@@ -65,6 +66,14 @@ def stage_fingerprint(recipe: Recipe, stage: StageConfig, upstream: dict[str, st
                        "models": {k: m.model_dump(mode="json") for k, m in recipe.models.items()},
                        "upstream": upstream}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def recipe_fingerprints(recipe: Recipe) -> dict[str, str]:
+    """``{stage name: stage_fingerprint}`` for every stage, each including its inputs' fingerprints."""
+    out: dict[str, str] = {}
+    for stage in recipe.stages:
+        out[stage.name] = stage_fingerprint(recipe, stage, {ref: out.get(ref, "") for _, ref in stage.references()})
+    return out
 
 
 def load_manifest(run_dir: Path) -> dict[str, Any]:
@@ -211,12 +220,10 @@ class Pipeline:
             atomic_write_text(self.run_dir / "recipe.yaml",
                               yaml.safe_dump(self.recipe.to_yaml_dict(), sort_keys=False))
         self.save_manifest()
-        fingerprints: dict[str, str] = {}
+        fingerprints = recipe_fingerprints(self.recipe)
         for stage in self.recipe.stages:
             rec = self.manifest["stages"][stage.name]
-            upstream = {ref: fingerprints.get(ref, "") for _, ref in stage.references()}
-            fp = stage_fingerprint(self.recipe, stage, upstream)
-            fingerprints[stage.name] = fp
+            fp = fingerprints[stage.name]
             if stage.name not in wanted:
                 if rec.get("status") != "done" and any(stage.name == ref for s in self.recipe.stages
                                                        if s.name in wanted for _, ref in s.references()):

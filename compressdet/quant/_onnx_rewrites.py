@@ -86,6 +86,26 @@ class _Graph:
             return False
         return self.inits[zp].data_type == onnx.TensorProto.UINT8 and self.const(node.input[1]).size == 1
 
+    def int8_weight(self, dq_w, *, per_tensor_ok: bool = False):
+        """``(w, scale, zp or None)`` of a DequantizeLinear over a constant int8 conv weight ``[O, ...]``
+        with one scale per output channel (axis 0; a per-tensor scale is repeated to ``[O]`` when
+        ``per_tensor_ok``), else None."""
+        w, scale, zp = self.const(dq_w.input[0]), self.const(dq_w.input[1]), self.const(_input(dq_w, 2))
+        if w is None or w.dtype != np.int8 or scale is None or (_input(dq_w, 2) and zp is None):
+            return None
+        if per_tensor_ok and scale.size == 1:
+            return w, np.full(w.shape[0], scale.item(), scale.dtype), zp
+        if scale.shape != (w.shape[0],) or _attrs(dq_w).get("axis", 1) != 0:
+            return None
+        return w, scale, zp
+
+    def const_bias(self, conv) -> tuple[bool, np.ndarray | None]:
+        """``(True, bias or None when there is none)``; ``(False, None)`` for a computed bias (e.g. a
+        dequantized int32 one), which rewrites leave alone."""
+        name = _input(conv, 2)
+        b = self.const(name)
+        return (name is None or b is not None), b
+
     def same_qparams(self, a, b) -> bool:
         return all(np.array_equal(self.const(x), self.const(y)) for x, y in zip(a.input[1:3], b.input[1:3]))
 
@@ -190,16 +210,13 @@ def _stem_pattern(G: _Graph, pool):
                (dq_a.output[0], "MaxPool"), (dq_w.output[0], "Conv"))
     if any(G.only_user(t, op) is None for t, op in singles):
         return None
-    if _input(conv, 2) and conv.input[2] not in G.inits:
-        return None  # a computed (e.g. dequantized int32) bias: leave the conv alone
-    w = G.const(dq_w.input[0])
+    weight, (static_bias, bias) = G.int8_weight(dq_w), G.const_bias(conv)
     shape = G.shapes.get(dq_x.input[0])
-    if w is None or w.dtype != np.int8 or not shape or len(shape) != 4 or None in shape[1:] or shape[3] % 2:
+    if weight is None or not static_bias or not shape or len(shape) != 4 or None in shape[1:] or shape[3] % 2:
         return None
-    if _attrs(dq_w).get("axis", 1) != 0 or G.const(dq_w.input[1]).shape != (w.shape[0],):
-        return None
+    w, w_scale, w_zp = weight
     return dict(dq_x=dq_x, dq_w=dq_w, conv=conv, relu=relu, q_r=q_r, dq_a=dq_a, pool=pool, q_m=q_m, w=w,
-                shape=shape)
+                w_scale=w_scale, w_zp=w_zp, bias=bias, shape=shape)
 
 
 def _column_pair_weight(w: np.ndarray) -> np.ndarray:
@@ -278,14 +295,13 @@ def pack_stem_columns(model) -> int:
         o = p["w"].shape[0]
         pre = f"{p['conv'].name or 'stem'}/column_pairs"
         t = lambda s: f"{pre}/{s}"  # noqa: E731
-        dq_w, conv = p["dq_w"], p["conv"]
         w_inputs = [G.add_init(_column_pair_weight(p["w"]), t("w")),
-                    G.add_init(np.tile(G.const(dq_w.input[1]), 2).astype(np.float32), t("w_scale"))]
-        if _input(dq_w, 2):
-            w_inputs.append(G.add_init(np.tile(G.const(dq_w.input[2]), 2), t("w_zp")))
+                    G.add_init(np.tile(p["w_scale"], 2).astype(np.float32), t("w_scale"))]
+        if p["w_zp"] is not None:
+            w_inputs.append(G.add_init(np.tile(p["w_zp"], 2), t("w_zp")))
         conv_inputs = [t("x_dq"), t("w_dq")]
-        if _input(conv, 2):
-            conv_inputs.append(G.add_init(np.tile(G.const(conv.input[2]), 2), t("bias")))
+        if p["bias"] is not None:
+            conv_inputs.append(G.add_init(np.tile(p["bias"], 2), t("bias")))
         G.add_init(np.array([0, h, w // 2 + 1, 2 * c], np.int64), t("shape"))
         G.add_init(np.array([0, h, w, o], np.int64), t("unpacked"))
         xq, xs, xz = p["dq_x"].input[:3]
@@ -342,24 +358,21 @@ def pad_output_channels(model, multiple: int = 16) -> int:
         dq = q and G.only_user(q.output[0], "DequantizeLinear")
         if dq_w is None or dq is None or not G.is_u8_activation_q(q):
             continue
-        w = G.const(dq_w.input[0])
-        if w is None or w.dtype != np.int8 or G.only_user(dq_w.output[0], "Conv") is None:
+        weight = G.int8_weight(dq_w)
+        if weight is None or G.only_user(dq_w.output[0], "Conv") is None or _attrs(conv).get("group", 1) != 1:
             continue
+        w, scale, zp = weight
         o = w.shape[0]
         if o >= multiple and o % 4 == 0:
             continue
         if not G.feeds_float_only(dq.output[0]):
             continue  # the output feeds int8 work: a Slice there would break ORT's QLinear fusion
-        scale = G.const(dq_w.input[1])
-        if _attrs(dq_w).get("axis", 1) != 0 or scale.shape != (o,) or _attrs(conv).get("group", 1) != 1:
+        static_bias, b = G.const_bias(conv)
+        if not static_bias:
             continue
-        b = G.const(_input(conv, 2))
-        if b is None and _input(conv, 2):
-            continue  # a computed bias
         width = -(-o // multiple) * multiple
         pre = f"{conv.name or 'conv'}/padded{width}"
         pad = width - o
-        zp = G.const(_input(dq_w, 2))
         w_in = [G.add_init(np.concatenate([w, np.zeros((pad, *w.shape[1:]), w.dtype)]), f"{pre}/w"),
                 G.add_init(np.concatenate([scale, np.ones(pad, scale.dtype)]), f"{pre}/w_scale")]
         if zp is not None:
@@ -393,17 +406,10 @@ def _float_out_pattern(G: _Graph, conv):
     dq_x, dq_w = G.made_by(conv.input[0], "DequantizeLinear"), G.made_by(conv.input[1], "DequantizeLinear")
     if dq_x is None or dq_w is None or not G.is_u8_activation_q(dq_x) or not G.feeds_float_only(conv.output[0]):
         return None
-    w, scale, zp = G.const(dq_w.input[0]), G.const(dq_w.input[1]), G.const(_input(dq_w, 2))
-    if w is None or w.dtype != np.int8 or scale is None or (zp is not None and zp.any()) or (_input(dq_w, 2)
-                                                                                        and zp is None):
-        return None
-    if scale.size == 1:  # per-tensor weights (per_channel: false)
-        scale = np.full(w.shape[0], scale.item(), scale.dtype)
-    elif scale.shape != (w.shape[0],) or _attrs(dq_w).get("axis", 1) != 0:
-        return None
-    bias = G.const(_input(conv, 2))
-    if _input(conv, 2) and bias is None:
-        return None  # a computed bias
+    weight, (static_bias, bias) = G.int8_weight(dq_w, per_tensor_ok=True), G.const_bias(conv)
+    if weight is None or not static_bias or (weight[2] is not None and weight[2].any()):
+        return None  # MatMulInteger's weights here are symmetric
+    w, scale, _ = weight
     shape = G.shapes.get(dq_x.input[0])
     if not shape or len(shape) != 4 or None in shape[1:] or shape[1] != w.shape[1]:
         return None
@@ -452,8 +458,7 @@ def float_out_conv_as_matmul(model) -> int:
         G.add_init(np.array([-1, hp * wp, c], np.int64), t("pixels"))
         G.add_init(np.array([-1, ho * wo, kh * kw * c], np.int64), t("patches"))
         G.add_init(np.ascontiguousarray(p["w"].transpose(2, 3, 1, 0).reshape(kh * kw * c, o)), t("w"))
-        scale = (G.const(xs).astype(np.float32) * p["w_scale"].astype(np.float32)).astype(np.float32)
-        G.add_init(scale, t("scale"))
+        G.add_init(G.const(xs).astype(np.float32) * p["w_scale"].astype(np.float32), t("scale"))
         G.add_init(np.array([-1, ho, wo, o], np.int64), t("nhwc_shape"))
         new = [helper.make_node("Add", [t("rows"), t("cols")], [t("pixel")], name=t("pixel")),
                helper.make_node("Add", [t("pixel"), t("taps")], [t("index3")], name=t("index3")),

@@ -48,10 +48,11 @@ def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os
         path: destination ``.onnx`` (written atomically).
         opset: ONNX opset (>= 13 for per-axis QDQ; 18 is what the dynamo exporter emits natively).
         check: run :func:`check_int8_graph` on the result.
-        ort_rewrites: apply the exact integer-domain rewrites of :mod:`._onnx_rewrites` (uint8
-            graphs only; bit-identical ORT outputs): pad after quantize, the stem conv on column
-            pairs, int8 convs feeding float ops widened to a fast width, channel-repeated
-            constants (border maps) stored once. Or the names of the passes to run
+        ort_rewrites: apply the integer-domain rewrites of :mod:`._onnx_rewrites` (uint8 graphs
+            only): pad after quantize, the stem conv on column pairs, int8 convs feeding float ops
+            widened to a fast width, channel-repeated constants (border maps) stored once (all
+            bit-identical in ORT), and an int8 conv with a float output (the default head) as an
+            integer matmul (equal to float precision). Or the names of the passes to run
             (``_onnx_rewrites.ORT_REWRITES``, run in that table's order).
 
     Returns:
@@ -115,8 +116,14 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
             return numpy_helper.to_array(consts[name].attribute[0].t)
         return None
 
-    int8_convs = float_convs = 0
+    int8_convs = float_convs = int8_matmuls = 0
     for n in m.graph.node:
+        if n.op_type == "MatMulInteger":
+            w = value(n.input[1])
+            if w is None or w.dtype != "int8" or (len(n.input) > 3 and n.input[3] and (value(n.input[3]) != 0).any()):
+                raise ArtifactError(f"{path}: MatMulInteger '{n.name}' weight is not a symmetric int8 constant")
+            int8_matmuls += 1
+            continue
         if n.op_type != "Conv":
             continue
         if len(n.input) > 2 and n.input[2]:
@@ -155,13 +162,6 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
             if bad and n.op_type == "QuantizeLinear":
                 raise ArtifactError(f"{path}: QuantizeLinear '{n.name}' feeds {bad[0].op_type} "
                                     f"'{bad[0].name}'; TensorRT needs Q -> DQ pairs")
-    int8_matmuls = 0
-    for n in m.graph.node:
-        if n.op_type == "MatMulInteger":
-            w = value(n.input[1])
-            if w is None or w.dtype != "int8" or (len(n.input) > 3 and n.input[3] and (value(n.input[3]) != 0).any()):
-                raise ArtifactError(f"{path}: MatMulInteger '{n.name}' weight is not a symmetric int8 constant")
-            int8_matmuls += 1
     qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
     if int8_convs == 0:
         raise ArtifactError(f"{path}: no quantized Conv found (is this an INT8 graph?)")
