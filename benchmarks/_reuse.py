@@ -77,9 +77,11 @@ def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") ->
     teacher = t["teacher"]
     runs = teacher.parents[2]  # runs/<teacher run>/teacher/model.pt
     best_w = t["best_weight"]
+    chosen = (r.get("chosen") or {}).get("0.25x-I")
+    prefix = f"I-lr{chosen['lr']}-w{best_w}-s0-" if chosen else f"I-w{best_w}-s0-"  # before the test-split protocol
     candidates = []  # (run folder, its recipe, its manifest) of seed-0 students of this teacher
-    named = [Path(p).parents[1] for k, p in (r.get("student_models") or {}).items() if k.startswith(f"I-w{best_w}-s0-")]
-    for run in named or sorted(runs.glob(f"I-w{best_w}-s0-*")):
+    named = [Path(p).parents[1] for k, p in (r.get("student_models") or {}).items() if k.startswith(prefix)]
+    for run in named or sorted(runs.glob(f"{prefix}*")):
         if not (run / "manifest.json").is_file():
             continue
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())

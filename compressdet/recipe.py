@@ -42,14 +42,25 @@ class _Strict(BaseModel):
 class SynthConfig(_Strict):
     """SynthKITTI generation settings; the generated set is cached under a key of these values."""
 
-    num_images: int = Field(400, gt=0, description="images to generate (train + val)")
+    num_images: int = Field(400, gt=0, description="images to generate (train + val + test)")
     size: tuple[int, int] = Field((1242, 375), description="image size, W x H (KITTI's is 1242x375)")
     seed: int = 0
     layouts: str | None = Field(None, description="folder of real KITTI label_2 files to take object layouts from")
-    val_fraction: float = Field(0.25, gt=0, lt=1)
+    layout_splits: str | None = Field(
+        None, description="folder with train.txt / val.txt naming which layout files feed which split (default: "
+                          "the ImageSets/ beside the layouts' training/ folder, else a seeded partition of the files)")
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="held-out images, reported on, never selected on")
     oversample: dict[str, float] = Field(default_factory=dict,
                                          description="per KITTI type, how much more often layouts holding it are drawn")
     cache_dir: str | None = Field(None, description="where generated sets are cached (default ~/.cache/compressdet/synth)")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SynthConfig":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must leave training images, got "
+                             f"{self.val_fraction} + {self.test_fraction}")
+        return self
 
 
 class AugmentConfig(_Strict):
@@ -67,6 +78,7 @@ class DataConfig(_Strict):
     root: str | None = Field(None, description="KITTI root holding training/ and ImageSets/")
     train_split: str = "ImageSets/train.txt"
     val_split: str = "ImageSets/val.txt"
+    test_split: str = Field("ImageSets/test.txt", description="held-out split: reported on, never selected on")
     image_size: tuple[int, int] = Field((384, 1248), description="model input, H x W; both divisible by 16")
     classes: list[str] = Field(default_factory=lambda: list(CLASS_NAMES))
     synth: SynthConfig = Field(default_factory=SynthConfig)
@@ -75,6 +87,7 @@ class DataConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     max_train_images: int | None = Field(None, gt=0)
     max_val_images: int | None = Field(None, gt=0)
+    max_test_images: int | None = Field(None, gt=0)
 
     @field_validator("image_size")
     @classmethod

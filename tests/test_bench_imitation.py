@@ -25,31 +25,38 @@ def ig():
     sys.modules.pop(spec.name, None)
 
 
-SPEEDS = {"input_s_teacher": 0.005, "input_s_student": 0.002, "teacher_fwd_s_per_img": 0.05,
-          "eval_s_per_img_1x": 0.05, "eval_s_per_img_0.25x": 0.025, "teacher_step_s": 0.45,
-          "student_step_s": 0.19, "imitation_step_s": 0.23}
+def test_students_see_three_passes_in_the_cpu_preset(ig):
+    p = ig.PRESETS["cpu"]
+    plan = ig.plan_steps(p, 1000)
+    assert plan["student_steps"] == 1500 and plan["student_passes"] == pytest.approx(3.0)
+    assert plan["teacher_passes"] >= plan["student_passes"]
+    assert ig.plan_steps(ig.PRESETS["smoke"], 14)["student_steps"] == ig.PRESETS["smoke"]["student_steps"]
+    # every arm gets the same number of tuned settings, chosen on val (lr for the baseline, weight for the others)
+    assert len(p["lr_sweep"]) == len(p["sweep"]) and p["lr_sweep"][0] == 0.02 and p["sweep"][0] == 1.0
+    assert len(p["seeds"]) >= 3
 
 
-def test_plan_fits_budgets_and_scales(ig):
-    p = copy.deepcopy(ig.PRESETS["cpu"])
-    kw = dict(n_train=3712, n_eval=1000)
-    small = ig.plan_steps(p, SPEEDS, teacher_minutes=30, student_minutes=45, **kw)
-    big = ig.plan_steps(p, SPEEDS, teacher_minutes=60, student_minutes=90, **kw)
-    for plan, (tm, sm) in ((small, (30, 45)), (big, (60, 90))):
-        assert not plan["budget_too_small"]
-        assert plan["estimated_minutes"]["teacher_s"] <= tm and plan["estimated_minutes"]["students_s"] <= sm
-        assert plan["runs"] == 11  # 3 baselines + sweep of 3 + 2 more imitating seeds + 3 controls
-    assert big["teacher_steps"] > 1.9 * small["teacher_steps"]
-    assert big["student_steps"] > 1.9 * small["student_steps"]
-    # a slower teacher step buys fewer teacher steps, the students' plan is untouched
-    slow = ig.plan_steps(p, {**SPEEDS, "teacher_step_s": 0.9}, teacher_minutes=60, student_minutes=90, **kw)
-    assert slow["teacher_steps"] < big["teacher_steps"] and slow["student_steps"] == big["student_steps"]
+@pytest.mark.slow
+def test_smoke_run_follows_the_protocol(ig, tmp_path):
+    """The whole benchmark on a tiny set: selection on val, report on test, paired claims with CIs,
+    the learning-curve PNG, and a second invocation resumes (no training) with the same numbers."""
+    import json
 
-
-def test_plan_flags_budget_below_fixed_costs(ig):
-    plan = ig.plan_steps(ig.PRESETS["cpu"], SPEEDS, teacher_minutes=0.1, student_minutes=0.1,
-                         n_train=3712, n_eval=1000)
-    assert plan["budget_too_small"] and plan["teacher_steps"] == 2 and plan["student_steps"] == 2
+    args = ["--preset", "smoke", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r"),
+            "--overhead-steps", "2"]
+    assert ig.main(args) == 0
+    r = json.loads((tmp_path / "r" / "imitation_gain.json").read_text())
+    assert (r["selection_split"], r["report_split"], r["seeds"]) == ("val", "test", [0, 1, 2])
+    for key in ("gain", "control", "knowledge_vs_random_teacher"):
+        assert set(r[key]) >= {"per_seed", "mean", "ci95"} and len(r[key]["per_seed"]) == 3
+    assert r["gain_mean"] == pytest.approx(r["gain"]["mean"])
+    assert r["data"]["test_images"] > 0 and r["teacher"]["test"]["split"] == "test"
+    assert (tmp_path / "r" / "imitation_gain_curves.png").stat().st_size > 1000
+    runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())
+    assert len(runs) == 1 + 2 + 2 * 2 + 2 * 3  # teacher, lr sweep, two weight sweeps, two more seeds x 3 arms
+    assert ig.main(args) == 0
+    again = json.loads((tmp_path / "r" / "imitation_gain.json").read_text())
+    assert again["map40"] == r["map40"] and sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()) == runs
 
 
 def test_feature_store_exact_and_bounded(ig, tmp_path):

@@ -30,7 +30,7 @@ def test_teacher_only_reuse_takes_the_students_settings_from_the_preset(tmp_path
     p = imitation_gain.PRESETS["cpu"]
     assert r["teacher"] == teacher and r["best_weight"] == 1.0
     assert r["data"] == imitation_gain._data(p, True) and r["data"]["augment"] == {"enabled": False}
-    assert (r["batch"], r["threads"], r["eval_images"], r["channels_last"]) == (2, 2, 1000, True)
+    assert (r["batch"], r["threads"], r["eval_images"], r["channels_last"]) == (2, 2, None, True)
     # a teacher that is not the recorded one is refused, as is a missing one
     with pytest.raises(SystemExit, match="missing or changed"):
         _reuse.imitation_teacher(_results(tmp_path, teacher, "0" * 64))

@@ -131,9 +131,11 @@ def test_generate_with_real_layouts(tmp_path):
 def test_generate_layout_and_determinism(tmp_path):
     cfg = SynthConfig(num_images=5, size=SIZE, seed=3, val_fraction=0.4)
     a, b = generate_synth(tmp_path / "a", cfg), generate_synth(tmp_path / "b", cfg)
-    assert read_split(a / "ImageSets" / "train.txt") == ["000000", "000001", "000002"]
-    assert read_split(a / "ImageSets" / "val.txt") == ["000003", "000004"]
-    assert len(read_split(a / "ImageSets" / "trainval.txt")) == 5
+    assert read_split(a / "ImageSets" / "train.txt") == ["000000", "000001"]
+    assert read_split(a / "ImageSets" / "val.txt") == ["000002", "000003"]
+    assert read_split(a / "ImageSets" / "test.txt") == ["000004"]
+    assert len(read_split(a / "ImageSets" / "trainval.txt")) == 4  # the test image is in neither
+    assert (a / "layouts.tsv").read_text().splitlines()[-1] == "000004\ttest\tsampled"
     assert (a / "README.md").is_file() and json.loads((a / "settings.json").read_text())["seed"] == 3
     for i in range(5):
         for sub, ext in (("image_2", "png"), ("label_2", "txt")):
@@ -178,3 +180,70 @@ def test_cli_data_synth(tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "settings.json").read_text())["oversample"] == {"Cyclist": 3.0}
     assert main(["data", "synth", "--out", str(tmp_path / "p"), "--oversample", "Bike=3"]) == 2
     assert "unknown KITTI type 'Bike'" in capsys.readouterr().err
+
+
+def _tsv(root: Path) -> list[tuple[str, str, str]]:
+    return [tuple(line.split("\t")) for line in (root / "layouts.tsv").read_text().splitlines()[1:]]
+
+
+@needs_kitti
+def test_no_layout_feeds_two_splits_mscnn(tmp_path):
+    """Each split draws only from its own pool: train from MSCNN train.txt, val / test from the
+    halves of val.txt; no label file appears in two splits, and within a split none repeats while
+    its pool lasts."""
+    from compressdet.data.synth import layout_pools
+
+    cfg = SynthConfig(num_images=120, size=(160, 48), seed=0, layouts=str(KITTI / "training" / "label_2_all"))
+    pools = layout_pools(cfg)
+    mscnn_train = set(read_split(KITTI / "ImageSets" / "train.txt"))
+    mscnn_val = sorted(read_split(KITTI / "ImageSets" / "val.txt"))
+    assert set(pools["train"]) <= mscnn_train
+    assert pools["val"] == mscnn_val[: len(mscnn_val) // 2] and pools["test"] == mscnn_val[len(mscnn_val) // 2:]
+    root = generate_synth(tmp_path / "s", cfg)
+    rows = _tsv(root)
+    by_split: dict[str, list[str]] = {}
+    for image_id, split, layout in rows:
+        by_split.setdefault(split, []).append(layout.removesuffix(".txt"))
+        assert image_id in read_split(root / "ImageSets" / f"{split}.txt")
+    assert {k: len(v) for k, v in by_split.items()} == {"train": 72, "val": 24, "test": 24}
+    for a in by_split:
+        assert len(set(by_split[a])) == len(by_split[a])  # without replacement while the pool lasts
+        assert set(by_split[a]) <= set(pools[a])
+        for b in by_split:
+            if a < b:
+                assert not set(by_split[a]) & set(by_split[b]), (a, b)
+
+
+def test_no_layout_feeds_two_splits_without_split_files(tmp_path):
+    """A label folder with no ImageSets beside it is partitioned by a seeded permutation."""
+    lab = tmp_path / "labels"
+    lab.mkdir()
+    for i in range(30):
+        (lab / f"{i:06d}.txt").write_text(f"Car 0.00 0 0 {10 + i} 150 {200 + i} 300 0 0 0 0 0 0 0\n")
+    cfg = SynthConfig(num_images=20, size=(160, 48), seed=5, layouts=str(lab), val_fraction=0.3, test_fraction=0.3)
+    rows = _tsv(generate_synth(tmp_path / "s", cfg))
+    splits = {}
+    for _, split, layout in rows:
+        splits.setdefault(layout, set()).add(split)
+    assert all(len(v) == 1 for v in splits.values())
+    assert {s for _, s, _ in rows} == {"train", "val", "test"}
+
+
+def test_split_fractions_validated():
+    with pytest.raises(ValueError, match="leave training images"):
+        SynthConfig(val_fraction=0.5, test_fraction=0.5)
+
+
+def test_test_split_reads_and_missing_test_split_is_a_clear_error(tmp_path):
+    from compressdet.data.dataset import split_ids
+    from compressdet.errors import DataError
+    from compressdet.recipe import DataConfig
+
+    cfg = DataConfig(format="synth", image_size=(48, 160), synth=SynthConfig(num_images=10, size=(160, 48),
+                                                                            cache_dir=str(tmp_path)))
+    root, ids = split_ids(cfg, "test")
+    assert ids == read_split(root / "ImageSets" / "test.txt") and len(ids) == 2
+    assert not set(ids) & set(split_ids(cfg, "val")[1]) and not set(ids) & set(split_ids(cfg, "train")[1])
+    (root / "ImageSets" / "test.txt").unlink()
+    with pytest.raises(DataError, match="data.test_split"):
+        split_ids(cfg, "test")

@@ -41,6 +41,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     try:
         cfg = SynthConfig(num_images=args.num_images, size=args.size, seed=args.seed,
                           layouts=str(args.layouts) if args.layouts else None, val_fraction=args.val_fraction,
+                          test_fraction=args.test_fraction,
+                          layout_splits=str(args.layout_splits) if args.layout_splits else None,
                           oversample=_oversample(args.oversample))
     except ValidationError as e:
         err = e.errors()[0]
@@ -68,7 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--layouts", type=Path, default=None,
                    help="folder of real KITTI label_2 files to take object layouts from")
-    s.add_argument("--val-fraction", type=float, default=0.25)
+    s.add_argument("--layout-splits", type=Path, default=None,
+                   help="folder with train.txt / val.txt assigning layout files to splits "
+                        "(default: the ImageSets/ beside the layouts' training/ folder)")
+    s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--test-fraction", type=float, default=0.2, help="held-out test images (ImageSets/test.txt)")
     s.add_argument("--oversample", action="append", default=[], metavar="TYPE=FACTOR",
                    help="draw layouts/objects of a type more often, e.g. Cyclist=3 (repeatable)")
     s.set_defaults(func=_cmd_synth)

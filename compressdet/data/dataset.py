@@ -52,11 +52,18 @@ def prepare_data(data_cfg: DataConfig) -> Path:
     return root
 
 
+SPLITS = ("train", "val", "test")
+
+
 def _split_file(root: Path, data_cfg: DataConfig, split: str) -> Path:
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    rel = Path(data_cfg.train_split if split == "train" else data_cfg.val_split)
-    return rel if rel.is_absolute() else root / rel
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rel = Path(getattr(data_cfg, f"{split}_split"))
+    path = rel if rel.is_absolute() else root / rel
+    if split == "test" and not path.is_file():
+        raise DataError(f"{path}: data.test_split: no held-out test split here (SynthKITTI writes ImageSets/test.txt; "
+                        "for your own data, name a split file no model selection has seen)")
+    return path
 
 
 def split_ids(data_cfg: DataConfig, split: str, max_images: int | None = None) -> tuple[Path, list[str]]:
@@ -64,7 +71,7 @@ def split_ids(data_cfg: DataConfig, split: str, max_images: int | None = None) -
     root = prepare_data(data_cfg)
     ids = read_split(_split_file(root, data_cfg, split))
     if max_images is None:
-        max_images = data_cfg.max_train_images if split == "train" else data_cfg.max_val_images
+        max_images = getattr(data_cfg, f"max_{split}_images")
     return root, ids[:max_images] if max_images else ids
 
 
@@ -136,9 +143,9 @@ class KittiDataset(Dataset):
 
 
 def build_dataset(data_cfg: DataConfig, split: str, *, train: bool, seed: int = 0) -> KittiDataset:
-    """The dataset of ``split`` ("train" | "val"); ``train=True`` turns augmentation on.
+    """The dataset of ``split`` ("train" | "val" | "test"); ``train=True`` turns augmentation on.
 
-    Honours ``max_train_images``/``max_val_images`` (first N ids) and ``data.cache``.
+    Honours ``max_<split>_images`` (first N ids) and ``data.cache``.
     """
     root, ids = split_ids(data_cfg, split)
     cache = None

@@ -34,10 +34,10 @@ from ..recipe import SynthConfig
 from .kitti import KittiObject, format_label_line, parse_label_lines
 
 __all__ = ["SYNTH_TYPES", "LAYOUT_STATS", "SYNTH_VERSION", "fit_layout_stats", "sample_layout", "load_layouts",
-           "render_image", "generate_synth", "ensure_synth", "synth_key", "synth_cache_dir", "Placed"]
+           "render_image", "generate_synth", "layout_pools", "split_counts", "ensure_synth", "synth_key", "synth_cache_dir", "Placed"]
 
 #: bump when the renderer or label rules change: it is part of the cache key
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # 2: train / val / test with disjoint layout pools and RNG streams
 SYNTH_TYPES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc")
 REF_SIZE = (1242, 375)  # W, H the real layouts and LAYOUT_STATS refer to
 
@@ -464,16 +464,101 @@ def render_image(rng: np.random.Generator, layout: list[Placed], size: tuple[int
 # --------------------------------------------------------------------------------------------
 # The data set on disk
 # --------------------------------------------------------------------------------------------
+SPLITS = ("train", "val", "test")
+
+
+def _layout_split_dir(cfg: SynthConfig) -> Path | None:
+    """Where train.txt / val.txt assign layout files to splits: ``layout_splits``, else the
+    ``ImageSets/`` beside the layouts' ``training/`` folder (KITTI's layout), else None."""
+    if cfg.layout_splits:
+        d = Path(cfg.layout_splits).expanduser().resolve()
+        for name in ("train.txt", "val.txt"):
+            if not (d / name).is_file():
+                raise DataError(f"{d / name}: synth.layout_splits: expected the MSCNN-style split file here")
+        return d
+    guess = Path(cfg.layouts).expanduser().resolve().parent.parent / "ImageSets"
+    return guess if (guess / "train.txt").is_file() and (guess / "val.txt").is_file() else None
+
+
 def _settings(cfg: SynthConfig) -> dict:
     layouts = None
     if cfg.layouts:
         p = Path(cfg.layouts).expanduser().resolve()
         if not p.is_dir():
             raise DataError(f"{cfg.layouts}: synth.layouts: not a folder of KITTI label_2 files")
-        layouts = {"path": str(p), "files": len(list(p.glob("*.txt")))}
+        splits = _layout_split_dir(cfg)
+        layouts = {"path": str(p), "files": len(list(p.glob("*.txt"))), "splits": str(splits) if splits else None}
     return {"version": SYNTH_VERSION, "num_images": cfg.num_images, "size": list(cfg.size), "seed": cfg.seed,
-            "layouts": layouts, "val_fraction": cfg.val_fraction,
+            "layouts": layouts, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
             "oversample": {k: float(v) for k, v in sorted(cfg.oversample.items())}}
+
+
+def split_counts(num_images: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Images per split; val gets at least one image (when there are two), train keeps at least one."""
+    n_val = min(num_images - 1, max(1, round(num_images * val_fraction))) if num_images > 1 else 0
+    n_test = min(num_images - 1 - n_val, round(num_images * test_fraction)) if test_fraction > 0 else 0
+    return {"train": num_images - n_val - max(n_test, 0), "val": n_val, "test": max(n_test, 0)}
+
+
+def layout_pools(cfg: SynthConfig) -> dict[str, list[str]]:
+    """Layout file stems each split may draw from; no file feeds two splits.
+
+    With an MSCNN-style split (train.txt / val.txt), train draws from ``train.txt`` and val / test
+    from the first / second half of the sorted ``val.txt`` ids (KITTI ids run along drives, so the
+    halves share few scenes). Without one, the sorted files are partitioned in the set's
+    val / test fractions by a permutation seeded with ``cfg.seed``.
+    """
+    stems = sorted(f.stem for f in Path(cfg.layouts).expanduser().glob("*.txt"))
+    split_dir = _layout_split_dir(cfg)
+    if split_dir is not None:
+        from .kitti import read_split
+
+        have = set(stems)
+        train = [s for s in read_split(split_dir / "train.txt") if s in have]
+        val_ids = sorted(s for s in read_split(split_dir / "val.txt") if s in have)
+        half = len(val_ids) // 2
+        pools = {"train": sorted(train), "val": val_ids[:half], "test": val_ids[half:]}
+    else:
+        perm = [stems[i] for i in np.random.default_rng((cfg.seed, 7919)).permutation(len(stems))]
+        c = split_counts(len(perm), cfg.val_fraction, cfg.test_fraction)
+        pools = {"val": sorted(perm[:c["val"]]), "test": sorted(perm[c["val"]:c["val"] + c["test"]]),
+                 "train": sorted(perm[c["val"] + c["test"]:])}
+    if set(pools["train"]) & (set(pools["val"]) | set(pools["test"])) or set(pools["val"]) & set(pools["test"]):
+        raise DataError(f"{split_dir}: synth.layout_splits: train.txt and val.txt share ids; the pools must be disjoint")
+    return pools
+
+
+def _assign_layouts(cfg: SynthConfig, counts: dict[str, int]) -> dict[str, list[str]]:
+    """For each split, the layout stem of each of its images: drawn from the split's own pool,
+    without replacement while the pool lasts (then again, a fresh permutation per round), weighted
+    by ``oversample``. One RNG stream per split."""
+    from .kitti import parse_label_lines
+
+    root = Path(cfg.layouts).expanduser()
+    out: dict[str, list[str]] = {}
+    pools = layout_pools(cfg)
+    for k, split in enumerate(SPLITS):
+        n = counts[split]
+        if n == 0:
+            out[split] = []
+            continue
+        pool = []
+        for s in pools[split]:
+            objs = [o for o in parse_label_lines((root / f"{s}.txt").read_text().splitlines(), str(root / f"{s}.txt"))
+                    if o.type in SYNTH_TYPES]
+            if objs:
+                pool.append((s, max([cfg.oversample.get(o.type, 1.0) for o in objs] + [1.0])))
+        if not pool:
+            raise DataError(f"{root}: synth.layouts: no label file with objects in the {split} pool")
+        rng = np.random.default_rng((cfg.seed, 104729, k))
+        w = np.array([p[1] for p in pool])
+        picks: list[str] = []
+        while len(picks) < n:
+            take = min(n - len(picks), len(pool))
+            idx = rng.choice(len(pool), size=take, replace=False, p=w / w.sum())
+            picks += [pool[i][0] for i in idx]
+        out[split] = picks
+    return out
 
 
 def synth_key(cfg: SynthConfig) -> str:
@@ -506,35 +591,41 @@ def _write_set(out: Path, cfg: SynthConfig, progress=None) -> dict:
     img_dir.mkdir(parents=True)
     lab_dir.mkdir(parents=True)
     (out / "ImageSets").mkdir()
-    layouts, weights = None, None
-    if cfg.layouts:
-        layouts = load_layouts(cfg.layouts)
-        weights = np.array([max([cfg.oversample.get(o.type, 1.0) for o in objs] + [1.0]) for objs in layouts])
-        weights = weights / weights.sum()
+    counts_per_split = split_counts(cfg.num_images, cfg.val_fraction, cfg.test_fraction)
+    assigned = _assign_layouts(cfg, counts_per_split) if cfg.layouts else None
+    root = Path(cfg.layouts).expanduser() if cfg.layouts else None
     counts: dict[str, int] = {}
+    ids: dict[str, list[str]] = {s: [] for s in SPLITS}
+    tsv = ["image_id\tsplit\tlayout"]
     t0 = time.perf_counter()
-    for i in range(cfg.num_images):
-        rng = np.random.default_rng((cfg.seed, i))
-        if layouts is not None:
-            layout = layout_from_real(layouts[int(rng.choice(len(layouts), p=weights))], (W, H))
-        else:
-            layout = sample_layout(rng, (W, H), cfg.oversample)
-        img, labels = render_image(rng, layout, (W, H))
-        name = f"{i:06d}"
-        Image.fromarray(img).save(img_dir / f"{name}.png", compress_level=1)
-        (lab_dir / f"{name}.txt").write_text("".join(format_label_line(o) + "\n" for o in labels))
-        for o in labels:
-            counts[o.type] = counts.get(o.type, 0) + 1
-        if progress:
-            progress(i + 1, cfg.num_images)
+    i = 0
+    for k, split in enumerate(SPLITS):
+        for j in range(counts_per_split[split]):
+            rng = np.random.default_rng((cfg.seed, k, j))  # disjoint stream per (split, image)
+            if assigned is not None:
+                src = root / f"{assigned[split][j]}.txt"
+                objs = [o for o in parse_label_lines(src.read_text().splitlines(), str(src)) if o.type in SYNTH_TYPES]
+                layout, source = layout_from_real(objs, (W, H)), src.name
+            else:
+                layout, source = sample_layout(rng, (W, H), cfg.oversample), "sampled"
+            img, labels = render_image(rng, layout, (W, H))
+            name = f"{i:06d}"
+            Image.fromarray(img).save(img_dir / f"{name}.png", compress_level=1)
+            (lab_dir / f"{name}.txt").write_text("".join(format_label_line(o) + "\n" for o in labels))
+            for o in labels:
+                counts[o.type] = counts.get(o.type, 0) + 1
+            ids[split].append(name)
+            tsv.append(f"{name}\t{split}\t{source}")
+            i += 1
+            if progress:
+                progress(i, cfg.num_images)
     seconds = time.perf_counter() - t0
-    ids = [f"{i:06d}" for i in range(cfg.num_images)]
-    n_val = min(len(ids) - 1, max(1, round(len(ids) * cfg.val_fraction))) if len(ids) > 1 else 0
-    train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
-    for name, part in (("train", train), ("val", val), ("trainval", ids)):
+    train, val, test = ids["train"], ids["val"], ids["test"]
+    for name, part in (("train", train), ("val", val), ("test", test), ("trainval", train + val)):
         (out / "ImageSets" / f"{name}.txt").write_text("".join(x + "\n" for x in part))
+    (out / "layouts.tsv").write_text("\n".join(tsv) + "\n")
     info = {**settings, "objects": dict(sorted(counts.items())), "train_images": len(train), "val_images": len(val),
-            "generation_seconds": round(seconds, 2)}
+            "test_images": len(test), "generation_seconds": round(seconds, 2)}
     (out / "settings.json").write_text(json.dumps(info, indent=2) + "\n")
     source = (f"real KITTI label files from {settings['layouts']['path']}" if settings["layouts"]
               else "sampled from statistics fitted to the KITTI training labels")
@@ -544,10 +635,12 @@ def _write_set(out: Path, cfg: SynthConfig, progress=None) -> dict:
         f"{source}"
         "; pixels are procedural. Labels are measured from the drawing: box = drawn extent, truncated = fraction "
         "outside the image, occluded 0/1/2 from the hidden fraction; under 10% visible -> DontCare.\n\n"
-        f"- images: {cfg.num_images} ({W}x{H}), train {len(train)}, val {len(val)}\n"
+        f"- images: {cfg.num_images} ({W}x{H}), train {len(train)}, val {len(val)}, test {len(test)}\n"
         f"- objects: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}\n"
         "- settings: settings.json (all generation settings; same settings + seed = same files)\n"
-        "- layout: training/image_2/*.png, training/label_2/*.txt, ImageSets/{train,val,trainval}.txt\n")
+        "- layout: training/image_2/*.png, training/label_2/*.txt, ImageSets/{train,val,test,trainval}.txt\n"
+        "- layouts.tsv: each image's split and source layout file; with real layouts, no file feeds two splits "
+        "(train from the MSCNN train.txt ids, val / test from the two halves of val.txt)\n")
     return info
 
 
