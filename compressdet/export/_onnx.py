@@ -89,7 +89,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: tuple[
                 postprocess: dict[str, Any] | None = None, num_classes: int = 3, num_anchors: int = 9,
                 metadata: dict[str, Any] | None = None, tolerance: float = 1e-3, sample: Tensor | None = None,
                 check_detections: Callable[[list[np.ndarray], Tensor], dict[str, Any]] | None = None,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] = print, fp32_rewrites: bool | dict[str, Any] | None = True
+                ) -> dict[str, Any]:
     """Export ``model`` to ONNX at ``path`` and verify it in ONNX Runtime.
 
     Args:
@@ -102,6 +103,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: tuple[
         sample: ``[1, 3, H, W]`` verification input (default: :func:`synthetic_image`).
         check_detections: optional ``(ort_outputs, sample) -> info`` extra check (e.g. against
             ``PostProcessor``); it raises to fail the export.
+        fp32_rewrites: exact float rewrites for ORT's fast kernels (:mod:`.fast_fp32`; True: the
+            defaults, a dict: overrides, False: the model as it is). The graph is checked against
+            the original model.
 
     Returns:
         ``{"path", "exporter", "opset", "max_abs_diff", "outputs", ...}``.
@@ -113,8 +117,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: tuple[
         raise UserError("--with-postprocess builds a batch-1 graph; drop --dynamic-batch")
     if with_postprocess and anchors is None:
         raise UserError("--with-postprocess needs the model's anchors")
+    from .fast_fp32 import fast_fp32
+
     H, W = image_size
-    base = prepare_model(model)
+    original = prepare_model(model)
+    base, applied = fast_fp32(original, fp32_rewrites)
     module: nn.Module = base
     if with_postprocess:
         module = DetectionGraph(base, anchors, image_size=(H, W), num_classes=num_classes, num_anchors=num_anchors,
@@ -144,13 +151,16 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: tuple[
                 proto = onnx.load(str(tmp))
         meta = dict(metadata or {})
         meta.update(exporter=exporter, outputs=list(outputs), input="images float32 [N,3,H,W] BGR minus mean",
-                    dynamic_batch=dynamic_batch)
+                    dynamic_batch=dynamic_batch, fp32_rewrites=applied)
         _metadata_props(proto, meta)
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
         sess = ort_session(tmp)
         ort_out = ort_run(sess, x.numpy())
-        ref = _torch_outputs(module, x)
+        ref = _torch_outputs(module if base is original else
+                             (DetectionGraph(original, anchors, image_size=(H, W), num_classes=num_classes,
+                                             num_anchors=num_anchors, **(postprocess or {})).eval()
+                              if with_postprocess else original), x)
         diffs = {name: max_abs_diff(o, r) for name, o, r in zip(outputs, ort_out, ref)}
         worst = max(diffs.values())
         log(f"  ORT vs PyTorch ({exporter} exporter, opset {opset}): max |diff| "
@@ -161,4 +171,4 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: tuple[
                 f"({', '.join(f'{k}={v:.3g}' for k, v in diffs.items())}); no file written")
         extra = check_detections(ort_out, x) if check_detections else {}
     return {"path": str(path), "exporter": exporter, "opset": opset, "max_abs_diff": worst, "diffs": diffs,
-            "outputs": list(outputs), "dynamic_batch": dynamic_batch, **extra}
+            "outputs": list(outputs), "dynamic_batch": dynamic_batch, "fp32_rewrites": applied, **extra}
