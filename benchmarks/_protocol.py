@@ -79,7 +79,7 @@ def plot_learning_curves(curves: dict[str, dict[int, list[tuple[int, float]]]], 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for i, (arm, by_seed) in enumerate(curves.items()):
         colour = f"C{i}"
-        for j, (seed, pts) in enumerate(sorted(by_seed.items())):
+        for j, (_seed, pts) in enumerate(sorted(by_seed.items())):
             if not pts:
                 continue
             xs, ys = zip(*pts)

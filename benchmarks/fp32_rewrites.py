@@ -16,7 +16,6 @@ variant's ORT output against the unrewritten model.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path

@@ -419,8 +419,8 @@ def main(argv=None) -> int:
         print(json.dumps({**ov, "with_imitation": ov_imit}, indent=2))
         return 0
     import torch
-
     from _protocol import claim, history, plot_learning_curves, protocol_keys, test_map
+
     from compressdet._io import atomic_write_json, atomic_write_text, sha256_file
     from compressdet.data import build_dataset, prepare_data
     from compressdet.data.synth import synth_key

@@ -3,7 +3,6 @@ cache, and the seed-table columns (the runs themselves are benchmarks, not tests
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import sys
 from pathlib import Path

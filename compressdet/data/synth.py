@@ -34,7 +34,8 @@ from ..recipe import SynthConfig
 from .kitti import KittiObject, format_label_line, parse_label_lines
 
 __all__ = ["SYNTH_TYPES", "LAYOUT_STATS", "SYNTH_VERSION", "fit_layout_stats", "sample_layout", "load_layouts",
-           "render_image", "generate_synth", "layout_pools", "split_counts", "ensure_synth", "synth_key", "synth_cache_dir", "Placed"]
+           "render_image", "generate_synth", "layout_pools", "split_counts", "ensure_synth", "synth_key",
+           "synth_cache_dir", "Placed"]
 
 #: bump when the renderer or label rules change: it is part of the cache key
 SYNTH_VERSION = 2  # 2: train / val / test with disjoint layout pools and RNG streams
