@@ -1,0 +1,81 @@
+"""CrossKD: distil the teacher's predictions through the teacher's own head (Wang et al., CVPR 2024).
+
+"CrossKD: Cross-Head Knowledge Distillation for Object Detection". Prediction mimicking (KD on
+outputs) forces the student's head to match targets that may conflict with its ground-truth
+loss; CrossKD instead feeds the student's intermediate head features into the *teacher's*
+remaining head layers and distils those "cross-head" predictions to the teacher's predictions.
+The gradient reaches the student's features only, through the frozen teacher head, so the
+student's own head trains on ground truth alone.
+
+On ShuffleDet's single-conv ConvDet head the only intermediate head feature is the head's input
+(the backbone feature), so the cross-head path is: student feature -> a 1x1 adaptation conv to
+the teacher's channels (training-only) -> the teacher's frozen head conv -> cross predictions.
+What is distilled, per anchor, follows the paper's split into classification and regression:
+- classification: KL divergence of the cross-head class distribution (softmax over classes, as
+  ShuffleDet classifies) from the teacher's, and binary cross-entropy of the cross-head
+  confidence against the teacher's sigmoid confidence, with temperature ``tau``;
+- regression: GIoU loss between the cross-head and the teacher's *decoded* boxes, weighted per
+  anchor by the teacher's score (confidence x best class probability), as the paper weights its
+  box KD by the teacher's classification score so background anchors do not dominate.
+For FPN families the same holds per level with the teacher's shared head tower.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss
+
+from ..models.box_coder import BoxCoder
+from ..models.head import split_head_output
+
+__all__ = ["CrossKDLoss"]
+
+
+class CrossKDLoss(nn.Module):
+    """Cross-head KD for a ConvDet head; returns ``{"crosskd_cls", "crosskd_box"}``.
+
+    Args:
+        c_student, c_teacher: feature channels (1x1 adaptation conv when they differ).
+        teacher_head: the teacher's head conv (``nn.Conv2d``); frozen, held by reference (it is
+            not a parameter of this module, so it is neither optimised nor saved with it).
+        anchors: ``Tensor[A_total, 4]`` (cx, cy, w, h) of the grid, for decoding boxes.
+        num_classes, num_anchors: the head layout.
+        tau: softmax / sigmoid temperature of the classification KD.
+        box_weight: weight of the box term relative to the classification term.
+    """
+
+    def __init__(self, c_student: int, c_teacher: int, teacher_head: nn.Conv2d, anchors: Tensor, *,
+                 num_classes: int = 3, num_anchors: int = 9, tau: float = 1.0, box_weight: float = 1.0) -> None:
+        super().__init__()
+        self.adapt = nn.Conv2d(c_student, c_teacher, 1) if c_student != c_teacher else nn.Identity()
+        object.__setattr__(self, "_teacher_head", teacher_head)  # by reference: not a submodule
+        self.register_buffer("anchors", anchors.float(), persistent=False)
+        self.num_classes, self.num_anchors, self.tau, self.box_weight = num_classes, num_anchors, tau, box_weight
+        self.coder = BoxCoder()
+
+    def forward(self, student_feat: Tensor, teacher_head_out: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+        head = self._teacher_head
+        s = self.adapt(student_feat)
+        w = head.weight.detach().to(s.dtype)
+        b = head.bias.detach().to(s.dtype) if head.bias is not None else None
+        cross = F.conv2d(s, w, b, stride=head.stride, padding=head.padding)
+        cross = cross.to(torch.promote_types(cross.dtype, torch.float32))
+        t = teacher_head_out.detach().to(cross.dtype)
+        if cross.shape != t.shape:
+            raise ValueError(f"cross-head output {tuple(cross.shape)} != teacher head output {tuple(t.shape)}")
+        c_cls, c_conf, c_delta = split_head_output(cross, self.num_classes, self.num_anchors)
+        t_cls, t_conf, t_delta = split_head_output(t, self.num_classes, self.num_anchors)
+        tau = self.tau
+        t_prob = F.softmax(t_cls / tau, -1)
+        kl = (t_prob * (F.log_softmax(t_cls / tau, -1) - F.log_softmax(c_cls / tau, -1))).sum(-1)
+        conf = F.binary_cross_entropy_with_logits(c_conf / tau, torch.sigmoid(t_conf / tau), reduction="none")
+        cls_loss = (kl + conf).mean() * tau * tau
+        score = torch.sigmoid(t_conf) * F.softmax(t_cls, -1).amax(-1)  # the teacher's per-anchor score
+        anchors = self.anchors.to(cross.device, cross.dtype)
+        cb = self.coder.decode_xyxy(c_delta, anchors, clip=False)
+        tb = self.coder.decode_xyxy(t_delta, anchors, clip=False)
+        giou = generalized_box_iou_loss(cb.reshape(-1, 4), tb.reshape(-1, 4), reduction="none").view_as(score)
+        box_loss = (giou * score).sum() / score.sum().clamp(min=1e-6)
+        return {"crosskd_cls": cls_loss, "crosskd_box": box_loss * self.box_weight}
