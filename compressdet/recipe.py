@@ -151,6 +151,45 @@ class ImitationConfig(_Strict):
     cache_teacher_features: bool = Field(False, description="cache teacher maps (exact only without photometric/drift aug)")
 
 
+class DistillConfig(_Strict):
+    """One distillation method (``compressdet.losses.distill``): ``fgfi`` (the seed's fine-grained
+    imitation, what ``imitation:`` means), ``pkd`` (Pearson-correlation feature imitation) or
+    ``crosskd`` (the student's feature through the teacher's head). A list combines methods."""
+
+    method: Literal["fgfi", "pkd", "crosskd"]
+    weight: float = Field(1.0, ge=0, description="this method's loss weight; 0 switches it off")
+    warmup_steps: int = Field(0, ge=0, description="steps without this loss at the start")
+    psi: float = Field(0.5, gt=0, le=1, description="fgfi: mask threshold factor on each GT's max anchor IoU")
+    normalizer: Literal["paper", "seed"] = Field("paper", description="fgfi: paper 2*N_p; seed: the seed code's")
+    tau: float = Field(1.0, gt=0, description="crosskd: temperature of the classification KD")
+    box_weight: float = Field(1.0, ge=0, description="crosskd: box (GIoU) term relative to the classification term")
+
+    _ONLY = {"psi": "fgfi", "normalizer": "fgfi", "tau": "crosskd", "box_weight": "crosskd"}
+
+    @model_validator(mode="after")
+    def _fields_of_method(self) -> "DistillConfig":
+        wrong = [f for f in self.model_fields_set if self._ONLY.get(f, self.method) != self.method]
+        if wrong:
+            raise ValueError(f"method '{self.method}' takes no {', '.join(sorted(wrong))} "
+                             f"({', '.join(f'{f} is for {self._ONLY[f]}' for f in sorted(wrong))})")
+        return self
+
+    @classmethod
+    def from_imitation(cls, imit: "ImitationConfig") -> "DistillConfig":
+        return cls(method="fgfi", weight=imit.weight, warmup_steps=imit.warmup_steps, psi=imit.psi,
+                   normalizer=imit.normalizer)
+
+
+def distill_methods(stage: Any) -> list[DistillConfig]:
+    """The distillation a stage asks for: its ``distill`` list, or its ``imitation`` block as fgfi;
+    methods with weight 0 dropped (an empty list is the baseline)."""
+    methods = list(getattr(stage, "distill", None) or [])
+    imit = getattr(stage, "imitation", None)
+    if not methods and imit is not None:
+        methods = [DistillConfig.from_imitation(imit)]
+    return [m for m in methods if m.weight > 0]
+
+
 class PostprocessConfig(_Strict):
     score_thresh: float = Field(0.0, ge=0, le=1)
     nms_thresh: float = Field(0.4, gt=0, le=1)
@@ -172,14 +211,23 @@ _STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def _check_teacher_imitation(stage: "StageConfig") -> None:
-    """``teacher`` and ``imitation`` come together: one without the other is a recipe mistake
-    (a named teacher that silently guides nothing, or an imitation loss with nothing to imitate)."""
+    """``teacher`` and ``imitation`` (or ``distill``) come together: one without the other is a
+    recipe mistake (a named teacher that silently guides nothing, or a distillation loss with
+    nothing to learn from)."""
     if "imitation" not in type(stage).model_fields:  # kinds that never imitate (ptq, export ...)
         return
-    imit = stage.imitation
+    imit, distill = stage.imitation, getattr(stage, "distill", None)
+    if imit is not None and distill:
+        raise ValueError("give either 'imitation' (the seed's fgfi) or 'distill' (any methods), not both; "
+                         "'imitation: {...}' is 'distill: {method: fgfi, ...}'")
+    names = [m.method for m in (distill or [])]
+    if len(set(names)) != len(names):
+        raise ValueError(f"distill lists a method twice ({', '.join(names)}); give each method once, with one weight")
+    if any(m.weight > 0 for m in (distill or [])) and stage.teacher is None:
+        raise ValueError("distill with weight > 0 needs 'teacher: <stage name>'")
     if imit is not None and imit.weight > 0 and stage.teacher is None:
         raise ValueError("imitation with weight > 0 needs 'teacher: <stage name>'")
-    if stage.teacher is not None and imit is None:
+    if stage.teacher is not None and imit is None and not distill:
         raise ValueError(f"'teacher: {stage.teacher}' is named but there is no 'imitation' block; add "
                          "'imitation: {weight: 1.0}' to imitate it (weight 0: the baseline) or drop 'teacher'")
 
@@ -251,6 +299,14 @@ class TrainStage(StageConfig):
     model: ModelConfig | str | None = Field(None, description="inline model, a key of recipe.models, or an arch name")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     imitation: ImitationConfig | None = None
+    distill: list[DistillConfig] | None = Field(
+        None, description="distillation methods (fgfi | pkd | crosskd), one weight each; a single mapping is "
+        "a one-item list; replaces 'imitation' (which means fgfi)")
+
+    @field_validator("distill", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -298,6 +354,14 @@ class PruneStage(StageConfig):
     ignored_layers: list[str] = Field(default_factory=list, description="module names never pruned")
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(steps=2000, lr=0.005))
     imitation: ImitationConfig | None = None
+    distill: list[DistillConfig] | None = Field(
+        None, description="distillation methods (fgfi | pkd | crosskd), one weight each; a single mapping is "
+        "a one-item list; replaces 'imitation' (which means fgfi)")
+
+    @field_validator("distill", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -337,6 +401,14 @@ class QatStage(StageConfig):
     freeze_observers_step: int | None = Field(None, ge=0, description="default: 2/3 of the steps")
     freeze_bn_step: int | None = Field(None, ge=0, description="default: 1/2 of the steps")
     imitation: ImitationConfig | None = None
+    distill: list[DistillConfig] | None = Field(
+        None, description="distillation methods (fgfi | pkd | crosskd), one weight each; a single mapping is "
+        "a one-item list; replaces 'imitation' (which means fgfi)")
+
+    @field_validator("distill", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

@@ -9,6 +9,8 @@ Two configurations, one spawn:
   order already ends ~6e-6 from itself after 5 steps, so a float32 imitation run cannot be held
   to 1e-5 by any implementation and is not asserted.
 * ``f32-baseline``: the production dtype without imitation (well-conditioned), lr 1e-3.
+* ``f64-pkd`` / ``f64-crosskd``: the other registered distillers (PKD's channel statistics and
+  CrossKD's normalisers are global-batch sums under DDP), float64 like the imitation case.
 """
 
 from __future__ import annotations
@@ -21,11 +23,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from compressdet.engine import CrossProcessBatchNorm2d, convert_sync_batchnorm, load_checkpoint
+from compressdet.recipe import DistillConfig
 
 torch.set_num_threads(1)
 TOL = 1e-5
 CASES = {"f64-imitation": {"imitation": True, "dtype": torch.float64, "lr": 0.01},
-         "f32-baseline": {"imitation": False, "dtype": torch.float32, "lr": 1e-3}}
+         "f32-baseline": {"imitation": False, "dtype": torch.float32, "lr": 1e-3},
+         # the distiller registry's other methods: global-batch statistics and normalisers
+         "f64-pkd": {"imitation": [DistillConfig(method="pkd", weight=2.0)], "dtype": torch.float64, "lr": 0.01},
+         "f64-crosskd": {"imitation": [DistillConfig(method="crosskd", weight=1.0)], "dtype": torch.float64,
+                         "lr": 0.01}}
 
 
 def _trainer(out, **kw):

@@ -64,7 +64,8 @@ def make_trainer(out_dir, *, steps=4, rank=0, world_size=1, dropout=0.5, imitati
                            log_every=1)
     return Trainer(student, schedule=sched, loss_fn=loss, train_loader=loader,
                    evaluate_fn=(lambda m, s: {"map40": float(-abs(s - 2))}) if evaluate else None,
-                   teacher=teacher, imitation=ImitationConfig(weight=1.0) if imitation else None, out_dir=out_dir,
+                   teacher=teacher, imitation=(imitation if isinstance(imitation, list) else
+                                               ImitationConfig(weight=1.0) if imitation else None), out_dir=out_dir,
                    tb_dir=None, rank=rank, world_size=world_size, seed=0, on_step=on_step)
 
 
@@ -134,21 +135,25 @@ _SCRIPT = r"""
 import os, signal, sys, torch
 sys.path.insert(0, {tests!r})
 from test_engine import make_trainer
+from compressdet.recipe import DistillConfig
 kill_at = int(os.environ.get("KILL_AT", "0"))
+methods = os.environ.get("DISTILL", "")
+imitation = [DistillConfig(method=m) for m in methods.split(",")] if methods else True
 def on_step(t):
     if kill_at and t.iter + 1 == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
 out = sys.argv[1]
 resume = len(sys.argv) > 2
-tr = make_trainer(out, steps=6, dropout=0.5, on_step=on_step, checkpoint_every=2)
+tr = make_trainer(out, steps=6, dropout=0.5, on_step=on_step, checkpoint_every=2, imitation=imitation)
 tr.fit(resume_from=os.path.join(out, "last.pt") if resume else None)
 """
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("distill", ["", "pkd,crosskd"], ids=["fgfi", "pkd+crosskd"])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, distill):
     script = tmp_path / "run.py"
     script.write_text(_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DISTILL": distill}
     py = sys.executable
 
     def go(out, *extra, kill=0):

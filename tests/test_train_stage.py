@@ -15,7 +15,7 @@ device: cpu
 data:
   format: synth
   image_size: [64, 192]
-  synth: {num_images: 12, size: [384, 128], seed: 0, cache_dir: CACHE}
+  synth: {num_images: 16, size: [384, 128], seed: 0, cache_dir: CACHE}
   max_val_images: 3
 stages:
   - name: teacher

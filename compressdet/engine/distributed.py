@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["CrossProcessBatchNorm2d", "convert_sync_batchnorm", "is_dist", "all_reduce_sum", "unwrap",
+__all__ = ["CrossProcessBatchNorm2d", "convert_sync_batchnorm", "is_dist", "all_reduce_sum", "all_reduce_sum_grad", "unwrap",
            "all_gather_object"]
 
 
@@ -27,6 +27,28 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     y = x.detach().clone()
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose backward sums the gradients too (every process's output depends
+    on every process's input), for statistics a loss computes over the global batch."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # noqa: D102
+        g = g.clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g
+
+
+def all_reduce_sum_grad(x: Tensor) -> Tensor:
+    """Differentiable :func:`all_reduce_sum` (identity in one process)."""
+    return _AllReduceSum.apply(x) if is_dist() else x
 
 
 def all_gather_object(obj: object) -> list:

@@ -139,13 +139,15 @@ def load_teacher(path: str | Path, device: str | torch.device) -> nn.Module:
     return teacher
 
 
-def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation: ImitationConfig | None,
+def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation: ImitationConfig | list | None,
               postprocess: PostprocessConfig, eval_cfg: EvalConfig,
               param_groups: Callable | None = None, on_step: Callable | None = None,
               loss_fn: nn.Module | None = None, evaluate: bool = True, hooks: tuple = ()) -> dict[str, Any]:
     """Train ``model`` as stage ``ctx`` says (resuming ``ctx.latest_checkpoint()``); returns the summary.
 
-    The teacher is ``ctx.input("teacher")``'s model when imitation is on (weight > 0). After it
+    ``imitation``: an ``ImitationConfig`` (fgfi) or a list of ``DistillConfig`` (what
+    ``recipe.distill_methods(stage)`` gives). The teacher is ``ctx.input("teacher")``'s model when
+    any distillation is on (weight > 0). After it
     returns, rank 0 finds the best weights in ``ctx.checkpoint_dir / "best.pt"`` (with
     ``evaluate=False``: no validation during training, best = last).
     """
@@ -168,13 +170,17 @@ def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation
     anchors = generate_anchors(hw)
     if loss_fn is None:
         loss_fn = SqueezeDetLoss(anchors, num_classes=num_classes, num_anchors=num_anchors, image_size=hw)
+    from .trainer import _distill_cfgs
+
     teacher = None
-    if imitation is not None and imitation.weight > 0:
+    methods = _distill_cfgs(imitation)
+    if methods:
         teacher = load_teacher(ctx.input("teacher").artifact("model"), ctx.device)
+    fgfi = next((m for m in methods if m.method == "fgfi"), None)
     evaluate_fn = None
     if ctx.is_main and evaluate:
         evaluate_fn = build_evaluate_fn(data_cfg, eval_cfg=eval_cfg, postprocess=postprocess, device=ctx.device,
-                                        viz_dir=ctx.stage_dir / "viz", mask_psi=imitation.psi if teacher is not None else None)
+                                        viz_dir=ctx.stage_dir / "viz", mask_psi=fgfi.psi if fgfi is not None else None)
     from .trainer import Trainer
 
     trainer = Trainer(model, schedule=schedule, loss_fn=loss_fn, train_loader=loader, evaluate_fn=evaluate_fn,

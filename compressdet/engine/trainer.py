@@ -27,10 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..losses import ImitationLoss, imitation_mask
+from ..losses import imitation_mask
+from ..losses.distill import Distiller, Taps, build_distiller
 from ..recipe import ImitationConfig, ScheduleConfig
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from .distributed import all_gather_object, all_reduce_sum, convert_sync_batchnorm, unwrap
+from .distributed import all_gather_object, all_reduce_sum, all_reduce_sum_grad, convert_sync_batchnorm, unwrap
 from .hooks import (
     BestCheckpointer,
     CallbackHook,
@@ -133,20 +134,32 @@ def seed_param_groups(model: nn.Module, extra: nn.Module | None, weight_decay: f
 
 
 class _TrainModule(nn.Module):
-    """Student + adaptation layer in one module, so DDP syncs both with a single forward()."""
+    """Student + the distillers' training-only layers in one module, so DDP syncs both with a
+    single forward()."""
 
-    def __init__(self, model: nn.Module, imitation: ImitationLoss | None) -> None:
+    def __init__(self, model: nn.Module, imitation: Distiller | None) -> None:
         super().__init__()
         self.model, self.imitation = model, imitation
 
-    def forward(self, images: Tensor, teacher_feat: Tensor | None = None,
-                mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, images: Tensor, teacher: tuple[Tensor, Tensor | None] | None = None,
+                mask: Tensor | None = None, step: int = 0) -> tuple[Tensor, dict[str, Tensor] | None]:
         if self.imitation is None:
             return self.model(images), None
         head_out, feat = self.model.forward_with_features(images)
-        if teacher_feat is None:  # warm-up: keep the adaptation params in the graph (DDP needs all used)
-            return head_out, sum(p.sum() for p in self.imitation.parameters()) * 0.0
-        return head_out, self.imitation(feat, teacher_feat, mask)
+        if teacher is None:  # warm-up: zero losses that keep the distillers' params in the graph (DDP)
+            return head_out, self.imitation(None, step)
+        return head_out, self.imitation(Taps(feat, head_out, teacher[0], teacher[1], mask), step)
+
+
+def _distill_cfgs(imitation: Any) -> list:
+    """``ImitationConfig`` (fgfi) or a list of ``DistillConfig`` -> the methods with weight > 0."""
+    from ..recipe import DistillConfig, ImitationConfig
+
+    if imitation is None:
+        return []
+    if isinstance(imitation, ImitationConfig):
+        return [DistillConfig.from_imitation(imitation)] if imitation.weight > 0 else []
+    return [c for c in imitation if c.weight > 0]
 
 
 def _seed_all(seed: int) -> None:
@@ -170,7 +183,8 @@ class Trainer(TrainerBase):
         evaluate_fn: ``evaluate_fn(model, step) -> dict`` with at least ``map40`` (rank 0 only);
             ``images`` (name -> HWC uint8) go to tensorboard. None: no evaluation, best = last.
         teacher: frozen model with ``forward_with_features`` (needed when imitation weight > 0).
-        imitation: ImitationConfig; None or ``weight == 0`` is the baseline.
+        imitation: ``ImitationConfig`` (the seed's fgfi) or a list of ``DistillConfig`` (any registered
+            methods, ``compressdet.losses.distill``); None or all weights 0 is the baseline.
         out_dir: where ``last.pt`` and ``best.pt`` go. tb_dir: tensorboard folder (None: off).
         device, rank, world_size: where and as which process to train.
         seed: seeds torch/numpy/random (plus rank) at the start of a fresh run.
@@ -183,7 +197,7 @@ class Trainer(TrainerBase):
 
     def __init__(self, model: nn.Module, *, schedule: ScheduleConfig, loss_fn: nn.Module, train_loader: Any,
                  evaluate_fn: Callable[[nn.Module, int], dict[str, Any]] | None = None,
-                 teacher: nn.Module | None = None, imitation: ImitationConfig | None = None,
+                 teacher: nn.Module | None = None, imitation: ImitationConfig | list | None = None,
                  out_dir: str | Path, tb_dir: str | Path | None = None, device: str | torch.device = "cpu",
                  rank: int = 0, world_size: int = 1, seed: int = 0,
                  param_groups: Callable[[nn.Module, nn.Module | None], list[dict[str, Any]]] | None = None,
@@ -201,23 +215,25 @@ class Trainer(TrainerBase):
         if schedule.threads and self.device.type == "cpu":
             torch.set_num_threads(schedule.threads)
 
-        self.imitation_cfg = imitation if (imitation is not None and imitation.weight > 0) else None
+        self.distill_cfgs = _distill_cfgs(imitation)
+        self.imitation_cfg = self.distill_cfgs or None  # truthy when any distillation is on
         self.teacher = None
         imit_loss = None
-        if self.imitation_cfg is not None:
+        if self.distill_cfgs:
             if teacher is None:
-                raise UserError("imitation weight > 0 needs a teacher model")
+                raise UserError("imitation / distill weight > 0 needs a teacher model")
             self.teacher = teacher.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
-            width = (getattr(model, "arch", None) or {}).get("width")
-            imit_loss = ImitationLoss(model.feature_channels, teacher.feature_channels,
-                                      normalizer=self.imitation_cfg.normalizer, student_width=width)
-            first = next((p for p in model.parameters() if p.is_floating_point()), None)
-            if first is not None:  # the adaptation layer computes in the student's dtype (fp64 in tests)
-                imit_loss.to(dtype=first.dtype)
             self.anchors = (anchors if anchors is not None else loss_fn.anchors).detach().float().cpu()
             self.num_anchors = num_anchors
+            try:
+                imit_loss = build_distiller(self.distill_cfgs, model, self.teacher, self.anchors, num_anchors)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            first = next((p for p in model.parameters() if p.is_floating_point()), None)
+            if first is not None:  # the adaptation layers compute in the student's dtype (fp64 in tests)
+                imit_loss.to(device=self.device, dtype=first.dtype)
         model.to(self.device)
         self.model = model  # the bare student: what is saved and evaluated
         self.module = _TrainModule(model, imit_loss).to(self.device)
@@ -227,9 +243,11 @@ class Trainer(TrainerBase):
             self.module = convert_sync_batchnorm(self.module, self.device)
             self.model = self.module.model
             counts = all_reduce_sum
-            for obj in (loss_fn, imit_loss):
+            for obj in (loss_fn, *(imit_loss.modules() if imit_loss is not None else ())):
                 if obj is not None and hasattr(obj, "reduce_counts"):
                     obj.reduce_counts = counts
+                if obj is not None and hasattr(obj, "reduce_sums"):
+                    obj.reduce_sums = all_reduce_sum_grad
             ddp_kw = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
             self.ddp = nn.parallel.DistributedDataParallel(self.module, **ddp_kw)
         else:
@@ -292,7 +310,7 @@ class Trainer(TrainerBase):
         return dict(self.storage.get("losses", {}))
 
     def imitation_active(self, step: int) -> bool:
-        return self.imitation_cfg is not None and step >= self.imitation_cfg.warmup_steps
+        return bool(self.distill_cfgs) and self.imitation_loss.active(step)
 
     # ---------------------------------------------------------------------------------- one step
     def run_step(self) -> None:
@@ -301,21 +319,21 @@ class Trainer(TrainerBase):
         if self.schedule.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.module.train()
-        teacher_feat = mask = None
+        taps = mask = None
         with self._autocast():
             if self.imitation_active(self.iter):
                 with torch.no_grad():
-                    _, teacher_feat = self.teacher.forward_with_features(images)
-                grid = tuple(teacher_feat.shape[-2:])
-                mask = imitation_mask([t["boxes"] for t in targets], self.anchors, grid, self.num_anchors,
-                                      self.imitation_cfg.psi).to(self.device)
-            head_out, imit = self.ddp(images, teacher_feat, mask)
+                    taps = tuple(self.teacher.forward_with_features(images))  # (head, feature)
+                if self.imitation_loss.needs_mask:
+                    grid = tuple(taps[1].shape[-2:])
+                    mask = imitation_mask([t["boxes"] for t in targets], self.anchors, grid, self.num_anchors,
+                                          self.imitation_loss.psi).to(self.device)
+            head_out, imit = self.ddp(images, (taps[1], taps[0]) if taps is not None else None, mask, self.iter)
         losses = dict(self.loss_fn(head_out.to(torch.promote_types(head_out.dtype, torch.float32)), targets))
         total = losses.pop("total")
-        if imit is not None:
-            w = self.imitation_cfg.weight if teacher_feat is not None else 0.0
-            losses["imitation"] = imit * w
-            total = total + losses["imitation"]
+        for name, value in (imit or {}).items():  # weighted; zero during a method's warm-up
+            losses[name] = value
+            total = total + value
         losses["total"] = total
         names = list(losses)
         values = torch.stack([losses[k].detach().float() for k in names])
@@ -380,7 +398,7 @@ class Trainer(TrainerBase):
         state = load_checkpoint(path, map_location="cpu")
         self.model.load_state_dict(state["model"])
         if self.imitation_loss is not None and state.get("imitation"):
-            self.imitation_loss.load_state_dict(state["imitation"])
+            self.imitation_loss.load_state_dict(self.imitation_loss.fgfi_state_compat(state["imitation"]))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -22,6 +22,8 @@ For FPN families the same holds per level with the teacher's shared head tower.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,6 +56,7 @@ class CrossKDLoss(nn.Module):
         self.register_buffer("anchors", anchors.float(), persistent=False)
         self.num_classes, self.num_anchors, self.tau, self.box_weight = num_classes, num_anchors, tau, box_weight
         self.coder = BoxCoder()
+        self.reduce_counts: Callable[[Tensor], Tensor] | None = None  # set under DDP: global normalisers
 
     def forward(self, student_feat: Tensor, teacher_head_out: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         head = self._teacher_head
@@ -71,11 +74,14 @@ class CrossKDLoss(nn.Module):
         t_prob = F.softmax(t_cls / tau, -1)
         kl = (t_prob * (F.log_softmax(t_cls / tau, -1) - F.log_softmax(c_cls / tau, -1))).sum(-1)
         conf = F.binary_cross_entropy_with_logits(c_conf / tau, torch.sigmoid(t_conf / tau), reduction="none")
-        cls_loss = (kl + conf).mean() * tau * tau
         score = torch.sigmoid(t_conf) * F.softmax(t_cls, -1).amax(-1)  # the teacher's per-anchor score
+        norm = torch.stack([torch.tensor(float(kl.numel()), dtype=kl.dtype, device=kl.device), score.sum()])
+        if self.reduce_counts is not None:
+            norm = self.reduce_counts(norm)  # anchors and teacher score mass of the global batch
+        cls_loss = (kl + conf).sum() / norm[0] * tau * tau
         anchors = self.anchors.to(cross.device, cross.dtype)
         cb = self.coder.decode_xyxy(c_delta, anchors, clip=False)
         tb = self.coder.decode_xyxy(t_delta, anchors, clip=False)
         giou = generalized_box_iou_loss(cb.reshape(-1, 4), tb.reshape(-1, 4), reduction="none").view_as(score)
-        box_loss = (giou * score).sum() / score.sum().clamp(min=1e-6)
+        box_loss = (giou * score).sum() / norm[1].clamp(min=1e-6)
         return {"crosskd_cls": cls_loss, "crosskd_box": box_loss * self.box_weight}

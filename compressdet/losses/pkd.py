@@ -15,34 +15,52 @@ training-only module, dropped at export like FGFI's adaptation layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 __all__ = ["channel_standardize", "PKDLoss"]
 
 
-def channel_standardize(feat: Tensor, eps: float = 1e-6) -> Tensor:
-    """``[N, C, H, W]`` -> each channel at zero mean, unit variance over ``(N, H, W)``."""
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def channel_standardize(feat: Tensor, eps: float = 1e-6, reduce_sums: Callable[[Tensor], Tensor] = _identity
+                        ) -> Tensor:
+    """``[N, C, H, W]`` -> each channel at zero mean, unit variance over ``(N, H, W)``.
+
+    ``reduce_sums`` (differentiable, summing over processes) makes the statistics those of the
+    global batch under DDP, as SyncBatchNorm does; the identity in one process.
+    """
     c = feat.shape[1]
     flat = feat.transpose(0, 1).reshape(c, -1)
-    mean = flat.mean(1, keepdim=True)
-    std = flat.std(1, keepdim=True, unbiased=False)
-    return ((flat - mean) / (std + eps)).reshape(c, feat.shape[0], *feat.shape[2:]).transpose(0, 1)
+    stats = reduce_sums(torch.stack([flat.sum(1), (flat * flat).sum(1),
+                                     torch.full((c,), float(flat.shape[1]), dtype=flat.dtype, device=flat.device)]))
+    mean = stats[0] / stats[2]
+    var = (stats[1] / stats[2] - mean * mean).clamp(min=0.0)
+    z = (flat - mean[:, None]) / (var.sqrt()[:, None] + eps)
+    return z.reshape(c, feat.shape[0], *feat.shape[2:]).transpose(0, 1)
 
 
 class PKDLoss(nn.Module):
-    """``mse(std(adapt(student)), std(teacher)) / 2`` (mean over every element).
+    """``mse(std(adapt(student)), std(teacher)) / 2`` (mean over every element of the global batch).
 
     Args:
         c_student, c_teacher: feature channels; a 1x1 adaptation conv exists when they differ.
 
     Call: ``loss(student_feat [N, Cs, H, W], teacher_feat [N, Ct, H, W]) -> scalar``; the mask of
-    near-object locations is not used (PKD imitates everywhere).
+    near-object locations is not used (PKD imitates everywhere). Under DDP the trainer sets
+    ``reduce_sums`` (differentiable) and ``reduce_counts``: statistics and the mean are over the
+    global batch, so W processes compute what one process with the whole batch would.
     """
 
     def __init__(self, c_student: int, c_teacher: int) -> None:
         super().__init__()
         self.adapt = nn.Conv2d(c_student, c_teacher, 1) if c_student != c_teacher else nn.Identity()
+        self.reduce_sums: Callable[[Tensor], Tensor] | None = None
+        self.reduce_counts: Callable[[Tensor], Tensor] | None = None
 
     def forward(self, student_feat: Tensor, teacher_feat: Tensor, mask: Tensor | None = None) -> Tensor:
         s = self.adapt(student_feat)
@@ -50,4 +68,9 @@ class PKDLoss(nn.Module):
         t = teacher_feat.detach().to(s.dtype)
         if s.shape != t.shape:
             raise ValueError(f"adapted student feature {tuple(s.shape)} != teacher feature {tuple(t.shape)}")
-        return ((channel_standardize(s) - channel_standardize(t)) ** 2).mean() / 2
+        red = self.reduce_sums or _identity
+        sq = ((channel_standardize(s, reduce_sums=red) - channel_standardize(t, reduce_sums=red)) ** 2).sum()
+        n = torch.tensor([float(s.numel())], dtype=s.dtype, device=s.device)
+        if self.reduce_counts is not None:
+            n = self.reduce_counts(n)
+        return sq / (2 * n[0])

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..recipe import distill_methods
 from . import StageContext, StageResult
 
 __all__ = ["run", "example_input_size", "build_pruner"]
@@ -112,7 +113,7 @@ def run(ctx: StageContext) -> StageResult:
         rec = pruner.step(loss_fn)
         sub = dataclasses.replace(ctx, stage_dir=ctx.stage_dir / f"round{i + 1}", resume=False) if k > 1 else ctx
         sched = cfg.schedule.model_copy(update={"steps": max(1, cfg.schedule.steps // k)})
-        summary = fit_stage(sub, model, schedule=sched, imitation=cfg.imitation, postprocess=cfg.postprocess,
+        summary = fit_stage(sub, model, schedule=sched, imitation=distill_methods(cfg), postprocess=cfg.postprocess,
                             eval_cfg=cfg.eval)
         rounds.append({"step": rec["step"], "backbone_macs_ratio": rec["macs_after"] / rec["base_macs"],
                        "channels_removed": sum(len(op["idxs"]) for op in rec["ops"]),
@@ -133,8 +134,9 @@ def run(ctx: StageContext) -> StageResult:
                                     "target": target.model_dump(mode="json")})
     imit = cfg.imitation
     meta = {"from": cfg.from_, "arch": getattr(model, "arch", None), "best_step": best["step"],
-            "teacher": cfg.teacher if (imit is not None and imit.weight > 0) else None,
+            "teacher": cfg.teacher if distill_methods(cfg) else None,
             "imitation": imit.model_dump(mode="json") if imit is not None else None,
+            "distill": [m.model_dump(mode="json") for m in distill_methods(cfg)],
             "image_size": list(hw), "classes": list(recipe.data.classes), "pruning_history": hist_path.name,
             "pruned": {"importance": cfg.importance, "iterative_steps": k, "allocation": cfg.allocation}}
     path = save_model(model, ctx.stage_dir / "model.pt", meta=meta)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
+from ..recipe import distill_methods
 from . import StageContext, StageResult
 
 __all__ = ["run"]
@@ -34,14 +35,14 @@ def run(ctx: StageContext) -> StageResult:
         torch.set_num_threads(sched.threads)
     torch.manual_seed(recipe.seed)
     student, smeta = load_float_model(ctx, "from")
-    imit = cfg.imitation
-    use_imit = imit is not None and imit.weight > 0
+    methods = distill_methods(cfg)
+    use_imit = bool(methods)
     if use_imit and cfg.teacher is None:
-        raise UserError(f"stage '{ctx.name}': imitation.weight > 0 needs 'teacher: <stage name>'")
+        raise UserError(f"stage '{ctx.name}': imitation / distill weight > 0 needs 'teacher: <stage name>'")
     # a real training image fixes the capture's shapes and checks the export (batch stays dynamic)
     example = build_dataset(recipe.data, "train", train=False)[0][0].unsqueeze(0).expand(2, -1, -1, -1).contiguous()
     fq, settings = qat_training(prepare_qat(student, example, cfg.quant), sched, obs_step, bn_step)
-    summary = fit_stage(ctx, fq, imitation=imit if use_imit else None, postprocess=cfg.postprocess,
+    summary = fit_stage(ctx, fq, imitation=methods or None, postprocess=cfg.postprocess,
                         eval_cfg=cfg.eval, evaluate=False, **settings)
     if not ctx.is_main:
         return StageResult()
@@ -52,5 +53,6 @@ def run(ctx: StageContext) -> StageResult:
             "freeze_observers_step": obs_step, "freeze_bn_step": bn_step, "world_size": ctx.world_size,
             "image_size": list(recipe.data.image_size), "classes": list(recipe.data.classes)}
     extra = {"steps": sched.steps, "qat_minutes": summary["minutes"], "final_losses": summary["final_losses"],
-             "train_img_per_s": summary["train_img_per_s"], "imitation": use_imit}
+             "train_img_per_s": summary["train_img_per_s"], "imitation": use_imit,
+             "distill": [m.method for m in methods]}
     return finish_quant_stage(ctx, converted, example[:1], extra_metrics=extra, meta=meta)

@@ -14,6 +14,7 @@ import torch
 from ..engine.checkpoint import load_checkpoint
 from ..engine.launch import fit_stage
 from ..errors import UserError
+from ..recipe import distill_methods
 from . import StageContext, StageResult
 
 __all__ = ["run"]
@@ -39,7 +40,7 @@ def build_stage_model(ctx: StageContext) -> tuple[torch.nn.Module, dict[str, Any
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     model, origin = build_stage_model(ctx)
-    summary = fit_stage(ctx, model, schedule=cfg.schedule, imitation=cfg.imitation, postprocess=cfg.postprocess,
+    summary = fit_stage(ctx, model, schedule=cfg.schedule, imitation=distill_methods(cfg), postprocess=cfg.postprocess,
                         eval_cfg=cfg.eval)
     if not ctx.is_main:
         return StageResult()
@@ -49,8 +50,9 @@ def run(ctx: StageContext) -> StageResult:
     model.load_state_dict(best["model"])
     imit = cfg.imitation
     meta = {**origin, "arch": getattr(model, "arch", None), "best_step": best["step"],
-            "teacher": cfg.teacher if (imit is not None and imit.weight > 0) else None,
+            "teacher": cfg.teacher if distill_methods(cfg) else None,
             "imitation": imit.model_dump(mode="json") if imit is not None else None,
+            "distill": [m.model_dump(mode="json") for m in distill_methods(cfg)],
             "image_size": list(ctx.recipe.data.image_size), "classes": list(ctx.recipe.data.classes)}
     path = save_model(model.cpu(), ctx.stage_dir / "model.pt", meta=meta)
     res = summary.get("best_result") or {}

@@ -1,0 +1,152 @@
+"""A small registry of detection distillers, combined into one training-only module.
+
+Each method reads the student's and the (frozen) teacher's taps, the last backbone feature and
+the raw head output, plus FGFI's near-object mask, and returns named, *weighted* sub-losses (so
+each is logged on its own):
+
+- ``fgfi``: fine-grained feature imitation (Wang et al., CVPR 2019; the seed's method, METHOD.md
+  section 3): masked MSE through a 3x3 adaptation layer -> ``imitation``;
+- ``pkd``: Pearson-correlation feature imitation (Cao et al., NeurIPS 2022) -> ``pkd``;
+- ``crosskd``: the student's feature through the teacher's head, its predictions distilled to
+  the teacher's (Wang et al., CVPR 2024) -> ``crosskd_cls``, ``crosskd_box``.
+
+Methods combine (CrossKD's own results add PKD-style feature KD): a list, one weight each.
+Register another with :func:`register_distiller`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from .crosskd import CrossKDLoss
+from .imitation import ImitationLoss
+from .pkd import PKDLoss
+
+__all__ = ["Taps", "Distiller", "register_distiller", "list_distillers", "build_distiller"]
+
+
+@dataclass
+class Taps:
+    """What a distiller may read: student / teacher feature and raw head output, FGFI's mask."""
+
+    s_feat: Tensor
+    s_head: Tensor
+    t_feat: Tensor
+    t_head: Tensor | None
+    mask: Tensor | None
+
+
+class _Method(nn.Module):
+    """A method's loss module with the call convention ``forward(taps) -> {name: unweighted loss}``."""
+
+    def __init__(self, loss: nn.Module, call: Callable[[nn.Module, Taps], dict[str, Tensor]]) -> None:
+        super().__init__()
+        self.loss = loss
+        self._call = call
+
+    def forward(self, taps: Taps) -> dict[str, Tensor]:
+        return self._call(self.loss, taps)
+
+
+_REGISTRY: dict[str, Callable[..., _Method]] = {}
+
+
+def register_distiller(name: str) -> Callable[[Callable[..., _Method]], Callable[..., _Method]]:
+    def deco(fn: Callable[..., _Method]) -> Callable[..., _Method]:
+        if name in _REGISTRY:
+            raise ValueError(f"distiller '{name}' is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_distillers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@register_distiller("fgfi")
+def _fgfi(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_anchors: int) -> _Method:
+    width = (getattr(student, "arch", None) or {}).get("width")
+    loss = ImitationLoss(student.feature_channels, teacher.feature_channels, normalizer=cfg.normalizer,
+                         student_width=width)
+    return _Method(loss, lambda m, t: {"imitation": m(t.s_feat, t.t_feat, t.mask)})
+
+
+@register_distiller("pkd")
+def _pkd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_anchors: int) -> _Method:
+    return _Method(PKDLoss(student.feature_channels, teacher.feature_channels),
+                   lambda m, t: {"pkd": m(t.s_feat, t.t_feat)})
+
+
+@register_distiller("crosskd")
+def _crosskd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_anchors: int) -> _Method:
+    head = getattr(getattr(teacher, "head", None), "conv", None)
+    if not isinstance(head, nn.Conv2d):
+        raise ValueError("crosskd needs a teacher with a ConvDet head (teacher.head.conv)")
+    loss = CrossKDLoss(student.feature_channels, teacher.feature_channels, head, anchors,
+                       num_classes=int(getattr(teacher, "num_classes", 3)), num_anchors=num_anchors,
+                       tau=cfg.tau, box_weight=cfg.box_weight)
+    return _Method(loss, lambda m, t: m(t.s_feat, t.t_head))
+
+
+class Distiller(nn.Module):
+    """The configured methods in one module (so DDP syncs their training-only parameters with the
+    student's); ``forward(taps, step) -> {sub-loss: weighted loss}``. A method inside its warm-up
+    contributes zero (its parameters stay in the graph, as DDP needs)."""
+
+    def __init__(self, methods: dict[str, _Method], cfgs: dict[str, Any]) -> None:
+        super().__init__()
+        self.methods = nn.ModuleDict(methods)
+        self.cfgs = cfgs
+
+    @property
+    def needs_mask(self) -> bool:
+        return "fgfi" in self.methods
+
+    @property
+    def psi(self) -> float:
+        return float(self.cfgs["fgfi"].psi) if "fgfi" in self.cfgs else 0.5
+
+    def active(self, step: int) -> bool:
+        return any(step >= c.warmup_steps for c in self.cfgs.values())
+
+    def forward(self, taps: Taps | None, step: int) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for name, method in self.methods.items():
+            cfg = self.cfgs[name]
+            if taps is None or step < cfg.warmup_steps:
+                zero = sum(p.sum() for p in method.parameters()) * 0.0
+                out.update({k: zero for k in self.loss_names(name)})
+                continue
+            out.update({k: v * cfg.weight for k, v in method(taps).items()})
+        return out
+
+    @staticmethod
+    def loss_names(method: str) -> tuple[str, ...]:
+        return {"fgfi": ("imitation",), "pkd": ("pkd",), "crosskd": ("crosskd_cls", "crosskd_box")}.get(
+            method, (method,))
+
+    def fgfi_state_compat(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A checkpoint written before the registry held the FGFI loss's own keys (``adapt.0.weight``)."""
+        if "fgfi" in self.methods and state and all(k.startswith("adapt.") for k in state):
+            return {f"methods.fgfi.loss.{k}": v for k, v in state.items()}
+        return state
+
+
+def build_distiller(cfgs: list[Any], student: nn.Module, teacher: nn.Module, anchors: Tensor,
+                    num_anchors: int = 9) -> Distiller:
+    """A :class:`Distiller` for ``cfgs`` (``DistillConfig`` items, each method at most once)."""
+    seen: dict[str, Any] = {}
+    for c in cfgs:
+        if c.method not in _REGISTRY:
+            raise ValueError(f"unknown distillation method '{c.method}' (known: {', '.join(list_distillers())})")
+        if c.method in seen:
+            raise ValueError(f"distillation method '{c.method}' is listed twice")
+        seen[c.method] = c
+    return Distiller({name: _REGISTRY[name](c, student, teacher, anchors, num_anchors) for name, c in seen.items()},
+                     seen)
