@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import RecipeError
 
 __all__ = [
-    "Recipe", "StageConfig", "DataConfig", "ModelConfig", "ScheduleConfig", "ImitationConfig",
+    "Recipe", "StageConfig", "DataConfig", "SplitFiles", "ModelConfig", "ScheduleConfig", "ImitationConfig",
     "PostprocessConfig", "EvalConfig", "TrainStage", "PruneStage", "QatStage", "PtqStage",
     "ExportStage", "BenchStage", "ModelFileStage", "load_recipe", "parse_recipe", "register_stage_schema",
     "stage_schemas", "apply_overrides",
@@ -62,11 +62,37 @@ class AugmentConfig(_Strict):
     flip: float = Field(0.5, ge=0, le=1)
 
 
+class SplitFiles(_Strict):
+    """Where a ``coco`` or ``voc`` set's splits are, relative to ``data.root`` (absolute paths kept).
+
+    COCO: one annotation JSON per split (default ``annotations/<split>.json``) and ``images``, the folder
+    the JSON's ``file_name`` is relative to (default ``images``; a mapping gives one folder per split).
+    VOC: one ``ImageSets/Main/<split>.txt`` id list per split (the default), ``Annotations/`` and
+    ``JPEGImages/`` beside it (``images`` overrides the image folder).
+    """
+
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    images: str | dict[str, str] | None = None
+
+
+#: data formats with a registered reader (compressdet.data.formats); kitti and synth share the KITTI reader
+DATA_FORMATS = ("kitti", "synth", "coco", "yolo", "voc")
+
+
 class DataConfig(_Strict):
-    format: Literal["kitti", "synth"] = "synth"
-    root: str | None = Field(None, description="KITTI root holding training/ and ImageSets/")
+    format: Literal["kitti", "synth", "coco", "yolo", "voc"] = "synth"
+    root: str | None = Field(None, description="KITTI/COCO/VOC root (kitti: holds training/ and ImageSets/)")
     train_split: str = "ImageSets/train.txt"
     val_split: str = "ImageSets/val.txt"
+    coco: SplitFiles | None = Field(None, description="coco: annotation JSON per split + image folder")
+    voc: SplitFiles | None = Field(None, description="voc: ImageSets/Main/<split>.txt per split")
+    yolo: str | None = Field(None, description="yolo: the Ultralytics dataset YAML (default <root>/data.yaml)")
+    class_map: dict[str, str | None] = Field(
+        default_factory=dict, description="coco/yolo/voc: source category -> model class (null drops it); "
+        "subset, rename, merge. Default: a category maps to the class of the same name (case-insensitive)")
+    skip_bad: bool = Field(False, description="count and log bad annotations/images instead of failing")
     image_size: tuple[int, int] = Field((384, 1248), description="model input, H x W; both divisible by 16")
     classes: list[str] = Field(default_factory=lambda: list(CLASS_NAMES))
     synth: SynthConfig = Field(default_factory=SynthConfig)
@@ -83,18 +109,27 @@ class DataConfig(_Strict):
             raise ValueError(f"both sides must be positive multiples of 16, got {v[0]}x{v[1]}")
         return v
 
-    @field_validator("classes")
-    @classmethod
-    def _classes(cls, v: list[str]) -> list[str]:
-        bad = [c for c in v if c not in CLASS_NAMES]
-        if bad or not v or len(set(v)) != len(v):
-            raise ValueError(f"classes must be distinct names from {list(CLASS_NAMES)}, got {v}")
-        return v
-
     @model_validator(mode="after")
     def _root(self) -> "DataConfig":
         if self.format == "kitti" and not self.root:
             raise ValueError("format 'kitti' needs data.root (a folder holding training/ and ImageSets/)")
+        v = self.classes
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"classes must be distinct names, got {v}")
+        if self.format in ("kitti", "synth"):
+            bad = [c for c in v if c not in CLASS_NAMES]
+            if bad:
+                raise ValueError(f"classes must be distinct names from {list(CLASS_NAMES)}, got {v}")
+            if self.class_map:
+                raise ValueError("class_map is for coco/yolo/voc data (KITTI maps Car, Pedestrian, Cyclist itself)")
+            return self
+        if self.format in ("coco", "voc") and not self.root:
+            raise ValueError(f"format '{self.format}' needs data.root (the folder its files are relative to)")
+        if self.format == "yolo" and not (self.root or self.yolo):
+            raise ValueError("format 'yolo' needs data.yolo (the dataset YAML) or data.root holding data.yaml")
+        bad = {k: t for k, t in self.class_map.items() if t is not None and t not in v}
+        if bad:
+            raise ValueError(f"class_map targets {sorted(set(bad.values()))} are not in data.classes {v}")
         return self
 
 
@@ -146,6 +181,8 @@ class PostprocessConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    metric: Literal["kitti", "coco"] | None = Field(
+        None, description="kitti (official-devkit AP) or coco (AP@[.5:.95]); default follows data.format")
     protocol: Literal["official", "seed"] = "official"
     max_images: int | None = Field(None, gt=0)
     batch_size: int = Field(8, gt=0)
