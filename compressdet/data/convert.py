@@ -135,6 +135,12 @@ def plot_size_histogram(st: dict[str, Any], path: str | Path) -> Path:
         bins = np.geomspace(max(1.0, min(allv)), max(allv) * 1.01 + 1, 30)
         ax.hist([per[c] for c in per], bins=bins, stacked=True, label=[f"{c} ({len(per[c])})" for c in per])
         ax.set_xscale("log")
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+        ax.xaxis.set_major_locator(FixedLocator([t for t in (4, 8, 16, 32, 64, 96, 128, 256, 512, 1024, 2048)
+                                                 if bins[0] / 1.5 <= t <= bins[-1] * 1.5]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         for x, name in ((32, "small | medium"), (96, "medium | large")):
             ax.axvline(x, color="k", ls="--", lw=0.8)
             ax.text(x, ax.get_ylim()[1] * 0.95, f" {name}", fontsize=8, va="top")
