@@ -69,12 +69,15 @@ register_format("voc", voc, "Annotations/*.xml, JPEGImages/, ImageSets/Main/<spl
 
 
 def source_config(fmt: str, root: str | Path, **data: Any):
-    """A :class:`~compressdet.recipe.DataConfig` reading ``root`` laid out as ``fmt`` writes it."""
+    """A :class:`~compressdet.recipe.DataConfig` reading ``root`` laid out as ``fmt`` writes it (a
+    SynthKITTI folder, ``synth``, is read as the KITTI folder it is)."""
     from ...recipe import DataConfig
 
     get_format(fmt)
-    return DataConfig.model_construct(**{**DataConfig().model_dump(), "format": fmt, "root": str(root),
-                                         "coco": None, "voc": None, "yolo": None, **data})
+    default = DataConfig()
+    fields = {k: getattr(default, k) for k in DataConfig.model_fields}
+    return DataConfig.model_construct(**{**fields, "format": "kitti" if fmt == "synth" else fmt, "root": str(root),
+                                         **data})
 
 
 def read_records(cfg: Any, split: str, *, issues: Issues | None = None, max_images: int | None = None
