@@ -755,7 +755,10 @@ def _check_paths(recipe: Recipe, errs: _Errors) -> None:
     if d.format == "kitti" and d.root:
         root = Path(d.root)
         if not root.is_dir():
-            errs.add(("data", "root"), f"folder '{d.root}' does not exist (put KITTI there or override data.root=PATH)")
+            from .data.verify import KITTI_HOWTO
+
+            errs.add(("data", "root"), f"folder '{d.root}' does not exist (put KITTI there or override "
+                     f"data.root=PATH); to get KITTI: {KITTI_HOWTO.replace('ROOT', d.root)}")
             return
         for field in ("train_split", "val_split"):
             p = root / getattr(d, field)
