@@ -51,7 +51,8 @@ def prepare_data(data_cfg: DataConfig) -> Path:
     if not (root / "training").is_dir():
         from .verify import KITTI_HOWTO
 
-        raise DataError(f"{root}: data.root: no KITTI here (no training/ folder): "
+        raise DataError(f"{root}: data.root: no 'training/' folder here (expected a KITTI root holding "
+                        "training/image_2, training/label_2 and ImageSets/); to get KITTI: "
                         + KITTI_HOWTO.replace("ROOT", str(root)))
     return root
 
