@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import RecipeError
 
@@ -77,10 +77,6 @@ class SplitFiles(_Strict):
     images: str | dict[str, str] | None = None
 
 
-#: data formats with a registered reader (compressdet.data.formats); kitti and synth share the KITTI reader
-DATA_FORMATS = ("kitti", "synth", "coco", "yolo", "voc")
-
-
 class DataConfig(_Strict):
     format: Literal["kitti", "synth", "coco", "yolo", "voc"] = "synth"
     root: str | None = Field(None, description="KITTI/COCO/VOC root (kitti: holds training/ and ImageSets/)")
@@ -89,12 +85,13 @@ class DataConfig(_Strict):
     coco: SplitFiles | None = Field(None, description="coco: annotation JSON per split + image folder")
     voc: SplitFiles | None = Field(None, description="voc: ImageSets/Main/<split>.txt per split")
     yolo: str | None = Field(None, description="yolo: the Ultralytics dataset YAML (default <root>/data.yaml)")
+    skip_bad: bool = Field(False, description="count and log bad annotations/images instead of failing")
+    image_size: tuple[int, int] = Field((384, 1248), description="model input, H x W; both divisible by 16")
+    classes: list[str] = Field(default_factory=lambda: list(CLASS_NAMES),
+                               description="the model's classes (kitti/synth: from car, pedestrian, cyclist)")
     class_map: dict[str, str | None] = Field(
         default_factory=dict, description="coco/yolo/voc: source category -> model class (null drops it); "
         "subset, rename, merge. Default: a category maps to the class of the same name (case-insensitive)")
-    skip_bad: bool = Field(False, description="count and log bad annotations/images instead of failing")
-    image_size: tuple[int, int] = Field((384, 1248), description="model input, H x W; both divisible by 16")
-    classes: list[str] = Field(default_factory=lambda: list(CLASS_NAMES))
     synth: SynthConfig = Field(default_factory=SynthConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cache: bool = Field(False, description="decode + resize once into a uint8 memmap cache")
@@ -109,27 +106,36 @@ class DataConfig(_Strict):
             raise ValueError(f"both sides must be positive multiples of 16, got {v[0]}x{v[1]}")
         return v
 
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("format", "synth") in ("kitti", "synth"):
+            bad = [c for c in v if c not in CLASS_NAMES]
+            if bad or not v or len(set(v)) != len(v):
+                raise ValueError(f"classes must be distinct names from {list(CLASS_NAMES)}, got {v}")
+        elif not v or len(set(v)) != len(v) or not all(isinstance(c, str) and c.strip() for c in v):
+            raise ValueError(f"classes must be distinct, non-empty names, got {v}")
+        return v
+
+    @field_validator("class_map")
+    @classmethod
+    def _class_map(cls, v: dict[str, str | None], info: ValidationInfo) -> dict[str, str | None]:
+        if v and info.data.get("format", "synth") in ("kitti", "synth"):
+            raise ValueError("class_map is for coco/yolo/voc data (KITTI maps Car, Pedestrian, Cyclist itself)")
+        classes = info.data.get("classes") or []
+        bad = sorted({t for t in v.values() if t is not None and t not in classes})
+        if bad:
+            raise ValueError(f"class_map targets {bad} are not in data.classes {classes}")
+        return v
+
     @model_validator(mode="after")
     def _root(self) -> "DataConfig":
         if self.format == "kitti" and not self.root:
             raise ValueError("format 'kitti' needs data.root (a folder holding training/ and ImageSets/)")
-        v = self.classes
-        if not v or len(set(v)) != len(v):
-            raise ValueError(f"classes must be distinct names, got {v}")
-        if self.format in ("kitti", "synth"):
-            bad = [c for c in v if c not in CLASS_NAMES]
-            if bad:
-                raise ValueError(f"classes must be distinct names from {list(CLASS_NAMES)}, got {v}")
-            if self.class_map:
-                raise ValueError("class_map is for coco/yolo/voc data (KITTI maps Car, Pedestrian, Cyclist itself)")
-            return self
         if self.format in ("coco", "voc") and not self.root:
             raise ValueError(f"format '{self.format}' needs data.root (the folder its files are relative to)")
         if self.format == "yolo" and not (self.root or self.yolo):
             raise ValueError("format 'yolo' needs data.yolo (the dataset YAML) or data.root holding data.yaml")
-        bad = {k: t for k, t in self.class_map.items() if t is not None and t not in v}
-        if bad:
-            raise ValueError(f"class_map targets {sorted(set(bad.values()))} are not in data.classes {v}")
         return self
 
 
