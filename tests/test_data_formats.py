@@ -261,3 +261,24 @@ def test_example_recipes_check(tmp_path, capsys):
     for name in ("coco_example.yaml", "yolo_example.yaml"):
         assert main(["recipe", "check", str(Path(__file__).resolve().parents[1] / "recipes" / name),
                      "--runs-root", str(tmp_path)]) == 0, capsys.readouterr()
+
+
+def test_every_format_gives_the_trainer_the_same_items(kitti29, tmp_path):
+    """KittiDataset on the real images == RecordDataset on their COCO/YOLO/VOC conversions (boxes, labels)."""
+    import torch
+
+    from compressdet.data import build_dataset
+    from compressdet.recipe import DataConfig
+
+    ref = build_dataset(DataConfig(format="kitti", root=str(kitti29), image_size=(64, 192), max_val_images=6),
+                        "val", train=False)
+    for fmt in FORMATS:
+        convert(kitti29, src_format="kitti", dst_format=fmt, out=tmp_path / fmt, splits=["val"])
+        where = {"yolo": {"yolo": str(tmp_path / fmt / "data.yaml")}}.get(fmt, {"root": str(tmp_path / fmt)})
+        ds = build_dataset(DataConfig(format=fmt, image_size=(64, 192), max_val_images=6, **where), "val", train=False)
+        assert ds.ids == ref.ids
+        for i in range(len(ds)):
+            (xa, ta), (xb, tb) = ref[i], ds[i]
+            assert torch.equal(xa, xb) and ta["orig_size"] == tb["orig_size"]
+            assert ta["labels"].tolist() == tb["labels"].tolist(), (fmt, ta["image_id"])
+            torch.testing.assert_close(ta["boxes"], tb["boxes"], atol=1e-3, rtol=0)
