@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import RecipeError
 
 __all__ = [
-    "Recipe", "StageConfig", "DataConfig", "ModelConfig", "ScheduleConfig", "ImitationConfig",
+    "Recipe", "StageConfig", "DataConfig", "SplitFiles", "ModelConfig", "ScheduleConfig", "ImitationConfig",
     "PostprocessConfig", "EvalConfig", "TrainStage", "PruneStage", "QatStage", "PtqStage",
     "ExportStage", "BenchStage", "ModelFileStage", "load_recipe", "parse_recipe", "register_stage_schema",
     "stage_schemas", "apply_overrides",
@@ -73,14 +73,37 @@ class AugmentConfig(_Strict):
     flip: float = Field(0.5, ge=0, le=1)
 
 
+class SplitFiles(_Strict):
+    """Where a ``coco`` or ``voc`` set's splits are, relative to ``data.root`` (absolute paths kept).
+
+    COCO: one annotation JSON per split (default ``annotations/<split>.json``) and ``images``, the folder
+    the JSON's ``file_name`` is relative to (default ``images``; a mapping gives one folder per split).
+    VOC: one ``ImageSets/Main/<split>.txt`` id list per split (the default), ``Annotations/`` and
+    ``JPEGImages/`` beside it (``images`` overrides the image folder).
+    """
+
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    images: str | dict[str, str] | None = None
+
+
 class DataConfig(_Strict):
-    format: Literal["kitti", "synth"] = "synth"
-    root: str | None = Field(None, description="KITTI root holding training/ and ImageSets/")
+    format: Literal["kitti", "synth", "coco", "yolo", "voc"] = "synth"
+    root: str | None = Field(None, description="KITTI/COCO/VOC root (kitti: holds training/ and ImageSets/)")
     train_split: str = "ImageSets/train.txt"
     val_split: str = "ImageSets/val.txt"
     test_split: str = Field("ImageSets/test.txt", description="held-out split: reported on, never selected on")
+    coco: SplitFiles | None = Field(None, description="coco: annotation JSON per split + image folder")
+    voc: SplitFiles | None = Field(None, description="voc: ImageSets/Main/<split>.txt per split")
+    yolo: str | None = Field(None, description="yolo: the Ultralytics dataset YAML (default <root>/data.yaml)")
+    skip_bad: bool = Field(False, description="count and log bad annotations/images instead of failing")
     image_size: tuple[int, int] = Field((384, 1248), description="model input, H x W; both divisible by 16")
-    classes: list[str] = Field(default_factory=lambda: list(CLASS_NAMES))
+    classes: list[str] = Field(default_factory=lambda: list(CLASS_NAMES),
+                               description="the model's classes (kitti/synth: from car, pedestrian, cyclist)")
+    class_map: dict[str, str | None] = Field(
+        default_factory=dict, description="coco/yolo/voc: source category -> model class (null drops it); "
+        "subset, rename, merge. Default: a category maps to the class of the same name (case-insensitive)")
     synth: SynthConfig = Field(default_factory=SynthConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cache: bool = Field(False, description="decode + resize once into a uint8 memmap cache")
@@ -98,16 +121,34 @@ class DataConfig(_Strict):
 
     @field_validator("classes")
     @classmethod
-    def _classes(cls, v: list[str]) -> list[str]:
-        bad = [c for c in v if c not in CLASS_NAMES]
-        if bad or not v or len(set(v)) != len(v):
-            raise ValueError(f"classes must be distinct names from {list(CLASS_NAMES)}, got {v}")
+    def _classes(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("format", "synth") in ("kitti", "synth"):
+            bad = [c for c in v if c not in CLASS_NAMES]
+            if bad or not v or len(set(v)) != len(v):
+                raise ValueError(f"classes must be distinct names from {list(CLASS_NAMES)}, got {v}")
+        elif not v or len(set(v)) != len(v) or not all(isinstance(c, str) and c.strip() for c in v):
+            raise ValueError(f"classes must be distinct, non-empty names, got {v}")
+        return v
+
+    @field_validator("class_map")
+    @classmethod
+    def _class_map(cls, v: dict[str, str | None], info: ValidationInfo) -> dict[str, str | None]:
+        if v and info.data.get("format", "synth") in ("kitti", "synth"):
+            raise ValueError("class_map is for coco/yolo/voc data (KITTI maps Car, Pedestrian, Cyclist itself)")
+        classes = info.data.get("classes") or []
+        bad = sorted({t for t in v.values() if t is not None and t not in classes})
+        if bad:
+            raise ValueError(f"class_map targets {bad} are not in data.classes {classes}")
         return v
 
     @model_validator(mode="after")
     def _root(self) -> "DataConfig":
         if self.format == "kitti" and not self.root:
             raise ValueError("format 'kitti' needs data.root (a folder holding training/ and ImageSets/)")
+        if self.format in ("coco", "voc") and not self.root:
+            raise ValueError(f"format '{self.format}' needs data.root (the folder its files are relative to)")
+        if self.format == "yolo" and not (self.root or self.yolo):
+            raise ValueError("format 'yolo' needs data.yolo (the dataset YAML) or data.root holding data.yaml")
         return self
 
 
@@ -198,6 +239,8 @@ class PostprocessConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    metric: Literal["kitti", "coco"] | None = Field(
+        None, description="kitti (official-devkit AP) or coco (AP@[.5:.95]); default follows data.format")
     protocol: Literal["official", "seed"] = "official"
     max_images: int | None = Field(None, gt=0)
     batch_size: int = Field(8, gt=0)
@@ -803,7 +846,10 @@ def _check_paths(recipe: Recipe, errs: _Errors) -> None:
     if d.format == "kitti" and d.root:
         root = Path(d.root)
         if not root.is_dir():
-            errs.add(("data", "root"), f"folder '{d.root}' does not exist (put KITTI there or override data.root=PATH)")
+            from .data.verify import KITTI_HOWTO
+
+            errs.add(("data", "root"), f"folder '{d.root}' does not exist (put KITTI there or override "
+                     f"data.root=PATH); to get KITTI: {KITTI_HOWTO.replace('ROOT', d.root)}")
             return
         for field in ("train_split", "val_split"):
             p = root / getattr(d, field)

@@ -73,7 +73,12 @@ CASES = {
                           "{f}:4: data.image_size: both sides must be positive multiples of 16, got 60x192"),
     "missing_data_root": (BASE.replace("format: synth", "format: kitti\n  root: /nonexistent/kitti"), [],
                           "{f}:4: data.root: folder '/nonexistent/kitti' does not exist (put KITTI there or override "
-                          "data.root=PATH)"),
+                          "data.root=PATH); to get KITTI: download 'left color images of object data set' (12 GB) "
+                          "and 'training labels of object data set' from "
+                          "https://www.cvlibs.net/datasets/kitti/eval_object.php, unzip both into /nonexistent/kitti "
+                          "(giving /nonexistent/kitti/training/image_2 and /nonexistent/kitti/training/label_2), then "
+                          "check it with 'compressdet data kitti --verify /nonexistent/kitti' (it also writes the "
+                          "MSCNN train/val split)"),
     "override_bad_stage": (BASE, ["stages.studnt.schedule.steps=3"],
                            "{f}: override 'stages.studnt.schedule.steps=3': stages.studnt: no stage named 'studnt' "
                            "(did you mean 'student'?)"),
@@ -113,7 +118,7 @@ def test_every_error_is_reported(tmp_path):
     lines = str(e.value).splitlines()
     assert lines == ["r.yaml:9: stages[0].shedule: unknown key 'shedule' (did you mean 'schedule'?)",
                      "r.yaml:10: stages[0].bogus: unknown key 'bogus' (valid keys: name, kind, from, teacher, model, "
-                     "schedule, imitation, postprocess, eval)"]
+                     "schedule, imitation, distill, postprocess, eval)"]
 
 
 def test_overrides_by_stage_name_index_and_yaml_values(tmp_path):

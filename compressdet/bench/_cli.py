@@ -55,7 +55,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                         runs=args.runs, warmup=args.warmup, batch_sizes=parse_ints(args.batch_sizes, "--batch-sizes"),
                         threads=args.threads, val=args.val,
                         stages=[s for s in args.stages.split(",") if s] if args.stages else None,
-                        protocol=args.protocol)
+                        protocol=args.protocol, metric=args.metric)
     if args.runs <= 0:
         raise UserError("--runs must be positive")
     out = args.out or Path(run_dir) / "bench"
@@ -84,6 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True, help="evaluate mAP on val")
     p.add_argument("--stages", default=None, help="comma-separated stages to measure (default: all model stages)")
     p.add_argument("--protocol", choices=("official", "seed"), default="official", help="KITTI AP protocol")
+    p.add_argument("--metric", choices=("kitti", "coco"), default=None,
+                   help="KITTI AP or COCO AP (default: follows the run's data.format)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/bench)")
     p.add_argument("--runs-root", type=Path, default=Path("runs"), help="where to look for the latest run")
     p.set_defaults(func=_cmd_bench)

@@ -9,12 +9,28 @@ from typing import Any
 from .._io import atomic_path, atomic_write_json, atomic_write_text
 from ..eval.table import size_cells
 
-__all__ = ["table_rows", "markdown_report", "write_reports", "pareto_plot", "print_table", "COLUMNS"]
+__all__ = ["table_rows", "markdown_report", "write_reports", "pareto_plot", "print_table", "COLUMNS", "COCO_COLUMNS",
+           "columns"]
 
 _CLASSES = ("car", "pedestrian", "cyclist")
 _LEVELS = ("easy", "moderate", "hard")
 COLUMNS = ["model", "FLOPs", "params", "car E/M/H", "ped E/M/H", "cyc E/M/H", "mAP", "size", "weights",
            "latency b1", "delta vs ref"]
+#: the table's columns when the metric is COCO AP (coco/yolo/voc data, or eval.metric: coco)
+COCO_COLUMNS = ["model", "FLOPs", "params", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "size", "weights",
+                "latency b1", "delta vs ref"]
+_COCO_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100")
+
+
+def columns(report: dict[str, Any]) -> list[str]:
+    """The table's columns: the seed's KITTI columns, or COCO's when the report's metric is coco."""
+    return COCO_COLUMNS if report.get("metric") == "coco" else COLUMNS
+
+
+def _coco_cells(ev: dict[str, Any] | None) -> list[str]:
+    if not ev:
+        return ["-"] * len(_COCO_KEYS)
+    return ["-" if ev.get(k) is None else f"{ev[k]:.1f}" for k in _COCO_KEYS]
 
 
 def _ap_cells(ev: dict[str, Any] | None, metric: str) -> list[str]:
@@ -81,23 +97,29 @@ def _qat_vs_ptq_line(q: dict[str, Any]) -> str:
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    """Cells per row, in :data:`COLUMNS` order (AP per class as E/M/H, FLOPs = backbone MACs)."""
+    """Cells per row, in :func:`columns` order (KITTI: AP per class as E/M/H; COCO: AP, AP50, AP75,
+    AP small/medium/large, AR100; FLOPs = backbone MACs)."""
     metric = "ap11" if report.get("protocol") == "seed" else "ap40"
+    coco = report.get("metric") == "coco"
     out = []
     for r in report["rows"]:
-        out.append([r["label"], *size_cells(r), *_ap_cells(r.get("eval"), metric),
+        ap = _coco_cells(r.get("eval")) if coco else _ap_cells(r.get("eval"), metric)
+        out.append([r["label"], *size_cells(r), *ap,
                     f"{r['file_bytes'] / 1e6:.2f} MB", _weights(r), _lat(r), _delta(r)])
     return out
 
 
 def markdown_report(report: dict[str, Any]) -> str:
     """The markdown text of report.md."""
+    cols = columns(report)
+    ap_text = ("AP: COCO box AP@[.5:.95] (AP50, AP75 at one IoU; APs/APm/APl by area < 32^2, < 96^2, larger; "
+               "AR100)" if report.get("metric") == "coco" else
+               f"AP: KITTI {report.get('protocol')} protocol ({'AP11' if report.get('protocol') == 'seed' else 'AP40'})")
     lines = [f"# Benchmark: {report['run_dir']}", "",
              f"FLOPs = backbone multiply-adds at the input size; params include BN statistics and the head. "
-             f"AP: KITTI {report.get('protocol')} protocol ({'AP11' if report.get('protocol') == 'seed' else 'AP40'}), "
-             f"val split. Latency: median/p90 ms at batch 1 over {report['runs']} runs after {report['warmup']} "
+             f"{ap_text}, val split. Latency: median/p90 ms at batch 1 over {report['runs']} runs after {report['warmup']} "
              f"warm-up, {report['threads']} threads, {report['device']}.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table_rows(report)]
     lines += ["", "## Latency per backend and batch size (median / p90 ms)", "",
               "| model | backend | " + " | ".join(f"batch {b}" for b in report["batch_sizes"]) + " |",
@@ -187,7 +209,7 @@ def print_table(report: dict[str, Any], console: Any = None) -> None:
     # piped output (make demo, CI logs) gets a wide table instead of rich's 80-column default
     console = console or Console(width=None if sys.stdout.isatty() else 200)
     t = Table(title=f"compressdet bench: {report['run_dir']}")
-    for c in COLUMNS:
+    for c in columns(report):
         t.add_column(c, overflow="fold")
     for row in table_rows(report):
         t.add_row(*row)

@@ -20,6 +20,7 @@ import torch
 
 from .._io import sha256_file
 from ..errors import MissingDependencyError, UserError
+from ..eval.evaluator import resolve_metric
 from ..export.formats import backend_format
 from .latency import measure_cuda_latency, measure_latency, set_threads
 
@@ -64,6 +65,8 @@ class BenchOptions:
     stages: list[str] | None = None
     postprocess: dict[str, Any] = field(default_factory=dict)
     protocol: str = "official"
+    #: "kitti" | "coco" | None: the data's own (kitti for kitti/synth, coco for coco/yolo/voc)
+    metric: str | None = None
     max_images: int | None = None
     #: a backend whose dependency is absent (tensorrt without the package or CUDA) is skipped with a
     #: note and ``{"skipped": reason}`` in the report instead of raising MissingDependencyError; the
@@ -135,7 +138,7 @@ def collect_variants(run_dir: Path, stages: list[str] | None = None) -> list[Var
             q = Variant(n, rec.get("kind", "?"), floats[n], "int8", arts[floats[n]]["model"], files,
                         quantization_label(rec.get("kind"), rec.get("meta")), quant_stage=True,
                         stage_metrics={k: rec.get("metrics", {}).get(k) for k in
-                                       ("map40", "map11", "ort_map40", "ort_map11", "graph")})
+                                       ("map40", "map11", "ort_map40", "ort_map11", "primary", "ort_primary", "graph")})
             out.append(q)
             continue
         files = dict(exports.get(n, {}))
@@ -276,27 +279,17 @@ def _time_tensorrt(runner: Any, size: tuple[int, int], batch: int, opts: BenchOp
 # ------------------------------------------------------------------------------------------------
 def _evaluate(run: Callable[[np.ndarray], np.ndarray], batch: int, recipe: Any, image_size: tuple[int, int],
               num_classes: int, opts: BenchOptions) -> dict[str, Any]:
-    """KITTI AP of ``run`` on the run's val split (outputs decoded by the same PostProcessor)."""
-    from ..data import build_dataset, load_ground_truth
-    from ..eval import evaluate_kitti, predictions_to_kitti
+    """AP of ``run`` on the run's val split (outputs decoded by the same PostProcessor), by the data's
+    metric (``opts.metric``): the evaluation loop the trainer and the quant stages use."""
+    from ..eval.evaluator import DetectionEvaluator
     from ..models.postprocess import PostProcessor
 
     cfg = recipe.data.model_copy(update={"image_size": tuple(image_size)})
     if opts.max_images:
         cfg = cfg.model_copy(update={"max_val_images": opts.max_images})
-    ds = build_dataset(cfg, "val", train=False)
-    gt, _ = load_ground_truth(cfg, "val")
     pp = PostProcessor(image_size, num_classes=num_classes, **opts.postprocess)
-    dets: dict[str, list] = {}
-    for i in range(0, len(ds), batch):
-        items = [ds[j] for j in range(i, min(i + batch, len(ds)))]
-        x = torch.stack([it[0] for it in items]).float().numpy()
-        head = torch.from_numpy(np.asarray(run(x)))
-        out = pp(head, orig_sizes=[it[1]["orig_size"] for it in items])
-        for it, d in zip(items, out):
-            dets[it[1]["image_id"]] = predictions_to_kitti(d, cfg.classes)
-    gt = {k: gt[k] for k in dets}
-    return evaluate_kitti(gt, dets, protocol=opts.protocol, classes=tuple(cfg.classes))
+    ev = DetectionEvaluator(cfg, post=pp, split="val", metric=opts.metric, protocol=opts.protocol, batch_size=batch)
+    return ev(lambda x: torch.from_numpy(np.asarray(run(x.float().numpy()))))
 
 
 def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, recipe: Any = None,
@@ -433,20 +426,22 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
             batch = 1 if shape is not None and isinstance(shape[0], int) else 8
             res = _evaluate(fn, batch, recipe, msize, int(getattr(model, "num_classes", 3)), opts)
             row["eval"], row["eval_backend"] = res, eval_backend
-            key = "map11" if opts.protocol == "seed" else "map40"
-            log(f"  mAP ({opts.protocol}, {eval_backend}): {res[key]:.2f}")
+            key = map_key(res["metric"], opts.protocol)
+            log(f"  {_metric_label(res['metric'], opts.protocol)} ({eval_backend}): {res[key]:.2f}")
             if "tensorrt" in runners:  # the engine's own accuracy (fp16 / INT8 kernels), same PostProcessor
                 trt = runners["tensorrt"][0]
                 tres = _evaluate(trt, min(8, trt.max_batch), recipe, msize, int(getattr(model, "num_classes", 3)),
                                  opts)
                 row["eval_by_backend"] = {eval_backend: res, "tensorrt": tres}
-                log(f"  mAP ({opts.protocol}, tensorrt): {tres[key]:.2f}")
+                log(f"  {_metric_label(res['metric'], opts.protocol)} (tensorrt): {tres[key]:.2f}")
         rows.append(row)
     _deltas(rows, opts.protocol)
+    metric = next((r["eval"]["metric"] for r in rows if r.get("eval")), None) or \
+        (resolve_metric(recipe.data, metric=opts.metric) if recipe is not None else "kitti")
     report = {"run_dir": str(run_dir), "threads": threads, "backends": list(opts.backends),
               "batch_sizes": list(opts.batch_sizes), "runs": opts.runs, "warmup": opts.warmup,
               "protocol": opts.protocol, "device": "cpu", "torch": torch.__version__,
-              "map_key": "map11" if opts.protocol == "seed" else "map40",
+              "metric": metric, "map_key": map_key(metric, opts.protocol),
               "rows": rows, "qat_vs_ptq": _qat_vs_ptq(rows, opts.protocol), "notes": notes,
               "skipped_backends": unavailable}
     if "tensorrt" in opts.backends and "tensorrt" not in unavailable:
@@ -471,10 +466,22 @@ def best_latency(row: dict[str, Any], batch: int = 1) -> tuple[str | None, float
     return best
 
 
+def map_key(metric: str | None, protocol: str) -> str:
+    """The result key a row's mAP is read from: KITTI ``map40`` (``map11`` with the seed protocol), COCO ``ap``."""
+    if metric == "coco":
+        return "ap"
+    return "map11" if protocol == "seed" else "map40"
+
+
+def _metric_label(metric: str, protocol: str) -> str:
+    return "COCO AP@[.5:.95]" if metric == "coco" else f"mAP ({protocol})"
+
+
 def row_map(row: dict[str, Any], protocol: str) -> float | None:
     if not row.get("eval"):
         return None
-    return float(row["eval"]["map11" if protocol == "seed" else "map40"])
+    v = row["eval"].get(map_key(row["eval"].get("metric"), protocol))
+    return None if v is None else float(v)
 
 
 def _pct(a: float | None, b: float | None) -> float | None:

@@ -1,8 +1,9 @@
-"""Data: KITTI reader, the seed's augmentation, loaders and SynthKITTI (the embedded default).
+"""Data: format readers (kitti, synth, coco, yolo, voc: ``compressdet.data.formats``), the seed's
+augmentation, loaders, SynthKITTI (the embedded default), conversion and KITTI verification.
 
 Public API (docs/architecture.md, ``compressdet.data``): :func:`prepare_data`,
 :func:`build_dataset`, :func:`collate`, :func:`build_loader`, :func:`load_ground_truth`,
-:func:`to_original`.
+:func:`to_original`; ``formats.read_records`` / ``records.load_box_ground_truth`` for any format.
 """
 
 from .dataset import (

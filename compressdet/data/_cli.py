@@ -1,4 +1,5 @@
-"""``compressdet data ...`` commands: ``data synth`` writes a SynthKITTI set."""
+"""``compressdet data ...`` commands: ``data synth`` writes a SynthKITTI set; ``data convert`` between
+formats; ``data stats`` (counts, size histogram PNG); ``data kitti --verify`` (sha256 of a download)."""
 
 from __future__ import annotations
 
@@ -57,8 +58,80 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+_FORMATS = ("coco", "yolo", "voc", "kitti")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    rep = convert(args.src, src_format=args.from_, dst_format=args.to, out=args.out, skip_bad=args.skip_bad,
+                  drop_ignore=args.drop_ignore, splits=args.split or None)
+    splits = ", ".join(f"{s} {n}" for s, n in rep["splits"].items())
+    print(f"wrote {args.out} ({args.to}): {rep['images']} images ({splits}), {rep['boxes']} boxes, "
+          f"{len(rep['categories'])} categories ({', '.join(rep['categories'])})")
+    if rep["dropped_ignore_regions"]:
+        print(f"dropped {rep['dropped_ignore_regions']} ignore regions (DontCare/crowd/difficult) "
+              + ("(--drop-ignore)" if args.drop_ignore else f"({args.to} has no ignore regions)"))
+    if rep["skipped"]:
+        print("skipped (--skip-bad): " + ", ".join(f"{n} {k}" for k, n in rep["skipped"].items()))
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .._io import atomic_write_json
+    from .convert import open_source, plot_size_histogram, stats
+    from .formats import Issues
+
+    cfg = open_source(args.dir, args.format, skip_bad=args.skip_bad)
+    st = stats(cfg, Issues(args.skip_bad), args.split or None)
+    for s, sp in st["splits"].items():
+        per = ", ".join(f"{c} {n}" for c, n in sp["boxes_per_class"].items()) or "none"
+        sizes = ", ".join(f"{k} ({n})" for k, n in list(sp["image_sizes"].items())[:3])
+        print(f"{s}: {sp['images']} images, {sp['boxes']} boxes ({per}), {sp['ignore_regions']} ignore regions; "
+              f"image sizes {sizes}")
+    if st["skipped"]:
+        print("skipped (--skip-bad): " + ", ".join(f"{n} {k}" for k, n in st["skipped"].items()))
+    png = plot_size_histogram(st, args.png)
+    print(f"wrote {png} (box size histogram)")
+    if args.json:
+        atomic_write_json(args.json, {k: v for k, v in st.items()} | {"splits": {
+            s: {k: v for k, v in sp.items() if k != "box_sizes"} for s, sp in st["splits"].items()}})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_kitti(args: argparse.Namespace) -> int:
+    from ..errors import DataError
+    from .verify import verify_kitti
+
+    if not args.verify:
+        raise UserError("data kitti: pass --verify DIR (checks a KITTI download against the original sha256)")
+    root = Path(args.verify)
+    if not (root / "training").is_dir():
+        raise DataError(f"{root}: no training/ folder (expected ROOT/training/image_2 and ROOT/training/label_2)")
+
+    def progress(i: int, n: int) -> None:
+        if i == n or i % 500 == 0:
+            print(f"\rchecked {i}/{n} files", end="\n" if i == n else "", flush=True)
+
+    rep = verify_kitti(root, write_split=not args.no_split, progress=progress if args.progress else None)
+    for kind in ("missing", "corrupt"):
+        for rel in rep[kind][: args.show]:
+            print(f"{kind}: {root / rel}")
+        if len(rep[kind]) > args.show:
+            print(f"... and {len(rep[kind]) - args.show} more {kind} (all of them: --show N)")
+    for p in rep["split_written"]:
+        print(f"wrote {p} (MSCNN split)")
+    line = (f"{root}: {rep['ok']} of {rep['checked']} files match the original KITTI training set, "
+            f"{len(rep['missing'])} missing, {len(rep['corrupt'])} corrupt")
+    if rep["missing"] or rep["corrupt"]:
+        raise DataError(line + " (re-download or re-extract those files)")
+    print(line + " (all good)")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="data sets: generate SynthKITTI",
+    data = subparsers.add_parser("data", help="data sets: SynthKITTI, convert, stats, KITTI verify",
                                  description="Data set tools.")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     s = sub.add_parser("synth", help="write a SynthKITTI set (KITTI layout, synthetic pixels)",
@@ -78,3 +151,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--oversample", action="append", default=[], metavar="TYPE=FACTOR",
                    help="draw layouts/objects of a type more often, e.g. Cyclist=3 (repeatable)")
     s.set_defaults(func=_cmd_synth)
+
+    c = sub.add_parser("convert", help="convert a data set between coco, yolo, voc and kitti",
+                       description="Read every split (train/val/test) of SRC and write it to DIR in another format. "
+                       "Layouts: coco = annotations/<split>.json + images/; yolo = data.yaml + images/<split>, "
+                       "labels/<split>; voc = Annotations/, JPEGImages/, ImageSets/Main/<split>.txt; kitti = "
+                       "training/image_2, training/label_2, ImageSets/<split>.txt. Ignore regions (KITTI DontCare, "
+                       "COCO iscrowd, VOC difficult) are kept where the target has them, else dropped with a count.")
+    c.add_argument("src", type=Path, help="source folder (yolo: the folder holding data.yaml, or the YAML)")
+    c.add_argument("--from", dest="from_", choices=_FORMATS + ("synth",), required=True)
+    c.add_argument("--to", choices=_FORMATS, required=True)
+    c.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
+    c.add_argument("--split", action="append", default=[], choices=("train", "val", "test"),
+                   help="only this split (repeatable; default: every split present)")
+    c.add_argument("--skip-bad", action="store_true", help="skip bad annotations/images (counted, logged) instead "
+                   "of stopping at the first")
+    c.add_argument("--drop-ignore", action="store_true", help="drop ignore regions (DontCare/crowd) with a count")
+    c.set_defaults(func=_cmd_convert)
+    st = sub.add_parser("stats", help="images, boxes per class, box-size histogram (PNG)",
+                        description="Count images and boxes per class and split; plot box sizes (sqrt of area).")
+    st.add_argument("dir", type=Path)
+    st.add_argument("--format", choices=_FORMATS + ("synth",), required=True)
+    st.add_argument("--png", type=Path, default=Path("data_stats.png"), help="histogram PNG (default data_stats.png)")
+    st.add_argument("--json", type=Path, default=None, help="also write the counts as JSON")
+    st.add_argument("--split", action="append", default=[], choices=("train", "val", "test"))
+    st.add_argument("--skip-bad", action="store_true")
+    st.set_defaults(func=_cmd_stats)
+    k = sub.add_parser("kitti", help="check a KITTI download (sha256 of all 7,481 training images and labels)",
+                       description="Compare ROOT/training/image_2/*.png and label_2/*.txt with the sha256 of the "
+                       "original KITTI object training set (shipped with compressdet); report missing and corrupt "
+                       "files; write the MSCNN train/val split to ROOT/ImageSets/ if absent. Exit 2 when any file "
+                       "is missing or corrupt.")
+    k.add_argument("--verify", type=Path, metavar="ROOT", required=True)
+    k.add_argument("--no-split", action="store_true", help="do not write ImageSets/{train,val}.txt")
+    k.add_argument("--show", type=int, default=20, help="list at most N missing/corrupt files of each kind")
+    k.add_argument("--progress", action="store_true", help="print progress while hashing")
+    k.set_defaults(func=_cmd_kitti)

@@ -45,10 +45,15 @@ def prepare_data(data_cfg: DataConfig) -> Path:
         from .synth import ensure_synth
 
         return ensure_synth(data_cfg.synth)
+    if data_cfg.format != "kitti":  # coco / yolo / voc: files are checked by their reader
+        return Path(data_cfg.root or Path(data_cfg.yolo).parent).expanduser()
     root = Path(data_cfg.root).expanduser()
     if not (root / "training").is_dir():
+        from .verify import KITTI_HOWTO
+
         raise DataError(f"{root}: data.root: no 'training/' folder here (expected a KITTI root holding "
-                        "training/image_2, training/label_2 and ImageSets/)")
+                        "training/image_2, training/label_2 and ImageSets/); to get KITTI: "
+                        + KITTI_HOWTO.replace("ROOT", str(root)))
     return root
 
 
@@ -145,8 +150,13 @@ class KittiDataset(Dataset):
 def build_dataset(data_cfg: DataConfig, split: str, *, train: bool, seed: int = 0) -> KittiDataset:
     """The dataset of ``split`` ("train" | "val" | "test"); ``train=True`` turns augmentation on.
 
-    Honours ``max_<split>_images`` (first N ids) and ``data.cache``.
+    Honours ``max_<split>_images`` (first N ids) and ``data.cache``. coco, yolo and voc data come
+    through their format readers (``records.RecordDataset``, same items).
     """
+    if data_cfg.format not in ("kitti", "synth"):
+        from .records import build_record_dataset
+
+        return build_record_dataset(data_cfg, split, train=train, seed=seed)
     root, ids = split_ids(data_cfg, split)
     cache = None
     if data_cfg.cache:
@@ -243,7 +253,12 @@ def load_ground_truth(data_cfg: DataConfig, split: str, max_images: int | None =
     """All objects (DontCare included) in original pixels, and each image's (H, W), for evaluation.
 
     Covers the same ids as ``build_dataset(data_cfg, split, ...)`` unless ``max_images`` is given.
+    KITTI layout only (kitti, synth): other formats have no KITTI fields; see
+    ``records.load_box_ground_truth``.
     """
+    if data_cfg.format not in ("kitti", "synth"):
+        raise DataError(f"data.format '{data_cfg.format}': KITTI ground truth (truncation, occlusion) exists only "
+                        "for kitti/synth data; evaluate it with eval.metric: coco")
     root, ids = split_ids(data_cfg, split, max_images)
     gt, sizes = {}, {}
     for i in ids:

@@ -100,9 +100,10 @@ class EvalHook(HookBase):
 
 
 class BestCheckpointer(HookBase):
-    """Writes ``best.pt`` (model weights) when the watched metric (val mAP40) improves."""
+    """Writes ``best.pt`` (model weights) when the watched metric improves: the evaluator's ``primary``
+    value (KITTI mAP40, COCO AP), or ``map40`` for an ``evaluate_fn`` that gives no ``primary``."""
 
-    def __init__(self, path: Path, metric: str = "map40") -> None:
+    def __init__(self, path: Path, metric: str = "primary") -> None:
         self.path, self.metric = Path(path), metric
         self.best: float = -math.inf
         self.best_step: int | None = None
@@ -111,9 +112,10 @@ class BestCheckpointer(HookBase):
     def after_step(self) -> None:
         t = self.trainer
         result = t.storage.get("eval")
-        if t.rank != 0 or not result or self.metric not in result:
+        key = self.metric if result and self.metric in result else "map40"
+        if t.rank != 0 or not result or result.get(key) is None:
             return
-        value = float(result[self.metric])
+        value = float(result[key])
         if value > self.best or self.best_step is None:
             self.best, self.best_step = value, t.iter + 1
             self.best_result = {k: v for k, v in result.items() if k != "images"}
@@ -207,6 +209,8 @@ class ProgressHook(HookBase):
             result = t.storage.get("eval")
             if result and "map40" in result:
                 info += f" | mAP40 {result['map40']:.2f}"
+            elif result and result.get("metric") == "coco":
+                info += f" | COCO AP {result['primary']:.2f}"
             self.progress.update(self.task, completed=done, info=info)
 
     def after_train(self) -> None:

@@ -2,8 +2,8 @@
 
 The train, prune and qat stages all train the same way; :func:`fit_stage` is the one place that
 wires a recipe's data/schedule/imitation/eval settings to :class:`~compressdet.engine.Trainer`.
-:func:`build_evaluate_fn` is the validation used for best-checkpoint selection (KITTI mAP40 of
-PostProcessor detections against ``load_ground_truth``).
+:func:`build_evaluate_fn` is the validation used for best-checkpoint selection (the ``primary`` value
+of the data's metric: KITTI mAP40 or COCO AP).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ __all__ = ["build_evaluate_fn", "fit_stage", "load_teacher"]
 def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess: PostprocessConfig,
                       device: str | torch.device = "cpu", viz_dir: str | Path | None = None,
                       mask_psi: float | None = None) -> Callable[[nn.Module, int], dict[str, Any]]:
-    """``fn(model, step) -> {"map40", "map11", "ap": {cls: {level: ap40}}, "images"}`` on the val split.
+    """``fn(model, step) -> {"metric", "primary", "map40", "map11", "ap": {cls: {level: ap40}}, "images"}``
+    on the val split (KITTI metric; with COCO: ``metric``, ``primary``, ``ap``, ``ap50``, ... ``ar100``
+    and ``images``), through :class:`compressdet.eval.evaluator.DetectionEvaluator`.
 
     Ground truth is read once; ``eval.max_images`` (or ``data.max_val_images``) limits the images.
     ``images`` holds up to ``eval.num_images_logged`` detection drawings (HWC uint8) when
@@ -32,22 +34,15 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
     ``mask_psi`` (a student that imitates) the same images also get the imitation mask of their
     ground truth drawn over the model input (``mask_<id>``), so one can see where imitation acts.
     """
-    from ..data import build_dataset, build_loader, load_ground_truth
-    from ..eval import evaluate_kitti, predictions_to_kitti
+    from ..eval.evaluator import DetectionEvaluator
     from ..models.postprocess import PostProcessor
 
-    dataset = build_dataset(data_cfg, "val", train=False)
-    limit = eval_cfg.max_images
-    if limit is not None and limit < len(dataset):
-        dataset = torch.utils.data.Subset(dataset, range(limit))
-    if len(dataset) == 0:
-        raise UserError("the val split is empty: nothing to evaluate (check data.val_split)")
-    loader = build_loader(dataset, batch_size=eval_cfg.batch_size, train=False, seed=0,
-                          num_workers=data_cfg.num_workers, pin_memory=torch.device(device).type == "cuda")
-    gt_all, _ = load_ground_truth(data_cfg, "val")
     classes = tuple(data_cfg.classes)
     hw = tuple(data_cfg.image_size)
     post = PostProcessor.from_config(hw, postprocess, num_classes=len(classes))
+    ev = DetectionEvaluator(data_cfg, post=post, split="val", eval_cfg=eval_cfg, protocol=eval_cfg.protocol,
+                            batch_size=eval_cfg.batch_size, num_workers=data_cfg.num_workers,
+                            max_images=eval_cfg.max_images, pin_memory=torch.device(device).type == "cuda")
     mask_args = None  # (anchors, anchors per cell, psi) for the imitation-mask drawings
     if mask_psi is not None:
         from ..models.anchors import SEED_ANCHOR_SHAPES, generate_anchors
@@ -55,25 +50,25 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
         mask_args = (generate_anchors(hw), len(SEED_ANCHOR_SHAPES), mask_psi)
     dev = torch.device(device)
 
-    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
-
     def evaluate(model: nn.Module, step: int) -> dict[str, Any]:
-        dets: dict[str, list] = {}
         inputs: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (id, model input, GT boxes) to draw masks
-        for images, targets in loader:
-            out = model(images.to(dev)).float()
-            preds = post(out, [t["orig_size"] for t in targets])
-            for j, (t, p) in enumerate(zip(targets, preds)):
-                dets[t["image_id"]] = predictions_to_kitti({k: v.cpu() for k, v in p.items()}, classes)
+
+        def keep_inputs(images: torch.Tensor, targets: list[dict]) -> None:
+            for j, t in enumerate(targets):
                 if mask_args is not None and len(inputs) < eval_cfg.num_images_logged:
                     inputs.append((t["image_id"], images[j], t["boxes"]))
-        gt = {i: gt_all[i] for i in dets}
-        res = evaluate_kitti(gt, dets, protocol=eval_cfg.protocol, classes=classes)
-        result: dict[str, Any] = {"map40": float(res["map40"]), "map11": float(res["map11"]),
-                                  "ap": {c: {lvl: float(v["ap40"]) for lvl, v in lv.items()}
-                                         for c, lv in res["ap"].items()}}
+
+        dets = ev.predict(lambda x: model(x.to(dev)).float(), on_batch=keep_inputs)
+        res = ev.score(dets)
+        if res["metric"] == "kitti":
+            result: dict[str, Any] = {"metric": "kitti", "primary": float(res["map40"]),
+                                      "map40": float(res["map40"]), "map11": float(res["map11"]),
+                                      "ap": {c: {lvl: float(v["ap40"]) for lvl, v in lv.items()}
+                                             for c, lv in res["ap"].items()}}
+        else:
+            result = {k: v for k, v in res.items() if k not in ("images", "detections")}
         shown = list(dets)[: eval_cfg.num_images_logged]
-        result["images"] = _draw(base, shown, gt, dets, step, viz_dir)
+        result["images"] = _draw(ev, shown, step, viz_dir)
         if inputs:
             result["images"].update(_draw_masks(inputs, *mask_args, step, viz_dir))
         return result
@@ -81,8 +76,7 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
     return evaluate
 
 
-def _draw(dataset: Any, ids: list[str], gt: dict, dets: dict, step: int,
-          viz_dir: str | Path | None) -> dict[str, np.ndarray]:
+def _draw(ev: Any, ids: list[str], step: int, viz_dir: str | Path | None) -> dict[str, np.ndarray]:
     """Ground truth and detections drawn on the original images (for tensorboard and ``viz_dir``)."""
     if not ids:
         return {}
@@ -91,8 +85,8 @@ def _draw(dataset: Any, ids: list[str], gt: dict, dets: dict, step: int,
 
     out: dict[str, np.ndarray] = {}
     for image_id in ids:
-        rgb = read_image(dataset.image_path(image_id)).permute(1, 2, 0).numpy()
-        arr = draw_detections(rgb, gt.get(image_id, []), dets[image_id], score_thresh=0.1)
+        rgb = read_image(ev.base.image_path(image_id)).permute(1, 2, 0).numpy()
+        arr = draw_detections(rgb, ev.gt_objects(image_id), ev.det_objects(image_id), score_thresh=0.1)
         out[image_id] = arr
         if viz_dir is not None:
             _save_png(arr, Path(viz_dir) / f"step{step:06d}_{image_id}.png")

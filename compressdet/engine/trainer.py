@@ -180,7 +180,8 @@ class Trainer(TrainerBase):
         train_loader: endless loader of ``(images, targets)``, per-process batch
             ``schedule.batch_size / world_size``; its sampler's ``set_position``/``state_dict``
             (``compressdet.data.InfiniteSampler``) make resume exact.
-        evaluate_fn: ``evaluate_fn(model, step) -> dict`` with at least ``map40`` (rank 0 only);
+        evaluate_fn: ``evaluate_fn(model, step) -> dict`` with ``primary`` (the metric best.pt follows:
+            KITTI mAP40, COCO AP) or at least ``map40`` (rank 0 only);
             ``images`` (name -> HWC uint8) go to tensorboard. None: no evaluation, best = last.
         teacher: frozen model with ``forward_with_features`` (needed when imitation weight > 0).
         imitation: ``ImitationConfig`` (the seed's fgfi) or a list of ``DistillConfig`` (any registered
@@ -411,8 +412,8 @@ class Trainer(TrainerBase):
     def fit(self, resume_from: str | Path | None = None) -> dict[str, Any]:
         """Train to ``schedule.steps`` (continuing ``resume_from`` if given); returns a summary.
 
-        Summary keys: steps, best_map40, best_step, final_losses, train_img_per_s, eval (last),
-        history, last_path, best_path, minutes.
+        Summary keys: steps, best_map40 (the best ``primary`` value: KITTI mAP40 or COCO AP), best_step,
+        final_losses, train_img_per_s, eval (last), history, last_path, best_path, minutes.
         """
         t0 = time.perf_counter()
         start = 0

@@ -1,8 +1,9 @@
-"""``compressdet eval`` (KITTI AP of a result folder) and ``compressdet viz`` (PNGs)."""
+"""``compressdet eval`` (KITTI AP of a result folder, or COCO AP of a result JSON) and ``compressdet viz`` (PNGs)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..errors import DataError
@@ -45,11 +46,70 @@ def _ids(path: Path | None) -> list[str] | None:
     return read_split(path) if path else None
 
 
+def load_coco_pair(gt_path: Path, det_path: Path) -> tuple[dict, list[dict]]:
+    """A COCO ground-truth JSON and a COCO result JSON (a list, or an object with 'annotations'), checked."""
+    from ..data.formats.coco import load_json
+
+    gt = load_json(gt_path)
+    try:
+        dets = json.loads(Path(det_path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{det_path}: detection file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{det_path}: not valid JSON ({e})") from None
+    if isinstance(dets, dict):
+        dets = dets.get("annotations")
+    if not isinstance(dets, list):
+        raise DataError(f"{det_path}: expected a COCO result list [{{image_id, category_id, bbox, score}}, ...]")
+    images = {im.get("id") for im in gt["images"]}
+    cats = {c.get("id") for c in gt["categories"]}
+    for n, d in enumerate(dets):
+        where = f"{det_path}: detection {n}"
+        if not isinstance(d, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(d):
+            raise DataError(f"{where}: expected keys image_id, category_id, bbox [x, y, w, h], score")
+        if d["image_id"] not in images:
+            raise DataError(f"{where}: image_id {d['image_id']} is not in {gt_path}")
+        if d["category_id"] not in cats:
+            raise DataError(f"{where}: category_id {d['category_id']} is not in the categories of {gt_path}")
+        if not (isinstance(d["bbox"], list) and len(d["bbox"]) == 4):
+            raise DataError(f"{where}: bbox must be [x, y, w, h], got {d['bbox']!r}")
+    for a in gt.get("annotations", []):
+        if a.get("category_id") not in cats:
+            raise DataError(f"{gt_path}: annotation id {a.get('id')}: category_id {a.get('category_id')} is not in "
+                            "'categories'")
+    return gt, dets
+
+
+def _cmd_eval_coco(args: argparse.Namespace) -> int:
+    from .._io import atomic_write_json
+    from .coco_eval import evaluate_coco_json
+
+    if args.ids is not None:
+        raise DataError("--ids is for KITTI folders; a COCO evaluation covers the images of --gt")
+    gt, dets = load_coco_pair(args.gt, args.det)
+    res = evaluate_coco_json(gt, dets)
+    name = args.name or Path(args.det).stem
+
+    def f(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    print(f"COCO box AP, {len(gt['images'])} images, {len(dets)} detections: {name}")
+    print("| AP | AP50 | AP75 | APs | APm | APl | AR100 |\n|---|---|---|---|---|---|---|")
+    print("| " + " | ".join(f(res[k]) for k in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100"))
+          + " |")
+    if args.json:
+        atomic_write_json(args.json, res)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .._io import atomic_write_json
     from .kitti_eval import evaluate_kitti
     from .table import format_table
 
+    if args.format == "coco":
+        return _cmd_eval_coco(args)
     gt, dets, ids = load_kitti_dirs(args.gt, args.det, _ids(args.ids))
     res = evaluate_kitti(gt, dets, protocol=args.protocol)
     name = args.name or Path(args.det).name
@@ -129,10 +189,15 @@ def _cmd_viz_pr(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    e = sub.add_parser("eval", help="KITTI 2D AP of a result folder (official devkit rules)",
-                       description="Evaluate KITTI result files against label_2 ground truth; prints the seed's table.")
-    e.add_argument("--gt", type=Path, required=True, help="label_2 folder")
-    e.add_argument("--det", type=Path, required=True, help="result folder: one <id>.txt per image (may be empty)")
+    e = sub.add_parser("eval", help="KITTI 2D AP of a result folder (official devkit rules) or COCO AP of a JSON",
+                       description="Evaluate KITTI result files against label_2 ground truth (prints the seed's "
+                       "table), or with --format coco a COCO result JSON against a COCO annotation JSON "
+                       "(AP@[.5:.95], AP50, AP75, AP small/medium/large, AR100; faster-coco-eval).")
+    e.add_argument("--format", choices=("kitti", "coco"), default="kitti",
+                   help="kitti: --gt/--det are folders of .txt files; coco: --gt ANN.json --det DETS.json")
+    e.add_argument("--gt", type=Path, required=True, help="label_2 folder (coco: the annotation JSON)")
+    e.add_argument("--det", type=Path, required=True,
+                   help="result folder: one <id>.txt per image, may be empty (coco: the result JSON list)")
     e.add_argument("--ids", type=Path, default=None, help="split file (default: every label file)")
     e.add_argument("--protocol", choices=("official", "seed"), default="official",
                    help="official devkit (short detections ignored) or the seed's old copy (not ignored)")

@@ -1,4 +1,4 @@
-"""mAP of any head-producing callable (PyTorch module, quantized program, ORT session) on val.
+"""AP of any head-producing callable (PyTorch module, quantized program, ORT session) on val.
 
 One evaluator for every form of the model, so fp32 / PTQ / QAT / ORT-INT8 numbers in a report
 differ only by the model, never by the decode or the protocol.
@@ -40,7 +40,7 @@ def ort_head_fn(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 def evaluate_head_fn(head_fn: Callable[[torch.Tensor], torch.Tensor], data_cfg: Any, *, post_cfg: Any = None,
                      eval_cfg: Any = None, split: str = "val", num_classes: int | None = None,
                      num_anchors: int = 9) -> dict:
-    """KITTI evaluation (``compressdet.eval.evaluate_kitti``) of ``head_fn`` on ``split``.
+    """Evaluation of ``head_fn`` on ``split`` by the data's metric (KITTI AP or COCO AP, ``eval.metric``).
 
     Args:
         head_fn: ``Tensor[N, 3, H, W] -> Tensor[N, A*(C+5), H/16, W/16]``.
@@ -48,31 +48,21 @@ def evaluate_head_fn(head_fn: Callable[[torch.Tensor], torch.Tensor], data_cfg: 
         post_cfg, eval_cfg: ``PostprocessConfig`` / ``EvalConfig`` (defaults when None).
 
     Returns:
-        the evaluator's result dict (``map40``, ``map11``, ``ap`` ...).
+        the evaluator's result dict (KITTI: ``map40``, ``map11``, ``ap`` ...; COCO: ``ap``, ``ap50`` ...;
+        both ``metric`` and ``primary``), from the loop every stage and the bench share
+        (:class:`compressdet.eval.evaluator.DetectionEvaluator`).
     """
-    from ..data import build_dataset, collate, load_ground_truth
-    from ..eval import evaluate_kitti, predictions_to_kitti
+    from ..eval.evaluator import DetectionEvaluator
     from ..models import PostProcessor
     from ..recipe import EvalConfig, PostprocessConfig
 
     post_cfg = post_cfg or PostprocessConfig()
     eval_cfg = eval_cfg or EvalConfig()
     classes = list(data_cfg.classes)
-    ds = build_dataset(data_cfg, split, train=False)
-    if eval_cfg.max_images is not None and len(ds) > eval_cfg.max_images:
-        ds = torch.utils.data.Subset(ds, range(eval_cfg.max_images))
-    loader = torch.utils.data.DataLoader(ds, batch_size=eval_cfg.batch_size, shuffle=False, collate_fn=collate)
     post = PostProcessor(tuple(data_cfg.image_size), num_classes=num_classes or len(classes),
                          num_anchors=num_anchors, score_thresh=post_cfg.score_thresh, nms_thresh=post_cfg.nms_thresh,
                          topk_candidates=post_cfg.topk_candidates,
                          detections_per_class=post_cfg.detections_per_class)
-    dets: dict[str, list] = {}
-    for images, targets in loader:
-        head = head_fn(images)
-        preds = post(head, orig_sizes=[tuple(t["orig_size"]) for t in targets])
-        for t, p in zip(targets, preds, strict=True):
-            dets[t["image_id"]] = predictions_to_kitti(p, classes)
-    gt, _ = load_ground_truth(data_cfg, split)
-    gt = {k: v for k, v in gt.items() if k in dets}
-    return evaluate_kitti(gt, dets, protocol=eval_cfg.protocol, classes=classes)
-
+    ev = DetectionEvaluator(data_cfg, post=post, split=split, eval_cfg=eval_cfg, protocol=eval_cfg.protocol,
+                            batch_size=eval_cfg.batch_size, max_images=eval_cfg.max_images)
+    return ev(head_fn)

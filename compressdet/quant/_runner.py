@@ -38,6 +38,7 @@ def save_quantized(converted: torch.nn.Module, example: torch.Tensor, path: Path
 def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tensor, *, extra_metrics: dict,
                        meta: dict) -> Any:
     """Write ``quantized`` (.pt2) and ``onnx_int8`` artifacts, evaluate both, return the StageResult."""
+    from ..eval.evaluator import metric_summary
     from ..stages import StageResult
     from ._eval import evaluate_head_fn, ort_head_fn, torch_head_fn
     from .onnx_int8 import check_int8_graph, export_int8_onnx, ort_session
@@ -50,9 +51,13 @@ def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tens
     res_torch = evaluate_head_fn(torch_head_fn(converted), recipe.data, post_cfg=cfg.postprocess, eval_cfg=cfg.eval)
     res_ort = evaluate_head_fn(ort_head_fn(ort_session(onnx_path)), recipe.data, post_cfg=cfg.postprocess,
                                eval_cfg=cfg.eval)
-    metrics = {"map40": res_torch["map40"], "map11": res_torch["map11"], "ap40": res_torch["ap"],
-               "ort_map40": res_ort["map40"], "ort_map11": res_ort["map11"],
-               "ort_vs_torch_map40": res_ort["map40"] - res_torch["map40"], "graph": graph, **extra_metrics}
+    metrics = {**metric_summary(res_torch), "ort_primary": res_ort["primary"],
+               "ort_vs_torch_primary": res_ort["primary"] - res_torch["primary"], "graph": graph, **extra_metrics}
+    if res_torch["metric"] == "kitti":
+        metrics.update(ort_map40=res_ort["map40"], ort_map11=res_ort["map11"],
+                       ort_vs_torch_map40=res_ort["map40"] - res_torch["map40"])
+    else:
+        metrics["ort_coco"] = metric_summary(res_ort)["coco"]
     report = ctx.stage_dir / "quant_report.json"
     atomic_write_json(report, {"metrics": metrics, "meta": meta})
     return StageResult(artifacts={"quantized": q_path, "onnx_int8": onnx_path, "report": report},

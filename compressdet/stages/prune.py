@@ -141,6 +141,8 @@ def run(ctx: StageContext) -> StageResult:
             "pruned": {"importance": cfg.importance, "iterative_steps": k, "allocation": cfg.allocation}}
     path = save_model(model, ctx.stage_dir / "model.pt", meta=meta)
     res = summary.get("best_result") or {}
+    from ..eval.evaluator import metric_summary
+
     metrics = {
         "macs_before": before["macs"], "macs_after": after["macs"],
         "params_before": before["params"], "params_after": after["params"],
@@ -148,7 +150,6 @@ def run(ctx: StageContext) -> StageResult:
         "total_macs_ratio": after["macs"]["total"] / max(1, before["macs"]["total"]),
         "params_ratio": after["params"]["total"] / max(1, before["params"]["total"]),
         "feature_channels": [before["feature_channels"], after["feature_channels"]],
-        "map40": res.get("map40"), "map11": res.get("map11"), "ap40": res.get("ap", {}),
-        "best_step": summary.get("best_step"), "rounds": rounds,
+        **metric_summary(res), "best_step": summary.get("best_step"), "rounds": rounds,
     }
     return StageResult(artifacts={"model": path, "history": hist_path}, metrics=metrics, meta=meta)

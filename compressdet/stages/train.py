@@ -44,6 +44,7 @@ def run(ctx: StageContext) -> StageResult:
                         eval_cfg=cfg.eval)
     if not ctx.is_main:
         return StageResult()
+    from ..eval.evaluator import metric_summary
     from ..models import save_model
 
     best = load_checkpoint(ctx.checkpoint_dir / "best.pt")
@@ -56,9 +57,10 @@ def run(ctx: StageContext) -> StageResult:
             "image_size": list(ctx.recipe.data.image_size), "classes": list(ctx.recipe.data.classes)}
     path = save_model(model.cpu(), ctx.stage_dir / "model.pt", meta=meta)
     res = summary.get("best_result") or {}
-    metrics = {"map40": res.get("map40"), "map11": res.get("map11"), "ap40": res.get("ap", {}),
+    metrics = {**metric_summary(res),
                "best_step": summary["best_step"], "steps": summary["steps"],
                "train_img_per_s": summary["train_img_per_s"], "final_losses": summary["final_losses"],
                "train_minutes": summary["minutes"],
-               "eval_history": [{"step": h["step"], "map40": h.get("map40")} for h in summary.get("history", [])]}
+               "eval_history": [{"step": h["step"], "map40": h.get("map40"), "primary": h.get("primary")}
+                                for h in summary.get("history", [])]}
     return StageResult(artifacts={"model": path}, metrics=metrics, meta=meta)

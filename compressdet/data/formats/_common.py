@@ -1,0 +1,143 @@
+"""The record every format reader returns, bad-data handling and the category -> class mapping."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import DataError
+
+__all__ = ["ImageRecord", "Issues", "ClassMapper", "BOX_TOLERANCE", "check_box", "probe_image"]
+
+log = logging.getLogger("compressdet.data")
+
+#: a box may reach this many pixels past the image border (float rounding of converted sets)
+BOX_TOLERANCE = 1.0
+
+
+@dataclass
+class ImageRecord:
+    """One image and its annotations, in original pixels, whatever the format.
+
+    Attributes:
+        image_id: unique id within the split (KITTI/VOC: the file stem; COCO: the image id; YOLO:
+            the image path relative to its split folder, without suffix).
+        path: the image file.
+        size: (H, W) of the image.
+        boxes: float64 ``[N, 4]`` xyxy pixels.
+        names: N source category names (KITTI type, COCO category name, YOLO/VOC name).
+        crowd: N bools: an ignore region (COCO ``iscrowd``, KITTI DontCare, VOC ``difficult``);
+            never a training target, ignored by the evaluator.
+        refs: N strings naming where each box came from (``file:line``, ``file: annotation id 7``).
+        kitti: the full KITTI objects when read from KITTI (the KITTI writer keeps their 3-D fields).
+    """
+
+    image_id: str
+    path: Path
+    size: tuple[int, int]
+    boxes: np.ndarray
+    names: list[str]
+    crowd: np.ndarray
+    refs: list[str] = field(default_factory=list)
+    kitti: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class Issues:
+    """Bad data: a :class:`DataError` at once, or (``skip_bad``) a counted, logged skip."""
+
+    def __init__(self, skip_bad: bool = False, logger: Any = None, shown: int = 20):
+        self.skip_bad, self.counts, self.shown = bool(skip_bad), Counter(), shown
+        self.log = logger or log.warning
+        self.messages: list[str] = []
+
+    def bad(self, kind: str, message: str) -> None:
+        """Report one bad item of ``kind`` (message: one line naming file and line/annotation)."""
+        if not self.skip_bad:
+            raise DataError(message + " (set data.skip_bad: true or pass --skip-bad to skip bad items)")
+        self.counts[kind] += 1
+        self.messages.append(message)
+        if len(self.messages) <= self.shown:
+            self.log(f"skipped: {message}")
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items())) or "nothing"
+
+
+def check_box(box: Any, size: tuple[int, int], where: str, issues: Issues) -> bool:
+    """False (after reporting) when ``box`` (xyxy) has non-positive size or leaves the image."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    h, w = size
+    if not np.isfinite([x1, y1, x2, y2]).all():
+        issues.bad("bad boxes", f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is not finite")
+        return False
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        issues.bad("bad boxes", f"{where}: box xyxy ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has non-positive size "
+                   "(expected x2 > x1 and y2 > y1)")
+        return False
+    t = BOX_TOLERANCE
+    if x1 < -t or y1 < -t or x2 > w + t or y2 > h + t:
+        issues.bad("bad boxes", f"{where}: box xyxy ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is outside the {w}x{h} image")
+        return False
+    return True
+
+
+def probe_image(path: Path, where: str, issues: Issues) -> tuple[int, int] | None:
+    """(H, W) from the image header, or None (after reporting) when it is missing or unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            im.verify()
+    except FileNotFoundError:
+        issues.bad("missing images", f"{where}: image {path} not found")
+        return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        issues.bad("unreadable images", f"{where}: cannot read image {path} ({str(e).splitlines()[0][:100]})")
+        return None
+    return h, w
+
+
+class ClassMapper:
+    """Source category name -> model class index (``None``: not a training class).
+
+    With ``class_map`` (source name -> model class or None) only its keys map; every key must be a
+    category of the source (when the source declares its categories). Without it, a category maps
+    to the model class of the same name, compared case-insensitively (KITTI's ``Car`` -> ``car``).
+
+    Raises:
+        DataError: a ``class_map`` key is not a category of ``source``; a model class matches no
+            declared category.
+    """
+
+    def __init__(self, classes: list[str], class_map: dict[str, str | None] | None = None,
+                 categories: list[str] | None = None, source: str = "<data>"):
+        self.classes = list(classes)
+        lower = {c.lower(): i for i, c in enumerate(self.classes)}
+        self._explicit = dict(class_map or {})
+        if self._explicit and categories is not None:
+            for k in self._explicit:
+                if k not in categories:
+                    raise DataError(f"{source}: data.class_map: category '{k}' is not in this file's categories "
+                                    f"({', '.join(categories)})")
+        self._lower = lower
+        if categories is not None:
+            hit = {self(n) for n in categories} - {None}
+            missing = [c for i, c in enumerate(self.classes) if i not in hit]
+            if missing:
+                raise DataError(f"{source}: data.classes {missing} match no category of this file "
+                                f"({', '.join(categories)}); map one with data.class_map")
+
+    def __call__(self, name: str) -> int | None:
+        if self._explicit:
+            t = self._explicit.get(name)
+            return None if t is None else self.classes.index(t)
+        return self._lower.get(name.lower())

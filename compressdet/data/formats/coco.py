@@ -1,0 +1,143 @@
+"""COCO detection JSON: one file per split (``images``, ``annotations``, ``categories``) + an image folder.
+
+``bbox`` is ``[x, y, w, h]`` in pixels; ``iscrowd: 1`` (or ``ignore: 1``) marks an ignore region. An
+image's id in compressdet is its file stem when stems are unique in the split, else the COCO id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import DataError
+from ._common import ImageRecord, Issues, check_box, probe_image
+
+__all__ = ["read", "write", "available_splits", "split_paths"]
+
+
+def split_paths(cfg, split: str) -> tuple[Path, Path]:
+    """(annotation JSON, image folder) of ``split``."""
+    sf = cfg.coco
+    root = Path(cfg.root or ".").expanduser()
+    ann = getattr(sf, split, None) if sf is not None else None
+    ann = Path(ann or f"annotations/{split}.json")
+    images = sf.images if sf is not None else None
+    if isinstance(images, dict):
+        images = images.get(split)
+    img = Path(images or "images")
+    return (ann if ann.is_absolute() else root / ann), (img if img.is_absolute() else root / img)
+
+
+def available_splits(cfg) -> list[str]:
+    return [s for s in ("train", "val", "test") if split_paths(cfg, s)[0].is_file()]
+
+
+def load_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: COCO annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("categories"), list):
+        raise DataError(f"{path}: expected a COCO detection file (an object with 'images', 'annotations', "
+                        "'categories' lists)")
+    return data
+
+
+def read(cfg, split: str, issues: Issues) -> tuple[list[ImageRecord], list[str] | None, str]:
+    ann_path, img_root = split_paths(cfg, split)
+    data = load_json(ann_path)
+    cats = {}
+    for c in data["categories"]:
+        try:
+            cats[int(c["id"])] = str(c["name"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{ann_path}: category {c!r}: expected 'id' (int) and 'name'") from None
+    stems = Counter(Path(str(im.get("file_name", ""))).stem for im in data["images"])
+    by_id: dict[int, ImageRecord] = {}
+    order: list[int] = []
+    for im in data["images"]:
+        try:
+            iid, fname = int(im["id"]), str(im["file_name"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{ann_path}: image {im!r}: expected 'id' (int) and 'file_name'") from None
+        where = f"{ann_path}: image id {iid}"
+        size = probe_image(img_root / fname, where, issues)
+        if size is None:
+            continue
+        if "height" in im and "width" in im and (int(im["height"]), int(im["width"])) != size:
+            issues.bad("bad images", f"{where}: width x height {im['width']}x{im['height']} in the JSON, "
+                       f"{size[1]}x{size[0]} in {img_root / fname}")
+            continue
+        stem = Path(fname).stem
+        by_id[iid] = ImageRecord(stem if stems[stem] == 1 else str(iid), img_root / fname, size,
+                                 np.zeros((0, 4)), [], np.zeros(0, bool), [])
+        order.append(iid)
+    boxes: dict[int, list] = {i: [] for i in by_id}
+    known_images = {int(im["id"]) for im in data["images"]}
+    for a in data.get("annotations", []):
+        aid = a.get("id", "?")
+        where = f"{ann_path}: annotation id {aid}"
+        iid, cid = a.get("image_id"), a.get("category_id")
+        if iid not in known_images:
+            issues.bad("annotations without image", f"{where}: image_id {iid} is not in 'images'")
+            continue
+        if iid not in by_id:  # its image was skipped
+            continue
+        if cid not in cats:
+            issues.bad("unknown category ids", f"{where}: category_id {cid} is not in 'categories' "
+                       f"(ids {sorted(cats)})")
+            continue
+        try:
+            x, y, w, h = (float(v) for v in a["bbox"])
+        except (KeyError, TypeError, ValueError):
+            issues.bad("bad boxes", f"{where}: expected 'bbox': [x, y, w, h], got {a.get('bbox')!r}")
+            continue
+        if not check_box((x, y, x + w, y + h), by_id[iid].size, where, issues):
+            continue
+        boxes[iid].append(((x, y, x + w, y + h), cats[cid], bool(a.get("iscrowd", 0) or a.get("ignore", 0)), where))
+    out = []
+    for iid in order:
+        rec, bs = by_id[iid], boxes[iid]
+        rec.boxes = np.asarray([b[0] for b in bs], np.float64).reshape(-1, 4)
+        rec.names = [b[1] for b in bs]
+        rec.crowd = np.asarray([b[2] for b in bs], bool)
+        rec.refs = [b[3] for b in bs]
+        out.append(rec)
+    return out, [cats[k] for k in sorted(cats)], str(ann_path)
+
+
+def to_coco_dict(recs: list[ImageRecord], categories: list[str], file_names: list[str] | None = None) -> dict:
+    """COCO detection dict of ``recs`` (image ids 1..N in order, category ids 1..C in ``categories`` order)."""
+    cat_id = {c: k + 1 for k, c in enumerate(categories)}
+    images, anns = [], []
+    for n, rec in enumerate(recs, 1):
+        images.append({"id": n, "file_name": file_names[n - 1] if file_names else rec.path.name,
+                       "height": int(rec.size[0]), "width": int(rec.size[1])})
+        for b, name, crowd in zip(rec.boxes, rec.names, rec.crowd):
+            x1, y1, x2, y2 = (float(v) for v in b)
+            anns.append({"id": len(anns) + 1, "image_id": n, "category_id": cat_id[name],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                         "iscrowd": int(bool(crowd))})
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": k, "name": c, "supercategory": ""} for c, k in cat_id.items()]}
+
+
+def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str], issues: Issues) -> dict:
+    from ..._io import atomic_write_json
+    from ._io_util import copy_image, safe_ids
+
+    counts = {"images": 0, "boxes": 0}
+    for split, recs in splits.items():
+        names = [f"{split}/{i}{r.path.suffix.lower()}" for i, r in zip(safe_ids(recs), recs)]
+        for rec, fn in zip(recs, names):
+            copy_image(rec.path, out / "images" / fn)
+        atomic_write_json(out / "annotations" / f"{split}.json", to_coco_dict(recs, categories, names))
+        counts["images"] += len(recs)
+        counts["boxes"] += sum(len(r) for r in recs)
+    return counts
