@@ -67,6 +67,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(Path(__file__).resolve().parent) not in sys.path:  # _protocol when loaded by path (tests, other benchmarks)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = ROOT / "benchmarks" / "results"
 LAYOUTS = ROOT.parent / "shared" / "kitti_real" / "training" / "label_2_all"
 MSCNN_TRAIN, MSCNN_VAL = 3712, 3769  # METHOD.md section 7
@@ -193,23 +195,28 @@ def _cached_teacher_cls():
         """``forward_with_features`` of a frozen teacher, served from a FeatureStore when the exact
         same input image was seen before (teacher in eval mode: per-image output, no state)."""
 
-        def __init__(self, teacher: nn.Module, store: FeatureStore):
+        def __init__(self, teacher: nn.Module, store: FeatureStore, head_store: FeatureStore):
             super().__init__()
-            self.teacher, self.store = teacher, store
+            self.teacher, self.store, self.head_store = teacher, store, head_store
             self.feature_channels = teacher.feature_channels
+            self.head = teacher.head  # CrossKD runs the student's feature through it
+            self.num_classes = getattr(teacher, "num_classes", 3)
 
         @torch.no_grad()
         def forward_with_features(self, x):
             keys = [hashlib.blake2b(xi.contiguous().cpu().numpy().tobytes(), digest_size=16).digest() for xi in x]
             feats = [self.store.get(k) for k in keys]
-            miss = [i for i, f in enumerate(feats) if f is None]
+            heads = [self.head_store.get(k) for k in keys]
+            miss = [i for i, (f, h) in enumerate(zip(feats, heads)) if f is None or h is None]
             if miss:
-                _, f = self.teacher.forward_with_features(x[miss])
-                f = f.float().cpu().contiguous().numpy()
+                h, f = self.teacher.forward_with_features(x[miss])
+                f, h = f.float().cpu().contiguous().numpy(), h.float().cpu().contiguous().numpy()
                 for j, i in enumerate(miss):
                     self.store.put(keys[i], f[j])
-                    feats[i] = f[j]
-            return None, torch.from_numpy(np.stack(feats)).to(x.device)
+                    self.head_store.put(keys[i], h[j])
+                    feats[i], heads[i] = f[j], h[j]
+            return (torch.from_numpy(np.stack(heads)).to(x.device),
+                    torch.from_numpy(np.stack(feats)).to(x.device))
 
     return CachedTeacher
 
@@ -231,7 +238,8 @@ def teacher_feature_cache(folder: Path, capacity: int, enabled: bool = True):
     def load(path, device):
         digest = sha256_file(path)[:16]
         store = stores.setdefault(digest, FeatureStore(folder, digest, capacity))
-        return CachedTeacher(original(path, device), store)
+        head_store = stores.setdefault(digest + "-head", FeatureStore(folder, digest + "-head", capacity))
+        return CachedTeacher(original(path, device), store, head_store)
 
     launch.load_teacher = load
     try:
@@ -251,7 +259,7 @@ def check_feature_cache(teacher, images) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureStore(Path(tmp), "check", len(images))
-        wrapped = _cached_teacher_cls()(teacher.eval(), store)
+        wrapped = _cached_teacher_cls()(teacher.eval(), store, FeatureStore(Path(tmp), "check-head", len(images)))
         wrapped.forward_with_features(images)
         half = images[: max(len(images) // 2, 1)]
         _, cached = wrapped.forward_with_features(half)
@@ -362,6 +370,44 @@ def measure_input_overhead(p: dict, *, steps: int = 8, chunk: int = 2, warmup: i
 # --------------------------------------------------------------------------------------------
 # The experiment
 # --------------------------------------------------------------------------------------------
+class StudentRunner:
+    """Runs (or finds, resuming) one 0.25x student recipe per call; what every arm of the
+    distillation benchmarks goes through, so arms differ only by their distillation settings."""
+
+    def __init__(self, work: Path, p: dict, plan: dict, base: dict, *, skey: str, test_dir: Path,
+                 arch: str = "shuffledet_0.25x") -> None:
+        self.work, self.p, self.plan, self.base, self.skey, self.test_dir, self.arch = \
+            work, p, plan, base, skey, test_dir, arch
+        self.student_s: list[float] = []  # each student stage's own wall time (also for runs a re-run skips)
+        self.models: dict[str, str] = {}  # run name -> the student's model file
+
+    def run(self, label: str, seed: int, lr: float, weight: float, teacher: Path | None,
+            distill: list[dict] | None = None) -> dict:
+        """Val metrics (selection) and test metrics (report) of one student. ``weight`` is FGFI's
+        (``imitation:``); ``distill`` (a list of method dicts) replaces it when given."""
+        from _protocol import test_map
+
+        from compressdet._io import sha256_file
+
+        p = self.p
+        st = _stage("student", self.arch, self.plan["student_steps"], p, p["student_evals"], lr=lr)
+        stages = []
+        if teacher is not None:
+            stages.append({"name": "teacher", "kind": "model_file", "path": str(teacher),
+                           "sha256": sha256_file(teacher)})
+            st.update(teacher="teacher", **({"distill": distill} if distill else {"imitation": {"weight": weight}}))
+        stages.append(st)
+        man = _run({**self.base, "seed": seed, "name": f"{label}-s{seed}-{self.skey}", "data": _data(p, True),
+                    "stages": stages}, self.work)
+        self.student_s.append(sum(r.get("wall_time_s", 0.0) for r in man["stages"].values()))
+        art = man["stages"]["student"]["artifacts"]["model"]
+        mfile = (self.work / "runs" / man["recipe"] / art["path"]).resolve()
+        self.models[man["recipe"]] = str(mfile)
+        val = man["stages"]["student"]["metrics"]
+        return {"val": val, "test": test_map(mfile, _data(p, True), self.test_dir), "lr": lr, "weight": weight,
+                "distill": distill}
+
+
 def _preset(args) -> dict:
     p = copy.deepcopy(PRESETS[args.preset])
     if args.synth_images:  # check runs only: a smaller set, same split fractions
@@ -475,27 +521,9 @@ def main(argv=None) -> int:
         save_model(build_model("shuffledet_1x", image_size=hw), random_file,
                    meta={"untrained": True, "init_seed": RANDOM_TEACHER_SEED})
 
-    skey = _digest({"teacher": key, "steps": plan["student_steps"], "p": p})
-    student_s: list[float] = []  # each student stage's own wall time (also for runs a re-run skips)
-    models: dict[str, str] = {}  # run name -> the student's model file (reused by prune.py/quant.py cpu)
-
-    def student(label: str, seed: int, lr: float, weight: float, teacher: Path | None) -> dict:
-        """Run (or find) one student; returns its val metrics (selection) and test metrics (report)."""
-        st = _stage("student", "shuffledet_0.25x", plan["student_steps"], p, p["student_evals"], lr=lr)
-        stages = []
-        if teacher is not None:
-            stages.append({"name": "teacher", "kind": "model_file", "path": str(teacher),
-                           "sha256": sha256_file(teacher)})
-            st.update(teacher="teacher", imitation={"weight": weight})
-        stages.append(st)
-        man = _run({**base, "seed": seed, "name": f"{label}-s{seed}-{skey}", "data": _data(p, True),
-                    "stages": stages}, work)
-        student_s.append(sum(r.get("wall_time_s", 0.0) for r in man["stages"].values()))
-        art = man["stages"]["student"]["artifacts"]["model"]
-        mfile = (work / "runs" / man["recipe"] / art["path"]).resolve()
-        models[man["recipe"]] = str(mfile)
-        val = man["stages"]["student"]["metrics"]
-        return {"val": val, "test": test_map(mfile, _data(p, True), test_dir), "lr": lr, "weight": weight}
+    runner = StudentRunner(work, p, plan, base, skey=_digest({"teacher": key, "steps": plan["student_steps"], "p": p}),
+                           test_dir=test_dir)
+    student = runner.run
 
     s0 = seeds[0]
     arms = {"0.25x": None, "0.25x-I": teacher_file, "0.25x-I-random": random_file}
@@ -528,7 +556,8 @@ def main(argv=None) -> int:
                 tag = f"{label}-lr{c['lr']}" + (f"-w{c['weight']}" if arms[arm] else "")
                 runs[arm][seed] = student(tag, seed, c["lr"], c["weight"], arms[arm])
         cache_stats = {k: {"hits": s.hits, "misses": s.misses, "stored": len(s.index)} for k, s in stores.items()}
-    minutes = sum(student_s) / 60
+    minutes = sum(runner.student_s) / 60
+    models = runner.models
     wall_minutes = (time.perf_counter() - t0) / 60
 
     test = {a: {s: r["test"]["map40"] for s, r in by.items()} for a, by in runs.items()}

@@ -79,14 +79,18 @@ def test_cached_teacher_serves_identical_inputs_only(ig, tmp_path):
     teacher = build_model("shuffledet_1x", image_size=(32, 64)).eval()
     x = torch.randn(2, 3, 32, 64)
     assert ig.check_feature_cache(teacher, x) < 1e-4
-    store = ig.FeatureStore(tmp_path, "t", capacity=4)
-    cached = ig._cached_teacher_cls()(teacher, store)
-    cached.forward_with_features(x)
+    store, heads = ig.FeatureStore(tmp_path, "t", capacity=4), ig.FeatureStore(tmp_path, "h", capacity=4)
+    cached = ig._cached_teacher_cls()(teacher, store, heads)
+    h0, f0 = cached.forward_with_features(x)
     y = x.clone()
     y[0, 0, 0, 0] += 1.0  # one changed pixel must not hit
-    cached.forward_with_features(y)
-    assert (store.hits, store.misses) == (1, 3)
+    h1, f1 = cached.forward_with_features(y)
+    assert (store.hits, store.misses) == (1, 3) and (heads.hits, heads.misses) == (1, 3)
+    with torch.no_grad():
+        h_live, _ = teacher.forward_with_features(y)
+    assert torch.allclose(h1, h_live, atol=1e-4) and torch.equal(h1[1], h0[1])  # the head is served too (CrossKD)
     store.close()
+    heads.close()
 
 
 def test_table_columns_match_method_macs(ig):

@@ -47,3 +47,62 @@ def test_crosskd_zero_when_student_path_equals_teacher_and_grads_skip_teacher_he
     assert teacher.head.conv.weight.grad is None  # the teacher head is a frozen path, not trained
     assert student.head.conv.weight.grad is None  # the student's own head learns from ground truth only
     assert not any(n.startswith("_teacher") for n, _ in kd.named_parameters())
+
+
+RECIPE = """
+name: tinyd
+seed: 0
+device: cpu
+data:
+  format: synth
+  image_size: [64, 192]
+  synth: {num_images: 10, size: [384, 128], seed: 0, cache_dir: CACHE}
+  max_val_images: 2
+stages:
+  - name: teacher
+    kind: train
+    model: {arch: shuffledet_0.5x, dropout: 0.0}
+    schedule: {steps: 2, batch_size: 2, eval_every: 2, checkpoint_every: 2, log_every: 1, threads: 1}
+  - name: student
+    kind: train
+    model: shuffledet_0.25x
+    teacher: teacher
+    distill: [{method: pkd, weight: 2.0}, {method: crosskd, weight: 1.0, tau: 2.0}]
+    schedule: {steps: 2, batch_size: 2, eval_every: 2, checkpoint_every: 2, log_every: 1, threads: 1}
+"""
+
+
+def test_distill_list_through_the_cli_logs_each_sub_loss(tmp_path):
+    import json
+
+    from compressdet.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("CACHE", str(tmp_path / "cache")))
+    run = tmp_path / "run"
+    assert main(["run", str(recipe), "--run-dir", str(run)]) == 0
+    man = json.loads((run / "manifest.json").read_text())
+    losses = man["stages"]["student"]["metrics"]["final_losses"]
+    assert {"pkd", "crosskd_cls", "crosskd_box"} <= set(losses) and "imitation" not in losses
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ev = EventAccumulator(str(next((run / "tb" / "student").glob("events*"))))
+    ev.Reload()
+    assert {"loss/pkd", "loss/crosskd_cls", "loss/crosskd_box"} <= set(ev.Tags()["scalars"])
+
+
+@pytest.mark.parametrize("stage, message", [
+    ("imitation: {weight: 1.0}\n    distill: {method: pkd}", "either 'imitation'"),
+    ("distill: {method: pkd, psi: 0.3}", "method 'pkd' takes no psi"),
+    ("distill: [{method: pkd}, {method: pkd, weight: 2}]", "lists a method twice"),
+    ("distill: {method: dkd}", "method"),
+])
+def test_bad_distill_blocks_are_one_line_errors(tmp_path, capsys, stage, message):
+    from compressdet.cli import main
+
+    text = RECIPE.replace("CACHE", str(tmp_path)).replace(
+        "distill: [{method: pkd, weight: 2.0}, {method: crosskd, weight: 1.0, tau: 2.0}]", stage)
+    (tmp_path / "r.yaml").write_text(text)
+    assert main(["recipe", "check", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(message in line and "r.yaml:" in line for line in err), err
