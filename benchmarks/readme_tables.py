@@ -133,7 +133,21 @@ def fp32_rewrites(r: dict) -> str:
             f"each graph in its own process ({r['runs']} runs):\n\n" + "\n".join(lines) + "\n")
 
 
+def distill_methods(r: dict) -> str:
+    out = [f"`{r['command']}` ({r['steps']['passes']:.1f} passes per student, seeds {r['seeds']}, test split):", ""]
+    for model, st in r["students"].items():
+        out += [f"| {model} arm | test mAP40 per seed | mean | vs FGFI |", "|---|---|---|---|"]
+        for a in st["arms"]:
+            v = st["test_map40"][a]
+            out.append(f"| {a} | {', '.join(f'{x:.2f}' for x in v)} | {sum(v) / len(v):.2f} | "
+                       f"{_claim(st['vs_fgfi'][a]) if a in st['vs_fgfi'] else 'reference'} |")
+        out += ["", f"Best by val: **{st['best_by_val']}**; goal (>= +1.0 over FGFI, CI above 0) "
+                f"{'met' if st['goal_met'] else 'not met'}.", ""]
+    return "\n".join(out)
+
+
 GENERATORS: dict[str, Callable[[dict], str]] = {
+    "distill_methods.json": distill_methods,
     "imitation_gain.json": imitation_gain, "model_parity.json": model_parity, "eval_speed.json": eval_speed,
     "prune.json": prune, "quant.json": quant, "quant_speed.json": quant_speed, "fp32_rewrites.json": fp32_rewrites,
 }

@@ -1,0 +1,209 @@
+"""Which distillation method helps the 0.25x ShuffleDet student most? FGFI vs PKD vs CrossKD.
+
+Head to head under the evidence protocol (``benchmarks/_protocol.py``), on the imitation
+benchmark's data, teacher and schedule (``imitation_gain.PRESETS``; the teacher run is shared and
+cached, so it is trained once for both benchmarks):
+
+- arms: no distillation, ``fgfi`` (the seed's method), ``pkd``, ``crosskd``, and ``pkd+crosskd``
+  (the combination CrossKD's own results use), all at equal steps;
+- selection on val, seed 0, the same number of tried settings per arm: the baseline's lr
+  (``lr_sweep``), then at that lr each method's weight from its own ``sweeps`` list (the
+  combination scales both members' chosen weights by ``combo_scales``); the "best method" is
+  the non-FGFI arm with the best mean *val* mAP over the seeds;
+- report: every arm's chosen model evaluated once on the whole test split, 3 paired seeds; each
+  arm's mean paired difference against FGFI and against no distillation, with 95% t intervals.
+
+Writes ``benchmarks/results/distill_methods.{json,md}`` and ``distill_methods.png`` (test mAP40
+per arm: mean bar, one dot per seed). Every run is cached: killed, it resumes.
+
+    python benchmarks/distill_methods.py --preset smoke    # ~1 min, the plumbing only
+    python benchmarks/distill_methods.py --preset cpu      # hours on a 2-core CPU; resumable
+
+Only ShuffleDet for now; the torchvision families join through ``--family`` once the detector
+contract (issue #20) lands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import imitation_gain as ig  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+# weights each method may choose from on val (its default first: ties keep it)
+SWEEPS = {"fgfi": [1.0, 0.5, 0.25], "pkd": [2.0, 6.0, 0.5], "crosskd": [1.0, 2.0, 0.5]}
+COMBO = ("pkd", "crosskd")
+COMBO_SCALES = [1.0, 0.5, 0.25]
+
+
+def _methods(arm: str, weights: dict[str, float]) -> list[dict] | None:
+    if arm == "none":
+        return None
+    return [{"method": m, "weight": weights[m]} for m in arm.split("+")]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(ig.PRESETS), default="smoke")
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".imitation_gain",
+                    help="shared with imitation_gain.py: the teacher run is reused")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--seeds", type=int, help="(checks only) number of paired seeds (default 3)")
+    args = ap.parse_args(argv)
+    p = copy.deepcopy(ig.PRESETS[args.preset])
+    if args.seeds:
+        p["seeds"] = list(range(args.seeds))
+
+    from _protocol import claim, protocol_keys
+
+    from compressdet._io import atomic_write_json, atomic_write_text
+    from compressdet.data import build_dataset, prepare_data
+    from compressdet.data.synth import synth_key
+    from compressdet.eval.stats import describe
+    from compressdet.recipe import DataConfig
+
+    t_start = time.perf_counter()
+    work = args.work / args.preset
+    work.mkdir(parents=True, exist_ok=True)
+    seeds = p["seeds"]
+    s_cfg = DataConfig(**ig._data(p, True))
+    prepare_data(s_cfg)
+    n = {split: len(build_dataset(s_cfg, split, train=split == "train")) for split in ("train", "val", "test")}
+    data_hash = synth_key(s_cfg.synth)
+    plan = ig.plan_steps(p, n["train"])
+
+    # the imitation benchmark's teacher (same recipe -> same cached run)
+    base = {"seed": 0, "device": p["device"]}
+    teacher_recipe = {**base, "data": ig._data(p, False),
+                      "stages": [ig._stage("teacher", "shuffledet_1x", plan["teacher_steps"], p, p["teacher_evals"])]}
+    key = ig._digest({"recipe": teacher_recipe, "data_hash": data_hash})
+    teacher_recipe["name"] = f"teacher-{key}"
+    trec = ig._run(teacher_recipe, work)["stages"]["teacher"]
+    teacher_file = (work / "runs" / teacher_recipe["name"] / trec["artifacts"]["model"]["path"]).resolve()
+    runner = ig.StudentRunner(work, p, plan, base, test_dir=work / "test_eval",
+                              skey=ig._digest({"teacher": key, "steps": plan["student_steps"], "p": p}))
+
+    arms = ["none", "fgfi", "pkd", "crosskd", "+".join(COMBO)]
+    k = len(p["lr_sweep"])  # every arm tries as many settings on val as the baseline's lr sweep
+    sweeps = {m: SWEEPS[m][:k] for m in SWEEPS}
+    scales = COMBO_SCALES[:k]
+    runs: dict[str, dict[int, dict]] = {a: {} for a in arms}
+    chosen: dict[str, dict] = {}
+    sweeps_val: dict[str, dict] = {}
+    s0 = seeds[0]
+    with ig.teacher_feature_cache(work / "feature_cache", n["train"], enabled=p["feature_cache"]):
+        # selection on val, seed s0: baseline lr, then each method's weight at that lr
+        lr_val, lr_runs = {}, {}
+        for lr in p["lr_sweep"]:
+            lr_runs[lr] = runner.run(f"base-lr{lr}", s0, lr, 0.0, None)  # the imitation benchmark's run names
+            lr_val[str(lr)] = lr_runs[lr]["val"]["map40"]
+        best_lr = ig._best(p["lr_sweep"], lr_val)
+        runs["none"][s0], chosen["none"], sweeps_val["none"] = lr_runs[best_lr], {"lr": best_lr}, {"lr": lr_val}
+
+        def arm_run(arm: str, seed: int, weights: dict[str, float]) -> dict:
+            tag = "-".join(f"{m}{w}" for m, w in sorted(weights.items()))
+            if arm == "fgfi":  # exactly the imitation benchmark's imitating student (shared cache)
+                return runner.run(f"I-lr{best_lr}-w{weights['fgfi']}", seed, best_lr, weights["fgfi"], teacher_file)
+            return runner.run(f"D-{arm.replace('+', '_')}-lr{best_lr}-{tag}", seed, best_lr, 0.0, teacher_file,
+                              distill=_methods(arm, weights))
+
+        for m in ("fgfi", "pkd", "crosskd"):
+            val, by_w = {}, {}
+            for w in sweeps[m]:
+                by_w[w] = arm_run(m, s0, {m: w})
+                val[str(w)] = by_w[w]["val"]["map40"]
+            w_best = ig._best(sweeps[m], val)
+            runs[m][s0], chosen[m], sweeps_val[m] = by_w[w_best], {"lr": best_lr, "weights": {m: w_best}}, {"weight": val}
+        combo = "+".join(COMBO)
+        val, by_s = {}, {}
+        for scale in scales:
+            weights = {m: chosen[m]["weights"][m] * scale for m in COMBO}
+            by_s[scale] = arm_run(combo, s0, weights)
+            val[str(scale)] = by_s[scale]["val"]["map40"]
+        s_best = ig._best(scales, val)
+        runs[combo][s0] = by_s[s_best]
+        chosen[combo] = {"lr": best_lr, "weights": {m: chosen[m]["weights"][m] * s_best for m in COMBO}}
+        sweeps_val[combo] = {"scale": val}
+        # the other paired seeds with the chosen settings
+        for seed in seeds[1:]:
+            runs["none"][seed] = runner.run(f"base-lr{best_lr}", seed, best_lr, 0.0, None)
+            for arm in arms[1:]:
+                runs[arm][seed] = arm_run(arm, seed, chosen[arm]["weights"])
+
+    test = {a: {s: r["test"]["map40"] for s, r in by.items()} for a, by in runs.items()}
+    val = {a: {s: r["val"]["map40"] for s, r in by.items()} for a, by in runs.items()}
+    vs_fgfi = {a: claim(test[a], test["fgfi"], seeds) for a in arms if a != "fgfi"}
+    vs_none = {a: claim(test[a], test["none"], seeds) for a in arms if a != "none"}
+    candidates = [a for a in arms if a not in ("none", "fgfi")]
+    best = max(candidates, key=lambda a: (statistics.mean(val[a][s] for s in seeds), -candidates.index(a)))
+    best_vs_fgfi = {"method": best, **{k: vs_fgfi[best][k] for k in ("per_seed", "mean", "ci95", "significant")}}
+    model = "shuffledet_0.25x"
+    result = {
+        "preset": args.preset, **protocol_keys(seeds),
+        "command": f"python benchmarks/distill_methods.py --preset {args.preset}",
+        "teacher": {"run": teacher_recipe["name"], "val_map40": trec["metrics"]["map40"]},
+        "steps": {"student": plan["student_steps"], "batch": p["batch"], "passes": plan["student_passes"]},
+        "data": {"train_images": n["train"], "val_images": n["val"], "test_images": n["test"], "data_hash": data_hash},
+        "students": {model: {
+            "arms": arms, "chosen": chosen, "sweeps_seed0_val": sweeps_val,
+            "test_map40": {a: [test[a][s] for s in seeds] for a in arms},
+            "val_map40": {a: [val[a][s] for s in seeds] for a in arms},
+            "vs_fgfi": vs_fgfi, "vs_none": vs_none, "best_by_val": best, "best_vs_fgfi": best_vs_fgfi,
+            "goal_met": bool(best_vs_fgfi["mean"] >= 1.0 and best_vs_fgfi["ci95"][0] > 0),
+        }},
+        "minutes": sum(runner.student_s) / 60, "total_minutes": (time.perf_counter() - t_start) / 60,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.results / "distill_methods.json", result)
+    _bar_chart(test, seeds, args.results / "distill_methods.png", title=f"{model}, test split ({args.preset})")
+    st = result["students"][model]
+    md = [f"# Distillation methods ({args.preset} preset)", "", f"`{result['command']}`", "",
+          f"{model} from the 1x teacher; {n['train']} train / {n['val']} val (selection) / {n['test']} test "
+          f"(report) images; {plan['student_steps']} steps per student ({plan['student_passes']:.1f} passes); "
+          f"seeds {seeds}.", "",
+          "| arm | chosen on val | test mAP40 per seed | mean | vs FGFI (test) |", "|---|---|---|---|---|"]
+    for a in arms:
+        v = st["test_map40"][a]
+        md.append(f"| {a} | {chosen[a]} | {', '.join(f'{x:.2f}' for x in v)} | {statistics.mean(v):.2f} | "
+                  f"{describe(vs_fgfi[a]) if a in vs_fgfi else 'reference'} |")
+    md += ["", f"- best method by val: **{best}**; against FGFI on test: {describe(vs_fgfi[best])}",
+           f"- goal (best beats FGFI by >= +1.0 with a CI above 0): {'met' if st['goal_met'] else 'not met'}",
+           "- chart: distill_methods.png"]
+    atomic_write_text(args.results / "distill_methods.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+def _bar_chart(test: dict, seeds: list[int], path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(test)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    means = [statistics.mean(test[a][s] for s in seeds) for a in arms]
+    ax.bar(range(len(arms)), means, color=[f"C{i}" for i in range(len(arms))], alpha=0.6)
+    for i, a in enumerate(arms):
+        ax.plot([i] * len(seeds), [test[a][s] for s in seeds], "ko", ms=4)
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_ylabel("test mAP40 (bar: mean, dots: seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

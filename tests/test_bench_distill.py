@@ -1,0 +1,32 @@
+"""benchmarks/distill_methods.py: the head-to-head of distillers follows the evidence protocol."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import distill_methods  # noqa: E402
+
+
+@pytest.mark.slow
+def test_smoke_run_selects_on_val_and_reports_claims_against_fgfi(tmp_path):
+    args = ["--preset", "smoke", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+    assert distill_methods.main(args) == 0
+    r = json.loads((tmp_path / "r" / "distill_methods.json").read_text())
+    assert (r["selection_split"], r["report_split"], r["seeds"]) == ("val", "test", [0, 1, 2])
+    st = r["students"]["shuffledet_0.25x"]
+    assert st["arms"] == ["none", "fgfi", "pkd", "crosskd", "pkd+crosskd"]
+    b = st["best_vs_fgfi"]
+    assert b["method"] in ("pkd", "crosskd", "pkd+crosskd") and len(b["per_seed"]) == 3 and len(b["ci95"]) == 2
+    # equal tuning budget: every arm tried as many settings on val as the baseline's lr sweep
+    sizes = {a: len(next(iter(v.values()))) for a, v in st["sweeps_seed0_val"].items()}
+    assert len(set(sizes.values())) == 1
+    assert (tmp_path / "r" / "distill_methods.png").stat().st_size > 1000
+    runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())
+    assert distill_methods.main(args) == 0  # resumes: no new run
+    assert sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()) == runs
