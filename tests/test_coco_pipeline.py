@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_quickstart_on_coco_reports_coco_ap(tmp_path, capsys):
     torch.set_num_threads(1)
-    assert main(["data", "synth", "--out", str(tmp_path / "synth"), "--num-images", "12", "--size", "384x128"]) == 0
+    assert main(["data", "synth", "--out", str(tmp_path / "synth"), "--num-images", "16", "--size", "384x128"]) == 0
     assert main(["data", "convert", str(tmp_path / "synth"), "--from", "synth", "--to", "coco",
                  "--out", str(tmp_path / "coco")]) == 0
     tiny = [f"stages.teacher.schedule.{k}" for k in ("steps=2", "batch_size=2", "eval_every=2", "checkpoint_every=2",

@@ -20,12 +20,12 @@ KITTI = Path(__file__).resolve().parents[2] / "shared" / "kitti_real"
 def cfg(tmp_path_factory) -> DataConfig:
     cache = tmp_path_factory.mktemp("synth")
     return DataConfig(format="synth", image_size=(64, 192),
-                      synth={"num_images": 8, "size": (248, 75), "seed": 0, "cache_dir": str(cache)})
+                      synth={"num_images": 10, "size": (248, 75), "seed": 0, "cache_dir": str(cache)})
 
 
 def test_items_follow_the_contract(cfg):
     ds = build_dataset(cfg, "train", train=True, seed=0)
-    assert len(ds) == 6  # 25% of 8 go to val
+    assert len(ds) == 6  # 2 of 10 go to val, 2 to test
     x, t = ds[0]
     assert x.shape == (3, 64, 192) and x.dtype == torch.float32
     assert t["boxes"].dtype == torch.float32 and t["boxes"].shape[1] == 4
