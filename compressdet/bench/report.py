@@ -37,7 +37,8 @@ def _lat(row: dict[str, Any]) -> str:
     for b, cells in row["latency"].items():
         c = cells.get("b1") if isinstance(cells, dict) else None
         if c and "median_ms" in c:
-            parts.append(f"{b} {c['median_ms']:.1f}/{c['p90_ms']:.1f}")
+            star = "*" if row.get("fastest_backend") == b else ""
+            parts.append(f"{b}{star} {c['median_ms']:.1f}/{c['p90_ms']:.1f}")
         elif isinstance(cells, dict) and "skipped" in cells:
             parts.append(f"{b} n/a")
     return ", ".join(parts) or "-"
@@ -96,23 +97,42 @@ def markdown_report(report: dict[str, Any]) -> str:
              f"FLOPs = backbone multiply-adds at the input size; params include BN statistics and the head. "
              f"AP: KITTI {report.get('protocol')} protocol ({'AP11' if report.get('protocol') == 'seed' else 'AP40'}), "
              f"val split. Latency: median/p90 ms at batch 1 over {report['runs']} runs after {report['warmup']} "
-             f"warm-up, {report['threads']} threads, {report['device']}.", "",
+             f"warm-up, {report['threads']} threads, {report['device']}"
+             + (", each model in its own process" if report.get("timer") == "isolated_process" else "")
+             + "; * = fastest backend of the row.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table_rows(report)]
+    timer = ("each model on each CPU backend timed in fresh processes of its own, alternating over "
+             f"{report.get('rounds', 1)} rounds" if report.get("timer") == "isolated_process" else "one process")
     lines += ["", "## Latency per backend and batch size (median / p90 ms)", "",
-              "| model | backend | " + " | ".join(f"batch {b}" for b in report["batch_sizes"]) + " |",
-              "|---|---|" + "---|" * len(report["batch_sizes"])]
+              f"Timer: {timer}; TensorRT with CUDA events. precision = what the backend really computed in (read "
+              "back from the runtime: OpenVINO's default is bf16 on CPUs with AVX512-BF16/AMX); max |diff| = largest "
+              "difference of its raw head output from PyTorch fp32 on one image; speed-up = the fp32 baseline model "
+              "(first stage of the row's 'from' chain) on the same backend (int8 backends: on its float one) over "
+              "this; * = the row's fastest backend at batch 1.", "",
+              "| model | backend | precision | max \\|diff\\| vs PyTorch fp32 | "
+              + " | ".join(f"batch {b}" for b in report["batch_sizes"]) + " | speed-up vs baseline |",
+              "|---|---|---|---|" + "---|" * len(report["batch_sizes"]) + "---|"]
     for r in report["rows"]:
         for b, cells in r["latency"].items():
+            info = (r.get("backends") or {}).get(b, {})
+            prec = info.get("precision", "-")
+            if info.get("inference_precision") and info["inference_precision"] != prec:
+                prec += f" ({info['inference_precision']} elsewhere)"
+            diff = info.get("max_abs_diff_vs_torch_fp32")
+            diff_s = "-" if diff is None else f"{diff:.3g}"
+            name = f"{b} *" if r.get("fastest_backend") == b else b
+            sp = (r.get("speedup_vs_baseline") or {}).get(b)
+            sp_s = f"x{sp['speedup']:.2f} vs {sp['vs']} ({sp['vs_backend']})" if sp else "-"
             if "skipped" in cells:
                 skipped = " | ".join(f"n/a: {cells['skipped']}" for _ in report["batch_sizes"])
-                lines.append(f"| {r['label']} | {b} | {skipped} |")
+                lines.append(f"| {r['label']} | {name} | {prec} | {diff_s} | {skipped} | - |")
                 continue
             vals = []
             for bs in report["batch_sizes"]:
                 c = cells.get(f"b{bs}", {})
                 vals.append(f"{c['median_ms']:.2f} / {c['p90_ms']:.2f}" if "median_ms" in c else f"n/a: {c.get('skipped', '-')}")
-            lines.append(f"| {r['label']} | {b} | " + " | ".join(vals) + " |")
+            lines.append(f"| {r['label']} | {name} | {prec} | {diff_s} | " + " | ".join(vals) + f" | {sp_s} |")
     q = report.get("qat_vs_ptq")
     if q:
         lines += ["", f"**QAT vs PTQ**: {_qat_vs_ptq_line(q)}."]
