@@ -1,9 +1,10 @@
 """Reproducible artifacts: the same recipe, seed and inputs give byte-identical files.
 
-A tiny recipe (train -> prune -> QAT -> export fp32 + INT8) runs twice into two run folders, the
+A tiny recipe (train -> prune -> QAT -> export fp32 + INT8 (+ OpenVINO IR when installed), and an ORT
+PTQ export of the pruned model) runs twice into two run folders, the
 second time killed (SIGKILL) right after the student's first checkpoint and resumed with
-``--resume``. Model files, checkpoints, the .pt2 program, ONNX files (fp32 and INT8) and every
-artifact sha256 in the two manifests must be equal.
+``--resume``. Model files, checkpoints, the .pt2 program, ONNX files (fp32 and INT8), IR files and
+every artifact sha256 in the two manifests must be equal.
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ stages:
   - name: export
     kind: export
     from: int8
-    formats: [onnx, onnx-int8]
+    formats: [onnx, onnx-int8{ov}]
+  - name: export_ptq
+    kind: export
+    from: pruned
+    formats: [onnx-int8]
+    calibration_images: 2
 """
 
 # run in a child process; KILL_AFTER=<stage>:<step> SIGKILLs it right after that stage's last.pt of that step
@@ -91,7 +97,7 @@ def _files(run_dir: Path) -> dict[str, bytes]:
     """Every model-like file of a run: model files, checkpoints, .pt2, ONNX, pruning history, reports."""
     out = {}
     for p in sorted(run_dir.rglob("*")):
-        if p.is_file() and p.suffix in (".pt", ".pt2", ".onnx", ".json") and p.name not in ("manifest.json",):
+        if p.is_file() and p.suffix in (".pt", ".pt2", ".onnx", ".json", ".xml", ".bin") and p.name != "manifest.json":
             if p.name.endswith(".export.json"):
                 continue
             out[str(p.relative_to(run_dir))] = p.read_bytes()
@@ -100,7 +106,13 @@ def _files(run_dir: Path) -> dict[str, bytes]:
 
 def test_same_recipe_twice_gives_identical_bytes_even_after_a_kill_and_resume(tmp_path):
     recipe = tmp_path / "repro.yaml"
-    recipe.write_text(RECIPE.format(cache=tmp_path / "synth"))
+    try:
+        import openvino  # noqa: F401
+
+        ov = ", openvino, openvino-int8"
+    except ImportError:
+        ov = ""
+    recipe.write_text(RECIPE.format(cache=tmp_path / "synth", ov=ov))
     a = _run(tmp_path, recipe, tmp_path / "a")
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
     killed = _run(tmp_path, recipe, tmp_path / "b", kill="student:2")
@@ -114,7 +126,9 @@ def test_same_recipe_twice_gives_identical_bytes_even_after_a_kill_and_resume(tm
     assert set(fa) == set(fb)
     for key in ("student/model.pt", "pruned/model.pt", "int8/quantized.pt2", "int8/model_int8.onnx",
                 "export/pruned.onnx", "export/int8.int8.onnx", "student/checkpoints/last.pt",
-                "student/checkpoints/best.pt", "pruned/checkpoints/last.pt"):
+                "student/checkpoints/best.pt", "pruned/checkpoints/last.pt", "export_ptq/pruned.int8.onnx",
+                *(("export/pruned.xml", "export/pruned.bin", "export/int8.int8.xml", "export/int8.int8.bin")
+                  if ov else ())):
         assert key in fa, sorted(fa)
     differ = [k for k in fa if fa[k] != fb[k]]
     assert not differ, f"byte-different files: {differ}"

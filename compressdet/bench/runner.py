@@ -418,7 +418,7 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
             runners[backend] = (ob.fn, ob.input_shape)
             row["latency"][backend] = {}  # filled by the isolated-process timing below
             info = {"precision": ob.precision, **ob.info, "file": _rel(path, run_dir)}
-            if _shape_ok(ob.input_shape, 1, msize) is None if ob.input_shape is not None else True:
+            if ob.input_shape is None or _shape_ok(ob.input_shape, 1, msize) is None:  # takes one image
                 out = np.asarray(ob.fn(x_check.numpy()))
                 info["max_abs_diff_vs_torch_fp32"] = max_abs_diff(out, ref_check)
                 info["detection_agreement_vs_torch_fp32"] = _agreement(ref_check, out, msize, model, opts)
