@@ -81,6 +81,10 @@ def test_bench_latest_run_writes_reports(tmp_path, monkeypatch, capsys):
     assert student["speedup_vs_baseline"]["ort"]["speedup"] == 1.0
     assert q["speedup_vs_baseline"]["ort-int8"]["vs_backend"] == "ort"
     assert q["speedup_vs_baseline"]["ort-int8"]["vs"] == "student" and q["baseline"] == "student"
+    # the delta's speed-up compares one backend (int8 against its float one), never best against best
+    assert q["delta"]["speedup_backends"] == "ort-int8 vs ort"
+    assert q["delta"]["speedup"] == pytest.approx(pruned["latency"]["ort"]["b1"]["median_ms"]
+                                                  / q["latency"]["ort-int8"]["b1"]["median_ms"], abs=0.01)
     assert q["eval_backend"] == "ort-int8" and q["file_bytes"] < pruned["file_bytes"]
     md = (run / "bench" / "report.md").read_text()
     assert "car E/M/H" in md and "FLOPs" in md and "pruned (int8)" in md

@@ -54,7 +54,7 @@ def _delta(row: dict[str, Any]) -> str:
     if d.get("macs_backbone_pct"):
         bits.append(f"MACs {d['macs_backbone_pct']:+.0f}%")
     if d.get("speedup"):
-        bits.append(f"x{d['speedup']:.2f} speed")
+        bits.append(f"x{d['speedup']:.2f} speed" + (f" ({d['speedup_backends']})" if d.get("speedup_backends") else ""))
     if d.get("file_bytes_pct") is not None:
         bits.append(f"size {d['file_bytes_pct']:+.0f}%")
     return " ".join(bits)

@@ -627,13 +627,22 @@ def _deltas(rows: list[dict[str, Any]], protocol: str) -> None:
             r["delta"] = None
             continue
         m, mr = row_map(r, protocol), row_map(ref, protocol)
-        lat, latr = best_latency(r)[1], best_latency(ref)[1]
+        # speed on one backend: the row's fastest vs the reference on that backend (an int8 backend: its
+        # float one), so a backend change is not read as a model's speed-up; best vs best only as a fallback
+        from .backends import float_counterpart
+
+        b, lat = best_latency(r)
+        vs_b = float_counterpart(b) if b else None
+        latr = _backend_latency(ref, vs_b) if vs_b else None
+        if latr is None:
+            vs_b, latr = best_latency(ref)
         r["delta"] = {"vs": ref["label"],
                       "map": None if m is None or mr is None else round(m - mr, 2),
                       "macs_backbone_pct": _pct(r["macs"]["backbone"], ref["macs"]["backbone"]),
                       "params_pct": _pct(r["params"]["total"], ref["params"]["total"]),
                       "latency_pct": _pct(lat, latr),
                       "speedup": None if not lat or not latr else round(latr / lat, 2),
+                      "speedup_backends": None if not lat or not latr else f"{b} vs {vs_b}",
                       "file_bytes_pct": _pct(r["file_bytes"], ref["file_bytes"])}
 
 
