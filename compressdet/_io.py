@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_json",
-           "atomic_torch_save", "sha256_file"]
+           "atomic_torch_save", "atomic_save_with", "canonical", "sha256_file"]
 
 
 @contextlib.contextmanager
@@ -55,13 +56,53 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def atomic_save_with(path: str | os.PathLike, write: Callable[[io.BytesIO], Any]) -> Path:
+    """``write(buffer)`` into memory, then the bytes atomically to ``path``.
+
+    For serialisers that put the file's own name into what they write: ``torch.save`` and
+    ``torch.export.save`` name the zip archive's records after the file (``.model.pt.x7f3k/data.pkl``
+    for the atomic write's random temp name), so two identical saves through temp files differ in
+    bytes. Written to a buffer the archive is always called ``archive``, and equal objects give
+    byte-identical files (the reproducibility contract: same recipe, seed and inputs -> same sha256).
+    """
+    buf = io.BytesIO()
+    write(buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def canonical(obj: Any, _strings: dict[str, str] | None = None) -> Any:
+    """A copy of the plain containers in ``obj`` in which equal strings are one object.
+
+    Pickle (inside ``torch.save``) memoizes objects by identity: a key that is one interned object in
+    a fresh run but separate objects after a checkpoint was loaded and resumed is written differently,
+    so the same values gave different bytes. Dicts (their type kept, e.g. ``OrderedDict``), lists and
+    tuples are rebuilt and every string goes through one table; tensors and numbers are kept as they are.
+    """
+    strings = {} if _strings is None else _strings
+    t = type(obj)
+    if t is str:
+        return strings.setdefault(obj, obj)
+    if isinstance(obj, dict):
+        items = [(canonical(k, strings), canonical(v, strings)) for k, v in obj.items()]
+        try:
+            return t(items)
+        except TypeError:  # a dict subclass with another constructor: keep it as it is
+            return obj
+    if t is list:
+        return [canonical(v, strings) for v in obj]
+    if t is tuple:
+        return tuple(canonical(v, strings) for v in obj)
+    return obj
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through a temp file; import of torch is deferred so light commands stay light."""
+    """``torch.save`` atomically and reproducibly: equal objects give byte-identical files, also after a
+    resume (see :func:`atomic_save_with` and :func:`canonical`); torch is imported lazily so light
+    commands stay light."""
     import torch
 
-    with atomic_path(path, suffix=".pt.tmp") as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    obj = canonical(obj)
+    return atomic_save_with(path, lambda buf: torch.save(obj, buf))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

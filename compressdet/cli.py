@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "compressdet.eval._cli",      # eval, viz
     "compressdet.export._cli",    # export
     "compressdet.bench._cli",     # bench
+    "compressdet.predict._cli",   # predict
 )
 
 

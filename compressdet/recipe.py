@@ -481,7 +481,8 @@ class PtqStage(StageConfig):
 class ExportStage(StageConfig):
     kind: Literal["export"] = "export"
     requires: ClassVar[tuple[str, ...]] = ("from_",)
-    formats: list[Literal["onnx", "onnx-int8", "tensorrt"]] = Field(default_factory=lambda: ["onnx"])
+    formats: list[Literal["onnx", "onnx-int8", "openvino", "openvino-int8", "tensorrt"]] = Field(
+        default_factory=lambda: ["onnx"])
     opset: int = Field(18, ge=13, description=">= 18: torch.onnx dynamo exporter; 13-17: TorchScript exporter")
     calibration_images: int = Field(16, gt=0, description="images for static PTQ when the stage has no INT8 graph")
     dynamic_batch: bool = False
@@ -497,8 +498,10 @@ class BenchStage(StageConfig):
     kind: Literal["bench"] = "bench"
     ref_fields: ClassVar[tuple[str, ...]] = ("from_", "teacher", "stages")
     stages: list[str] | None = Field(None, description="stages to measure (default: every model stage)")
-    backends: list[Literal["torch", "ort", "ort-int8", "tensorrt"]] = Field(default_factory=lambda: ["torch", "ort"])
+    backends: list[Literal["torch", "ort", "ort-int8", "openvino", "openvino-f32", "openvino-int8", "tensorrt"]] = \
+        Field(default_factory=lambda: ["torch", "ort"])
     runs: int = Field(50, gt=0)
+    rounds: int = Field(3, gt=0, description="isolated-process timing: one fresh process per model and round")
     warmup: int = Field(5, ge=0)
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
     threads: int | None = Field(None, gt=0)

@@ -43,7 +43,7 @@ def test_bench_latest_run_writes_reports(tmp_path, monkeypatch, capsys):
     assert main(["export", str(run), "--stage", "pruned", "--onnx", "--int8", "--calibration-images", "2"]) == 0
     capsys.readouterr()
     rc = main(["bench", "--backends", "torch,ort,ort-int8", "--runs", "2", "--warmup", "1", "--batch-sizes", "1,2",
-               "--threads", "1"])
+               "--threads", "1", "--rounds", "2"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "using the latest run" in out
@@ -61,9 +61,34 @@ def test_bench_latest_run_writes_reports(tmp_path, monkeypatch, capsys):
     # the run's export was static batch 1 -> batch 2 for int8 is skipped with the reason
     assert "static batch" in q["latency"]["ort-int8"]["b2"]["skipped"]
     assert pruned["delta"]["vs"] == "student" and q["delta"]["vs"] == "pruned"
+    # CPU latency comes from isolated processes: one per (model, backend) and round, none of them this one
+    import os
+
+    assert rep["timer"] == "isolated_process" and rep["rounds"] == 2
+    pids = []
+    for r in rep["rows"]:
+        for backend, cells in r["latency"].items():
+            c = cells["b1"]
+            assert c["timer"] == "isolated_process" and c["runs"] == 2 and len(c["pids"]) == 2, (r["label"], backend)
+            pids += c["pids"]
+        assert r["fastest_backend"] in r["latency"]
+    assert len(set(pids)) == len(pids) == 2 * 5 and os.getpid() not in pids
+    # what each backend computed in and how far its output is from PyTorch fp32
+    assert student["backends"]["ort"]["precision"] == "fp32" and q["backends"]["ort-int8"]["precision"] == "int8"
+    assert student["backends"]["ort"]["max_abs_diff_vs_torch_fp32"] < 1e-3
+    assert 0 < q["backends"]["ort-int8"]["max_abs_diff_vs_torch_fp32"] < 10
+    # speed-up vs the fp32 baseline (student) on the same backend; int8 backends vs their float one
+    assert student["speedup_vs_baseline"]["ort"]["speedup"] == 1.0
+    assert q["speedup_vs_baseline"]["ort-int8"]["vs_backend"] == "ort"
+    assert q["speedup_vs_baseline"]["ort-int8"]["vs"] == "student" and q["baseline"] == "student"
+    # the delta's speed-up compares one backend (int8 against its float one), never best against best
+    assert q["delta"]["speedup_backends"] == "ort-int8 vs ort"
+    assert q["delta"]["speedup"] == pytest.approx(pruned["latency"]["ort"]["b1"]["median_ms"]
+                                                  / q["latency"]["ort-int8"]["b1"]["median_ms"], abs=0.01)
     assert q["eval_backend"] == "ort-int8" and q["file_bytes"] < pruned["file_bytes"]
     md = (run / "bench" / "report.md").read_text()
     assert "car E/M/H" in md and "FLOPs" in md and "pruned (int8)" in md
+    assert "| pruned (int8) | ort-int8 * | int8 |" in md and "own process" in md.replace("own processes", "own process")
     assert (run / "bench" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 

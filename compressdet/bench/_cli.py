@@ -52,12 +52,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     opts = BenchOptions(backends=backends, image_size=parse_size(args.image_size) if args.image_size else None,
-                        runs=args.runs, warmup=args.warmup, batch_sizes=parse_ints(args.batch_sizes, "--batch-sizes"),
+                        runs=args.runs, warmup=args.warmup, rounds=args.rounds,
+                        batch_sizes=parse_ints(args.batch_sizes, "--batch-sizes"),
                         threads=args.threads, val=args.val,
                         stages=[s for s in args.stages.split(",") if s] if args.stages else None,
                         protocol=args.protocol, metric=args.metric)
     if args.runs <= 0:
         raise UserError("--runs must be positive")
+    if args.rounds <= 0:
+        raise UserError("--rounds must be positive")
     out = args.out or Path(run_dir) / "bench"
     report = bench_run(run_dir, out, opts, log=lambda s: console.print(s, highlight=False, markup=False))
     print_table(report, console)
@@ -72,13 +75,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench", help="benchmark every model stage of a run (MACs, params, latency, mAP)",
         description="Measure every finished model stage of a run (default: the latest under runs/): backbone and "
                     "total MACs, params, file size, latency per backend (median and p90 after warm-up) and KITTI AP "
-                    "on the val split; writes report.md, report.json and pareto.png into RUN_DIR/bench.")
+                    "on the val split; writes report.md, report.json and pareto.png into RUN_DIR/bench. CPU latency: each "
+                    "model on each backend is timed in fresh processes of its own (report.json: timer "
+                    "isolated_process), never interleaved with another model in one process.")
     p.add_argument("run_dir", nargs="?", type=Path, default=None, metavar="RUN_DIR",
                    help="run directory (default: the most recent run under --runs-root)")
     p.add_argument("--backends", default="torch,ort,ort-int8", help=f"comma-separated, of: {', '.join(BACKENDS)}")
     p.add_argument("--image-size", default=None, metavar="HxW", help="latency input size (default: the model's)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per measurement (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first, in every timing process (default 5)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="CPU backends: each model is timed in this many fresh processes of its own, models "
+                        "alternating (default 3; --runs are split over them)")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ORT (default: torch's)")
     p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True, help="evaluate mAP on val")

@@ -1,17 +1,26 @@
-"""Latency timing: warm-up, then per-call wall time (CPU) or CUDA-event time (GPU); median and p90."""
+"""Latency timing: warm-up, then per-call wall time (CPU) or CUDA-event time (GPU); median and p90.
+
+CPU models are compared in isolated processes (:func:`time_isolated`, what ``compressdet bench`` uses;
+:func:`compare_onnx_isolated` for plain ONNX files): each model in a fresh process of its own,
+models alternating over rounds. Never time several ORT sessions interleaved in one process (see
+:func:`compare_latency`).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-__all__ = ["compare_latency", "compare_onnx_isolated", "measure_latency", "measure_cuda_latency", "set_threads"]
+__all__ = ["compare_latency", "compare_onnx_isolated", "time_isolated", "TimingJob", "measure_latency",
+           "measure_cuda_latency", "set_threads"]
 
 
 def set_threads(threads: int | None) -> int:
@@ -109,14 +118,112 @@ def compare_onnx_isolated(models: Mapping[str, str | Path], *, runs: int = 50, r
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for name, path in models.items():
-            cmd = [sys.executable, "-m", "compressdet.bench.latency", str(path), "--runs", str(per_round),
-                   "--threads", str(threads), "--warmup", str(warmup)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                raise RuntimeError(f"timing {path} failed (exit {out.returncode}): "
-                                   f"{(out.stderr.strip().splitlines() or ['no output'])[-1]}")
-            times[name] += json.loads(out.stdout.strip().splitlines()[-1])
+            times[name] += _run_child([str(path), "--runs", str(per_round), "--threads", str(threads), "--warmup",
+                                       str(warmup)], str(path))
     return {k: _summary(np.asarray(v)) for k, v in times.items()}
+
+
+@dataclass(frozen=True)
+class TimingJob:
+    """One model on one CPU backend, for :func:`time_isolated`.
+
+    Attributes:
+        backend: a :data:`compressdet.bench.backends.CPU_BACKENDS` name.
+        path: the file that backend opens (model ``.pt``/``.pt2``, ONNX, IR ``.xml``).
+        batch_sizes: timed one after the other in the same process.
+        image_size: (H, W) of the input (a deterministic image-like input, batch repeated).
+    """
+
+    backend: str
+    path: str
+    batch_sizes: tuple[int, ...] = (1,)
+    image_size: tuple[int, int] = (384, 1248)
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of a timing child: it must import this same compressdet (not another checkout's)."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _run_child(args: list[str], what: str) -> Any:
+    cmd = [sys.executable, "-m", "compressdet.bench.latency", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
+    if out.returncode != 0:
+        raise RuntimeError(f"timing {what} failed (exit {out.returncode}): "
+                           f"{(out.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_isolated(jobs: Mapping[str, TimingJob], *, runs: int = 50, rounds: int = 3, threads: int = 2,
+                  warmup: int = 5) -> dict[str, dict[str, Any]]:
+    """Time each job in fresh processes of its own, jobs alternating over ``rounds`` (the bench's protocol).
+
+    Each round starts one process per job in turn; the process opens the model on its backend,
+    and for each batch size times ``runs // rounds`` (at least 1) runs after ``warmup``. Nothing of
+    another model (an idle ORT session's spinning threads, caches, allocator state) touches a
+    measurement, and load drift on a shared machine hits every job alike.
+
+    Returns:
+        ``{name: {"b<N>": {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "timer": "isolated_process",
+        "pids": [one per round], "rounds"} | {"skipped": reason}, "precision", "info", "pids"}}``.
+
+    Raises:
+        RuntimeError: a child failed (its last stderr line is in the message).
+    """
+    if runs <= 0 or rounds <= 0:
+        raise ValueError(f"runs and rounds must be positive, got runs={runs}, rounds={rounds}")
+    per_round = max(1, -(-runs // rounds))
+    times: dict[str, dict[str, list[float]]] = {k: {} for k in jobs}
+    skipped: dict[str, dict[str, str]] = {k: {} for k in jobs}
+    pids: dict[str, list[int]] = {k: [] for k in jobs}
+    meta: dict[str, dict[str, Any]] = {}
+    for _ in range(rounds):
+        for name, job in jobs.items():
+            res = _run_child([str(job.path), "--backend", job.backend, "--runs", str(per_round), "--threads",
+                              str(threads), "--warmup", str(warmup), "--batch-sizes",
+                              ",".join(map(str, job.batch_sizes)), "--size", f"{job.image_size[0]}x{job.image_size[1]}"],
+                             f"{job.path} ({job.backend})")
+            pids[name].append(int(res["pid"]))
+            meta[name] = {"precision": res["precision"], "info": res.get("info", {})}
+            for b, t in res["times"].items():
+                times[name].setdefault(b, []).extend(t)
+            skipped[name].update(res.get("skipped", {}))
+    out: dict[str, dict[str, Any]] = {}
+    for name, job in jobs.items():
+        cells: dict[str, Any] = {**meta[name], "pids": pids[name]}
+        for bs in job.batch_sizes:
+            key = f"b{bs}"
+            if key in times[name]:
+                cells[key] = {**_summary(np.asarray(times[name][key])), "timer": "isolated_process",
+                              "pids": pids[name], "rounds": rounds}
+            else:
+                cells[key] = {"skipped": skipped[name].get(key, "not timed")}
+        out[name] = cells
+    return out
+
+
+def _time_backend(backend: str, path: str, batch_sizes: list[int], size: tuple[int, int], runs: int, threads: int,
+                  warmup: int) -> dict[str, Any]:
+    """One process's share of :func:`time_isolated`: open ``path`` on ``backend``, time each batch size."""
+    from ..export._onnx import synthetic_image
+    from .backends import open_backend
+    from .runner import _shape_ok
+
+    b = open_backend(backend, path, threads=threads)
+    res: dict[str, Any] = {"pid": os.getpid(), "precision": b.precision, "info": b.info, "times": {}, "skipped": {}}
+    for bs in batch_sizes:
+        why = _shape_ok(b.input_shape, bs, size) if b.input_shape is not None else None
+        if why and backend == "torch" and str(path).endswith(".pt2"):
+            why = "the quantized .pt2 program was exported for batch 1"
+        if why:
+            res["skipped"][f"b{bs}"] = why
+            continue
+        x = synthetic_image(size).repeat(bs, 1, 1, 1).numpy()
+        res["times"][f"b{bs}"] = _timed_runs(lambda: b.fn(x), runs, warmup).tolist()
+    return res
 
 
 def _time_onnx(path: str, runs: int, threads: int, warmup: int) -> list[float]:
@@ -168,13 +275,23 @@ def measure_cuda_latency(enqueue: Callable[[], Any], stream: Any, *, runs: int =
     return {**_summary(times), "timer": "cuda_events"}
 
 
-if __name__ == "__main__":  # the child process of compare_onnx_isolated
+if __name__ == "__main__":  # the child process of compare_onnx_isolated / time_isolated
     import argparse
 
-    ap = argparse.ArgumentParser(description="time one ONNX model with ONNX Runtime (prints a JSON list of ms)")
-    ap.add_argument("onnx")
+    ap = argparse.ArgumentParser(description="time one model in this process: without --backend an ONNX file in ONNX "
+                                             "Runtime on zeros of its static shape (prints a JSON list of ms); with "
+                                             "--backend a dict {pid, precision, times: {b<N>: [ms]}, skipped}")
+    ap.add_argument("model")
+    ap.add_argument("--backend", default=None)
+    ap.add_argument("--batch-sizes", default="1")
+    ap.add_argument("--size", default=None, metavar="HxW")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=5)
     a = ap.parse_args()
-    print(json.dumps(_time_onnx(a.onnx, a.runs, a.threads, a.warmup)))
+    if a.backend is None:
+        print(json.dumps(_time_onnx(a.model, a.runs, a.threads, a.warmup)))
+    else:
+        hw = tuple(int(v) for v in a.size.split("x"))
+        print(json.dumps(_time_backend(a.backend, a.model, [int(v) for v in a.batch_sizes.split(",")], hw, a.runs,
+                                       a.threads, a.warmup)))

@@ -53,7 +53,8 @@ def _lat(row: dict[str, Any]) -> str:
     for b, cells in row["latency"].items():
         c = cells.get("b1") if isinstance(cells, dict) else None
         if c and "median_ms" in c:
-            parts.append(f"{b} {c['median_ms']:.1f}/{c['p90_ms']:.1f}")
+            star = "*" if row.get("fastest_backend") == b else ""
+            parts.append(f"{b}{star} {c['median_ms']:.1f}/{c['p90_ms']:.1f}")
         elif isinstance(cells, dict) and "skipped" in cells:
             parts.append(f"{b} n/a")
     return ", ".join(parts) or "-"
@@ -69,7 +70,7 @@ def _delta(row: dict[str, Any]) -> str:
     if d.get("macs_backbone_pct"):
         bits.append(f"MACs {d['macs_backbone_pct']:+.0f}%")
     if d.get("speedup"):
-        bits.append(f"x{d['speedup']:.2f} speed")
+        bits.append(f"x{d['speedup']:.2f} speed" + (f" ({d['speedup_backends']})" if d.get("speedup_backends") else ""))
     if d.get("file_bytes_pct") is not None:
         bits.append(f"size {d['file_bytes_pct']:+.0f}%")
     return " ".join(bits)
@@ -118,23 +119,42 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines = [f"# Benchmark: {report['run_dir']}", "",
              f"FLOPs = backbone multiply-adds at the input size; params include BN statistics and the head. "
              f"{ap_text}, val split. Latency: median/p90 ms at batch 1 over {report['runs']} runs after {report['warmup']} "
-             f"warm-up, {report['threads']} threads, {report['device']}.", "",
+             f"warm-up, {report['threads']} threads, {report['device']}"
+             + (", each model in its own process" if report.get("timer") == "isolated_process" else "")
+             + "; * = fastest backend of the row.", "",
              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table_rows(report)]
+    timer = ("each model on each CPU backend timed in fresh processes of its own, alternating over "
+             f"{report.get('rounds', 1)} rounds" if report.get("timer") == "isolated_process" else "one process")
     lines += ["", "## Latency per backend and batch size (median / p90 ms)", "",
-              "| model | backend | " + " | ".join(f"batch {b}" for b in report["batch_sizes"]) + " |",
-              "|---|---|" + "---|" * len(report["batch_sizes"])]
+              f"Timer: {timer}; TensorRT with CUDA events. precision = what the backend really computed in (read "
+              "back from the runtime: OpenVINO's default is bf16 on CPUs with AVX512-BF16/AMX); max |diff| = largest "
+              "difference of its raw head output from PyTorch fp32 on one image; speed-up = the fp32 baseline model "
+              "(first stage of the row's 'from' chain) on the same backend (int8 backends: on its float one) over "
+              "this; * = the row's fastest backend at batch 1.", "",
+              "| model | backend | precision | max \\|diff\\| vs PyTorch fp32 | "
+              + " | ".join(f"batch {b}" for b in report["batch_sizes"]) + " | speed-up vs baseline |",
+              "|---|---|---|---|" + "---|" * len(report["batch_sizes"]) + "---|"]
     for r in report["rows"]:
         for b, cells in r["latency"].items():
+            info = (r.get("backends") or {}).get(b, {})
+            prec = info.get("precision", "-")
+            if info.get("inference_precision") and info["inference_precision"] != prec:
+                prec += f" ({info['inference_precision']} elsewhere)"
+            diff = info.get("max_abs_diff_vs_torch_fp32")
+            diff_s = "-" if diff is None else f"{diff:.3g}"
+            name = f"{b} *" if r.get("fastest_backend") == b else b
+            sp = (r.get("speedup_vs_baseline") or {}).get(b)
+            sp_s = f"x{sp['speedup']:.2f} vs {sp['vs']} ({sp['vs_backend']})" if sp else "-"
             if "skipped" in cells:
                 skipped = " | ".join(f"n/a: {cells['skipped']}" for _ in report["batch_sizes"])
-                lines.append(f"| {r['label']} | {b} | {skipped} |")
+                lines.append(f"| {r['label']} | {name} | {prec} | {diff_s} | {skipped} | - |")
                 continue
             vals = []
             for bs in report["batch_sizes"]:
                 c = cells.get(f"b{bs}", {})
                 vals.append(f"{c['median_ms']:.2f} / {c['p90_ms']:.2f}" if "median_ms" in c else f"n/a: {c.get('skipped', '-')}")
-            lines.append(f"| {r['label']} | {b} | " + " | ".join(vals) + " |")
+            lines.append(f"| {r['label']} | {name} | {prec} | {diff_s} | " + " | ".join(vals) + f" | {sp_s} |")
     q = report.get("qat_vs_ptq")
     if q:
         lines += ["", f"**QAT vs PTQ**: {_qat_vs_ptq_line(q)}."]

@@ -1,4 +1,4 @@
-"""``compressdet export``: ONNX / INT8 ONNX / TensorRT from a run (latest by default) or a model file."""
+"""``compressdet export``: ONNX / INT8 ONNX / OpenVINO IR / TensorRT from a run (latest by default) or a model file."""
 
 from __future__ import annotations
 
@@ -11,19 +11,25 @@ from .formats import formats_help
 __all__ = ["register", "formats_from_flags"]
 
 
-def formats_from_flags(onnx: bool, int8: bool, tensorrt: bool) -> list[str]:
-    """Map ``--onnx/--int8/--tensorrt`` to format names.
+def formats_from_flags(onnx: bool, int8: bool, tensorrt: bool, openvino: bool = False) -> list[str]:
+    """Map ``--onnx/--int8/--openvino/--tensorrt`` to format names (``--openvino --int8`` adds
+    ``openvino-int8``: the IR of the INT8 QDQ graph).
 
     Raises:
-        UserError: no format asked for, or ``--int8`` without ``--onnx``/``--tensorrt``.
+        UserError: no format asked for, or ``--int8`` without ``--onnx``/``--openvino``/``--tensorrt``.
     """
-    if int8 and not (onnx or tensorrt):
-        raise UserError("--int8 needs --onnx (INT8 QDQ ONNX) or --tensorrt (INT8 engine from the QDQ graph)")
-    if not (onnx or tensorrt):
-        raise UserError("nothing to export: pass --onnx and/or --tensorrt (see compressdet export --help)")
+    if int8 and not (onnx or tensorrt or openvino):
+        raise UserError("--int8 needs --onnx (INT8 QDQ ONNX), --openvino (INT8 IR) or --tensorrt (INT8 engine from "
+                        "the QDQ graph)")
+    if not (onnx or tensorrt or openvino):
+        raise UserError("nothing to export: pass --onnx, --openvino and/or --tensorrt (see compressdet export --help)")
     out = ["onnx"]
     if int8:
         out.append("onnx-int8")
+    if openvino:
+        out.append("openvino")
+        if int8:
+            out.append("openvino-int8")
     if tensorrt:
         out.append("tensorrt")
     return out
@@ -35,7 +41,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .exporter import export_model
 
     console = Console()
-    formats = formats_from_flags(args.onnx, args.int8, args.tensorrt)
+    formats = formats_from_flags(args.onnx, args.int8, args.tensorrt, args.openvino)
     if args.opset < 13:
         raise UserError(f"--opset {args.opset}: ONNX Runtime's quantizer and NMS need opset 13 or newer")
     if args.with_postprocess and args.dynamic_batch:
@@ -67,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "stage with a model)")
     p.add_argument("--onnx", action="store_true", help="fp32 ONNX (images -> head [N,72,H/16,W/16])")
     p.add_argument("--int8", action="store_true", help="also an INT8 QDQ ONNX (the QAT/PTQ stage's, else static PTQ)")
+    p.add_argument("--openvino", action="store_true", help="OpenVINO IR of the fp32 graph (with --int8: of the INT8 QDQ "
+                   "graph too; needs the openvino extra)")
     p.add_argument("--tensorrt", action="store_true", help="TensorRT engine (needs the tensorrt extra and CUDA)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18: dynamo exporter; 13-17: TorchScript)")
     p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis")

@@ -149,6 +149,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: tuple[
                 torch.onnx.export(module, (trace_x,), str(tmp), dynamo=False, opset_version=opset,
                                   input_names=["images"], output_names=list(outputs), dynamic_axes=dyn_axes)
                 proto = onnx.load(str(tmp))
+        for node in proto.graph.node:  # the exporter's debug info: stack traces with local paths (not reproducible)
+            del node.metadata_props[:]
         meta = dict(metadata or {})
         meta.update(exporter=exporter, outputs=list(outputs), input="images float32 [N,3,H,W] BGR minus mean",
                     dynamic_batch=dynamic_batch, fp32_rewrites=applied)

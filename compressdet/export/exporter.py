@@ -78,7 +78,7 @@ class ExportSource:
 
     def stem(self, fmt: str) -> str:
         """File stem of a format: int8 outputs of a quantized stage carry its name, the rest the model's."""
-        if self.quant is not None and fmt in ("onnx-int8", "tensorrt-int8"):
+        if self.quant is not None and fmt in ("onnx-int8", "tensorrt-int8", "openvino-int8"):
             return self.quant.stage
         return self.name
 
@@ -265,7 +265,7 @@ class Exporter:
         t0 = time.perf_counter()
         info = fn(path)
         dt = time.perf_counter() - t0
-        size = Path(info["path"]).stat().st_size
+        size = Path(info["path"]).stat().st_size + (Path(info["bin"]).stat().st_size if info.get("bin") else 0)
         info.update(seconds=round(dt, 2), bytes=size, format=name, artifact=f.artifact)
         self.results[name] = info
         self.log(f"[{name}] done in {dt:.1f}s: {info['path']} ({size / 1e6:.2f} MB)")
@@ -416,6 +416,77 @@ class Exporter:
 
         return detection_agreement(a, b, iou=0.5)
 
+    def export_openvino(self, path: Path) -> dict[str, Any]:
+        """IR of the fp32 ONNX; OpenVINO at exact fp32 must match PyTorch within the tolerance (else no file).
+
+        Also recorded: the default-precision run (bf16 on CPUs that have it) vs PyTorch, and what
+        precision that really was.
+        """
+        from ._onnx import ExportVerificationError
+        from ._openvino import convert_to_ir, ir_bin_path
+
+        info = convert_to_ir(self.results["onnx"]["path"], path)
+        try:
+            check = self._verify_openvino(path, int8=False)
+            if not check["max_abs_diff"] <= self.tolerance:
+                raise ExportVerificationError(
+                    f"{path}: OpenVINO (f32) output differs from PyTorch by {check['max_abs_diff']:.3g} > tolerance "
+                    f"{self.tolerance:g}; no file written")
+        except Exception:
+            path.unlink(missing_ok=True)
+            ir_bin_path(path).unlink(missing_ok=True)
+            raise
+        return {**info, "source": f"converted from {Path(self.results['onnx']['path']).name}", **check}
+
+    def export_openvino_int8(self, path: Path) -> dict[str, Any]:
+        """IR of the INT8 QDQ graph (the stage's own, as ``onnx-int8`` exported it): OpenVINO runs its
+        Q/DQ pairs as int8 kernels. Checked: finite outputs; max |diff| and detection agreement vs
+        PyTorch fp32 and vs ONNX Runtime on the same QDQ graph (recorded, no threshold: int8 is not fp32)."""
+        from ._onnx import ExportVerificationError
+        from ._openvino import convert_to_ir, ir_bin_path
+
+        src = self.results["onnx-int8"]["path"]
+        info = convert_to_ir(src, path)
+        try:
+            check = self._verify_openvino(path, int8=True, ort_int8=Path(src))
+            if not np.isfinite(check["max_abs_diff"]):
+                raise ExportVerificationError(f"{path}: OpenVINO INT8 output is not finite; no file written")
+        except Exception:
+            path.unlink(missing_ok=True)
+            ir_bin_path(path).unlink(missing_ok=True)
+            raise
+        return {**info, "source": f"converted from {Path(src).name} (QDQ: int8 as trained)", **check}
+
+    def _verify_openvino(self, xml: Path, *, int8: bool, ort_int8: Path | None = None) -> dict[str, Any]:
+        """OpenVINO (exact f32 hint, and its default precision) vs PyTorch fp32 on two images."""
+        from ._openvino import OpenVINORunner
+        from .runtime import max_abs_diff, ort_run, ort_session
+
+        check = calibration_images(self.source, 2, split="val", log=lambda s: None)
+        exact = OpenVINORunner(xml, precision="f32", int8=int8)
+        default = OpenVINORunner(xml, int8=int8)
+        sess = ort_session(ort_int8) if ort_int8 is not None else None
+        diffs, ddiffs, agree, odiffs = [], [], [], []
+        for c in check:
+            with torch.no_grad():
+                ref = self.model(c).numpy()
+            o = exact(c.numpy())
+            diffs.append(max_abs_diff(o, ref))
+            ddiffs.append(max_abs_diff(default(c.numpy()), ref))
+            agree.append(self._agree(self._decode(ref), self._decode(o)))
+            if sess is not None:
+                odiffs.append(max_abs_diff(o, ort_run(sess, c.numpy())[0]))
+        out = {"max_abs_diff": float(max(diffs)), "detection_agreement": float(np.mean(agree)),
+               "precision": exact.precision, "default_precision": default.inference_precision,
+               "max_abs_diff_default_precision": float(max(ddiffs)), "vs": "pytorch fp32"}
+        if odiffs:
+            out["max_abs_diff_vs_ort_int8"] = float(max(odiffs))
+        self.log(f"  OpenVINO ({'int8, ' if int8 else ''}f32 hint) vs PyTorch fp32: max |diff| {out['max_abs_diff']:.3g}, "
+                 f"detection agreement {out['detection_agreement']:.3f}; default precision "
+                 f"({default.inference_precision}): max |diff| {out['max_abs_diff_default_precision']:.3g}"
+                 + (f"; vs ORT int8: max |diff| {out['max_abs_diff_vs_ort_int8']:.3g}" if odiffs else ""))
+        return out
+
     def export_tensorrt(self, path: Path) -> dict[str, Any]:
         from ..errors import ArtifactError
         from ..quant.onnx_int8 import check_int8_graph
@@ -450,6 +521,10 @@ def export_model(path: str | Path | None, formats: list[str], *, stage: str | No
         from ._tensorrt import check_tensorrt
 
         check_tensorrt()
+    if any(f.startswith("openvino") for f in formats):
+        from ._openvino import check_openvino
+
+        check_openvino("OpenVINO export")
     source = resolve_source(path, stage, runs_root=runs_root, log=log)
     if out_dir is None:
         out_dir = (source.run_dir / "exports") if source.run_dir else source.model_path.parent

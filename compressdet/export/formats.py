@@ -21,7 +21,7 @@ class ExportFormat:
     """One export format.
 
     Attributes:
-        name: CLI/recipe name (``onnx``, ``onnx-int8``, ``tensorrt``).
+        name: CLI/recipe name (``onnx``, ``onnx-int8``, ``openvino``, ``openvino-int8``, ``tensorrt``).
         suffix: file suffix of the artifact.
         artifact: manifest artifact key the export stage records it under.
         backend: bench backend that runs it.
@@ -51,13 +51,22 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("onnx-int8", ".int8.onnx", "onnx_int8", "ort-int8", True, True,
                  ("opset", "dynamic_batch", "calibration_images"), requires=("onnx",),
                  description="INT8 QDQ ONNX graph (the QAT/PTQ stage's, or static PTQ of the fp32 graph)"),
+    ExportFormat("openvino", ".xml", "openvino", "openvino", True, False,
+                 ("opset", "dynamic_batch", "tolerance"), requires=("onnx",), extra="openvino",
+                 description="OpenVINO IR (.xml + .bin) of the fp32 ONNX graph, checked against PyTorch"),
+    ExportFormat("openvino-int8", ".int8.xml", "openvino_int8", "openvino-int8", True, False,
+                 ("opset", "dynamic_batch", "calibration_images"), requires=("onnx-int8",), extra="openvino",
+                 description="OpenVINO IR of the INT8 QDQ graph (the QAT/PTQ stage's int8 decisions, as deployed)"),
     ExportFormat("tensorrt", ".engine", "tensorrt", "tensorrt", False, True,
                  ("opset", "dynamic_batch", "int8", "workspace_gb"), requires=("onnx",), extra="tensorrt",
                  description="TensorRT engine built from the ONNX graph (fp16, or INT8 from the QDQ graph)"),
 )}
 
-#: bench backends: ``torch`` runs the PyTorch model, the others run a format's artifact
-BACKENDS: dict[str, str | None] = {"torch": None, **{f.backend: f.name for f in FORMATS.values()}}
+#: bench backends: ``torch`` runs the PyTorch model, the others run a format's artifact;
+#: ``openvino-f32`` runs the ``openvino`` IR with ``INFERENCE_PRECISION_HINT=f32`` (exact fp32, where
+#: ``openvino`` computes in OpenVINO's default precision: bf16 on CPUs with AVX512-BF16/AMX)
+BACKENDS: dict[str, str | None] = {"torch": None, **{f.backend: f.name for f in FORMATS.values()},
+                                   "openvino-f32": "openvino"}
 
 
 def export_formats() -> list[ExportFormat]:

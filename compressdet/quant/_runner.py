@@ -7,10 +7,13 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_path, atomic_write_json
+from .._io import atomic_save_with, atomic_write_json
 from ..errors import UserError
 
-__all__ = ["load_float_model", "save_quantized", "finish_quant_stage"]
+__all__ = ["load_float_model", "save_quantized", "finish_quant_stage", "TIMING_METRICS"]
+
+#: metrics that depend on the machine's speed, not on the recipe (kept out of reproducible artifacts)
+TIMING_METRICS = ("qat_minutes", "train_img_per_s", "train_minutes", "minutes")
 
 
 def load_float_model(ctx: Any, role: str = "from") -> tuple[torch.nn.Module, dict]:
@@ -30,9 +33,8 @@ def save_quantized(converted: torch.nn.Module, example: torch.Tensor, path: Path
     from .onnx_int8 import HeadOnly
 
     ep = torch.export.export(HeadOnly(converted), (example,), strict=False)
-    with atomic_path(path, suffix=".tmp.pt2") as tmp:
-        torch.export.save(ep, str(tmp))
-    return Path(path)
+    # through a buffer: a file name would become the archive's record prefix (not reproducible)
+    return atomic_save_with(path, lambda buf: torch.export.save(ep, buf))
 
 
 def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tensor, *, extra_metrics: dict,
@@ -59,6 +61,8 @@ def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tens
     else:
         metrics["ort_coco"] = metric_summary(res_ort)["coco"]
     report = ctx.stage_dir / "quant_report.json"
-    atomic_write_json(report, {"metrics": metrics, "meta": meta})
+    # wall-clock values (minutes, img/s) stay in the manifest's metrics: the report artifact is reproducible
+    atomic_write_json(report, {"metrics": {k: v for k, v in metrics.items() if k not in TIMING_METRICS},
+                               "meta": meta})
     return StageResult(artifacts={"quantized": q_path, "onnx_int8": onnx_path, "report": report},
                        metrics=metrics, meta=meta)

@@ -13,7 +13,7 @@ def run(ctx: StageContext) -> StageResult:
     from ..bench.report import print_table
 
     cfg = ctx.cfg
-    opts = BenchOptions(backends=list(cfg.backends), runs=cfg.runs, warmup=cfg.warmup,
+    opts = BenchOptions(backends=list(cfg.backends), runs=cfg.runs, warmup=cfg.warmup, rounds=cfg.rounds,
                         batch_sizes=list(cfg.batch_sizes), threads=cfg.threads, val=cfg.val, stages=cfg.stages,
                         postprocess=cfg.postprocess.model_dump(), protocol=cfg.eval.protocol, metric=cfg.eval.metric,
                         max_images=cfg.eval.max_images, skip_unavailable=True)

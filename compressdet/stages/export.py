@@ -12,7 +12,8 @@ __all__ = ["run"]
 
 
 def run(ctx: StageContext) -> StageResult:
-    """Artifacts: ``onnx`` (always), ``onnx_int8`` and ``tensorrt`` when asked for.
+    """Artifacts: ``onnx`` (always), ``onnx_int8``, ``openvino`` (+ ``openvino_bin``), ``openvino_int8``
+    (+ ``openvino_int8_bin``) and ``tensorrt`` when asked for.
 
     Recipes list ``tensorrt`` for GPU machines: where tensorrt or CUDA is absent the format is
     skipped with a printed note and the reason in the metric ``tensorrt_skipped`` (the CLI
@@ -30,6 +31,15 @@ def run(ctx: StageContext) -> StageResult:
             formats = [f for f in formats if f != "tensorrt"] or ["onnx"]  # its ONNX input is still useful
             skipped["tensorrt"] = why
             print(f"note: stage '{ctx.name}': skipping format tensorrt ({why})", flush=True)
+    if any(f.startswith("openvino") for f in formats):
+        from ..export._openvino import openvino_unavailable
+
+        why = openvino_unavailable("OpenVINO export")
+        if why:
+            for f in [f for f in formats if f.startswith("openvino")]:
+                skipped[f] = why
+                print(f"note: stage '{ctx.name}': skipping format {f} ({why})", flush=True)
+            formats = [f for f in formats if not f.startswith("openvino")] or ["onnx"]
     src_in = ctx.input("from")
     quant = None
     if is_quant_stage({"kind": src_in.kind, "artifacts": src_in.artifacts}):
@@ -47,6 +57,9 @@ def run(ctx: StageContext) -> StageResult:
                         calibration_images=cfg.calibration_images, postprocess=cfg.postprocess.model_dump())
     results = exporter.run(formats)
     artifacts = {FORMATS[n].artifact: Path(info["path"]) for n, info in results.items()}
+    for n, info in results.items():  # an OpenVINO IR is two files: the manifest hashes both
+        if info.get("bin"):
+            artifacts[f"{FORMATS[n].artifact}_bin"] = Path(info["bin"])
     metrics = {f"{FORMATS[n].artifact}_max_abs_diff": info.get("max_abs_diff", info.get("max_abs_diff_vs_fp32"))
                for n, info in results.items() if n != "tensorrt"}
     if "onnx-int8" in results and "detection_agreement" in results["onnx-int8"]:

@@ -1,0 +1,94 @@
+"""Bench backends on the CPU: one way to open a model file for each backend name.
+
+Used by the bench runner (accuracy, output checks) and by the timing child processes of
+:mod:`compressdet.bench.latency` alike, so a backend is timed exactly as it is evaluated.
+``open_backend(name, path, threads=)`` returns an :class:`OpenBackend`: ``fn(images np [N,3,H,W])
+-> head np``, the input shape it accepts and the precision it really computes in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import UserError
+
+__all__ = ["OpenBackend", "open_backend", "CPU_BACKENDS", "float_counterpart"]
+
+#: backends that run on the CPU and are timed in isolated processes
+CPU_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-f32", "openvino-int8")
+
+
+def float_counterpart(backend: str) -> str:
+    """The float backend an int8 backend is compared with (``ort-int8`` -> ``ort``)."""
+    return {"ort-int8": "ort", "openvino-int8": "openvino"}.get(backend, backend)
+
+
+@dataclass
+class OpenBackend:
+    """A model opened on one backend.
+
+    Attributes:
+        fn: ``images float32 [N, 3, H, W] -> head [N, 72, H/16, W/16]`` (numpy).
+        input_shape: ``[N, 3, H, W]`` with None (or a string) for a dynamic axis; None: any shape.
+        precision: what it computes in: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
+        info: extra (e.g. OpenVINO's ``inference_precision`` for the float parts of an int8 graph).
+    """
+
+    fn: Callable[[np.ndarray], np.ndarray]
+    input_shape: list | None
+    precision: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def open_backend(backend: str, path: str | Path, *, threads: int | None = None) -> OpenBackend:
+    """Open ``path`` on ``backend``.
+
+    Args:
+        backend: ``torch`` (a model file ``.pt``, or a quantized stage's ``.pt2`` int8 program: batch 1),
+            ``ort``/``ort-int8`` (ONNX), ``openvino``/``openvino-f32``/``openvino-int8`` (IR ``.xml``).
+        threads: intra-op threads (torch, ORT, OpenVINO's ``INFERENCE_NUM_THREADS``).
+
+    Raises:
+        UserError: unknown backend or a file it cannot open (MissingDependencyError for openvino).
+    """
+    path = Path(path)
+    if backend == "torch":
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        if path.suffix == ".pt2":
+            from .runner import _quantized_runner
+
+            fn, shape = _quantized_runner(path)
+            return OpenBackend(fn, shape, "int8")
+        from ..models import load_model
+
+        model, _ = load_model(path)
+        model.eval()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+
+        return OpenBackend(run, None, "fp32")
+    if backend in ("ort", "ort-int8"):
+        from ..export.runtime import onnx_input_shape, ort_run, ort_session
+
+        try:
+            sess = ort_session(path, threads=threads)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise UserError(f"{path}: ONNX Runtime cannot load it ({str(e).strip().splitlines()[0][:160]})") from None
+        return OpenBackend(lambda x: ort_run(sess, x)[0], onnx_input_shape(sess),
+                           "int8" if backend == "ort-int8" else "fp32")
+    if backend in ("openvino", "openvino-f32", "openvino-int8"):
+        from ..export._openvino import PRECISIONS, OpenVINORunner
+
+        r = OpenVINORunner(path, threads=threads, precision=PRECISIONS[backend], int8=backend == "openvino-int8")
+        return OpenBackend(r, r.input_shape, r.precision, {"inference_precision": r.inference_precision,
+                                                           "threads": r.threads})
+    raise UserError(f"backend '{backend}' does not run on the CPU here (CPU backends: {', '.join(CPU_BACKENDS)})")

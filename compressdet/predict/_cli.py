@@ -1,0 +1,61 @@
+"""``compressdet predict``: detections on images, folders, globs or videos, drawn and written as results."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..errors import UserError
+    from .predictor import PredictOptions, check_backend, iter_sources, predict, resolve_model
+
+    console = Console(stderr=True)
+    if args.backend is not None:
+        check_backend(args.backend)
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
+        raise UserError(f"--score-threshold {args.score_threshold}: expected a value in [0, 1]")
+    iter_sources(args.source)  # a missing source fails before the model is loaded
+    resolved = resolve_model(args.model, args.backend, stage=args.stage, runs_root=args.runs_root,
+                             log=lambda s: console.print(s, highlight=False, markup=False))
+    opts = PredictOptions(out=args.out, score_threshold=args.score_threshold, save_txt=args.save_txt,
+                          save_images=not args.no_images, threads=args.threads)
+    res = predict(args.source, resolved, opts, console=console)
+    what = f"{res['images']} images" + (f", {res['frames']} video frames" if res["frames"] else "")
+    print(f"{what} on {resolved.backend} ({resolved.description}) at {res['images_per_s']} img/s -> {res['out']}"
+          + (f" (results: {args.save_txt})" if args.save_txt else ""))
+    if args.save_txt == "kitti":
+        print(f"next: compressdet eval --gt LABEL_DIR --det {Path(res['out']) / 'labels'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from .predictor import PREDICT_BACKENDS
+
+    p = subparsers.add_parser(
+        "predict", help="detect objects in images, a folder, a glob or a video; draw and write results",
+        description="Run a model on SOURCE (an image, a folder of images, a quoted glob such as 'imgs/*.png', or a "
+                    "video file) with the same resize, normalisation, decode and NMS as evaluation (the run's "
+                    "post-processing settings), and write PNGs (mp4 for a video) with boxes and scores, plus KITTI "
+                    "txt files (OUT/labels/) or one COCO JSON (OUT/detections.coco.json).")
+    p.add_argument("source", metavar="SOURCE", help="image, folder, glob (quote it) or video (mp4/avi/mov/mkv/webm)")
+    p.add_argument("--model", default=None, metavar="RUN|MODEL|ONNX|IR",
+                   help="run directory (its last model stage; --stage picks another), a .pt model file, an .onnx "
+                        "graph or an OpenVINO .xml (default: the latest run under --runs-root)")
+    p.add_argument("--backend", default=None, metavar="NAME",
+                   help=f"one of {', '.join(PREDICT_BACKENDS)} (default: torch for a run or .pt, ort/ort-int8 for "
+                        ".onnx, openvino/openvino-int8 for .xml)")
+    p.add_argument("--stage", default=None, metavar="NAME", help="stage of the run to use")
+    p.add_argument("--out", type=Path, default=Path("predictions"), metavar="DIR", help="output folder")
+    p.add_argument("--score-threshold", type=float, default=None, metavar="T",
+                   help="drop detections below T (default: the run's postprocess score_thresh, 0.0)")
+    p.add_argument("--save-txt", choices=("kitti", "coco"), default=None,
+                   help="also write results: KITTI txt per image, or one COCO JSON")
+    p.add_argument("--no-images", action="store_true", help="write no PNG/mp4, results only")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the backend")
+    p.add_argument("--runs-root", type=Path, default=Path("runs"), help="where to look for the latest run")
+    p.set_defaults(func=_cmd_predict)

@@ -1,0 +1,439 @@
+"""Predictor: a model on one backend plus the evaluation's transform and decode; sources and writers."""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import DataError, MissingDependencyError, UserError
+
+__all__ = ["PREDICT_BACKENDS", "ResolvedModel", "PredictOptions", "Predictor", "resolve_model", "iter_sources",
+           "predict", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+
+PREDICT_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-int8", "tensorrt")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+DEFAULT_CLASSES = ["car", "pedestrian", "cyclist"]
+
+#: which backends run which kind of model file
+_BY_SUFFIX = {".pt": ("torch",), ".onnx": ("ort", "ort-int8", "openvino", "openvino-int8"),
+              ".xml": ("openvino", "openvino-int8"), ".engine": ("tensorrt",)}
+
+
+@dataclass
+class ResolvedModel:
+    """What to run and with which settings (the run's, when the model came from a run).
+
+    Attributes:
+        path: the file the backend opens.
+        backend: a :data:`PREDICT_BACKENDS` name.
+        image_size: model input (H, W).
+        classes: training class names (index = label).
+        postprocess: PostProcessor keyword arguments (the run's stage config, else the defaults).
+        description: one line for the log.
+    """
+
+    path: Path
+    backend: str
+    image_size: tuple[int, int]
+    classes: list[str]
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def check_backend(name: str) -> str:
+    """Raises UserError for an unknown backend name, with the close match and the valid list."""
+    if name not in PREDICT_BACKENDS:
+        close = difflib.get_close_matches(name, PREDICT_BACKENDS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown backend '{name}'{hint}; backends: {', '.join(PREDICT_BACKENDS)}")
+    return name
+
+
+def _postprocess_defaults() -> dict[str, Any]:
+    from ..recipe import PostprocessConfig
+
+    return PostprocessConfig().model_dump()
+
+
+def _from_run(run_dir: Path, backend: str | None, stage: str | None, log: Callable[[str], None]) -> ResolvedModel:
+    from ..bench.runner import collect_variants
+    from ..recipe import load_recipe
+
+    backend = backend or "torch"
+    variants = collect_variants(run_dir, [stage] if stage else None)
+    if not variants:
+        raise UserError(f"{run_dir}: no finished stage with a model")
+    int8 = backend in ("ort-int8", "openvino-int8") or (backend == "tensorrt" and stage is not None and
+                                                         any(v.precision == "int8" for v in variants))
+    rows = [v for v in variants if (v.precision == "int8") == int8]
+    if not rows:
+        raise UserError(f"{run_dir}: no {'int8' if int8 else 'fp32'} model for backend '{backend}'"
+                        + (f" in stage '{stage}'" if stage else "") + " (export one: compressdet export --int8)")
+
+    def file_of(v: Any) -> Path | None:
+        if backend == "torch":
+            return v.model_path if v.precision == "fp32" else v.files.get("torch")
+        return v.files.get(backend)
+
+    have = [v for v in rows if file_of(v) is not None]
+    if not have:
+        flag = {"ort": "--onnx", "ort-int8": "--onnx --int8", "openvino": "--openvino",
+                "openvino-int8": "--openvino --int8", "tensorrt": "--tensorrt"}[backend]
+        raise UserError(f"{run_dir}: stage '{rows[-1].stage}' has no file for backend '{backend}' "
+                        f"(export it first: compressdet export {run_dir} --stage {rows[-1].stage} {flag})")
+    v = have[-1]
+    recipe = load_recipe(run_dir / "recipe.yaml") if (run_dir / "recipe.yaml").is_file() else None
+    pp = _postprocess_defaults()
+    if recipe is not None:
+        try:
+            cfg = recipe.stage(v.stage)
+            if getattr(cfg, "postprocess", None) is not None:
+                pp = cfg.postprocess.model_dump()
+        except KeyError:
+            pass
+    from ..models import load_model
+
+    model, meta = load_model(v.model_path)
+    size = tuple(int(s) for s in model.image_size)
+    classes = list(recipe.data.classes) if recipe is not None else list(meta.get("classes") or DEFAULT_CLASSES)
+    path = file_of(v)
+    log(f"using {v.label} of {run_dir} on {backend}: {path}")
+    return ResolvedModel(Path(path), backend, size, classes, pp, f"{v.label} ({run_dir.name})")
+
+
+def _onnx_settings(path: Path) -> tuple[tuple[int, int] | None, list[str], dict[str, Any], dict[str, str]]:
+    from ..export.runtime import onnx_metadata
+
+    try:
+        meta = onnx_metadata(path)
+    except Exception as e:  # noqa: BLE001 - any parse failure: not an ONNX file
+        raise UserError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    outputs = json.loads(meta.get("outputs", '["head"]'))
+    if "boxes" in outputs:
+        raise UserError(f"{path}: graph ends in decode + NMS (--with-postprocess); predict runs the raw-head graph "
+                        "(export without --with-postprocess)")
+    size = None
+    if meta.get("input_size"):
+        h, w = (int(v) for v in meta["input_size"].split("x"))
+        size = (h, w)
+    classes = json.loads(meta["classes"]) if meta.get("classes") else list(DEFAULT_CLASSES)
+    pp = _postprocess_defaults()
+    if meta.get("postprocess") not in (None, "null"):
+        pp.update(json.loads(meta["postprocess"]))
+    return size, classes, pp, meta
+
+
+def resolve_model(model: str | Path | None, backend: str | None = None, *, stage: str | None = None,
+                  runs_root: str | Path = "runs", log: Callable[[str], None] = print) -> ResolvedModel:
+    """A run directory (default: the latest under ``runs_root``), a model file, an ONNX graph or an IR.
+
+    Raises:
+        UserError: nothing found, unknown backend, or a model file the backend cannot run.
+    """
+    from ..pipeline import find_latest_run
+
+    if backend is not None:
+        check_backend(backend)
+    if model is None:
+        model = find_latest_run(runs_root)
+        if model is None:
+            raise UserError(f"no run found under {runs_root}/ (pass --model RUN_DIR|MODEL|ONNX|IR)")
+        log(f"using the latest run: {model}")
+    path = Path(model)
+    if path.is_dir():
+        return _from_run(path, backend, stage, log)
+    if not path.is_file():
+        raise UserError(f"--model {path}: no such run directory or model file")
+    if stage:
+        raise UserError(f"--stage {stage}: only valid with a run directory, {path} is a file")
+    suffix = path.suffix.lower()
+    if suffix not in _BY_SUFFIX:
+        raise UserError(f"--model {path}: unknown model file type '{suffix}' (expected a run directory, .pt, .onnx, "
+                        ".xml or .engine)")
+    allowed = _BY_SUFFIX[suffix]
+    if backend is None:
+        if suffix == ".onnx":
+            backend = "ort-int8" if _onnx_settings(path)[3].get("precision") == "int8" else "ort"
+        elif suffix == ".xml":
+            backend = "openvino-int8" if path.name.endswith(".int8.xml") else "openvino"
+        else:
+            backend = allowed[0]
+    if backend not in allowed:
+        raise UserError(f"--model {path} is a {suffix} file: backend '{backend}' cannot run it "
+                        f"(backends for {suffix}: {', '.join(allowed)})")
+    if suffix == ".pt":
+        from ..models import load_model
+
+        m, meta = load_model(path)
+        classes = list(meta.get("classes") or DEFAULT_CLASSES[: int(getattr(m, "num_classes", 3))])
+        return ResolvedModel(path, backend, tuple(int(s) for s in m.image_size), classes, _postprocess_defaults(),
+                             path.name)
+    if suffix == ".onnx":
+        size, classes, pp, _ = _onnx_settings(path)
+        if size is None:
+            size = _graph_input_size(path, backend)
+        return ResolvedModel(path, backend, size, classes, pp, path.name)
+    if suffix == ".xml":
+        sibling = path.with_name(path.name[: -len(".xml")] + ".onnx")  # exported side by side: its metadata
+        size, classes, pp = None, list(DEFAULT_CLASSES), _postprocess_defaults()
+        if sibling.is_file():
+            size, classes, pp, _ = _onnx_settings(sibling)
+        if size is None:
+            size = _graph_input_size(path, backend)
+        return ResolvedModel(path, backend, size, classes, pp, path.name)
+    from ..export._tensorrt import check_tensorrt
+
+    check_tensorrt("the predict tensorrt backend")
+    size = _graph_input_size(path, backend)
+    return ResolvedModel(path, backend, size, list(DEFAULT_CLASSES), _postprocess_defaults(), path.name)
+
+
+def _graph_input_size(path: Path, backend: str) -> tuple[int, int]:
+    b = _open(path, backend, threads=None)
+    shape = b[1]
+    if shape is None or not all(isinstance(d, int) for d in shape[2:]):
+        raise UserError(f"{path}: input size is dynamic and the file carries no input_size metadata")
+    return int(shape[2]), int(shape[3])
+
+
+def _open(path: Path, backend: str, threads: int | None) -> tuple[Callable[[np.ndarray], np.ndarray], list | None]:
+    if backend == "tensorrt":
+        from ..export._tensorrt import TensorRTRunner, check_tensorrt
+
+        check_tensorrt("the predict tensorrt backend")
+        r = TensorRTRunner(path)
+        return r, r.input_shape
+    from ..bench.backends import open_backend
+
+    b = open_backend(backend, path, threads=threads)
+    return b.fn, b.input_shape
+
+
+class Predictor:
+    """``predictor(rgb uint8 Tensor[3, H0, W0]) -> {"boxes" xyxy (original px), "scores", "labels"}``.
+
+    The image goes through the dataset's evaluation transform (resize to the model input, BGR minus
+    mean) and the head through the run's PostProcessor (boxes scaled back to the image), exactly
+    as ``compressdet bench``/training evaluation do.
+    """
+
+    def __init__(self, resolved: ResolvedModel, *, threads: int | None = None):
+        from ..data.transforms import DetectionTransform
+        from ..models.postprocess import PostProcessor
+
+        self.resolved = resolved
+        self.fn, self.input_shape = _open(resolved.path, resolved.backend, threads)
+        self.transform = DetectionTransform(resolved.image_size, None)
+        self.pp = PostProcessor(resolved.image_size, num_classes=len(resolved.classes), **resolved.postprocess)
+
+    def __call__(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, _ = self.transform(img, torch.zeros(0, 4))
+        head = np.asarray(self.fn(x[None].float().numpy()))
+        return self.pp(torch.from_numpy(head), orig_sizes=[tuple(int(s) for s in img.shape[-2:])])[0]
+
+
+def iter_sources(source: str | Path) -> list[tuple[str, Path]]:
+    """``[("image" | "video", path)]`` for an image, a video, a folder of images or a glob.
+
+    Raises:
+        DataError: nothing there, or a folder/glob without images.
+    """
+    text = str(source)
+    p = Path(text)
+    if p.is_file():
+        return [("video" if p.suffix.lower() in VIDEO_SUFFIXES else "image", p)]
+    if p.is_dir():
+        files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{p}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return [("image", q) for q in files]
+    if any(c in text for c in "*?["):
+        files = sorted(Path(q) for q in glob.glob(text, recursive=True) if Path(q).is_file())
+        if not files:
+            raise DataError(f"{text}: no file matches this pattern")
+        return [("video" if q.suffix.lower() in VIDEO_SUFFIXES else "image", q) for q in files]
+    raise DataError(f"{text}: no such image, video, folder or glob match")
+
+
+@dataclass
+class PredictOptions:
+    out: Path = Path("predictions")
+    score_threshold: float | None = None  # None: the run's postprocess score_thresh
+    save_txt: str | None = None  # kitti | coco
+    save_images: bool = True
+    threads: int | None = None
+
+
+def _video_reader(path: Path) -> tuple[Iterator[np.ndarray], float, int | None]:
+    try:
+        import imageio.v2 as iio
+        import imageio_ffmpeg  # noqa: F401 - the ffmpeg binary imageio's FFMPEG plugin needs
+    except ImportError:
+        raise MissingDependencyError(f"{path}: video input needs imageio and imageio-ffmpeg "
+                                     "(pip install 'compressdet[video]')") from None
+    try:
+        reader = iio.get_reader(str(path), format="FFMPEG")
+        meta = reader.get_meta_data()
+    except Exception as e:  # noqa: BLE001 - imageio raises OSError/RuntimeError/ValueError
+        raise DataError(f"{path}: cannot read video ({str(e).strip().splitlines()[0][:160]})") from None
+    fps = float(meta.get("fps") or 25.0)
+    n = meta.get("nframes")
+    n = int(n) if isinstance(n, (int, float)) and np.isfinite(n) else None
+    return iter(reader), fps, n
+
+
+class _Writer:
+    """Result files: PNGs / mp4 with boxes, KITTI txt per image, one COCO JSON."""
+
+    def __init__(self, opts: PredictOptions, classes: list[str]):
+        self.opts, self.classes = opts, classes
+        self.out = Path(opts.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.coco: dict[str, Any] = {"images": [], "annotations": [],
+                                     "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
+        self._names: set[str] = set()
+
+    def unique(self, stem: str) -> str:
+        name, i = stem, 1
+        while name in self._names:
+            name, i = f"{stem}_{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def results(self, name: str, det: dict[str, torch.Tensor], thresh: float, hw: tuple[int, int],
+                file_name: str) -> list:
+        from ..data.kitti import write_label_file
+        from ..eval.kitti_eval import predictions_to_kitti
+
+        keep = det["scores"] >= thresh
+        kept = {k: v[keep] for k, v in det.items()}
+        objs = predictions_to_kitti(kept, self.classes)
+        if self.opts.save_txt == "kitti":
+            write_label_file(self.out / "labels" / f"{name}.txt", objs)
+        elif self.opts.save_txt == "coco":
+            image_id = len(self.coco["images"]) + 1
+            self.coco["images"].append({"id": image_id, "file_name": file_name, "name": name, "height": hw[0],
+                                        "width": hw[1]})
+            for b, s, lab in zip(kept["boxes"].tolist(), kept["scores"].tolist(), kept["labels"].tolist()):
+                self.coco["annotations"].append({"id": len(self.coco["annotations"]) + 1, "image_id": image_id,
+                                                 "category_id": int(lab) + 1, "bbox": [b[0], b[1], b[2] - b[0],
+                                                                                       b[3] - b[1]],
+                                                 "score": float(s)})
+        return objs
+
+    def save_png(self, name: str, drawn: np.ndarray) -> None:
+        from PIL import Image
+
+        from .._io import atomic_path
+
+        with atomic_path(self.out / f"{name}.png", suffix=".png.tmp") as tmp:
+            Image.fromarray(drawn).save(tmp, format="PNG")
+
+    def close(self) -> list[Path]:
+        from .._io import atomic_write_json
+
+        if self.opts.save_txt == "coco":
+            return [atomic_write_json(self.out / "detections.coco.json", self.coco)]
+        return []
+
+
+def predict(source: str | Path, resolved: ResolvedModel, opts: PredictOptions, *,
+            console: Any = None) -> dict[str, Any]:
+    """Run ``resolved`` on every image/frame of ``source`` and write the results into ``opts.out``.
+
+    Returns:
+        ``{"images", "frames", "seconds", "images_per_s", "out", "files"}``.
+
+    Raises:
+        DataError: a missing/unreadable image or video (named); MissingDependencyError: video without imageio.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..data.kitti import read_image
+    from ..eval.viz import draw_detections
+
+    if opts.save_txt not in (None, "kitti", "coco"):
+        raise UserError(f"--save-txt {opts.save_txt}: expected kitti or coco")
+    sources = iter_sources(source)
+    predictor = Predictor(resolved, threads=opts.threads)
+    thresh = float(resolved.postprocess.get("score_thresh", 0.0) if opts.score_threshold is None
+                   else opts.score_threshold)
+    writer = _Writer(opts, resolved.classes)
+    console = console or Console(stderr=True)
+    n_images = sum(1 for k, _ in sources if k == "image")
+    done = 0
+    t0 = time.perf_counter()
+    columns = (TextColumn("[bold]predict[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[speed]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"{resolved.backend}", total=n_images or None, speed="")
+
+        def tick(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            dt = time.perf_counter() - t0
+            progress.update(task, advance=n, speed=f"{done / dt:.1f} img/s" if dt > 0 else "")
+
+        for kind, path in sources:
+            if kind == "image":
+                img = read_image(path)  # DataError naming the file when missing or not an image
+                det = predictor(img)
+                name = writer.unique(path.stem)
+                hw = (int(img.shape[-2]), int(img.shape[-1]))
+                objs = writer.results(name, det, thresh, hw, str(path))
+                if opts.save_images:
+                    writer.save_png(name, draw_detections(img.permute(1, 2, 0).numpy(), dets=objs))
+                tick()
+                continue
+            frames, fps, nframes = _video_reader(path)
+            if nframes:
+                progress.update(task, total=(progress.tasks[0].total or 0) + nframes)
+            name = writer.unique(path.stem)
+            _predict_video(path, frames, fps, name, predictor, writer, thresh, opts, tick)
+    seconds = time.perf_counter() - t0
+    files = writer.close()
+    return {"images": n_images, "frames": done - n_images, "seconds": round(seconds, 3),
+            "images_per_s": round(done / seconds, 2) if seconds > 0 else None, "out": str(writer.out),
+            "files": [str(f) for f in files]}
+
+
+def _predict_video(path: Path, frames: Iterator[np.ndarray], fps: float, name: str, predictor: Predictor,
+                   writer: _Writer, thresh: float, opts: PredictOptions, tick: Callable[[int], None]) -> None:
+    import imageio.v2 as iio
+
+    from .._io import atomic_path
+    from ..eval.viz import draw_detections
+
+    out = writer.out / f"{name}.mp4"
+    with atomic_path(out, suffix=".tmp.mp4") as tmp:
+        vw = iio.get_writer(str(tmp), format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1,
+                            ffmpeg_log_level="error") if opts.save_images else None
+        try:
+            for i, frame in enumerate(frames):
+                rgb = np.ascontiguousarray(np.asarray(frame)[..., :3])
+                img = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+                det = predictor(img)
+                objs = writer.results(f"{name}_{i:06d}", det, thresh, rgb.shape[:2], f"{path}#{i}")
+                if vw is not None:
+                    vw.append_data(draw_detections(rgb, dets=objs))
+                tick()
+        except (OSError, RuntimeError) as e:
+            raise DataError(f"{path}: video decoding failed ({str(e).strip().splitlines()[0][:160]})") from None
+        finally:
+            if vw is not None:
+                vw.close()
+        if vw is None:
+            Path(tmp).write_bytes(b"")
+    if not opts.save_images:
+        os.unlink(out)

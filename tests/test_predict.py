@@ -1,0 +1,113 @@
+"""compressdet predict: same preprocessing, decode and NMS as evaluation (predict + eval == bench mAP),
+outputs (PNGs, KITTI txt, COCO JSON, mp4), and one-line exit-2 errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from test_export_helpers import make_run  # noqa: E402
+
+from compressdet.cli import main  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _val_images(run, dest):
+    """The val images the bench evaluates (recipe's max_val_images), copied into ``dest``; their label dir."""
+    from compressdet.data import build_dataset, prepare_data
+    from compressdet.recipe import load_recipe
+
+    cfg = load_recipe(run / "recipe.yaml").data
+    root = prepare_data(cfg)
+    ids = build_dataset(cfg, "val", train=False).ids
+    dest.mkdir()
+    for i in ids:
+        shutil.copy(root / "training" / "image_2" / f"{i}.png", dest / f"{i}.png")
+    return ids, root / "training" / "label_2"
+
+
+def test_predict_then_eval_equals_bench_map(tmp_path, capsys):
+    run = make_run(tmp_path / "runs", stages=("student",))
+    assert main(["bench", str(run), "--backends", "torch", "--runs", "1", "--warmup", "0", "--batch-sizes", "1",
+                 "--rounds", "1", "--threads", "1"]) == 0
+    bench_map = json.loads((run / "bench" / "report.json").read_text())["rows"][0]["eval"]["map40"]
+    ids, labels = _val_images(run, tmp_path / "val")
+    capsys.readouterr()
+    out = tmp_path / "pred"
+    assert main(["predict", str(tmp_path / "val"), "--model", str(run), "--backend", "torch", "--out", str(out),
+                 "--save-txt", "kitti", "--threads", "1"]) == 0
+    assert sorted(p.stem for p in (out / "labels").glob("*.txt")) == sorted(ids)
+    assert all((out / f"{i}.png").read_bytes()[:4] == b"\x89PNG" for i in ids)
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    capsys.readouterr()
+    assert main(["eval", "--gt", str(labels), "--det", str(out / "labels"), "--ids", str(tmp_path / "ids.txt"),
+                 "--json", str(tmp_path / "ev.json")]) == 0
+    got = json.loads((tmp_path / "ev.json").read_text())["map40"]
+    assert got == pytest.approx(bench_map, abs=1e-6), (got, bench_map)
+
+
+def test_predict_onnx_glob_coco_and_threshold(tmp_path, capsys):
+    run = make_run(tmp_path / "runs", stages=("student",))
+    assert main(["export", str(run), "--onnx"]) == 0
+    ids, _ = _val_images(run, tmp_path / "val")
+    out = tmp_path / "pred"
+    onnx = run / "exports" / "student.onnx"
+    assert main(["predict", str(tmp_path / "val" / "*.png"), "--model", str(onnx), "--out", str(out),
+                 "--save-txt", "coco", "--score-threshold", "0.2"]) == 0
+    coco = json.loads((out / "detections.coco.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["car", "pedestrian", "cyclist"]
+    assert len(coco["images"]) == len(ids) and all(a["score"] >= 0.2 for a in coco["annotations"])
+    assert "img/s" in capsys.readouterr().out
+    # the same image on torch and ort: the same detections (ORT agrees with PyTorch to 1e-3)
+    a, b = tmp_path / "a", tmp_path / "b"
+    one = str(tmp_path / "val" / f"{ids[0]}.png")
+    assert main(["predict", one, "--model", str(run), "--out", str(a), "--save-txt", "kitti"]) == 0
+    assert main(["predict", one, "--model", str(onnx), "--out", str(b), "--save-txt", "kitti"]) == 0
+    la = (a / "labels" / f"{ids[0]}.txt").read_text().splitlines()
+    lb = (b / "labels" / f"{ids[0]}.txt").read_text().splitlines()
+    assert len(la) == len(lb) and [x.split()[0] for x in la] == [x.split()[0] for x in lb]
+
+
+def test_predict_video(tmp_path):
+    iio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    import numpy as np
+
+    run = make_run(tmp_path / "runs", stages=("student",))
+    video = tmp_path / "clip.mp4"
+    w = iio.get_writer(str(video), format="FFMPEG", fps=5, codec="libx264", macro_block_size=1,
+                       ffmpeg_log_level="error")
+    for i in range(3):
+        w.append_data(np.full((64, 192, 3), 40 * i, np.uint8))
+    w.close()
+    out = tmp_path / "pred"
+    assert main(["predict", str(video), "--model", str(run), "--out", str(out), "--save-txt", "kitti"]) == 0
+    assert (out / "clip.mp4").stat().st_size > 0
+    assert sorted(p.name for p in (out / "labels").iterdir()) == [f"clip_{i:06d}.txt" for i in range(3)]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["{tmp}/nope.png"], "nope.png: no such image, video, folder or glob match"),
+    (["{tmp}/bad.png"], "bad.png: cannot decode image"),
+    (["{tmp}/*.jpg"], "no file matches this pattern"),
+    (["{tmp}/bad.png", "--backend", "onnxrt"], "unknown backend 'onnxrt'"),
+    (["{tmp}/bad.png", "--model", "{run}/student/model.pt", "--backend", "ort"],
+     "backend 'ort' cannot run it"),
+    (["{tmp}/bad.png", "--backend", "openvino"], "has no file for backend 'openvino'"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, msg):
+    run = make_run(tmp_path / "runs", stages=("student",))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    argv = ["predict", *[a.format(tmp=tmp_path, run=run) for a in args]]
+    if "--model" not in argv:
+        argv += ["--model", str(run)]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress/log lines go to stderr before it
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 1 and err[-1] == errors[0] and msg in errors[0], err
