@@ -148,5 +148,6 @@ def run(ctx: StageContext) -> StageResult:
         "feature_channels": [before["feature_channels"], after["feature_channels"]],
         "map40": res.get("map40"), "map11": res.get("map11"), "ap40": res.get("ap", {}),
         "best_step": summary.get("best_step"), "rounds": rounds,
+        "eval_history": [{"step": h["step"], "map40": h.get("map40")} for h in summary.get("history", [])],
     }
     return StageResult(artifacts={"model": path, "history": hist_path}, metrics=metrics, meta=meta)
