@@ -466,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(default benchmarks/.prune/<preset>)")
     ap.add_argument("--imitation-results", type=Path, default=RESULTS / "imitation_gain.json",
                     help="(cpu/gpu) the imitation benchmark's results JSON whose teacher is reused")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--results", "--out", dest="out", default=str(RESULTS), help="where prune.{json,md} and "
+                    "prune_curves.png go")
     ap.add_argument("--seeds", type=int, help="(checks only) number of paired seeds (default 3)")
     ap.add_argument("--runs", type=int, default=None, help="latency runs per model (median; preset: 50)")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")

@@ -7,25 +7,36 @@ Two parts:
   timed in alternating blocks of runs in one process (the machine is shared: ratios inside one run
   are what counts; ``compressdet.bench.latency.compare_latency``), median of ``--runs``; writes
   benchmarks/results/quant_speed.json.
-* ``accuracy``: a pipeline on SynthKITTI: teacher (1x) -> 0.25x student with imitation -> PTQ,
-  QAT without imitation, QAT with imitation; mAP (official, AP40) of each as the PyTorch int8
-  program and as the ONNX graph under ONNX Runtime, plus ORT latency at the run's image size;
-  writes benchmarks/results/quant.{json,md}.
+* ``accuracy``: under the evidence protocol (``benchmarks/_protocol.py``, issue 19): per seed (3
+  paired seeds) the imitation benchmark's teacher and its chosen 0.25x-I student of that seed
+  (``smoke``: trained here), then PTQ (calibration drawn by the seed), QAT, QAT + imitation and the
+  equal-budget control (the fp32 student trained with the same steps and imitation). Each arm's
+  setting is chosen on val on seed 0 from as many options as every other arm's (PTQ: calibration
+  size; QAT: lr; QAT + imitation: weight at QAT's lr; control: lr); every final model is evaluated
+  once on the whole test split, as the PyTorch int8 program and under ORT (cached by sha256).
+  Claims (``ptq_map_drop``, ``qat_map_drop``, ``qat_map_drop_vs_equal_budget``, ``ort_vs_torch``,
+  ...) are paired differences with 95% t intervals; ``int8_speedup``: seed 0's trained student as
+  the fastest exact fp32 graph vs INT8, each graph in a process of its own, at 384x1248 and at the
+  run's size. Writes benchmarks/results/quant.{json,md} and quant_curves.png. Resumable (run
+  folders, test evaluations and timings under ``--work``, default ``benchmarks/.quant/<preset>``).
 
     .venv/bin/python benchmarks/quant.py speed [--widths 0.25 0.5 1] [--runs 50] [--threads 2]
-    .venv/bin/python benchmarks/quant.py accuracy --preset smoke|full
-    .venv/bin/python benchmarks/quant.py accuracy --preset cpu --qat-steps 200
-    .venv/bin/python benchmarks/quant.py head [--run benchmarks/.prune_cpu/run --stage student]
+    .venv/bin/python benchmarks/quant.py accuracy --preset smoke   # ~10 min on a loaded 2-core VM, plumbing only
+    .venv/bin/python benchmarks/quant.py accuracy --preset cpu     # after imitation_gain.py --preset cpu; ~3 h
+    .venv/bin/python benchmarks/quant.py accuracy --preset gpu     # after imitation_gain.py --preset gpu (CUDA)
+    .venv/bin/python benchmarks/quant.py head [--run RUN --stage student]
     .venv/bin/python benchmarks/quant.py size [--widths 0.25 0.5 1]
 
-``head``: PTQ of a trained student (default: the prune benchmark's cpu run) with the float head,
-the int8 head with one output scale per kind, and the int8 head with one shared scale;
-benchmarks/results/quant_head.{json,md}.
+``speed``'s fp32 baseline is the fastest exact fp32 graph (``compressdet.export.fast_fp32``
+rewrites: what ``export_onnx`` writes by default), so every INT8 / fp32 ratio is best vs best; the
+unrewritten graph is timed too (``fp32_unrewritten``). ``size`` reports the unrewritten fp32 file.
 
-``cpu`` trains nothing float: it starts from the imitation benchmark's teacher and its seed-0
-imitation student (``benchmarks/_reuse.py``; same SynthKITTI set, input size and val subset) and
-only runs PTQ and the two QATs (``--qat-steps``, batch and threads of the imitation run). The fp32
-row is that student evaluated here with the same evaluator settings as the int8 stages.
+``head``: PTQ of a trained student with the float head, the int8 head with one output scale per
+kind, and the int8 head with one shared scale; benchmarks/results/quant_head.{json,md}.
+
+``cpu`` preset: the imitation benchmark's cpu data (1,000 train / 500 val / 1,000 test SynthKITTI
+at 192x624, batch 2, 2 threads), QAT and the control 500 steps (1 pass over the training set; the
+students already saw 3), 3 options per arm on seed 0 then 4 arms on seeds 1 and 2: 20 stage runs.
 """
 
 from __future__ import annotations
