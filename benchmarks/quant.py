@@ -382,7 +382,9 @@ def accuracy(args: argparse.Namespace) -> dict:
             st = {"name": name, "kind": "train", "from": "student", "teacher": "teacher",
                   "imitation": {"weight": setting["weight"]}, "schedule": sched(qat_steps, setting["lr"], 2), "eval": ev}
         else:
-            st = {"name": name, "kind": "qat", "from": "student", "schedule": sched(qat_steps, setting["lr"]), "eval": ev}
+            # channels_last off for the fake-quant graph (as the QAT stages always ran)
+            st = {"name": name, "kind": "qat", "from": "student", "eval": ev,
+                  "schedule": {**sched(qat_steps, setting["lr"]), "channels_last": False}}
             if name == "qat_imitation":
                 st.update(teacher="teacher", imitation={"weight": setting["weight"]})
         tag = "-".join(f"{k}{v}" for k, v in setting.items())
