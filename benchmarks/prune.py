@@ -36,8 +36,8 @@ Writes benchmarks/results/prune.{json,md} and prune_curves.png (val mAP40 vs ste
 each fine-tune arm from the student's last step on). Every run folder is resumed and every test
 evaluation and timing cached (``--work``): killed, it continues where it stopped.
 
-    python benchmarks/prune.py --preset smoke     # ~1-2 min on CPU, checks the plumbing only
-    python benchmarks/prune.py --preset cpu       # 2-core budget, ~3 h (resumable); needs
+    python benchmarks/prune.py --preset smoke     # ~3 min on a loaded 2-core VM, plumbing only
+    python benchmarks/prune.py --preset cpu       # 2-core budget, ~2.5-3.5 h (resumable); needs
                                                   # benchmarks/imitation_gain.py --preset cpu first
     python benchmarks/prune.py --preset gpu       # the seed's 384x1248 / batch 32 schedule (CUDA),
                                                   # after imitation_gain.py --preset gpu

@@ -21,7 +21,7 @@ Two parts:
   folders, test evaluations and timings under ``--work``, default ``benchmarks/.quant/<preset>``).
 
     .venv/bin/python benchmarks/quant.py speed [--widths 0.25 0.5 1] [--runs 50] [--threads 2]
-    .venv/bin/python benchmarks/quant.py accuracy --preset smoke   # ~10 min on a loaded 2-core VM, plumbing only
+    .venv/bin/python benchmarks/quant.py accuracy --preset smoke   # ~14 min on a loaded 2-core VM, plumbing only
     .venv/bin/python benchmarks/quant.py accuracy --preset cpu     # after imitation_gain.py --preset cpu; ~3 h
     .venv/bin/python benchmarks/quant.py accuracy --preset gpu     # after imitation_gain.py --preset gpu (CUDA)
     .venv/bin/python benchmarks/quant.py head [--run RUN --stage student]
