@@ -32,38 +32,72 @@ def claim(a: dict | list, b: dict | list, seeds: list[int]) -> dict:
 
 
 def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str = REPORT_SPLIT,
-             max_images: int | None = None) -> dict:
-    """KITTI AP of a model file on ``split`` (default: the whole test split), cached by the model's
+             max_images: int | None = None, kind: str = "torch") -> dict:
+    """KITTI AP of a model file on ``split`` (default: the whole test split), cached by the file's
     sha256 + the data settings, so a resumed benchmark never re-evaluates and never re-selects.
 
-    Returns ``{"map40", "map11", "ap40": {cls: {level: ap40}}, "images", "split", "model_sha256"}``.
+    ``kind``: ``"torch"`` (a ``save_model`` file), ``"int8"`` (a quant stage's ``quantized.pt2``,
+    the PyTorch int8 program) or ``"ort"`` (an ONNX graph under ONNX Runtime, CPU).
+
+    Returns ``{"map40", "map11", "ap40": {cls: {level: ap40}}, "images", "split", "model_sha256", "kind"}``.
     """
     import torch
 
     from compressdet._io import atomic_write_json, sha256_file
-    from compressdet.models import load_model
-    from compressdet.quant._eval import evaluate_head_fn, torch_head_fn
+    from compressdet.quant._eval import evaluate_head_fn, ort_head_fn, torch_head_fn
     from compressdet.recipe import DataConfig, EvalConfig
 
     digest = sha256_file(model_file)
-    key = hashlib.sha256(json.dumps({"m": digest, "d": data, "s": split, "n": max_images},
+    key = hashlib.sha256(json.dumps({"m": digest, "d": data, "s": split, "n": max_images, "k": kind},
                                     sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{split}-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    model, _ = load_model(model_file)
-    model.eval()
     data_cfg = DataConfig(**data)
+    num_classes = len(data_cfg.classes)
+    if kind == "torch":
+        from compressdet.models import load_model
+
+        model, _ = load_model(model_file)
+        model.eval()
+        num_classes = int(getattr(model, "num_classes", num_classes))
+        head = torch_head_fn(model)
+    elif kind == "int8":  # exported with a batch-1 example: fed one image at a time
+        one = torch_head_fn(torch.export.load(str(model_file)).module())
+
+        def head(x):
+            return torch.cat([one(x[i:i + 1]) for i in range(x.shape[0])], 0)
+    elif kind == "ort":
+        from compressdet.export.runtime import ort_session
+
+        head = ort_head_fn(ort_session(str(model_file)))
+    else:
+        raise ValueError(f"test_map: unknown kind {kind!r}")
     with torch.no_grad():
-        res = evaluate_head_fn(torch_head_fn(model), data_cfg, split=split,
-                               eval_cfg=EvalConfig(max_images=max_images, batch_size=16),
-                               num_classes=int(getattr(model, "num_classes", len(data_cfg.classes))))
+        res = evaluate_head_fn(head, data_cfg, split=split,
+                               eval_cfg=EvalConfig(max_images=max_images, batch_size=16), num_classes=num_classes)
     images = len(res.get("per_image", {})) if "per_image" in res else None
     out = {"map40": float(res["map40"]), "map11": float(res["map11"]),
            "ap40": {c: {lvl: float(v["ap40"]) for lvl, v in lv.items()} for c, lv in res["ap"].items()},
-           "images": images, "split": split, "model_sha256": digest}
+           "images": images, "split": split, "model_sha256": digest, "kind": kind}
     atomic_write_json(path, out)
     return out
+
+
+def best(options: list, scores: dict):
+    """The option with the best val score (``scores[str(option)]``); ties go to the first listed
+    (the seed's default first)."""
+    return max(options, key=lambda o: (scores[str(o)], -options.index(o)))
+
+
+def chosen_line(chosen: dict, sweeps: dict) -> str:
+    """``arm: setting=value (val: option score, ...)`` for a report."""
+    parts = []
+    for arm, c in chosen.items():
+        tried = "; ".join(f"{k} " + ", ".join(f"{o}: {v:.2f}" for o, v in opts.items())
+                          for k, opts in (sweeps.get(arm) or {}).items())
+        parts.append(f"{arm}: {c}" + (f" (val mAP40 {tried})" if tried else ""))
+    return "; ".join(parts)
 
 
 def plot_learning_curves(curves: dict[str, dict[int, list[tuple[int, float]]]], path: Path, *, title: str,
@@ -101,3 +135,30 @@ def plot_learning_curves(curves: dict[str, dict[int, list[tuple[int, float]]]], 
 def history(metrics: dict, key: str = "map40") -> list[tuple[int, float]]:
     """(step, value) pairs of a train stage's recorded val evaluations."""
     return [(int(h["step"]), float(h[key])) for h in (metrics.get("eval_history") or []) if h.get(key) is not None]
+
+
+def export_fast_fp32(model, path: Path, hw) -> dict:
+    """The fastest exact fp32 ONNX graph the exporter makes (``export_onnx`` with its default
+    ``fp32_rewrites``, verified against the model in ORT); returns the exporter's info (its
+    ``fp32_rewrites``: what was applied)."""
+    from compressdet.export._onnx import export_onnx
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return export_onnx(model, path, image_size=tuple(hw), fp32_rewrites=True, log=lambda *_: None)
+
+
+def isolated_ms(graphs: dict[str, Path], cache_dir: Path, *, runs: int, threads: int) -> dict[str, dict]:
+    """``compare_onnx_isolated`` (each graph in a process of its own, alternating over 3 rounds; ORT's
+    default ORT_ENABLE_ALL), cached by the graphs' sha256 + runs + threads so a resumed benchmark
+    does not re-time."""
+    from compressdet._io import atomic_write_json, sha256_file
+    from compressdet.bench.latency import compare_onnx_isolated
+
+    key = hashlib.sha256(json.dumps({k: sha256_file(v) for k, v in sorted(graphs.items())} | {"_r": runs, "_t": threads},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"latency-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = compare_onnx_isolated({k: str(v) for k, v in graphs.items()}, runs=runs, threads=threads)
+    atomic_write_json(path, out)
+    return out

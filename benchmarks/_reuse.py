@@ -102,3 +102,30 @@ def imitation_artifacts(results_json: Path = RESULTS / "imitation_gain.json") ->
             "batch": sstage["schedule"]["batch_size"], "threads": sstage["schedule"].get("threads"),
             "channels_last": sstage["schedule"].get("channels_last", False),
             "student_map40": rec["metrics"].get("map40")}
+
+
+def imitation_students(results_json: Path = RESULTS / "imitation_gain.json") -> dict:
+    """The imitation benchmark's teacher and its chosen 0.25x-I student of every seed (protocol
+    results only), for a benchmark whose seeds pair with the imitation benchmark's.
+
+    Returns :func:`imitation_teacher`'s keys plus ``"students": {seed: model file}``,
+    ``"student_history": {seed: [(step, val map40), ...]}`` and ``"student_steps"``; exits with a
+    one-line message when the results predate the protocol or a student file is missing.
+    """
+    r = _checked_results(results_json)
+    if "report_split" not in r:
+        raise SystemExit(f"{results_json}: pre-protocol imitation results (no per-seed students); re-run "
+                         "benchmarks/imitation_gain.py")
+    c = r["chosen"]["0.25x-I"]
+    students = {}
+    for seed in r["seeds"]:
+        prefix = f"I-lr{c['lr']}-w{c['weight']}-s{seed}-"
+        hits = [p for k, p in r["student_models"].items() if k.startswith(prefix)]
+        if len(hits) != 1 or not Path(hits[0]).is_file():
+            raise SystemExit(f"{results_json}: the seed-{seed} 0.25x-I student ({prefix}*) is missing; re-run "
+                             "benchmarks/imitation_gain.py (its runs are cached)")
+        students[seed] = Path(hits[0])
+    hist = (r.get("eval_history") or {}).get("0.25x-I", {})
+    return {**_teacher_keys(r), **student_settings(r["preset"]), "students": students,
+            "student_history": {s: [tuple(x) for x in hist.get(str(s), [])] for s in students},
+            "student_steps": r["steps"]["student"]}

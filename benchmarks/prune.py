@@ -1,42 +1,67 @@
-"""Prune benchmark: the 0.5x imitation student pruned to <= 60% of its MACs, fine-tuned with and
-without imitation, on SynthKITTI; mAP drop and ONNX Runtime fp32 speed-up.
+"""Prune benchmark: the 0.5x imitation student pruned to <= 60% of its backbone MACs, fine-tuned
+with and without imitation, against an equal-budget control, on SynthKITTI; test-split mAP drop
+with paired-seed CIs and ONNX Runtime fp32 speed-up (issue 7 targets: map_drop <= 1.0 with
+imitation, ort_speedup >= 1.3, macs_ratio <= 0.6).
 
-Targets (issue 7): map_drop <= 1.0 (with imitation), ort_speedup >= 1.3, macs_ratio <= 0.6.
+Evidence protocol (``benchmarks/_protocol.py``, issue 19): everything chosen is chosen on ``val``,
+every reported number is measured once on the whole ``test`` split of the final chosen model.
 
-    .venv/bin/python benchmarks/prune.py --preset latency  # no training: untrained 0.5x pruned to 0.6 MACs
-                                                           # (uniform; latency allocation with and without
-                                                           # depthwise alignment, at clip ranges (0.5, 2)
-                                                           # default, (0.25, 4), (0.1, 10)), ORT at 384x1248
-    .venv/bin/python benchmarks/prune.py --preset smoke    # < 3 min on CPU, checks the plumbing only
-    .venv/bin/python benchmarks/prune.py --preset full     # the real measurement (GPU recommended)
-    .venv/bin/python benchmarks/prune.py --preset cpu --student-steps 600 --prune-steps 300
-                                                           # reuses the imitation benchmark's teacher
-    .venv/bin/python benchmarks/prune.py --preset cpu --teacher-steps 2000 --student-steps 1600 --prune-steps 800
-                                                           # trains its own (shorter) teacher first
+1. the 1x teacher: the imitation benchmark's (``cpu``/``gpu``: ``_reuse.imitation_teacher``, same
+   SynthKITTI set, input size, batch and threads; its test mAP is measured here, cached), or for
+   ``smoke`` a tiny one trained here;
+2. per seed (>= 3 paired seeds: same initialisation and batch order within a seed): the 0.5x
+   imitation student (>= 3 passes over the training set; imitation weight = the imitation
+   benchmark's choice on val), its best-on-val checkpoint;
+3. selection on seed 0, on val, the same number of tried settings for every arm: each fine-tune
+   arm chooses its fine-tune lr from ``ft_lr`` (the prune stage's 0.005 first: ties keep it).
+   The arms: ``pruned`` (the student pruned to 0.6 MACs, fine-tuned with imitation: the default),
+   ``pruned_noimit`` (the same without imitation) and ``student_ft`` (the unpruned student
+   fine-tuned with the same steps and imitation: the equal-budget control, since a short student
+   still improves). Each seed's student is pruned once (:func:`prune_once`: the ``prune`` stage's
+   ``build_pruner`` with the stage's defaults) and every fine-tune is a ``train`` stage from a
+   ``model_file`` (the same ``fit_stage`` the prune stage fine-tunes with), so the pruned arms of a
+   seed start from the identical network. Fixed, not chosen (the prune stage's defaults):
+   depthwise_align 4, latency allocation, group-magnitude importance; the imitation weight is the
+   imitation benchmark's choice on val;
+4. seeds 1.. rerun each arm with its chosen lr; each final model is evaluated once on test (cached
+   by sha256). Claims (paired by seed, 95% t interval, ``compressdet.eval.stats``): ``map_drop``
+   (student - pruned), ``map_drop_vs_equal_budget`` (student_ft - pruned), ``imitation_effect``
+   (pruned - pruned_noimit), ``map_drop_without_imitation`` (student - pruned_noimit).
+5. speed: seed 0's trained student and pruned model exported through the exporter's fast exact
+   fp32 path (``export_onnx``, ``fp32_rewrites`` on; ``fast_fp32``), ORT at its default
+   ORT_ENABLE_ALL, batch 1, each model in a process of its own (``compare_onnx_isolated``), at the
+   run's input size (``ort_speedup``) and at 384x1248 (``ort_speedup_384x1248``).
 
-``cpu``: the teacher is the imitation benchmark's (``benchmarks/_reuse.py``: same SynthKITTI set,
-input size, val subset, batch and threads), or with ``--teacher-steps N`` a 1x trained here first under
-the same settings (no augmentation: the recipe's data config is shared by its stages); the 0.5x
-imitation student, the two prune + fine-tune
-stages and ``student_ft`` (the unpruned student fine-tuned with the same schedule: an equal-budget
-control, since a short CPU student is still improving when it is pruned) train here.
+Writes benchmarks/results/prune.{json,md} and prune_curves.png (val mAP40 vs step: students, then
+each fine-tune arm from the student's last step on). Every run folder is resumed and every test
+evaluation and timing cached (``--work``): killed, it continues where it stopped.
 
-Latency: ORT fp32 CPU, batch 1, ``--threads`` (2) intra-op threads, median of ``runs`` runs. Headline
-protocol: each model in a fresh process of its own, models alternating over 3 rounds
-(``compare_onnx_isolated``; on a shared machine only ratios inside one run mean anything); also
-reported: one process with the models in alternating blocks of 5 runs (``compare_latency``). Single
-runs interleaved round-robin in one process, the protocol of the earlier results, are biased: an idle
-ORT session's worker threads keep spinning after its run and slow the next session's (0.5x student
-89.3 ms interleaved, 60.5 ms in blocks, 57.0 ms alone); the ``latency`` preset reports all three.
-Results merge into benchmarks/results/prune.json (``ort_speedup``; ``ort_speedup_384x1248`` when the
-preset trains at a smaller size).
+    python benchmarks/prune.py --preset smoke     # ~3 min on a loaded 2-core VM, plumbing only
+    python benchmarks/prune.py --preset cpu       # 2-core budget, ~2.5-3.5 h (resumable); needs
+                                                  # benchmarks/imitation_gain.py --preset cpu first
+    python benchmarks/prune.py --preset gpu       # the seed's 384x1248 / batch 32 schedule (CUDA),
+                                                  # after imitation_gain.py --preset gpu
+    python benchmarks/prune.py --preset latency   # no training: untrained 0.5x pruned to 0.6 MACs
+                                                  # (allocations / clip ranges), ORT at 384x1248
+
+``cpu``: the imitation benchmark's cpu data (1,000 train / 500 val / 1,000 test SynthKITTI at
+192x624, batch 2, 2 threads, no augmentation), students 1,500 steps (3 passes), each fine-tune 500
+steps (1 more pass), 3 fine-tune lrs x 3 arms on seed 0, 3 arms on each other seed: 3 students +
+15 fine-tunes.
+
+``latency`` (untrained models): each model in a fresh process of its own, models alternating over
+3 rounds (the headline); also one process with the models in alternating blocks of 5 runs, and
+single runs interleaved round-robin in one process (biased: an idle ORT session's worker threads
+keep spinning after its run and slow the next session's).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
+import hashlib
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -45,72 +70,29 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = {
-    "smoke": dict(size=[64, 192], images=24, teacher=4, student=4, prune=4, batch=4, val=4, runs=10),
-    "full": dict(size=[384, 1248], images=2000, teacher=8000, student=8000, prune=2000, batch=16, val=500, runs=50),
-}
+if str(ROOT / "benchmarks") not in sys.path:  # _protocol, _reuse, imitation_gain
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+RESULTS = ROOT / "benchmarks" / "results"
 FULL_SIZE = [384, 1248]
-VARIANTS = {  # cpu preset: the default pruned stage with these settings changed, and what to call them
-    "pruned_unaligned": ({"depthwise_align": 1}, "depthwise_align 1 (default 4), macs 0.6, imitation"),
+_SMOKE_DATA = {"format": "synth", "image_size": [64, 192], "synth": {"num_images": 24, "size": [384, 128]},
+               "cache": True, "augment": {"enabled": False}}
+# teacher: "reuse" (the imitation benchmark's, same preset) or steps trained here. *_steps fixed or
+# *_passes over the training set. ft_lr: the options every fine-tune arm chooses from on val (seed 0).
+PRESETS = {
+    "smoke": {"teacher": 4, "student_steps": 4, "ft_steps": 3, "ft_lr": [0.005, 0.01], "seeds": [0, 1, 2],
+              "weight": 1.0, "student_evals": 2, "ft_evals": 1, "runs": 3, "data": _SMOKE_DATA, "batch": 2,
+              "threads": 1, "channels_last": True, "device": "cpu", "feature_cache": False},
+    "cpu": {"teacher": "reuse", "student_passes": 3, "ft_passes": 1, "ft_lr": [0.005, 0.0025, 0.01],
+            "seeds": [0, 1, 2], "student_evals": 6, "ft_evals": 4, "runs": 50, "device": "cpu",
+            "feature_cache": True},
+    "gpu": {"teacher": "reuse", "student_steps": 40000, "ft_steps": 10000, "ft_lr": [0.005, 0.0025, 0.01],
+            "seeds": [0, 1, 2], "student_evals": 80, "ft_evals": 20, "runs": 50, "device": "auto",
+            "feature_cache": False},
 }
-
-
-def _cpu_recipe(reuse: dict, student_steps: int, prune_steps: int, teacher_steps: int | None = None) -> str:
-    """The cpu preset: teacher from the imitation benchmark (or, with ``teacher_steps``, a 1x trained
-    here under the same settings), then the same chain as ``_recipe``."""
-    import yaml
-
-    ev = {"batch_size": 16, "num_images_logged": 0}
-    if reuse["eval_images"]:
-        ev["max_images"] = reuse["eval_images"]
-
-    def sched(steps, n_evals, lr=0.02):
-        out = {"steps": steps, "batch_size": reuse["batch"], "lr": lr, "eval_every": max(steps // n_evals, 1),
-               "checkpoint_every": max(steps // n_evals, 1), "log_every": min(20, steps),
-               "channels_last": reuse["channels_last"]}
-        return {**out, "threads": reuse["threads"]} if reuse["threads"] else out
-
-    w = reuse["best_weight"]
-    fine_tune = sched(prune_steps, 2, lr=0.005)
-    pruned = {"name": "pruned", "kind": "prune", "from": "student", "teacher": "teacher", "target": {"macs": 0.6},
-              "imitation": {"weight": w}, "schedule": fine_tune, "eval": ev}
-    noimit = {k: v for k, v in pruned.items() if k != "teacher"} | {"name": "pruned_noimit", "imitation": {"weight": 0.0}}
-    return yaml.safe_dump({"name": "bench-prune-cpu", "seed": 0, "device": "cpu", "data": reuse["data"], "stages": [
-        ({"name": "teacher", "kind": "train", "model": "shuffledet_1x", "schedule": sched(teacher_steps, 1), "eval": ev}
-         if teacher_steps else
-         {"name": "teacher", "kind": "model_file", "path": str(reuse["teacher"]), "sha256": reuse["teacher_sha256"]}),
-        {"name": "student", "kind": "train", "model": "shuffledet_0.5x", "teacher": "teacher",
-         "imitation": {"weight": w}, "schedule": sched(student_steps, 2), "eval": ev},
-        pruned, noimit,
-        # the default pruned stage with one setting changed (VARIANTS)
-        *({**pruned, "name": n, **override} for n, (override, _) in VARIANTS.items()),
-        # equal-budget control: the unpruned student fine-tuned exactly like the pruned one, so a
-        # short student that is still improving cannot flatter map_drop
-        {"name": "student_ft", "kind": "train", "from": "student", "teacher": "teacher",
-         "imitation": {"weight": w}, "schedule": fine_tune, "eval": ev}]}, sort_keys=False)
-
-
-def _recipe(p: dict) -> str:
-    sched = "{{steps: {s}, batch_size: %d, eval_every: {s}, checkpoint_every: {s}, log_every: 10}}" % p["batch"]
-    ev = "{max_images: %d, batch_size: 4, num_images_logged: 0}" % p["val"]
-    return f"""
-name: bench-prune
-seed: 0
-device: auto
-data:
-  format: synth
-  image_size: {p['size']}
-  synth: {{num_images: {p['images']}, seed: 0}}
-  max_val_images: {p['val']}
-stages:
-  - {{name: teacher, kind: train, model: shuffledet_1x, schedule: {sched.format(s=p['teacher'])}, eval: {ev}}}
-  - {{name: student, kind: train, model: shuffledet_0.5x, teacher: teacher, imitation: {{weight: 1.0}},
-     schedule: {sched.format(s=p['student'])}, eval: {ev}}}
-  - {{name: pruned, kind: prune, from: student, teacher: teacher, target: {{macs: 0.6}}, imitation: {{weight: 1.0}},
-     schedule: {sched.format(s=p['prune'])}, eval: {ev}}}
-  - {{name: pruned_noimit, kind: prune, from: student, target: {{macs: 0.6}}, imitation: {{weight: 0.0}},
-     schedule: {sched.format(s=p['prune'])}, eval: {ev}}}
-"""
+ARMS = ("pruned", "pruned_noimit", "student_ft")
+ARM_LABELS = {"student": "0.5x-I student", "pruned": "pruned (0.6 MACs) + fine-tune with imitation",
+              "pruned_noimit": "pruned + fine-tune without imitation",
+              "student_ft": "student + the same fine-tune (equal budget)"}
 
 
 PROTOCOLS = {  # how ORT latency is timed; the first is the headline (ort_ms, ort_speedup)
@@ -123,6 +105,8 @@ PROTOCOLS = {  # how ORT latency is timed; the first is the headline (ort_ms, or
 def _ort_compare_ms(models: dict[str, torch.nn.Module], hw: list[int], runs: int, threads: int = 2, *,
                     protocols: tuple[str, ...] = ("isolated", "blocks")) -> dict[str, dict[str, float]]:
     """Median ORT fp32 latency (ms) per model, ``{protocol: {model: ms}}`` (:data:`PROTOCOLS`)."""
+    from _protocol import export_fast_fp32
+
     from compressdet.bench.latency import compare_latency, compare_onnx_isolated
     from compressdet.export.runtime import ort_session
 
@@ -131,10 +115,9 @@ def _ort_compare_ms(models: dict[str, torch.nn.Module], hw: list[int], runs: int
     out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as d:
         paths = {}
-        for name, model in models.items():
+        for name, model in models.items():  # the fastest exact fp32 graph of each (fp32_rewrites)
             paths[name] = Path(d) / f"{name}.onnx"
-            torch.onnx.export(model.eval(), (x,), str(paths[name]), input_names=["images"], opset_version=17,
-                              dynamo=False)
+            export_fast_fp32(model.eval(), paths[name], hw)
         if "isolated" in protocols:
             out["isolated"] = {k: v["median_ms"] for k, v in compare_onnx_isolated(paths, runs=runs,
                                                                                     threads=threads).items()}
@@ -189,7 +172,7 @@ def _latency_only(args: argparse.Namespace) -> dict:
             "macs_ratio": info["latency"]["macs_ratio"], "macs_ratios": {k: v["macs_ratio"] for k, v in info.items()},
             "ort_speedup": base / ms["pruned_latency"],
             "ort_speedups": {k[len("pruned_"):]: base / v for k, v in ms.items() if k.startswith("pruned_")},
-            "ort_speedup_384x1248": base / ms["pruned_latency"], "allocation": info,
+            "ort_speedup_384x1248": base / ms["pruned_latency"], "allocation": info, "fp32_rewrites": True,
             "by_protocol": {p: {"what": PROTOCOLS[p], "ort_ms": t,
                                 "ort_speedups": {k[len("pruned_"):]: t["student"] / v for k, v in t.items()
                                                  if k.startswith("pruned_")}} for p, t in timed.items()},
@@ -216,136 +199,298 @@ def _write(out: Path, res: dict, lines: list[str]) -> None:
     atomic_write_text(out / "prune.md", "\n\n".join("\n".join(r) for r in reports) + "\n")
 
 
+
+# --------------------------------------------------------------------------------------------
+# The protocol run (smoke / cpu / gpu)
+# --------------------------------------------------------------------------------------------
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _settings(args, p: dict) -> dict:
+    """Data, batch, threads, memory format, teacher file and imitation weight of the preset."""
+    if p["teacher"] == "reuse":
+        from _reuse import imitation_teacher
+
+        r = imitation_teacher(args.imitation_results)
+        if r["preset"] != args.preset:
+            raise SystemExit(f"{args.imitation_results}: from the imitation benchmark's '{r['preset']}' preset; "
+                             f"run benchmarks/imitation_gain.py --preset {args.preset} first (or pass its results "
+                             "with --imitation-results)")
+        return {"data": r["data"], "batch": r["batch"], "threads": r["threads"], "channels_last": r["channels_last"],
+                "eval_images": r["eval_images"], "teacher": Path(r["teacher"]), "weight": r["best_weight"],
+                "teacher_source": f"imitation benchmark ({args.imitation_results})"}
+    return {"data": copy.deepcopy(p["data"]), "batch": p["batch"], "threads": p["threads"],
+            "channels_last": p["channels_last"], "eval_images": None, "teacher": None, "weight": p["weight"],
+            "teacher_source": f"trained here ({p['teacher']} steps)"}
+
+
+def _sched(s: dict, steps: int, n_evals: int, lr: float) -> dict:
+    every = max(steps // max(n_evals, 1), 1)
+    out = {"steps": steps, "batch_size": s["batch"], "lr": lr, "eval_every": every, "checkpoint_every": every,
+           "log_every": min(20, steps), "channels_last": s["channels_last"]}
+    return {**out, "threads": s["threads"]} if s["threads"] else out
+
+
+def _eval_cfg(s: dict) -> dict:
+    ev = {"batch_size": 16, "num_images_logged": 0}
+    return {**ev, "max_images": s["eval_images"]} if s["eval_images"] else ev
+
+
+def _steps(p: dict, who: str, n_train: int, batch: int) -> int:
+    import math
+
+    fixed = p.get(f"{who}_steps")
+    return int(fixed) if fixed else max(2, math.ceil(p[f"{who}_passes"] * n_train / batch))
+
+
+def prune_once(student_file: Path, hw: list[int], folder: Path) -> tuple[Path, dict]:
+    """The student pruned to 0.6 backbone MACs exactly as the ``prune`` stage prunes with its defaults
+    (``build_pruner``: group-magnitude importance, latency allocation, depthwise_align 4; one
+    round), before any fine-tune; cached by the student's sha256. Every fine-tune arm of a seed
+    starts from this one network, so the arms differ only in their fine-tune (and pruning, which
+    costs more than a smoke fine-tune, runs once per seed)."""
+    from compressdet._io import atomic_write_json, sha256_file
+    from compressdet.models import load_model, save_model
+    from compressdet.recipe import PruneStage
+    from compressdet.stages.prune import build_pruner
+
+    cfg = PruneStage(name="pruned", **{"from": "student", "target": {"macs": 0.6}})
+    sha = sha256_file(student_file)
+    out, info = folder / f"pruned-{sha[:16]}.pt", folder / f"pruned-{sha[:16]}.json"
+    if out.is_file() and info.is_file():
+        return out, json.loads(info.read_text())
+    model, _ = load_model(student_file)
+    model.train()
+    t = cfg.target
+    rec = build_pruner(model, tuple(hw), importance=cfg.importance, target_macs=t.macs, pruning_ratio=t.pruning_ratio,
+                       pruning_ratio_dict=t.pruning_ratio_dict, iterative_steps=cfg.iterative_steps,
+                       ignored_layers=cfg.ignored_layers, round_to=cfg.round_to, allocation=cfg.allocation,
+                       weight_range=cfg.latency_weight_range, depthwise_align=cfg.depthwise_align).step()
+    meta = {"importance": cfg.importance, "allocation": cfg.allocation, "depthwise_align": cfg.depthwise_align,
+            "latency_weight_range": list(cfg.latency_weight_range), "target_macs": t.macs,
+            "macs_ratio": rec["macs_after"] / rec["base_macs"], "student_sha256": sha}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model.eval(), out, meta={"pruned": meta})
+    atomic_write_json(info, meta)
+    return out, meta
+
+
+def protocol(args: argparse.Namespace) -> dict:
+    from _protocol import (
+        best,
+        chosen_line,
+        claim,
+        export_fast_fp32,
+        history,
+        isolated_ms,
+        plot_learning_curves,
+        protocol_keys,
+        test_map,
+    )
+    from imitation_gain import _run, teacher_feature_cache
+
+    from compressdet._io import sha256_file
+    from compressdet.data import build_dataset, prepare_data
+    from compressdet.eval.stats import describe
+    from compressdet.models import load_model, model_summary
+    from compressdet.recipe import DataConfig
+
+    p = copy.deepcopy(PRESETS[args.preset])
+    if args.seeds:
+        p["seeds"] = list(range(args.seeds))
+    s = _settings(args, p)
+    seeds, s0 = p["seeds"], p["seeds"][0]
+    work = Path(args.work or ROOT / "benchmarks" / ".prune") / args.preset
+    work.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(args.out)
+    test_dir = work / "test_eval"
+    t_start = time.perf_counter()
+    data_cfg = DataConfig(**s["data"])
+    prepare_data(data_cfg)
+    n = {split: len(build_dataset(data_cfg, split, train=False)) for split in ("train", "val", "test")}
+    student_steps = _steps(p, "student", n["train"], s["batch"])
+    ft_steps = _steps(p, "ft", n["train"], s["batch"])
+    hw = list(s["data"]["image_size"])
+    base = {"device": p["device"], "data": s["data"]}
+    ev = _eval_cfg(s)
+    print(f"plan: students {student_steps} steps ({student_steps * s['batch'] / n['train']:.1f} passes), fine-tunes "
+          f"{ft_steps} steps, batch {s['batch']}, seeds {seeds}; {n['train']} train / {n['val']} val (selection) / "
+          f"{n['test']} test (report) images", flush=True)
+
+    # 1. teacher
+    if s["teacher"] is None:
+        trecipe = {**base, "seed": 0, "stages": [{"name": "teacher", "kind": "train", "model": {"arch": "shuffledet_1x"},
+                                                   "schedule": _sched(s, p["teacher"], 1, 0.02), "eval": ev}]}
+        trecipe["name"] = f"teacher-{_digest(trecipe)}"
+        tman = _run(trecipe, work)
+        s["teacher"] = (work / "runs" / trecipe["name"] / tman["stages"]["teacher"]["artifacts"]["model"]["path"]).resolve()
+    teacher, teacher_sha = s["teacher"], sha256_file(s["teacher"])
+    teacher_test = test_map(teacher, s["data"], test_dir)
+    tstage = {"name": "teacher", "kind": "model_file", "path": str(teacher), "sha256": teacher_sha}
+    w = s["weight"]
+    key = _digest({"t": teacher_sha, "p": p, "s": {k: v for k, v in s.items() if k != "teacher"}})
+
+    runs: dict[str, dict[int, dict]] = {a: {} for a in ("student", *ARMS)}
+    sweeps: dict[str, dict] = {}
+    chosen: dict[str, dict] = {}
+
+    def model_of(man: dict, stage: str) -> Path:
+        return (work / "runs" / man["recipe"] / man["stages"][stage]["artifacts"]["model"]["path"]).resolve()
+
+    def finish(man: dict, stage: str, **extra) -> dict:
+        f = model_of(man, stage)
+        m = man["stages"][stage]["metrics"]
+        return {"val": m, "model": str(f), "test": test_map(f, s["data"], test_dir), **extra}
+
+    def student(seed: int) -> dict:
+        st = {"name": "student", "kind": "train", "model": {"arch": "shuffledet_0.5x"}, "teacher": "teacher",
+              "imitation": {"weight": w}, "schedule": _sched(s, student_steps, p["student_evals"], 0.02), "eval": ev}
+        man = _run({**base, "seed": seed, "name": f"student-s{seed}-{key}", "stages": [tstage, st]}, work)
+        return finish(man, "student")
+
+    pruned0: dict[int, tuple[Path, dict]] = {}
+
+    def arm(name: str, seed: int, lr: float) -> dict:
+        """One fine-tune arm: ``train`` from the seed's student (``student_ft``) or from its pruned
+        network (``pruned``, ``pruned_noimit``), the same schedule for all."""
+        if name == "student_ft":
+            start = Path(runs["student"][seed]["model"])
+        else:
+            if seed not in pruned0:
+                pruned0[seed] = prune_once(Path(runs["student"][seed]["model"]), hw, work / "pruned0")
+            start = pruned0[seed][0]
+        stages = [tstage, {"name": "start", "kind": "model_file", "path": str(start), "sha256": sha256_file(start)}]
+        st = {"name": name, "kind": "train", "from": "start", "schedule": _sched(s, ft_steps, p["ft_evals"], lr),
+              "eval": ev}
+        st.update({"imitation": {"weight": 0.0}} if name == "pruned_noimit" else
+                  {"teacher": "teacher", "imitation": {"weight": w}})
+        man = _run({**base, "seed": seed, "name": f"{name}-lr{lr}-s{seed}-{key}", "stages": stages + [st]}, work)
+        return finish(man, name, lr=lr, macs_ratio=1.0 if name == "student_ft" else pruned0[seed][1]["macs_ratio"])
+
+    t0 = time.perf_counter()
+    with teacher_feature_cache(work / "feature_cache", n["train"], enabled=p["feature_cache"]):
+        for seed in seeds:  # 2. the students
+            runs["student"][seed] = student(seed)
+        for name in ARMS:  # 3. selection on val, seed s0: each arm its fine-tune lr, from the same options
+            tried = {lr: arm(name, s0, lr) for lr in p["ft_lr"]}
+            scores = {str(lr): r["val"]["map40"] for lr, r in tried.items()}
+            lr = best(p["ft_lr"], scores)
+            runs[name][s0], sweeps[name], chosen[name] = tried[lr], {"ft_lr": scores}, {"ft_lr": lr}
+        for seed in seeds[1:]:  # 4. the other paired seeds with the chosen settings
+            for name in ARMS:
+                runs[name][seed] = arm(name, seed, chosen[name]["ft_lr"])
+    train_minutes = (time.perf_counter() - t0) / 60
+
+    test = {a: {sd: r["test"]["map40"] for sd, r in by.items()} for a, by in runs.items()}
+    val = {a: {sd: r["val"]["map40"] for sd, r in by.items()} for a, by in runs.items()}
+    claims = {"map_drop": claim(test["student"], test["pruned"], seeds),
+              "map_drop_vs_equal_budget": claim(test["student_ft"], test["pruned"], seeds),
+              "imitation_effect": claim(test["pruned"], test["pruned_noimit"], seeds),
+              "map_drop_without_imitation": claim(test["student"], test["pruned_noimit"], seeds),
+              "map_drop_vs_equal_budget_without_imitation": claim(test["student_ft"], test["pruned_noimit"], seeds)}
+
+    # 5. speed: seed s0's trained student and pruned model, fast exact fp32 graphs, isolated processes
+    loaded = {k: load_model(runs[k][s0]["model"])[0].eval() for k in ("student", "pruned")}
+    summ = {k: model_summary(m, tuple(hw)) for k, m in loaded.items()}
+    speed, ms, rewrites = {}, {}, None
+    for label, size in (("run", hw), ("384x1248", FULL_SIZE)):  # weights don't depend on the input size
+        graphs = {}
+        for k, m in loaded.items():
+            g = work / "onnx" / f"{k}-s{s0}-{Path(runs[k][s0]['model']).parent.parent.name}-{size[0]}x{size[1]}.onnx"
+            if not g.is_file():
+                rewrites = export_fast_fp32(m, g, size)["fp32_rewrites"]
+            graphs[k] = g
+        ms[label] = isolated_ms(graphs, work / "latency", runs=args.runs or p["runs"], threads=args.threads)
+        speed[label] = ms[label]["student"]["median_ms"] / ms[label]["pruned"]["median_ms"]
+    curves = {"student (0.5x-I)": {sd: history(r["val"]) for sd, r in runs["student"].items()}}
+    for a in ARMS:  # fine-tunes start where the student stopped
+        curves[a] = {sd: [(student_steps + st, v) for st, v in history(r["val"])] for sd, r in runs[a].items()}
+    plot_learning_curves(curves, out_dir / "prune_curves.png",
+                         title=f"Prune benchmark ({args.preset}): val mAP40 while training")
+    mean = lambda d: statistics.mean(d[sd] for sd in seeds)  # noqa: E731
+    macs = {sd: runs["pruned"][sd]["macs_ratio"] for sd in seeds}
+    res = {
+        "preset": args.preset, **protocol_keys(seeds), "image_size": hw, "threads": args.threads,
+        "map40": {a: [test[a][sd] for sd in seeds] for a in runs} | {"1x": teacher_test["map40"]},
+        "val_map40": {a: [val[a][sd] for sd in seeds] for a in runs},
+        "claims": claims, **{k: c["mean"] for k, c in claims.items()},  # top level: the test-split means
+        "macs_ratio": statistics.mean(macs.values()), "macs_ratio_per_seed": [macs[sd] for sd in seeds],
+        "backbone_macs": {k: v["macs"]["backbone"] for k, v in summ.items()},
+        "params": {k: v["params"]["total"] for k, v in summ.items()},
+        "ort_speedup": speed["run"], "ort_speedup_384x1248": speed["384x1248"],
+        "ort_ms": {k: v["median_ms"] for k, v in ms["run"].items()},
+        "ort_ms_384x1248": {k: v["median_ms"] for k, v in ms["384x1248"].items()},
+        "latency_protocol": PROTOCOLS["isolated"] + f"; seed {s0}'s trained models; ORT_ENABLE_ALL (ORT's default)",
+        "fp32_rewrites": rewrites if rewrites is not None else True,
+        "chosen": chosen, "sweeps_seed0_val": sweeps,
+        "fixed": {"imitation_weight": w, "depthwise_align": 4, "allocation": "latency", "target_macs": 0.6,
+                  "student_lr": 0.02},
+        "steps": {"student": student_steps, "fine_tune": ft_steps, "batch": s["batch"],
+                  "student_passes": student_steps * s["batch"] / n["train"],
+                  "fine_tune_passes": ft_steps * s["batch"] / n["train"]},
+        "data": {"train_images": n["train"], "val_images": n["val"], "test_images": n["test"], "image_size": hw,
+                 "synth": s["data"].get("synth")},
+        "teacher": {"source": s["teacher_source"], "model": str(teacher), "sha256": teacher_sha, "test": teacher_test},
+        "test_ap40_seed0": {a: runs[a][s0]["test"]["ap40"] for a in runs},
+        "models": {a: {str(sd): r["model"] for sd, r in by.items()} for a, by in runs.items()},
+        "eval_history": {k: {str(sd): v for sd, v in by.items()} for k, by in curves.items()},
+        "train_minutes_this_invocation": train_minutes, "minutes": (time.perf_counter() - t_start) / 60,
+        "command": f"python benchmarks/prune.py --preset {args.preset}",
+        "targets": {"macs_ratio": "<= 0.6", "map_drop": "<= 1.0", "ort_speedup": ">= 1.3"},
+    }
+    lines = [f"# Prune benchmark ({args.preset})", "", f"`{res['command']}`", "",
+             f"SynthKITTI {n['train']} train / {n['val']} val (every selection) / {n['test']} test (reported once), "
+             f"{hw[0]}x{hw[1]}, batch {s['batch']}; students {student_steps} steps "
+             f"({res['steps']['student_passes']:.1f} passes), fine-tunes {ft_steps} steps; seeds {seeds}; teacher "
+             f"{s['teacher_source']}, test mAP40 {teacher_test['map40']:.2f}.", "",
+             "| model | chosen on val (seed 0) | test mAP40 per seed | mean |", "|---|---|---|---|"]
+    for a in runs:
+        c = f"fine-tune lr {chosen[a]['ft_lr']}" if a in chosen else "lr 0.02 (fixed)"
+        lines.append(f"| {ARM_LABELS[a]} | {c} | {', '.join(f'{test[a][sd]:.2f}' for sd in seeds)} | "
+                     f"{mean(test[a]):.2f} |")
+    lines += [""] + [f"- {k}: {describe(c)}" for k, c in claims.items()]
+    lines += [f"- macs_ratio {res['macs_ratio']:.3f}; ORT fp32 (fast exact graphs, isolated processes) speed-up "
+              f"{speed['run']:.2f}x at {hw[0]}x{hw[1]}, {speed['384x1248']:.2f}x at 384x1248",
+              f"- chosen on val: {chosen_line(chosen, sweeps)}",
+              "- learning curves (val mAP40 vs step, every arm and seed): prune_curves.png"]
+    _write(out_dir, res, lines)
+    print("\n".join(lines))
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS) + ["latency", "cpu"], default="smoke")
-    ap.add_argument("--workdir", default=None, help="keep the run here and resume it on re-runs (cpu default: "
-                    "benchmarks/.prune_cpu)")
-    ap.add_argument("--student-steps", type=int, default=600, help="(cpu preset) 0.5x imitation student steps")
-    ap.add_argument("--prune-steps", type=int, default=300, help="(cpu preset) fine-tune steps after pruning")
-    ap.add_argument("--teacher-steps", type=int, default=None,
-                    help="(cpu preset) train the 1x teacher here for this many steps (same data, batch and val "
-                         "subset) instead of reusing the imitation benchmark's")
-    ap.add_argument("--imitation-results", type=Path, default=ROOT / "benchmarks" / "results" / "imitation_gain.json",
-                    help="(cpu preset) the imitation benchmark's results JSON whose teacher is reused")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--rerun", nargs="+", default=[], metavar="STAGE",
-                    help="re-run these stages of the kept run (the others resume), e.g. pruned pruned_noimit")
-    ap.add_argument("--runs", type=int, default=30, help="latency runs per model (median; >= 30)")
+    ap.add_argument("--preset", choices=sorted(PRESETS) + ["latency"], default="smoke")
+    ap.add_argument("--work", default=None, help="run folders, test evaluations and timings, resumed on re-runs "
+                    "(default benchmarks/.prune/<preset>)")
+    ap.add_argument("--imitation-results", type=Path, default=RESULTS / "imitation_gain.json",
+                    help="(cpu/gpu) the imitation benchmark's results JSON whose teacher is reused")
+    ap.add_argument("--results", "--out", dest="out", default=str(RESULTS), help="where prune.{json,md} and "
+                    "prune_curves.png go")
+    ap.add_argument("--seeds", type=int, help="(checks only) number of paired seeds (default 3)")
+    ap.add_argument("--runs", type=int, default=None, help="latency runs per model (median; preset: 50)")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    if args.preset == "latency":
-        res = _latency_only(args)
-        ms = res["ort_ms"]
-        bp = res["by_protocol"]
-        lines = [f"# Prune latency (untrained 0.5x -> 0.6 backbone MACs, 384x1248, ORT fp32 {args.threads} threads, "
-                 f"median of {args.runs} runs)", "",
-                 *(f"- {p}: {v['what']}" for p, v in bp.items()), "",
-                 "| model | backbone MACs ratio | " + " | ".join(f"{p} ms | speed-up" for p in bp) + " |",
-                 "|---|---|" + "---|---|" * len(bp)]
-        lines += [f"| {k} | {res['macs_ratios'].get(k[len('pruned_'):], 1.0):.3f} | "
-                  + " | ".join(f"{v['ort_ms'][k]:.1f} | {v['ort_ms']['student'] / v['ort_ms'][k]:.2f}x" for v in bp.values())
-                  + " |" for k in ms]
-        lines += ["", f"macs_ratio {res['macs_ratio']:.3f} (latency allocation, default clip (0.5, 2)), "
-                  f"{res['macs_ratios']['uniform']:.3f} (uniform); ort_speedup {res['ort_speedup']:.2f}x (latency), "
-                  f"{res['ort_speedups']['uniform']:.2f}x (uniform)"]
-        _write(Path(args.out), res, lines)
-        print("\n".join(lines))
+    if args.preset != "latency":
+        protocol(args)
         return 0
-    from compressdet.eval import format_table
-    from compressdet.eval.table import result_from_ap40, size_cells
-    from compressdet.models import load_model, model_summary
-    from compressdet.pipeline import run_recipe
-    from compressdet.recipe import parse_recipe
-
-    if args.preset == "cpu":
-        from _reuse import imitation_teacher, student_settings
-
-        if args.teacher_steps:  # the imitation benchmark's best weight when it has run, else the seed's 1.0
-            best = json.loads(args.imitation_results.read_text())["best_weight"] if args.imitation_results.is_file() else 1.0
-            reuse = {**student_settings("cpu"), "best_weight": best}
-        else:
-            reuse = imitation_teacher(args.imitation_results)
-        p = {"size": list(reuse["data"]["image_size"]), "runs": 50}
-        text = _cpu_recipe(reuse, args.student_steps, args.prune_steps, args.teacher_steps)
-        torch.set_num_threads(reuse["threads"] or 2)
-    else:
-        p = PRESETS[args.preset]
-        text = _recipe(p)
-
-    t0 = time.time()
-    keep = args.workdir is not None or args.preset == "cpu"  # long runs: keep the folder, resume on re-runs
-    with contextlib.ExitStack() as stack:
-        d = (Path(args.workdir or ROOT / "benchmarks" / ".prune_cpu") if keep
-             else Path(stack.enter_context(tempfile.TemporaryDirectory())))
-        run_dir = d / "run"
-        recipe = parse_recipe(text, source=f"benchmarks/prune.py:{args.preset}")
-        for name in args.rerun:  # e.g. after a pruner change: re-run these, keep the trained student
-            run_recipe(recipe, run_dir=run_dir, only=name)
-        run_dir = run_recipe(recipe, run_dir=run_dir, resume=(run_dir / "manifest.json").exists())
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        stages = manifest["stages"]
-        stages = stages if isinstance(stages, dict) else {s["name"]: s for s in stages}
-        rows, loaded, cells = {}, {}, {}
-        for name in ("student", "pruned", "pruned_noimit") + tuple(n for n in (*VARIANTS, "student_ft") if n in stages):
-            loaded[name], _ = load_model(next(run_dir.rglob(f"{name}/model.pt")))
-            s = model_summary(loaded[name], tuple(p["size"]))
-            rows[name] = {"map40": stages[name]["metrics"].get("map40"), "macs": s["macs"]["backbone"],
-                          "params": s["params"]["total"], "ap40": stages[name]["metrics"].get("ap40")}
-            cells[name] = size_cells(s)
-    timed = _ort_compare_ms(loaded, p["size"], max(args.runs, p["runs"]), args.threads)
-    ms = timed["isolated"]
-    for k, r in rows.items():
-        r["ort_ms"] = ms[k]
-        r["ort_ms_blocks"] = timed["blocks"][k]
-    st, pr, pn = rows["student"], rows["pruned"], rows["pruned_noimit"]
-    res = {"preset": args.preset, "image_size": p["size"], "threads": args.threads, "macs_ratio": pr["macs"] / st["macs"],
-           "map_drop": (st["map40"] or 0) - (pr["map40"] or 0),
-           "map_drop_without_imitation": (st["map40"] or 0) - (pn["map40"] or 0),
-           "ort_speedup": st["ort_ms"] / pr["ort_ms"], "ort_speedup_blocks": st["ort_ms_blocks"] / pr["ort_ms_blocks"],
-           "latency_protocol": PROTOCOLS["isolated"], "rows": rows, "minutes": (time.time() - t0) / 60,
-           "variants": {n: {"what": VARIANTS[n][1], "macs_ratio": rows[n]["macs"] / st["macs"],
-                            "map_drop": (st["map40"] or 0) - (rows[n]["map40"] or 0),
-                            "ort_speedup": st["ort_ms"] / rows[n]["ort_ms"]} for n in VARIANTS if n in rows},
-           **({"map_drop_vs_equal_budget": (rows["student_ft"]["map40"] or 0) - (pr["map40"] or 0),
-               "map_drop_vs_equal_budget_without_imitation": (rows["student_ft"]["map40"] or 0) - (pn["map40"] or 0)}
-              if "student_ft" in rows else {}),
-           "targets": {"macs_ratio": "<= 0.6", "map_drop": "<= 1.0", "ort_speedup": ">= 1.3"}}
-    if list(p["size"]) != FULL_SIZE:  # weights don't depend on the input size: time the same nets at full size
-        timed = _ort_compare_ms({k: loaded[k] for k in ("student", "pruned", *VARIANTS) if k in loaded}, FULL_SIZE,
-                                args.runs, args.threads)
-        full = timed["isolated"]
-        res["ort_speedup_384x1248"] = full["student"] / full["pruned"]
-        res["ort_speedup_384x1248_blocks"] = timed["blocks"]["student"] / timed["blocks"]["pruned"]
-        res["ort_ms_384x1248"] = full
-        res["ort_ms_384x1248_blocks"] = timed["blocks"]
-        for n, v in res["variants"].items():
-            v["ort_speedup_384x1248"] = full["student"] / full[n]
-    lines = [f"# Prune benchmark ({args.preset}, {p['size'][0]}x{p['size'][1]}, ORT fp32 {args.threads} threads)", "",
-             "AP40 (official protocol); FLOPs = backbone MACs, params with BN statistics (the seed's columns); "
-             f"ORT ms = batch 1 at {p['size'][0]}x{p['size'][1]}, median of {max(args.runs, p['runs'])} runs, "
-             f"{PROTOCOLS['isolated']} (in one process, alternating blocks of 5 runs: ort_speedup "
-             f"{res['ort_speedup_blocks']:.2f}x" + (f", {res['ort_speedup_384x1248_blocks']:.2f}x at 384x1248"
-                                                   if "ort_speedup_384x1248_blocks" in res else "") + ").",
-             ""]
-    scored = [n for n, r in rows.items() if r["ap40"]]
-    if scored:
-        lines.append(format_table([result_from_ap40(rows[n]["ap40"]) for n in scored], models=scored,
-                                  flops=[cells[n][0] for n in scored],
-                                  params=[cells[n][1] for n in scored], metrics="ap40",
-                                  extra=[{"ORT ms": f"{rows[n]['ort_ms']:.2f}"} for n in scored]).rstrip("\n"))
-    lines += ["", f"macs_ratio {res['macs_ratio']:.3f}, map_drop {res['map_drop']:.2f}, "
-              f"map_drop_without_imitation {res['map_drop_without_imitation']:.2f}, ort_speedup {res['ort_speedup']:.2f}x"
-              + (f", ort_speedup_384x1248 {res['ort_speedup_384x1248']:.2f}x" if "ort_speedup_384x1248" in res else "")]
-    for n, v in res["variants"].items():
-        lines += ["", f"{n} = {v['what']}: macs_ratio {v['macs_ratio']:.3f}, map_drop {v['map_drop']:.2f}, "
-                  f"ort_speedup {v['ort_speedup']:.2f}x"
-                  + (f", ort_speedup_384x1248 {v['ort_speedup_384x1248']:.2f}x" if "ort_speedup_384x1248" in v else "")]
-    if "map_drop_vs_equal_budget" in res:
-        lines += ["", "student_ft = the unpruned student fine-tuned with the pruned model's schedule (equal budget): "
-                  f"map_drop_vs_equal_budget {res['map_drop_vs_equal_budget']:.2f} with imitation, "
-                  f"{res['map_drop_vs_equal_budget_without_imitation']:.2f} without"]
+    torch.set_num_threads(1)
+    args.runs = args.runs or 30
+    res = _latency_only(args)
+    ms = res["ort_ms"]
+    bp = res["by_protocol"]
+    lines = [f"# Prune latency (untrained 0.5x -> 0.6 backbone MACs, 384x1248, ORT fp32 {args.threads} threads, "
+             f"median of {args.runs} runs, fast exact fp32 graphs)", "",
+             *(f"- {p}: {v['what']}" for p, v in bp.items()), "",
+             "| model | backbone MACs ratio | " + " | ".join(f"{p} ms | speed-up" for p in bp) + " |",
+             "|---|---|" + "---|---|" * len(bp)]
+    lines += [f"| {k} | {res['macs_ratios'].get(k[len('pruned_'):], 1.0):.3f} | "
+              + " | ".join(f"{v['ort_ms'][k]:.1f} | {v['ort_ms']['student'] / v['ort_ms'][k]:.2f}x" for v in bp.values())
+              + " |" for k in ms]
+    lines += ["", f"macs_ratio {res['macs_ratio']:.3f} (latency allocation, default clip (0.5, 2)), "
+              f"{res['macs_ratios']['uniform']:.3f} (uniform); ort_speedup {res['ort_speedup']:.2f}x (latency), "
+              f"{res['ort_speedups']['uniform']:.2f}x (uniform)"]
     _write(Path(args.out), res, lines)
     print("\n".join(lines))
     return 0

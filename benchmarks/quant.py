@@ -7,25 +7,36 @@ Two parts:
   timed in alternating blocks of runs in one process (the machine is shared: ratios inside one run
   are what counts; ``compressdet.bench.latency.compare_latency``), median of ``--runs``; writes
   benchmarks/results/quant_speed.json.
-* ``accuracy``: a pipeline on SynthKITTI: teacher (1x) -> 0.25x student with imitation -> PTQ,
-  QAT without imitation, QAT with imitation; mAP (official, AP40) of each as the PyTorch int8
-  program and as the ONNX graph under ONNX Runtime, plus ORT latency at the run's image size;
-  writes benchmarks/results/quant.{json,md}.
+* ``accuracy``: under the evidence protocol (``benchmarks/_protocol.py``, issue 19): per seed (3
+  paired seeds) the imitation benchmark's teacher and its chosen 0.25x-I student of that seed
+  (``smoke``: trained here), then PTQ (calibration drawn by the seed), QAT, QAT + imitation and the
+  equal-budget control (the fp32 student trained with the same steps and imitation). Each arm's
+  setting is chosen on val on seed 0 from as many options as every other arm's (PTQ: calibration
+  size; QAT: lr; QAT + imitation: weight at QAT's lr; control: lr); every final model is evaluated
+  once on the whole test split, as the PyTorch int8 program and under ORT (cached by sha256).
+  Claims (``ptq_map_drop``, ``qat_map_drop``, ``qat_map_drop_vs_equal_budget``, ``ort_vs_torch``,
+  ...) are paired differences with 95% t intervals; ``int8_speedup``: seed 0's trained student as
+  the fastest exact fp32 graph vs INT8, each graph in a process of its own, at 384x1248 and at the
+  run's size. Writes benchmarks/results/quant.{json,md} and quant_curves.png. Resumable (run
+  folders, test evaluations and timings under ``--work``, default ``benchmarks/.quant/<preset>``).
 
     .venv/bin/python benchmarks/quant.py speed [--widths 0.25 0.5 1] [--runs 50] [--threads 2]
-    .venv/bin/python benchmarks/quant.py accuracy --preset smoke|full
-    .venv/bin/python benchmarks/quant.py accuracy --preset cpu --qat-steps 200
-    .venv/bin/python benchmarks/quant.py head [--run benchmarks/.prune_cpu/run --stage student]
+    .venv/bin/python benchmarks/quant.py accuracy --preset smoke   # ~14 min on a loaded 2-core VM, plumbing only
+    .venv/bin/python benchmarks/quant.py accuracy --preset cpu     # after imitation_gain.py --preset cpu; ~3 h
+    .venv/bin/python benchmarks/quant.py accuracy --preset gpu     # after imitation_gain.py --preset gpu (CUDA)
+    .venv/bin/python benchmarks/quant.py head [--run RUN --stage student]
     .venv/bin/python benchmarks/quant.py size [--widths 0.25 0.5 1]
 
-``head``: PTQ of a trained student (default: the prune benchmark's cpu run) with the float head,
-the int8 head with one output scale per kind, and the int8 head with one shared scale;
-benchmarks/results/quant_head.{json,md}.
+``speed``'s fp32 baseline is the fastest exact fp32 graph (``compressdet.export.fast_fp32``
+rewrites: what ``export_onnx`` writes by default), so every INT8 / fp32 ratio is best vs best; the
+unrewritten graph is timed too (``fp32_unrewritten``). ``size`` reports the unrewritten fp32 file.
 
-``cpu`` trains nothing float: it starts from the imitation benchmark's teacher and its seed-0
-imitation student (``benchmarks/_reuse.py``; same SynthKITTI set, input size and val subset) and
-only runs PTQ and the two QATs (``--qat-steps``, batch and threads of the imitation run). The fp32
-row is that student evaluated here with the same evaluator settings as the int8 stages.
+``head``: PTQ of a trained student with the float head, the int8 head with one output scale per
+kind, and the int8 head with one shared scale; benchmarks/results/quant_head.{json,md}.
+
+``cpu`` preset: the imitation benchmark's cpu data (1,000 train / 500 val / 1,000 test SynthKITTI
+at 192x624, batch 2, 2 threads), QAT and the control 500 steps (1 pass over the training set; the
+students already saw 3), 3 options per arm on seed 0 then 4 arms on seeds 1 and 2: 20 stage runs.
 """
 
 from __future__ import annotations
@@ -47,18 +58,34 @@ from compressdet.models import build_model
 from compressdet.quant.ptq import randomize_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "benchmarks") not in sys.path:  # _protocol, _reuse, imitation_gain
+    sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 ARCH = {"0.25": "shuffledet_0.25x", "0.5": "shuffledet_0.5x", "1": "shuffledet_1x"}
 
 
 # ---------------------------------------------------------------------------------------------
 # speed
-def _export_fp32(model: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
+def _export_fp32(model: torch.nn.Module, x: torch.Tensor, path: Path, rewrites: bool = True) -> Path:
+    """fp32 ONNX of ``model``; ``rewrites`` (default): the exporter's exact float rewrites first
+    (``compressdet.export.fast_fp32``: the fastest exact fp32 graph, the fair baseline of every
+    INT8 / fp32 ratio); False: the model as it is."""
+    from compressdet.export._onnx import prepare_model
+    from compressdet.export.fast_fp32 import fast_fp32
+
+    module, _ = fast_fp32(prepare_model(model), rewrites)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["images"],
+        torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17, input_names=["images"],
                           output_names=["head"])
     return path
+
+
+def _fp32_rewrites_applied(model: torch.nn.Module) -> dict | None:
+    from compressdet.export._onnx import prepare_model
+    from compressdet.export.fast_fp32 import fast_fp32
+
+    return fast_fp32(prepare_model(model), True)[1]
 
 
 def _ort_static(fp32: Path, out: Path, calib: list[np.ndarray]) -> Path:
@@ -137,14 +164,20 @@ def speed(args: argparse.Namespace) -> dict:
     feed = {"images": (rng.standard_normal((1, 3, H, W)) * 50).astype(np.float32)}
     out: dict = {"machine": platform.processor() or platform.machine(), "size": [H, W], "batch": 1,
                  "threads": args.threads, "runs": args.runs, "note": "alternating blocks of 5 runs in one "
-                 "process; ratios are what to read (the machine is shared)", "widths": {}}
+                 "process; ratios are what to read (the machine is shared)",
+                 "baseline": "fp32 = the fastest exact fp32 graph (export.fast_fp32 rewrites, ORT_ENABLE_ALL); "
+                 "every ratio_to_fp32 is against it; fp32_unrewritten: the model exported as it is",
+                 "widths": {}}
     tmp = Path(tempfile.mkdtemp(prefix="quant_speed_"))
     for w in args.widths:
         model = _random_student(w, H, W)
         x = torch.from_numpy(calib[0])
         t0 = time.time()
-        paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx")}
-        paths["int8_ort_static"] = _ort_static(paths["fp32"], tmp / f"{w}_ortstatic.onnx", calib)
+        # fp32: the fastest exact fp32 graph (the ratios' baseline); fp32_unrewritten: the model as it is
+        paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx"),
+                 "fp32_unrewritten": _export_fp32(model, x, tmp / f"{w}_fp32_plain.onnx", rewrites=False)}
+        out["fp32_rewrites"] = _fp32_rewrites_applied(model)
+        paths["int8_ort_static"] = _ort_static(paths["fp32_unrewritten"], tmp / f"{w}_ortstatic.onnx", calib)
         # the ladder of docs/quantization.md, each step on top of the previous one
         early = ("quantize_before_pad",)  # the pass these steps were first measured with
         fp = dict(head_weights="float")  # these steps had an fp32 head conv
@@ -205,7 +238,7 @@ def size(args: argparse.Namespace) -> dict:
     out: dict = {"size": [H, W], "unit": "MB (1e6 bytes)", "widths": {}}
     for w in args.widths:
         model = _random_student(w, H, W)
-        paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx"),
+        paths = {"fp32": _export_fp32(model, x, tmp / f"{w}_fp32.onnx", rewrites=False),
                  "int8_no_rewrites": _pt2e_int8(model, x, calib, tmp / f"{w}_plain.onnx", fold=True, pad=4,
                                                 rewrites=()),
                  "int8_fast_fp32_head": _pt2e_int8(model, x, calib, tmp / f"{w}_fp32_head.onnx", fold=True, pad=4,
@@ -220,47 +253,272 @@ def size(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# accuracy
+# accuracy (evidence protocol: benchmarks/_protocol.py)
+_SMOKE_DATA = {"format": "synth", "image_size": [64, 192], "synth": {"num_images": 24, "size": [384, 128]},
+               "cache": True, "augment": {"enabled": False}}
+# teacher/students: "reuse" (the imitation benchmark's teacher and its chosen 0.25x-I student of each
+# seed, same preset) or trained here (smoke). qat_steps fixed or qat_passes over the training set.
+# Options each arm chooses from on val (seed 0), as many for every arm, the default first:
+# PTQ its calibration-set size, QAT its lr, QAT + imitation its weight (at QAT's lr), the
+# equal-budget fp32 control its lr (with QAT + imitation's weight).
 PRESETS = {
-    "smoke": dict(image_size=[64, 192], num_images=32, max_val=16, teacher_steps=20, student_steps=20,
-                  qat_steps=8, batch=8, calib=16, runs=50),
-    "full": dict(image_size=[384, 1248], num_images=2000, max_val=500, teacher_steps=20000, student_steps=20000,
-                 qat_steps=2000, batch=32, calib=64, runs=100),
-    "cpu": dict(calib=64, runs=50),  # the rest comes from the imitation benchmark's run (_reuse.py)
+    "smoke": {"teacher": 4, "student_steps": 4, "qat_steps": 3, "seeds": [0, 1, 2], "weight": 1.0,
+              "calib": [8, 4], "qat_lr": [0.001, 0.0005], "imit_weight": [1.0, 0.5], "ft_lr": [0.001, 0.0005],
+              "runs": 3, "data": _SMOKE_DATA, "batch": 2, "threads": 1, "channels_last": False, "device": "cpu",
+              "feature_cache": False},
+    "cpu": {"teacher": "reuse", "qat_passes": 1, "seeds": [0, 1, 2], "calib": [64, 128, 32],
+            "qat_lr": [0.001, 0.0005, 0.002], "imit_weight": [1.0, 0.5, 0.25], "ft_lr": [0.001, 0.0005, 0.002],
+            "runs": 50, "device": "cpu", "feature_cache": True},
+    "gpu": {"teacher": "reuse", "qat_steps": 4000, "seeds": [0, 1, 2], "calib": [64, 128, 32],
+            "qat_lr": [0.001, 0.0005, 0.002], "imit_weight": [1.0, 0.5, 0.25], "ft_lr": [0.001, 0.0005, 0.002],
+            "runs": 50, "device": "auto", "feature_cache": False},
 }
+ACC_ARMS = {"student": "fp32 student", "fp32_ft": "fp32 + the same steps (equal budget)", "ptq": "PTQ",
+            "qat": "QAT", "qat_imitation": "QAT + imitation"}
+INT8_ARMS = ("ptq", "qat", "qat_imitation")
 
 
-def _cpu_recipe(reuse: dict, qat_steps: int) -> dict:
-    """PTQ, QAT and QAT + imitation of the imitation benchmark's student, its teacher guiding."""
-    ev = {"batch_size": 16, "num_images_logged": 0}
-    if reuse["eval_images"]:
-        ev["max_images"] = reuse["eval_images"]
-    sched = {"steps": qat_steps, "batch_size": reuse["batch"], "lr": 0.001, "checkpoint_every": max(qat_steps // 4, 1),
-             "eval_every": qat_steps, "log_every": min(20, qat_steps)}
-    if reuse["threads"]:
-        sched["threads"] = reuse["threads"]
-    student = reuse.get("student_stage") or {"name": "student", "kind": "model_file", "path": str(reuse["student"]),
-                                             "sha256": reuse["student_sha256"]}
-    return {"name": "quant_bench_cpu", "seed": 0, "device": "cpu", "data": reuse["data"], "stages": [
-        {"name": "teacher", "kind": "model_file", "path": str(reuse["teacher"]), "sha256": reuse["teacher_sha256"]},
-        student,
-        {"name": "ptq", "kind": "ptq", "from": "student", "quant": {"calibration_images": PRESETS["cpu"]["calib"]},
-         "eval": ev},
-        {"name": "qat", "kind": "qat", "from": "student", "schedule": sched, "eval": ev},
-        {"name": "qat_imitation", "kind": "qat", "from": "student", "teacher": "teacher",
-         "imitation": {"weight": reuse["best_weight"]}, "schedule": sched, "eval": ev},
-        # equal-budget control: the float student trained exactly like QAT + imitation, so steps that
-        # still improve a short CPU student do not flatter qat_map_drop
-        {"name": "fp32_ft", "kind": "train", "from": "student", "teacher": "teacher",
-         "imitation": {"weight": reuse["best_weight"]}, "schedule": sched, "eval": ev},
-        # the opt-in int8 head (one output scale per kind), trained like QAT + imitation
-        {"name": "qat_imitation_head_int8", "kind": "qat", "from": "student", "teacher": "teacher",
-         "imitation": {"weight": reuse["best_weight"]}, "quant": {"keep_head_float": False}, "schedule": sched,
-         "eval": ev},
-        # the head conv in fp32 (head_weights: float; the default until session 8), trained the same way
-        {"name": "qat_imitation_fp32_head", "kind": "qat", "from": "student", "teacher": "teacher",
-         "imitation": {"weight": reuse["best_weight"]}, "quant": {"head_weights": "float"}, "schedule": sched,
-         "eval": ev}]}
+def _digest(obj) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def accuracy(args: argparse.Namespace) -> dict:
+    import copy
+    import math
+    import statistics
+
+    from _protocol import (
+        best,
+        chosen_line,
+        claim,
+        export_fast_fp32,
+        history,
+        isolated_ms,
+        plot_learning_curves,
+        protocol_keys,
+        test_map,
+    )
+    from imitation_gain import _run, teacher_feature_cache
+
+    from compressdet._io import sha256_file
+    from compressdet.data import build_dataset, prepare_data
+    from compressdet.eval.stats import describe
+    from compressdet.eval.table import size_cells
+    from compressdet.models import load_model, model_summary
+    from compressdet.recipe import DataConfig
+
+    p = copy.deepcopy(PRESETS[args.preset])
+    if args.seeds:
+        p["seeds"] = list(range(args.seeds))
+    seeds, s0 = p["seeds"], p["seeds"][0]
+    work = Path(args.work or ROOT / "benchmarks" / ".quant") / args.preset
+    work.mkdir(parents=True, exist_ok=True)
+    test_dir = work / "test_eval"
+    t_start = time.perf_counter()
+    if p["teacher"] == "reuse":
+        from _reuse import imitation_students
+
+        r = imitation_students(args.imitation_results)
+        if r["preset"] != args.preset:
+            raise SystemExit(f"{args.imitation_results}: from the imitation benchmark's '{r['preset']}' preset; run "
+                             f"benchmarks/imitation_gain.py --preset {args.preset} first (or pass --imitation-results)")
+        missing = [sd for sd in seeds if sd not in r["students"]]
+        if missing:
+            raise SystemExit(f"{args.imitation_results}: no 0.25x-I student for seeds {missing}")
+        s = {k: r[k] for k in ("data", "batch", "threads", "channels_last", "eval_images")}
+        teacher, w_student = Path(r["teacher"]), r["best_weight"]
+        students = {sd: r["students"][sd] for sd in seeds}
+        student_hist, student_steps = r["student_history"], r["student_steps"]
+        source = f"the imitation benchmark's teacher and chosen 0.25x-I student of each seed ({args.imitation_results})"
+    else:
+        s = {"data": p["data"], "batch": p["batch"], "threads": p["threads"], "channels_last": p["channels_last"],
+             "eval_images": None}
+        teacher, w_student, students, student_hist, student_steps = None, p["weight"], {}, {}, p["student_steps"]
+        source = f"trained here: 1x teacher {p['teacher']} steps, 0.25x-I students {p['student_steps']} steps"
+    data_cfg = DataConfig(**s["data"])
+    prepare_data(data_cfg)
+    n = {split: len(build_dataset(data_cfg, split, train=False)) for split in ("train", "val", "test")}
+    qat_steps = int(p["qat_steps"]) if p.get("qat_steps") else max(2, math.ceil(p["qat_passes"] * n["train"] / s["batch"]))
+    hw = list(s["data"]["image_size"])
+    base = {"device": p["device"], "data": s["data"]}
+    ev = {"batch_size": 16, "num_images_logged": 0, **({"max_images": s["eval_images"]} if s["eval_images"] else {})}
+
+    def sched(steps: int, lr: float, n_evals: int = 1) -> dict:
+        every = max(steps // n_evals, 1)
+        out = {"steps": steps, "batch_size": s["batch"], "lr": lr, "eval_every": every, "checkpoint_every": every,
+               "log_every": min(20, steps), "channels_last": s["channels_last"]}
+        return {**out, "threads": s["threads"]} if s["threads"] else out
+
+    if teacher is None:  # smoke: a tiny teacher and one imitation student per seed, trained here
+        tr = {**base, "seed": 0, "stages": [{"name": "teacher", "kind": "train", "model": {"arch": "shuffledet_1x"},
+                                             "schedule": sched(p["teacher"], 0.02), "eval": ev}]}
+        tr["name"] = f"teacher-{_digest(tr)}"
+        man = _run(tr, work)
+        teacher = (work / "runs" / tr["name"] / man["stages"]["teacher"]["artifacts"]["model"]["path"]).resolve()
+    tstage = {"name": "teacher", "kind": "model_file", "path": str(teacher), "sha256": sha256_file(teacher)}
+    key = _digest({"t": tstage["sha256"], "p": p, "s": s})
+    for sd in seeds:
+        if sd in students:
+            continue
+        st = {"name": "student", "kind": "train", "model": {"arch": "shuffledet_0.25x"}, "teacher": "teacher",
+              "imitation": {"weight": w_student}, "schedule": sched(student_steps, 0.02, 2), "eval": ev}
+        man = _run({**base, "seed": sd, "name": f"student-s{sd}-{key}", "stages": [tstage, st]}, work)
+        students[sd] = (work / "runs" / man["recipe"] / man["stages"]["student"]["artifacts"]["model"]["path"]).resolve()
+        student_hist[sd] = history(man["stages"]["student"]["metrics"])
+
+    def student_val(sd: int) -> float:  # the float student on val, with the evaluator of the int8 stages
+        return test_map(students[sd], s["data"], test_dir, split="val", max_images=s["eval_images"])["map40"]
+
+    def arm(name: str, sd: int, **setting) -> dict:
+        """One arm on seed ``sd``'s student: its run (resumed), val metrics and test evaluations."""
+        sf = students[sd]
+        stages = [tstage, {"name": "student", "kind": "model_file", "path": str(sf), "sha256": sha256_file(sf)}]
+        if name == "ptq":
+            st = {"name": "ptq", "kind": "ptq", "from": "student", "calibration_draw": "random",
+                  "quant": {"calibration_images": setting["calib"]}, "eval": ev}
+        elif name == "fp32_ft":
+            st = {"name": name, "kind": "train", "from": "student", "teacher": "teacher",
+                  "imitation": {"weight": setting["weight"]}, "schedule": sched(qat_steps, setting["lr"], 2), "eval": ev}
+        else:
+            # channels_last off for the fake-quant graph (as the QAT stages always ran)
+            st = {"name": name, "kind": "qat", "from": "student", "eval": ev,
+                  "schedule": {**sched(qat_steps, setting["lr"]), "channels_last": False}}
+            if name == "qat_imitation":
+                st.update(teacher="teacher", imitation={"weight": setting["weight"]})
+        tag = "-".join(f"{k}{v}" for k, v in setting.items())
+        man = _run({**base, "seed": sd, "name": f"{name}-{tag}-s{sd}-{key}", "stages": stages + [st]}, work)
+        rec = man["stages"][name]
+        folder = work / "runs" / man["recipe"]
+        out = {"val": rec["metrics"], "setting": setting}
+        if name in INT8_ARMS:
+            out["model"] = str(folder / rec["artifacts"]["onnx_int8"]["path"])
+            out["test"] = test_map(folder / rec["artifacts"]["quantized"]["path"], s["data"], test_dir, kind="int8")
+            out["test_ort"] = test_map(folder / rec["artifacts"]["onnx_int8"]["path"], s["data"], test_dir, kind="ort")
+        else:
+            out["model"] = str(folder / rec["artifacts"]["model"]["path"])
+            out["test"] = test_map(folder / rec["artifacts"]["model"]["path"], s["data"], test_dir)
+        return out
+
+    runs: dict[str, dict[int, dict]] = {a: {} for a in ACC_ARMS}
+    sweeps, chosen = {}, {}
+    t0 = time.perf_counter()
+    with teacher_feature_cache(work / "feature_cache", n["train"], enabled=p["feature_cache"]):
+        for sd in seeds:
+            runs["student"][sd] = {"val": {"map40": student_val(sd), "eval_history": student_hist.get(sd, [])},
+                                   "model": str(students[sd]), "test": test_map(students[sd], s["data"], test_dir)}
+
+        def select(name: str, option: str, options: list, **fixed) -> dict:
+            tried = {o: arm(name, s0, **fixed, **{option: o}) for o in options}
+            scores = {str(o): r["val"]["map40"] for o, r in tried.items()}
+            o = best(options, scores)
+            runs[name][s0], sweeps[name], chosen[name] = tried[o], {option: scores}, {**fixed, option: o}
+            return chosen[name]
+
+        select("ptq", "calib", p["calib"])
+        lr_q = select("qat", "lr", p["qat_lr"])["lr"]
+        w_q = select("qat_imitation", "weight", p["imit_weight"], lr=lr_q)["weight"]
+        select("fp32_ft", "lr", p["ft_lr"], weight=w_q)
+        for sd in seeds[1:]:
+            for name in ("ptq", "qat", "qat_imitation", "fp32_ft"):
+                runs[name][sd] = arm(name, sd, **chosen[name])
+    train_minutes = (time.perf_counter() - t0) / 60
+
+    test = {a: {sd: r["test"]["map40"] for sd, r in by.items()} for a, by in runs.items()}
+    ort = {a: {sd: runs[a][sd]["test_ort"]["map40"] for sd in seeds} for a in INT8_ARMS}
+    val = {a: {sd: r["val"]["map40"] for sd, r in by.items()} for a, by in runs.items()}
+    claims = {"ptq_map_drop": claim(test["student"], test["ptq"], seeds),
+              "qat_map_drop": claim(test["student"], test["qat_imitation"], seeds),
+              "qat_no_imitation_map_drop": claim(test["student"], test["qat"], seeds),
+              "qat_map_drop_vs_equal_budget": claim(test["fp32_ft"], test["qat_imitation"], seeds),
+              "ptq_map_drop_vs_equal_budget": claim(test["fp32_ft"], test["ptq"], seeds),
+              "imitation_effect_in_qat": claim(test["qat_imitation"], test["qat"], seeds),
+              "ort_vs_torch": claim(ort["qat_imitation"], test["qat_imitation"], seeds)}
+    ort_vs_torch_by_arm = {a: claim(ort[a], test[a], seeds) for a in INT8_ARMS}
+
+    # speed on seed s0's trained models: the fastest exact fp32 graph vs the INT8 graph, isolated processes
+    from compressdet.quant.onnx_int8 import check_int8_graph
+
+    student, _ = load_model(students[s0])
+    student.eval()
+    graphs = {"run": {"fp32": work / "onnx" / f"student-s{s0}-{sha256_file(students[s0])[:12]}-{hw[0]}x{hw[1]}.onnx",
+                      "int8": Path(runs["qat_imitation"][s0]["model"])}}
+    full = work / "onnx" / f"student-s{s0}-{sha256_file(students[s0])[:12]}-384x1248"
+    graphs["384x1248"] = {"fp32": full.with_suffix(".fp32.onnx"), "int8": full.with_suffix(".int8.onnx")}
+    rewrites = True
+    for label, size in (("run", hw), ("384x1248", [384, 1248])):
+        if not graphs[label]["fp32"].is_file():
+            rewrites = export_fast_fp32(student, graphs[label]["fp32"], size)["fp32_rewrites"]
+    if not graphs["384x1248"]["int8"].is_file():  # same network and exporter default, calibrated on random images
+        _, calib = _random_inputs(384, 1248)
+        _pt2e_int8(student, torch.from_numpy(calib[0]), calib, graphs["384x1248"]["int8"], fold=True, pad=4)
+    check_int8_graph(graphs["384x1248"]["int8"])
+    ms = {lb: isolated_ms(g, work / "latency", runs=args.runs or p["runs"], threads=args.threads)
+          for lb, g in graphs.items()}
+    speed = {lb: m["fp32"]["median_ms"] / m["int8"]["median_ms"] for lb, m in ms.items()}
+
+    curves = {"fp32 student (0.25x-I)": {sd: list(student_hist.get(sd, [])) for sd in seeds}}
+    curves["fp32 + same steps"] = {sd: [(student_steps + st, v) for st, v in history(runs["fp32_ft"][sd]["val"])]
+                                   for sd in seeds}
+    for a in INT8_ARMS:  # int8 stages are evaluated once, at their end (QAT trains without val evaluations)
+        end = student_steps + (0 if a == "ptq" else qat_steps)
+        curves[f"{ACC_ARMS[a]} (final val)"] = {sd: [(end, val[a][sd])] for sd in seeds}
+    plot_learning_curves(curves, RESULTS / "quant_curves.png",
+                         title=f"INT8 benchmark ({args.preset}): val mAP40 (PyTorch) while training")
+    mean = lambda d: statistics.mean(d[sd] for sd in seeds)  # noqa: E731
+    flops, params = size_cells(model_summary(student, tuple(hw)))
+    result = {
+        "preset": args.preset, **protocol_keys(seeds), "image_size": hw, "map_metric": "official AP40 (%)",
+        "map": {ACC_ARMS[a]: mean(test[a]) for a in ACC_ARMS},
+        "ort_map": {ACC_ARMS[a]: mean(ort[a]) for a in INT8_ARMS},
+        "map40": {a: [test[a][sd] for sd in seeds] for a in ACC_ARMS},
+        "ort_map40": {a: [ort[a][sd] for sd in seeds] for a in INT8_ARMS},
+        "val_map40": {a: [val[a][sd] for sd in seeds] for a in ACC_ARMS},
+        "claims": claims, **{k: c["mean"] for k, c in claims.items()},
+        "ort_vs_torch_by_arm": ort_vs_torch_by_arm,
+        "ort_vs_torch_map_drop": {ACC_ARMS[a]: -c["mean"] for a, c in ort_vs_torch_by_arm.items()},
+        "fp32_equal_budget_map40": mean(test["fp32_ft"]),
+        "int8_speedup": speed["384x1248"], "int8_speedup_at_run_size": speed["run"],
+        "latency_ms": {lb: {k: v["median_ms"] for k, v in m.items()} for lb, m in ms.items()},
+        "int8_speedup_note": (f"fast exact fp32 ONNX (export_onnx, fp32_rewrites) ms / INT8 ONNX ms of seed {s0}'s "
+                              "trained models, batch 1, ORT_ENABLE_ALL, each graph in a process of its own "
+                              "(compare_onnx_isolated); at the run's size the INT8 graph is QAT + imitation's own, "
+                              "at 384x1248 the same student through the exporter's default PT2E chain (random "
+                              "calibration: ORT's int8 kernels do not depend on the values); > 1: INT8 faster"),
+        "fp32_rewrites": rewrites, "threads": args.threads, "runs": args.runs or p["runs"],
+        "chosen": chosen, "sweeps_seed0_val": sweeps,
+        "steps": {"qat": qat_steps, "student": student_steps, "batch": s["batch"],
+                  "qat_passes": qat_steps * s["batch"] / n["train"]},
+        "data": {"train_images": n["train"], "val_images": n["val"], "test_images": n["test"], "image_size": hw,
+                 "synth": s["data"].get("synth")},
+        "models_source": source, "teacher": {"model": str(teacher), "sha256": tstage["sha256"]},
+        "students": {str(sd): str(f) for sd, f in students.items()},
+        "test_ap40_seed0": {a: runs[a][s0]["test"]["ap40"] for a in ACC_ARMS},
+        "eval_history": {k: {str(sd): v for sd, v in by.items()} for k, by in curves.items()},
+        "flops": flops, "params": params,
+        "train_minutes_this_invocation": train_minutes, "minutes": (time.perf_counter() - t_start) / 60,
+        "command": f"python benchmarks/quant.py accuracy --preset {args.preset}",
+    }
+    atomic_write_json(RESULTS / "quant.json", result)
+    md = [f"# INT8: PTQ vs QAT ({args.preset} preset)", "", f"`{result['command']}`", "",
+          f"SynthKITTI {n['train']} train / {n['val']} val (every selection) / {n['test']} test (reported once), "
+          f"{hw[0]}x{hw[1]}, batch {s['batch']}; QAT and the equal-budget fp32 control {qat_steps} steps "
+          f"({result['steps']['qat_passes']:.1f} passes); seeds {seeds}; models: {source}.", "",
+          "| model | chosen on val (seed 0) | test mAP40 PyTorch per seed | mean | ORT per seed | mean |",
+          "|---|---|---|---|---|---|"]
+    for a, label in ACC_ARMS.items():
+        o = (f"{', '.join(f'{ort[a][sd]:.2f}' for sd in seeds)} | {mean(ort[a]):.2f}" if a in ort else "- | -")
+        md.append(f"| {label} | {chosen.get(a, '-')} | {', '.join(f'{test[a][sd]:.2f}' for sd in seeds)} | "
+                  f"{mean(test[a]):.2f} | {o} |")
+    md += [""] + [f"- {k}: {describe(c)}" for k, c in claims.items()]
+    md += [f"- int8_speedup (fast exact fp32 / INT8, isolated processes): {speed['384x1248']:.2f}x at 384x1248, "
+           f"{speed['run']:.2f}x at {hw[0]}x{hw[1]}",
+           f"- chosen on val: {chosen_line(chosen, sweeps)}",
+           "- learning curves: quant_curves.png (QAT arms: their final val mAP; QAT trains without val evaluations)"]
+    atomic_write_text(RESULTS / "quant.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    return result
 
 
 def _forget_stale(recipe, run_dir: Path) -> list[str]:
@@ -282,254 +540,6 @@ def _forget_stale(recipe, run_dir: Path) -> list[str]:
         atomic_write_json(path, man)
     return stale
 
-
-def _run_artifacts(run: Path, student_width: str | None) -> dict:
-    """:func:`_cpu_recipe`'s inputs from any finished pipeline run with a ``teacher`` and an imitation
-    ``student`` stage (e.g. the prune benchmark's cpu run). ``student_width``: train a student of
-    that width here with the run's student schedule instead of reusing the run's student."""
-    import yaml
-
-    from compressdet._io import sha256_file
-
-    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    man = json.loads((run / "manifest.json").read_text())["stages"]
-    stages = {s["name"]: s for s in recipe["stages"]}
-    for name in ("teacher", "student"):
-        if man.get(name, {}).get("status") != "done":
-            raise SystemExit(f"{run}: stage '{name}' is not done; finish that run first")
-    teacher = run / man["teacher"]["artifacts"]["model"]["path"]
-    src = stages["student"]
-    out = {"preset": f"run {run}", "teacher": teacher, "teacher_sha256": sha256_file(teacher),
-           "best_weight": (src.get("imitation") or {}).get("weight", 1.0), "data": recipe["data"],
-           "eval_images": (src.get("eval") or {}).get("max_images"), "batch": src["schedule"]["batch_size"],
-           "threads": src["schedule"].get("threads"), "channels_last": src["schedule"].get("channels_last", False)}
-    if student_width:
-        stage = {k: v for k, v in src.items() if k not in ("from",)}
-        stage["model"] = ARCH[student_width]
-        out["student_stage"] = stage
-        out["student_label"] = f"a {student_width}x-I student trained here with the student schedule of `{run}`"
-        out["student_key"] = f"{out['teacher_sha256'][:8]}-{student_width}x"
-    else:
-        student = run / man["student"]["artifacts"]["model"]["path"]
-        out.update(student=student, student_sha256=sha256_file(student), student_label=f"the student of `{run}`")
-        out["student_key"] = out["student_sha256"][:12]
-    return out
-
-
-def _evaluate_fp32(recipe, stage: str, model) -> dict:
-    """The float model with the evaluator settings of the int8 stage ``stage`` (same val subset)."""
-    from compressdet.engine.launch import build_evaluate_fn
-
-    cfg = recipe.stage(stage)
-    fn = build_evaluate_fn(recipe.data, eval_cfg=cfg.eval.model_copy(update={"num_images_logged": 0}),
-                           postprocess=cfg.postprocess)
-    with torch.no_grad():
-        res = fn(model.eval(), 0)
-    return {"map40": res["map40"], "map11": res["map11"], "ap40": res["ap"]}
-
-
-def _recipe_text(p: dict, cache: str) -> str:
-    h, w = p["image_size"]
-    sched = "{steps: %d, batch_size: %d, lr: %s, eval_every: %d, checkpoint_every: %d, log_every: 10}"
-    return f"""name: quant_bench
-seed: 0
-data:
-  format: synth
-  image_size: [{h}, {w}]
-  synth: {{num_images: {p['num_images']}, size: [1242, 375], seed: 0, cache_dir: {cache}}}
-  max_val_images: {p['max_val']}
-stages:
-  - name: teacher
-    kind: train
-    model: shuffledet_1x
-    schedule: {sched % (p['teacher_steps'], p['batch'], 0.02, p['teacher_steps'], p['teacher_steps'])}
-  - name: student
-    kind: train
-    model: shuffledet_0.25x
-    teacher: teacher
-    imitation: {{weight: 1.0}}
-    schedule: {sched % (p['student_steps'], p['batch'], 0.02, p['student_steps'], p['student_steps'])}
-  - name: ptq
-    kind: ptq
-    from: student
-    quant: {{calibration_images: {p['calib']}}}
-  - name: qat
-    kind: qat
-    from: student
-    quant: {{calibration_images: {p['calib']}}}
-    schedule: {sched % (p['qat_steps'], p['batch'], 0.001, p['qat_steps'], p['qat_steps'])}
-  - name: qat_imitation
-    kind: qat
-    from: student
-    teacher: teacher
-    imitation: {{weight: 1.0}}
-    schedule: {sched % (p['qat_steps'], p['batch'], 0.001, p['qat_steps'], p['qat_steps'])}
-"""
-
-
-def accuracy(args: argparse.Namespace) -> dict:
-    from compressdet.eval import format_table
-    from compressdet.eval.table import result_from_ap40, size_cells
-    from compressdet.models import model_summary
-    from compressdet.pipeline import Pipeline
-    from compressdet.quant.onnx_int8 import ort_session
-    from compressdet.recipe import parse_recipe
-
-    p = dict(PRESETS[args.preset])
-    torch.set_num_threads(args.threads)
-    work = Path(args.workdir) if args.workdir else None
-    reuse = None
-    if args.preset == "cpu":
-        import yaml
-        from _reuse import imitation_artifacts
-
-        if args.from_run:
-            reuse = _run_artifacts(Path(args.from_run), args.student_width)
-        else:
-            reuse = imitation_artifacts(args.imitation_results)
-            reuse.update(student_label=f"the imitation benchmark's seed-0 0.25x-I student (w={reuse['best_weight']})",
-                         student_key=reuse["student_sha256"][:12])
-        # kept and resumed; one folder per reused student and step count, so a re-trained
-        # imitation benchmark or another --qat-steps starts fresh instead of clashing with the old run
-        work = work or ROOT / "benchmarks" / ".quant_cpu" / f"{reuse['student_key']}-q{args.qat_steps}"
-        text = yaml.safe_dump(_cpu_recipe(reuse, args.qat_steps), sort_keys=False)
-        p["image_size"] = list(reuse["data"]["image_size"])
-    else:
-        work = work or Path(tempfile.mkdtemp(prefix="quant_bench_"))
-        text = _recipe_text(p, str(work / "synth"))
-    recipe = parse_recipe(text, source="benchmarks/quant.py")
-    stale = _forget_stale(recipe, work / "run")
-    if stale:
-        print(f"settings changed since they ran, re-running: {', '.join(stale)}", flush=True)
-    run_dir = Pipeline(recipe, work / "run", resume=True).run()  # reruns skip done stages
-    man = json.loads((run_dir / "manifest.json").read_text())
-    st = man["stages"]
-    from datetime import datetime
-
-    minutes = sum((datetime.fromisoformat(r["finished"]) - datetime.fromisoformat(r["started"])).total_seconds()
-                  for r in st.values() if r.get("started") and r.get("finished")) / 60
-
-    def m(name, key="map40"):
-        return st[name].get("metrics", {}).get(key)
-
-    from compressdet.models import load_model
-
-    def artifact(stage, key):
-        return run_dir / st[stage]["artifacts"][key]["path"]
-
-    student, _ = load_model(artifact("student", "model"))
-    if reuse is not None:  # evaluate the float student exactly like the int8 stages (same val subset)
-        st["student"]["metrics"] = _evaluate_fp32(recipe, "qat_imitation", student)
-    fp32 = m("student")
-    key = {"fp32 student": "student", "PTQ": "ptq", "QAT": "qat", "QAT + imitation": "qat_imitation"}
-    if "qat_imitation_head_int8" in st:
-        key["QAT + imitation, int8 head"] = "qat_imitation_head_int8"
-    if "qat_imitation_fp32_head" in st:
-        key["QAT + imitation, fp32 head conv"] = "qat_imitation_fp32_head"
-    rows = {k: m(stage) for k, stage in key.items()}
-    ort_rows = {k: m(stage, "ort_map40") for k, stage in key.items() if stage != "student"}
-    # latency of the run's own graphs at its image size (batch 1)
-    H, W = p["image_size"]
-    x = torch.randn(1, 3, H, W) * 50
-    fp32_onnx = _export_fp32(student.eval(), x, work / "student_fp32.onnx")
-
-    sessions = {"student": ort_session(fp32_onnx, threads=args.threads)}
-    for s in key.values():
-        if s != "student":
-            sessions[s] = ort_session(artifact(s, "onnx_int8"), threads=args.threads)
-    lat = _time_blocks(sessions, {"images": x.numpy()}, p["runs"])
-    result = {
-        "preset": args.preset, "image_size": [H, W], "minutes": minutes, "map_metric": "official AP40 (%)",
-        "map": rows, "ort_map": ort_rows,
-        "ptq_map_drop": None if fp32 is None or rows["PTQ"] is None else fp32 - rows["PTQ"],
-        "qat_map_drop": None if fp32 is None or rows["QAT + imitation"] is None else fp32 - rows["QAT + imitation"],
-        "qat_no_imitation_map_drop": None if fp32 is None or rows["QAT"] is None else fp32 - rows["QAT"],
-        "ort_vs_torch_map_drop": {k: (None if rows[k] is None or ort_rows[k] is None else rows[k] - ort_rows[k])
-                                  for k in ort_rows},
-        "latency_ms": {("fp32" if k == "student" else k): v["median_ms"] for k, v in lat.items()},
-        "int8_speedup_at_run_size": lat["student"]["median_ms"] / lat["qat_imitation"]["median_ms"],
-        "threads": args.threads, "runs": p["runs"],
-    }
-    if "fp32_ft" in st and m("fp32_ft") is not None and rows["QAT + imitation"] is not None:
-        result["fp32_equal_budget_map40"] = m("fp32_ft")
-        result["qat_map_drop_vs_equal_budget"] = m("fp32_ft") - rows["QAT + imitation"]
-        result["ptq_map_drop_vs_equal_budget"] = None if rows["PTQ"] is None else m("fp32_ft") - rows["PTQ"]
-    if "QAT + imitation, int8 head" in rows and fp32 is not None and rows["QAT + imitation, int8 head"] is not None:
-        result["qat_head_int8_map_drop"] = fp32 - rows["QAT + imitation, int8 head"]
-        result["int8_speedup_head_int8_at_run_size"] = (lat["student"]["median_ms"]
-                                                        / lat["qat_imitation_head_int8"]["median_ms"])
-    if rows.get("QAT + imitation, fp32 head conv") is not None and fp32 is not None:
-        result["qat_fp32_head_map_drop"] = fp32 - rows["QAT + imitation, fp32 head conv"]
-    if reuse is not None:
-        sha = st["student"].get("artifacts", {}).get("model", {}).get("sha256") or reuse.get("student_sha256")
-        result["reused"] = {"source": reuse["preset"], "teacher": str(reuse["teacher"]),
-                            "teacher_sha256": reuse["teacher_sha256"], "student": reuse["student_label"],
-                            "student_sha256": sha, "qat_steps": args.qat_steps,
-                            "imitation_weight": reuse["best_weight"]}
-    # the issue's latency protocol is batch 1 at 384x1248: the speed study's graphs (same network and
-    # rewrites, random weights: ORT's int8 kernels do not depend on the values)
-    speed_file = RESULTS / "quant_speed.json"
-    width = f"{getattr(student, 'arch', {}).get('width', 0.25):g}x"
-    result["int8_speedup_note"] = (f"fp32 ORT ms / INT8 ORT ms, batch 1 at 384x1248, {width} (speed study, "
-                                   "benchmarks/results/quant_speed.json); > 1: INT8 faster, the target INT8 <= 0.5x "
-                                   "fp32 is a speedup >= 2. *_at_run_size: this run's own graphs at its image size")
-    sp = json.loads(speed_file.read_text()) if speed_file.exists() else {}
-    if sp.get("widths"):
-        result["speed_384x1248"] = {w: {"fp32_ms": r["fp32"]["median_ms"], "int8_ms": r["int8_fast"]["median_ms"],
-                                        "ratio": r["int8_fast"]["ratio_to_fp32"],
-                                        "int8_head_int8_ms": r.get("int8_fast_head_int8", {}).get("median_ms"),
-                                        "ratio_head_int8": r.get("int8_fast_head_int8", {}).get("ratio_to_fp32"),
-                                        "ratio_fp32_head": r.get("int8_fast_fp32_head", {}).get("ratio_to_fp32")}
-                                    for w, r in sp["widths"].items()}
-        result["speed_runs"] = sp.get("runs")
-    mine = result.get("speed_384x1248", {}).get(width)
-    result["int8_speedup"] = 1 / mine["ratio"] if mine else None
-    if mine and mine.get("ratio_head_int8"):
-        result["int8_speedup_head_int8"] = 1 / mine["ratio_head_int8"]
-    names, results = [], []
-    for name, stage in key.items():
-        res = st[stage].get("metrics", {})
-        if res.get("ap40"):
-            names.append(name)
-            results.append(result_from_ap40(res["ap40"]))
-    # int8 rewrites are exact float graphs of the same network: MACs and params are the student's
-    flops, params = size_cells(model_summary(student, (H, W)))
-    result["flops"], result["params"] = flops, params
-    atomic_write_json(RESULTS / "quant.json", result)
-    tables = [format_table(results, models=names, flops=flops, params=params, metrics="ap40",
-                           extra=[{"ORT ms": f"{lat[key[n]]['median_ms']:.1f}"} for n in names])] if results else []
-    md = [f"# INT8: PTQ vs QAT ({args.preset} preset, SynthKITTI {H}x{W}, {minutes:.1f} min)", "",
-          "| model | mAP (PyTorch int8) | mAP (ORT) | ORT latency ms (batch 1, median) |", "|---|---|---|---|"]
-    for k, v in rows.items():
-        md.append(f"| {k} | {_f(v)} | {_f(ort_rows.get(k, v if k == 'fp32 student' else None))} | "
-                  f"{lat[key[k]]['median_ms']:.1f} |")
-    if reuse is not None:
-        md += ["", f"Teacher from {reuse['preset']} (`{reuse['teacher']}`); student: {reuse['student_label']}; "
-                   f"QAT {args.qat_steps} steps each, batch {reuse['batch']}."]
-    if "qat_map_drop_vs_equal_budget" in result:
-        md += ["", f"Equal-budget control (`fp32_ft`: the float student trained with the QAT + imitation "
-                   f"schedule): mAP40 {result['fp32_equal_budget_map40']:.2f}; QAT + imitation vs it: "
-                   f"{result['qat_map_drop_vs_equal_budget']:.2f} mAP drop."]
-    if args.preset == "smoke":
-        md += ["", "Smoke preset: models trained for a few dozen steps at 64x192; mAPs near 0 only show that "
-                   "the chain runs. Use `--preset full` for the accuracy targets."]
-    md += ["", f"qat_map_drop {_f(result['qat_map_drop'])}, ptq_map_drop {_f(result['ptq_map_drop'])}, "
-               f"int8_speedup {_f(result['int8_speedup'])}x (384x1248, {width}; with the int8 head "
-               f"{_f(result.get('int8_speedup_head_int8'))}x); at this run's {H}x{W}: "
-               f"{result['int8_speedup_at_run_size']:.2f}x", ""]
-    if "speed_384x1248" in result:
-        md += [f"Latency at 384x1248, batch 1, median of {result['speed_runs']} runs (random-init models, "
-               "benchmarks/results/quant_speed.json):", "",
-               "| width | fp32 ms | int8 ms (default) | int8/fp32 | fp32 head conv: int8/fp32 | int8 head: ms | int8/fp32 |",
-               "|---|---|---|---|---|---|---|"]
-        md += [f"| {w} | {r['fp32_ms']:.1f} | {r['int8_ms']:.1f} | {r['ratio']:.2f} | {_f(r.get('ratio_fp32_head'))} | "
-               f"{_f1(r['int8_head_int8_ms'])} | {_f(r['ratio_head_int8'])} |"
-               for w, r in result["speed_384x1248"].items()]
-    if tables:
-        md += ["", "Per class (AP40):", ""] + tables
-    atomic_write_text(RESULTS / "quant.md", "\n".join(md) + "\n")
-    print("\n".join(md))
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,16 +620,13 @@ def main(argv: list[str] | None = None) -> int:
     z.add_argument("--size", type=int, nargs=2, default=[384, 1248])
     a = sub.add_parser("accuracy")
     a.add_argument("--preset", choices=list(PRESETS), default="smoke")
-    a.add_argument("--threads", type=int, default=2)
-    a.add_argument("--workdir", default=None, help="run folder, resumed on re-runs (cpu default: "
-                   "benchmarks/.quant_cpu/<student sha>-q<steps>; others: a temporary folder)")
-    a.add_argument("--qat-steps", type=int, default=200, help="(cpu preset) steps of each QAT stage")
+    a.add_argument("--threads", type=int, default=2, help="ORT intra-op threads for the latency ratios")
+    a.add_argument("--work", default=None, help="run folders, test evaluations and timings, resumed on re-runs "
+                   "(default benchmarks/.quant/<preset>)")
     a.add_argument("--imitation-results", type=Path, default=RESULTS / "imitation_gain.json",
-                   help="(cpu preset) the imitation benchmark's results JSON whose models are reused")
-    a.add_argument("--from-run", default=None, help="(cpu preset) reuse this finished run's teacher and "
-                   "imitation student instead (e.g. benchmarks/.prune_cpu/run)")
-    a.add_argument("--student-width", choices=list(ARCH), default=None,
-                   help="(with --from-run) train a student of this width with the run's student schedule")
+                   help="(cpu/gpu) the imitation benchmark's results JSON whose teacher and students are reused")
+    a.add_argument("--seeds", type=int, help="(checks only) number of paired seeds (default 3)")
+    a.add_argument("--runs", type=int, default=None, help="latency runs per graph (preset: 50)")
     h = sub.add_parser("head", help="PTQ with a float head vs int8 heads (per-kind / shared scale)")
     h.add_argument("--run", default=str(ROOT / "benchmarks" / ".prune_cpu" / "run"),
                    help="a finished run folder holding the student (default: the prune benchmark's cpu run)")

@@ -89,7 +89,23 @@ def eval_speed(r: dict) -> str:
             f"{r['reference_images']} images; max AP difference on that subset {r['max_abs_ap_diff_subset']:.1e}.\n")
 
 
+def _per_seed_rows(r: dict, arms: dict[str, str], chosen: Callable[[str], str], ort: dict | None = None) -> list[str]:
+    ort = ort or {}
+    head = "| model | chosen on val (seed 0) | test mAP40 per seed | mean |" + (" ORT per seed | ORT mean |" if ort else "")
+    lines = [head, "|---|---|---|---|" + ("---|---|" if ort else "")]
+    for arm, label in arms.items():
+        v = r["map40"][arm]
+        row = f"| {label} | {chosen(arm)} | {', '.join(f'{x:.2f}' for x in v)} | {sum(v) / len(v):.2f} |"
+        if ort:
+            o = ort.get(arm)
+            row += (f" {', '.join(f'{x:.2f}' for x in o)} | {sum(o) / len(o):.2f} |" if o else " - | - |")
+        lines.append(row)
+    return lines
+
+
 def prune(r: dict) -> str:
+    if "report_split" in r:
+        return _prune_protocol(r)
     names = {"student": "0.5x-I student", "pruned": "pruned (default), imitation",
              "pruned_noimit": "pruned, no imitation", "pruned_unaligned": "pruned, depthwise_align 1",
              "student_ft": "student + same fine-tune steps (equal budget)"}
@@ -102,7 +118,55 @@ def prune(r: dict) -> str:
             "(isolated processes, unrewritten fp32 graphs).\n\n" + "\n".join(lines) + "\n")
 
 
+def _prune_protocol(r: dict) -> str:
+    d, st, c = r["data"], r["steps"], r["claims"]
+    arms = {"student": "0.5x-I student", "pruned": "pruned (0.6 MACs), fine-tune with imitation",
+            "pruned_noimit": "pruned, fine-tune without imitation",
+            "student_ft": "student + the same fine-tune (equal budget)"}
+
+    def chosen(arm: str) -> str:
+        return f"fine-tune lr {r['chosen'][arm]['ft_lr']}" if arm in r["chosen"] else "(student lr fixed)"
+
+    lines = [f"`{r['command']}`: SynthKITTI {d['train_images']:,} train / {d['val_images']:,} val (every selection) / "
+             f"{d['test_images']:,} test (reported once), {d['image_size'][0]}x{d['image_size'][1]}, batch {st['batch']}; "
+             f"students {st['student']:,} steps ({st['student_passes']:.1f} passes), fine-tunes {st['fine_tune']:,} "
+             f"steps; seeds {r['seeds']}; backbone MACs ratio {r['macs_ratio']:.3f}.", "",
+             *_per_seed_rows(r, arms, chosen), "",
+             f"- map_drop (student - pruned): {_claim(c['map_drop'])}",
+             f"- map_drop_vs_equal_budget (student_ft - pruned): {_claim(c['map_drop_vs_equal_budget'])}",
+             f"- imitation_effect (pruned - pruned without imitation): {_claim(c['imitation_effect'])}",
+             f"- ORT fp32 speed-up of the trained pruned model (fast exact fp32 graphs, isolated processes): "
+             f"{r['ort_speedup_384x1248']:.2f}x at 384x1248, {r['ort_speedup']:.2f}x at "
+             f"{d['image_size'][0]}x{d['image_size'][1]}",
+             "- learning curves: `benchmarks/results/prune_curves.png`"]
+    return "\n".join(lines) + "\n"
+
+
+def _quant_protocol(r: dict) -> str:
+    d, st, c = r["data"], r["steps"], r["claims"]
+    arms = {"student": "fp32 student", "fp32_ft": "fp32 + the same steps (equal budget)", "ptq": "PTQ",
+            "qat": "QAT", "qat_imitation": "QAT + imitation"}
+
+    def chosen(arm: str) -> str:
+        return ", ".join(f"{k} {v}" for k, v in r["chosen"][arm].items()) if arm in r["chosen"] else "-"
+
+    lines = [f"`{r['command']}`: SynthKITTI {d['train_images']:,} train / {d['val_images']:,} val (every selection) / "
+             f"{d['test_images']:,} test (reported once), {d['image_size'][0]}x{d['image_size'][1]}, batch {st['batch']}; "
+             f"QAT and the equal-budget control {st['qat']:,} steps; seeds {r['seeds']}. PyTorch int8 program and ORT:",
+             "", *_per_seed_rows(r, arms, chosen, ort=r.get("ort_map40")), "",
+             f"- ptq_map_drop (fp32 - PTQ): {_claim(c['ptq_map_drop'])}",
+             f"- qat_map_drop (fp32 - QAT + imitation): {_claim(c['qat_map_drop'])}",
+             f"- qat_map_drop_vs_equal_budget: {_claim(c['qat_map_drop_vs_equal_budget'])}",
+             f"- ort_vs_torch (QAT + imitation, ORT - PyTorch): {_claim(c['ort_vs_torch'])}",
+             f"- int8_speedup (fast exact fp32 / INT8, trained models, isolated processes): {r['int8_speedup']:.2f}x "
+             f"at 384x1248, {r['int8_speedup_at_run_size']:.2f}x at {d['image_size'][0]}x{d['image_size'][1]}",
+             "- learning curves: `benchmarks/results/quant_curves.png`"]
+    return "\n".join(lines) + "\n"
+
+
 def quant(r: dict) -> str:
+    if "report_split" in r:
+        return _quant_protocol(r)
     lines = ["| model | val mAP40 PyTorch | val mAP40 ORT |", "|---|---|---|"]
     for k, v in r["map"].items():
         lines.append(f"| {k} | {v:.2f} | {_f(r['ort_map'].get(k))} |")
@@ -119,9 +183,10 @@ def quant_speed(r: dict) -> str:
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(_f(r["widths"][w].get(k, {}).get("ratio_to_fp32")) for w in widths) + " |")
     lines.append("| fp32 median ms | " + " | ".join(f"{r['widths'][w]['fp32']['median_ms']:.1f}" for w in widths) + " |")
+    base = ("the fp32 baseline is the fastest exact fp32 graph (exporter rewrites)" if r.get("fp32_rewrites")
+            else "**the fp32 baseline is the unrewritten graph** (pre-protocol: the fair baseline is `fp32_rewrites.json`)")
     return (f"INT8 time / fp32 time, random-weight models, {r['size'][0]}x{r['size'][1]}, batch {r['batch']}, "
-            f"{r['threads']} threads, median of {r['runs']} in alternating blocks; **the fp32 baseline is the "
-            "unrewritten graph** (pre-protocol: the fair baseline is `fp32_rewrites.json`):\n\n" + "\n".join(lines) + "\n")
+            f"{r['threads']} threads, median of {r['runs']} in alternating blocks; {base}:\n\n" + "\n".join(lines) + "\n")
 
 
 def fp32_rewrites(r: dict) -> str:

@@ -24,6 +24,8 @@ def invocations(name: str, text: str, preset: str, results: str | None = None) -
     sub-commands (``quant.py``) run each of them. ``results``: a results folder for scripts that take
     ``--results`` (smoke runs must not overwrite the measured tables)."""
     out = ["--results", results] if results and '"--results"' in text else []
+    if preset == "full" and '"full"' not in text:  # the protocol benchmarks call their CUDA schedule "gpu"
+        preset = "gpu"
     if name == "quant":
         smoke = preset == "smoke"
         return [[*out, "speed", *(["--widths", "0.25", "--runs", "5"] if smoke else [])],

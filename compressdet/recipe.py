@@ -473,6 +473,9 @@ class PtqStage(StageConfig):
     requires: ClassVar[tuple[str, ...]] = ("from_",)
     quant: QuantConfig = Field(default_factory=QuantConfig)
     method: Literal["minmax", "histogram"] = Field("histogram", description="activation range observer (PT2E)")
+    calibration_draw: Literal["first", "random"] = Field(
+        "first", description="first: the first calibration_images train images in order; random: a draw of "
+        "that many seeded by the recipe's seed (paired seeds in the benchmarks)")
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

@@ -83,3 +83,15 @@ def test_qat_stage_rejects_bad_settings_before_running(tmp_path):
     bad = RECIPE.format(cache=tmp_path / "synth", qat_steps=3, freeze_obs=2).replace("    teacher: student\n", "")
     with pytest.raises(RecipeError, match="needs 'teacher"):
         parse_recipe(bad, source="tiny.yaml")
+
+
+def test_ptq_calibration_draw_setting():
+    """``calibration_draw``: the first images by default, or a draw seeded by the recipe's seed."""
+    import pydantic
+
+    from compressdet.recipe import PtqStage
+
+    assert PtqStage(name="p", **{"from": "s"}).calibration_draw == "first"
+    assert PtqStage(name="p", **{"from": "s", "calibration_draw": "random"}).calibration_draw == "random"
+    with pytest.raises(pydantic.ValidationError):
+        PtqStage(name="p", **{"from": "s", "calibration_draw": "last"})

@@ -151,5 +151,7 @@ def run(ctx: StageContext) -> StageResult:
         "params_ratio": after["params"]["total"] / max(1, before["params"]["total"]),
         "feature_channels": [before["feature_channels"], after["feature_channels"]],
         **metric_summary(res), "best_step": summary.get("best_step"), "rounds": rounds,
+        "eval_history": [{"step": h["step"], "map40": h.get("map40"), "primary": h.get("primary")}
+                         for h in summary.get("history", [])],
     }
     return StageResult(artifacts={"model": path, "history": hist_path}, metrics=metrics, meta=meta)

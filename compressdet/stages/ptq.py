@@ -1,7 +1,8 @@
 """Stage kind ``ptq``: INT8 post-training quantization (calibration only), QAT's baseline.
 
 Same quantizer, graph and artifacts as ``qat`` (``quantized`` .pt2, ``onnx_int8``, ``report``);
-calibration uses ``quant.calibration_images`` train images without augmentation.
+calibration uses ``quant.calibration_images`` train images without augmentation (the first ones, or
+with ``calibration_draw: random`` a draw seeded by the recipe's seed).
 Metrics: ``map40``/``map11`` (PyTorch int8), ``ort_map40`` (ONNX Runtime), calibration count.
 """
 
@@ -20,6 +21,12 @@ def run(ctx: StageContext) -> StageResult:
     cfg, recipe = ctx.cfg, ctx.recipe
     model, smeta = load_float_model(ctx, "from")
     ds = build_dataset(recipe.data, "train", train=False, seed=recipe.seed)
+    if cfg.calibration_draw == "random":  # a seeded draw of the calibration images
+        import torch
+
+        n = min(cfg.quant.calibration_images, len(ds))
+        pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(recipe.seed))[:n].tolist()
+        ds = torch.utils.data.Subset(ds, sorted(pick))
     loader = build_loader(ds, batch_size=min(8, cfg.quant.calibration_images), train=False, seed=recipe.seed)
     images = (x for x, _ in loader)
     first = next(images)
