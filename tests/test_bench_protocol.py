@@ -68,7 +68,7 @@ def test_prune_smoke_follows_the_protocol(tmp_path):
     assert again["map40"] == r["map40"] and _trained(tmp_path / "w") == before
 
 
-@pytest.mark.slow
+@pytest.mark.bench_smoke  # ~10 int8 stages: minutes even at smoke size; `make test-bench`
 def test_quant_accuracy_smoke_follows_the_protocol(tmp_path):
     quant = _load("quant")
     args = ["--results", str(tmp_path / "r"), "accuracy", "--preset", "smoke", "--work", str(tmp_path / "w"),
