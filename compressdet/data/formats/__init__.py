@@ -90,11 +90,14 @@ def read_records(cfg: Any, split: str, *, issues: Issues | None = None, max_imag
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     issues = issues or Issues(getattr(cfg, "skip_bad", False))
+    before = issues.counts.copy()  # a shared Issues counts over several splits: log this split's own
     recs, cats, source = get_format(cfg.format).read(cfg, split, issues)
-    if issues.counts:
+    mine = issues.counts - before
+    if mine:
         import logging
 
-        logging.getLogger("compressdet.data").warning(f"{source}: skipped {issues.summary()} (data.skip_bad)")
+        logging.getLogger("compressdet.data").warning(
+            f"{source}: skipped {', '.join(f'{n} {k}' for k, n in sorted(mine.items()))} (data.skip_bad)")
     if max_images:
         recs = recs[:max_images]
     ids = [r.image_id for r in recs]
