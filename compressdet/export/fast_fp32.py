@@ -24,7 +24,10 @@ from torch import nn
 
 __all__ = ["DEFAULT_FP32_REWRITES", "fast_fp32", "resolve_rewrites"]
 
-#: default on; chosen by ``python benchmarks/fp32_rewrites.py`` (isolated-process ORT timing)
+#: default on. Provisional: shuffle folding and 4-channel padding follow ORT's kernel rules (no
+#: reshape-transpose between the convs; NCHWc depthwise only at multiples of 4); they are to be
+#: confirmed or replaced by ``python benchmarks/fp32_rewrites.py`` on a quiet machine, which has
+#: not run yet (README says so)
 DEFAULT_FP32_REWRITES: dict[str, Any] = {"fold_shuffle": True, "pad_bottleneck": 4, "pool_as_conv": False,
                                          "pad_stem": None}
 
