@@ -15,10 +15,19 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import RecipeError
 
@@ -221,6 +230,16 @@ class DistillConfig(_Strict):
                    normalizer=imit.normalizer)
 
 
+def _one_or_many(v: Any) -> Any:
+    return [v] if isinstance(v, dict) else v
+
+
+#: a stage's ``distill:`` field (train, prune, qat): a list, or one mapping meaning a one-item list
+DistillList = Annotated[list[DistillConfig] | None, BeforeValidator(_one_or_many), Field(
+    description="distillation methods (fgfi | pkd | crosskd), one weight each; a single mapping is a one-item "
+    "list; replaces 'imitation' (which means fgfi)")]
+
+
 def distill_methods(stage: Any) -> list[DistillConfig]:
     """The distillation a stage asks for: its ``distill`` list, or its ``imitation`` block as fgfi;
     methods with weight 0 dropped (an empty list is the baseline)."""
@@ -342,14 +361,7 @@ class TrainStage(StageConfig):
     model: ModelConfig | str | None = Field(None, description="inline model, a key of recipe.models, or an arch name")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     imitation: ImitationConfig | None = None
-    distill: list[DistillConfig] | None = Field(
-        None, description="distillation methods (fgfi | pkd | crosskd), one weight each; a single mapping is "
-        "a one-item list; replaces 'imitation' (which means fgfi)")
-
-    @field_validator("distill", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, dict) else v
+    distill: DistillList = None
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -397,14 +409,7 @@ class PruneStage(StageConfig):
     ignored_layers: list[str] = Field(default_factory=list, description="module names never pruned")
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(steps=2000, lr=0.005))
     imitation: ImitationConfig | None = None
-    distill: list[DistillConfig] | None = Field(
-        None, description="distillation methods (fgfi | pkd | crosskd), one weight each; a single mapping is "
-        "a one-item list; replaces 'imitation' (which means fgfi)")
-
-    @field_validator("distill", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, dict) else v
+    distill: DistillList = None
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -444,14 +449,7 @@ class QatStage(StageConfig):
     freeze_observers_step: int | None = Field(None, ge=0, description="default: 2/3 of the steps")
     freeze_bn_step: int | None = Field(None, ge=0, description="default: 1/2 of the steps")
     imitation: ImitationConfig | None = None
-    distill: list[DistillConfig] | None = Field(
-        None, description="distillation methods (fgfi | pkd | crosskd), one weight each; a single mapping is "
-        "a one-item list; replaces 'imitation' (which means fgfi)")
-
-    @field_validator("distill", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, dict) else v
+    distill: DistillList = None
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
