@@ -95,6 +95,10 @@ def run(ctx: StageContext) -> StageResult:
     cfg, recipe = ctx.cfg, ctx.recipe
     hw = tuple(recipe.data.image_size)
     model, meta_in = load_model(ctx.input("from").artifact("model"))
+    family = getattr(model, "family", "shuffledet")
+    if family != "shuffledet":
+        raise UserError(f"stage '{ctx.name}': from: structured pruning supports the shuffledet family only so far, "
+                        f"'{ctx.cfg.from_}' is a {family} model")
     model.train()
     before = _summary(model, hw)
     target = cfg.target
