@@ -1,8 +1,9 @@
 """FCOS and RetinaNet from torchvision on the detector contract (issue #20), on tiny inputs.
 
 Each family: the contract's members, labels 0-based, train teacher -> distilled student (fgfi +
-pkd, per-level adaptation) through ``compressdet run`` with evaluation, ONNX export checked in ONNX
-Runtime, model-file round trip, and ``compressdet viz mask``; plus "bring your own": a torchvision
+pkd, per-level adaptation) -> pruned (torch-pruning, shared head kept) through ``compressdet run``
+with evaluation, ONNX export checked in ONNX Runtime, bench, model-file round trips, and
+``compressdet viz mask``; plus "bring your own": a torchvision
 instance built outside compressdet, wrapped, trained, exported and reloaded.
 """
 
@@ -89,10 +90,23 @@ stages:
     teacher: teacher
     distill: [{{method: fgfi, weight: 1.0}}, {{method: pkd, weight: 0.5}}]
     schedule: {{steps: 2, batch_size: 2, lr: 0.005, eval_every: 2, checkpoint_every: 2, log_every: 1, threads: 1}}
+  - name: pruned
+    kind: prune
+    from: student
+    teacher: teacher
+    distill: [{{method: fgfi, weight: 1.0}}]
+    target: {{macs: 0.7}}
+    schedule: {{steps: 2, batch_size: 2, lr: 0.002, eval_every: 2, checkpoint_every: 2, log_every: 1, threads: 1}}
   - name: export
     kind: export
-    from: student
+    from: pruned
     formats: [onnx]
+  - name: bench
+    kind: bench
+    backends: [torch, ort]
+    runs: 2
+    warmup: 1
+    threads: 1
 """
 
 
@@ -119,7 +133,14 @@ def test_family_end_to_end_via_cli(tmp_path, family):
     again, _ = load_model(path)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(student(x), again(x)))
-    # the export stage's graph ends in the raw outputs and matches PyTorch in ONNX Runtime
+    # pruned: backbone/FPN laterals thinner, FPN outputs and the shared head as they were; reloads from its file
+    pm = man["stages"]["pruned"]["metrics"]
+    assert pm["macs_ratio"] < 0.85 and pm["params_ratio"] < 1.0
+    pruned, _ = load_model(run_dir / man["stages"]["pruned"]["artifacts"]["model"]["path"])
+    assert [t.channels for t in pruned.feature_taps()] == [t.channels for t in student.feature_taps()]
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in student.parameters())
+    student = pruned
+    # the export stage's graph (of the pruned model) ends in the raw outputs and matches PyTorch in ORT
     onnx_path = run_dir / man["stages"]["export"]["artifacts"]["onnx"]["path"]
     import onnxruntime as ort
 
@@ -130,6 +151,14 @@ def test_family_end_to_end_via_cli(tmp_path, family):
         ref = student(x)
     assert max(float(np.abs(o - r.numpy()).max()) for o, r in zip(ort_out, ref)) < 1e-3
     assert man["stages"]["export"]["metrics"]["onnx_max_abs_diff"] < 1e-3
+    # bench: every model stage measured on torch and ort, evaluated with the family's own decode
+    report = json.loads((run_dir / "bench" / "report.json").read_text())
+    rows = {r["label"]: r for r in report["rows"]}
+    assert {"teacher", "student", "pruned"} <= set(rows)
+    for r in (rows["teacher"], rows["student"]):
+        assert r["macs"]["total"] > r["macs"]["head"] > 0 and r["latency"]["torch"]["b1"]["median_ms"] > 0
+        assert r["latency"]["ort"]["b1"]["median_ms"] > 0 and 0.0 <= r["eval"]["map40"] <= 100.0
+    assert rows["pruned"]["macs"]["total"] < rows["student"]["macs"]["total"] < rows["teacher"]["macs"]["total"]
 
 
 @pytest.mark.parametrize("arch", ["shuffledet_0.25x", "fcos_mnv3_small", "retinanet_mnv3_small"])
@@ -189,3 +218,17 @@ def test_wrap_your_own_torchvision_instance(tmp_path):
     x = torch.randn(1, 3, *HW)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(det(x), back(x)))
+    # a registered builder makes the name loadable (and usable as a recipe's model.arch)
+    from compressdet.models import register_model
+    from compressdet.models._registry import _MODELS
+
+    @register_model("test_own_fcos")
+    def own(*, image_size=HW, num_classes=2, **_):
+        return wrap_torchvision(make(), image_size=image_size, classes=["car", "person"], name="test_own_fcos")
+
+    try:
+        p2 = save_model(own(), tmp_path / "own2.pt")
+        by_name, _ = load_model(p2)
+        assert by_name.arch["name"] == "test_own_fcos" and by_name.family == "fcos"
+    finally:
+        _MODELS.pop("test_own_fcos", None)

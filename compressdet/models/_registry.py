@@ -96,7 +96,10 @@ def model_from_arch(arch: dict[str, Any]) -> Any:
     fn = _FROM_ARCH.get(name)
     if fn is not None:
         return fn(dict(arch))
-    kw = {k: v for k, v in arch.items() if k != "name"}
+    if arch.get("wrapped"):  # a user's builder around wrap_torchvision: called as build_model calls it
+        kw = {k: arch[k] for k in ("image_size", "num_classes") if k in arch}
+    else:
+        kw = {k: v for k, v in arch.items() if k != "name"}
     if "image_size" in kw:
         kw["image_size"] = tuple(kw["image_size"])
     return builder(**kw)
