@@ -232,3 +232,36 @@ def test_wrap_your_own_torchvision_instance(tmp_path):
         assert by_name.arch["name"] == "test_own_fcos" and by_name.family == "fcos"
     finally:
         _MODELS.pop("test_own_fcos", None)
+
+
+class _Batches:
+    def __iter__(self):
+        g = torch.Generator().manual_seed(0)
+        while True:
+            yield torch.randn(2, 3, *HW, generator=g) * 50, [
+                {"boxes": torch.tensor([[10.0, 10.0, 70.0, 50.0], [100.0, 8.0, 140.0, 60.0]]),
+                 "labels": torch.tensor([0, 2])}] * 2
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_all_distillers_per_level(tmp_path, family):
+    """fgfi + pkd + crosskd on an FPN family: one adaptation layer per level and method, the teacher frozen."""
+    from compressdet.engine import Trainer
+    from compressdet.recipe import DistillConfig, ScheduleConfig
+
+    torch.manual_seed(0)
+    student = build_model(FAMILIES[family][0], image_size=HW)
+    teacher = build_model(FAMILIES[family][1], image_size=HW).eval()
+    t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfgs = [DistillConfig(method="fgfi"), DistillConfig(method="pkd", weight=0.5), DistillConfig(method="crosskd")]
+    sched = ScheduleConfig(steps=2, batch_size=2, lr=0.005, checkpoint_every=2, log_every=1)
+    tr = Trainer(student, schedule=sched, loss_fn=student.build_loss(), train_loader=_Batches(), teacher=teacher,
+                 imitation=cfgs, out_dir=tmp_path / "ckpt")
+    summary = tr.fit()
+    losses = summary["final_losses"]
+    assert {"imitation", "pkd", "crosskd_cls", "crosskd_box"} <= set(losses)
+    assert all(np.isfinite(v) for v in losses.values()) and losses["crosskd_cls"] > 0
+    methods = tr.imitation_loss.methods
+    assert len(methods["fgfi"].loss) == 5 and len(methods["pkd"].loss) == 5 and len(methods["crosskd"].loss.adapt) == 5
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_before.items())  # frozen, not a submodule
+    assert not any(k.startswith("methods.crosskd.loss._teacher") for k in tr.imitation_loss.state_dict())

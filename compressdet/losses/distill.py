@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .crosskd import CrossKDLoss
+from .crosskd import CrossKDLoss, FPNCrossKDLoss
 from .imitation import ImitationLoss
 from .pkd import PKDLoss
 
@@ -121,10 +121,17 @@ def _pkd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_
 
 @register_distiller("crosskd")
 def _crosskd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_anchors: int) -> _Method:
+    levels = paired_taps(student, teacher)
+    if levels is not None:  # FPN families: every student level through the teacher's shared head
+        fam_s, fam_t = getattr(student, "family", None), getattr(teacher, "family", None)
+        if fam_s != fam_t or fam_t not in ("fcos", "retinanet"):
+            raise ValueError(f"distill: crosskd needs a teacher of the student's family ({fam_s} vs {fam_t})")
+        return _Method(FPNCrossKDLoss(levels, teacher, tau=cfg.tau, box_weight=cfg.box_weight),
+                       lambda m, t: m(t.s_feat, t.t_head))
     head = getattr(getattr(teacher, "head", None), "conv", None)
     if not isinstance(head, nn.Conv2d) or anchors is None:
-        raise ValueError("distill: crosskd is implemented for ShuffleDet's ConvDet head only "
-                         f"(teacher family '{getattr(teacher, 'family', type(teacher).__name__)}'); use fgfi or pkd")
+        raise ValueError("distill: crosskd needs a ConvDet head (ShuffleDet) or an FPN family teacher "
+                         f"(teacher: {getattr(teacher, 'family', type(teacher).__name__)})")
     loss = CrossKDLoss(student.feature_channels, teacher.feature_channels, head, anchors,
                        num_classes=int(getattr(teacher, "num_classes", 3)), num_anchors=num_anchors,
                        tau=cfg.tau, box_weight=cfg.box_weight)

@@ -10,16 +10,12 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import UserError
+from ..errors import ModelError
 
 __all__ = ["ModelError", "register_model", "list_models", "get_model_builder", "is_model", "model_from_arch"]
 
 _MODELS: dict[str, Callable[..., Any]] = {}
 _FROM_ARCH: dict[str, Callable[[dict[str, Any]], Any]] = {}
-
-
-class ModelError(UserError, ValueError):
-    """A bad model name, width, image size or model file (exit code 2 in the CLI; also a ValueError)."""
 
 
 def register_model(name: str, *, from_arch: Callable[[dict[str, Any]], Any] | None = None
