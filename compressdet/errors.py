@@ -6,7 +6,7 @@ The CLI prints its message as one line and exits 2. Anything else is a bug and e
 
 from __future__ import annotations
 
-__all__ = ["UserError", "RecipeError", "DataError", "ArtifactError", "MissingDependencyError"]
+__all__ = ["UserError", "RecipeError", "DataError", "ArtifactError", "MissingDependencyError", "ModelError"]
 
 
 class UserError(Exception):
@@ -29,3 +29,11 @@ class ArtifactError(UserError):
 
 class MissingDependencyError(UserError):
     """An optional backend (TensorRT, CUDA) is needed but absent; the message says what to install."""
+
+
+class ModelError(UserError, ValueError):
+    """A bad model name, width, image size or model file (exit code 2 in the CLI; also a ValueError).
+
+    Defined here (not in ``models/``) so that any layer can raise or catch it without importing the
+    model package; ``compressdet.models.ModelError`` is the same class.
+    """

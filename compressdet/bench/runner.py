@@ -225,7 +225,8 @@ def _torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
+            out = model(torch.from_numpy(x))
+            return tuple(o.numpy() for o in out) if isinstance(out, (tuple, list)) else out.numpy()
 
     return run
 
@@ -234,7 +235,12 @@ def _ort_runner(path: Path, threads: int | None) -> tuple[Callable[[np.ndarray],
     from ..export.runtime import onnx_input_shape, ort_run, ort_session
 
     sess = ort_session(path, threads=threads)
-    return (lambda x: ort_run(sess, x)[0]), onnx_input_shape(sess)
+
+    def run(x: np.ndarray) -> Any:  # the head tensor, or all raw outputs of a multi-output family
+        out = ort_run(sess, x)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    return run, onnx_input_shape(sess)
 
 
 def _shape_ok(shape: list, batch: int, size: tuple[int, int]) -> str | None:
@@ -295,18 +301,29 @@ def _time_tensorrt(runner: Any, size: tuple[int, int], batch: int, opts: BenchOp
 
 # ------------------------------------------------------------------------------------------------
 def _evaluate(run: Callable[[np.ndarray], np.ndarray], batch: int, recipe: Any, image_size: tuple[int, int],
-              num_classes: int, opts: BenchOptions) -> dict[str, Any]:
-    """AP of ``run`` on the run's val split (outputs decoded by the same PostProcessor), by the data's
-    metric (``opts.metric``): the evaluation loop the trainer and the quant stages use."""
+              num_classes: int, opts: BenchOptions, model: Any = None) -> dict[str, Any]:
+    """AP of ``run`` on the run's val split (outputs decoded by the same PostProcessor: ``model``'s own
+    when it is a contract detector), by the data's metric (``opts.metric``): the evaluation loop the
+    trainer and the quant stages use."""
     from ..eval.evaluator import DetectionEvaluator
+    from ..models.contract import is_detector
     from ..models.postprocess import PostProcessor
 
     cfg = recipe.data.model_copy(update={"image_size": tuple(image_size)})
     if opts.max_images:
         cfg = cfg.model_copy(update={"max_val_images": opts.max_images})
-    pp = PostProcessor(image_size, num_classes=num_classes, **opts.postprocess)
+    if is_detector(model) and getattr(model, "family", "shuffledet") != "shuffledet":
+        pp = model.postprocessor(opts.postprocess)
+    else:
+        pp = PostProcessor(image_size, num_classes=num_classes, **opts.postprocess)
     ev = DetectionEvaluator(cfg, post=pp, split="val", metric=opts.metric, protocol=opts.protocol, batch_size=batch)
-    return ev(lambda x: torch.from_numpy(np.asarray(run(x.float().numpy()))))
+
+    def head_fn(x: torch.Tensor) -> Any:
+        out = run(x.float().numpy())
+        return tuple(torch.from_numpy(np.asarray(o)) for o in out) if isinstance(out, tuple) else \
+            torch.from_numpy(np.asarray(out))
+
+    return ev(head_fn)
 
 
 def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, recipe: Any = None,
@@ -439,7 +456,7 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
             fn = runners.get(eval_backend, (_torch_runner(model), None))[0]
             shape = runners.get(eval_backend, (None, None))[1]
             batch = 1 if shape is not None and isinstance(shape[0], int) else 8
-            res = _evaluate(fn, batch, recipe, msize, int(getattr(model, "num_classes", 3)), opts)
+            res = _evaluate(fn, batch, recipe, msize, int(getattr(model, "num_classes", 3)), opts, model=model)
             row["eval"], row["eval_backend"] = res, eval_backend
             key = map_key(res["metric"], opts.protocol)
             log(f"  {_metric_label(res['metric'], opts.protocol)} ({eval_backend}): {res[key]:.2f}")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..models.contract import is_detector, outputs_float
 from ..recipe import DataConfig, EvalConfig, ImitationConfig, PostprocessConfig, ScheduleConfig
 
 __all__ = ["build_evaluate_fn", "fit_stage", "load_teacher"]
@@ -43,11 +44,6 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
     ev = DetectionEvaluator(data_cfg, post=post, split="val", eval_cfg=eval_cfg, protocol=eval_cfg.protocol,
                             batch_size=eval_cfg.batch_size, num_workers=data_cfg.num_workers,
                             max_images=eval_cfg.max_images, pin_memory=torch.device(device).type == "cuda")
-    mask_args = None  # (anchors, anchors per cell, psi) for the imitation-mask drawings
-    if mask_psi is not None:
-        from ..models.anchors import SEED_ANCHOR_SHAPES, generate_anchors
-
-        mask_args = (generate_anchors(hw), len(SEED_ANCHOR_SHAPES), mask_psi)
     dev = torch.device(device)
 
     def evaluate(model: nn.Module, step: int) -> dict[str, Any]:
@@ -55,10 +51,12 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
 
         def keep_inputs(images: torch.Tensor, targets: list[dict]) -> None:
             for j, t in enumerate(targets):
-                if mask_args is not None and len(inputs) < eval_cfg.num_images_logged:
+                if mask_psi is not None and len(inputs) < eval_cfg.num_images_logged:
                     inputs.append((t["image_id"], images[j], t["boxes"]))
 
-        dets = ev.predict(lambda x: model(x.to(dev)).float(), on_batch=keep_inputs)
+        if is_detector(model):  # the model decodes its own outputs (detector contract)
+            ev.post = model.postprocessor(postprocess)
+        dets = ev.predict(lambda x: outputs_float(model(x.to(dev))), on_batch=keep_inputs)
         res = ev.score(dets)
         if res["metric"] == "kitti":
             result: dict[str, Any] = {"metric": "kitti", "primary": float(res["map40"]),
@@ -70,7 +68,7 @@ def build_evaluate_fn(data_cfg: DataConfig, *, eval_cfg: EvalConfig, postprocess
         shown = list(dets)[: eval_cfg.num_images_logged]
         result["images"] = _draw(ev, shown, step, viz_dir)
         if inputs:
-            result["images"].update(_draw_masks(inputs, *mask_args, step, viz_dir))
+            result["images"].update(_draw_masks(inputs, model, mask_psi, step, viz_dir))
         return result
 
     return evaluate
@@ -102,18 +100,25 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
-def _draw_masks(inputs: list, anchors: torch.Tensor, num_anchors: int, psi: float, step: int,
+def _draw_masks(inputs: list, model: nn.Module, psi: float, step: int,
                 viz_dir: str | Path | None) -> dict[str, np.ndarray]:
-    """The imitation mask (METHOD.md section 3, as training computes it) over each image's model input."""
+    """The distillation mask (the model's ``distill_mask``, as training computes it) over each image's
+    model input; for several levels, the finest level's."""
     from ..data.transforms import denormalize
     from ..eval.viz import draw_mask
-    from ..losses import imitation_mask
 
-    grid = tuple(int(s) // 16 for s in inputs[0][1].shape[-2:])
-    masks = imitation_mask([boxes for _, _, boxes in inputs], anchors, grid, num_anchors, psi)
+    boxes = [b for _, _, b in inputs]
+    if is_detector(model):
+        masks = model.distill_mask(boxes, None, psi)[0]
+    else:  # a bare ShuffleDet-like module (no contract): FGFI's anchor mask at stride 16
+        from ..losses import imitation_mask
+        from ..models.anchors import SEED_ANCHOR_SHAPES, generate_anchors
+
+        hw = tuple(int(s) for s in inputs[0][1].shape[-2:])
+        masks = imitation_mask(boxes, generate_anchors(hw), (hw[0] // 16, hw[1] // 16), len(SEED_ANCHOR_SHAPES), psi)
     out: dict[str, np.ndarray] = {}
     for (image_id, image, _), mask in zip(inputs, masks):
-        arr = draw_mask(denormalize(image).permute(1, 2, 0).numpy(), mask)
+        arr = draw_mask(denormalize(image).permute(1, 2, 0).numpy(), mask.cpu())
         out[f"mask_{image_id}"] = arr
         if viz_dir is not None:
             _save_png(arr, Path(viz_dir) / f"step{step:06d}_mask_{image_id}.png")
@@ -129,7 +134,7 @@ def load_teacher(path: str | Path, device: str | torch.device) -> nn.Module:
     for p in teacher.parameters():
         p.requires_grad_(False)
     if not hasattr(teacher, "forward_with_features"):
-        raise UserError(f"{path}: the teacher model has no forward_with_features (not a ShuffleDet)")
+        raise UserError(f"{path}: the teacher model has no forward_with_features (not a compressdet detector)")
     return teacher
 
 
@@ -146,8 +151,6 @@ def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation
     ``evaluate=False``: no validation during training, best = last).
     """
     from ..data import build_dataset, build_loader, prepare_data
-    from ..losses import SqueezeDetLoss
-    from ..models.anchors import generate_anchors
 
     data_cfg = ctx.recipe.data
     hw = tuple(data_cfg.image_size)
@@ -159,11 +162,21 @@ def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation
     loader = build_loader(train_set, batch_size=schedule.batch_size // ctx.world_size, train=True,
                           seed=ctx.recipe.seed, rank=ctx.rank, world_size=ctx.world_size,
                           num_workers=data_cfg.num_workers, pin_memory=torch.device(ctx.device).type == "cuda")
-    num_classes = len(data_cfg.classes)
     num_anchors = getattr(model, "num_anchors", 9)
-    anchors = generate_anchors(hw)
-    if loss_fn is None:
-        loss_fn = SqueezeDetLoss(anchors, num_classes=num_classes, num_anchors=num_anchors, image_size=hw)
+    if is_detector(model):  # the model owns its priors and loss (detector contract)
+        if tuple(model.image_size) != hw:
+            raise UserError(f"stage '{ctx.name}': the model's input size {tuple(model.image_size)} is not "
+                            f"data.image_size {hw}")
+        anchors = model.priors() if model.family == "shuffledet" else None  # crosskd decodes ShuffleDet anchors
+        if loss_fn is None:
+            loss_fn = model.build_loss()
+    else:  # QAT's fake-quant ShuffleDet (a GraphModule wrapper): the ConvDet layout of the float model
+        from ..losses import SqueezeDetLoss
+        from ..models.anchors import generate_anchors
+
+        anchors = generate_anchors(hw)
+        if loss_fn is None:
+            loss_fn = SqueezeDetLoss(anchors, num_classes=len(data_cfg.classes), num_anchors=num_anchors, image_size=hw)
     from .trainer import _distill_cfgs
 
     teacher = None

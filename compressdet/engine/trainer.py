@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from ..losses import imitation_mask
 from ..losses.distill import Distiller, Taps, build_distiller
+from ..models.contract import as_levels, outputs_float
 from ..recipe import ImitationConfig, ScheduleConfig
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .distributed import all_gather_object, all_reduce_sum, all_reduce_sum_grad, convert_sync_batchnorm, unwrap
@@ -226,7 +227,8 @@ class Trainer(TrainerBase):
             self.teacher = teacher.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
-            self.anchors = (anchors if anchors is not None else loss_fn.anchors).detach().float().cpu()
+            anchors = anchors if anchors is not None else getattr(loss_fn, "anchors", None)
+            self.anchors = anchors.detach().float().cpu() if anchors is not None else None
             self.num_anchors = num_anchors
             try:
                 imit_loss = build_distiller(self.distill_cfgs, model, self.teacher, self.anchors, num_anchors)
@@ -313,6 +315,17 @@ class Trainer(TrainerBase):
     def imitation_active(self, step: int) -> bool:
         return bool(self.distill_cfgs) and self.imitation_loss.active(step)
 
+    def _distill_mask(self, boxes: list[Tensor], teacher_feat: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+        """The student's near-object mask (detector contract ``distill_mask``) on the teacher's levels:
+        one ``Bool[N, h, w]`` for a single-level feature (ShuffleDet), a list for FPN levels."""
+        shapes = [tuple(f.shape[-2:]) for f in as_levels(teacher_feat)]
+        if hasattr(self.model, "distill_mask"):
+            masks = [m.to(self.device) for m in self.model.distill_mask(boxes, shapes, self.imitation_loss.psi)]
+        else:  # a bare ShuffleDet-like module: FGFI's anchor mask on the trainer's anchors
+            masks = [imitation_mask(boxes, self.anchors, shapes[0], self.num_anchors,
+                                    self.imitation_loss.psi).to(self.device)]
+        return masks[0] if isinstance(teacher_feat, Tensor) else masks
+
     # ---------------------------------------------------------------------------------- one step
     def run_step(self) -> None:
         images, targets = self._next_batch()
@@ -326,11 +339,9 @@ class Trainer(TrainerBase):
                 with torch.no_grad():
                     taps = tuple(self.teacher.forward_with_features(images))  # (head, feature)
                 if self.imitation_loss.needs_mask:
-                    grid = tuple(taps[1].shape[-2:])
-                    mask = imitation_mask([t["boxes"] for t in targets], self.anchors, grid, self.num_anchors,
-                                          self.imitation_loss.psi).to(self.device)
+                    mask = self._distill_mask([t["boxes"] for t in targets], taps[1])
             head_out, imit = self.ddp(images, (taps[1], taps[0]) if taps is not None else None, mask, self.iter)
-        losses = dict(self.loss_fn(head_out.to(torch.promote_types(head_out.dtype, torch.float32)), targets))
+        losses = dict(self.loss_fn(outputs_float(head_out), targets))
         total = losses.pop("total")
         for name, value in (imit or {}).items():  # weighted; zero during a method's warm-up
             losses[name] = value

@@ -159,8 +159,9 @@ def _cmd_viz_mask(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.kitti import read_label_file
-    from ..models.anchors import generate_anchors
-    from .viz import draw_mask, imitation_mask_for_boxes
+    from ..errors import UserError
+    from ..models import build_model
+    from .viz import draw_mask
 
     image = _load_image(args.image)
     h, w = args.size
@@ -168,10 +169,15 @@ def _cmd_viz_mask(args: argparse.Namespace) -> int:
     sy, sx = h / image.shape[0], w / image.shape[1]
     boxes = torch.tensor([[o.bbox[0] * sx, o.bbox[1] * sy, o.bbox[2] * sx, o.bbox[3] * sy] for o in objs],
                          dtype=torch.float32).reshape(-1, 4)
-    anchors = generate_anchors((h, w))
-    mask = imitation_mask_for_boxes(boxes, anchors, (h // 16, w // 16), psi=args.psi)
+    # the model's own distillation mask (detector contract): FGFI's anchor mask for ShuffleDet and
+    # RetinaNet, the GT-box / centre-region mask for FCOS; one level of an FPN family
+    model = build_model(args.arch, image_size=(h, w))
+    masks = model.distill_mask([boxes], None, args.psi)
+    if not 0 <= args.level < len(masks):
+        raise UserError(f"--level {args.level}: {args.arch} has levels 0..{len(masks) - 1}")
+    mask = masks[args.level][0]
     _save_png(draw_mask(image, mask), args.out)
-    print(f"wrote {args.out} ({int(mask.sum())} of {mask.numel()} cells masked)")
+    print(f"wrote {args.out} ({args.arch} level {args.level}: {int(mask.sum())} of {mask.numel()} cells masked)")
     return 0
 
 
@@ -216,11 +222,14 @@ def register(sub) -> None:
     d.add_argument("--score-thresh", type=float, default=0.3)
     d.add_argument("--limit", type=int, default=0, help="only the first N images")
     d.set_defaults(func=_cmd_viz_dets)
-    m = vs.add_parser("mask", help="the imitation mask (METHOD.md section 3) as a heat map")
+    m = vs.add_parser("mask", help="a model's distillation mask (FGFI, METHOD.md section 3) as a heat map")
     m.add_argument("--image", type=Path, required=True)
     m.add_argument("--label", type=Path, required=True)
     m.add_argument("--size", type=int, nargs=2, default=(384, 1248), metavar=("H", "W"))
     m.add_argument("--psi", type=float, default=0.5)
+    m.add_argument("--arch", default="shuffledet_0.25x",
+                   help="registered model whose distillation mask is drawn (its priors; e.g. fcos_mnv3_small)")
+    m.add_argument("--level", type=int, default=0, help="feature level of an FPN family (0: the finest)")
     m.add_argument("--out", type=Path, required=True)
     m.set_defaults(func=_cmd_viz_mask)
     p = vs.add_parser("pr", help="per-class precision/recall curves")

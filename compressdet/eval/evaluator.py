@@ -99,8 +99,10 @@ class DetectionEvaluator:
         """``{image_id: {"boxes", "scores", "labels"}}`` (original px, cpu) of ``head_fn`` on the split."""
         dets: dict[str, dict] = {}
         for images, targets in self.loader:
-            head = head_fn(images)
-            preds = self.post(torch.as_tensor(head).float(), [tuple(t["orig_size"]) for t in targets])
+            head = head_fn(images)  # one raw tensor, or a tuple of them (detector contract: FPN families)
+            head = tuple(torch.as_tensor(h).float() for h in head) if isinstance(head, (tuple, list)) else \
+                torch.as_tensor(head).float()
+            preds = self.post(head, [tuple(t["orig_size"]) for t in targets])
             for t, p in zip(targets, preds, strict=True):
                 dets[t["image_id"]] = {k: v.detach().cpu() for k, v in p.items()}
             if on_batch is not None:

@@ -89,12 +89,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: tuple[
                 postprocess: dict[str, Any] | None = None, num_classes: int = 3, num_anchors: int = 9,
                 metadata: dict[str, Any] | None = None, tolerance: float = 1e-3, sample: Tensor | None = None,
                 check_detections: Callable[[list[np.ndarray], Tensor], dict[str, Any]] | None = None,
-                log: Callable[[str], None] = print, fp32_rewrites: bool | dict[str, Any] | None = True
-                ) -> dict[str, Any]:
+                log: Callable[[str], None] = print, fp32_rewrites: bool | dict[str, Any] | None = True,
+                output_names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Export ``model`` to ONNX at ``path`` and verify it in ONNX Runtime.
 
     Args:
-        model: detector returning the raw head ``[N, 72, H/16, W/16]``.
+        model: detector returning its raw outputs (ShuffleDet: the head ``[N, 72, H/16, W/16]``; FPN
+            families: a tuple of tensors named by the model's ``export_outputs``).
+        output_names: graph output names (default: ``model.export_outputs``, else ``head``).
         image_size: (H, W) input size baked into the graph.
         dynamic_batch: make the batch axis dynamic (not with ``with_postprocess``: that graph is batch 1).
         with_postprocess: end the graph in ``boxes [K, 4]``, ``scores [K]``, ``labels [K]``; needs ``anchors``.
@@ -126,7 +128,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: tuple[
     if with_postprocess:
         module = DetectionGraph(base, anchors, image_size=(H, W), num_classes=num_classes, num_anchors=num_anchors,
                                 **(postprocess or {})).eval()
-    outputs = DET_OUTPUTS if with_postprocess else HEAD_OUTPUTS
+    outputs = DET_OUTPUTS if with_postprocess else tuple(output_names or getattr(model, "export_outputs", HEAD_OUTPUTS))
     x = sample if sample is not None else synthetic_image((H, W))
     x = x[:1].float()
     if tuple(x.shape[-2:]) != (H, W):

@@ -199,15 +199,13 @@ def calibration_images(source: ExportSource, n: int, *, split: str = "train",
 
 
 def _metadata(source: ExportSource, precision: str) -> dict[str, Any]:
-    from ..models.anchors import generate_anchors
-
-    anchors = generate_anchors(source.image_size)
-    return {"classes": source.classes, "anchors_shape": list(anchors.shape),
-            "anchor_order": "(h*W_grid + w)*9 + b, (cx, cy, w, h) in input pixels", "mean_bgr": list(MEAN_BGR),
+    # the family's own keys (detector contract: ShuffleDet's anchors_shape/anchor_order/head_layout,
+    # the FPN families' priors and levels)
+    family = source.model.export_metadata() if hasattr(source.model, "export_metadata") else {}
+    return {"classes": source.classes, **family, "mean_bgr": list(MEAN_BGR),
             "input_size": f"{source.image_size[0]}x{source.image_size[1]}", "stage": source.name,
             "source_file": source.model_path.name, "source_sha256": sha256_file(source.model_path),
             "compressdet_version": __version__, "precision": precision,
-            "head_layout": "[0:27) class logits b*3+c, [27:36) confidence, [36:72) deltas 36+b*4+k",
             "arch": getattr(source.model, "arch", {})}
 
 
@@ -279,6 +277,10 @@ class Exporter:
 
         anchors = None
         check = None
+        family = getattr(self.model, "family", "shuffledet")
+        if self.with_postprocess and family != "shuffledet":
+            raise UserError(f"--with-postprocess (in-graph decode) is ShuffleDet-only; a {family} graph ends in its "
+                            f"raw outputs {', '.join(self.model.export_outputs)} (decode them in float)")
         if self.with_postprocess:
             from ..models.anchors import generate_anchors
 

@@ -32,7 +32,7 @@ from torchvision.ops import generalized_box_iou_loss
 from ..models.box_coder import BoxCoder
 from ..models.head import split_head_output
 
-__all__ = ["CrossKDLoss"]
+__all__ = ["CrossKDLoss", "FPNCrossKDLoss"]
 
 
 class CrossKDLoss(nn.Module):
@@ -82,6 +82,62 @@ class CrossKDLoss(nn.Module):
         anchors = self.anchors.to(cross.device, cross.dtype)
         cb = self.coder.decode_xyxy(c_delta, anchors, clip=False)
         tb = self.coder.decode_xyxy(t_delta, anchors, clip=False)
+        giou = generalized_box_iou_loss(cb.reshape(-1, 4), tb.reshape(-1, 4), reduction="none").view_as(score)
+        box_loss = (giou * score).sum() / norm[1].clamp(min=1e-6)
+        return {"crosskd_cls": cls_loss, "crosskd_box": box_loss * self.box_weight}
+
+
+class FPNCrossKDLoss(nn.Module):
+    """Cross-head KD for the FPN families (FCOS / RetinaNet on the detector contract).
+
+    Each student level goes through a 1x1 adaptation conv (when the widths differ) and then the
+    teacher's whole frozen head (its towers are shared by all levels), giving cross-head raw
+    outputs in the teacher's layout; they are distilled to the teacher's outputs as for ShuffleDet:
+    - classification: binary cross-entropy of the cross-head sigmoid class probabilities (and, for
+      FCOS, centre-ness) against the teacher's, with temperature ``tau``, averaged over priors;
+    - regression: GIoU between the boxes the teacher's box coder decodes from the cross-head and from
+      the teacher's regression, weighted per prior by the teacher's score (max class probability;
+      FCOS: times centre-ness, square-rooted as FCOS scores).
+
+    Args:
+        levels: ``[(student channels, teacher channels)]`` per level (paired by stride).
+        teacher: the frozen teacher detector, held by reference (not a submodule: not optimised or saved).
+    """
+
+    def __init__(self, levels: list[tuple[int, int]], teacher: nn.Module, *, tau: float = 1.0,
+                 box_weight: float = 1.0) -> None:
+        super().__init__()
+        self.adapt = nn.ModuleList(nn.Conv2d(cs, ct, 1) if cs != ct else nn.Identity() for cs, ct in levels)
+        object.__setattr__(self, "_teacher", teacher)
+        self.tau, self.box_weight = tau, box_weight
+        self.reduce_counts: Callable[[Tensor], Tensor] | None = None  # set under DDP: global normalisers
+
+    def _decode(self, codes: Tensor, anchors: Tensor) -> Tensor:
+        t = self._teacher
+        n = codes.shape[0]
+        if t.family == "fcos":
+            return t.det.box_coder.decode(codes, anchors.expand(n, -1, -1))
+        return t.det.box_coder.decode_single(codes.reshape(-1, 4), anchors.repeat(n, 1)).view(n, -1, 4)
+
+    def forward(self, student_feats: list[Tensor], teacher_outputs: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        t = self._teacher
+        cross = t._pack(t.det.head([a(f) for a, f in zip(self.adapt, student_feats, strict=True)]))
+        cross = tuple(c.to(torch.promote_types(c.dtype, torch.float32)) for c in cross)
+        ref = tuple(o.detach().to(cross[0].dtype) for o in teacher_outputs)
+        tau = self.tau
+        c_cls, c_box, t_cls, t_box = cross[0], cross[1], ref[0], ref[1]
+        cls = F.binary_cross_entropy_with_logits(c_cls / tau, torch.sigmoid(t_cls / tau), reduction="none").sum(-1)
+        score = torch.sigmoid(t_cls).amax(-1)
+        if t.family == "fcos":
+            cls = cls + F.binary_cross_entropy_with_logits(cross[2][..., 0] / tau, torch.sigmoid(ref[2][..., 0] / tau),
+                                                           reduction="none")
+            score = torch.sqrt(score * torch.sigmoid(ref[2][..., 0]))
+        norm = torch.stack([torch.tensor(float(cls.numel()), dtype=cls.dtype, device=cls.device), score.sum()])
+        if self.reduce_counts is not None:
+            norm = self.reduce_counts(norm)
+        cls_loss = cls.sum() / norm[0] * tau * tau
+        anchors = t.priors(c_box.device).to(c_box.dtype)
+        cb, tb = self._decode(c_box, anchors), self._decode(t_box, anchors)
         giou = generalized_box_iou_loss(cb.reshape(-1, 4), tb.reshape(-1, 4), reduction="none").view_as(score)
         box_loss = (giou * score).sum() / norm[1].clamp(min=1e-6)
         return {"crosskd_cls": cls_loss, "crosskd_box": box_loss * self.box_weight}

@@ -22,22 +22,27 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .crosskd import CrossKDLoss
+from .crosskd import CrossKDLoss, FPNCrossKDLoss
 from .imitation import ImitationLoss
 from .pkd import PKDLoss
 
-__all__ = ["Taps", "Distiller", "register_distiller", "list_distillers", "build_distiller"]
+__all__ = ["Taps", "Distiller", "register_distiller", "list_distillers", "build_distiller", "paired_taps"]
 
 
 @dataclass
 class Taps:
-    """What a distiller may read: student / teacher feature and raw head output, FGFI's mask."""
+    """What a distiller may read: student / teacher feature and raw head output, FGFI's mask.
 
-    s_feat: Tensor
-    s_head: Tensor
-    t_feat: Tensor
-    t_head: Tensor | None
-    mask: Tensor | None
+    Single-level detectors (ShuffleDet) give Tensors; multi-level ones (the detector contract's FPN
+    families) give lists, one entry per level in ``feature_taps()`` order (mask: one per level), and
+    the methods keep one adaptation layer per level.
+    """
+
+    s_feat: Tensor | list[Tensor]
+    s_head: Any
+    t_feat: Tensor | list[Tensor]
+    t_head: Any
+    mask: Tensor | list[Tensor] | None
 
 
 class _Method(nn.Module):
@@ -69,9 +74,36 @@ def list_distillers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def paired_taps(student: nn.Module, teacher: nn.Module) -> list[tuple[int, int]] | None:
+    """``[(student channels, teacher channels)]`` per level for multi-level (FPN) detectors, whose
+    ``feature_taps()`` pair by stride; None for single-level models (ShuffleDet: ``feature_channels``).
+
+    Raises:
+        ValueError: the student's and the teacher's levels have different strides.
+    """
+    s_taps = student.feature_taps() if hasattr(student, "feature_taps") else None
+    t_taps = teacher.feature_taps() if hasattr(teacher, "feature_taps") else None
+    if not s_taps or not t_taps or (len(s_taps) == 1 and len(t_taps) == 1):
+        return None
+    s_strides, t_strides = [t.stride for t in s_taps], [t.stride for t in t_taps]
+    if s_strides != t_strides:
+        raise ValueError(f"distill: the student's feature levels (strides {s_strides}) do not pair with the "
+                         f"teacher's (strides {t_strides}); use a teacher of the same family")
+    return [(s.channels, t.channels) for s, t in zip(s_taps, t_taps)]
+
+
+def _mean(values: list[Tensor]) -> Tensor:
+    return sum(values) / len(values)
+
+
 @register_distiller("fgfi")
 def _fgfi(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_anchors: int) -> _Method:
     width = (getattr(student, "arch", None) or {}).get("width")
+    levels = paired_taps(student, teacher)
+    if levels is not None:  # one adaptation layer and masked loss per level; the levels' losses averaged
+        per = nn.ModuleList(ImitationLoss(cs, ct, normalizer=cfg.normalizer, student_width=width) for cs, ct in levels)
+        return _Method(per, lambda m, t: {"imitation": _mean([lv(s, f, k) for lv, s, f, k in
+                                                              zip(m, t.s_feat, t.t_feat, t.mask, strict=True)])})
     loss = ImitationLoss(student.feature_channels, teacher.feature_channels, normalizer=cfg.normalizer,
                          student_width=width)
     return _Method(loss, lambda m, t: {"imitation": m(t.s_feat, t.t_feat, t.mask)})
@@ -79,15 +111,27 @@ def _fgfi(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num
 
 @register_distiller("pkd")
 def _pkd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_anchors: int) -> _Method:
+    levels = paired_taps(student, teacher)
+    if levels is not None:  # PKD averages its FPN levels
+        per = nn.ModuleList(PKDLoss(cs, ct) for cs, ct in levels)
+        return _Method(per, lambda m, t: {"pkd": _mean([lv(s, f) for lv, s, f in zip(m, t.s_feat, t.t_feat, strict=True)])})
     return _Method(PKDLoss(student.feature_channels, teacher.feature_channels),
                    lambda m, t: {"pkd": m(t.s_feat, t.t_feat)})
 
 
 @register_distiller("crosskd")
 def _crosskd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_anchors: int) -> _Method:
+    levels = paired_taps(student, teacher)
+    if levels is not None:  # FPN families: every student level through the teacher's shared head
+        fam_s, fam_t = getattr(student, "family", None), getattr(teacher, "family", None)
+        if fam_s != fam_t or fam_t not in ("fcos", "retinanet"):
+            raise ValueError(f"distill: crosskd needs a teacher of the student's family ({fam_s} vs {fam_t})")
+        return _Method(FPNCrossKDLoss(levels, teacher, tau=cfg.tau, box_weight=cfg.box_weight),
+                       lambda m, t: m(t.s_feat, t.t_head))
     head = getattr(getattr(teacher, "head", None), "conv", None)
-    if not isinstance(head, nn.Conv2d):
-        raise ValueError("crosskd needs a teacher with a ConvDet head (teacher.head.conv)")
+    if not isinstance(head, nn.Conv2d) or anchors is None:
+        raise ValueError("distill: crosskd needs a ConvDet head (ShuffleDet) or an FPN family teacher "
+                         f"(teacher: {getattr(teacher, 'family', type(teacher).__name__)})")
     loss = CrossKDLoss(student.feature_channels, teacher.feature_channels, head, anchors,
                        num_classes=int(getattr(teacher, "num_classes", 3)), num_anchors=num_anchors,
                        tau=cfg.tau, box_weight=cfg.box_weight)

@@ -106,16 +106,27 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] |
     return atomic_torch_save(obj, path)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+               base: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """Load a model file written by :func:`save_model`.
+
+    The model is rebuilt through the registry from the stored ``arch["name"]`` (every family:
+    ShuffleDet, ``fcos_*``, ``retinanet_*``, names registered by user code), then the saved layer
+    shapes are replayed and the weights loaded.
+
+    Args:
+        base: a freshly built model to load the weights into instead of rebuilding from the
+            registry (a "bring your own" model whose builder is not registered, see
+            :func:`compressdet.models.wrap_torchvision`).
 
     Returns:
         ``(model, meta)``; the model is in eval mode with the saved (possibly pruned) shapes.
 
     Raises:
-        ModelError: missing file, not a compressdet model file, or weights that do not fit.
+        ModelError: missing file, not a compressdet model file, unknown architecture, or weights
+            that do not fit.
     """
-    from .shuffledet import ShuffleDet
+    from ._registry import model_from_arch
 
     path = Path(path)
     if not path.is_file():
@@ -127,10 +138,19 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ModelError(f"'{path}' is not a compressdet model file (expected format '{FORMAT}')")
     arch = obj["arch"]
-    try:
-        model = ShuffleDet.from_arch(arch)
-    except TypeError as e:
-        raise ModelError(f"'{path}': cannot rebuild arch {arch}: {e}") from None
+    if base is not None:
+        model = base
+    else:
+        try:
+            model = model_from_arch(arch)
+        except ModelError as e:
+            if arch.get("wrapped"):  # a wrap_torchvision model whose builder is not registered
+                raise ModelError(f"'{path}' holds a wrapped torchvision {arch['wrapped']} ('{arch.get('name')}'): load it "
+                                 "with load_model(path, base=wrap_torchvision(<a fresh instance>, ...)) or register "
+                                 "a builder under that name") from None
+            raise ModelError(f"'{path}': {e}") from None
+        except TypeError as e:
+            raise ModelError(f"'{path}': cannot rebuild arch {arch}: {e}") from None
     sd = obj["state_dict"]
     replay_layer_shapes(model, sd, obj.get("layers"))
     try:

@@ -10,22 +10,23 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import UserError
+from ..errors import ModelError
 
-__all__ = ["ModelError", "register_model", "list_models", "get_model_builder", "is_model"]
+__all__ = ["ModelError", "register_model", "list_models", "get_model_builder", "is_model", "model_from_arch"]
 
 _MODELS: dict[str, Callable[..., Any]] = {}
+_FROM_ARCH: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
 
-class ModelError(UserError, ValueError):
-    """A bad model name, width, image size or model file (exit code 2 in the CLI; also a ValueError)."""
-
-
-def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register_model(name: str, *, from_arch: Callable[[dict[str, Any]], Any] | None = None
+                   ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as the builder of ``name``.
 
     Args:
         name: the registry name (may contain dots, e.g. ``shuffledet_0.5x``).
+        from_arch: ``fn(arch dict) -> model`` that rebuilds a saved model of this name (what
+            :func:`compressdet.models.load_model` dispatches to); default: the builder called with
+            the arch's fields except ``name``.
 
     Raises:
         ValueError: ``name`` is already registered to another function.
@@ -36,6 +37,8 @@ def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., An
         if old is not None and old is not fn and old.__qualname__ != fn.__qualname__:
             raise ValueError(f"model '{name}' is already registered (by {old.__module__}.{old.__qualname__})")
         _MODELS[name] = fn
+        if from_arch is not None:
+            _FROM_ARCH[name] = from_arch
         return fn
 
     return deco
@@ -43,7 +46,7 @@ def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., An
 
 def _ensure_loaded() -> None:
     # the registered variants live in the family files; importing them fills the registry
-    from . import shuffledet  # noqa: F401
+    from . import shuffledet, torchvision_det  # noqa: F401
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -75,3 +78,24 @@ def get_model_builder(name: str) -> Callable[..., Any]:
         close = difflib.get_close_matches(name, list(_MODELS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ModelError(f"unknown model '{name}'{hint} (known: {', '.join(sorted(_MODELS))})") from None
+
+
+def model_from_arch(arch: dict[str, Any]) -> Any:
+    """Rebuild the (unpruned) model an ``arch`` dict describes, dispatching on ``arch["name"]``.
+
+    Raises:
+        ModelError: the name is not registered (a model of a family registered by user code:
+            import/register it first, or pass ``base=`` to ``load_model``).
+    """
+    name = arch.get("name", "shuffledet")
+    builder = get_model_builder(name)
+    fn = _FROM_ARCH.get(name)
+    if fn is not None:
+        return fn(dict(arch))
+    if arch.get("wrapped"):  # a user's builder around wrap_torchvision: called as build_model calls it
+        kw = {k: arch[k] for k in ("image_size", "num_classes") if k in arch}
+    else:
+        kw = {k: v for k, v in arch.items() if k != "name"}
+    if "image_size" in kw:
+        kw["image_size"] = tuple(kw["image_size"])
+    return builder(**kw)

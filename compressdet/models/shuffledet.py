@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._registry import ModelError, register_model
+from .contract import TapInfo, postprocess_kwargs
 from .head import ConvDetHead
 
 __all__ = ["ChannelShuffle", "ShuffleUnit", "ShuffleNetV1Backbone", "ShuffleDet"]
@@ -232,6 +233,55 @@ class ShuffleDet(nn.Module):
         feat = self.backbone(x)
         return self.head(feat), feat
 
+    # ---------------------------------------------------------------------------- detector contract
+    family = "shuffledet"
+    export_outputs = ("head",)
+
+    def priors(self, device: torch.device | str | None = None) -> Tensor:
+        """The contract's priors: :meth:`anchors` (``[Hg*Wg*9, 4]`` cx, cy, w, h)."""
+        return self.anchors(device)
+
+    def feature_taps(self) -> list[TapInfo]:
+        """One level: the backbone output (stride 16) before dropout."""
+        return [TapInfo("backbone", self.feature_channels, self.stride)]
+
+    def build_loss(self) -> nn.Module:
+        """``SqueezeDetLoss`` on this model's anchors (``loss(head_out, targets) -> {class, confidence, box,
+        total}``)."""
+        from ..losses.detection import SqueezeDetLoss
+
+        return SqueezeDetLoss(self.anchors(), num_classes=self.num_classes, num_anchors=self.num_anchors,
+                              image_size=self.image_size)
+
+    def loss(self, outputs: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+        return self.build_loss().to(outputs.device)(outputs, targets)
+
+    def postprocessor(self, cfg: Any = None) -> Any:
+        """A :class:`~compressdet.models.postprocess.PostProcessor` (``cfg``: PostprocessConfig / dict / None)."""
+        from .postprocess import PostProcessor
+
+        return PostProcessor(self.image_size, num_classes=self.num_classes, num_anchors=self.num_anchors,
+                             **postprocess_kwargs(cfg))
+
+    def postprocess(self, outputs: Tensor, orig_sizes: Any = None) -> list[dict[str, Tensor]]:
+        return self.postprocessor()(outputs, orig_sizes)
+
+    def distill_mask(self, gt_boxes: list[Tensor], level_shapes: Any = None, psi: float = 0.5) -> list[Tensor]:
+        """FGFI's near-object mask (:func:`compressdet.losses.imitation_mask`) on the stride-16 grid, as a
+        one-level list."""
+        from ..losses.imitation import imitation_mask
+
+        grid = tuple(level_shapes[0]) if level_shapes else self.grid_size
+        return [imitation_mask(gt_boxes, self.anchors(), grid, self.num_anchors, psi)]
+
+    def export_metadata(self) -> dict[str, Any]:
+        anchors_shape = [self.grid_size[0] * self.grid_size[1] * self.num_anchors, 4]
+        c, a = self.num_classes, self.num_anchors
+        return {"family": self.family, "anchors_shape": anchors_shape,
+                "anchor_order": f"(h*W_grid + w)*{a} + b, (cx, cy, w, h) in input pixels",
+                "head_layout": f"[0:{a * c}) class logits b*{c}+c, [{a * c}:{a * (c + 1)}) confidence, "
+                               f"[{a * (c + 1)}:{a * (c + 5)}) deltas {a * (c + 1)}+b*4+k"}
+
     @classmethod
     def from_arch(cls, arch: dict[str, Any]) -> ShuffleDet:
         """Rebuild from an :attr:`arch` dict (the layer shapes are those of the unpruned model)."""
@@ -295,25 +345,25 @@ def _create_shuffledet(name: str, width: float, /, *, teacher_layout: bool = Fal
 # registered variants (METHOD.md section 1 table)
 
 
-@register_model("shuffledet_1x")
+@register_model("shuffledet_1x", from_arch=ShuffleDet.from_arch)
 def shuffledet_1x(**kwargs: Any) -> ShuffleDet:
     """The seed's 1x teacher: 16-channel stem, dense group1/block0 second 1x1 conv, 768-ch feature."""
     return _create_shuffledet("shuffledet_1x", 1.0, teacher_layout=True, **kwargs)
 
 
-@register_model("shuffledet_0.5x")
+@register_model("shuffledet_0.5x", from_arch=ShuffleDet.from_arch)
 def shuffledet_0_5x(**kwargs: Any) -> ShuffleDet:
     """0.5x student: 24-ch stem, 120/240/480, added3 480 -> 384."""
     return _create_shuffledet("shuffledet_0.5x", 0.5, **kwargs)
 
 
-@register_model("shuffledet_0.25x")
+@register_model("shuffledet_0.25x", from_arch=ShuffleDet.from_arch)
 def shuffledet_0_25x(**kwargs: Any) -> ShuffleDet:
     """0.25x student: 24-ch stem, 60/120/240, added3 240 -> 192."""
     return _create_shuffledet("shuffledet_0.25x", 0.25, **kwargs)
 
 
-@register_model("shuffledet")
+@register_model("shuffledet", from_arch=ShuffleDet.from_arch)
 def shuffledet(*, width: float | None = None, teacher_layout: bool = False, **kwargs: Any) -> ShuffleDet:
     """Any width (student layout unless ``teacher_layout=True``); ``width`` defaults to 1.0."""
     width = 1.0 if width is None else float(width)

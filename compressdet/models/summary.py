@@ -63,6 +63,8 @@ def model_summary(model: nn.Module, image_size: Sequence[int] | None = None) -> 
     """
     image_size = tuple(int(v) for v in (image_size or model.image_size))
     total, per = count_macs(model, image_size)
+    if getattr(model, "family", "shuffledet") != "shuffledet":
+        return _fpn_summary(model, image_size, total, per)
     backbone_macs = per.get("backbone", 0)
     head_macs = per.get("head", 0)
     rows = []
@@ -92,5 +94,30 @@ def model_summary(model: nn.Module, image_size: Sequence[int] | None = None) -> 
                                  "total": pt["params_with_bn_stats"]},
         "feature_channels": getattr(model, "feature_channels", None),
         "output_shape": [model.head.conv.out_channels, hs, ws],
+        "stages": rows,
+    }
+
+
+def _fpn_summary(model: nn.Module, image_size: tuple[int, int], total: int, per: dict[str, int]) -> dict[str, Any]:
+    """:func:`model_summary` of an FPN family (``model.det.backbone`` = body + fpn, ``model.det.head``):
+    rows are the body, the FPN and the head; ``output_shape`` lists the raw outputs' shapes."""
+    bb, head = model.backbone, model.head
+    rows = []
+    for name, mod in bb.named_children():
+        rows.append({"stage": f"backbone.{name}", "macs": per.get(f"det.backbone.{name}", 0), **count_params(mod),
+                     "out_channels": None, "reduction": None})
+    ph, pb, pt = count_params(head), count_params(bb), count_params(model)
+    rows.append({"stage": "head", "macs": per.get("det.head", 0), **ph, "out_channels": None, "reduction": None})
+    k = sum(model.priors_per_level())
+    return {
+        "name": getattr(model, "arch", {}).get("name", type(model).__name__),
+        "image_size": list(image_size),
+        "macs": {"backbone": per.get("det.backbone", 0), "head": per.get("det.head", 0), "total": total},
+        "params": {"backbone": pb["params"], "head": ph["params"], "total": pt["params"]},
+        "params_with_bn_stats": {"backbone": pb["params_with_bn_stats"], "head": ph["params_with_bn_stats"],
+                                 "total": pt["params_with_bn_stats"]},
+        "feature_channels": [t.channels for t in model.feature_taps()],
+        "output_shape": {name: [k, {"cls_logits": model.num_classes, "bbox_regression": 4, "bbox_ctrness": 1}[name]]
+                         for name in model.export_outputs},
         "stages": rows,
     }

@@ -22,6 +22,10 @@ def load_float_model(ctx: Any, role: str = "from") -> tuple[torch.nn.Module, dic
 
     src = ctx.input(role)
     model, meta = load_model(src.artifact("model"))
+    family = getattr(model, "family", "shuffledet")
+    if family != "shuffledet":
+        raise UserError(f"stage '{ctx.name}': {role}: INT8 quantization supports the shuffledet family only so far, "
+                        f"'{src.name}' is a {family} model")
     if tuple(getattr(model, "image_size", ctx.recipe.data.image_size)) != tuple(ctx.recipe.data.image_size):
         raise UserError(f"stage '{ctx.name}': model of '{src.name}' was built for {tuple(model.image_size)}, "
                         f"data.image_size is {tuple(ctx.recipe.data.image_size)}")

@@ -59,6 +59,69 @@ def _ignored(model: nn.Module, names: list[str]) -> list[nn.Module]:
     return out
 
 
+def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
+    """The prune stage on an FPN family (FCOS / RetinaNet): torch-pruning on the backbone body and the
+    FPN's lateral convs, the FPN outputs and the shared head kept (:mod:`compressdet.prune.fpn`), one
+    round, then fine-tuning like the train stage."""
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.launch import fit_stage
+    from ..eval.evaluator import metric_summary
+    from ..models import save_model
+    from ..prune.fpn import prune_fpn_detector
+    from ..prune.history import save_history
+
+    cfg, recipe = ctx.cfg, ctx.recipe
+    hw = tuple(recipe.data.image_size)
+    family = model.family
+    if cfg.iterative_steps != 1:
+        raise UserError(f"stage '{ctx.name}': iterative_steps: a {family} model prunes in one round so far (use 1)")
+    if cfg.target.pruning_ratio_dict:
+        raise UserError(f"stage '{ctx.name}': target.pruning_ratio_dict: not supported for a {family} model yet")
+    if cfg.allocation == "latency":
+        print(f"note: stage '{ctx.name}': allocation 'latency' is ShuffleDet's; the {family} model is pruned "
+              "with one uniform ratio", flush=True)
+    modules = dict(model.named_modules())
+    ignored = []
+    for n in cfg.ignored_layers:
+        if n not in modules:
+            raise UserError(f"stage '{ctx.name}': ignored_layers: no module named '{n}'")
+        ignored.append(modules[n])
+    model.train()
+    before = _summary(model, hw)
+    loss_fn = _taylor_loss(ctx) if cfg.importance == "taylor" else None
+    rec = prune_fpn_detector(model, example_input_size(hw), pruning_ratio=cfg.target.pruning_ratio,
+                             target_macs=cfg.target.macs, importance=cfg.importance, round_to=cfg.round_to or 8,
+                             ignored_layers=ignored, loss_fn=loss_fn)
+    summary = fit_stage(ctx, model, schedule=cfg.schedule, imitation=distill_methods(cfg), postprocess=cfg.postprocess,
+                        eval_cfg=cfg.eval)
+    if not ctx.is_main:
+        return StageResult()
+    best = load_checkpoint(ctx.checkpoint_dir / "best.pt")
+    model.cpu().load_state_dict(best["model"])
+    model.eval()
+    after = _summary(model, hw)
+    hist_path = save_history(ctx.stage_dir / "prune_history.json", [rec], arch=getattr(model, "arch", None),
+                             extra={"family": family, "torch_pruning_history": rec["history"],
+                                    "importance": cfg.importance, "target": cfg.target.model_dump(mode="json")})
+    meta = {"from": cfg.from_, "arch": getattr(model, "arch", None), "best_step": best["step"],
+            "teacher": cfg.teacher if distill_methods(cfg) else None,
+            "distill": [m.model_dump(mode="json") for m in distill_methods(cfg)],
+            "image_size": list(hw), "classes": list(recipe.data.classes), "pruning_history": hist_path.name,
+            "pruned": {"importance": cfg.importance, "iterative_steps": 1, "allocation": "uniform",
+                       "ratio": rec["ratio"]}}
+    path = save_model(model, ctx.stage_dir / "model.pt", meta=meta)
+    metrics = {
+        "macs_before": before["macs"], "macs_after": after["macs"],
+        "params_before": before["params"], "params_after": after["params"],
+        "macs_ratio": after["macs"]["backbone"] / max(1, before["macs"]["backbone"]),
+        "total_macs_ratio": after["macs"]["total"] / max(1, before["macs"]["total"]),
+        "params_ratio": after["params"]["total"] / max(1, before["params"]["total"]),
+        "pruning_ratio": rec["ratio"], **metric_summary(summary.get("best_result") or {}),
+        "best_step": summary.get("best_step"),
+    }
+    return StageResult(artifacts={"model": path, "history": hist_path}, metrics=metrics, meta=meta)
+
+
 def _taylor_loss(ctx: StageContext) -> Any:
     """``model -> detection loss`` on a fixed train batch (gradients for Taylor importance)."""
     from ..data import build_dataset, collate
@@ -73,6 +136,8 @@ def _taylor_loss(ctx: StageContext) -> Any:
     loss = SqueezeDetLoss(generate_anchors(hw), num_classes=len(data_cfg.classes), image_size=hw)
 
     def fn(model: nn.Module) -> torch.Tensor:
+        if getattr(model, "family", "shuffledet") != "shuffledet":  # the model's own loss (detector contract)
+            return model.loss(model(images), targets)["total"]
         return loss(model(images), targets)["total"]
 
     return fn
@@ -95,6 +160,8 @@ def run(ctx: StageContext) -> StageResult:
     cfg, recipe = ctx.cfg, ctx.recipe
     hw = tuple(recipe.data.image_size)
     model, meta_in = load_model(ctx.input("from").artifact("model"))
+    if getattr(model, "family", "shuffledet") != "shuffledet":
+        return _run_fpn(ctx, model)
     model.train()
     before = _summary(model, hw)
     target = cfg.target

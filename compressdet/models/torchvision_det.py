@@ -1,0 +1,477 @@
+"""FCOS and RetinaNet from ``torchvision.models.detection`` on the detector contract (issue #20).
+
+torchvision's own modules do the work: the backbone + FPN (``BackboneWithFPN``), the head
+(``FCOSHead`` / ``RetinaNetHead``), the anchor generator, the box coder, the loss
+(``FCOS.compute_loss`` / ``RetinaNet.compute_loss``) and the decode + NMS
+(``postprocess_detections``); nothing of them is re-implemented here. What the adapter changes:
+
+- inputs follow compressdet's convention (BGR minus mean float ``[N, 3, H, W]`` at
+  ``data.image_size``): ``GeneralizedRCNNTransform`` (resize + ImageNet normalisation) is
+  bypassed: images go straight to the backbone, at the model input size;
+- ``forward`` returns the raw head tensors ``(cls_logits [N, K, C], bbox_regression [N, K, 4]
+  [, bbox_ctrness [N, K, 1]])`` (``K`` the priors of all levels, level-major as torchvision
+  concatenates them): what training, export and quantization see; decoding stays float, outside;
+- targets are compressdet's (``boxes`` xyxy model-input px, ``labels`` 0-based): torchvision's
+  FCOS and RetinaNet classify with sigmoid focal loss over ``num_classes`` outputs and no
+  background class, so a 0-based label is the logit index (no shift);
+- the backbone is trained from scratch (``weights=None``) with ``BatchNorm2d``, not
+  ``FrozenBatchNorm2d``.
+
+Registered: ``fcos_mnv3_small``, ``fcos_mnv3_large``, ``fcos_r18`` (teacher), and
+``retinanet_mnv3_small``, ``retinanet_mnv3_large``, ``retinanet_r18`` (teacher). Every variant has
+five FPN levels P3-P7 (strides 8-128), so students and teachers pair level by level for
+distillation. :func:`wrap_torchvision` puts a user's own FCOS / RetinaNet instance on the contract.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._registry import ModelError, register_model
+from .contract import TapInfo, outputs_float, postprocess_kwargs
+
+__all__ = ["TorchvisionDetector", "wrap_torchvision", "build_torchvision_detector", "FAMILY_OUTPUTS"]
+
+FAMILY_OUTPUTS = {"fcos": ("cls_logits", "bbox_regression", "bbox_ctrness"),
+                  "retinanet": ("cls_logits", "bbox_regression")}
+STRIDES = (8, 16, 32, 64, 128)
+
+
+def _family_of(det: nn.Module) -> str:
+    from torchvision.models.detection import FCOS, RetinaNet
+
+    if isinstance(det, FCOS):
+        return "fcos"
+    if isinstance(det, RetinaNet):
+        return "retinanet"
+    raise ModelError(f"{type(det).__name__} is not a torchvision FCOS or RetinaNet instance "
+                     "(other torchvision detectors, SSD included, are not supported yet)")
+
+
+def _num_classes_of(det: nn.Module) -> int:
+    return int(det.head.classification_head.num_classes)
+
+
+class TorchvisionDetector(nn.Module):
+    """A torchvision FCOS / RetinaNet on compressdet's detector contract.
+
+    Args:
+        detector: the torchvision ``FCOS`` or ``RetinaNet`` (held as ``.det``; its ``transform``
+            is never used).
+        image_size: ``(H, W)`` model input.
+        arch: the JSON dict that rebuilds the model (``name`` is the registry name).
+        strides: the nominal stride of each feature level (default: from the level shapes).
+
+    Attributes:
+        family (``fcos`` | ``retinanet``), num_classes, image_size, arch, export_outputs,
+        backbone (``det.backbone``, image -> ordered dict of levels), head (``det.head``).
+    """
+
+    def __init__(self, detector: nn.Module, *, image_size: Sequence[int], arch: dict[str, Any],
+                 strides: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.family = _family_of(detector)
+        self.det = detector
+        self.num_classes = _num_classes_of(detector)
+        h, w = (int(v) for v in image_size)
+        if h <= 0 or w <= 0 or h % 16 or w % 16:
+            raise ModelError(f"image_size {h}x{w}: both sides must be positive multiples of 16")
+        self.image_size = (h, w)
+        self.arch = dict(arch)
+        self.export_outputs = FAMILY_OUTPUTS[self.family]
+        # spatial facts only (pruning changes channels, never these): a plain dict, not state
+        self.__dict__["_shape_cache"] = {}
+        self.__dict__["_strides"] = tuple(int(s) for s in strides) if strides is not None else None
+
+    # ------------------------------------------------------------------------------- parts
+    @property
+    def backbone(self) -> nn.Module:
+        return self.det.backbone
+
+    @property
+    def head(self) -> nn.Module:
+        return self.det.head
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        f = self.det.backbone(x)
+        return [f] if isinstance(f, Tensor) else list(f.values())
+
+    def _pack(self, head_out: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        return tuple(head_out[k] for k in self.export_outputs)
+
+    def _unpack(self, outputs: Sequence[Tensor]) -> dict[str, Tensor]:
+        if isinstance(outputs, Tensor) or len(outputs) != len(self.export_outputs):
+            raise ValueError(f"{self.family} outputs are {len(self.export_outputs)} tensors "
+                             f"({', '.join(self.export_outputs)})")
+        return dict(zip(self.export_outputs, outputs))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """``x`` ``[N, 3, H, W]`` (BGR minus mean) -> the raw head tensors (see :attr:`export_outputs`)."""
+        return self._pack(self.det.head(self._features(x)))
+
+    def forward_with_features(self, x: Tensor) -> tuple[tuple[Tensor, ...], list[Tensor]]:
+        """``(raw head tensors, [FPN level P3, ..., P7])``: the levels are what distillation imitates."""
+        feats = self._features(x)
+        return self._pack(self.det.head(feats)), feats
+
+    # ------------------------------------------------------------------------------- geometry
+    def _probe(self, size: tuple[int, int]) -> list[tuple[int, int, int]]:
+        """``[(channels, h, w)]`` of each level for an input of ``size`` (one no-grad eval forward)."""
+        p = next(self.parameters())
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                feats = self._features(torch.zeros(1, 3, *size, device=p.device, dtype=p.dtype))
+        finally:
+            self.train(was)
+        return [(int(f.shape[1]), int(f.shape[2]), int(f.shape[3])) for f in feats]
+
+    def level_shapes(self) -> list[tuple[int, int]]:
+        """``[(h, w)]`` of each level at :attr:`image_size`."""
+        cache = self.__dict__["_shape_cache"]
+        if self.image_size not in cache:
+            cache[self.image_size] = [(h, w) for _, h, w in self._probe(self.image_size)]
+        return cache[self.image_size]
+
+    def strides(self) -> list[int]:
+        """Nominal stride of each level (8, 16, ... for the registered variants)."""
+        if self.__dict__["_strides"] is not None:
+            return list(self.__dict__["_strides"])
+        H, W = self.image_size
+        return [2 ** math.ceil(math.log2(max(H / h, W / w))) for h, w in self.level_shapes()]
+
+    def anchors_per_location(self) -> list[int]:
+        return [int(a) for a in self.det.anchor_generator.num_anchors_per_location()]
+
+    def priors_per_level(self) -> list[int]:
+        return [h * w * a for (h, w), a in zip(self.level_shapes(), self.anchors_per_location())]
+
+    def priors(self, device: torch.device | str | None = None) -> Tensor:
+        """torchvision's anchors (RetinaNet) or points as one-stride boxes (FCOS): ``[K, 4]`` xyxy, input px."""
+        from torchvision.models.detection.image_list import ImageList
+
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        H, W = self.image_size
+        images = ImageList(torch.empty(1, 3, H, W, device=dev), [(H, W)])
+        feats = [torch.empty(1, 1, h, w, device=dev) for h, w in self.level_shapes()]
+        return self.det.anchor_generator(images, feats)[0]
+
+    def feature_taps(self) -> list[TapInfo]:
+        """One tap per FPN level, channels read from the layers (one small forward), nominal strides."""
+        chans = [c for c, _, _ in self._probe(self.image_size)]
+        return [TapInfo(f"p{int(math.log2(s))}", c, s) for c, s in zip(chans, self.strides())]
+
+    # ------------------------------------------------------------------------------- loss
+    def build_loss(self) -> nn.Module:
+        """torchvision's loss (``compute_loss``) as a module: ``loss(outputs, targets) -> {..., "total"}``."""
+        return TorchvisionLoss(self)
+
+    def loss(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """torchvision's losses on ``(raw outputs, compressdet targets)``, plus ``total`` (their sum).
+
+        FCOS: ``classification`` (focal), ``bbox_regression`` (GIoU), ``bbox_ctrness`` (BCE), each over
+        the foreground count; RetinaNet: ``classification`` (focal), ``bbox_regression`` (L1).
+        """
+        head = self._unpack(outputs)
+        dev = head["cls_logits"].device
+        anchors = self.priors(dev).to(head["bbox_regression"].dtype)
+        tv_targets = []
+        for t in targets:
+            boxes = torch.as_tensor(t["boxes"]).to(dev, torch.float32).reshape(-1, 4)
+            labels = torch.as_tensor(t["labels"]).to(dev, torch.int64).reshape(-1)
+            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # torchvision rejects degenerate boxes
+            tv_targets.append({"boxes": boxes[ok], "labels": labels[ok]})
+        anchor_list = [anchors] * len(tv_targets)
+        if self.family == "fcos":
+            losses = self.det.compute_loss(tv_targets, head, anchor_list, self.priors_per_level())
+        else:
+            losses = self.det.compute_loss(tv_targets, head, anchor_list)
+        losses = dict(losses)
+        losses["total"] = sum(losses.values())
+        return losses
+
+    # ------------------------------------------------------------------------------- decode
+    def postprocessor(self, cfg: Any = None) -> TorchvisionPostProcessor:
+        """torchvision's ``postprocess_detections`` with the recipe's thresholds (see
+        :class:`TorchvisionPostProcessor`)."""
+        return TorchvisionPostProcessor(self, **postprocess_kwargs(cfg))
+
+    def postprocess(self, outputs: Sequence[Tensor], orig_sizes: Any = None) -> list[dict[str, Tensor]]:
+        return self.postprocessor()(outputs, orig_sizes)
+
+    # ------------------------------------------------------------------------------- distillation
+    def distill_mask(self, gt_boxes: list[Tensor], level_shapes: Sequence[Sequence[int]] | None = None,
+                     psi: float = 0.5) -> list[Tensor]:
+        """Near-object locations per level, ``[Bool[N, h, w]]``.
+
+        RetinaNet (anchors): FGFI's mask over all levels' anchors at once: an anchor is near a GT
+        when its IoU exceeds ``psi`` times that GT's best anchor IoU; a cell is marked when any of
+        its anchors is. FCOS (points, anchor-free): a point is near a GT when it lies inside the
+        box or in its centre region (within ``center_sampling_radius`` strides of the centre, so a
+        box smaller than a cell still marks its centre cell); ``psi`` is not used.
+        """
+        from torchvision.ops import box_iou
+
+        shapes = [tuple(int(v) for v in s) for s in (level_shapes or self.level_shapes())]
+        if shapes != [tuple(s) for s in self.level_shapes()]:
+            raise ValueError(f"level shapes {shapes} are not this model's {self.level_shapes()} "
+                             f"(teacher and student need the same input size)")
+        priors = self.priors()
+        per_level = self.priors_per_level()
+        A = self.anchors_per_location()
+        strides = self.strides()
+        out: list[list[Tensor]] = [[] for _ in shapes]
+        for boxes in gt_boxes:
+            boxes = torch.as_tensor(boxes).to(torch.float32).reshape(-1, 4).cpu()
+            if boxes.shape[0] == 0:
+                for lvl, (h, w) in enumerate(shapes):
+                    out[lvl].append(torch.zeros(h, w, dtype=torch.bool))
+                continue
+            if self.family == "retinanet":
+                iou = box_iou(boxes, priors)
+                near = (iou > psi * iou.max(dim=1, keepdim=True).values).any(0)
+                for lvl, (part, (h, w), a) in enumerate(zip(near.split(per_level), shapes, A)):
+                    out[lvl].append(part.view(h, w, a).any(-1))
+            else:
+                radius = float(getattr(self.det, "center_sampling_radius", 1.5))
+                centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+                for lvl, (pts, (h, w), s) in enumerate(zip(priors.split(per_level), shapes, strides)):
+                    p = (pts[:, :2] + pts[:, 2:]) / 2  # [h*w, 2]
+                    inside = ((p[:, None, 0] > boxes[None, :, 0]) & (p[:, None, 0] < boxes[None, :, 2])
+                              & (p[:, None, 1] > boxes[None, :, 1]) & (p[:, None, 1] < boxes[None, :, 3]))
+                    centre = ((p[:, None, :] - centres[None]).abs().amax(-1) < radius * s)
+                    out[lvl].append((inside | centre).any(1).view(h, w))
+        return [torch.stack(m) if m else torch.zeros(0, h, w, dtype=torch.bool)
+                for m, (h, w) in zip(out, shapes)]
+
+    # ------------------------------------------------------------------------------- export
+    def export_metadata(self) -> dict[str, Any]:
+        return {"family": self.family, "outputs": list(self.export_outputs), "num_classes": self.num_classes,
+                "priors_shape": [sum(self.priors_per_level()), 4], "prior_format": "xyxy input px (torchvision)",
+                "levels": [[h, w, a] for (h, w), a in zip(self.level_shapes(), self.anchors_per_location())],
+                "strides": self.strides(),
+                "decode": "torchvision " + ("FCOS" if self.family == "fcos" else "RetinaNet")
+                          + ".postprocess_detections (float, outside the graph)"}
+
+    @property
+    def feature_channels(self) -> int:
+        return self.feature_taps()[0].channels
+
+
+class TorchvisionLoss(nn.Module):
+    """``loss(outputs, targets)`` of a :class:`TorchvisionDetector` (held by reference, not a submodule)."""
+
+    def __init__(self, model: TorchvisionDetector) -> None:
+        super().__init__()
+        self.__dict__["model"] = model
+
+    def forward(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+        return self.model.loss(outputs, targets)
+
+
+class TorchvisionPostProcessor:
+    """torchvision's ``postprocess_detections`` on raw outputs; boxes scaled to ``orig_sizes``.
+
+    The recipe's ``postprocess`` fields map onto torchvision's: ``score_thresh``, ``nms_thresh``,
+    ``topk_candidates`` (per level, before NMS), ``detections_per_class * num_classes`` ->
+    ``detections_per_img``. Defaults: compressdet's (0.0, 0.4, 64, 50).
+    """
+
+    def __init__(self, model: TorchvisionDetector, *, score_thresh: float = 0.0, nms_thresh: float = 0.4,
+                 topk_candidates: int = 64, detections_per_class: int = 50) -> None:
+        self.model = model
+        self.params = SimpleNamespace(box_coder=model.det.box_coder, score_thresh=float(score_thresh),
+                                      nms_thresh=float(nms_thresh), topk_candidates=int(topk_candidates),
+                                      detections_per_img=int(detections_per_class) * model.num_classes)
+
+    @torch.no_grad()
+    def __call__(self, outputs: Sequence[Tensor], orig_sizes: Sequence[Sequence[int]] | None = None
+                 ) -> list[dict[str, Tensor]]:
+        m = self.model
+        head = m._unpack(outputs_float(outputs))
+        n = head["cls_logits"].shape[0]
+        per_level = m.priors_per_level()
+        split = {k: list(v.split(per_level, dim=1)) for k, v in head.items()}
+        anchors = list(m.priors(head["cls_logits"].device).split(per_level))
+        dets = type(m.det).postprocess_detections(self.params, split, [anchors] * n, [m.image_size] * n)
+        if orig_sizes is not None:
+            H, W = m.image_size
+            for d, (h0, w0) in zip(dets, orig_sizes):
+                scale = torch.tensor([w0 / W, h0 / H, w0 / W, h0 / H], dtype=d["boxes"].dtype, device=d["boxes"].device)
+                d["boxes"] = d["boxes"] * scale
+        return dets
+
+
+# --------------------------------------------------------------------------------------------
+# backbones (from scratch, BatchNorm) and builders
+
+
+def _mobilenet_fpn(kind: str, out_channels: int) -> nn.Module:
+    """MobileNetV3 (``weights=None``, BatchNorm) + FPN on the last block of strides 8, 16, 32 + P6/P7."""
+    from torchvision.models import mobilenet_v3_large, mobilenet_v3_small
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    net = (mobilenet_v3_small if kind == "small" else mobilenet_v3_large)(weights=None)
+    feats = net.features
+    feats.eval()
+    x, strides, chans = torch.zeros(1, 3, 64, 64), [], []
+    with torch.no_grad():
+        for block in feats:
+            x = block(x)
+            strides.append(64 // x.shape[-1])
+            chans.append(x.shape[1])
+    feats.train()
+    idx = [max(i for i, s in enumerate(strides) if s == want) for want in (8, 16, 32)]
+    return BackboneWithFPN(feats, {str(i): str(k) for k, i in enumerate(idx)}, [chans[i] for i in idx], out_channels,
+                           extra_blocks=LastLevelP6P7(out_channels, out_channels))
+
+
+def _resnet_fpn(depth: int, out_channels: int) -> nn.Module:
+    """ResNet (``weights=None``, BatchNorm) + FPN on C3-C5 + P6/P7 (torchvision's FCOS/RetinaNet layout)."""
+    from torchvision.models import resnet18, resnet34
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    net = {18: resnet18, 34: resnet34}[depth](weights=None)
+    return BackboneWithFPN(net, {"layer2": "0", "layer3": "1", "layer4": "2"}, [128, 256, 512], out_channels,
+                           extra_blocks=LastLevelP6P7(out_channels, out_channels))
+
+
+BACKBONES = {"mnv3_small": lambda c: _mobilenet_fpn("small", c), "mnv3_large": lambda c: _mobilenet_fpn("large", c),
+             "r18": lambda c: _resnet_fpn(18, c), "r34": lambda c: _resnet_fpn(34, c)}
+
+
+def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_channels: int, head_convs: int = 4,
+                               num_classes: int = 3, image_size: Sequence[int] = (384, 1248),
+                               anchor_scale: float = 4.0) -> TorchvisionDetector:
+    """A registered FCOS / RetinaNet variant (what the registry names build; all arguments go in ``arch``).
+
+    Args:
+        family: ``fcos`` or ``retinanet``. backbone: ``mnv3_small``, ``mnv3_large``, ``r18``, ``r34``.
+        fpn_channels: FPN (and head) width, a multiple of 16 (FCOS's GroupNorm has 16 groups).
+        head_convs: FCOS tower depth (torchvision: 4); RetinaNet's head always has 4.
+        anchor_scale: RetinaNet anchor base size in strides (torchvision's default anchors are
+            4 strides x 2^(0, 1/3, 2/3) x ratios 0.5, 1, 2 per level).
+    """
+    from torchvision.models.detection import FCOS, RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.fcos import FCOSHead
+    from torchvision.models.detection.retinanet import RetinaNetHead
+
+    if backbone not in BACKBONES:
+        raise ModelError(f"{name}: unknown backbone '{backbone}' (known: {', '.join(BACKBONES)})")
+    if fpn_channels % 16:
+        raise ModelError(f"{name}: fpn_channels {fpn_channels} must be a multiple of 16")
+    body = BACKBONES[backbone](fpn_channels)
+    if family == "fcos":
+        gen = AnchorGenerator(tuple((s,) for s in STRIDES), ((1.0,),) * len(STRIDES))
+        head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
+        det: nn.Module = FCOS(body, num_classes, anchor_generator=gen, head=head)
+    elif family == "retinanet":
+        sizes = tuple(tuple(anchor_scale * s * 2 ** (k / 3) for k in range(3)) for s in STRIDES)
+        gen = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(STRIDES))
+        head = RetinaNetHead(fpn_channels, gen.num_anchors_per_location()[0], num_classes)
+        det = RetinaNet(body, num_classes, anchor_generator=gen, head=head)
+    else:
+        raise ModelError(f"{name}: unknown family '{family}' (fcos or retinanet)")
+    arch = {"name": name, "family": family, "backbone": backbone, "fpn_channels": int(fpn_channels),
+            "head_convs": int(head_convs), "num_classes": int(num_classes), "image_size": [int(v) for v in image_size],
+            "anchor_scale": float(anchor_scale)}
+    return TorchvisionDetector(det, image_size=image_size, arch=arch, strides=STRIDES)
+
+
+def wrap_torchvision(model: nn.Module, *, image_size: Sequence[int], classes: Sequence[str],
+                     name: str = "torchvision_custom") -> TorchvisionDetector:
+    """Put a user's own torchvision ``FCOS`` / ``RetinaNet`` instance (any backbone, any class count)
+    on compressdet's detector contract, so training, distillation, evaluation and export run on it.
+
+    The instance's backbone, head, anchor generator, box coder, loss and post-processing are used as
+    they are; its ``transform`` is bypassed: images enter at ``image_size`` as compressdet feeds them
+    (BGR minus mean, no std; train from scratch or fine-tune with that input). ``classes`` must
+    match the head's ``num_classes`` (torchvision's FCOS/RetinaNet have no background logit: label
+    ``i`` is ``classes[i]``).
+
+    Args:
+        model: a ``torchvision.models.detection.FCOS`` or ``RetinaNet``.
+        image_size: ``(H, W)`` model input, multiples of 16.
+        classes: the class names, in label order.
+        name: recorded as ``arch["name"]``. Model files of a wrapped instance reload with
+            ``load_model(path, base=wrap_torchvision(fresh_instance, ...))``, or by name once a
+            builder is registered under ``name`` (:func:`compressdet.models.register_model`),
+            which is what recipes need (``model: {arch: name}``).
+
+    Returns:
+        a :class:`TorchvisionDetector` sharing the instance's modules (``.det`` is ``model``).
+
+    Raises:
+        ModelError: not an FCOS/RetinaNet, or ``classes`` does not match the head.
+
+    Example:
+        >>> from torchvision.models.detection import fcos_resnet50_fpn
+        >>> tv = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)
+        >>> det = wrap_torchvision(tv, image_size=(128, 128), classes=["car", "pedestrian", "cyclist"])
+        >>> [o.shape[-1] for o in det(torch.zeros(1, 3, 128, 128))]
+        [3, 4, 1]
+    """
+    family = _family_of(model)
+    n = _num_classes_of(model)
+    if n != len(classes):
+        raise ModelError(f"classes: {len(classes)} names given but the {family} head has num_classes={n} "
+                         f"(torchvision FCOS/RetinaNet have no background logit: give one name per class)")
+    arch = {"name": name, "family": family, "wrapped": type(model).__name__, "num_classes": n,
+            "classes": list(classes), "image_size": [int(v) for v in image_size]}
+    return TorchvisionDetector(model, image_size=image_size, arch=arch)
+
+
+# --------------------------------------------------------------------------------------------
+# registered variants: (family, backbone, FPN width, head tower depth)
+
+_VARIANTS = {
+    "fcos_mnv3_small": ("fcos", "mnv3_small", 64, 2),
+    "fcos_mnv3_large": ("fcos", "mnv3_large", 96, 3),
+    "fcos_r18": ("fcos", "r18", 128, 4),
+    "retinanet_mnv3_small": ("retinanet", "mnv3_small", 64, 4),
+    "retinanet_mnv3_large": ("retinanet", "mnv3_large", 96, 4),
+    "retinanet_r18": ("retinanet", "r18", 128, 4),
+}
+
+
+def _from_arch(arch: dict[str, Any]) -> TorchvisionDetector:
+    kw = dict(arch)
+    if kw.get("wrapped"):
+        raise ModelError(f"'{kw.get('name')}' is a wrapped torchvision instance: load it with "
+                         "load_model(path, base=wrap_torchvision(<a fresh instance>, ...))")
+    return build_torchvision_detector(**kw)
+
+
+def _make_builder(name: str, family: str, backbone: str, channels: int, convs: int):
+    def builder(*, image_size: Sequence[int] = (384, 1248), num_classes: int = 3, width: float | None = None,
+                pretrained: str | None = None, fpn_channels: int = channels, head_convs: int = convs,
+                anchor_scale: float = 4.0, **_ignored: Any) -> TorchvisionDetector:
+        # _ignored: ShuffleDet-only build_model arguments (num_anchors, dropout)
+        if width is not None:
+            raise ModelError(f"'{name}' has no width multiplier (model.width is for shuffledet)")
+        model = build_torchvision_detector(name=name, family=family, backbone=backbone, fpn_channels=fpn_channels,
+                                           head_convs=head_convs, num_classes=num_classes, image_size=image_size,
+                                           anchor_scale=anchor_scale)
+        if pretrained:
+            from ._builder import load_pretrained_backbone
+
+            load_pretrained_backbone(model, pretrained)
+        return model
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"{family} with a {backbone} FPN ({channels} channels), from scratch with BatchNorm."
+    return builder
+
+
+for _name, (_fam, _bb, _ch, _nc) in _VARIANTS.items():
+    register_model(_name, from_arch=_from_arch)(_make_builder(_name, _fam, _bb, _ch, _nc))
