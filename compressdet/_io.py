@@ -77,6 +77,8 @@ def canonical(obj: Any, _strings: dict[str, str] | None = None) -> Any:
     a fresh run but separate objects after a checkpoint was loaded and resumed is written differently,
     so the same values gave different bytes. Dicts (their type kept, e.g. ``OrderedDict``), lists and
     tuples are rebuilt and every string goes through one table; tensors and numbers are kept as they are.
+    A ``state_dict``'s ``_metadata`` (module versions, which ``load_state_dict`` reads: without it an
+    observer loads as an old version and keeps its default ``eps``) is carried over.
     """
     strings = {} if _strings is None else _strings
     t = type(obj)
@@ -85,9 +87,13 @@ def canonical(obj: Any, _strings: dict[str, str] | None = None) -> Any:
     if isinstance(obj, dict):
         items = [(canonical(k, strings), canonical(v, strings)) for k, v in obj.items()]
         try:
-            return t(items)
+            out = t(items)
         except TypeError:  # a dict subclass with another constructor: keep it as it is
             return obj
+        meta = getattr(obj, "_metadata", None)  # a state_dict's per-module versions: loading depends on them
+        if meta is not None:
+            out._metadata = canonical(meta, strings)
+        return out
     if t is list:
         return [canonical(v, strings) for v in obj]
     if t is tuple:

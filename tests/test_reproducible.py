@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("torchao")
 pytest.importorskip("onnxruntime")
@@ -144,3 +145,13 @@ def test_same_recipe_twice_gives_identical_bytes_even_after_a_kill_and_resume(tm
 
     src = onnx_metadata(tmp_path / "a" / "export" / "pruned.onnx")["source_sha256"]
     assert src == ma["pruned"]["artifacts"]["model"]["sha256"]
+
+
+def test_canonical_keeps_state_dict_versions():
+    """load_state_dict reads the module versions in ``_metadata``; a canonical copy must keep them
+    (without them a QAT observer reloads as an old version and keeps its default eps)."""
+    from compressdet._io import canonical
+
+    sd = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1)).state_dict()
+    out = canonical(sd)
+    assert out._metadata == sd._metadata and list(out) == list(sd)

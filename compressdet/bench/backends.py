@@ -71,9 +71,10 @@ def open_backend(backend: str, path: str | Path, *, threads: int | None = None) 
         model, _ = load_model(path)
         model.eval()
 
-        def run(x: np.ndarray) -> np.ndarray:
+        def run(x: np.ndarray) -> Any:  # the head, or every raw output of a multi-output family
             with torch.inference_mode():
-                return model(torch.from_numpy(x)).numpy()
+                out = model(torch.from_numpy(x))
+            return tuple(o.numpy() for o in out) if isinstance(out, (tuple, list)) else out.numpy()
 
         return OpenBackend(run, None, "fp32")
     if backend in ("ort", "ort-int8"):
@@ -83,8 +84,11 @@ def open_backend(backend: str, path: str | Path, *, threads: int | None = None) 
             sess = ort_session(path, threads=threads)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise UserError(f"{path}: ONNX Runtime cannot load it ({str(e).strip().splitlines()[0][:160]})") from None
-        return OpenBackend(lambda x: ort_run(sess, x)[0], onnx_input_shape(sess),
-                           "int8" if backend == "ort-int8" else "fp32")
+        def run_ort(x: np.ndarray) -> Any:
+            out = ort_run(sess, x)
+            return out[0] if len(out) == 1 else tuple(out)
+
+        return OpenBackend(run_ort, onnx_input_shape(sess), "int8" if backend == "ort-int8" else "fp32")
     if backend in ("openvino", "openvino-f32", "openvino-int8"):
         from ..export._openvino import PRECISIONS, OpenVINORunner
 
