@@ -240,14 +240,18 @@ DistillList = Annotated[list[DistillConfig] | None, BeforeValidator(_one_or_many
     "list; replaces 'imitation' (which means fgfi)")]
 
 
-def distill_methods(stage: Any) -> list[DistillConfig]:
-    """The distillation a stage asks for: its ``distill`` list, or its ``imitation`` block as fgfi;
-    methods with weight 0 dropped (an empty list is the baseline)."""
-    methods = list(getattr(stage, "distill", None) or [])
-    imit = getattr(stage, "imitation", None)
-    if not methods and imit is not None:
-        methods = [DistillConfig.from_imitation(imit)]
+def as_distill_list(spec: "ImitationConfig | list[DistillConfig] | None") -> list[DistillConfig]:
+    """An ``imitation`` block (fgfi) or a ``distill`` list -> the methods with weight > 0 (an empty
+    list is the baseline)."""
+    if spec is None:
+        return []
+    methods = [DistillConfig.from_imitation(spec)] if isinstance(spec, ImitationConfig) else list(spec)
     return [m for m in methods if m.weight > 0]
+
+
+def distill_methods(stage: Any) -> list[DistillConfig]:
+    """The distillation a stage asks for: its ``distill`` list, or its ``imitation`` block as fgfi."""
+    return as_distill_list(getattr(stage, "distill", None) or getattr(stage, "imitation", None))
 
 
 class PostprocessConfig(_Strict):

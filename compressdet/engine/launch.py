@@ -177,10 +177,10 @@ def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation
         anchors = generate_anchors(hw)
         if loss_fn is None:
             loss_fn = SqueezeDetLoss(anchors, num_classes=len(data_cfg.classes), num_anchors=num_anchors, image_size=hw)
-    from .trainer import _distill_cfgs
+    from ..recipe import as_distill_list
 
     teacher = None
-    methods = _distill_cfgs(imitation)
+    methods = as_distill_list(imitation)
     if methods:
         teacher = load_teacher(ctx.input("teacher").artifact("model"), ctx.device)
     fgfi = next((m for m in methods if m.method == "fgfi"), None)

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..losses import imitation_mask
 from ..losses.distill import Distiller, Taps, build_distiller
 from ..models.contract import as_levels, outputs_float
-from ..recipe import ImitationConfig, ScheduleConfig
+from ..recipe import ImitationConfig, ScheduleConfig, as_distill_list
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .distributed import all_gather_object, all_reduce_sum, all_reduce_sum_grad, convert_sync_batchnorm, unwrap
 from .hooks import (
@@ -152,17 +152,6 @@ class _TrainModule(nn.Module):
         return head_out, self.imitation(Taps(feat, head_out, teacher[0], teacher[1], mask), step)
 
 
-def _distill_cfgs(imitation: Any) -> list:
-    """``ImitationConfig`` (fgfi) or a list of ``DistillConfig`` -> the methods with weight > 0."""
-    from ..recipe import DistillConfig, ImitationConfig
-
-    if imitation is None:
-        return []
-    if isinstance(imitation, ImitationConfig):
-        return [DistillConfig.from_imitation(imitation)] if imitation.weight > 0 else []
-    return [c for c in imitation if c.weight > 0]
-
-
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -217,8 +206,7 @@ class Trainer(TrainerBase):
         if schedule.threads and self.device.type == "cpu":
             torch.set_num_threads(schedule.threads)
 
-        self.distill_cfgs = _distill_cfgs(imitation)
-        self.imitation_cfg = self.distill_cfgs or None  # truthy when any distillation is on
+        self.distill_cfgs = as_distill_list(imitation)
         self.teacher = None
         imit_loss = None
         if self.distill_cfgs:
@@ -333,14 +321,15 @@ class Trainer(TrainerBase):
         if self.schedule.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.module.train()
-        taps = mask = None
+        teacher = mask = None
         with self._autocast():
             if self.imitation_active(self.iter):
                 with torch.no_grad():
-                    taps = tuple(self.teacher.forward_with_features(images))  # (head, feature)
+                    t_head, t_feat = self.teacher.forward_with_features(images)
+                teacher = (t_feat, t_head)
                 if self.imitation_loss.needs_mask:
-                    mask = self._distill_mask([t["boxes"] for t in targets], taps[1])
-            head_out, imit = self.ddp(images, (taps[1], taps[0]) if taps is not None else None, mask, self.iter)
+                    mask = self._distill_mask([t["boxes"] for t in targets], t_feat)
+            head_out, imit = self.ddp(images, teacher, mask, self.iter)
         losses = dict(self.loss_fn(outputs_float(head_out), targets))
         total = losses.pop("total")
         for name, value in (imit or {}).items():  # weighted; zero during a method's warm-up

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,7 +64,6 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     """The prune stage on an FPN family (FCOS / RetinaNet): torch-pruning on the backbone body and the
     FPN's lateral convs, the FPN outputs and the shared head kept (:mod:`compressdet.prune.fpn`), one
     round, then fine-tuning like the train stage."""
-    from ..engine.checkpoint import load_checkpoint
     from ..engine.launch import fit_stage
     from ..eval.evaluator import metric_summary
     from ..models import save_model
@@ -71,6 +71,7 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     from ..prune.history import save_history
 
     cfg, recipe = ctx.cfg, ctx.recipe
+    methods = distill_methods(cfg)
     hw = tuple(recipe.data.image_size)
     family = model.family
     if cfg.iterative_steps != 1:
@@ -92,20 +93,18 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     rec = prune_fpn_detector(model, example_input_size(hw), pruning_ratio=cfg.target.pruning_ratio,
                              target_macs=cfg.target.macs, importance=cfg.importance, round_to=cfg.round_to or 8,
                              ignored_layers=ignored, loss_fn=loss_fn)
-    summary = fit_stage(ctx, model, schedule=cfg.schedule, imitation=distill_methods(cfg), postprocess=cfg.postprocess,
+    summary = fit_stage(ctx, model, schedule=cfg.schedule, imitation=methods, postprocess=cfg.postprocess,
                         eval_cfg=cfg.eval)
     if not ctx.is_main:
         return StageResult()
-    best = load_checkpoint(ctx.checkpoint_dir / "best.pt")
-    model.cpu().load_state_dict(best["model"])
-    model.eval()
+    best = _load_best(model, ctx.checkpoint_dir)
     after = _summary(model, hw)
     hist_path = save_history(ctx.stage_dir / "prune_history.json", [rec], arch=getattr(model, "arch", None),
                              extra={"family": family, "torch_pruning_history": rec["history"],
                                     "importance": cfg.importance, "target": cfg.target.model_dump(mode="json")})
     meta = {"from": cfg.from_, "arch": getattr(model, "arch", None), "best_step": best["step"],
-            "teacher": cfg.teacher if distill_methods(cfg) else None,
-            "distill": [m.model_dump(mode="json") for m in distill_methods(cfg)],
+            "teacher": cfg.teacher if methods else None,
+            "distill": [m.model_dump(mode="json") for m in methods],
             "image_size": list(hw), "classes": list(recipe.data.classes), "pruning_history": hist_path.name,
             "pruned": {"importance": cfg.importance, "iterative_steps": 1, "allocation": "uniform",
                        "ratio": rec["ratio"]}}
@@ -120,6 +119,16 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
         "best_step": summary.get("best_step"),
     }
     return StageResult(artifacts={"model": path, "history": hist_path}, metrics=metrics, meta=meta)
+
+
+def _load_best(model: nn.Module, checkpoint_dir: Path) -> dict[str, Any]:
+    """Put the fine-tune's best (val) weights into ``model`` (CPU, eval mode); returns the checkpoint."""
+    from ..engine.checkpoint import load_checkpoint
+
+    best = load_checkpoint(checkpoint_dir / "best.pt")
+    model.cpu().load_state_dict(best["model"])
+    model.eval()
+    return best
 
 
 def _taylor_loss(ctx: StageContext) -> Any:
@@ -158,6 +167,7 @@ def run(ctx: StageContext) -> StageResult:
     from ..prune import save_history
 
     cfg, recipe = ctx.cfg, ctx.recipe
+    methods = distill_methods(cfg)
     hw = tuple(recipe.data.image_size)
     model, meta_in = load_model(ctx.input("from").artifact("model"))
     if getattr(model, "family", "shuffledet") != "shuffledet":
@@ -180,7 +190,7 @@ def run(ctx: StageContext) -> StageResult:
         rec = pruner.step(loss_fn)
         sub = dataclasses.replace(ctx, stage_dir=ctx.stage_dir / f"round{i + 1}", resume=False) if k > 1 else ctx
         sched = cfg.schedule.model_copy(update={"steps": max(1, cfg.schedule.steps // k)})
-        summary = fit_stage(sub, model, schedule=sched, imitation=distill_methods(cfg), postprocess=cfg.postprocess,
+        summary = fit_stage(sub, model, schedule=sched, imitation=methods, postprocess=cfg.postprocess,
                             eval_cfg=cfg.eval)
         rounds.append({"step": rec["step"], "backbone_macs_ratio": rec["macs_after"] / rec["base_macs"],
                        "channels_removed": sum(len(op["idxs"]) for op in rec["ops"]),
@@ -189,9 +199,7 @@ def run(ctx: StageContext) -> StageResult:
             model.load_state_dict(load_checkpoint(sub.checkpoint_dir / "last.pt")["model"])
     if not ctx.is_main:
         return StageResult()
-    best = load_checkpoint(sub.checkpoint_dir / "best.pt")
-    model.cpu().load_state_dict(best["model"])
-    model.eval()
+    best = _load_best(model, sub.checkpoint_dir)
     after = _summary(model, hw)
     hist_path = save_history(ctx.stage_dir / "prune_history.json", pruner.history, arch=getattr(model, "arch", None),
                              extra={"example_input_size": list(pruner.example_inputs.shape[2:]), "importance": cfg.importance,
@@ -201,9 +209,9 @@ def run(ctx: StageContext) -> StageResult:
                                     "target": target.model_dump(mode="json")})
     imit = cfg.imitation
     meta = {"from": cfg.from_, "arch": getattr(model, "arch", None), "best_step": best["step"],
-            "teacher": cfg.teacher if distill_methods(cfg) else None,
+            "teacher": cfg.teacher if methods else None,
             "imitation": imit.model_dump(mode="json") if imit is not None else None,
-            "distill": [m.model_dump(mode="json") for m in distill_methods(cfg)],
+            "distill": [m.model_dump(mode="json") for m in methods],
             "image_size": list(hw), "classes": list(recipe.data.classes), "pruning_history": hist_path.name,
             "pruned": {"importance": cfg.importance, "iterative_steps": k, "allocation": cfg.allocation}}
     path = save_model(model, ctx.stage_dir / "model.pt", meta=meta)
