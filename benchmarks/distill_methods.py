@@ -57,6 +57,9 @@ def main(argv=None) -> int:
                     help="shared with imitation_gain.py: the teacher run is reused")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--seeds", type=int, help="(checks only) number of paired seeds (default 3)")
+    ap.add_argument("--ledger", type=Path, help="committed record of finished runs (default: "
+                    "benchmarks/ledger/distill_methods/<preset> for cpu/gpu, none for smoke)")
+    ap.add_argument("--no-ledger", action="store_true", help="neither read nor write the ledgers")
     args = ap.parse_args(argv)
     p = copy.deepcopy(ig.PRESETS[args.preset])
     if args.seeds:
@@ -86,9 +89,13 @@ def main(argv=None) -> int:
                       "stages": [ig._stage("teacher", "shuffledet_1x", plan["teacher_steps"], p, p["teacher_evals"])]}
     key = ig._digest({"recipe": teacher_recipe, "data_hash": data_hash})
     teacher_recipe["name"] = f"teacher-{key}"
-    trec = ig._run(teacher_recipe, work)["stages"]["teacher"]
-    teacher_file = (work / "runs" / teacher_recipe["name"] / trec["artifacts"]["model"]["path"]).resolve()
-    runner = ig.StudentRunner(work, p, plan, base, test_dir=work / "test_eval",
+    ledger = ig.bench_ledger("distill_methods", args)
+    # the teacher is the imitation benchmark's run, recorded in its ledger (a check run's --ledger holds both)
+    tledger = ledger if ledger.root is None or args.ledger else ig.Ledger.for_bench("imitation_gain", args.preset)
+    tman = ig._run(teacher_recipe, work, tledger)
+    trec = tman["stages"]["teacher"]
+    teacher_file = ig.model_file(work, tman, "teacher", tledger)
+    runner = ig.StudentRunner(work, p, plan, base, test_dir=ledger.test_dir or work / "test_eval", ledger=ledger,
                               skey=ig._digest({"teacher": key, "steps": plan["student_steps"], "p": p}))
 
     arms = ["none", "fgfi", "pkd", "crosskd", "+".join(COMBO)]

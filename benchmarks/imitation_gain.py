@@ -66,9 +66,11 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(Path(__file__).resolve().parent) not in sys.path:  # _protocol when loaded by path (tests, other benchmarks)
+if str(Path(__file__).resolve().parent) not in sys.path:  # _protocol, _ledger when loaded by path (tests, other benchmarks)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ledger import Ledger  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LAYOUTS = ROOT.parent / "shared" / "kitti_real" / "training" / "label_2_all"
 MSCNN_TRAIN, MSCNN_VAL = 3712, 3769  # METHOD.md section 7
@@ -132,20 +134,41 @@ def _stage(name, arch, steps, p, n_evals, lr=None, **extra):
     return {"name": name, "kind": "train", "model": {"arch": arch}, "schedule": sched, "eval": ev, **extra}
 
 
-def _run(recipe: dict, work: Path) -> dict:
-    """Run a recipe dict with the CLI (resuming its run folder if one exists); returns the manifest."""
+def _run(recipe: dict, work: Path, ledger: Ledger | None = None) -> dict:
+    """Run a recipe dict with the CLI (resuming its run folder if one exists); returns the manifest.
+    A run the ``ledger`` holds is not run again: its manifest comes back, its model files restored."""
     from compressdet.cli import main
 
+    run_dir = work / "runs" / recipe["name"]
+    if ledger is not None and (man := ledger.get(recipe["name"], run_dir)) is not None:
+        return man
     path = work / f"{recipe['name']}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    run_dir = work / "runs" / recipe["name"]
     args = ["run", str(path), "--run-dir", str(run_dir)]
     if (run_dir / "manifest.json").exists():
         args.append("--resume")
     rc = main(args)
     if rc != 0:
         raise SystemExit(f"recipe {recipe['name']} failed (exit {rc})")
-    return json.loads((run_dir / "manifest.json").read_text())
+    man = json.loads((run_dir / "manifest.json").read_text())
+    if ledger is not None:
+        ledger.put(recipe["name"], run_dir, man)
+    return man
+
+
+def model_file(work: Path, man: dict, stage: str, ledger: Ledger | None = None) -> Path:
+    """The final model file of ``stage`` in run ``man``: the ledger's copy when the ledger holds the
+    run (committed, so results JSON paths stay valid on another machine), else the run folder's."""
+    rel = man["stages"][stage]["artifacts"]["model"]["path"]
+    if ledger is not None and ledger.root is not None and (ledger.root / man["recipe"] / rel).is_file():
+        return (ledger.root / man["recipe"] / rel).resolve()
+    return (work / "runs" / man["recipe"] / rel).resolve()
+
+
+def rel_to_root(path: Path) -> str:
+    """``path`` relative to the repository when inside it (results JSON must not pin a checkout's location)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,9 +398,9 @@ class StudentRunner:
     distillation benchmarks goes through, so arms differ only by their distillation settings."""
 
     def __init__(self, work: Path, p: dict, plan: dict, base: dict, *, skey: str, test_dir: Path,
-                 arch: str = "shuffledet_0.25x") -> None:
-        self.work, self.p, self.plan, self.base, self.skey, self.test_dir, self.arch = \
-            work, p, plan, base, skey, test_dir, arch
+                 arch: str = "shuffledet_0.25x", ledger: Ledger | None = None) -> None:
+        self.work, self.p, self.plan, self.base, self.skey, self.test_dir, self.arch, self.ledger = \
+            work, p, plan, base, skey, test_dir, arch, ledger
         self.student_s: list[float] = []  # each student stage's own wall time (also for runs a re-run skips)
         self.models: dict[str, str] = {}  # run name -> the student's model file
 
@@ -398,14 +421,23 @@ class StudentRunner:
             st.update(teacher="teacher", **({"distill": distill} if distill else {"imitation": {"weight": weight}}))
         stages.append(st)
         man = _run({**self.base, "seed": seed, "name": f"{label}-s{seed}-{self.skey}", "data": _data(p, True),
-                    "stages": stages}, self.work)
+                    "stages": stages}, self.work, self.ledger)
         self.student_s.append(sum(r.get("wall_time_s", 0.0) for r in man["stages"].values()))
-        art = man["stages"]["student"]["artifacts"]["model"]
-        mfile = (self.work / "runs" / man["recipe"] / art["path"]).resolve()
-        self.models[man["recipe"]] = str(mfile)
+        mfile = model_file(self.work, man, "student", self.ledger)
+        self.models[man["recipe"]] = rel_to_root(mfile)
         val = man["stages"]["student"]["metrics"]
         return {"val": val, "test": test_map(mfile, _data(p, True), self.test_dir), "lr": lr, "weight": weight,
                 "distill": distill}
+
+
+def bench_ledger(bench: str, args) -> Ledger:
+    """``--ledger`` / ``--no-ledger``; by default the committed ledger for cpu/gpu, none for smoke
+    (check runs must not write into the repository)."""
+    if getattr(args, "no_ledger", False):
+        return Ledger(None)
+    if getattr(args, "ledger", None):
+        return Ledger(args.ledger)
+    return Ledger.for_bench(bench, args.preset, enabled=args.preset != "smoke")
 
 
 def _preset(args) -> dict:
@@ -447,6 +479,9 @@ def main(argv=None) -> int:
     ap.add_argument("--synth-images", type=int, help="(checks only) generate fewer synth images")
     ap.add_argument("--seeds", type=int, help="(checks only) number of paired seeds (default 3)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where imitation_gain.{json,md,png} go")
+    ap.add_argument("--ledger", type=Path, help="committed record of finished runs (default: "
+                    "benchmarks/ledger/imitation_gain/<preset> for cpu/gpu, none for smoke)")
+    ap.add_argument("--no-ledger", action="store_true", help="neither read nor write the ledger")
     ap.add_argument("--teacher-only", action="store_true",
                     help="train (or find) the cached teacher and stop; says whether it matches the results JSON's "
                          "teacher (what prune.py/quant.py --preset cpu reuse)")
@@ -478,6 +513,7 @@ def main(argv=None) -> int:
 
     work = args.work / args.preset
     work.mkdir(parents=True, exist_ok=True)
+    ledger = bench_ledger("imitation_gain", args)
     t_start = time.perf_counter()
     hw = tuple(p["data"]["image_size"])
     seeds = p["seeds"]
@@ -493,7 +529,7 @@ def main(argv=None) -> int:
     print(f"plan: teacher {plan['teacher_steps']} steps ({plan['teacher_passes']:.1f} passes), each student "
           f"{plan['student_steps']} steps ({plan['student_passes']:.1f} passes), batch {p['batch']}; "
           f"{n['train']} train / {n['val']} val (selection) / {n['test']} test (report) images")
-    test_dir = work / "test_eval"
+    test_dir = ledger.test_dir or work / "test_eval"
 
     # 1. teacher, cached by its recipe + the data hash; best checkpoint on val, reported on test
     base = {"seed": 0, "device": p["device"]}
@@ -501,10 +537,10 @@ def main(argv=None) -> int:
                       "stages": [_stage("teacher", "shuffledet_1x", plan["teacher_steps"], p, p["teacher_evals"])]}
     key = _digest({"recipe": teacher_recipe, "data_hash": data_hash})
     teacher_recipe["name"] = f"teacher-{key}"
-    tman = _run(teacher_recipe, work)
+    tman = _run(teacher_recipe, work, ledger)
     trec = tman["stages"]["teacher"]
     teacher_minutes = trec.get("wall_time_s", 0.0) / 60
-    teacher_file = (work / "runs" / teacher_recipe["name"] / trec["artifacts"]["model"]["path"]).resolve()
+    teacher_file = model_file(work, tman, "teacher", ledger)
     if args.teacher_only:
         recorded = out_dir / "imitation_gain.json"
         want = json.loads(recorded.read_text())["teacher"]["sha256"] if recorded.is_file() else None
@@ -522,7 +558,7 @@ def main(argv=None) -> int:
                    meta={"untrained": True, "init_seed": RANDOM_TEACHER_SEED})
 
     runner = StudentRunner(work, p, plan, base, skey=_digest({"teacher": key, "steps": plan["student_steps"], "p": p}),
-                           test_dir=test_dir)
+                           test_dir=test_dir, ledger=ledger)
     student = runner.run
 
     s0 = seeds[0]
@@ -595,13 +631,14 @@ def main(argv=None) -> int:
         "data": {"train_images": n["train"], "val_images": n["val"], "test_images": n["test"],
                  "data_hash": data_hash, "image_size": list(hw), "student_augment": p["student_augment"],
                  "synth": p["data"].get("synth")},
-        "teacher": {"run": teacher_recipe["name"], "model": str(teacher_file), "sha256": sha256_file(teacher_file),
+        "teacher": {"run": teacher_recipe["name"], "model": rel_to_root(teacher_file), "sha256": sha256_file(teacher_file),
                     "val_map40": trec["metrics"]["map40"], "test": teacher_test},
         "feature_cache": {"enabled": p["feature_cache"], "stores": cache_stats},
         "test_ap40_seed0": {"1x": teacher_test["ap40"], **{a: runs[a][s0]["test"]["ap40"] for a in runs}},
         "student_models": models,
         "eval_history": {k: {str(s): v for s, v in by.items()} for k, by in curves.items()},
         "total_minutes": (time.perf_counter() - t_start) / 60,
+        "ledger": ({"path": rel_to_root(ledger.root), "runs": ledger.entries()} if ledger.root else None),
         "command": "python benchmarks/imitation_gain.py --preset " + args.preset,
     }
     result["targets"] = {"teacher_gap>=5": teacher_gap >= 5, "gain_mean>=3": gain["mean"] >= 3.0,

@@ -42,7 +42,7 @@ def test_smoke_run_follows_the_protocol(ig, tmp_path):
     import json
 
     args = ["--preset", "smoke", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r"),
-            "--overhead-steps", "2"]
+            "--overhead-steps", "2", "--ledger", str(tmp_path / "l")]
     assert ig.main(args) == 0
     r = json.loads((tmp_path / "r" / "imitation_gain.json").read_text())
     assert (r["selection_split"], r["report_split"], r["seeds"]) == ("val", "test", [0, 1, 2])
@@ -56,6 +56,18 @@ def test_smoke_run_follows_the_protocol(ig, tmp_path):
     assert ig.main(args) == 0
     again = json.loads((tmp_path / "r" / "imitation_gain.json").read_text())
     assert again["map40"] == r["map40"] and sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()) == runs
+    assert r["ledger"]["path"] == str(tmp_path / "l") and len(r["ledger"]["runs"]) == len(runs)
+
+    # a fresh machine: the local runs are gone, the (committed) ledger is not -> nothing trains again
+    import shutil
+
+    shutil.rmtree(tmp_path / "w")
+    assert ig.main(args) == 0
+    third = json.loads((tmp_path / "r" / "imitation_gain.json").read_text())
+    assert third["map40"] == r["map40"] and third["teacher"]["sha256"] == r["teacher"]["sha256"]
+    restored = tmp_path / "w" / "smoke" / "runs"
+    assert sorted(p.name for p in restored.iterdir()) == runs
+    assert not list(restored.glob("*/*/checkpoints")) and not list(restored.glob("*/recipe.yaml"))  # not re-run
 
 
 def test_feature_store_exact_and_bounded(ig, tmp_path):

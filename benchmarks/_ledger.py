@@ -1,0 +1,110 @@
+"""A committed record of finished benchmark runs, so a benchmark longer than one session resumes on
+a fresh machine.
+
+The run folders under ``benchmarks/.<bench>/`` are a local cache: a machine that is wiped between
+sessions loses them. The ledger (``benchmarks/ledger/<bench>/<preset>/``, in git) keeps, for each
+finished recipe run, its manifest and the final model file of each of its stages, plus the commit
+and the time they were made at. A later invocation that asks for the same run (same recipe name,
+which carries a digest of the recipe and its inputs) gets the recorded run back instead of
+training it again; test-split evaluations are cached in the ledger too.
+
+Only finished runs enter it; a run killed half-way is re-run from its local checkpoints when they
+exist, from the start otherwise. Because training is byte-reproducible (same recipe, seed and
+inputs give the same model bytes), every recorded model can be checked by re-running its recipe:
+``sha256`` in each entry is what it must reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LEDGERS = ROOT / "benchmarks" / "ledger"
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "compressdet"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+class Ledger:
+    """``get`` / ``put`` of finished recipe runs under ``root`` (``None``: a ledger that keeps nothing)."""
+
+    def __init__(self, root: Path | None):
+        self.root = Path(root) if root is not None else None
+
+    @classmethod
+    def for_bench(cls, bench: str, preset: str, enabled: bool = True) -> "Ledger":
+        return cls(LEDGERS / bench / preset if enabled else None)
+
+    @property
+    def test_dir(self) -> Path | None:
+        """Where test-split evaluations are cached (durable with the ledger)."""
+        return None if self.root is None else self.root / "test_eval"
+
+    def _entry(self, name: str) -> Path:
+        return self.root / name
+
+    def get(self, name: str, run_dir: Path) -> dict | None:
+        """The recorded manifest of run ``name``, its model files restored under ``run_dir`` (at the
+        manifest's relative paths) when missing there; ``None`` when the ledger has no such run."""
+        if self.root is None:
+            return None
+        entry = self._entry(name)
+        if not (entry / "manifest.json").is_file():
+            return None
+        from compressdet._io import sha256_file
+
+        man = json.loads((entry / "manifest.json").read_text())
+        info = json.loads((entry / "ledger.json").read_text())
+        for rel, sha in info["files"].items():
+            src, dst = entry / rel, Path(run_dir) / rel
+            if not dst.is_file() or sha256_file(dst) != sha:
+                if sha256_file(src) != sha:
+                    raise SystemExit(f"{src}: ledger file changed (sha256 differs from {entry / 'ledger.json'})")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+        return man
+
+    def put(self, name: str, run_dir: Path, manifest: dict) -> None:
+        """Record finished run ``name``: its manifest and the ``model`` artifact of every stage it
+        trained (not of its ``model_file`` inputs)."""
+        if self.root is None:
+            return
+        from compressdet._io import atomic_write_json, sha256_file
+
+        entry = self._entry(name)
+        files = {}
+        for rec in manifest["stages"].values():
+            art = (rec.get("artifacts") or {}).get("model")
+            if rec.get("status") != "done" or not art or rec.get("kind") == "model_file":
+                continue  # a model_file stage holds an input (the teacher), recorded where it was made
+            if Path(art["path"]).is_absolute() or ".." in Path(art["path"]).parts:
+                raise ValueError(f"{name}: model artifact {art['path']} is not inside the run folder")
+            src = Path(run_dir) / art["path"]
+            dst = entry / art["path"]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_suffix(dst.suffix + ".tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+            files[art["path"]] = sha256_file(dst)
+        atomic_write_json(entry / "ledger.json", {"files": files, "commit": _commit(),
+                                                  "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        atomic_write_json(entry / "manifest.json", manifest)  # last: its presence means the entry is whole
+
+    def entries(self) -> dict[str, dict]:
+        """``{run name: ledger.json}`` of every recorded run (provenance for a results JSON)."""
+        if self.root is None or not self.root.is_dir():
+            return {}
+        return {p.parent.name: json.loads(p.read_text()) for p in sorted(self.root.glob("*/ledger.json"))
+                if (p.parent / "manifest.json").is_file()}

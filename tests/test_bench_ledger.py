@@ -1,0 +1,63 @@
+"""The benchmark ledger: finished runs recorded in the repository come back on a machine that lost
+its run folders, byte for byte, and a changed ledger file is refused."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _ledger import Ledger  # noqa: E402
+
+
+def _finished_run(run_dir: Path) -> dict:
+    (run_dir / "student").mkdir(parents=True)
+    (run_dir / "teacher").mkdir()
+    (run_dir / "student" / "model.pt").write_bytes(b"student weights")
+    (run_dir / "teacher" / "model.pt").write_bytes(b"a copied input")
+    (run_dir / "student" / "checkpoints").mkdir()
+    return {"recipe": "s-run", "stages": {
+        "teacher": {"kind": "model_file", "status": "done", "artifacts": {"model": {"path": "teacher/model.pt"}}},
+        "student": {"kind": "train", "status": "done", "metrics": {"map40": 3.5},
+                    "artifacts": {"model": {"path": "student/model.pt"}}}}}
+
+
+def test_put_then_get_restores_trained_models_only(tmp_path):
+    ledger = Ledger(tmp_path / "ledger")
+    man = _finished_run(tmp_path / "runs" / "s-run")
+    ledger.put("s-run", tmp_path / "runs" / "s-run", man)
+    entry = tmp_path / "ledger" / "s-run"
+    assert (entry / "student" / "model.pt").read_bytes() == b"student weights"
+    assert not (entry / "teacher").exists()  # a model_file stage's input is not copied into every student
+    info = json.loads((entry / "ledger.json").read_text())
+    assert set(info["files"]) == {"student/model.pt"} and info["commit"]
+
+    fresh = tmp_path / "fresh" / "s-run"
+    got = ledger.get("s-run", fresh)
+    assert got == man and (fresh / "student" / "model.pt").read_bytes() == b"student weights"
+    assert ledger.get("other-run", tmp_path / "x") is None
+    assert set(ledger.entries()) == {"s-run"}
+
+
+def test_changed_ledger_file_is_refused(tmp_path):
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.put("s-run", tmp_path / "runs" / "s-run", _finished_run(tmp_path / "runs" / "s-run"))
+    (tmp_path / "ledger" / "s-run" / "student" / "model.pt").write_bytes(b"edited by hand")
+    with pytest.raises(SystemExit, match="ledger file changed"):
+        ledger.get("s-run", tmp_path / "fresh")
+
+
+def test_half_written_entry_is_not_an_entry(tmp_path):
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.put("s-run", tmp_path / "runs" / "s-run", _finished_run(tmp_path / "runs" / "s-run"))
+    (tmp_path / "ledger" / "s-run" / "manifest.json").unlink()  # killed before the manifest: not recorded
+    assert ledger.get("s-run", tmp_path / "fresh") is None and ledger.entries() == {}
+
+
+def test_disabled_ledger_keeps_nothing(tmp_path):
+    ledger = Ledger(None)
+    ledger.put("s-run", tmp_path / "runs" / "s-run", _finished_run(tmp_path / "runs" / "s-run"))
+    assert ledger.get("s-run", tmp_path / "fresh") is None and ledger.test_dir is None and ledger.entries() == {}
