@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LEDGERS = ROOT / "benchmarks" / "ledger"
+# what a later report reads of a finished stage: the float model, and an int8 stage's program and graph
+KEPT_ARTIFACTS = ("model", "quantized", "onnx_int8")
 
 
 def _commit() -> str:
@@ -52,6 +54,12 @@ class Ledger:
         """Where test-split evaluations are cached (durable with the ledger)."""
         return None if self.root is None else self.root / "test_eval"
 
+    def cache_dir(self, name: str, fallback: Path) -> Path:
+        """A folder for a benchmark's content-addressed intermediates (e.g. the pruned network of a
+        student, keyed by the student's sha256) that later runs depend on: in the ledger when there is
+        one, so a restored run and its recomputed input cannot disagree; else ``fallback``."""
+        return fallback if self.root is None else self.root / name
+
     def _entry(self, name: str) -> Path:
         return self.root / name
 
@@ -77,8 +85,8 @@ class Ledger:
         return man
 
     def put(self, name: str, run_dir: Path, manifest: dict) -> None:
-        """Record finished run ``name``: its manifest and the ``model`` artifact of every stage it
-        trained (not of its ``model_file`` inputs)."""
+        """Record finished run ``name``: its manifest and the ``KEPT_ARTIFACTS`` of every stage it ran
+        (not of its ``model_file`` inputs)."""
         if self.root is None:
             return
         from compressdet._io import atomic_write_json, sha256_file
@@ -86,18 +94,21 @@ class Ledger:
         entry = self._entry(name)
         files = {}
         for rec in manifest["stages"].values():
-            art = (rec.get("artifacts") or {}).get("model")
-            if rec.get("status") != "done" or not art or rec.get("kind") == "model_file":
+            if rec.get("status") != "done" or rec.get("kind") == "model_file":
                 continue  # a model_file stage holds an input (the teacher), recorded where it was made
-            if Path(art["path"]).is_absolute() or ".." in Path(art["path"]).parts:
-                raise ValueError(f"{name}: model artifact {art['path']} is not inside the run folder")
-            src = Path(run_dir) / art["path"]
-            dst = entry / art["path"]
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_suffix(dst.suffix + ".tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(dst)
-            files[art["path"]] = sha256_file(dst)
+            for key in KEPT_ARTIFACTS:
+                art = (rec.get("artifacts") or {}).get(key)
+                if not art:
+                    continue
+                if Path(art["path"]).is_absolute() or ".." in Path(art["path"]).parts:
+                    raise ValueError(f"{name}: {key} artifact {art['path']} is not inside the run folder")
+                src = Path(run_dir) / art["path"]
+                dst = entry / art["path"]
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.with_suffix(dst.suffix + ".tmp")
+                shutil.copyfile(src, tmp)
+                tmp.replace(dst)
+                files[art["path"]] = sha256_file(dst)
         atomic_write_json(entry / "ledger.json", {"files": files, "commit": _commit(),
                                                   "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         atomic_write_json(entry / "manifest.json", manifest)  # last: its presence means the entry is whole

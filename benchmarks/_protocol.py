@@ -76,7 +76,7 @@ def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str 
     with torch.no_grad():
         res = evaluate_head_fn(head, data_cfg, split=split,
                                eval_cfg=EvalConfig(max_images=max_images, batch_size=16), num_classes=num_classes)
-    images = len(res.get("per_image", {})) if "per_image" in res else None
+    images = res.get("images")  # how many images the number is over (the whole split unless max_images)
     out = {"map40": float(res["map40"]), "map11": float(res["map11"]),
            "ap40": {c: {lvl: float(v["ap40"]) for lvl, v in lv.items()} for c, lv in res["ap"].items()},
            "images": images, "split": split, "model_sha256": digest, "kind": kind}

@@ -156,10 +156,11 @@ def _run(recipe: dict, work: Path, ledger: Ledger | None = None) -> dict:
     return man
 
 
-def model_file(work: Path, man: dict, stage: str, ledger: Ledger | None = None) -> Path:
-    """The final model file of ``stage`` in run ``man``: the ledger's copy when the ledger holds the
-    run (committed, so results JSON paths stay valid on another machine), else the run folder's."""
-    rel = man["stages"][stage]["artifacts"]["model"]["path"]
+def model_file(work: Path, man: dict, stage: str, ledger: Ledger | None = None, key: str = "model") -> Path:
+    """The ``key`` artifact (the final model by default) of ``stage`` in run ``man``: the ledger's copy
+    when the ledger holds the run (committed, so results JSON paths stay valid on another machine),
+    else the run folder's."""
+    rel = man["stages"][stage]["artifacts"][key]["path"]
     if ledger is not None and ledger.root is not None and (ledger.root / man["recipe"] / rel).is_file():
         return (ledger.root / man["recipe"] / rel).resolve()
     return (work / "runs" / man["recipe"] / rel).resolve()

@@ -288,7 +288,7 @@ def protocol(args: argparse.Namespace) -> dict:
         protocol_keys,
         test_map,
     )
-    from imitation_gain import _run, teacher_feature_cache
+    from imitation_gain import _run, bench_ledger, model_file, rel_to_root, teacher_feature_cache
 
     from compressdet._io import sha256_file
     from compressdet.data import build_dataset, prepare_data
@@ -304,7 +304,9 @@ def protocol(args: argparse.Namespace) -> dict:
     work = Path(args.work or ROOT / "benchmarks" / ".prune") / args.preset
     work.mkdir(parents=True, exist_ok=True)
     out_dir = Path(args.out)
-    test_dir = work / "test_eval"
+    ledger = bench_ledger("prune", args)
+    test_dir = ledger.test_dir or work / "test_eval"
+    pruned_dir = ledger.cache_dir("pruned0", work / "pruned0")
     t_start = time.perf_counter()
     data_cfg = DataConfig(**s["data"])
     prepare_data(data_cfg)
@@ -323,8 +325,8 @@ def protocol(args: argparse.Namespace) -> dict:
         trecipe = {**base, "seed": 0, "stages": [{"name": "teacher", "kind": "train", "model": {"arch": "shuffledet_1x"},
                                                    "schedule": _sched(s, p["teacher"], 1, 0.02), "eval": ev}]}
         trecipe["name"] = f"teacher-{_digest(trecipe)}"
-        tman = _run(trecipe, work)
-        s["teacher"] = (work / "runs" / trecipe["name"] / tman["stages"]["teacher"]["artifacts"]["model"]["path"]).resolve()
+        tman = _run(trecipe, work, ledger)
+        s["teacher"] = model_file(work, tman, "teacher", ledger)
     teacher, teacher_sha = s["teacher"], sha256_file(s["teacher"])
     teacher_test = test_map(teacher, s["data"], test_dir)
     tstage = {"name": "teacher", "kind": "model_file", "path": str(teacher), "sha256": teacher_sha}
@@ -335,18 +337,15 @@ def protocol(args: argparse.Namespace) -> dict:
     sweeps: dict[str, dict] = {}
     chosen: dict[str, dict] = {}
 
-    def model_of(man: dict, stage: str) -> Path:
-        return (work / "runs" / man["recipe"] / man["stages"][stage]["artifacts"]["model"]["path"]).resolve()
-
     def finish(man: dict, stage: str, **extra) -> dict:
-        f = model_of(man, stage)
+        f = model_file(work, man, stage, ledger)
         m = man["stages"][stage]["metrics"]
-        return {"val": m, "model": str(f), "test": test_map(f, s["data"], test_dir), **extra}
+        return {"val": m, "model": rel_to_root(f), "test": test_map(f, s["data"], test_dir), **extra}
 
     def student(seed: int) -> dict:
         st = {"name": "student", "kind": "train", "model": {"arch": "shuffledet_0.5x"}, "teacher": "teacher",
               "imitation": {"weight": w}, "schedule": _sched(s, student_steps, p["student_evals"], 0.02), "eval": ev}
-        man = _run({**base, "seed": seed, "name": f"student-s{seed}-{key}", "stages": [tstage, st]}, work)
+        man = _run({**base, "seed": seed, "name": f"student-s{seed}-{key}", "stages": [tstage, st]}, work, ledger)
         return finish(man, "student")
 
     pruned0: dict[int, tuple[Path, dict]] = {}
@@ -355,17 +354,17 @@ def protocol(args: argparse.Namespace) -> dict:
         """One fine-tune arm: ``train`` from the seed's student (``student_ft``) or from its pruned
         network (``pruned``, ``pruned_noimit``), the same schedule for all."""
         if name == "student_ft":
-            start = Path(runs["student"][seed]["model"])
+            start = ROOT / runs["student"][seed]["model"]
         else:
             if seed not in pruned0:
-                pruned0[seed] = prune_once(Path(runs["student"][seed]["model"]), hw, work / "pruned0")
+                pruned0[seed] = prune_once(ROOT / runs["student"][seed]["model"], hw, pruned_dir)
             start = pruned0[seed][0]
         stages = [tstage, {"name": "start", "kind": "model_file", "path": str(start), "sha256": sha256_file(start)}]
         st = {"name": name, "kind": "train", "from": "start", "schedule": _sched(s, ft_steps, p["ft_evals"], lr),
               "eval": ev}
         st.update({"imitation": {"weight": 0.0}} if name == "pruned_noimit" else
                   {"teacher": "teacher", "imitation": {"weight": w}})
-        man = _run({**base, "seed": seed, "name": f"{name}-lr{lr}-s{seed}-{key}", "stages": stages + [st]}, work)
+        man = _run({**base, "seed": seed, "name": f"{name}-lr{lr}-s{seed}-{key}", "stages": stages + [st]}, work, ledger)
         return finish(man, name, lr=lr, macs_ratio=1.0 if name == "student_ft" else pruned0[seed][1]["macs_ratio"])
 
     t0 = time.perf_counter()
@@ -391,7 +390,7 @@ def protocol(args: argparse.Namespace) -> dict:
               "map_drop_vs_equal_budget_without_imitation": claim(test["student_ft"], test["pruned_noimit"], seeds)}
 
     # 5. speed: seed s0's trained student and pruned model, fast exact fp32 graphs, isolated processes
-    loaded = {k: load_model(runs[k][s0]["model"])[0].eval() for k in ("student", "pruned")}
+    loaded = {k: load_model(ROOT / runs[k][s0]["model"])[0].eval() for k in ("student", "pruned")}
     summ = {k: model_summary(m, tuple(hw)) for k, m in loaded.items()}
     speed, ms, rewrites = {}, {}, None
     for label, size in (("run", hw), ("384x1248", FULL_SIZE)):  # weights don't depend on the input size
@@ -431,7 +430,9 @@ def protocol(args: argparse.Namespace) -> dict:
                   "fine_tune_passes": ft_steps * s["batch"] / n["train"]},
         "data": {"train_images": n["train"], "val_images": n["val"], "test_images": n["test"], "image_size": hw,
                  "synth": s["data"].get("synth")},
-        "teacher": {"source": s["teacher_source"], "model": str(teacher), "sha256": teacher_sha, "test": teacher_test},
+        "teacher": {"source": s["teacher_source"], "model": rel_to_root(teacher), "sha256": teacher_sha,
+                    "test": teacher_test},
+        "ledger": {"path": rel_to_root(ledger.root), "runs": ledger.entries()} if ledger.root else None,
         "test_ap40_seed0": {a: runs[a][s0]["test"]["ap40"] for a in runs},
         "models": {a: {str(sd): r["model"] for sd, r in by.items()} for a, by in runs.items()},
         "eval_history": {k: {str(sd): v for sd, v in by.items()} for k, by in curves.items()},
@@ -469,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", "--out", dest="out", default=str(RESULTS), help="where prune.{json,md} and "
                     "prune_curves.png go")
     ap.add_argument("--seeds", type=int, help="(checks only) number of paired seeds (default 3)")
+    ap.add_argument("--ledger", type=Path, help="committed record of finished runs (default: "
+                    "benchmarks/ledger/prune/<preset> for cpu/gpu, none for smoke)")
+    ap.add_argument("--no-ledger", action="store_true", help="neither read nor write the ledger")
     ap.add_argument("--runs", type=int, default=None, help="latency runs per model (median; preset: 50)")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     args = ap.parse_args(argv)

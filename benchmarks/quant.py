@@ -300,7 +300,7 @@ def accuracy(args: argparse.Namespace) -> dict:
         protocol_keys,
         test_map,
     )
-    from imitation_gain import _run, teacher_feature_cache
+    from imitation_gain import _run, bench_ledger, model_file, rel_to_root, teacher_feature_cache
 
     from compressdet._io import sha256_file
     from compressdet.data import build_dataset, prepare_data
@@ -315,7 +315,8 @@ def accuracy(args: argparse.Namespace) -> dict:
     seeds, s0 = p["seeds"], p["seeds"][0]
     work = Path(args.work or ROOT / "benchmarks" / ".quant") / args.preset
     work.mkdir(parents=True, exist_ok=True)
-    test_dir = work / "test_eval"
+    ledger = bench_ledger("quant", args)
+    test_dir = ledger.test_dir or work / "test_eval"
     t_start = time.perf_counter()
     if p["teacher"] == "reuse":
         from _reuse import imitation_students
@@ -355,8 +356,8 @@ def accuracy(args: argparse.Namespace) -> dict:
         tr = {**base, "seed": 0, "stages": [{"name": "teacher", "kind": "train", "model": {"arch": "shuffledet_1x"},
                                              "schedule": sched(p["teacher"], 0.02), "eval": ev}]}
         tr["name"] = f"teacher-{_digest(tr)}"
-        man = _run(tr, work)
-        teacher = (work / "runs" / tr["name"] / man["stages"]["teacher"]["artifacts"]["model"]["path"]).resolve()
+        man = _run(tr, work, ledger)
+        teacher = model_file(work, man, "teacher", ledger)
     tstage = {"name": "teacher", "kind": "model_file", "path": str(teacher), "sha256": sha256_file(teacher)}
     key = _digest({"t": tstage["sha256"], "p": p, "s": s})
     for sd in seeds:
@@ -364,8 +365,8 @@ def accuracy(args: argparse.Namespace) -> dict:
             continue
         st = {"name": "student", "kind": "train", "model": {"arch": "shuffledet_0.25x"}, "teacher": "teacher",
               "imitation": {"weight": w_student}, "schedule": sched(student_steps, 0.02, 2), "eval": ev}
-        man = _run({**base, "seed": sd, "name": f"student-s{sd}-{key}", "stages": [tstage, st]}, work)
-        students[sd] = (work / "runs" / man["recipe"] / man["stages"]["student"]["artifacts"]["model"]["path"]).resolve()
+        man = _run({**base, "seed": sd, "name": f"student-s{sd}-{key}", "stages": [tstage, st]}, work, ledger)
+        students[sd] = model_file(work, man, "student", ledger)
         student_hist[sd] = history(man["stages"]["student"]["metrics"])
 
     def student_val(sd: int) -> float:  # the float student on val, with the evaluator of the int8 stages
@@ -388,17 +389,17 @@ def accuracy(args: argparse.Namespace) -> dict:
             if name == "qat_imitation":
                 st.update(teacher="teacher", imitation={"weight": setting["weight"]})
         tag = "-".join(f"{k}{v}" for k, v in setting.items())
-        man = _run({**base, "seed": sd, "name": f"{name}-{tag}-s{sd}-{key}", "stages": stages + [st]}, work)
-        rec = man["stages"][name]
-        folder = work / "runs" / man["recipe"]
-        out = {"val": rec["metrics"], "setting": setting}
+        man = _run({**base, "seed": sd, "name": f"{name}-{tag}-s{sd}-{key}", "stages": stages + [st]}, work, ledger)
+        out = {"val": man["stages"][name]["metrics"], "setting": setting}
         if name in INT8_ARMS:
-            out["model"] = str(folder / rec["artifacts"]["onnx_int8"]["path"])
-            out["test"] = test_map(folder / rec["artifacts"]["quantized"]["path"], s["data"], test_dir, kind="int8")
-            out["test_ort"] = test_map(folder / rec["artifacts"]["onnx_int8"]["path"], s["data"], test_dir, kind="ort")
+            onnx, program = (model_file(work, man, name, ledger, key) for key in ("onnx_int8", "quantized"))
+            out["model"] = rel_to_root(onnx)
+            out["test"] = test_map(program, s["data"], test_dir, kind="int8")
+            out["test_ort"] = test_map(onnx, s["data"], test_dir, kind="ort")
         else:
-            out["model"] = str(folder / rec["artifacts"]["model"]["path"])
-            out["test"] = test_map(folder / rec["artifacts"]["model"]["path"], s["data"], test_dir)
+            f = model_file(work, man, name, ledger)
+            out["model"] = rel_to_root(f)
+            out["test"] = test_map(f, s["data"], test_dir)
         return out
 
     runs: dict[str, dict[int, dict]] = {a: {} for a in ACC_ARMS}
@@ -407,7 +408,7 @@ def accuracy(args: argparse.Namespace) -> dict:
     with teacher_feature_cache(work / "feature_cache", n["train"], enabled=p["feature_cache"]):
         for sd in seeds:
             runs["student"][sd] = {"val": {"map40": student_val(sd), "eval_history": student_hist.get(sd, [])},
-                                   "model": str(students[sd]), "test": test_map(students[sd], s["data"], test_dir)}
+                                   "model": rel_to_root(students[sd]), "test": test_map(students[sd], s["data"], test_dir)}
 
         def select(name: str, option: str, options: list, **fixed) -> dict:
             tried = {o: arm(name, s0, **fixed, **{option: o}) for o in options}
@@ -443,7 +444,7 @@ def accuracy(args: argparse.Namespace) -> dict:
     student, _ = load_model(students[s0])
     student.eval()
     graphs = {"run": {"fp32": work / "onnx" / f"student-s{s0}-{sha256_file(students[s0])[:12]}-{hw[0]}x{hw[1]}.onnx",
-                      "int8": Path(runs["qat_imitation"][s0]["model"])}}
+                      "int8": ROOT / runs["qat_imitation"][s0]["model"]}}
     full = work / "onnx" / f"student-s{s0}-{sha256_file(students[s0])[:12]}-384x1248"
     graphs["384x1248"] = {"fp32": full.with_suffix(".fp32.onnx"), "int8": full.with_suffix(".int8.onnx")}
     rewrites = True
@@ -492,7 +493,8 @@ def accuracy(args: argparse.Namespace) -> dict:
                   "qat_passes": qat_steps * s["batch"] / n["train"]},
         "data": {"train_images": n["train"], "val_images": n["val"], "test_images": n["test"], "image_size": hw,
                  "synth": s["data"].get("synth")},
-        "models_source": source, "teacher": {"model": str(teacher), "sha256": tstage["sha256"]},
+        "models_source": source, "teacher": {"model": rel_to_root(teacher), "sha256": tstage["sha256"]},
+        "ledger": {"path": rel_to_root(ledger.root), "runs": ledger.entries()} if ledger.root else None,
         "students": {str(sd): str(f) for sd, f in students.items()},
         "test_ap40_seed0": {a: runs[a][s0]["test"]["ap40"] for a in ACC_ARMS},
         "eval_history": {k: {str(sd): v for sd, v in by.items()} for k, by in curves.items()},
@@ -626,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--imitation-results", type=Path, default=RESULTS / "imitation_gain.json",
                    help="(cpu/gpu) the imitation benchmark's results JSON whose teacher and students are reused")
     a.add_argument("--seeds", type=int, help="(checks only) number of paired seeds (default 3)")
+    a.add_argument("--ledger", type=Path, help="committed record of finished runs (default: "
+                   "benchmarks/ledger/quant/<preset> for cpu/gpu, none for smoke)")
+    a.add_argument("--no-ledger", action="store_true", help="neither read nor write the ledger")
     a.add_argument("--runs", type=int, default=None, help="latency runs per graph (preset: 50)")
     h = sub.add_parser("head", help="PTQ with a float head vs int8 heads (per-kind / shared scale)")
     h.add_argument("--run", default=str(ROOT / "benchmarks" / ".prune_cpu" / "run"),

@@ -520,7 +520,8 @@ class ModelFileStage(StageConfig):
     """An existing model file (e.g. a teacher trained in another run) as this recipe's stage."""
 
     kind: Literal["model_file"] = "model_file"
-    path: str = Field(description="model file written by compressdet.models.save_model")
+    path: str = Field(description="model file written by compressdet.models.save_model, or asset:<name> for a "
+                                  "model shipped with compressdet (compressdet/assets/CARD.md)")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="expected sha256 of the file")
 
 

@@ -61,3 +61,26 @@ def test_disabled_ledger_keeps_nothing(tmp_path):
     ledger = Ledger(None)
     ledger.put("s-run", tmp_path / "runs" / "s-run", _finished_run(tmp_path / "runs" / "s-run"))
     assert ledger.get("s-run", tmp_path / "fresh") is None and ledger.test_dir is None and ledger.entries() == {}
+
+
+def test_int8_stage_keeps_its_program_and_graph(tmp_path):
+    """An int8 arm is reported from its .pt2 program and its QDQ graph: both come back."""
+    run = tmp_path / "runs" / "q-run"
+    (run / "qat").mkdir(parents=True)
+    for f, body in (("quantized.pt2", b"program"), ("model_int8.onnx", b"graph"), ("report.json", b"{}")):
+        (run / "qat" / f).write_bytes(body)
+    man = {"recipe": "q-run", "stages": {"qat": {"kind": "qat", "status": "done", "artifacts": {
+        "quantized": {"path": "qat/quantized.pt2"}, "onnx_int8": {"path": "qat/model_int8.onnx"},
+        "report": {"path": "qat/report.json"}}}}}
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.put("q-run", run, man)
+    fresh = tmp_path / "fresh"
+    assert ledger.get("q-run", fresh) == man
+    assert (fresh / "qat" / "quantized.pt2").read_bytes() == b"program"
+    assert (fresh / "qat" / "model_int8.onnx").read_bytes() == b"graph"
+    assert not (fresh / "qat" / "report.json").exists()  # re-derivable, not kept
+
+
+def test_cache_dir_lives_in_the_ledger_when_there_is_one(tmp_path):
+    assert Ledger(tmp_path / "l").cache_dir("pruned0", tmp_path / "w") == tmp_path / "l" / "pruned0"
+    assert Ledger(None).cache_dir("pruned0", tmp_path / "w") == tmp_path / "w"

@@ -80,3 +80,31 @@ def test_model_file_schema():
         parse_recipe("name: x\nstages:\n  - {name: t, kind: model_file}\n")
     with pytest.raises(RecipeError, match="sha256"):
         parse_recipe("name: x\nstages:\n  - {name: t, kind: model_file, path: a.pt, sha256: xyz}\n")
+
+
+def test_half_model_file_round_trips_within_fp16(tmp_path):
+    """``save_model(half=True)`` (how shipped assets are stored) is half the bytes and loads as float32."""
+    torch.manual_seed(0)
+    model = build_model("shuffledet_0.25x", image_size=(64, 192)).eval()
+    full = save_model(model, tmp_path / "full.pt")
+    half = save_model(model, tmp_path / "half.pt", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    back, meta = load_model(half)
+    assert meta["stored_dtype"] == "float16"
+    for (k, a), b in zip(back.state_dict().items(), model.state_dict().values()):
+        assert a.dtype == b.dtype, k
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        else:
+            assert torch.equal(a, b), k
+    x = torch.rand(1, 3, 64, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x), rtol=1e-2, atol=1e-2)
+
+
+def test_unknown_asset_is_a_one_line_error(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(cache=tmp_path / "cache", path="'asset:no_such_model'", sha=""))
+    assert main(["run", str(recipe), "--run-dir", str(tmp_path / "a")]) == 2
+    err = json.loads((tmp_path / "a" / "manifest.json").read_text())["stages"]["teacher"]["error"]
+    assert "unknown asset 'no_such_model'" in err and "shuffledet_1x_synthkitti" in err

@@ -118,11 +118,12 @@ class DetectionEvaluator:
             kd = {i: predictions_to_kitti(p, self.classes) for i, p in dets.items()}
             res = evaluate_kitti({i: self.gt[i] for i in kd}, kd, protocol=self.protocol, classes=self.classes)
             res["metric"], res["primary"] = "kitti", float(res["map40"])
+            res["images"] = len(dets)
             return res
         from .coco_eval import evaluate_coco
 
         np_dets = {i: {k: np.asarray(v) for k, v in p.items()} for i, p in dets.items()}
-        return evaluate_coco(self.gt, self.sizes, np_dets, self.classes)
+        return {**evaluate_coco(self.gt, self.sizes, np_dets, self.classes), "images": len(dets)}
 
     def __call__(self, head_fn: Callable[[torch.Tensor], torch.Tensor], **kw: Any) -> dict[str, Any]:
         return self.score(self.predict(head_fn, **kw))

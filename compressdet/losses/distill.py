@@ -46,15 +46,21 @@ class Taps:
 
 
 class _Method(nn.Module):
-    """A method's loss module with the call convention ``forward(taps) -> {name: unweighted loss}``."""
+    """A method's loss module with the call convention ``forward(taps) -> {name: unweighted loss}``;
+    ``names`` are the sub-losses it returns (what a warm-up step logs as zeros)."""
 
-    def __init__(self, loss: nn.Module, call: Callable[[nn.Module, Taps], dict[str, Tensor]]) -> None:
+    def __init__(self, loss: nn.Module, call: Callable[[nn.Module, Taps], dict[str, Tensor]],
+                 names: tuple[str, ...]) -> None:
         super().__init__()
         self.loss = loss
         self._call = call
+        self.names = names
 
     def forward(self, taps: Taps) -> dict[str, Tensor]:
-        return self._call(self.loss, taps)
+        out = self._call(self.loss, taps)
+        if set(out) != set(self.names):
+            raise RuntimeError(f"distiller returned sub-losses {sorted(out)}, declared {sorted(self.names)}")
+        return out
 
 
 _REGISTRY: dict[str, Callable[..., _Method]] = {}
@@ -92,6 +98,9 @@ def paired_taps(student: nn.Module, teacher: nn.Module) -> list[tuple[int, int]]
     return [(s.channels, t.channels) for s, t in zip(s_taps, t_taps)]
 
 
+CROSSKD_NAMES = ("crosskd_cls", "crosskd_box")
+
+
 def _mean(values: list[Tensor]) -> Tensor:
     return sum(values) / len(values)
 
@@ -103,10 +112,11 @@ def _fgfi(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num
     if levels is not None:  # one adaptation layer and masked loss per level; the levels' losses averaged
         per = nn.ModuleList(ImitationLoss(cs, ct, normalizer=cfg.normalizer, student_width=width) for cs, ct in levels)
         return _Method(per, lambda m, t: {"imitation": _mean([lv(s, f, k) for lv, s, f, k in
-                                                              zip(m, t.s_feat, t.t_feat, t.mask, strict=True)])})
+                                                              zip(m, t.s_feat, t.t_feat, t.mask, strict=True)])},
+                       ("imitation",))
     loss = ImitationLoss(student.feature_channels, teacher.feature_channels, normalizer=cfg.normalizer,
                          student_width=width)
-    return _Method(loss, lambda m, t: {"imitation": m(t.s_feat, t.t_feat, t.mask)})
+    return _Method(loss, lambda m, t: {"imitation": m(t.s_feat, t.t_feat, t.mask)}, ("imitation",))
 
 
 @register_distiller("pkd")
@@ -114,9 +124,10 @@ def _pkd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_
     levels = paired_taps(student, teacher)
     if levels is not None:  # PKD averages its FPN levels
         per = nn.ModuleList(PKDLoss(cs, ct) for cs, ct in levels)
-        return _Method(per, lambda m, t: {"pkd": _mean([lv(s, f) for lv, s, f in zip(m, t.s_feat, t.t_feat, strict=True)])})
+        return _Method(per, lambda m, t: {"pkd": _mean([lv(s, f) for lv, s, f in zip(m, t.s_feat, t.t_feat, strict=True)])},
+                       ("pkd",))
     return _Method(PKDLoss(student.feature_channels, teacher.feature_channels),
-                   lambda m, t: {"pkd": m(t.s_feat, t.t_feat)})
+                   lambda m, t: {"pkd": m(t.s_feat, t.t_feat)}, ("pkd",))
 
 
 @register_distiller("crosskd")
@@ -127,7 +138,7 @@ def _crosskd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, 
         if fam_s != fam_t or fam_t not in ("fcos", "retinanet"):
             raise ValueError(f"distill: crosskd needs a teacher of the student's family ({fam_s} vs {fam_t})")
         return _Method(FPNCrossKDLoss(levels, teacher, tau=cfg.tau, box_weight=cfg.box_weight),
-                       lambda m, t: m(t.s_feat, t.t_head))
+                       lambda m, t: m(t.s_feat, t.t_head), CROSSKD_NAMES)
     head = getattr(getattr(teacher, "head", None), "conv", None)
     if not isinstance(head, nn.Conv2d) or anchors is None:
         raise ValueError("distill: crosskd needs a ConvDet head (ShuffleDet) or an FPN family teacher "
@@ -135,7 +146,7 @@ def _crosskd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, 
     loss = CrossKDLoss(student.feature_channels, teacher.feature_channels, head, anchors,
                        num_classes=int(getattr(teacher, "num_classes", 3)), num_anchors=num_anchors,
                        tau=cfg.tau, box_weight=cfg.box_weight)
-    return _Method(loss, lambda m, t: m(t.s_feat, t.t_head))
+    return _Method(loss, lambda m, t: m(t.s_feat, t.t_head), CROSSKD_NAMES)
 
 
 class Distiller(nn.Module):
@@ -165,15 +176,10 @@ class Distiller(nn.Module):
             cfg = self.cfgs[name]
             if taps is None or step < cfg.warmup_steps:
                 zero = sum(p.sum() for p in method.parameters()) * 0.0
-                out.update({k: zero for k in self.loss_names(name)})
+                out.update({k: zero for k in method.names})
                 continue
             out.update({k: v * cfg.weight for k, v in method(taps).items()})
         return out
-
-    @staticmethod
-    def loss_names(method: str) -> tuple[str, ...]:
-        return {"fgfi": ("imitation",), "pkd": ("pkd",), "crosskd": ("crosskd_cls", "crosskd_box")}.get(
-            method, (method,))
 
     def fgfi_state_compat(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """A checkpoint written before the registry held the FGFI loss's own keys (``adapt.0.weight``)."""

@@ -90,17 +90,23 @@ def replay_layer_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor],
     return changed
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None, *,
+               half: bool = False) -> Path:
     """Write ``model`` (arch + layer shapes + state dict + ``meta``) atomically to ``path``.
 
     Args:
         model: a model with an ``arch`` dict (every registered model has one); may be pruned.
         meta: JSON-able extra data (metrics, recipe, pruning history, ...).
+        half: store floating-point tensors as float16 (half the bytes, for shipping a model;
+            :func:`load_model` casts them back to float32).
     """
     arch = getattr(model, "arch", None)
     if not isinstance(arch, dict):
         raise ModelError(f"{type(model).__name__} has no 'arch' dict; only compressdet models can be saved")
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+        meta = {**(meta or {}), "stored_dtype": "float16"}
     obj = {"format": FORMAT, "arch": dict(arch), "layers": layer_shapes(model), "state_dict": sd,
            "meta": dict(meta or {})}
     return atomic_torch_save(obj, path)
@@ -151,7 +157,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             raise ModelError(f"'{path}': {e}") from None
         except TypeError as e:
             raise ModelError(f"'{path}': cannot rebuild arch {arch}: {e}") from None
-    sd = obj["state_dict"]
+    sd = {k: v.float() if v.dtype == torch.float16 else v for k, v in obj["state_dict"].items()}  # half=True files
     replay_layer_shapes(model, sd, obj.get("layers"))
     try:
         model.load_state_dict(sd, strict=True)

@@ -44,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "txt files (OUT/labels/) or one COCO JSON (OUT/detections.coco.json).")
     p.add_argument("source", metavar="SOURCE", help="image, folder, glob (quote it) or video (mp4/avi/mov/mkv/webm)")
     p.add_argument("--model", default=None, metavar="RUN|MODEL|ONNX|IR",
-                   help="run directory (its last model stage; --stage picks another), a .pt model file, an .onnx "
-                        "graph or an OpenVINO .xml (default: the latest run under --runs-root)")
+                   help="run directory (its last model stage; --stage picks another), a .pt model file (asset:<name> "
+                        "for a shipped one), an .onnx graph or an OpenVINO .xml (default: the latest run under --runs-root)")
     p.add_argument("--backend", default=None, metavar="NAME",
                    help=f"one of {', '.join(PREDICT_BACKENDS)} (default: torch for a run or .pt, ort/ort-int8 for "
                         ".onnx, openvino/openvino-int8 for .xml)")

@@ -135,11 +135,13 @@ def _onnx_settings(path: Path) -> tuple[tuple[int, int] | None, list[str], dict[
 
 def resolve_model(model: str | Path | None, backend: str | None = None, *, stage: str | None = None,
                   runs_root: str | Path = "runs", log: Callable[[str], None] = print) -> ResolvedModel:
-    """A run directory (default: the latest under ``runs_root``), a model file, an ONNX graph or an IR.
+    """A run directory (default: the latest under ``runs_root``), a model file (``asset:<name>`` for a
+    shipped one), an ONNX graph or an IR.
 
     Raises:
         UserError: nothing found, unknown backend, or a model file the backend cannot run.
     """
+    from ..assets import resolve_model_path
     from ..pipeline import find_latest_run
 
     if backend is not None:
@@ -149,7 +151,7 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
         if model is None:
             raise UserError(f"no run found under {runs_root}/ (pass --model RUN_DIR|MODEL|ONNX|IR)")
         log(f"using the latest run: {model}")
-    path = Path(model)
+    path = resolve_model_path(model)
     if path.is_dir():
         return _from_run(path, backend, stage, log)
     if not path.is_file():

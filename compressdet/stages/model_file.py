@@ -10,6 +10,7 @@ Example recipe stage::
 
     - {name: teacher, kind: model_file, path: runs/teacher/20250101-000000/teacher/model.pt,
        sha256: 3f2a...}
+    - {name: teacher, kind: model_file, path: "asset:shuffledet_1x_synthkitti"}   # shipped, see assets/
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ __all__ = ["run"]
 
 
 def run(ctx: StageContext) -> StageResult:
+    from ..assets import ASSET_PREFIX, resolve_model_path
     from ..models import load_model
 
-    src = Path(ctx.cfg.path).expanduser()
-    if not src.is_absolute() and ctx.recipe.source and not src.is_file():
+    src = resolve_model_path(ctx.cfg.path).expanduser()
+    if not ctx.cfg.path.startswith(ASSET_PREFIX) and not src.is_absolute() and ctx.recipe.source \
+            and not src.is_file():
         src = Path(ctx.recipe.source).resolve().parent / src  # relative to the recipe file
     if not src.is_file():
         raise UserError(f"stage '{ctx.name}': path: model file '{ctx.cfg.path}' does not exist")
