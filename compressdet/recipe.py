@@ -498,7 +498,7 @@ class ExportStage(StageConfig):
 
 @register_stage_schema("bench")
 class BenchStage(StageConfig):
-    """Measure every model stage of the run: MACs, params, latency per backend, mAP on val."""
+    """Measure every model stage of the run: MACs, params, latency per backend, mAP on val (or test)."""
 
     kind: Literal["bench"] = "bench"
     ref_fields: ClassVar[tuple[str, ...]] = ("from_", "teacher", "stages")
@@ -510,7 +510,10 @@ class BenchStage(StageConfig):
     warmup: int = Field(5, ge=0)
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
     threads: int | None = Field(None, gt=0)
-    val: bool = True
+    val: bool = Field(True, description="measure each model's mAP (on ``split``)")
+    split: Literal["val", "test"] = Field(
+        "val", description="where the mAP column is measured: val, or the held-out test split for a final report "
+                           "(nothing in a recipe selects on the bench's numbers)")
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

@@ -90,6 +90,18 @@ def test_bench_latest_run_writes_reports(tmp_path, monkeypatch, capsys):
     assert "car E/M/H" in md and "FLOPs" in md and "pruned (int8)" in md
     assert "| pruned (int8) | ort-int8 * | int8 |" in md and "own process" in md.replace("own processes", "own process")
     assert (run / "bench" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert rep["split"] == "val" and "val split" in md
+    # --split test: the same models measured on the held-out split instead
+    rc = main(["bench", str(run), "--backends", "torch", "--runs", "1", "--warmup", "0", "--batch-sizes", "1",
+               "--threads", "1", "--rounds", "1", "--split", "test", "--stages", "student", "--out", str(tmp_path / "t")])
+    assert rc == 0
+    rep_t = json.loads((tmp_path / "t" / "report.json").read_text())
+    assert rep_t["split"] == "test" and "test split" in (tmp_path / "t" / "report.md").read_text()
+    from compressdet.data import build_dataset
+    from compressdet.recipe import load_recipe
+
+    n_test = len(build_dataset(load_recipe(run / "recipe.yaml").data, "test", train=False))
+    assert rep_t["rows"][0]["eval"]["images"] == n_test
 
 
 def test_bench_bad_backend_exit_2(tmp_path, capsys):

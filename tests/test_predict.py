@@ -52,6 +52,20 @@ def test_predict_then_eval_equals_bench_map(tmp_path, capsys):
     assert got == pytest.approx(bench_map, abs=1e-6), (got, bench_map)
 
 
+def test_predict_on_a_split_of_the_run_data(tmp_path, capsys):
+    """``split:test`` is the run's held-out images (what ``make demo`` draws), ``--max-images`` the first N."""
+    from compressdet.data import build_dataset
+    from compressdet.recipe import load_recipe
+
+    run = make_run(tmp_path / "runs", stages=("student",))
+    ids = build_dataset(load_recipe(run / "recipe.yaml").data, "test", train=False).ids
+    out = tmp_path / "pred"
+    assert main(["predict", "split:test", "--model", str(run), "--out", str(out), "--max-images", "1",
+                 "--save-txt", "kitti", "--threads", "1"]) == 0
+    assert [p.stem for p in out.glob("*.png")] == ids[:1]
+    assert [p.stem for p in (out / "labels").glob("*.txt")] == ids[:1]
+
+
 def test_predict_onnx_glob_coco_and_threshold(tmp_path, capsys):
     run = make_run(tmp_path / "runs", stages=("student",))
     assert main(["export", str(run), "--onnx"]) == 0
@@ -100,6 +114,9 @@ def test_predict_video(tmp_path):
     (["{tmp}/bad.png", "--model", "{run}/student/model.pt", "--backend", "ort"],
      "backend 'ort' cannot run it"),
     (["{tmp}/bad.png", "--backend", "openvino"], "has no file for backend 'openvino'"),
+    (["split:test", "--model", "{run}/student/model.pt"], "need --model to be a run directory"),
+    (["split:holdout"], "expected split:train, split:val or split:test"),
+    (["{tmp}/bad.png", "--max-images", "0"], "--max-images 0: expected a positive number"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, msg):
     run = make_run(tmp_path / "runs", stages=("student",))

@@ -54,7 +54,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     opts = BenchOptions(backends=backends, image_size=parse_size(args.image_size) if args.image_size else None,
                         runs=args.runs, warmup=args.warmup, rounds=args.rounds,
                         batch_sizes=parse_ints(args.batch_sizes, "--batch-sizes"),
-                        threads=args.threads, val=args.val,
+                        threads=args.threads, val=args.val, split=args.split,
                         stages=[s for s in args.stages.split(",") if s] if args.stages else None,
                         protocol=args.protocol, metric=args.metric)
     if args.runs <= 0:
@@ -75,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench", help="benchmark every model stage of a run (MACs, params, latency, mAP)",
         description="Measure every finished model stage of a run (default: the latest under runs/): backbone and "
                     "total MACs, params, file size, latency per backend (median and p90 after warm-up) and KITTI AP "
-                    "on the val split; writes report.md, report.json and pareto.png into RUN_DIR/bench. CPU latency: each "
+                    "on the val split (--split test: the held-out one); writes report.md, report.json and pareto.png "
+                    "into RUN_DIR/bench. CPU latency: each "
                     "model on each backend is timed in fresh processes of its own (report.json: timer "
                     "isolated_process), never interleaved with another model in one process.")
     p.add_argument("run_dir", nargs="?", type=Path, default=None, metavar="RUN_DIR",
@@ -89,7 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "alternating (default 3; --runs are split over them)")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ORT (default: torch's)")
-    p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True, help="evaluate mAP on val")
+    p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True, help="evaluate mAP (on --split)")
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="split the mAP is measured on (test: the held-out split, for a final report)")
     p.add_argument("--stages", default=None, help="comma-separated stages to measure (default: all model stages)")
     p.add_argument("--protocol", choices=("official", "seed"), default="official", help="KITTI AP protocol")
     p.add_argument("--metric", choices=("kitti", "coco"), default=None,

@@ -118,7 +118,8 @@ def markdown_report(report: dict[str, Any]) -> str:
                f"AP: KITTI {report.get('protocol')} protocol ({'AP11' if report.get('protocol') == 'seed' else 'AP40'})")
     lines = [f"# Benchmark: {report['run_dir']}", "",
              f"FLOPs = backbone multiply-adds at the input size; params include BN statistics and the head. "
-             f"{ap_text}, val split. Latency: median/p90 ms at batch 1 over {report['runs']} runs after {report['warmup']} "
+             f"{ap_text}, {report.get('split', 'val')} split. Latency: median/p90 ms at batch 1 over {report['runs']} "
+             f"runs after {report['warmup']} "
              f"warm-up, {report['threads']} threads, {report['device']}"
              + (", each model in its own process" if report.get("timer") == "isolated_process" else "")
              + "; * = fastest backend of the row.", "",

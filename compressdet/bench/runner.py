@@ -67,6 +67,8 @@ class BenchOptions:
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     threads: int | None = None
     val: bool = True
+    #: the split the mAP column is measured on ("val" or "test")
+    split: str = "val"
     stages: list[str] | None = None
     postprocess: dict[str, Any] = field(default_factory=dict)
     protocol: str = "official"
@@ -302,7 +304,7 @@ def _time_tensorrt(runner: Any, size: tuple[int, int], batch: int, opts: BenchOp
 # ------------------------------------------------------------------------------------------------
 def _evaluate(run: Callable[[np.ndarray], np.ndarray], batch: int, recipe: Any, image_size: tuple[int, int],
               num_classes: int, opts: BenchOptions, model: Any = None) -> dict[str, Any]:
-    """AP of ``run`` on the run's val split (outputs decoded by the same PostProcessor: ``model``'s own
+    """AP of ``run`` on the run's ``opts.split`` (outputs decoded by the same PostProcessor: ``model``'s own
     when it is a contract detector), by the data's metric (``opts.metric``): the evaluation loop the
     trainer and the quant stages use."""
     from ..eval.evaluator import DetectionEvaluator
@@ -310,13 +312,15 @@ def _evaluate(run: Callable[[np.ndarray], np.ndarray], batch: int, recipe: Any, 
     from ..models.postprocess import PostProcessor
 
     cfg = recipe.data.model_copy(update={"image_size": tuple(image_size)})
-    if opts.max_images:
-        cfg = cfg.model_copy(update={"max_val_images": opts.max_images})
+    max_images = opts.max_images
+    if opts.split == "val" and opts.max_images:
+        cfg, max_images = cfg.model_copy(update={"max_val_images": opts.max_images}), None
     if is_detector(model) and getattr(model, "family", "shuffledet") != "shuffledet":
         pp = model.postprocessor(opts.postprocess)
     else:
         pp = PostProcessor(image_size, num_classes=num_classes, **opts.postprocess)
-    ev = DetectionEvaluator(cfg, post=pp, split="val", metric=opts.metric, protocol=opts.protocol, batch_size=batch)
+    ev = DetectionEvaluator(cfg, post=pp, split=opts.split, metric=opts.metric, protocol=opts.protocol,
+                            batch_size=batch, max_images=max_images)
 
     def head_fn(x: torch.Tensor) -> Any:
         out = run(x.float().numpy())
@@ -479,6 +483,7 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
     _speedups(rows)
     report = {"run_dir": str(run_dir), "threads": threads, "backends": list(opts.backends),
               "batch_sizes": list(opts.batch_sizes), "runs": opts.runs, "warmup": opts.warmup,
+              "split": opts.split,
               "rounds": opts.rounds, "timer": "isolated_process", "timer_gpu": "cuda_events",
               "protocol": opts.protocol, "device": "cpu", "torch": torch.__version__,
               "metric": metric, "map_key": map_key(metric, opts.protocol),

@@ -12,19 +12,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..errors import UserError
-    from .predictor import PredictOptions, check_backend, iter_sources, predict, resolve_model
+    from .predictor import SPLIT_PREFIX, PredictOptions, check_backend, iter_sources, predict, resolve_model, split_sources
 
     console = Console(stderr=True)
     if args.backend is not None:
         check_backend(args.backend)
     if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
         raise UserError(f"--score-threshold {args.score_threshold}: expected a value in [0, 1]")
-    iter_sources(args.source)  # a missing source fails before the model is loaded
+    if args.max_images is not None and args.max_images <= 0:
+        raise UserError(f"--max-images {args.max_images}: expected a positive number")
+    sources = iter_sources(args.source)  # a missing source fails before the model is loaded
     resolved = resolve_model(args.model, args.backend, stage=args.stage, runs_root=args.runs_root,
                              log=lambda s: console.print(s, highlight=False, markup=False))
+    if args.source.startswith(SPLIT_PREFIX):
+        sources = split_sources(resolved.run_dir, args.source[len(SPLIT_PREFIX):])
+    sources = sources[: args.max_images] if args.max_images else sources
     opts = PredictOptions(out=args.out, score_threshold=args.score_threshold, save_txt=args.save_txt,
                           save_images=not args.no_images, threads=args.threads)
-    res = predict(args.source, resolved, opts, console=console)
+    res = predict(sources, resolved, opts, console=console)
     what = f"{res['images']} images" + (f", {res['frames']} video frames" if res["frames"] else "")
     print(f"{what} on {resolved.backend} ({resolved.description}) at {res['images_per_s']} img/s -> {res['out']}"
           + (f" (results: {args.save_txt})" if args.save_txt else ""))
@@ -42,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "video file) with the same resize, normalisation, decode and NMS as evaluation (the run's "
                     "post-processing settings), and write PNGs (mp4 for a video) with boxes and scores, plus KITTI "
                     "txt files (OUT/labels/) or one COCO JSON (OUT/detections.coco.json).")
-    p.add_argument("source", metavar="SOURCE", help="image, folder, glob (quote it) or video (mp4/avi/mov/mkv/webm)")
+    p.add_argument("source", metavar="SOURCE", help="image, folder, glob (quote it), video (mp4/avi/mov/mkv/webm), "
+                   "or split:train|val|test for the images of that split of the --model run's data")
+    p.add_argument("--max-images", type=int, default=None, metavar="N", help="only the first N images of SOURCE")
     p.add_argument("--model", default=None, metavar="RUN|MODEL|ONNX|IR",
                    help="run directory (its last model stage; --stage picks another), a .pt model file (asset:<name> "
                         "for a shipped one), an .onnx graph or an OpenVINO .xml (default: the latest run under --runs-root)")

@@ -17,6 +17,7 @@ import torch
 from ..errors import DataError, MissingDependencyError, UserError
 
 __all__ = ["PREDICT_BACKENDS", "ResolvedModel", "PredictOptions", "Predictor", "resolve_model", "iter_sources",
+           "split_sources",
            "predict", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
 
 PREDICT_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-int8", "tensorrt")
@@ -40,6 +41,7 @@ class ResolvedModel:
         classes: training class names (index = label).
         postprocess: PostProcessor keyword arguments (the run's stage config, else the defaults).
         description: one line for the log.
+        run_dir: the run the model came from (``split:NAME`` sources read its data), else None.
     """
 
     path: Path
@@ -48,6 +50,7 @@ class ResolvedModel:
     classes: list[str]
     postprocess: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    run_dir: Path | None = None
 
 
 def check_backend(name: str) -> str:
@@ -108,7 +111,7 @@ def _from_run(run_dir: Path, backend: str | None, stage: str | None, log: Callab
     classes = list(recipe.data.classes) if recipe is not None else list(meta.get("classes") or DEFAULT_CLASSES)
     path = file_of(v)
     log(f"using {v.label} of {run_dir} on {backend}: {path}")
-    return ResolvedModel(Path(path), backend, size, classes, pp, f"{v.label} ({run_dir.name})")
+    return ResolvedModel(Path(path), backend, size, classes, pp, f"{v.label} ({run_dir.name})", run_dir=run_dir)
 
 
 def _onnx_settings(path: Path) -> tuple[tuple[int, int] | None, list[str], dict[str, Any], dict[str, str]]:
@@ -244,6 +247,27 @@ class Predictor:
         return self.pp(torch.from_numpy(head), orig_sizes=[tuple(int(s) for s in img.shape[-2:])])[0]
 
 
+SPLIT_PREFIX = "split:"
+
+
+def split_sources(run_dir: Path | None, split: str) -> list[tuple[str, Path]]:
+    """The images of ``split`` of the run's data (``SOURCE`` ``split:test``), in the split's order.
+
+    Raises:
+        UserError: the model did not come from a run directory, or the run has no such split.
+    """
+    from ..data import build_dataset
+    from ..recipe import load_recipe
+
+    if run_dir is None or not (Path(run_dir) / "recipe.yaml").is_file():
+        raise UserError(f"{SPLIT_PREFIX}{split}: the images of a data split need --model to be a run directory")
+    if split not in ("train", "val", "test"):
+        raise UserError(f"{SPLIT_PREFIX}{split}: expected split:train, split:val or split:test")
+    data = load_recipe(Path(run_dir) / "recipe.yaml").data.model_copy(update={"cache": False})
+    ds = build_dataset(data, split, train=False)
+    return [("image", ds.image_path(i)) for i in ds.ids]
+
+
 def iter_sources(source: str | Path) -> list[tuple[str, Path]]:
     """``[("image" | "video", path)]`` for an image, a video, a folder of images or a glob.
 
@@ -251,6 +275,8 @@ def iter_sources(source: str | Path) -> list[tuple[str, Path]]:
         DataError: nothing there, or a folder/glob without images.
     """
     text = str(source)
+    if text.startswith(SPLIT_PREFIX):
+        return []  # resolved against the run by split_sources once the model is known
     p = Path(text)
     if p.is_file():
         return [("video" if p.suffix.lower() in VIDEO_SUFFIXES else "image", p)]
@@ -349,9 +375,10 @@ class _Writer:
         return []
 
 
-def predict(source: str | Path, resolved: ResolvedModel, opts: PredictOptions, *,
+def predict(source: str | Path | list[tuple[str, Path]], resolved: ResolvedModel, opts: PredictOptions, *,
             console: Any = None) -> dict[str, Any]:
-    """Run ``resolved`` on every image/frame of ``source`` and write the results into ``opts.out``.
+    """Run ``resolved`` on every image/frame of ``source`` (or the :func:`iter_sources` list given)
+    and write the results into ``opts.out``.
 
     Returns:
         ``{"images", "frames", "seconds", "images_per_s", "out", "files"}``.
@@ -367,7 +394,7 @@ def predict(source: str | Path, resolved: ResolvedModel, opts: PredictOptions, *
 
     if opts.save_txt not in (None, "kitti", "coco"):
         raise UserError(f"--save-txt {opts.save_txt}: expected kitti or coco")
-    sources = iter_sources(source)
+    sources = source if isinstance(source, list) else iter_sources(source)
     predictor = Predictor(resolved, threads=opts.threads)
     thresh = float(resolved.postprocess.get("score_thresh", 0.0) if opts.score_threshold is None
                    else opts.score_threshold)

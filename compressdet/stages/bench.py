@@ -14,7 +14,8 @@ def run(ctx: StageContext) -> StageResult:
 
     cfg = ctx.cfg
     opts = BenchOptions(backends=list(cfg.backends), runs=cfg.runs, warmup=cfg.warmup, rounds=cfg.rounds,
-                        batch_sizes=list(cfg.batch_sizes), threads=cfg.threads, val=cfg.val, stages=cfg.stages,
+                        batch_sizes=list(cfg.batch_sizes), threads=cfg.threads, val=cfg.val, split=cfg.split,
+                        stages=cfg.stages,
                         postprocess=cfg.postprocess.model_dump(), protocol=cfg.eval.protocol, metric=cfg.eval.metric,
                         max_images=cfg.eval.max_images, skip_unavailable=True)
     # skip_unavailable: recipes list tensorrt for GPU machines; on CPU it is a recorded skip, not a failure
