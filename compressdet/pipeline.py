@@ -27,12 +27,12 @@ from . import __version__
 from ._io import atomic_write_json, atomic_write_text, sha256_file
 from .errors import ArtifactError, UserError
 from .recipe import Recipe, StageConfig
+from .rundir import MANIFEST, find_latest_run, load_manifest  # noqa: F401 - re-exported
 from .stages import StageContext, StageInput, StageResult, env_rank, get_stage
 
 __all__ = ["Pipeline", "StageHook", "plan", "find_latest_run", "load_manifest", "stage_fingerprint",
            "recipe_fingerprints"]
 
-MANIFEST = "manifest.json"
 
 
 def _now() -> str:
@@ -74,24 +74,6 @@ def recipe_fingerprints(recipe: Recipe) -> dict[str, str]:
     for stage in recipe.stages:
         out[stage.name] = stage_fingerprint(recipe, stage, {ref: out.get(ref, "") for _, ref in stage.references()})
     return out
-
-
-def load_manifest(run_dir: Path) -> dict[str, Any]:
-    p = Path(run_dir) / MANIFEST
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{run_dir}: not a run directory (no {MANIFEST})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}:{e.lineno}: manifest is not valid JSON ({e.msg})") from None
-
-
-def find_latest_run(runs_root: Path | str = "runs", recipe_name: str | None = None) -> Path | None:
-    """Most recent run directory (by manifest creation time), optionally of one recipe."""
-    root = Path(runs_root)
-    pattern = f"{recipe_name}/*/{MANIFEST}" if recipe_name else f"*/*/{MANIFEST}"
-    cands = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
-    return cands[-1].parent if cands else None
 
 
 class StageHook:

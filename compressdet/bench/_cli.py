@@ -35,7 +35,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..export.formats import backend_format
-    from ..pipeline import find_latest_run
+    from ..rundir import find_latest_run
     from .report import print_table
     from .runner import BenchOptions, bench_run
 

@@ -99,7 +99,7 @@ def collect_variants(run_dir: Path, stages: list[str] | None = None) -> list[Var
     """
     from ..export.quantized import float_source, is_quant_stage, quantization_label
     from ..export.runtime import onnx_metadata
-    from ..pipeline import load_manifest
+    from ..rundir import load_manifest
 
     man = load_manifest(run_dir)["stages"]
     done = {n: r for n, r in man.items() if r.get("status") == "done"}

@@ -85,7 +85,7 @@ class ExportSource:
 
 def model_stages(run_dir: Path) -> list[str]:
     """Done stages of a run that hold a ``model`` artifact, in recipe order."""
-    from ..pipeline import load_manifest
+    from ..rundir import load_manifest
 
     stages = load_manifest(run_dir)["stages"]
     return [n for n, r in stages.items() if r.get("status") == "done" and "model" in r.get("artifacts", {})]
@@ -93,7 +93,7 @@ def model_stages(run_dir: Path) -> list[str]:
 
 def exportable_stages(run_dir: Path) -> list[str]:
     """Done stages with a ``model`` or an ``onnx_int8`` of their own (qat/ptq), in recipe order."""
-    from ..pipeline import load_manifest
+    from ..rundir import load_manifest
     from .quantized import is_model_stage, is_quant_stage
 
     stages = load_manifest(run_dir)["stages"]
@@ -107,7 +107,7 @@ def quant_source(run_dir: Path, stage: str, *, stages: dict[str, Any] | None = N
     Raises:
         UserError: the float source is missing or unfinished.
     """
-    from ..pipeline import load_manifest
+    from ..rundir import load_manifest
     from .quantized import float_source
 
     stages = stages if stages is not None else load_manifest(run_dir)["stages"]
@@ -133,7 +133,7 @@ def resolve_source(path: str | Path | None, stage: str | None = None, *, runs_ro
         UserError: nothing found, unknown stage, or a ``--stage`` given with a model file.
     """
     from ..models import load_model
-    from ..pipeline import find_latest_run, load_manifest
+    from ..rundir import find_latest_run, load_manifest
 
     if path is None:
         path = find_latest_run(runs_root)

@@ -145,7 +145,7 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
         UserError: nothing found, unknown backend, or a model file the backend cannot run.
     """
     from ..assets import resolve_model_path
-    from ..pipeline import find_latest_run
+    from ..rundir import find_latest_run
 
     if backend is not None:
         check_backend(backend)

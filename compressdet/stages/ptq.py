@@ -15,8 +15,8 @@ __all__ = ["run"]
 
 def run(ctx: StageContext) -> StageResult:
     from ..data import build_dataset, build_loader
-    from ..quant._runner import finish_quant_stage, load_float_model
     from ..quant.ptq import quantize_ptq
+    from ._quant import finish_quant_stage, load_float_model
 
     cfg, recipe = ctx.cfg, ctx.recipe
     model, smeta = load_float_model(ctx, "from")

@@ -25,8 +25,8 @@ def run(ctx: StageContext) -> StageResult:
     from ..data import build_dataset
     from ..engine.launch import fit_stage
     from ..quant._pt2e import convert
-    from ..quant._runner import finish_quant_stage, load_float_model
     from ..quant.qat import prepare_qat, qat_training, resolve_freeze_steps
+    from ._quant import finish_quant_stage, load_float_model
 
     cfg, recipe = ctx.cfg, ctx.recipe
     sched = cfg.schedule

@@ -1,4 +1,7 @@
-"""What the ``qat`` and ``ptq`` stages share: inputs, artifacts and evaluation of an int8 program."""
+"""What the ``qat`` and ``ptq`` stages share: inputs, artifacts and evaluation of an int8 program.
+
+Stage glue (reads the stage context, returns a StageResult), so it lives with the stages, over
+:mod:`compressdet.quant`, which knows nothing of stages."""
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def load_float_model(ctx: Any, role: str = "from") -> tuple[torch.nn.Module, dic
 
 def save_quantized(converted: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
     """``torch.export.save`` of the deployable (head-only) int8 program; load with ``torch.export.load``."""
-    from .onnx_int8 import HeadOnly
+    from ..quant.onnx_int8 import HeadOnly
 
     ep = torch.export.export(HeadOnly(converted), (example,), strict=False)
     # through a buffer: a file name would become the archive's record prefix (not reproducible)
@@ -45,9 +48,9 @@ def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tens
                        meta: dict) -> Any:
     """Write ``quantized`` (.pt2) and ``onnx_int8`` artifacts, evaluate both, return the StageResult."""
     from ..eval.evaluator import metric_summary
-    from ..stages import StageResult
-    from ._eval import evaluate_head_fn, ort_head_fn, torch_head_fn
-    from .onnx_int8 import check_int8_graph, export_int8_onnx, ort_session
+    from ..quant._eval import evaluate_head_fn, ort_head_fn, torch_head_fn
+    from ..quant.onnx_int8 import check_int8_graph, export_int8_onnx, ort_session
+    from . import StageResult
 
     cfg, recipe = ctx.cfg, ctx.recipe
     example = example[:1].cpu()
