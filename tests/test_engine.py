@@ -46,18 +46,21 @@ class TinyBoxes(Dataset):
 
 
 def make_trainer(out_dir, *, steps=4, rank=0, world_size=1, dropout=0.5, imitation=True, batch=2, on_step=None,
-                 loss_wrap=None, checkpoint_every=2, evaluate=True, lr=0.01, dtype=torch.float32):
+                 loss_wrap=None, checkpoint_every=2, evaluate=True, lr=0.01, dtype=torch.float32,
+                 arch="shuffledet_0.25x", teacher_arch="shuffledet_1x"):
     from compressdet.data import build_loader
     from compressdet.losses import SqueezeDetLoss
     from compressdet.models import build_model
     from compressdet.models.anchors import generate_anchors
 
     torch.manual_seed(0)
-    student = build_model("shuffledet_0.25x", image_size=HW, dropout=dropout).to(dtype)
-    teacher = build_model("shuffledet_1x", image_size=HW).to(dtype).eval() if imitation else None
+    shuffledet = arch.startswith("shuffledet")
+    student = build_model(arch, image_size=HW, **({"dropout": dropout} if shuffledet else {})).to(dtype)
+    teacher = build_model(teacher_arch, image_size=HW).to(dtype).eval() if imitation else None
     loader = build_loader(TinyBoxes(dtype=dtype), batch_size=batch // world_size, train=True, seed=0, rank=rank,
                           world_size=world_size)
-    loss = SqueezeDetLoss(generate_anchors(HW), image_size=HW)
+    # the contract: a model owns its loss (FCOS / RetinaNet: torchvision's); ShuffleDet's as the seed wrote it
+    loss = SqueezeDetLoss(generate_anchors(HW), image_size=HW) if shuffledet else student.build_loss()
     if loss_wrap is not None:
         loss = loss_wrap(loss)
     sched = ScheduleConfig(steps=steps, batch_size=batch, lr=lr, eval_every=2, checkpoint_every=checkpoint_every,

@@ -173,11 +173,15 @@ class TorchvisionDetector(nn.Module):
         """torchvision's loss (``compute_loss``) as a module: ``loss(outputs, targets) -> {..., "total"}``."""
         return TorchvisionLoss(self)
 
-    def loss(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]], *,
+             with_count: bool = False) -> dict[str, Tensor] | tuple[dict[str, Tensor], Tensor]:
         """torchvision's losses on ``(raw outputs, compressdet targets)``, plus ``total`` (their sum).
 
         FCOS: ``classification`` (focal), ``bbox_regression`` (GIoU), ``bbox_ctrness`` (BCE), each over
-        the foreground count; RetinaNet: ``classification`` (focal), ``bbox_regression`` (L1).
+        the foreground count; RetinaNet: ``classification`` (focal), ``bbox_regression`` (L1), each per
+        image over its foreground count, averaged over the images. ``with_count`` also returns the
+        normaliser torchvision divided by, before its ``max(1, .)`` (FCOS: the batch's foreground
+        locations; RetinaNet: the number of images), which :class:`TorchvisionLoss` makes global under DDP.
         """
         head = self._unpack(outputs)
         dev = head["cls_logits"].device
@@ -190,12 +194,25 @@ class TorchvisionDetector(nn.Module):
             tv_targets.append({"boxes": boxes[ok], "labels": labels[ok]})
         anchor_list = [anchors] * len(tv_targets)
         if self.family == "fcos":
-            losses = self.det.compute_loss(tv_targets, head, anchor_list, self.priors_per_level())
+            # torchvision's FCOS.compute_loss matches locations to boxes and hands the matches to the
+            # head's compute_loss; a stand-in head records them (the foreground count it divides by)
+            seen: list[list[Tensor]] = []
+            real = self.det.head
+
+            def head_loss(tg, out, anc, matched_idxs):
+                seen.append(matched_idxs)
+                return real.compute_loss(tg, out, anc, matched_idxs)
+
+            shim = SimpleNamespace(center_sampling_radius=self.det.center_sampling_radius,
+                                   head=SimpleNamespace(compute_loss=head_loss))
+            losses = type(self.det).compute_loss(shim, tv_targets, head, anchor_list, self.priors_per_level())
+            count = sum((m >= 0).sum() for m in seen[0]).to(dev, torch.float64)
         else:
             losses = self.det.compute_loss(tv_targets, head, anchor_list)
+            count = torch.tensor(float(len(tv_targets)), dtype=torch.float64, device=dev)
         losses = dict(losses)
         losses["total"] = sum(losses.values())
-        return losses
+        return (losses, count) if with_count else losses
 
     # ------------------------------------------------------------------------------- decode
     def postprocessor(self, cfg: Any = None) -> TorchvisionPostProcessor:
@@ -266,14 +283,28 @@ class TorchvisionDetector(nn.Module):
 
 
 class TorchvisionLoss(nn.Module):
-    """``loss(outputs, targets)`` of a :class:`TorchvisionDetector` (held by reference, not a submodule)."""
+    """``loss(outputs, targets)`` of a :class:`TorchvisionDetector` (held by reference, not a submodule).
+
+    Under DDP the trainer sets ``reduce_counts`` (a sum over processes, as for ShuffleDet's loss):
+    torchvision's normaliser is then the global batch's (FCOS: foreground locations of all processes;
+    RetinaNet: all images), so ``W`` processes compute exactly one process's loss over the whole
+    batch (each returns its partial sum; the trainer scales gradients by ``W``). torchvision's own
+    reference training divides by each process's count instead, which weights a process with few
+    objects as much as one with many.
+    """
 
     def __init__(self, model: TorchvisionDetector) -> None:
         super().__init__()
         self.__dict__["model"] = model
+        self.reduce_counts: Any = None
 
     def forward(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
-        return self.model.loss(outputs, targets)
+        if self.reduce_counts is None:
+            return self.model.loss(outputs, targets)
+        losses, count = self.model.loss(outputs, targets, with_count=True)
+        total = self.reduce_counts(count.detach().clone())
+        scale = (count.clamp(min=1) / total.clamp(min=1)).to(losses["total"].dtype)
+        return {k: v * scale for k, v in losses.items()}
 
 
 class TorchvisionPostProcessor:
