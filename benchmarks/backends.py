@@ -43,7 +43,7 @@ def trained_file(width: str) -> tuple[Path | None, str]:
     from _ledger import Ledger
 
     ledger = Ledger.for_bench("imitation_gain", "cpu")
-    pattern = {"1": "teacher-*", "0.25": "I-lr0.02-w1.0-s0-*"}.get(width)
+    pattern = {"1": "teacher-*", "0.25": "I-lr*-w1.0-s0-*"}.get(width)
     if pattern is None:
         return None, "random"
     names = sorted(n for n in ledger.entries() if Path(n).match(pattern))

@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher-run", default="teacher-*", help="ledger entry (glob) of the teacher run")
-    ap.add_argument("--student-run", default="I-lr0.02-w1.0-s0-*",
-                    help="ledger entry (glob) of the distilled student run (default: seed 0, the seed's lr and weight)")
+    ap.add_argument("--student-run", default="I-lr*-w1.0-s0-*",
+                    help="ledger entry (glob) of the distilled student run (default: seed 0 at the lr chosen on val, weight 1.0)")
     ap.add_argument("--out", type=Path, default=ASSETS)
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
