@@ -3,8 +3,9 @@ a fresh machine.
 
 The run folders under ``benchmarks/.<bench>/`` are a local cache: a machine that is wiped between
 sessions loses them. The ledger (``benchmarks/ledger/<bench>/<preset>/``, in git) keeps, for each
-finished recipe run, its manifest and the final model file of each of its stages, plus the commit
-and the time they were made at. A later invocation that asks for the same run (same recipe name,
+finished recipe run, its manifest and the sha256 of the final model file of each of its stages, plus
+the commit and the time they were made at; the files themselves sit in a store outside git
+(``~/.cache/compressdet/ledger``, ``COMPRESSDET_LEDGER_STORE``). A later invocation that asks for the same run (same recipe name,
 which carries a digest of the recipe and its inputs) gets the recorded run back instead of
 training it again; test-split evaluations are cached in the ledger too.
 
@@ -17,6 +18,7 @@ inputs give the same model bytes), every recorded model can be checked by re-run
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -40,14 +42,23 @@ def _commit() -> str:
 
 
 class Ledger:
-    """``get`` / ``put`` of finished recipe runs under ``root`` (``None``: a ledger that keeps nothing)."""
+    """``get`` / ``put`` of finished recipe runs under ``root`` (``None``: a ledger that keeps nothing).
 
-    def __init__(self, root: Path | None):
+    ``root`` (in git) holds the record: manifests, sha256 of every kept file, test evaluations.
+    ``store`` holds the bytes of the kept files (default: ``root``; the benchmarks' ledgers keep
+    them in the user cache, weights do not belong in git). A run whose files are gone from the
+    store is trained again, and must reproduce the recorded sha256."""
+
+    def __init__(self, root: Path | None, store: Path | None = None):
         self.root = Path(root) if root is not None else None
+        self.store = Path(store) if store is not None else self.root
 
     @classmethod
     def for_bench(cls, bench: str, preset: str, enabled: bool = True) -> "Ledger":
-        return cls(LEDGERS / bench / preset if enabled else None)
+        if not enabled:
+            return cls(None)
+        store = Path(os.environ.get("COMPRESSDET_LEDGER_STORE", Path.home() / ".cache" / "compressdet" / "ledger"))
+        return cls(LEDGERS / bench / preset, store / bench / preset)
 
     @property
     def test_dir(self) -> Path | None:
@@ -58,7 +69,7 @@ class Ledger:
         """A folder for a benchmark's content-addressed intermediates (e.g. the pruned network of a
         student, keyed by the student's sha256) that later runs depend on: in the ledger when there is
         one, so a restored run and its recomputed input cannot disagree; else ``fallback``."""
-        return fallback if self.root is None else self.root / name
+        return fallback if self.store is None else self.store / name
 
     def _entry(self, name: str) -> Path:
         return self.root / name
@@ -75,8 +86,10 @@ class Ledger:
 
         man = json.loads((entry / "manifest.json").read_text())
         info = json.loads((entry / "ledger.json").read_text())
+        if any(not (self.store / name / rel).is_file() for rel in info["files"]):
+            return None  # recorded, but its bytes are not in this store: train again (same sha256 expected)
         for rel, sha in info["files"].items():
-            src, dst = entry / rel, Path(run_dir) / rel
+            src, dst = self.store / name / rel, Path(run_dir) / rel
             if not dst.is_file() or sha256_file(dst) != sha:
                 if sha256_file(src) != sha:
                     raise SystemExit(f"{src}: ledger file changed (sha256 differs from {entry / 'ledger.json'})")
@@ -103,7 +116,7 @@ class Ledger:
                 if Path(art["path"]).is_absolute() or ".." in Path(art["path"]).parts:
                     raise ValueError(f"{name}: {key} artifact {art['path']} is not inside the run folder")
                 src = Path(run_dir) / art["path"]
-                dst = entry / art["path"]
+                dst = self.store / name / art["path"]
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dst.with_suffix(dst.suffix + ".tmp")
                 shutil.copyfile(src, tmp)

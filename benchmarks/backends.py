@@ -51,7 +51,7 @@ def trained_file(width: str) -> tuple[Path | None, str]:
         return None, "random"
     man = json.loads((ledger.root / names[0] / "manifest.json").read_text())
     stage = "teacher" if width == "1" else "student"
-    return ledger.root / names[0] / man["stages"][stage]["artifacts"]["model"]["path"], f"trained ({names[0]})"
+    return ledger.store / names[0] / man["stages"][stage]["artifacts"]["model"]["path"], f"trained ({names[0]})"
 
 
 def model_for(width: str, hw: tuple[int, int]):

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                                   ("shuffledet_0.25x_imitated_synthkitti", args.student_run, "student")):
         name = _entry(ledger, pattern)
         man = json.loads((ledger.root / name / "manifest.json").read_text())
-        src = ledger.root / name / man["stages"][stage]["artifacts"]["model"]["path"]
+        src = ledger.store / name / man["stages"][stage]["artifacts"]["model"]["path"]
         model, meta = load_model(src)
         dst = args.out / NAMES[asset][0]
         save_model(model, dst, half=True,

@@ -161,8 +161,8 @@ def model_file(work: Path, man: dict, stage: str, ledger: Ledger | None = None, 
     when the ledger holds the run (committed, so results JSON paths stay valid on another machine),
     else the run folder's."""
     rel = man["stages"][stage]["artifacts"][key]["path"]
-    if ledger is not None and ledger.root is not None and (ledger.root / man["recipe"] / rel).is_file():
-        return (ledger.root / man["recipe"] / rel).resolve()
+    if ledger is not None and ledger.store is not None and (ledger.store / man["recipe"] / rel).is_file():
+        return (ledger.store / man["recipe"] / rel).resolve()
     return (work / "runs" / man["recipe"] / rel).resolve()
 
 

@@ -84,3 +84,15 @@ def test_int8_stage_keeps_its_program_and_graph(tmp_path):
 def test_cache_dir_lives_in_the_ledger_when_there_is_one(tmp_path):
     assert Ledger(tmp_path / "l").cache_dir("pruned0", tmp_path / "w") == tmp_path / "l" / "pruned0"
     assert Ledger(None).cache_dir("pruned0", tmp_path / "w") == tmp_path / "w"
+
+
+def test_store_keeps_the_bytes_outside_the_record(tmp_path):
+    """Weights live in the store (outside git); a record whose bytes are gone is re-run, not trusted."""
+    ledger = Ledger(tmp_path / "record", store=tmp_path / "store")
+    man = _finished_run(tmp_path / "runs" / "s-run")
+    ledger.put("s-run", tmp_path / "runs" / "s-run", man)
+    assert (tmp_path / "store" / "s-run" / "student" / "model.pt").read_bytes() == b"student weights"
+    assert not list((tmp_path / "record").rglob("*.pt")) and (tmp_path / "record" / "s-run" / "manifest.json").is_file()
+    assert ledger.get("s-run", tmp_path / "fresh") == man
+    (tmp_path / "store" / "s-run" / "student" / "model.pt").unlink()
+    assert Ledger(tmp_path / "record", store=tmp_path / "store").get("s-run", tmp_path / "fresh2") is None
