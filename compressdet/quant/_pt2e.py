@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import UserError
 from ._fold import FeatureWrapper, quant_ready
+from ._fpn import FPN_FAMILIES, FpnFeatureWrapper, is_fpn, prediction_convs, split_shared_calls
 
 __all__ = ["make_quantizer", "capture", "capture_options", "convert", "freeze_observers", "freeze_bn", "weight_masks"]
 
@@ -25,7 +26,7 @@ def _check_cfg(cfg: Any) -> None:
         raise UserError(f"quant.backend '{cfg.backend}' is not supported (only 'x86': torchao's X86InductorQuantizer)")
 
 
-def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
+def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram", family: str = "shuffledet"):
     """An ``X86InductorQuantizer`` for a ``QuantConfig``.
 
     Weights: int8 symmetric, narrow range [-127, 127] (TensorRT needs zero-point 0, and the narrow
@@ -38,6 +39,13 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
     ``cfg.head_int8 == "per_kind"`` keeps the concat of a :class:`~._fold.PerKindHead` float (one
     output scale per kind; capture with ``capture_options(cfg)``); ``cfg.float_stem``
     leaves the 3-input-channel stem conv in fp32 (see docs/quantization.md for why it is faster).
+
+    ``family`` ``fcos`` / ``retinanet`` (graphs from :func:`capture` of a torchvision FPN detector):
+    "the head's output" is its prediction convs' (``_fpn.prediction_convs``); the conv towers are
+    quantized like the backbone. With ``keep_head_float`` and ``head_weights: int8`` a prediction conv
+    gets int8 input and weights and a float output; ``head_weights: float`` keeps it fp32; without
+    ``keep_head_float`` each prediction conv (one output kind each) gets its own output scale per
+    level (``head_int8: shared`` has no meaning there). ``float_stem`` is ShuffleDet-only.
     """
     from torchao.quantization.pt2e import (
         HistogramObserver,
@@ -79,6 +87,8 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
                                   qscheme=torch.per_tensor_symmetric)
     qcfg = dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
     q = _ort_quantizer_class()().set_global(qcfg)
+    if family in FPN_FAMILIES:
+        return _fpn_head_config(q, cfg, family)
     if cfg.keep_head_float:
         q.set_module_name_qconfig("head", None)
         if getattr(cfg, "head_weights", "float") == "int8":
@@ -88,6 +98,24 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram"):
     if getattr(cfg, "float_stem", False):
         q.set_module_name_qconfig("backbone.stem", None)
         q.set_module_name_qconfig("backbone.pool", None)
+    return q
+
+
+def _fpn_head_config(q: Any, cfg: Any, family: str) -> Any:
+    """The head settings of :func:`make_quantizer` for an FPN family (see there)."""
+    if getattr(cfg, "float_stem", False):
+        raise UserError(f"quant.float_stem is ShuffleDet-only (a {family} backbone has no 3x3 stem + max-pool "
+                        "to keep float); remove it")
+    if not cfg.keep_head_float and getattr(cfg, "head_int8", "per_kind") == "shared":
+        raise UserError(f"quant.head_int8: shared is ShuffleDet-only: a {family} head has one prediction conv per "
+                        "output kind, each with its own output scale (use per_kind, the default)")
+    if cfg.keep_head_float:
+        names = prediction_convs(family)
+        for name in names:
+            q.set_module_name_qconfig(name, None)
+        if getattr(cfg, "head_weights", "float") == "int8":
+            q.float_output_modules = names  # int8 input and weights, float output
+            q.float_output_quantize_input = True  # the tower's output: quantized by its own observer
     return q
 
 
@@ -104,7 +132,10 @@ def _ort_quantizer_class():
     op that does not quantize it as its input (the head) gets an output observer, so ORT fuses
     every conv into QLinearConv and adds into QLinearAdd. Convs of ``float_output_modules`` (an
     instance attribute) get int8 weights and a float output; their input is their producer's
-    quantized output (the head: see ``_onnx_rewrites.float_out_conv_as_matmul``).
+    quantized output (the head: see ``_onnx_rewrites.float_out_conv_as_matmul``); with
+    ``float_output_quantize_input`` (FPN heads, whose towers end in a float ReLU after GroupNorm)
+    their input gets an activation observer too. Repeated calls of one module (an FPN head, once
+    per level) are split into one partition per call first (``_fpn.split_shared_calls``).
     """
     global _ORT_QUANTIZER
     if _ORT_QUANTIZER is not None:
@@ -133,6 +164,7 @@ def _ort_quantizer_class():
 
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             cfg = self.global_config
+            split_shared_calls(model)  # no-op without repeated module calls (ShuffleDet)
             skip = [_create_module_name_filter(n) for n, c in self.module_name_qconfig.items() if c is None]
             if cfg is not None:
                 act = cfg.input_activation
@@ -168,14 +200,18 @@ def _ort_quantizer_class():
                             output_qspec=act, _annotated=True, _is_output_of_quantized_pattern=True)
             super().annotate(model)
             if cfg is not None:
+                _unfuse_hardswish(model, cfg.input_activation)
                 for name in getattr(self, "float_output_modules", ()):
                     # weights only: the input is the feature's own quantized output (an observer
                     # here would see the training-mode dropout's 2x values and requantize coarser)
                     inside = _create_module_name_filter(name)
                     for node in model.graph.nodes:
                         if node.op == "call_function" and node.target == aten.conv2d.default and inside([node]):
+                            qmap = {node.args[1]: cfg.weight}
+                            if getattr(self, "float_output_quantize_input", False):
+                                qmap = {node.args[0]: cfg.input_activation, **qmap}
                             node.meta[QUANT_ANNOTATION_KEY] = _X86InductorQuantizationAnnotation(
-                                input_qspec_map={node.args[1]: cfg.weight}, _annotated=True)
+                                input_qspec_map=qmap, _annotated=True)
                 for node in model.graph.nodes:
                     ann = node.meta.get(QUANT_ANNOTATION_KEY)
                     if (ann is None or not getattr(ann, "_is_output_of_quantized_pattern", False)
@@ -185,6 +221,27 @@ def _ort_quantizer_class():
                            for u in node.users):
                         ann.output_qspec = cfg.input_activation
             return model
+
+    def _unfuse_hardswish(model: torch.fx.GraphModule, act: Any) -> None:
+        """conv(+BN)+Hardswish (MobileNetV3): quantize the conv's own output, then the Hardswish.
+
+        The x86 recipe fuses the Hardswish into the conv pattern (int8 out after the Hardswish);
+        ONNX Runtime has no int8 conv + HardSwish kernel, so it left each such conv an fp32 conv
+        (18 of 80 in fcos_mnv3_small). Quantized at the conv's output, the conv becomes a
+        QLinearConv and the Hardswish a float op between a DQ and a Q. No effect on graphs
+        without Hardswish (ShuffleDet)."""
+        for node in model.graph.nodes:
+            if node.op != "call_function" or node.target not in (aten.hardswish.default, aten.hardswish_.default):
+                continue
+            ann, src = node.meta.get(QUANT_ANNOTATION_KEY), node.args[0]
+            if (ann is None or not getattr(ann, "_is_output_of_quantized_pattern", False) or ann.input_qspec_map
+                    or not isinstance(src, torch.fx.Node)):
+                continue  # not the tail of a fused conv pattern
+            src_ann = src.meta.get(QUANT_ANNOTATION_KEY)
+            if src_ann is None:
+                src_ann = src.meta[QUANT_ANNOTATION_KEY] = _X86InductorQuantizationAnnotation(_annotated=True)
+            src_ann.output_qspec, src_ann._is_output_of_quantized_pattern = act, True
+            ann.input_qspec_map = {src: act}
 
     _ORT_QUANTIZER = OrtX86Quantizer
     return OrtX86Quantizer
@@ -204,7 +261,13 @@ def capture(model: nn.Module, example: torch.Tensor, *, fold_shuffle: bool = Tru
     feature from the same (fake-quantised) graph (``pool_as_conv``: see ``_fold.AvgPoolAsConv``).
     QAT needs ``train=True`` (PT2E's QAT conv+BN
     patterns match training-mode batch norm); PTQ captures in eval mode so BN folds at prepare.
+
+    A torchvision FPN detector (FCOS, RetinaNet) is captured as it is (:class:`_fpn.FpnFeatureWrapper`,
+    returning ``((raw outputs...), [levels])``): the ShuffleNet rewrites (``fold_shuffle``, ``pad_stem``,
+    ``pool_as_conv``, ``pad_bottleneck``, ``per_kind_head``) do not apply to it and are ignored.
     """
+    if is_fpn(model):
+        return _export_dynamic(FpnFeatureWrapper(model).train(train), example, {})
     if not hasattr(model, "backbone") or not hasattr(model, "head"):
         raise UserError(f"quantization needs a ShuffleDet-like model with .backbone and .head, got "
                         f"{type(model).__name__}")
@@ -214,7 +277,11 @@ def capture(model: nn.Module, example: torch.Tensor, *, fold_shuffle: bool = Tru
         with torch.no_grad():
             wrapped.eval()(example[:1])
     wrapped.train(train)
-    masks = weight_masks(wrapped)
+    return _export_dynamic(wrapped, example, weight_masks(wrapped))
+
+
+def _export_dynamic(wrapped: nn.Module, example: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.fx.GraphModule:
+    """``torch.export`` of ``wrapped`` with a dynamic batch, as a GraphModule carrying ``masks``."""
     # batch stays dynamic: training batches, evaluation batches and the batch-1 export differ
     dyn = {"x": {0: torch.export.Dim.DYNAMIC}}
     if example.shape[0] == 1:  # a size-1 dim would be specialised

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,16 @@ class HeadOnly(nn.Module):
         super().__init__()
         self.gm = gm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.gm(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.gm(x)  # FPN families: ((raw outputs...), [levels]) -> the raw outputs' tuple
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os.PathLike, *,
-                     opset: int = 18, check: bool = True, ort_rewrites: bool | Iterable[str] = True) -> Path:
-    """Write the QDQ ONNX graph of a converted (int8) program; input ``images``, output ``head``.
+                     opset: int = 18, check: bool = True, ort_rewrites: bool | Iterable[str] = True,
+                     output_names: Sequence[str] = ("head",)) -> Path:
+    """Write the QDQ ONNX graph of a converted (int8) program; input ``images``, output ``head``
+    (``output_names``: one name per raw output, e.g. an FPN family's ``export_outputs``).
 
     Args:
         converted: output of :func:`compressdet.quant.convert` (returns ``(head, feature)`` or ``head``).
@@ -66,7 +68,7 @@ def export_int8_onnx(converted: nn.Module, example: torch.Tensor, path: str | os
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(ep, (example,), dynamo=True, opset_version=opset, input_names=["images"],
-                                 output_names=["head"], verbose=False)
+                                 output_names=list(output_names), verbose=False)
     model = prog.model_proto
     for node in model.graph.node:  # the exporter's debug info (stack traces, local paths): ~20% of the file
         del node.metadata_props[:]

@@ -37,10 +37,11 @@ def calibrate(prepared: torch.fx.GraphModule, images: Iterable[torch.Tensor], ma
 
 def quantize_ptq(model: nn.Module, images: Iterable[torch.Tensor], cfg: Any, *, observer: str = "histogram",
                  example: torch.Tensor | None = None) -> torch.fx.GraphModule:
-    """Calibrated int8 program of ``model`` (returns ``(head_out, feature)``).
+    """Calibrated int8 program of ``model`` (returns ``(head_out, feature)``; FPN families:
+    ``((raw outputs...), [levels])``).
 
     Args:
-        model: float ShuffleDet (not modified).
+        model: float ShuffleDet, FCOS or RetinaNet (not modified).
         images: iterable of model-ready batches ``[N, 3, H, W]``.
         cfg: ``QuantConfig`` (``calibration_images`` images are used).
         observer: ``"minmax"`` or ``"histogram"`` (activation range estimate).
@@ -56,7 +57,8 @@ def quantize_ptq(model: nn.Module, images: Iterable[torch.Tensor], cfg: Any, *, 
     if example is None:
         example = first[:1]
     gm = capture(model, example, train=False, **capture_options(cfg))
-    prepared = prepare_pt2e(gm, make_quantizer(cfg, is_qat=False, observer=observer))
+    prepared = prepare_pt2e(gm, make_quantizer(cfg, is_qat=False, observer=observer,
+                                               family=getattr(model, "family", "shuffledet")))
     move_exported_model_to_eval(prepared)
 
     def chain():

@@ -26,17 +26,19 @@ from torch import nn
 
 from ..engine.hooks import HookBase
 from ..errors import UserError
+from ._fpn import is_fpn
 from ._pt2e import apply_masks, capture, capture_options, convert, freeze_bn, freeze_observers, make_quantizer
 
 __all__ = ["prepare_qat", "QatResult", "train_qat", "resolve_freeze_steps", "quantize_qat", "FakeQuantStudent",
-           "QatFreezeHook", "qat_param_groups", "qat_schedule", "qat_training"]
+           "FpnFakeQuantStudent", "QatFreezeHook", "qat_param_groups", "qat_schedule", "qat_training"]
 
 
 def prepare_qat(model: nn.Module, example: torch.Tensor, cfg: Any) -> torch.fx.GraphModule:
     """Fake-quantized trainable copy of ``model`` (returns ``(head_out, feature)``).
 
     Args:
-        model: a float ShuffleDet (student or pruned student); not modified.
+        model: a float ShuffleDet, FCOS or RetinaNet (student or pruned student); not modified. An FPN
+            family's graph returns ``((raw outputs...), [levels])``.
         example: ``[N, 3, H, W]`` input with the training shape (N > 1 not required).
         cfg: ``QuantConfig``.
     """
@@ -44,10 +46,12 @@ def prepare_qat(model: nn.Module, example: torch.Tensor, cfg: Any) -> torch.fx.G
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     gm = capture(model, example, **capture_options(cfg))
-    prepared = prepare_qat_pt2e(gm, make_quantizer(cfg, is_qat=True))
+    prepared = prepare_qat_pt2e(gm, make_quantizer(cfg, is_qat=True, family=getattr(model, "family", "shuffledet")))
     move_exported_model_to_train(prepared)
     prepared._compressdet_masks = getattr(gm, "_compressdet_masks", {})
     prepared._compressdet_student = {"feature_channels": model.feature_channels, "arch": getattr(model, "arch", None)}
+    if is_fpn(model):  # its geometry (levels, priors, masks, loss) is the float model's; weights are not used
+        prepared._compressdet_student["detector"] = model
     apply_masks(prepared)
     return prepared
 
@@ -77,6 +81,8 @@ class FakeQuantStudent(nn.Module):
     ``forward`` gives the head output, ``forward_with_features`` ``(head, feature)``.
     ``train()``/``eval()`` only set the flag: an exported graph's mode is a graph rewrite
     (``move_exported_model_to_train``, done once here; BN freezing is :class:`QatFreezeHook`'s).
+
+    An FPN family graph: :class:`FpnFakeQuantStudent`.
     """
 
     def __init__(self, prepared: torch.fx.GraphModule) -> None:
@@ -102,6 +108,26 @@ class FakeQuantStudent(nn.Module):
         return self
 
 
+class FpnFakeQuantStudent(FakeQuantStudent):
+    """:class:`FakeQuantStudent` of an FCOS / RetinaNet graph: the head is the raw outputs' tuple, the
+    feature the FPN level list. The geometry distillation needs (``family``, ``feature_taps``,
+    ``distill_mask``) is the float detector's it was captured from, held by reference (not a
+    submodule: not trained, not saved); its weights are not used."""
+
+    def __init__(self, prepared: torch.fx.GraphModule) -> None:
+        super().__init__(prepared)
+        det = prepared._compressdet_student["detector"]
+        self.__dict__["_detector"] = det
+        self.family, self.image_size, self.num_classes = det.family, det.image_size, det.num_classes
+        self.export_outputs = det.export_outputs
+
+    def feature_taps(self) -> list:
+        return self.__dict__["_detector"].feature_taps()
+
+    def distill_mask(self, gt_boxes: list, level_shapes: Any = None, psi: float = 0.5) -> list[torch.Tensor]:
+        return self.__dict__["_detector"].distill_mask(gt_boxes, level_shapes, psi)
+
+
 class QatFreezeHook(HookBase):
     """Freezes BN statistics at ``bn_step`` and observers at ``observer_step`` (before that step runs).
 
@@ -122,13 +148,15 @@ class QatFreezeHook(HookBase):
 
 
 def qat_param_groups(weight_decay: float, on: str = "seed") -> Callable[[nn.Module, nn.Module | None], list]:
-    """The seed's weight-decay rule on a captured graph: the head's and the adaptation layer's weights."""
+    """The seed's weight-decay rule on a captured graph: the head's (ShuffleDet ``head``, FPN families
+    ``det.head``) and the adaptation layers' weights."""
 
     def groups(model: nn.Module, extra: nn.Module | None) -> list[dict[str, Any]]:
         decay, no_decay = [], []
         for name, p in model.named_parameters():
             if p.requires_grad:
-                head = name.split(".", 1)[-1].startswith("head")
+                rest = name.split(".", 1)[-1]  # FPN families' head sits under the captured ``det``
+                head = rest.startswith("head") or rest.startswith("det.head")
                 (decay if on == "all" or head else no_decay).append(p)
         if extra is not None:
             decay.extend(p for p in extra.parameters() if p.requires_grad)
@@ -147,11 +175,16 @@ def qat_training(prepared: torch.fx.GraphModule, schedule: Any, observer_step: i
                  ) -> tuple[FakeQuantStudent, dict[str, Any]]:
     """The trainable student and the Trainer / ``fit_stage`` settings every QAT run uses:
     ``schedule`` (:func:`qat_schedule`), ``param_groups`` (:func:`qat_param_groups`) and ``hooks``
-    (the :class:`QatFreezeHook`)."""
-    student = FakeQuantStudent(prepared)
-    return student, {"schedule": qat_schedule(schedule),
-                     "param_groups": qat_param_groups(schedule.weight_decay, schedule.weight_decay_on),
-                     "hooks": (QatFreezeHook(student, observer_step, bn_step),)}
+    (the :class:`QatFreezeHook`); for an FPN family also ``loss_fn`` (the float detector's
+    ``build_loss()``)."""
+    det = (getattr(prepared, "_compressdet_student", None) or {}).get("detector")
+    student = FakeQuantStudent(prepared) if det is None else FpnFakeQuantStudent(prepared)
+    settings = {"schedule": qat_schedule(schedule),
+                "param_groups": qat_param_groups(schedule.weight_decay, schedule.weight_decay_on),
+                "hooks": (QatFreezeHook(student, observer_step, bn_step),)}
+    if det is not None:  # torchvision's loss on the float detector's priors (fit_stage would build ShuffleDet's)
+        settings["loss_fn"] = det.build_loss()
+    return student, settings
 
 
 def train_qat(prepared: torch.fx.GraphModule, batches: Iterable[tuple[torch.Tensor, list[dict]]], *,
@@ -183,6 +216,8 @@ def train_qat(prepared: torch.fx.GraphModule, batches: Iterable[tuple[torch.Tens
 
     obs_step, bn_step = resolve_freeze_steps(schedule.steps, freeze_observers_step, freeze_bn_step)
     student, settings = qat_training(prepared, schedule, obs_step, bn_step)
+    family_loss = settings.pop("loss_fn", None)
+    det_loss = det_loss if det_loss is not None else family_loss
     history: list[dict[str, float]] = []
 
     def record(tr: Any) -> None:

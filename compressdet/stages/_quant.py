@@ -20,15 +20,19 @@ TIMING_METRICS = ("qat_minutes", "train_img_per_s", "train_minutes", "minutes")
 
 
 def load_float_model(ctx: Any, role: str = "from") -> tuple[torch.nn.Module, dict]:
-    """The float model of the stage named by ``role`` (its ``model`` artifact), in eval mode."""
+    """The float model of the stage named by ``role`` (its ``model`` artifact), in eval mode.
+
+    Families: ShuffleDet, and the torchvision FPN families (FCOS, RetinaNet: captured as they are,
+    see ``quant._fpn``)."""
     from ..models import load_model
+    from ..quant._fpn import FPN_FAMILIES
 
     src = ctx.input(role)
     model, meta = load_model(src.artifact("model"))
     family = getattr(model, "family", "shuffledet")
-    if family != "shuffledet":
-        raise UserError(f"stage '{ctx.name}': {role}: INT8 quantization supports the shuffledet family only so far, "
-                        f"'{src.name}' is a {family} model")
+    if family != "shuffledet" and family not in FPN_FAMILIES:
+        raise UserError(f"stage '{ctx.name}': {role}: INT8 quantization supports the shuffledet, "
+                        f"{', '.join(FPN_FAMILIES)} families, '{src.name}' is a {family} model")
     if tuple(getattr(model, "image_size", ctx.recipe.data.image_size)) != tuple(ctx.recipe.data.image_size):
         raise UserError(f"stage '{ctx.name}': model of '{src.name}' was built for {tuple(model.image_size)}, "
                         f"data.image_size is {tuple(ctx.recipe.data.image_size)}")
@@ -36,7 +40,8 @@ def load_float_model(ctx: Any, role: str = "from") -> tuple[torch.nn.Module, dic
 
 
 def save_quantized(converted: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """``torch.export.save`` of the deployable (head-only) int8 program; load with ``torch.export.load``."""
+    """``torch.export.save`` of the deployable (head-only) int8 program; load with ``torch.export.load``
+    (FPN families: it returns the tuple of raw outputs)."""
     from ..quant.onnx_int8 import HeadOnly
 
     ep = torch.export.export(HeadOnly(converted), (example,), strict=False)
@@ -54,12 +59,17 @@ def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tens
 
     cfg, recipe = ctx.cfg, ctx.recipe
     example = example[:1].cpu()
+    # the float model's decode and output names (FPN families: several raw outputs, decoded outside)
+    model = load_float_model(ctx, "from")[0]
+    names = {"output_names": tuple(model.export_outputs)} if getattr(model, "family", "shuffledet") != "shuffledet" \
+        else {}
     q_path = save_quantized(converted, example, ctx.stage_dir / "quantized.pt2")
-    onnx_path = export_int8_onnx(converted, example, ctx.stage_dir / "model_int8.onnx")
+    onnx_path = export_int8_onnx(converted, example, ctx.stage_dir / "model_int8.onnx", **names)
     graph = check_int8_graph(onnx_path)
-    res_torch = evaluate_head_fn(torch_head_fn(converted), recipe.data, post_cfg=cfg.postprocess, eval_cfg=cfg.eval)
+    res_torch = evaluate_head_fn(torch_head_fn(converted), recipe.data, post_cfg=cfg.postprocess, eval_cfg=cfg.eval,
+                                 model=model)
     res_ort = evaluate_head_fn(ort_head_fn(ort_session(onnx_path)), recipe.data, post_cfg=cfg.postprocess,
-                               eval_cfg=cfg.eval)
+                               eval_cfg=cfg.eval, model=model)
     metrics = {**metric_summary(res_torch), "ort_primary": res_ort["primary"],
                "ort_vs_torch_primary": res_ort["primary"] - res_torch["primary"], "graph": graph, **extra_metrics}
     if res_torch["metric"] == "kitti":
