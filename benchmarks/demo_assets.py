@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         out["models"][asset] = {
             "file": str(dst.relative_to(ROOT)) if dst.is_relative_to(ROOT) else str(dst),
             "sha256": sha256_file(dst), "bytes": dst.stat().st_size,
-            "source": {"run": name, "file": str(src.relative_to(ROOT)), "sha256": sha256_file(src),
+            "source": {"run": name, "file": f"<ledger store>/{name}/{src.relative_to(ledger.store / name)}",
+                       "sha256": sha256_file(src),
                        "bytes": src.stat().st_size},
             "arch": model.arch, "params": summ["params"]["total"], "backbone_macs": summ["macs"]["backbone"],
             "steps": (rec.get("metrics") or {}).get("steps"), "val_map40": (rec.get("metrics") or {}).get("map40"),
