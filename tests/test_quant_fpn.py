@@ -40,9 +40,10 @@ from compressdet.recipe import parse_recipe  # noqa: E402
 HW = (64, 192)
 LEVELS = 5
 MEAN_TOL, MAX_TOL = 0.25, 0.75
-#: per family: head tower convs per level (classification + regression towers) and prediction convs
-HEAD = {"fcos_mnv3_small": {"tower": 2 * 2, "prediction": 3},
-        "retinanet_mnv3_small": {"tower": 2 * 4, "prediction": 2}}
+#: per family: head tower convs per level (classification + regression towers), prediction convs, and
+#: the convs with a float output run as int8 matmuls (the prediction convs)
+HEAD = {"fcos_mnv3_small": {"tower": 2 * 2, "prediction": 3, "matmul": 3},
+        "retinanet_mnv3_small": {"tower": 2 * 4, "prediction": 2, "matmul": 2}}
 
 PTQ = "  - {name: int8, kind: ptq, from: student, quant: {calibration_images: 2}, eval: {batch_size: 2}}"
 QAT = """  - name: int8
@@ -116,12 +117,13 @@ def _check_program_and_graph(model, run, rec, recipe, arch: str, qat: bool) -> d
         if not qat:  # ORT adds less error than quantizing did; still the float model, roughly
             assert d.mean() <= qerr.mean() and qerr.max() <= 0.25 * np.abs(f).max(), (name, diffs[name])
 
-    # graph: no float conv; the prediction convs of every level are int8 matmuls (int8 input and
-    # weights, float output: the decode stays float, outside); each tower conv is one per-channel int8
-    # weight read by LEVELS convs, each reading its own level's int8 input (its own scale)
+    # graph: no float conv; the prediction convs of every level (and FCOS's tower convs, which feed a
+    # GroupNorm) are int8 matmuls (int8 input and weights, float output: the decode stays float,
+    # outside); each head conv is one per-channel int8 weight read by LEVELS convs / matmuls, each
+    # reading its own level's int8 input (its own scale)
     graph = rec["metrics"]["graph"]
     head = HEAD[arch]
-    assert graph["float_convs"] == 0 and graph["int8_matmuls"] == head["prediction"] * LEVELS, graph
+    assert graph["float_convs"] == 0 and graph["int8_matmuls"] == head["matmul"] * LEVELS, graph
     m = onnx.load(str(onnx_path))
     producer = {o: n for n in m.graph.node for o in n.output}
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
@@ -131,16 +133,27 @@ def _check_program_and_graph(model, run, rec, recipe, arch: str, qat: bool) -> d
             wdq = producer[n.input[1]]
             assert wdq.op_type == "DequantizeLinear" and inits[wdq.input[0]].dtype == np.int8
             by_weight[wdq.input[0]].append(n)
+        elif n.op_type == "MatMulInteger":
+            assert inits[n.input[1]].dtype == np.int8
+            by_weight[n.input[1]].append(n)
     shared = {w: convs for w, convs in by_weight.items() if len(convs) > 1}
-    assert len(shared) == head["tower"] and all(len(c) == LEVELS for c in shared.values()), \
+    assert len(shared) == head["tower"] + head["prediction"] and all(len(c) == LEVELS for c in shared.values()), \
         {w: len(c) for w, c in by_weight.items()}
+
+    def input_q(node):
+        """The QuantizeLinear a conv's (DQ) or an int8 matmul's (im2col of the u8 tensor) input comes from."""
+        while node.op_type != "QuantizeLinear":
+            node = producer[node.input[0]]
+        return node
+
     for convs in shared.values():
         inputs, scales = set(), set()
         for conv in convs:
-            xdq = producer[conv.input[0]]
-            assert xdq.op_type == "DequantizeLinear" and producer[xdq.input[0]].op_type == "QuantizeLinear"
-            inputs.add(xdq.input[0])
-            scales.add(float(inits[xdq.input[1]]) if xdq.input[1] in inits else xdq.input[1])
+            if conv.op_type == "Conv":
+                assert producer[conv.input[0]].op_type == "DequantizeLinear"
+            q = input_q(producer[conv.input[0]])
+            inputs.add(q.output[0])
+            scales.add(float(inits[q.input[1]]) if q.input[1] in inits else q.input[1])
         # each level quantized on its own (P6/P7 of an untrained model can both be all-zero: equal eps scales)
         assert len(inputs) == LEVELS and len(scales) >= 2, scales
     # ONNX Runtime fuses every one of them (and the backbone's) into an int8 conv kernel

@@ -32,7 +32,8 @@ class OpenBackend:
     """A model opened on one backend.
 
     Attributes:
-        fn: ``images float32 [N, 3, H, W] -> head [N, 72, H/16, W/16]`` (numpy).
+        fn: ``images float32 [N, 3, H, W] ->`` the raw outputs (numpy): ShuffleDet's head ``[N, 72, H/16,
+            W/16]``, or a tuple in ``export_outputs`` order for an FPN family (every backend alike).
         input_shape: ``[N, 3, H, W]`` with None (or a string) for a dynamic axis; None: any shape.
         precision: what it computes in: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
         info: extra (e.g. OpenVINO's ``inference_precision`` for the float parts of an int8 graph).

@@ -23,7 +23,7 @@ from .._io import sha256_file
 from ..errors import MissingDependencyError, UserError
 from ..eval.evaluator import resolve_metric
 from ..export.formats import backend_format
-from ..export.runtime import max_abs_diff
+from ..export.runtime import outputs_max_abs_diff
 from .backends import open_backend
 from .latency import TimingJob, measure_cuda_latency, set_threads, time_isolated
 
@@ -201,9 +201,11 @@ def _weights_bytes(v: Variant, model: torch.nn.Module) -> int:
     return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
 
 
-def _quantized_runner(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], list]:
-    """The ``torch`` backend of a quantized stage: its .pt2 int8 program (static batch 1)."""
+def _quantized_runner(path: Path) -> tuple[Callable[[np.ndarray], Any], list]:
+    """The ``torch`` backend of a quantized stage: its .pt2 int8 program (static batch 1); returns its raw
+    outputs as the other backends do (the head array, or a tuple for an FPN family)."""
     from ..export.quantized import load_quantized_program
+    from ..export.runtime import raw_outputs
 
     try:
         prog = load_quantized_program(path)
@@ -212,9 +214,9 @@ def _quantized_runner(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], l
                         f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
     shape = [1, 3, None, None]  # torch.export fixed the example's batch of 1
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray) -> Any:
         with torch.inference_mode():
-            return prog(torch.from_numpy(x)).numpy()
+            return raw_outputs(prog(torch.from_numpy(x)))
 
     return run, shape
 
@@ -434,11 +436,8 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
             info = {"precision": ob.precision, **ob.info, "file": _rel(path, run_dir)}
             if ob.input_shape is None or _shape_ok(ob.input_shape, 1, msize) is None:  # takes one image
                 out = ob.fn(x_check.numpy())
-                multi = isinstance(ref_check, tuple)
-                pairs = zip(out, ref_check) if multi else [(out, ref_check)]
-                info["max_abs_diff_vs_torch_fp32"] = max(max_abs_diff(np.asarray(o), r) for o, r in pairs)
-                info["detection_agreement_vs_torch_fp32"] = (  # the seed decode: ShuffleDet's head only
-                    None if multi else _agreement(ref_check, np.asarray(out), msize, model, opts))
+                info["max_abs_diff_vs_torch_fp32"] = outputs_max_abs_diff(out, ref_check)
+                info["detection_agreement_vs_torch_fp32"] = _agreement(ref_check, out, msize, model, opts)
             row["backends"][backend] = info
             if backend != "tensorrt":
                 timing_jobs[(len(rows), backend)] = TimingJob(backend, str(path), tuple(opts.batch_sizes), size)
@@ -556,16 +555,13 @@ def _backend_file(v: Variant, backend: str, model: torch.nn.Module, out_dir: Pat
     return v.files[key]
 
 
-def _agreement(ref: np.ndarray, out: np.ndarray, size: tuple[int, int], model: torch.nn.Module,
-               opts: "BenchOptions") -> float:
-    """Detection agreement (IoU 0.5, same label) of ``out`` with PyTorch's ``ref``, same PostProcessor."""
-    from ..export.runtime import detection_agreement
-    from ..models.postprocess import PostProcessor
+def _agreement(ref: Any, out: Any, size: tuple[int, int], model: torch.nn.Module, opts: "BenchOptions") -> float:
+    """Detection agreement (IoU 0.5, same label, top 20) of ``out`` with PyTorch's ``ref`` (raw outputs: the
+    head, or a tuple), both decoded by the model's own postprocessor (detector contract)."""
+    from ..export.runtime import detection_agreement, detection_decoder
 
-    pp = PostProcessor(size, num_classes=int(getattr(model, "num_classes", 3)), **opts.postprocess)
-    a, b = (pp(torch.from_numpy(np.asarray(h)))[0] for h in (ref, out))
-    return detection_agreement({"boxes": a["boxes"][:20], "labels": a["labels"][:20]},
-                               {"boxes": b["boxes"][:20], "labels": b["labels"][:20]}, iou=0.5)
+    decode = detection_decoder(model, opts.postprocess, image_size=size)
+    return detection_agreement(decode(ref), decode(out), iou=0.5)
 
 
 def _time_rows(rows: list[dict[str, Any]], jobs: dict[tuple[int, str], TimingJob], opts: "BenchOptions",

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._io import atomic_path
 from ..errors import UserError
-from .runtime import max_abs_diff, ort_run, ort_session
+from .runtime import ort_run, ort_session, outputs_max_abs_diff, raw_outputs
 
 __all__ = ["ImageCalibrationReader", "quantize_onnx_int8", "copy_onnx_int8", "count_qdq", "verify_int8",
            "copy_onnx_int8_with_metadata"]
@@ -70,9 +70,10 @@ def count_qdq(path: str | os.PathLike) -> dict[str, int]:
 
 
 def verify_int8(int8_path: str | os.PathLike, fp32_path: str | os.PathLike, images: list[np.ndarray],
-                decode: Callable[[np.ndarray], dict[str, Any]] | None = None,
+                decode: Callable[[Any], dict[str, Any]] | None = None,
                 agreement: Callable[[dict, dict], float] | None = None) -> dict[str, Any]:
-    """Run the INT8 and fp32 graphs on ``images``; report max |diff| and detection agreement.
+    """Run the INT8 and fp32 graphs on ``images``; report max |diff| (over all outputs) and detection
+    agreement (``decode`` gets the raw outputs: one array, or a tuple for a multi-output graph).
 
     Raises:
         UserError: the INT8 graph has no QDQ nodes or produces non-finite outputs.
@@ -84,10 +85,11 @@ def verify_int8(int8_path: str | os.PathLike, fp32_path: str | os.PathLike, imag
     diffs, agree = [], []
     for img in images:
         x = np.asarray(img, dtype=np.float32).reshape(1, *np.asarray(img).shape[-3:])
-        o8, o32 = ort_run(s8, x)[0], ort_run(s32, x)[0]
-        if not np.isfinite(o8).all():
+        # every raw output (one head tensor, or an FPN family's tuple), not just the first
+        o8, o32 = raw_outputs(ort_run(s8, x)), raw_outputs(ort_run(s32, x))
+        if not all(np.isfinite(o).all() for o in (o8 if isinstance(o8, tuple) else (o8,))):
             raise UserError(f"{int8_path}: INT8 graph produced non-finite outputs")
-        diffs.append(max_abs_diff(o8, o32))
+        diffs.append(outputs_max_abs_diff(o8, o32))
         if decode is not None and agreement is not None:
             agree.append(agreement(decode(o32), decode(o8)))
     out: dict[str, Any] = {"max_abs_diff_vs_fp32": float(max(diffs)), "qdq_nodes": q, "images": len(images)}

@@ -99,7 +99,8 @@ def convert_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> 
 
 
 class OpenVINORunner:
-    """An IR (or ONNX) compiled for the CPU; ``__call__(images np [N,3,H,W]) -> head np``.
+    """An IR (or ONNX) compiled for the CPU; ``__call__(images np [N,3,H,W]) -> raw outputs`` (the head
+    array, or a tuple of arrays for a multi-output graph).
 
     Args:
         path: IR ``.xml`` (or an ``.onnx``).
@@ -145,6 +146,9 @@ class OpenVINORunner:
     def describe(self) -> dict[str, Any]:
         return {"precision": self.precision, "inference_precision": self.inference_precision, "threads": self.threads}
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray) -> Any:
+        """The raw outputs: one array (a single-output graph), else a tuple in the graph's output order
+        (the FPN families' ``export_outputs``), as ORT and the torch model give them."""
         out = self.request.infer({0: np.ascontiguousarray(images, dtype=np.float32)})
-        return np.asarray(next(iter(out.values())))
+        vals = [np.asarray(out[o]) for o in self.compiled.outputs]
+        return vals[0] if len(vals) == 1 else tuple(vals)

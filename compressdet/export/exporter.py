@@ -228,6 +228,7 @@ class Exporter:
         self.model = source.model.eval()
         self.results: dict[str, dict[str, Any]] = {}
         self.trt_int8 = False  # set by run(): the INT8 graph must suit a TensorRT engine too
+        self._decoder: Callable[[Any], dict[str, Any]] | None = None  # built on first use (_decode)
 
     # ---------------------------------------------------------------------------------------------
     def run(self, formats: list[str]) -> dict[str, dict[str, Any]]:
@@ -352,7 +353,7 @@ class Exporter:
         from ..quant.onnx_int8 import check_int8_graph
         from ._int8 import copy_onnx_int8_with_metadata, verify_int8
         from .quantized import graph_sha256, load_quantized_program, quantization_label
-        from .runtime import max_abs_diff, ort_run, ort_session
+        from .runtime import ort_run, ort_session, outputs_max_abs_diff, raw_outputs
 
         q = self.source.quant
         own = q.artifacts.get("onnx_int8")
@@ -387,9 +388,9 @@ class Exporter:
                 diffs, agree = [], []
                 for c in check:
                     with torch.no_grad():
-                        ref = prog(c).numpy()
-                    o = ort_run(sess, c.numpy())[0]
-                    diffs.append(max_abs_diff(o, ref))
+                        ref = raw_outputs(prog(c))  # the head, or every raw output of an FPN family
+                    o = raw_outputs(ort_run(sess, c.numpy()))
+                    diffs.append(outputs_max_abs_diff(o, ref))
                     agree.append(self._agree(self._decode(ref), self._decode(o)))
                 info["max_abs_diff_vs_quantized"] = float(max(diffs))
                 info["detection_agreement_vs_quantized"] = float(np.mean(agree))
@@ -404,13 +405,14 @@ class Exporter:
         return {"path": str(path), "source": f"copied from {q.kind} stage '{q.stage}' (same graph, sha256 "
                 f"{gsha[:12]}...)", **info}
 
-    def _decode(self, head: np.ndarray) -> dict[str, Any]:
-        from ..models.postprocess import PostProcessor
+    def _decode(self, outputs: Any) -> dict[str, Any]:
+        """Top-20 detections of image 0 of raw outputs (one array or a tuple), by the model's own
+        ``postprocessor`` (detector contract), for the agreement checks of every family."""
+        if self._decoder is None:
+            from .runtime import detection_decoder
 
-        pp = PostProcessor(self.source.image_size, num_classes=int(getattr(self.model, "num_classes", 3)),
-                           **self.postprocess)
-        d = pp(torch.from_numpy(np.asarray(head)))[0]
-        return {"boxes": d["boxes"][:20], "labels": d["labels"][:20]}
+            self._decoder = detection_decoder(self.model, self.postprocess, image_size=self.source.image_size)
+        return self._decoder(outputs)
 
     @staticmethod
     def _agree(a: dict, b: dict) -> float:
@@ -462,7 +464,7 @@ class Exporter:
     def _verify_openvino(self, xml: Path, *, int8: bool, ort_int8: Path | None = None) -> dict[str, Any]:
         """OpenVINO (exact f32 hint, and its default precision) vs PyTorch fp32 on two images."""
         from ._openvino import OpenVINORunner
-        from .runtime import max_abs_diff, ort_run, ort_session
+        from .runtime import ort_run, ort_session, outputs_max_abs_diff, raw_outputs
 
         check = calibration_images(self.source, 2, split="val", log=lambda s: None)
         exact = OpenVINORunner(xml, precision="f32", int8=int8)
@@ -471,13 +473,13 @@ class Exporter:
         diffs, ddiffs, agree, odiffs = [], [], [], []
         for c in check:
             with torch.no_grad():
-                ref = self.model(c).numpy()
+                ref = raw_outputs(self.model(c))
             o = exact(c.numpy())
-            diffs.append(max_abs_diff(o, ref))
-            ddiffs.append(max_abs_diff(default(c.numpy()), ref))
+            diffs.append(outputs_max_abs_diff(o, ref))
+            ddiffs.append(outputs_max_abs_diff(default(c.numpy()), ref))
             agree.append(self._agree(self._decode(ref), self._decode(o)))
             if sess is not None:
-                odiffs.append(max_abs_diff(o, ort_run(sess, c.numpy())[0]))
+                odiffs.append(outputs_max_abs_diff(o, ort_run(sess, c.numpy())))
         out = {"max_abs_diff": float(max(diffs)), "detection_agreement": float(np.mean(agree)),
                "precision": exact.precision, "default_precision": default.inference_precision,
                "max_abs_diff_default_precision": float(max(ddiffs)), "vs": "pytorch fp32"}

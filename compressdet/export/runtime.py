@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import MissingDependencyError
 
 __all__ = ["ort_session", "ort_run", "max_abs_diff", "detection_agreement", "onnx_metadata",
-           "onnx_input_shape"]
+           "onnx_input_shape", "raw_outputs", "outputs_max_abs_diff", "detection_decoder"]
 
 
 def ort_session(path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[str] | None = None):
@@ -42,6 +42,57 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     if a.shape != b.shape:
         return float("inf")
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+
+
+def raw_outputs(out: Any) -> Any:
+    """A model's or a runtime's raw outputs as numpy: one array (a single output, ShuffleDet's head)
+    or a tuple of arrays (the FPN families' ``export_outputs``), whatever produced them (torch, ORT's
+    list, OpenVINO), so checks and decodes treat every family alike."""
+    def one(o: Any) -> np.ndarray:
+        return o.detach().cpu().numpy() if hasattr(o, "detach") else np.asarray(o)
+
+    if isinstance(out, (tuple, list)):
+        return one(out[0]) if len(out) == 1 else tuple(one(o) for o in out)
+    return one(out)
+
+
+def outputs_max_abs_diff(a: Any, b: Any) -> float:
+    """Largest |a - b| over all raw outputs (paired in order); a different count or shape is inf."""
+    a, b = raw_outputs(a), raw_outputs(b)
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        if not (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)):
+            return float("inf")
+        return max(max_abs_diff(x, y) for x, y in zip(a, b))
+    return max_abs_diff(a, b)
+
+
+def detection_decoder(model: Any, postprocess: Any = None, *, image_size: Sequence[int] | None = None,
+                      top: int = 20):
+    """``fn(raw outputs of a batch) -> {"boxes", "labels"}`` of its first image (best ``top``), decoded by
+    the model's own ``postprocessor`` (detector contract), so agreement checks need no family case.
+
+    A module off the contract (no ``postprocessor``) is decoded as ShuffleDet's head, as before.
+    """
+    import torch
+
+    from ..models.contract import is_detector
+
+    if is_detector(model):
+        pp = model.postprocessor(postprocess or None)
+    else:
+        from ..models.postprocess import PostProcessor
+
+        pp = PostProcessor(tuple(image_size or model.image_size), num_classes=int(getattr(model, "num_classes", 3)),
+                           **(postprocess or {}))
+
+    def decode(out: Any) -> dict[str, Any]:
+        out = raw_outputs(out)
+        t = (tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in out) if isinstance(out, tuple)
+             else torch.from_numpy(np.ascontiguousarray(out)))
+        d = pp(t)[0]
+        return {"boxes": d["boxes"][:top], "labels": d["labels"][:top]}
+
+    return decode
 
 
 def detection_agreement(ref: dict[str, Any], other: dict[str, Any], iou: float = 0.5) -> float:

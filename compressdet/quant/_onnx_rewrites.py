@@ -437,6 +437,7 @@ def float_out_conv_as_matmul(model) -> int:
 
     G = _Graph(model)
     n_done = 0
+    weights: dict[tuple, str] = {}  # a conv called per FPN level: its [k*k*C, O] int8 weight stored once
     for out in [n.output[0] for n in G.g.node if n.op_type == "Conv"]:
         conv = G.producer[out]  # look up afresh: a rewrite copies the node list
         p = _float_out_pattern(G, conv)
@@ -457,7 +458,10 @@ def float_out_conv_as_matmul(model) -> int:
         G.add_init(np.array([-1], np.int64), t("flat1"))
         G.add_init(np.array([-1, hp * wp, c], np.int64), t("pixels"))
         G.add_init(np.array([-1, ho * wo, kh * kw * c], np.int64), t("patches"))
-        G.add_init(np.ascontiguousarray(p["w"].transpose(2, 3, 1, 0).reshape(kh * kw * c, o)), t("w"))
+        wkey = (p["dq_w"].input[0], kh, kw, c, o)
+        if wkey not in weights:
+            weights[wkey] = G.add_init(np.ascontiguousarray(p["w"].transpose(2, 3, 1, 0).reshape(kh * kw * c, o)),
+                                       t("w"))
         G.add_init(G.const(xs).astype(np.float32) * p["w_scale"].astype(np.float32), t("scale"))
         G.add_init(np.array([-1, ho, wo, o], np.int64), t("nhwc_shape"))
         new = [helper.make_node("Add", [t("rows"), t("cols")], [t("pixel")], name=t("pixel")),
@@ -472,7 +476,7 @@ def float_out_conv_as_matmul(model) -> int:
         new += [helper.make_node("Reshape", [x, t("pixels")], [t("x_flat")], name=t("flatten")),
                 helper.make_node("Gather", [t("x_flat"), t("index")], [t("gathered")], axis=1, name=t("im2col")),
                 helper.make_node("Reshape", [t("gathered"), t("patches")], [t("cols_u8")], name=t("patches")),
-                helper.make_node("MatMulInteger", [t("cols_u8"), t("w"), xz], [t("acc")], name=t("matmul")),
+                helper.make_node("MatMulInteger", [t("cols_u8"), weights[wkey], xz], [t("acc")], name=t("matmul")),
                 helper.make_node("Cast", [t("acc")], [t("acc_f")], to=1, name=t("cast")),
                 helper.make_node("Mul", [t("acc_f"), t("scale")], [t("scaled")], name=t("scale"))]
         y = t("scaled")
