@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-bench bench lint install clean
+.PHONY: demo demo-run demo-predict quickstart test test-bench bench lint install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,19 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# the shipped teacher + distilled student -> pruned -> INT8 QAT -> ONNX -> bench on held-out test
+# images, then the INT8 model's detections on a few of them (runs/demo_predictions/*.png)
+demo: demo-run demo-predict
+
+demo-run: $(STAMP)
+	$(BIN)/compressdet run recipes/demo.yaml
+
+demo-predict: $(STAMP)
+	$(BIN)/compressdet predict split:test --runs-root runs --backend ort-int8 --max-images 4 \
+		--score-threshold 0.3 --out runs/demo_predictions
+
+# the whole chain from scratch (teacher training included), a few minutes, near-zero mAP
+quickstart: $(STAMP)
 	$(BIN)/compressdet run recipes/quickstart.yaml
 
 test: $(STAMP)
