@@ -211,7 +211,26 @@ def distill_methods(r: dict) -> str:
     return "\n".join(out)
 
 
+def demo(r: dict) -> str:
+    m, met, g = r["minutes"], r["met"], r["goals"]
+
+    def lat(row: dict) -> str:
+        return ", ".join(f"{b} {v:.1f}" for b, v in row["latency_ms_b1"].items()) or "n/a"
+
+    lines = [f"`{r['command']}` (a fresh clone and `.venv` at commit `{r['commit'][:10]}`, {r['cpu_threads']} CPU "
+             f"threads): **{m['total']:.1f} min** in all (install {m['install']:.1f}, recipe {m['recipe']:.1f}, "
+             f"predict {m['predict']:.1f}); goal < {g['minutes']:.0f} min {'met' if met['minutes'] else 'NOT met'}. "
+             f"mAP40 on the demo's {r['split']} split (goals: teacher >= {g['teacher_map40']:.0f} "
+             f"{'met' if met['teacher_map40'] else 'NOT met'}, INT8 >= {g['int8_map40']:.0f} "
+             f"{'met' if met['int8_map40'] else 'NOT met'}):", "",
+             "| model | precision | mAP40 | ms, batch 1 (backend) |", "|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['label']} | {row['precision']} | {_f(row['map40'])} | {lat(row)} |")
+    return "\n".join(lines) + "\n"
+
+
 GENERATORS: dict[str, Callable[[dict], str]] = {
+    "demo.json": demo,
     "distill_methods.json": distill_methods,
     "imitation_gain.json": imitation_gain, "model_parity.json": model_parity, "eval_speed.json": eval_speed,
     "prune.json": prune, "quant.json": quant, "quant_speed.json": quant_speed, "fp32_rewrites.json": fp32_rewrites,

@@ -54,9 +54,7 @@ def test_demo_recipe_runs_end_to_end_and_predict_draws_int8_detections(tmp_path)
 
     runs = tmp_path / "runs"
     over = ["data.synth.num_images=24", "data.image_size=[192,624]"]
-    for stage in ("pruned", "int8"):
-        over += [f"stages.{stage}.schedule.{k}=2" for k in ("steps", "eval_every", "checkpoint_every")]
-        over += [f"stages.{stage}.schedule.batch_size=2"]
+    over += [f"stages.pruned.schedule.{k}=2" for k in ("steps", "eval_every", "checkpoint_every", "batch_size")]
     over += ["stages.bench.runs=2", "stages.bench.rounds=1", "stages.bench.backends=[ort,ort-int8]"]
     assert main(["run", str(REPO / "recipes" / "demo.yaml"), "--runs-root", str(runs), *over]) == 0
     run = next((runs / "demo").iterdir())
