@@ -50,8 +50,10 @@ def save_quantized(converted: torch.nn.Module, example: torch.Tensor, path: Path
 
 
 def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tensor, *, extra_metrics: dict,
-                       meta: dict) -> Any:
-    """Write ``quantized`` (.pt2) and ``onnx_int8`` artifacts, evaluate both, return the StageResult."""
+                       meta: dict, model: torch.nn.Module) -> Any:
+    """Write ``quantized`` (.pt2) and ``onnx_int8`` artifacts, evaluate both, return the StageResult.
+
+    ``model``: the float model the stage quantized (:func:`load_float_model`), for its decode and output names."""
     from ..eval.evaluator import metric_summary
     from ..quant._eval import evaluate_head_fn, ort_head_fn, torch_head_fn
     from ..quant.onnx_int8 import check_int8_graph, export_int8_onnx, ort_session
@@ -60,7 +62,6 @@ def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tens
     cfg, recipe = ctx.cfg, ctx.recipe
     example = example[:1].cpu()
     # the float model's decode and output names (FPN families: several raw outputs, decoded outside)
-    model = load_float_model(ctx, "from")[0]
     names = {"output_names": tuple(model.export_outputs)} if getattr(model, "family", "shuffledet") != "shuffledet" \
         else {}
     q_path = save_quantized(converted, example, ctx.stage_dir / "quantized.pt2")

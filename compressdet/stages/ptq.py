@@ -40,4 +40,5 @@ def run(ctx: StageContext) -> StageResult:
             "arch": getattr(model, "arch", None), "image_size": list(recipe.data.image_size),
             "classes": list(recipe.data.classes)}
     n = min(cfg.quant.calibration_images, len(ds))
-    return finish_quant_stage(ctx, converted, first[:1], extra_metrics={"calibration_images": n}, meta=meta)
+    return finish_quant_stage(ctx, converted, first[:1], extra_metrics={"calibration_images": n}, meta=meta,
+                              model=model)

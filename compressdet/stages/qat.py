@@ -55,4 +55,4 @@ def run(ctx: StageContext) -> StageResult:
     extra = {"steps": sched.steps, "qat_minutes": summary["minutes"], "final_losses": summary["final_losses"],
              "train_img_per_s": summary["train_img_per_s"], "imitation": use_imit,
              "distill": [m.method for m in methods]}
-    return finish_quant_stage(ctx, converted, example[:1], extra_metrics=extra, meta=meta)
+    return finish_quant_stage(ctx, converted, example[:1], extra_metrics=extra, meta=meta, model=student)
