@@ -16,8 +16,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# the shipped teacher + distilled student -> pruned -> INT8 QAT -> ONNX -> bench on held-out test
-# images, then the INT8 model's detections on a few of them (runs/demo_predictions/*.png)
+# the shipped teacher + distilled student -> INT8 PTQ (+ a pruned branch) -> ONNX -> bench on held-out
+# test images, then the INT8 model's detections on a few of them (runs/demo_predictions/*.png)
 demo: demo-run demo-predict
 
 demo-run: $(STAMP)
@@ -31,8 +31,11 @@ demo-predict: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/compressdet run recipes/quickstart.yaml
 
+# tests keep torch to one thread each, so one pytest worker per core (files stay whole on one worker,
+# so module fixtures are built once); TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
 test-bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m bench_smoke $(PYTEST_ARGS)

@@ -76,6 +76,53 @@ def _check_export_and_bench(run, model, want: dict[str, tuple[str, ...]]) -> dic
 def test_fcos_ptq_export_bench(tmp_path, cache):
     model, run, rec, recipe = _run(tmp_path, cache, "fcos_mnv3_small", PTQ + "\n" + EXPORT_BENCH)
     _check_export_and_bench(run, model, {"student": ("torch", "ort"), "int8 (ptq)": ("torch", "ort-int8")})
+    _check_predict(tmp_path, run)
+
+
+def _labels(out) -> dict[str, list[list[float]]]:
+    """``{image: [[class index, score, x1, y1, x2, y2], ...]}`` from predict's KITTI files."""
+    names = ["car", "pedestrian", "cyclist"]  # KITTI writes them capitalised
+    res = {}
+    for f in sorted((out / "labels").glob("*.txt")):
+        rows = [ln.split() for ln in f.read_text().splitlines() if ln.strip()]
+        res[f.stem] = [[names.index(r[0].lower()), float(r[15]), *map(float, r[4:8])] for r in rows]
+    return res
+
+
+def _check_predict(tmp_path, run):
+    """predict decodes an FPN family's tuple outputs with its own postprocessor, on every backend: from
+    the run (torch fp32, ORT fp32, ORT int8) and from the bare ONNX file (family rebuilt from its
+    metadata); fp32 torch and ORT give the same detections."""
+    import shutil
+
+    import numpy as np
+
+    from compressdet.cli import main
+    from compressdet.predict.predictor import split_sources
+
+    man = json.loads((run / "manifest.json").read_text())["stages"]
+    src = tmp_path / "val_images"  # a plain folder: the bare ONNX file has no run to take split:val from
+    src.mkdir()
+    for _, p in split_sources(run, "val"):
+        shutil.copy(p, src / p.name)
+    outs = {}
+    for key, args in {"torch": ["--model", str(run), "--backend", "torch", "--stage", "student"],
+                      "ort": ["--model", str(run), "--backend", "ort", "--stage", "student"],
+                      "onnx_file": ["--model", str(run / man["export"]["artifacts"]["onnx"]["path"])],
+                      "ort-int8": ["--model", str(run), "--backend", "ort-int8", "--stage", "int8"]}.items():
+        out = tmp_path / f"pred_{key}"
+        assert main(["predict", str(src), *args, "--out", str(out), "--score-threshold", "0.0",
+                     "--save-txt", "kitti", "--threads", "1"]) == 0, key
+        assert len(list(out.glob("*.png"))) >= 1, key
+        outs[key] = _labels(out)
+    assert set(outs["torch"]) == set(outs["ort"]) == set(outs["ort-int8"]) and len(outs["torch"]) >= 1
+    assert sum(len(v) for v in outs["torch"].values()) > 0  # threshold 0: a random head still yields boxes
+    assert outs["onnx_file"] == outs["ort"]
+    for name, dets in outs["torch"].items():
+        a, b = np.array(dets).reshape(-1, 6), np.array(outs["ort"][name]).reshape(-1, 6)
+        assert a.shape == b.shape and np.allclose(a, b, atol=0.02), name  # KITTI files keep 2 decimals
+    for dets in outs["ort-int8"].values():
+        assert np.isfinite(np.array(dets, dtype=float)).all()
 
 
 @pytest.mark.slow  # ~50 s idle, ~100 s on the shared CPU: OpenVINO conversion + compile on top

@@ -42,6 +42,8 @@ class ResolvedModel:
         postprocess: PostProcessor keyword arguments (the run's stage config, else the defaults).
         description: one line for the log.
         run_dir: the run the model came from (``split:NAME`` sources read its data), else None.
+        arch: the model's ``arch`` dict (from the model file or the graph's metadata): its family's
+            own postprocessor decodes the raw outputs; None (an old graph) means ShuffleDet's head.
     """
 
     path: Path
@@ -51,6 +53,7 @@ class ResolvedModel:
     postprocess: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     run_dir: Path | None = None
+    arch: dict[str, Any] | None = None
 
 
 def check_backend(name: str) -> str:
@@ -111,7 +114,8 @@ def _from_run(run_dir: Path, backend: str | None, stage: str | None, log: Callab
     classes = list(recipe.data.classes) if recipe is not None else list(meta.get("classes") or DEFAULT_CLASSES)
     path = file_of(v)
     log(f"using {v.label} of {run_dir} on {backend}: {path}")
-    return ResolvedModel(Path(path), backend, size, classes, pp, f"{v.label} ({run_dir.name})", run_dir=run_dir)
+    return ResolvedModel(Path(path), backend, size, classes, pp, f"{v.label} ({run_dir.name})", run_dir=run_dir,
+                         arch=dict(getattr(model, "arch", {}) or {}) or None)
 
 
 def _onnx_settings(path: Path) -> tuple[tuple[int, int] | None, list[str], dict[str, Any], dict[str, str]]:
@@ -182,25 +186,57 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
         m, meta = load_model(path)
         classes = list(meta.get("classes") or DEFAULT_CLASSES[: int(getattr(m, "num_classes", 3))])
         return ResolvedModel(path, backend, tuple(int(s) for s in m.image_size), classes, _postprocess_defaults(),
-                             path.name)
+                             path.name, arch=dict(getattr(m, "arch", {}) or {}) or None)
     if suffix == ".onnx":
-        size, classes, pp, _ = _onnx_settings(path)
+        size, classes, pp, meta = _onnx_settings(path)
         if size is None:
             size = _graph_input_size(path, backend)
-        return ResolvedModel(path, backend, size, classes, pp, path.name)
+        return ResolvedModel(path, backend, size, classes, pp, path.name, arch=_meta_arch(meta, path))
     if suffix == ".xml":
         sibling = path.with_name(path.name[: -len(".xml")] + ".onnx")  # exported side by side: its metadata
-        size, classes, pp = None, list(DEFAULT_CLASSES), _postprocess_defaults()
+        size, classes, pp, arch = None, list(DEFAULT_CLASSES), _postprocess_defaults(), None
         if sibling.is_file():
-            size, classes, pp, _ = _onnx_settings(sibling)
+            size, classes, pp, meta = _onnx_settings(sibling)
+            arch = _meta_arch(meta, sibling)
         if size is None:
             size = _graph_input_size(path, backend)
-        return ResolvedModel(path, backend, size, classes, pp, path.name)
+        return ResolvedModel(path, backend, size, classes, pp, path.name, arch=arch)
     from ..export._tensorrt import check_tensorrt
 
     check_tensorrt("the predict tensorrt backend")
     size = _graph_input_size(path, backend)
     return ResolvedModel(path, backend, size, list(DEFAULT_CLASSES), _postprocess_defaults(), path.name)
+
+
+def _meta_arch(meta: dict[str, str], path: Path) -> dict[str, Any] | None:
+    if not meta.get("arch") or meta["arch"] in ("{}", "null"):
+        return None
+    try:
+        arch = json.loads(meta["arch"])
+    except ValueError:
+        raise UserError(f"{path}: metadata 'arch' is not JSON (expected the model's arch dict)") from None
+    if not isinstance(arch, dict):
+        raise UserError(f"{path}: metadata 'arch' is {type(arch).__name__}, expected the model's arch dict")
+    return arch
+
+
+def _decoder(resolved: ResolvedModel) -> Callable[..., list[dict[str, torch.Tensor]]]:
+    """The model family's own postprocessor (detector contract); ShuffleDet's when the arch is unknown."""
+    from ..models import PostProcessor, model_from_arch
+    from ..models._registry import ModelError
+    from ..models.contract import is_detector
+
+    if resolved.arch:
+        try:
+            model = model_from_arch(resolved.arch)
+        except ModelError as e:
+            raise UserError(f"{resolved.path}: cannot rebuild its model family to decode the outputs ({e})") from None
+        if is_detector(model):
+            if tuple(int(s) for s in model.image_size) != tuple(resolved.image_size):
+                raise UserError(f"{resolved.path}: arch image_size {tuple(model.image_size)} differs from the model "
+                                f"input {tuple(resolved.image_size)}")
+            return model.eval().postprocessor(resolved.postprocess)
+    return PostProcessor(resolved.image_size, num_classes=len(resolved.classes), **resolved.postprocess)
 
 
 def _graph_input_size(path: Path, backend: str) -> tuple[int, int]:
@@ -228,23 +264,27 @@ class Predictor:
     """``predictor(rgb uint8 Tensor[3, H0, W0]) -> {"boxes" xyxy (original px), "scores", "labels"}``.
 
     The image goes through the dataset's evaluation transform (resize to the model input, BGR minus
-    mean) and the head through the run's PostProcessor (boxes scaled back to the image), exactly
-    as ``compressdet bench``/training evaluation do.
+    mean) and the raw outputs (ShuffleDet's head, or the FPN families' tuple) through the family's
+    own postprocessor with the run's thresholds (boxes scaled back to the image), exactly as
+    ``compressdet bench``/training evaluation do.
     """
 
     def __init__(self, resolved: ResolvedModel, *, threads: int | None = None):
         from ..data.transforms import DetectionTransform
-        from ..models.postprocess import PostProcessor
 
         self.resolved = resolved
         self.fn, self.input_shape = _open(resolved.path, resolved.backend, threads)
         self.transform = DetectionTransform(resolved.image_size, None)
-        self.pp = PostProcessor(resolved.image_size, num_classes=len(resolved.classes), **resolved.postprocess)
+        self.pp = _decoder(resolved)
 
     def __call__(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        from ..export.runtime import raw_outputs
+
         x, _ = self.transform(img, torch.zeros(0, 4))
-        head = np.asarray(self.fn(x[None].float().numpy()))
-        return self.pp(torch.from_numpy(head), orig_sizes=[tuple(int(s) for s in img.shape[-2:])])[0]
+        out = raw_outputs(self.fn(x[None].float().numpy()))
+        t = (tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in out) if isinstance(out, tuple)
+             else torch.from_numpy(np.ascontiguousarray(out)))
+        return self.pp(t, orig_sizes=[tuple(int(s) for s in img.shape[-2:])])[0]
 
 
 SPLIT_PREFIX = "split:"
