@@ -36,7 +36,7 @@ def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str 
     """KITTI AP of a model file on ``split`` (default: the whole test split), cached by the file's
     sha256 + the data settings, so a resumed benchmark never re-evaluates and never re-selects.
 
-    ``kind``: ``"torch"`` (a ``save_model`` file), ``"int8"`` (a quant stage's ``quantized.pt2``,
+    ``kind``: ``"torch"`` (a ``save_model`` file of any family), ``"int8"`` (a quant stage's ``quantized.pt2``,
     the PyTorch int8 program) or ``"ort"`` (an ONNX graph under ONNX Runtime, CPU).
 
     Returns ``{"map40", "map11", "ap40": {cls: {level: ap40}}, "images", "split", "model_sha256", "kind"}``.
@@ -55,13 +55,21 @@ def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str 
         return json.loads(path.read_text())
     data_cfg = DataConfig(**data)
     num_classes = len(data_cfg.classes)
+    family_model = None  # a non-ShuffleDet family decodes with its own postprocessor (detector contract)
     if kind == "torch":
         from compressdet.models import load_model
 
         model, _ = load_model(model_file)
         model.eval()
         num_classes = int(getattr(model, "num_classes", num_classes))
-        head = torch_head_fn(model)
+        if getattr(model, "family", "shuffledet") != "shuffledet":
+            family_model = model
+
+            def head(x):  # every raw output (torch_head_fn keeps the first of a tuple)
+                with torch.no_grad():
+                    return model(x)
+        else:
+            head = torch_head_fn(model)
     elif kind == "int8":  # exported with a batch-1 example: fed one image at a time
         one = torch_head_fn(torch.export.load(str(model_file)).module())
 
@@ -74,7 +82,7 @@ def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str 
     else:
         raise ValueError(f"test_map: unknown kind {kind!r}")
     with torch.no_grad():
-        res = evaluate_head_fn(head, data_cfg, split=split,
+        res = evaluate_head_fn(head, data_cfg, split=split, model=family_model,
                                eval_cfg=EvalConfig(max_images=max_images, batch_size=16), num_classes=num_classes)
     images = res.get("images")  # how many images the number is over (the whole split unless max_images)
     out = {"map40": float(res["map40"]), "map11": float(res["map11"]),

@@ -1,4 +1,4 @@
-"""Which distillation method helps the 0.25x ShuffleDet student most? FGFI vs PKD vs CrossKD.
+"""Which distillation method helps a small student most? FGFI vs PKD vs CrossKD, per detector family.
 
 Head to head under the evidence protocol (``benchmarks/_protocol.py``), on the imitation
 benchmark's data, teacher and schedule (``imitation_gain.PRESETS``; the teacher run is shared and
@@ -19,8 +19,13 @@ per arm: mean bar, one dot per seed). Every run is cached: killed, it resumes.
     python benchmarks/distill_methods.py --preset smoke    # ~1 min, the plumbing only
     python benchmarks/distill_methods.py --preset cpu      # hours on a 2-core CPU; resumable
 
-Only ShuffleDet for now; the torchvision families join through ``--family`` once the detector
-contract (issue #20) lands.
+``--family``: ``shuffledet`` (0.25x from the 1x, the imitation benchmark's teacher and runs),
+``fcos`` (``fcos_mnv3_small`` from ``fcos_mnv3_large``) or ``retinanet`` (MobileNetV3 small from
+large); same data, schedule, sweeps and seeds for every family, each family's own teacher trained
+once and cached. One invocation per family; each adds its student to the results JSON (the other
+families' entries of the same preset and seeds are kept).
+
+    python benchmarks/distill_methods.py --preset cpu --family fcos
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 SWEEPS = {"fgfi": [1.0, 0.5, 0.25], "pkd": [2.0, 6.0, 0.5], "crosskd": [1.0, 2.0, 0.5]}
 COMBO = ("pkd", "crosskd")
 COMBO_SCALES = [1.0, 0.5, 0.25]
+#: family -> (teacher, student) registry names
+FAMILIES = {"shuffledet": ("shuffledet_1x", "shuffledet_0.25x"), "fcos": ("fcos_mnv3_large", "fcos_mnv3_small"),
+            "retinanet": ("retinanet_mnv3_large", "retinanet_mnv3_small")}
 
 
 def _methods(arm: str, weights: dict[str, float]) -> list[dict] | None:
@@ -57,6 +65,7 @@ def main(argv=None) -> int:
                     help="shared with imitation_gain.py: the teacher run is reused")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--seeds", type=int, help="(checks only) number of paired seeds (default 3)")
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="shuffledet", help="detector family")
     ap.add_argument("--ledger", type=Path, help="committed record of finished runs (default: "
                     "benchmarks/ledger/distill_methods/<preset> for cpu/gpu, none for smoke)")
     ap.add_argument("--no-ledger", action="store_true", help="neither read nor write the ledgers")
@@ -65,7 +74,7 @@ def main(argv=None) -> int:
     if args.seeds:
         p["seeds"] = list(range(args.seeds))
 
-    from _protocol import claim, protocol_keys
+    from _protocol import claim, protocol_keys, test_map
 
     from compressdet._io import atomic_write_json, atomic_write_text
     from compressdet.data import build_dataset, prepare_data
@@ -83,20 +92,24 @@ def main(argv=None) -> int:
     data_hash = synth_key(s_cfg.synth)
     plan = ig.plan_steps(p, n["train"])
 
-    # the imitation benchmark's teacher (same recipe -> same cached run)
+    # ShuffleDet: the imitation benchmark's teacher (same recipe -> same cached run); other families
+    # their own teacher on the same data and schedule
+    tarch, sarch = FAMILIES[args.family]
     base = {"seed": 0, "device": p["device"]}
     teacher_recipe = {**base, "data": ig._data(p, False),
-                      "stages": [ig._stage("teacher", "shuffledet_1x", plan["teacher_steps"], p, p["teacher_evals"])]}
+                      "stages": [ig._stage("teacher", tarch, plan["teacher_steps"], p, p["teacher_evals"])]}
     key = ig._digest({"recipe": teacher_recipe, "data_hash": data_hash})
     teacher_recipe["name"] = f"teacher-{key}"
     ledger = ig.bench_ledger("distill_methods", args)
-    # the teacher is the imitation benchmark's run, recorded in its ledger (a check run's --ledger holds both)
-    tledger = ledger if ledger.root is None or args.ledger else ig.Ledger.for_bench("imitation_gain", args.preset)
+    # ShuffleDet's teacher is the imitation benchmark's run, recorded in its ledger (a check run's --ledger
+    # holds both); another family's teacher is this benchmark's own
+    shared = args.family == "shuffledet" and ledger.root is not None and not args.ledger
+    tledger = ig.Ledger.for_bench("imitation_gain", args.preset) if shared else ledger
     tman = ig._run(teacher_recipe, work, tledger)
     trec = tman["stages"]["teacher"]
     teacher_file = ig.model_file(work, tman, "teacher", tledger)
     runner = ig.StudentRunner(work, p, plan, base, test_dir=ledger.test_dir or work / "test_eval", ledger=ledger,
-                              skey=ig._digest({"teacher": key, "steps": plan["student_steps"], "p": p}))
+                              skey=ig._digest({"teacher": key, "steps": plan["student_steps"], "p": p}), arch=sarch)
 
     arms = ["none", "fgfi", "pkd", "crosskd", "+".join(COMBO)]
     k = len(p["lr_sweep"])  # every arm tries as many settings on val as the baseline's lr sweep
@@ -106,7 +119,9 @@ def main(argv=None) -> int:
     chosen: dict[str, dict] = {}
     sweeps_val: dict[str, dict] = {}
     s0 = seeds[0]
-    with ig.teacher_feature_cache(work / "feature_cache", n["train"], enabled=p["feature_cache"]):
+    # the teacher-feature cache stores one map per image (ShuffleDet's single level)
+    with ig.teacher_feature_cache(work / "feature_cache", n["train"],
+                                  enabled=p["feature_cache"] and args.family == "shuffledet"):
         # selection on val, seed s0: baseline lr, then each method's weight at that lr
         lr_val, lr_runs = {}, {}
         for lr in p["lr_sweep"]:
@@ -152,41 +167,69 @@ def main(argv=None) -> int:
     candidates = [a for a in arms if a not in ("none", "fgfi")]
     best = max(candidates, key=lambda a: (statistics.mean(val[a][s] for s in seeds), -candidates.index(a)))
     best_vs_fgfi = {"method": best, **{k: vs_fgfi[best][k] for k in ("per_seed", "mean", "ci95", "significant")}}
-    model = "shuffledet_0.25x"
-    result = {
-        "preset": args.preset, **protocol_keys(seeds),
-        "command": f"python benchmarks/distill_methods.py --preset {args.preset}",
-        "teacher": {"run": teacher_recipe["name"], "val_map40": trec["metrics"]["map40"]},
-        "steps": {"student": plan["student_steps"], "batch": p["batch"], "passes": plan["student_passes"]},
-        "data": {"train_images": n["train"], "val_images": n["val"], "test_images": n["test"], "data_hash": data_hash},
-        "students": {model: {
-            "arms": arms, "chosen": chosen, "sweeps_seed0_val": sweeps_val,
-            "test_map40": {a: [test[a][s] for s in seeds] for a in arms},
-            "val_map40": {a: [val[a][s] for s in seeds] for a in arms},
-            "vs_fgfi": vs_fgfi, "vs_none": vs_none, "best_by_val": best, "best_vs_fgfi": best_vs_fgfi,
-            "goal_met": bool(best_vs_fgfi["mean"] >= 1.0 and best_vs_fgfi["ci95"][0] > 0),
-        }},
+    model = sarch
+    entry = {
+        "family": args.family, "teacher": {"arch": tarch, "run": teacher_recipe["name"],
+                                           "val_map40": trec["metrics"]["map40"],
+                                           "test_map40": test_map(teacher_file, ig._data(p, True), runner.test_dir)["map40"]},
+        "command": f"python benchmarks/distill_methods.py --preset {args.preset} --family {args.family}",
+        "arms": arms, "chosen": chosen, "sweeps_seed0_val": sweeps_val,
+        "test_map40": {a: [test[a][s] for s in seeds] for a in arms},
+        "val_map40": {a: [val[a][s] for s in seeds] for a in arms},
+        "vs_fgfi": vs_fgfi, "vs_none": vs_none, "best_by_val": best, "best_vs_fgfi": best_vs_fgfi,
+        "goal_met": bool(best_vs_fgfi["mean"] >= 1.0 and best_vs_fgfi["ci95"][0] > 0),
         "minutes": sum(runner.student_s) / 60, "total_minutes": (time.perf_counter() - t_start) / 60,
     }
+    out = args.results / "distill_methods.json"
+    students = _kept_students(out, args.preset, seeds)
+    students[model] = entry
+    result = {
+        "preset": args.preset, **protocol_keys(seeds),
+        "command": "python benchmarks/distill_methods.py --preset " + args.preset + " --family "
+                   + "|".join(sorted({s["family"] for s in students.values()})),
+        "steps": {"student": plan["student_steps"], "batch": p["batch"], "passes": plan["student_passes"]},
+        "data": {"train_images": n["train"], "val_images": n["val"], "test_images": n["test"], "data_hash": data_hash},
+        "students": dict(sorted(students.items())),
+    }
+    # top-level keys of the evidence protocol stay ShuffleDet's (the seed's model) when it is there
+    ref = students.get("shuffledet_0.25x") or entry
+    result.update(teacher=ref["teacher"], minutes=ref["minutes"], total_minutes=ref["total_minutes"])
     args.results.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.results / "distill_methods.json", result)
-    _bar_chart(test, seeds, args.results / "distill_methods.png", title=f"{model}, test split ({args.preset})")
-    st = result["students"][model]
+    atomic_write_json(out, result)
+    _bar_chart(test, seeds, args.results / f"distill_methods{'' if args.family == 'shuffledet' else '_' + args.family}.png",
+               title=f"{model}, test split ({args.preset})")
     md = [f"# Distillation methods ({args.preset} preset)", "", f"`{result['command']}`", "",
-          f"{model} from the 1x teacher; {n['train']} train / {n['val']} val (selection) / {n['test']} test "
-          f"(report) images; {plan['student_steps']} steps per student ({plan['student_passes']:.1f} passes); "
-          f"seeds {seeds}.", "",
-          "| arm | chosen on val | test mAP40 per seed | mean | vs FGFI (test) |", "|---|---|---|---|---|"]
-    for a in arms:
-        v = st["test_map40"][a]
-        md.append(f"| {a} | {chosen[a]} | {', '.join(f'{x:.2f}' for x in v)} | {statistics.mean(v):.2f} | "
-                  f"{describe(vs_fgfi[a]) if a in vs_fgfi else 'reference'} |")
-    md += ["", f"- best method by val: **{best}**; against FGFI on test: {describe(vs_fgfi[best])}",
-           f"- goal (best beats FGFI by >= +1.0 with a CI above 0): {'met' if st['goal_met'] else 'not met'}",
-           "- chart: distill_methods.png"]
+          f"{n['train']} train / {n['val']} val (selection) / {n['test']} test (report) images; "
+          f"{plan['student_steps']} steps per student ({plan['student_passes']:.1f} passes); seeds {seeds}."]
+    for name, st in result["students"].items():
+        md += ["", f"## {name} from {st['teacher']['arch']} ({st['family']})", "", f"`{st['command']}`", "",
+               "| arm | chosen on val | test mAP40 per seed | mean | vs FGFI (test) |", "|---|---|---|---|---|"]
+        for a in st["arms"]:
+            v = st["test_map40"][a]
+            md.append(f"| {a} | {st['chosen'][a]} | {', '.join(f'{x:.2f}' for x in v)} | {statistics.mean(v):.2f} | "
+                      f"{describe(st['vs_fgfi'][a]) if a in st['vs_fgfi'] else 'reference'} |")
+        b = st["best_by_val"]
+        md += ["", f"- best method by val: **{b}**; against FGFI on test: {describe(st['vs_fgfi'][b])}",
+               f"- goal (best beats FGFI by >= +1.0 with a CI above 0): {'met' if st['goal_met'] else 'not met'}",
+               f"- chart: distill_methods{'' if st['family'] == 'shuffledet' else '_' + st['family']}.png"]
     atomic_write_text(args.results / "distill_methods.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return 0
+
+
+def _kept_students(path: Path, preset: str, seeds: list[int]) -> dict:
+    """The other families' entries of an earlier result of the same preset and seeds (else none)."""
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    if old.get("preset") != preset or old.get("seeds") != seeds:
+        return {}
+    return {k: v for k, v in old.get("students", {}).items() if isinstance(v, dict) and "family" in v}
 
 
 def _bar_chart(test: dict, seeds: list[int], path: Path, *, title: str) -> None:

@@ -30,3 +30,15 @@ def test_smoke_run_selects_on_val_and_reports_claims_against_fgfi(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())
     assert distill_methods.main(args) == 0  # resumes: no new run
     assert sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()) == runs
+    # a torchvision family on the same data and protocol: its own teacher, its entry added beside ShuffleDet's
+    assert distill_methods.main(args + ["--family", "fcos"]) == 0
+    r = json.loads((tmp_path / "r" / "distill_methods.json").read_text())
+    assert set(r["students"]) == {"shuffledet_0.25x", "fcos_mnv3_small"}
+    fc = r["students"]["fcos_mnv3_small"]
+    assert fc["family"] == "fcos" and fc["teacher"]["arch"] == "fcos_mnv3_large"
+    assert fc["arms"] == st["arms"] and len(fc["best_vs_fgfi"]["per_seed"]) == 3
+    assert all(0.0 <= v <= 100.0 for vals in fc["test_map40"].values() for v in vals)
+    assert r["teacher"] == r["students"]["shuffledet_0.25x"]["teacher"]  # top-level keys stay ShuffleDet's
+    assert (tmp_path / "r" / "distill_methods_fcos.png").is_file()
+    md = (tmp_path / "r" / "distill_methods.md").read_text()
+    assert "## shuffledet_0.25x" in md and "## fcos_mnv3_small" in md
