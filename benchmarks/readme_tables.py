@@ -201,7 +201,10 @@ def fp32_rewrites(r: dict) -> str:
 def distill_methods(r: dict) -> str:
     out = [f"`{r['command']}` ({r['steps']['passes']:.1f} passes per student, seeds {r['seeds']}, test split):", ""]
     for model, st in r["students"].items():
-        out += [f"| {model} arm | test mAP40 per seed | mean | vs FGFI |", "|---|---|---|---|"]
+        teacher = st.get("teacher", {}).get("arch")
+        out += [f"`{st['command']}`" if st.get("command") else "", ""] if len(r["students"]) > 1 else []
+        out += [f"| {model}{f' (from {teacher})' if teacher else ''} arm | test mAP40 per seed | mean | vs FGFI |",
+                "|---|---|---|---|"]
         for a in st["arms"]:
             v = st["test_map40"][a]
             out.append(f"| {a} | {', '.join(f'{x:.2f}' for x in v)} | {sum(v) / len(v):.2f} | "
