@@ -62,8 +62,10 @@ def _ignored(model: nn.Module, names: list[str]) -> list[nn.Module]:
 
 def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     """The prune stage on an FPN family (FCOS / RetinaNet): torch-pruning on the backbone body and the
-    FPN's lateral convs, the FPN outputs and the shared head kept (:mod:`compressdet.prune.fpn`), one
-    round, then fine-tuning like the train stage."""
+    FPN's lateral convs, the FPN outputs and the shared head kept (:mod:`compressdet.prune.fpn`), in
+    ``iterative_steps`` rounds of prune -> fine-tune like ShuffleDet's: round ``i`` of ``k`` brings the
+    backbone MACs (or the kept channels) a fraction ``i/k`` of the way to the target, linearly, as
+    torch-pruning's iterative schedule does, and fine-tunes ``steps // k``."""
     from ..engine.launch import fit_stage
     from ..eval.evaluator import metric_summary
     from ..models import save_model
@@ -74,8 +76,6 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     methods = distill_methods(cfg)
     hw = tuple(recipe.data.image_size)
     family = model.family
-    if cfg.iterative_steps != 1:
-        raise UserError(f"stage '{ctx.name}': iterative_steps: a {family} model prunes in one round so far (use 1)")
     if cfg.target.pruning_ratio_dict:
         raise UserError(f"stage '{ctx.name}': target.pruning_ratio_dict: not supported for a {family} model yet")
     if cfg.allocation == "latency":
@@ -90,24 +90,50 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     model.train()
     before = _summary(model, hw)
     loss_fn = _taylor_loss(ctx) if cfg.importance == "taylor" else None
-    rec = prune_fpn_detector(model, example_input_size(hw), pruning_ratio=cfg.target.pruning_ratio,
-                             target_macs=cfg.target.macs, importance=cfg.importance, round_to=cfg.round_to or 8,
-                             ignored_layers=ignored, loss_fn=loss_fn)
-    summary = fit_stage(ctx, model, schedule=cfg.schedule, imitation=methods, postprocess=cfg.postprocess,
-                        eval_cfg=cfg.eval)
+    k = cfg.iterative_steps
+    recs: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    sub = ctx
+    macs_done = 1.0  # backbone MACs after the rounds so far / before pruning
+    for i in range(k):
+        model.cpu()
+        ratio, macs = None, None
+        if cfg.target.macs is not None:  # this round's goal, relative to the model as it is now
+            macs = (1.0 - (1.0 - cfg.target.macs) * (i + 1) / k) / macs_done
+        else:  # kept channels 1 - r*(i+1)/k of the original, from 1 - r*i/k now
+            r = cfg.target.pruning_ratio
+            ratio = 1.0 - (1.0 - r * (i + 1) / k) / (1.0 - r * i / k)
+        rec = prune_fpn_detector(model, example_input_size(hw), pruning_ratio=ratio, target_macs=macs,
+                                 importance=cfg.importance, round_to=cfg.round_to or 8, ignored_layers=ignored,
+                                 loss_fn=loss_fn)
+        rec["step"] = i + 1
+        recs.append(rec)
+        macs_done = rec["macs_after"] / recs[0]["base_macs"]
+        sub = dataclasses.replace(ctx, stage_dir=ctx.stage_dir / f"round{i + 1}", resume=False) if k > 1 else ctx
+        sched = cfg.schedule.model_copy(update={"steps": max(1, cfg.schedule.steps // k)})
+        summary = fit_stage(sub, model, schedule=sched, imitation=methods, postprocess=cfg.postprocess,
+                            eval_cfg=cfg.eval)
+        rounds.append({"step": i + 1, "backbone_macs_ratio": macs_done, "ratio": rec["ratio"],
+                       "channels_removed": sum(len(op["idxs"]) for op in rec["ops"]),
+                       "best_map40": summary.get("best_map40"), "steps": sched.steps})
+        if i < k - 1:  # every rank continues from the same (last) weights
+            from ..engine.checkpoint import load_checkpoint
+
+            model.load_state_dict(load_checkpoint(sub.checkpoint_dir / "last.pt")["model"])
     if not ctx.is_main:
         return StageResult()
-    best = _load_best(model, ctx.checkpoint_dir)
+    best = _load_best(model, sub.checkpoint_dir)
     after = _summary(model, hw)
-    hist_path = save_history(ctx.stage_dir / "prune_history.json", [rec], arch=getattr(model, "arch", None),
-                             extra={"family": family, "torch_pruning_history": rec["history"],
+    hist_path = save_history(ctx.stage_dir / "prune_history.json", recs, arch=getattr(model, "arch", None),
+                             extra={"family": family, "torch_pruning_history": [r["history"] for r in recs],
                                     "importance": cfg.importance, "target": cfg.target.model_dump(mode="json")})
     meta = {"from": cfg.from_, "arch": getattr(model, "arch", None), "best_step": best["step"],
             "teacher": cfg.teacher if methods else None,
             "distill": [m.model_dump(mode="json") for m in methods],
             "image_size": list(hw), "classes": list(recipe.data.classes), "pruning_history": hist_path.name,
-            "pruned": {"importance": cfg.importance, "iterative_steps": 1, "allocation": "uniform",
-                       "ratio": rec["ratio"]}}
+            "pruned": {"importance": cfg.importance, "iterative_steps": k, "allocation": "uniform",
+                       "ratio": [r["ratio"] for r in recs]}}
     path = save_model(model, ctx.stage_dir / "model.pt", meta=meta)
     metrics = {
         "macs_before": before["macs"], "macs_after": after["macs"],
@@ -115,8 +141,8 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
         "macs_ratio": after["macs"]["backbone"] / max(1, before["macs"]["backbone"]),
         "total_macs_ratio": after["macs"]["total"] / max(1, before["macs"]["total"]),
         "params_ratio": after["params"]["total"] / max(1, before["params"]["total"]),
-        "pruning_ratio": rec["ratio"], **metric_summary(summary.get("best_result") or {}),
-        "best_step": summary.get("best_step"),
+        "pruning_ratio": [r["ratio"] for r in recs], **metric_summary(summary.get("best_result") or {}),
+        "best_step": summary.get("best_step"), "rounds": rounds,
     }
     return StageResult(artifacts={"model": path, "history": hist_path}, metrics=metrics, meta=meta)
 
