@@ -74,7 +74,7 @@ PRESETS = {
               "eval_images": None, "teacher_evals": 1, "student_evals": 2, "weight": 1.0,
               "lr": {"shuffledet": {"teacher": None, "student": 0.01}, "fcos": {"teacher": 0.01, "student": 0.01},
                      "retinanet": {"teacher": 0.01, "student": 0.01}},
-              "calibration_images": 4, "latency_runs": 3, "latency_threads": 1},
+              "calibration_images": 4, "latency_runs": 3, "latency_rounds": 1, "latency_threads": 1},
     # the teacher fields equal imitation_gain's cpu preset: its ShuffleDet teacher run has this recipe and name
     "cpu": {"data": copy.deepcopy(_IG_CPU["data"]), "teacher_passes": _IG_CPU["teacher_passes"], "student_passes": 3,
             "batch": _IG_CPU["batch"], "seeds": [0, 1, 2], "device": _IG_CPU["device"], "threads": _IG_CPU["threads"],
@@ -83,23 +83,23 @@ PRESETS = {
             "weight": 1.0,
             "lr": {"shuffledet": {"teacher": None, "student": 0.01}, "fcos": {"teacher": 0.01, "student": 0.01},
                    "retinanet": {"teacher": 0.01, "student": 0.01}},
-            "calibration_images": 64, "latency_runs": 50, "latency_threads": 2},
+            "calibration_images": 64, "latency_runs": 50, "latency_rounds": 3, "latency_threads": 2},
 }
 DEFAULT_LR = 0.02  # ScheduleConfig.lr: what a stage without an lr trains with
 
 
 def family_test_map(model_file: Path, data: dict, cache_dir: Path, family: str, *, kind: str = "torch",
-                    float_model: Path | None = None) -> dict:
+                    float_model: Path | None = None, split: str = "test") -> dict:
     """``_protocol.test_map`` for every family. ShuffleDet goes through it (same cache as the other
     benchmarks); FCOS / RetinaNet are decoded by their own ``postprocessor`` (test_map's evaluator knows
     ShuffleDet's head only). ``kind``: ``torch`` (a model file) or ``ort`` (an ONNX graph; ``float_model``
     is the float detector it came from, for the decode)."""
     import hashlib
 
-    from _protocol import REPORT_SPLIT, test_map
+    from _protocol import test_map
 
     if family == "shuffledet":
-        return test_map(model_file, data, cache_dir, kind=kind)
+        return test_map(model_file, data, cache_dir, kind=kind, split=split)
     import torch
 
     from compressdet._io import atomic_write_json, sha256_file
@@ -110,9 +110,9 @@ def family_test_map(model_file: Path, data: dict, cache_dir: Path, family: str, 
 
     digest = sha256_file(model_file)
     source = float_model if kind == "ort" else model_file
-    key = hashlib.sha256(json.dumps({"m": digest, "f": sha256_file(source), "d": data, "s": REPORT_SPLIT, "k": kind,
+    key = hashlib.sha256(json.dumps({"m": digest, "f": sha256_file(source), "d": data, "s": split, "k": kind,
                                      "family": family}, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{REPORT_SPLIT}-{key}.json"
+    path = Path(cache_dir) / f"{split}-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
     model, _ = load_model(source)
@@ -127,10 +127,33 @@ def family_test_map(model_file: Path, data: dict, cache_dir: Path, family: str, 
         head = ort_head_fn(ort_session(str(model_file)))
     else:
         raise ValueError(f"family_test_map: unknown kind {kind!r}")
-    res = evaluate_head_fn(head, DataConfig(**data), split=REPORT_SPLIT, eval_cfg=EvalConfig(batch_size=16), model=model)
+    res = evaluate_head_fn(head, DataConfig(**data), split=split, eval_cfg=EvalConfig(batch_size=16), model=model)
     out = {"map40": float(res["map40"]), "map11": float(res["map11"]),
            "ap40": {c: {lvl: float(v["ap40"]) for lvl, v in lv.items()} for c, lv in res["ap"].items()},
-           "images": res.get("images"), "split": REPORT_SPLIT, "model_sha256": digest, "kind": kind}
+           "images": res.get("images"), "split": split, "model_sha256": digest, "kind": kind}
+    atomic_write_json(path, out)
+    return out
+
+
+def time_graphs(graphs: dict[str, Path], cache_dir: Path, *, runs: int, threads: int, rounds: int) -> dict[str, dict]:
+    """Each graph in processes of its own, alternating over ``rounds``: ``_protocol.isolated_ms`` (3 rounds, the
+    benchmarks' protocol); the smoke preset takes 1 round (every child process spends seconds importing
+    ``compressdet.bench``), cached the same way."""
+    import hashlib
+
+    from _protocol import isolated_ms
+
+    if rounds == 3:
+        return isolated_ms(graphs, cache_dir, runs=runs, threads=threads)
+    from compressdet._io import atomic_write_json, sha256_file
+    from compressdet.bench.latency import compare_onnx_isolated
+
+    key = hashlib.sha256(json.dumps({k: sha256_file(v) for k, v in sorted(graphs.items())}
+                                    | {"_r": runs, "_t": threads, "_rounds": rounds}, sort_keys=True).encode())
+    path = Path(cache_dir) / f"latency-{key.hexdigest()[:16]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = compare_onnx_isolated({k: str(v) for k, v in graphs.items()}, runs=runs, threads=threads, rounds=rounds)
     atomic_write_json(path, out)
     return out
 
@@ -214,7 +237,7 @@ def main(argv=None) -> int:
     p = copy.deepcopy(PRESETS[args.preset])
 
     import torch
-    from _protocol import export_fast_fp32, isolated_ms, protocol_keys
+    from _protocol import export_fast_fp32, protocol_keys
 
     from compressdet._io import atomic_write_json, atomic_write_text, sha256_file
     from compressdet.data import build_dataset, prepare_data
@@ -333,7 +356,8 @@ def main(argv=None) -> int:
             student_models={a: [ig.rel_to_root(runs[a][sd]["model"]) for sd in seeds] for a in ARMS})
 
     # all graphs in one isolated comparison: each in processes of its own, alternating over rounds
-    ms = isolated_ms(graphs, work / "latency", runs=p["latency_runs"], threads=p["latency_threads"])
+    ms = time_graphs(graphs, work / "latency", runs=p["latency_runs"], threads=p["latency_threads"],
+                     rounds=p["latency_rounds"])
     for fam, e in fam_out.items():
         fp, i8 = ms[f"{fam}/fp32"], ms[f"{fam}/int8"]
         e.update(ort_fp32_ms=fp["median_ms"], ort_int8_ms=i8["median_ms"], latency={"fp32": fp, "int8": i8},
@@ -352,13 +376,14 @@ def main(argv=None) -> int:
                             for f in families},
                      "selection": "none beyond each run's best-on-val checkpoint (lr and weight fixed by the preset)",
                      "calibration_images": p["calibration_images"], "threads": p["threads"]},
-        "latency": {"timer": "isolated_process", "runs": p["latency_runs"], "threads": p["latency_threads"],
-                    "batch": 1, "image_size": list(hw),
+        "latency": {"timer": "isolated_process", "runs": p["latency_runs"], "rounds": p["latency_rounds"],
+                    "threads": p["latency_threads"], "batch": 1, "image_size": list(hw),
                     "note": (f"ONNX Runtime CPU, batch 1 at {hw[0]}x{hw[1]}, median of {p['latency_runs']} runs "
-                             f"over 3 rounds, {p['latency_threads']} thread(s), each graph in a process of its own, "
-                             "graphs alternating (_protocol.isolated_ms); fp32 = the fastest exact fp32 export "
-                             "(_protocol.export_fast_fp32; ShuffleDet's exact rewrites, none applies to the FPN "
-                             f"families) of the distilled seed-{s0} student, int8 = its ptq stage's QDQ graph")},
+                             f"over {p['latency_rounds']} round(s), {p['latency_threads']} thread(s), each graph in "
+                             "a process of its own, graphs alternating (_protocol.isolated_ms); fp32 = the fastest "
+                             "exact fp32 export (_protocol.export_fast_fp32; ShuffleDet's exact rewrites, none applies "
+                             f"to the FPN families) of the distilled seed-{s0} student, int8 = its ptq stage's QDQ "
+                             "graph")},
         "int8_note": (f"the recipe's ptq stage (PT2E, histogram observer, {p['calibration_images']} random train "
                       f"images) on the distilled seed-{s0} student; test mAP40 of its onnx_int8 graph in ONNX Runtime, "
                       "decoded by the float model's postprocessor"),

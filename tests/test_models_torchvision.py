@@ -265,3 +265,36 @@ def test_all_distillers_per_level(tmp_path, family):
     assert len(methods["fgfi"].loss) == 5 and len(methods["pkd"].loss) == 5 and len(methods["crosskd"].loss.adapt) == 5
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_before.items())  # frozen, not a submodule
     assert not any(k.startswith("methods.crosskd.loss._teacher") for k in tr.imitation_loss.state_dict())
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_with_postprocess_graph_ends_in_detections(tmp_path, family):
+    """``--with-postprocess`` on an FPN family: the graph ends in boxes/scores/labels from the family's own
+    decode + NMS (traceable rewrite of torchvision's postprocess_detections), equal to the model's
+    postprocessor on images unseen at export time (NMS in the graph, not traced away)."""
+    from compressdet.export._onnx import matched_detection_diffs, synthetic_image
+    from compressdet.export.runtime import ort_run, ort_session
+    from compressdet.quant.ptq import randomize_batchnorm
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(FAMILIES[family][0], image_size=HW).eval())
+    # spread scores as a trained head does (untrained RetinaNet scores all sit at its prior 0.01 +- 2e-6:
+    # near-ties that the two runtimes rank differently)
+    for mod in model.det.head.modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+    save_model(model, tmp_path / "m.pt")
+    assert main(["export", str(tmp_path / "m.pt"), "--onnx", "--with-postprocess", "--out", str(tmp_path / "x")]) == 0
+    onnx_path = next((tmp_path / "x").glob("*.onnx"))
+    sess = ort_session(onnx_path)
+    assert [o.name for o in sess.get_outputs()] == ["boxes", "scores", "labels"]
+    pp = model.postprocessor({"topk_candidates": 64, "detections_per_class": 50})
+    for seed in (3, 4):
+        x = synthetic_image(HW, seed)
+        boxes, scores, labels = ort_run(sess, x.numpy())
+        with torch.no_grad():
+            ref = pp(model(x))[0]
+        assert len(boxes) == len(ref["boxes"]) > 0
+        d = matched_detection_diffs((boxes, scores, labels), (ref["boxes"], ref["scores"], ref["labels"]), 1e-4)
+        assert d["boxes"] < 1e-2 and d["scores"] < 1e-4, d
+        assert np.all(boxes[:, 2] <= HW[1]) and np.all(boxes[:, 3] <= HW[0]) and np.all(boxes >= 0)

@@ -23,7 +23,8 @@ these members (stages, the engine, the distillers, the evaluator and the exporte
 - ``distill_mask(gt_boxes, level_shapes=None, psi=0.5) -> [Bool[N, h, w]]`` per level: FGFI's
   anchor-IoU mask where there are anchors, the GT-box / centre-region mask for anchor-free heads;
 - ``export_outputs``: the names of the raw output tensors an ONNX graph ends in (decode stays
-  float and outside the graph unless the family supports ``--with-postprocess``: ShuffleDet);
+  float and outside the graph unless ``--with-postprocess``: ShuffleDet's ``DetectionGraph``, the FPN
+  families' ``detection_graph(cfg, net)``);
   ``export_metadata() -> dict`` (JSON-able, goes into the graph's ``metadata_props``).
 
 :func:`is_detector` checks the members; :func:`outputs_float` and :func:`as_levels` are the small

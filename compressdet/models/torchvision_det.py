@@ -223,6 +223,11 @@ class TorchvisionDetector(nn.Module):
     def postprocess(self, outputs: Sequence[Tensor], orig_sizes: Any = None) -> list[dict[str, Tensor]]:
         return self.postprocessor()(outputs, orig_sizes)
 
+    def detection_graph(self, cfg: Any = None, net: nn.Module | None = None) -> TorchvisionDetectionGraph:
+        """``net`` (default: this model; an export rewrite of it) followed by this family's decode and
+        NMS in traceable ops, for an ONNX graph ending in boxes/scores/labels (``--with-postprocess``)."""
+        return TorchvisionDetectionGraph(self, net if net is not None else self, **postprocess_kwargs(cfg))
+
     # ------------------------------------------------------------------------------- distillation
     def distill_mask(self, gt_boxes: list[Tensor], level_shapes: Sequence[Sequence[int]] | None = None,
                      psi: float = 0.5) -> list[Tensor]:
@@ -338,6 +343,66 @@ class TorchvisionPostProcessor:
                 scale = torch.tensor([w0 / W, h0 / H, w0 / W, h0 / H], dtype=d["boxes"].dtype, device=d["boxes"].device)
                 d["boxes"] = d["boxes"] * scale
         return dets
+
+
+class TorchvisionDetectionGraph(nn.Module):
+    """Raw outputs -> torchvision's ``postprocess_detections``, redone in ops that trace (batch 1).
+
+    Same result as :class:`TorchvisionPostProcessor` (the export checks it): per level the best
+    ``topk_candidates`` of ``score = sigmoid(cls)`` (RetinaNet) or ``sqrt(sigmoid(cls) *
+    sigmoid(ctrness))`` (FCOS) over all (location, class) pairs, the family's box coder, boxes
+    clipped to the image, per-class NMS, then the score threshold and the ``detections_per_img``
+    cap. torchvision thresholds first; thresholding after top-k and NMS keeps exactly the same
+    boxes (a box below the threshold never outranks, so never suppresses, one above it) and
+    leaves no data-dependent branch before NMS. Boxes are in model-input pixels.
+    """
+
+    def __init__(self, model: TorchvisionDetector, net: nn.Module, *, score_thresh: float = 0.0,
+                 nms_thresh: float = 0.4, topk_candidates: int = 64, detections_per_class: int = 50) -> None:
+        super().__init__()
+        self.net = net
+        self.family = model.family
+        self.box_coder = model.det.box_coder
+        self.per_level = [int(k) for k in model.priors_per_level()]
+        self.register_buffer("priors", model.priors().float().clone(), persistent=False)
+        self.image_size = tuple(int(v) for v in model.image_size)
+        self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
+        self.topk_candidates = int(topk_candidates)
+        self.detections_per_img = int(detections_per_class) * model.num_classes
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        import torchvision
+
+        out = self.net(images)
+        cls = out[0][0].float()
+        reg = out[1][0].float()
+        ctr = out[2][0].float() if self.family == "fcos" else None
+        num_classes = cls.shape[-1]
+        boxes, scores, labels = [], [], []
+        start = 0
+        for n in self.per_level:
+            c = cls[start:start + n]
+            s = (torch.sqrt(torch.sigmoid(c) * torch.sigmoid(ctr[start:start + n])) if ctr is not None
+                 else torch.sigmoid(c)).flatten()
+            sc, idx = s.topk(min(self.topk_candidates, n * num_classes))
+            loc = torch.div(idx, num_classes, rounding_mode="floor") + start
+            r, pri = reg[loc], self.priors[loc]
+            b = self.box_coder.decode(r, pri) if self.family == "fcos" else self.box_coder.decode_single(r, pri)
+            h, w = self.image_size
+            b = torch.stack((b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)), 1)
+            boxes.append(b)
+            scores.append(sc)
+            labels.append(idx % num_classes)
+            start += n
+        boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+        # per-class NMS by offsetting each class into its own region (batched_nms's trick, inlined: its
+        # empty-input branch is data-dependent and cannot be traced)
+        offsets = labels.to(boxes.dtype) * (boxes.max() + 1.0)
+        keep = torchvision.ops.nms(boxes + offsets[:, None], scores, self.nms_thresh)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = scores > self.score_thresh
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        return boxes[: self.detections_per_img], scores[: self.detections_per_img], labels[: self.detections_per_img]
 
 
 # --------------------------------------------------------------------------------------------

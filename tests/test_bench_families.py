@@ -1,0 +1,115 @@
+"""benchmarks/families.py, the cross-family table: its results JSON carries the evidence protocol and the
+table is built from it alone (made-up numbers, fast); the smoke preset end to end, resuming without a new
+run (`make test-bench`: minutes, the PTQ stages and the isolated-process timing dominate)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fam():
+    spec = importlib.util.spec_from_file_location("families_bench", ROOT / "benchmarks" / "families.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(spec.name, None)
+
+
+def _fake_result(fam, diffs: dict[str, list[float]]) -> dict:
+    seeds = [0, 1, 2]
+    families = {}
+    for i, (name, d) in enumerate(diffs.items()):
+        none = {s: 10.0 + s for s in seeds}
+        families[name] = fam.family_entry(
+            seeds, {"none": none, "distilled": {s: none[s] + d[s] for s in seeds}},
+            student=fam.FAMILIES[name]["student"], macs=(i + 1) * 2.5e8, params=(i + 1) * 1.2e6, lr=0.01,
+            ort_fp32_ms=10.0 + i, ort_int8_ms=5.0 + i, int8={"test_map40_ort": 9.5},
+            teacher={"arch": fam.FAMILIES[name]["teacher"], "macs": 1.5e9, "lr": 0.02, "val_map40": 30.0,
+                     "test_map40": 29.0})
+    return {"preset": "cpu", "command": "python benchmarks/families.py --preset cpu", "seeds": seeds,
+            "data": {"train_images": 1000, "val_images": 500, "test_images": 1000, "image_size": [192, 624]},
+            "steps": {"batch": 2, "teacher_steps": 6000, "teacher_passes": 12.0, "student_steps": 1500,
+                      "student_passes": 3.0},
+            "settings": {"weight": 1.0}, "latency": {"note": "isolated"}, "int8_note": "ptq", "families": families}
+
+
+def test_json_blocks_and_table_from_per_seed_numbers(fam):
+    r = _fake_result(fam, {"shuffledet": [2.0, 3.0, 4.0], "fcos": [1.0, -1.0, 0.5]})
+    sd, fc = r["families"]["shuffledet"], r["families"]["fcos"]
+    assert sd["test_map40"] == {"none": [10.0, 11.0, 12.0], "distilled": [12.0, 14.0, 16.0]}
+    assert sd["distill_vs_none"]["per_seed"] == pytest.approx([2.0, 3.0, 4.0])
+    assert sd["distill_vs_none"]["mean"] == pytest.approx(3.0) and sd["distill_vs_none"]["significant"]
+    lo, hi = fc["distill_vs_none"]["ci95"]
+    assert lo < 0 < hi and not fc["distill_vs_none"]["significant"]
+    md = fam.render_md(r)
+    rows = [ln for ln in md.splitlines() if ln.startswith("| shuffledet |") or ln.startswith("| fcos |")]
+    assert len(rows) == 2 and all(len(ln.split("|")) == 12 for ln in rows)  # 10 columns
+    assert "| 0.250 G | 1.200 M | 10.00 | 5.00 | 11.00 (10.00, 11.00, 12.00) | 14.00 (12.00, 14.00, 16.00) |" in rows[0]
+    assert "not significant" not in rows[0] and "not significant" in rows[1]
+    assert "- fcos: +0.17 mAP (95% CI [" in md and md.count(": not significant") == 1
+
+
+def test_presets_share_imitation_gains_shuffledet_teacher_and_data(fam):
+    import imitation_gain as ig  # on sys.path once families.py is loaded
+
+    cpu, ig_cpu = fam.PRESETS["cpu"], ig.PRESETS["cpu"]
+    for k in ("data", "teacher_passes", "batch", "device", "threads", "channels_last", "eval_images", "teacher_evals"):
+        assert cpu[k] == ig_cpu[k], k  # same teacher recipe -> same run name, read from imitation_gain's ledger
+    h, w = cpu["data"]["image_size"]
+    assert h <= 192 and w <= 624 and cpu["student_passes"] >= 3
+    for p in fam.PRESETS.values():
+        assert len(p["seeds"]) == 3 and set(p["lr"]) == set(fam.FAMILIES)
+    assert fam.PRESETS["smoke"]["data"]["image_size"] == [64, 192]
+
+
+def test_unknown_family_is_a_usage_error(fam, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        fam.main(["--preset", "smoke", "--work", str(tmp_path), "--families", "fcos,yolo"])
+    assert e.value.code == 2
+
+
+def _artifacts(work: Path) -> dict[str, float]:
+    """Every trained, quantized or exported file under ``work`` and its mtime (a resumed run touches none)."""
+    return {str(p): p.stat().st_mtime for pat in ("model.pt", "quantized.pt2", "*.onnx") for p in work.rglob(pat)}
+
+
+@pytest.mark.bench_smoke  # ~3 min on one thread: 21 runs, 3 PTQ stages, 6 graphs timed in processes of their own
+def test_smoke_preset_follows_the_protocol_and_resumes(fam, tmp_path):
+    args = ["--preset", "smoke", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+    assert fam.main(args) == 0
+    r = json.loads((tmp_path / "r" / "families.json").read_text())
+    assert (r["selection_split"], r["report_split"], r["seeds"]) == ("val", "test", [0, 1, 2])
+    assert r["preset"] == "smoke" and r["command"] == "python benchmarks/families.py --preset smoke"
+    assert r["settings"]["distill"] == [{"method": "fgfi", "weight": r["settings"]["weight"]}]
+    assert list(r["families"]) == list(fam.FAMILIES) and r["data"]["test_images"] > 0
+    for name, e in r["families"].items():
+        c = e["distill_vs_none"]
+        assert set(c) >= {"per_seed", "mean", "ci95"} and len(c["per_seed"]) == 3 and len(c["ci95"]) == 2
+        assert e["student"] == fam.FAMILIES[name]["student"] and e["macs"] > 0 and e["params"] > 0
+        for key in ("ort_fp32_ms", "ort_int8_ms"):
+            assert math.isfinite(e[key]) and e[key] > 0
+        maps = [*e["test_map40"]["none"], *e["test_map40"]["distilled"], e["int8"]["test_map40_ort"],
+                e["teacher"]["test_map40"]]
+        assert all(0 <= v <= 100 for v in maps)
+        assert e["teacher"]["test"]["split"] == "test" and e["teacher"]["test"]["images"] == r["data"]["test_images"]
+    md = (tmp_path / "r" / "families.md").read_text()
+    assert all(f"| {name} | {e['student']} |" in md for name, e in r["families"].items())
+    runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())
+    assert len(runs) == 3 * (1 + 2 * 3 + 1)  # per family: teacher, two arms x three seeds, ptq
+    before = _artifacts(tmp_path / "w")
+    assert fam.main(args) == 0  # resumes: no new run, nothing re-trained or re-exported, same numbers
+    again = json.loads((tmp_path / "r" / "families.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()) == runs
+    assert _artifacts(tmp_path / "w") == before
+    r.pop("total_minutes_this_invocation"), again.pop("total_minutes_this_invocation")
+    assert again == r
