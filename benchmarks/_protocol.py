@@ -32,12 +32,14 @@ def claim(a: dict | list, b: dict | list, seeds: list[int]) -> dict:
 
 
 def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str = REPORT_SPLIT,
-             max_images: int | None = None, kind: str = "torch") -> dict:
+             max_images: int | None = None, kind: str = "torch", float_model: str | Path | None = None) -> dict:
     """KITTI AP of a model file on ``split`` (default: the whole test split), cached by the file's
     sha256 + the data settings, so a resumed benchmark never re-evaluates and never re-selects.
 
     ``kind``: ``"torch"`` (a ``save_model`` file of any family), ``"int8"`` (a quant stage's ``quantized.pt2``,
-    the PyTorch int8 program) or ``"ort"`` (an ONNX graph under ONNX Runtime, CPU).
+    the PyTorch int8 program) or ``"ort"`` (an ONNX graph under ONNX Runtime, CPU). A non-ShuffleDet
+    family's raw outputs are decoded by its own postprocessor: the model file's, or for ``ort``
+    ``float_model``'s (the float model file the graph was exported or quantized from).
 
     Returns ``{"map40", "map11", "ap40": {cls: {level: ap40}}, "images", "split", "model_sha256", "kind"}``.
     """
@@ -48,8 +50,10 @@ def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str 
     from compressdet.recipe import DataConfig, EvalConfig
 
     digest = sha256_file(model_file)
-    key = hashlib.sha256(json.dumps({"m": digest, "d": data, "s": split, "n": max_images, "k": kind},
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    spec = {"m": digest, "d": data, "s": split, "n": max_images, "k": kind}
+    if float_model is not None:
+        spec["f"] = sha256_file(float_model)
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{split}-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -79,6 +83,12 @@ def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str 
         from compressdet.export.runtime import ort_session
 
         head = ort_head_fn(ort_session(str(model_file)))
+        if float_model is not None:
+            from compressdet.models import load_model
+
+            fm, _ = load_model(float_model)
+            if getattr(fm, "family", "shuffledet") != "shuffledet":
+                family_model = fm.eval()
     else:
         raise ValueError(f"test_map: unknown kind {kind!r}")
     with torch.no_grad():

@@ -90,49 +90,12 @@ DEFAULT_LR = 0.02  # ScheduleConfig.lr: what a stage without an lr trains with
 
 def family_test_map(model_file: Path, data: dict, cache_dir: Path, family: str, *, kind: str = "torch",
                     float_model: Path | None = None, split: str = "test") -> dict:
-    """``_protocol.test_map`` for every family. ShuffleDet goes through it (same cache as the other
-    benchmarks); FCOS / RetinaNet are decoded by their own ``postprocessor`` (test_map's evaluator knows
-    ShuffleDet's head only). ``kind``: ``torch`` (a model file) or ``ort`` (an ONNX graph; ``float_model``
-    is the float detector it came from, for the decode)."""
-    import hashlib
-
+    """``_protocol.test_map``; an FCOS / RetinaNet graph (``kind="ort"``) is decoded by the postprocessor
+    of ``float_model``, the float detector it came from."""
     from _protocol import test_map
 
-    if family == "shuffledet":
-        return test_map(model_file, data, cache_dir, kind=kind, split=split)
-    import torch
-
-    from compressdet._io import atomic_write_json, sha256_file
-    from compressdet.models import load_model
-    from compressdet.models.contract import outputs_float
-    from compressdet.quant._eval import evaluate_head_fn, ort_head_fn
-    from compressdet.recipe import DataConfig, EvalConfig
-
-    digest = sha256_file(model_file)
-    source = float_model if kind == "ort" else model_file
-    key = hashlib.sha256(json.dumps({"m": digest, "f": sha256_file(source), "d": data, "s": split, "k": kind,
-                                     "family": family}, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{split}-{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    model, _ = load_model(source)
-    model.eval()
-    if kind == "torch":
-        def head(x):
-            with torch.no_grad():
-                return outputs_float(model(x))
-    elif kind == "ort":
-        from compressdet.export.runtime import ort_session
-
-        head = ort_head_fn(ort_session(str(model_file)))
-    else:
-        raise ValueError(f"family_test_map: unknown kind {kind!r}")
-    res = evaluate_head_fn(head, DataConfig(**data), split=split, eval_cfg=EvalConfig(batch_size=16), model=model)
-    out = {"map40": float(res["map40"]), "map11": float(res["map11"]),
-           "ap40": {c: {lvl: float(v["ap40"]) for lvl, v in lv.items()} for c, lv in res["ap"].items()},
-           "images": res.get("images"), "split": split, "model_sha256": digest, "kind": kind}
-    atomic_write_json(path, out)
-    return out
+    fm = float_model if kind == "ort" and family != "shuffledet" else None
+    return test_map(model_file, data, cache_dir, kind=kind, split=split, float_model=fm)
 
 
 def time_graphs(graphs: dict[str, Path], cache_dir: Path, *, runs: int, threads: int, rounds: int) -> dict[str, dict]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # order: cheap first; the training benchmarks last
-ORDER = ["eval_speed", "synth_speed", "data_loader", "quant", "prune", "imitation_gain"]
+ORDER = ["eval_speed", "synth_speed", "data_loader", "quant", "prune", "imitation_gain", "distill_methods", "families"]
 
 
 def invocations(name: str, text: str, preset: str, results: str | None = None) -> list[list[str]]:
@@ -25,7 +25,7 @@ def invocations(name: str, text: str, preset: str, results: str | None = None) -
     ``--results`` (smoke runs must not overwrite the measured tables)."""
     out = ["--results", results] if results and '"--results"' in text else []
     if preset == "full" and '"full"' not in text:  # the protocol benchmarks call their CUDA schedule "gpu"
-        preset = "gpu"
+        preset = "gpu" if '"gpu"' in text else "cpu"
     if name == "quant":
         smoke = preset == "smoke"
         return [[*out, "speed", *(["--widths", "0.25", "--runs", "5"] if smoke else [])],
