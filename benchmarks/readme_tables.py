@@ -233,7 +233,28 @@ def demo(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def backends(r: dict) -> str:
+    be = ("ort", "openvino-f32", "openvino", "ort-int8", "openvino-int8")
+    lines = [f"`{r['command']}` ({r['size'][0]}x{r['size'][1]}, batch 1, {r['threads']} threads; each (model, backend) "
+             f"in processes of its own, {r['rounds']} rounds x {r['runs']} runs, median ms, and the precision each "
+             "backend really computed in):", "",
+             "| model | weights | " + " | ".join(be) + " | INT8 vs best exact fp32 | INT8 vs OpenVINO default |",
+             "|---|---|" + "---|" * (len(be) + 2)]
+    for row in r["rows"].values():
+        cells = [f"{row['median_ms'][b]:.1f} ({row['precision'][b]})" for b in be]
+        lines.append(f"| {row['model']} | {row['weights'].split(' ')[0]} | " + " | ".join(cells)
+                     + f" | {row['int8_speedup_vs_best_exact_fp32']:.2f}x ({row['best_int8']['backend']} vs "
+                     f"{row['best_exact_fp32']['backend']}) | {row['int8_speedup_vs_openvino_default']:.2f}x |")
+    g = r.get("goals")
+    if g:
+        lines += ["", "Goals for the 0.25x student: INT8 >= 2x the best exact fp32 backend "
+                  f"{'met' if g['int8_student_2x_vs_best_exact_fp32'] else 'NOT met'}; INT8 faster than OpenVINO's "
+                  f"default (bf16) fp32 run {'met' if g['int8_student_faster_than_openvino_default_fp32'] else 'NOT met'}."]
+    return "\n".join(lines) + "\n"
+
+
 GENERATORS: dict[str, Callable[[dict], str]] = {
+    "backends.json": backends,
     "demo.json": demo,
     "distill_methods.json": distill_methods,
     "imitation_gain.json": imitation_gain, "model_parity.json": model_parity, "eval_speed.json": eval_speed,
