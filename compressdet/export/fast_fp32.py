@@ -24,11 +24,11 @@ from torch import nn
 
 __all__ = ["DEFAULT_FP32_REWRITES", "fast_fp32", "resolve_rewrites"]
 
-#: default on. Provisional: shuffle folding and 4-channel padding follow ORT's kernel rules (no
-#: reshape-transpose between the convs; NCHWc depthwise only at multiples of 4); they are to be
-#: confirmed or replaced by ``python benchmarks/fp32_rewrites.py`` on a quiet machine, which has
-#: not run yet (README says so)
-DEFAULT_FP32_REWRITES: dict[str, Any] = {"fold_shuffle": True, "pad_bottleneck": 4, "pool_as_conv": False,
+#: default on: the fastest variant of ``python benchmarks/fp32_rewrites.py`` (quiet 2-core CPU,
+#: 384x1248, isolated processes; benchmarks/results/fp32_rewrites.json): shuffle folded into the convs
+#: and bottleneck widths padded to multiples of 16 (0.25x 75.8 ms vs 89.8 unrewritten and 77.8 with
+#: padding to 4; 1x 313 vs 384 and 362); pooling as conv and stem padding were slower
+DEFAULT_FP32_REWRITES: dict[str, Any] = {"fold_shuffle": True, "pad_bottleneck": 16, "pool_as_conv": False,
                                          "pad_stem": None}
 
 
