@@ -165,18 +165,21 @@ def export_fast_fp32(model, path: Path, hw) -> dict:
     return export_onnx(model, path, image_size=tuple(hw), fp32_rewrites=True, log=lambda *_: None)
 
 
-def isolated_ms(graphs: dict[str, Path], cache_dir: Path, *, runs: int, threads: int) -> dict[str, dict]:
-    """``compare_onnx_isolated`` (each graph in a process of its own, alternating over 3 rounds; ORT's
-    default ORT_ENABLE_ALL), cached by the graphs' sha256 + runs + threads so a resumed benchmark
-    does not re-time."""
+def isolated_ms(graphs: dict[str, Path], cache_dir: Path, *, runs: int, threads: int,
+                rounds: int = 3) -> dict[str, dict]:
+    """``compare_onnx_isolated`` (each graph in a process of its own, alternating over ``rounds``; ORT's
+    default ORT_ENABLE_ALL), cached by the graphs' sha256 + runs + threads (+ rounds when not 3) so a
+    resumed benchmark does not re-time."""
     from compressdet._io import atomic_write_json, sha256_file
     from compressdet.bench.latency import compare_onnx_isolated
 
-    key = hashlib.sha256(json.dumps({k: sha256_file(v) for k, v in sorted(graphs.items())} | {"_r": runs, "_t": threads},
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    spec = {k: sha256_file(v) for k, v in sorted(graphs.items())} | {"_r": runs, "_t": threads}
+    if rounds != 3:
+        spec["_rounds"] = rounds
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"latency-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    out = compare_onnx_isolated({k: str(v) for k, v in graphs.items()}, runs=runs, threads=threads)
+    out = compare_onnx_isolated({k: str(v) for k, v in graphs.items()}, runs=runs, threads=threads, rounds=rounds)
     atomic_write_json(path, out)
     return out

@@ -98,29 +98,6 @@ def family_test_map(model_file: Path, data: dict, cache_dir: Path, family: str, 
     return test_map(model_file, data, cache_dir, kind=kind, split=split, float_model=fm)
 
 
-def time_graphs(graphs: dict[str, Path], cache_dir: Path, *, runs: int, threads: int, rounds: int) -> dict[str, dict]:
-    """Each graph in processes of its own, alternating over ``rounds``: ``_protocol.isolated_ms`` (3 rounds, the
-    benchmarks' protocol); the smoke preset takes 1 round (every child process spends seconds importing
-    ``compressdet.bench``), cached the same way."""
-    import hashlib
-
-    from _protocol import isolated_ms
-
-    if rounds == 3:
-        return isolated_ms(graphs, cache_dir, runs=runs, threads=threads)
-    from compressdet._io import atomic_write_json, sha256_file
-    from compressdet.bench.latency import compare_onnx_isolated
-
-    key = hashlib.sha256(json.dumps({k: sha256_file(v) for k, v in sorted(graphs.items())}
-                                    | {"_r": runs, "_t": threads, "_rounds": rounds}, sort_keys=True).encode())
-    path = Path(cache_dir) / f"latency-{key.hexdigest()[:16]}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    out = compare_onnx_isolated({k: str(v) for k, v in graphs.items()}, runs=runs, threads=threads, rounds=rounds)
-    atomic_write_json(path, out)
-    return out
-
-
 def family_entry(seeds: list[int], test: dict[str, dict[int, float]], **extra) -> dict:
     """A family's block of the results JSON from its per-seed test mAP40 (``test[arm][seed]``):
     the per-seed lists, means, and ``distill_vs_none`` (paired by seed)."""
@@ -200,7 +177,7 @@ def main(argv=None) -> int:
     p = copy.deepcopy(PRESETS[args.preset])
 
     import torch
-    from _protocol import export_fast_fp32, protocol_keys
+    from _protocol import export_fast_fp32, isolated_ms, protocol_keys
 
     from compressdet._io import atomic_write_json, atomic_write_text, sha256_file
     from compressdet.data import build_dataset, prepare_data
@@ -319,7 +296,7 @@ def main(argv=None) -> int:
             student_models={a: [ig.rel_to_root(runs[a][sd]["model"]) for sd in seeds] for a in ARMS})
 
     # all graphs in one isolated comparison: each in processes of its own, alternating over rounds
-    ms = time_graphs(graphs, work / "latency", runs=p["latency_runs"], threads=p["latency_threads"],
+    ms = isolated_ms(graphs, work / "latency", runs=p["latency_runs"], threads=p["latency_threads"],
                      rounds=p["latency_rounds"])
     for fam, e in fam_out.items():
         fp, i8 = ms[f"{fam}/fp32"], ms[f"{fam}/int8"]

@@ -56,6 +56,16 @@ def raw_outputs(out: Any) -> Any:
     return one(out)
 
 
+def raw_outputs_torch(out: Any) -> Any:
+    """:func:`raw_outputs` as CPU tensors (one, or a tuple): what a family's postprocessor decodes."""
+    import torch
+
+    out = raw_outputs(out)
+    if isinstance(out, tuple):
+        return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in out)
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
 def outputs_max_abs_diff(a: Any, b: Any) -> float:
     """Largest |a - b| over all raw outputs (paired in order); a different count or shape is inf."""
     a, b = raw_outputs(a), raw_outputs(b)
@@ -73,8 +83,6 @@ def detection_decoder(model: Any, postprocess: Any = None, *, image_size: Sequen
 
     A module off the contract (no ``postprocessor``) is decoded as ShuffleDet's head, as before.
     """
-    import torch
-
     from ..models.contract import is_detector
 
     if is_detector(model):
@@ -86,10 +94,7 @@ def detection_decoder(model: Any, postprocess: Any = None, *, image_size: Sequen
                            **(postprocess or {}))
 
     def decode(out: Any) -> dict[str, Any]:
-        out = raw_outputs(out)
-        t = (tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in out) if isinstance(out, tuple)
-             else torch.from_numpy(np.ascontiguousarray(out)))
-        d = pp(t)[0]
+        d = pp(raw_outputs_torch(out))[0]
         return {"boxes": d["boxes"][:top], "labels": d["labels"][:top]}
 
     return decode

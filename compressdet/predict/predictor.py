@@ -278,13 +278,11 @@ class Predictor:
         self.pp = _decoder(resolved)
 
     def __call__(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        from ..export.runtime import raw_outputs
+        from ..export.runtime import raw_outputs_torch
 
         x, _ = self.transform(img, torch.zeros(0, 4))
-        out = raw_outputs(self.fn(x[None].float().numpy()))
-        t = (tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in out) if isinstance(out, tuple)
-             else torch.from_numpy(np.ascontiguousarray(out)))
-        return self.pp(t, orig_sizes=[tuple(int(s) for s in img.shape[-2:])])[0]
+        out = raw_outputs_torch(self.fn(x[None].float().numpy()))
+        return self.pp(out, orig_sizes=[tuple(int(s) for s in img.shape[-2:])])[0]
 
 
 SPLIT_PREFIX = "split:"
