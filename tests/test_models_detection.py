@@ -197,3 +197,25 @@ def test_postprocessor_from_recipe_config():
     cfg = PostprocessConfig()
     pp = PostProcessor.from_config(SIZE, cfg)
     assert (pp.score_thresh, pp.nms_thresh, pp.topk_candidates, pp.detections_per_class) == (0.0, 0.4, 64, 50)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_traceable_batched_nms_equals_torchvision_then_threshold(strict):
+    """The inlined class-offset NMS keeps exactly what batched_nms + the threshold keep (both graphs use it)."""
+    from torchvision.ops import batched_nms
+
+    from compressdet.models.postprocess import traceable_batched_nms
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 5 + torch.rand(200, 2, generator=g) * 30], 1)
+    scores = torch.rand(200, generator=g)
+    scores[:10] = 0.5  # ties at the threshold: strict drops them, >= keeps them
+    labels = torch.randint(0, 3, (200,), generator=g)
+    b, s, lab = traceable_batched_nms(boxes, scores, labels, 0.4, 0.5, strict=strict)
+    keep = batched_nms(boxes, scores, labels, 0.4)
+    keep = keep[scores[keep] > 0.5] if strict else keep[scores[keep] >= 0.5]
+    assert 0 < len(keep) < 200
+    assert torch.equal(b, boxes[keep]) and torch.equal(s, scores[keep]) and torch.equal(lab, labels[keep])
+    assert bool((s[:-1] >= s[1:]).all())
+    assert strict or bool((s == 0.5).any())

@@ -9,8 +9,9 @@ Export verification checks it against ``PostProcessor`` on real outputs.
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import Tensor, nn
+
+from ..models.postprocess import traceable_batched_nms
 
 __all__ = ["DetectionGraph", "decode_head"]
 
@@ -61,14 +62,7 @@ class DetectionGraph(nn.Module):
         k = min(self.topk_candidates, int(scores.shape[0]))
         scores, idx = scores.topk(k)
         boxes, labels = boxes[idx], labels[idx]
-        # per-class NMS by offsetting each class into its own region (torchvision's batched_nms trick,
-        # inlined: its empty-input branch is data-dependent and cannot be traced). The score threshold
-        # is applied after NMS, which is equivalent: a lower-scored box never suppresses a higher one.
-        offsets = labels.to(boxes.dtype) * (boxes.max() + 1.0)
-        keep = torchvision.ops.nms(boxes + offsets[:, None], scores, self.nms_thresh)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = scores >= self.score_thresh
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        boxes, scores, labels = traceable_batched_nms(boxes, scores, labels, self.nms_thresh, self.score_thresh)
         # rank of each detection within its class (keep is score-sorted): cap per class
         onehot = (labels[:, None] == torch.arange(self.num_classes, device=labels.device)[None]).to(torch.int64)
         rank = (torch.cumsum(onehot, dim=0) * onehot).sum(dim=1)

@@ -18,7 +18,7 @@ from .anchors import generate_anchors
 from .box_coder import BoxCoder
 from .head import split_head_output
 
-__all__ = ["PostProcessor", "scores_and_labels"]
+__all__ = ["PostProcessor", "scores_and_labels", "traceable_batched_nms"]
 
 
 def scores_and_labels(cls_logits: Tensor, conf_logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -33,6 +33,25 @@ def scores_and_labels(cls_logits: Tensor, conf_logits: Tensor) -> tuple[Tensor, 
     probs = torch.softmax(cls_logits.float(), dim=-1) * torch.sigmoid(conf_logits.float())[..., None]
     scores, labels = probs.max(dim=-1)
     return scores, labels
+
+
+def traceable_batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float,
+                          score_thresh: float, *, strict: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class NMS, then the score threshold, in ops that trace to ONNX (one image).
+
+    ``batched_nms``'s class-offset trick, inlined: its empty-input branch is data-dependent and
+    cannot be traced. Thresholding after NMS keeps the same boxes as before it: a box below the
+    threshold never outranks, so never suppresses, one above it. ``strict`` keeps ``score >
+    thresh`` (torchvision's detectors) instead of ``>=`` (ShuffleDet's ``PostProcessor``).
+    Returns the kept ``(boxes, scores, labels)``, sorted by score.
+    """
+    from torchvision.ops import nms
+
+    offsets = labels.to(boxes.dtype) * (boxes.max() + 1.0)
+    keep = nms(boxes + offsets[:, None], scores, iou_thresh)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = scores > score_thresh if strict else scores >= score_thresh
+    return boxes[keep], scores[keep], labels[keep]
 
 
 def _keep_per_class(labels: Tensor, limit: int) -> Tensor:

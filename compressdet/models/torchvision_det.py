@@ -371,7 +371,7 @@ class TorchvisionDetectionGraph(nn.Module):
         self.detections_per_img = int(detections_per_class) * model.num_classes
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        import torchvision
+        from .postprocess import traceable_batched_nms
 
         out = self.net(images)
         cls = out[0][0].float()
@@ -395,13 +395,8 @@ class TorchvisionDetectionGraph(nn.Module):
             labels.append(idx % num_classes)
             start += n
         boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
-        # per-class NMS by offsetting each class into its own region (batched_nms's trick, inlined: its
-        # empty-input branch is data-dependent and cannot be traced)
-        offsets = labels.to(boxes.dtype) * (boxes.max() + 1.0)
-        keep = torchvision.ops.nms(boxes + offsets[:, None], scores, self.nms_thresh)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = scores > self.score_thresh
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        boxes, scores, labels = traceable_batched_nms(boxes, scores, labels, self.nms_thresh, self.score_thresh,
+                                                      strict=True)
         return boxes[: self.detections_per_img], scores[: self.detections_per_img], labels[: self.detections_per_img]
 
 
