@@ -8,11 +8,14 @@ reported accuracy is measured once on the whole ``test`` split.
 Per family (student / its teacher): ``shuffledet_0.25x`` / ``shuffledet_1x``, ``fcos_mnv3_small`` /
 ``fcos_mnv3_large``, ``retinanet_mnv3_small`` / ``retinanet_mnv3_large``:
 
-1. the teacher, trained once and cached (ShuffleDet's is imitation_gain's teacher run: same recipe,
-   same name, read from that benchmark's ledger when it holds it);
-2. per paired seed two students at equal steps: no distillation, and ``distill: [{method: fgfi,
-   weight: W}]`` from the family's teacher; lr and W are fixed preset values (no sweep), so the only
-   selection is each run's checkpoint on val;
+1. the teacher, trained once: imitation_gain's ShuffleDet teacher, distill_methods' FCOS / RetinaNet
+   teacher (``distill_methods.TEACHER_LR``), the very runs those benchmarks make;
+2. per paired seed two students at equal steps: no distillation, and FGFI (``imitation: {weight: W}``)
+   from the family's teacher; these are imitation_gain's / distill_methods' ``base-lr{lr}`` and
+   ``I-lr{lr}-w{W}`` runs (``imitation_gain.student_runner``: same preset, same names), so whichever
+   benchmark runs first trains them and the others read them from the run folder or the committed
+   ledger. lr and W are fixed preset values here (no sweep), so the only selection is each run's
+   checkpoint on val;
 3. the paired difference distilled - none on test (``_protocol.claim``: per seed, mean, 95% t CI);
 4. size and speed of the student: MACs and params (``model_summary``), ORT latency of its fastest
    exact fp32 graph (``_protocol.export_fast_fp32``: ShuffleDet's exact rewrites; the FPN families
@@ -25,20 +28,16 @@ smoke preset writes under its work folder unless told, so checks never overwrite
 Every run is cached: killed, it resumes.
 
     python benchmarks/families.py --preset smoke   # the plumbing only: tiny data, a few steps
-    python benchmarks/families.py --preset cpu     # a 2-core CPU budget, about 5-6 h (resumable)
+    python benchmarks/families.py --preset cpu     # hours on 2 cores, shared with the other benchmarks (resumable)
 
-``cpu`` preset: imitation_gain's cpu data (SynthKITTI from real KITTI layouts, 1,000 train / 500 val /
-1,000 test, leak-free), input 192x624 (its reasons: a KITTI moderate object is >= 12.8 px tall),
-batch 2, 2 threads, students without augmentation (as imitation_gain's, so ShuffleDet's row can be
-read beside that benchmark's); teachers 12 passes over the training set (imitation_gain's teacher
-schedule, so ShuffleDet's teacher is reused rather than trained for 57 min again), students 3 passes
-(1,500 steps, the minimum imitation_gain argues for), 3 val evaluations per student. lr: ShuffleDet
-students 0.01 (what imitation_gain's cpu preset chose on val for the 0.25x), its teacher the
-schedule's 0.02 (imitation_gain's run); FCOS and RetinaNet 0.01 for teacher and students
-(recipes/quickstart_fcos.yaml). W = 1.0 (FGFI's default) for every family. The time is an estimate
-from 1-thread step times measured on the shared machine (students 0.4-0.5 s/step, the large teachers
-about 1 s/step at 192x624, batch 2): about 1 h per FPN teacher, 8-12 min per student, 18 students.
-No feature cache (imitation_gain's caches one ShuffleDet feature map; the FPN families imitate five).
+``cpu`` preset: imitation_gain's cpu preset for data and schedule (SynthKITTI from real KITTI layouts,
+1,000 train / 500 val / 1,000 test, leak-free; input 192x624; batch 2, 2 threads; students without
+augmentation, 3 passes = 1,500 steps, 6 val evaluations; teachers 12 passes). lr: every student 0.01
+(what imitation_gain's cpu preset chose on val for the 0.25x); teachers as ``distill_methods.TEACHER_LR``
+(ShuffleDet 0.02, the FPN families 0.01 as recipes/quickstart_fcos.yaml). W = 1.0 (FGFI's default).
+Alone, about 1 h per FPN teacher and 8-15 min per student (18 students); most of it is shared with
+imitation_gain and ``distill_methods --family fcos``. No feature cache for the FPN families
+(imitation_gain's caches one ShuffleDet feature map; they imitate five).
 """
 
 from __future__ import annotations
@@ -56,33 +55,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(Path(__file__).resolve().parent) not in sys.path:  # _protocol, imitation_gain when loaded by path (tests)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import distill_methods as dm  # noqa: E402
 import imitation_gain as ig  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-FAMILIES = {
-    "shuffledet": {"student": "shuffledet_0.25x", "teacher": "shuffledet_1x"},
-    "fcos": {"student": "fcos_mnv3_small", "teacher": "fcos_mnv3_large"},
-    "retinanet": {"student": "retinanet_mnv3_small", "teacher": "retinanet_mnv3_large"},
-}
+FAMILIES = {f: {"student": s, "teacher": t} for f, (t, s) in dm.FAMILIES.items()}
 ARMS = ("none", "distilled")
 
-_IG_CPU = ig.PRESETS["cpu"]
-# lr: {family: {"teacher": lr or None (the schedule's default, 0.02), "student": lr}}; weight: FGFI's W
+# Teachers and students train on imitation_gain's preset of the same name (data, steps, evaluations,
+# threads): a run here is the very run imitation_gain (ShuffleDet) or distill_methods (FPN families)
+# makes, found in their run folders or ledgers, so nothing is trained twice. Fixed here: each
+# family's student lr, FGFI's weight W, and the INT8 / latency settings.
 PRESETS = {
-    "smoke": {"data": copy.deepcopy(ig.PRESETS["smoke"]["data"]), "teacher_steps": 4, "student_steps": 3, "batch": 2,
-              "seeds": [0, 1, 2], "device": "cpu", "threads": 1, "channels_last": True, "student_augment": False,
-              "eval_images": None, "teacher_evals": 1, "student_evals": 2, "weight": 1.0,
-              "lr": {"shuffledet": {"teacher": None, "student": 0.01}, "fcos": {"teacher": 0.01, "student": 0.01},
-                     "retinanet": {"teacher": 0.01, "student": 0.01}},
+    "smoke": {"lr": {"shuffledet": 0.01, "fcos": 0.01, "retinanet": 0.01}, "weight": 1.0,
               "calibration_images": 4, "latency_runs": 3, "latency_rounds": 1, "latency_threads": 1},
-    # the teacher fields equal imitation_gain's cpu preset: its ShuffleDet teacher run has this recipe and name
-    "cpu": {"data": copy.deepcopy(_IG_CPU["data"]), "teacher_passes": _IG_CPU["teacher_passes"], "student_passes": 3,
-            "batch": _IG_CPU["batch"], "seeds": [0, 1, 2], "device": _IG_CPU["device"], "threads": _IG_CPU["threads"],
-            "channels_last": _IG_CPU["channels_last"], "student_augment": _IG_CPU["student_augment"],
-            "eval_images": _IG_CPU["eval_images"], "teacher_evals": _IG_CPU["teacher_evals"], "student_evals": 3,
-            "weight": 1.0,
-            "lr": {"shuffledet": {"teacher": None, "student": 0.01}, "fcos": {"teacher": 0.01, "student": 0.01},
-                   "retinanet": {"teacher": 0.01, "student": 0.01}},
+    "cpu": {"lr": {"shuffledet": 0.01, "fcos": 0.01, "retinanet": 0.01}, "weight": 1.0,
             "calibration_images": 64, "latency_runs": 50, "latency_rounds": 3, "latency_threads": 2},
 }
 DEFAULT_LR = 0.02  # ScheduleConfig.lr: what a stage without an lr trains with
@@ -175,6 +162,7 @@ def main(argv=None) -> int:
     if unknown or not families:
         ap.error(f"--families: unknown {unknown} (known: {', '.join(FAMILIES)})")
     p = copy.deepcopy(PRESETS[args.preset])
+    sp = copy.deepcopy(ig.PRESETS[args.preset])  # the shared schedule: imitation_gain's preset, unchanged
 
     import torch
     from _protocol import export_fast_fp32, isolated_ms, protocol_keys
@@ -187,28 +175,32 @@ def main(argv=None) -> int:
     from compressdet.recipe import DataConfig
 
     t_start = time.perf_counter()
-    torch.set_num_threads(p["threads"])
+    torch.set_num_threads(sp["threads"] or 1)
     work = args.work / args.preset
     work.mkdir(parents=True, exist_ok=True)
     out_dir = args.results or (RESULTS if args.preset != "smoke" else work / "results")
     ledger = ig.bench_ledger("families", args)
-    # ShuffleDet's teacher is imitation_gain's run: read (never written) from that benchmark's ledger
-    ig_ledger = ig.Ledger.for_bench("imitation_gain", args.preset,
-                                    enabled=ledger.root is not None and args.ledger is None)
+    # teachers and students are imitation_gain's (ShuffleDet) and distill_methods' (FPN) runs: with the
+    # committed ledgers, in their work folder and recorded in their ledgers; a check run (--ledger,
+    # --no-ledger, smoke) keeps everything in its own work folder and ledger
+    shared = ledger.root is not None and args.ledger is None
+    run_work = ROOT / "benchmarks" / ".imitation_gain" / args.preset if shared else work
+    owners = {fam: ig.Ledger.for_bench("imitation_gain" if fam == "shuffledet" else "distill_methods", args.preset)
+              if shared else ledger for fam in FAMILIES}
     test_dir = ledger.test_dir or work / "test_eval"
-    seeds, s0 = p["seeds"], p["seeds"][0]
-    hw = tuple(p["data"]["image_size"])
+    seeds, s0 = sp["seeds"], sp["seeds"][0]
+    hw = tuple(sp["data"]["image_size"])
 
-    s_data = ig._data(p, True)
+    s_data = ig._data(sp, True)
     s_cfg = DataConfig(**s_data)
     prepare_data(s_cfg)
     n = {split: len(build_dataset(s_cfg, split, train=split == "train")) for split in ("train", "val", "test")}
     data_hash = synth_key(s_cfg.synth) if s_cfg.format == "synth" else ig._digest(s_cfg.model_dump(mode="json"))
-    plan = ig.plan_steps(p, n["train"])
-    base = {"seed": 0, "device": p["device"]}
-    ev = {"batch_size": 16, "num_images_logged": 0, **({"max_images": p["eval_images"]} if p["eval_images"] else {})}
+    plan = ig.plan_steps(sp, n["train"])
+    base = {"seed": 0, "device": sp["device"]}
+    ev = {"batch_size": 16, "num_images_logged": 0, **({"max_images": sp["eval_images"]} if sp["eval_images"] else {})}
     print(f"plan: families {families}; teachers {plan['teacher_steps']} steps, students {plan['student_steps']} steps, "
-          f"batch {p['batch']}; {n['train']} train / {n['val']} val / {n['test']} test images", flush=True)
+          f"batch {sp['batch']}; {n['train']} train / {n['val']} val / {n['test']} test images", flush=True)
 
     def named(prefix: str, recipe: dict) -> dict:
         """The recipe with a name that digests it and the data; a pinned model file counts by its sha256, not
@@ -217,29 +209,24 @@ def main(argv=None) -> int:
                                     for st in recipe["stages"]]}
         return {**recipe, "name": f"{prefix}-{ig._digest({'recipe': key, 'data_hash': data_hash})}"}
 
-    def teacher(fam: str) -> tuple[dict, Path]:
-        lr = p["lr"][fam]["teacher"]
-        recipe = named("teacher", {**base, "data": ig._data(p, False), "stages": [ig._stage(
-            "teacher", FAMILIES[fam]["teacher"], plan["teacher_steps"], p, p["teacher_evals"], lr=lr)]})
-        man = ig_ledger.get(recipe["name"], work / "runs" / recipe["name"]) if fam == "shuffledet" else None
-        if man is not None:
-            return man, ig.model_file(work, man, "teacher", ig_ledger)
-        man = ig._run(recipe, work, ledger)
-        return man, ig.model_file(work, man, "teacher", ledger)
+    def teacher(fam: str) -> tuple[dict, Path, str]:
+        """imitation_gain's / distill_methods' teacher run of the family (same recipe, same name)."""
+        recipe = named("teacher", {**base, "data": ig._data(sp, False), "stages": [ig._stage(
+            "teacher", FAMILIES[fam]["teacher"], plan["teacher_steps"], sp, sp["teacher_evals"],
+            lr=dm.TEACHER_LR[fam])]})
+        man = ig._run(recipe, run_work, owners[fam])
+        return man, ig.model_file(run_work, man, "teacher", owners[fam]), recipe["name"].removeprefix("teacher-")
 
-    def student(fam: str, arm: str, seed: int, tfile: Path) -> dict:
-        st = ig._stage("student", FAMILIES[fam]["student"], plan["student_steps"], p, p["student_evals"],
-                       lr=p["lr"][fam]["student"])
-        stages = []
-        if arm == "distilled":
-            stages.append({"name": "teacher", "kind": "model_file", "path": str(tfile), "sha256": sha256_file(tfile)})
-            st.update(teacher="teacher", distill=[{"method": "fgfi", "weight": p["weight"]}])
-        recipe = named(f"{fam}-{arm}-s{seed}", {**base, "seed": seed, "data": s_data, "stages": stages + [st]})
-        man = ig._run(recipe, work, ledger)
-        mfile = ig.model_file(work, man, "student", ledger)
-        return {"run": recipe["name"], "model": mfile, "val": man["stages"]["student"]["metrics"],
-                "test": family_test_map(mfile, s_data, test_dir, fam),
-                "wall_s": sum(r.get("wall_time_s", 0.0) for r in man["stages"].values())}
+    def students(fam: str, tfile: Path, tkey: str) -> dict[str, dict[int, dict]]:
+        """The none / distilled students of every seed: imitation_gain's and distill_methods' ``base-lr{lr}``
+        and ``I-lr{lr}-w{W}`` runs (``imitation: {weight: W}``, i.e. FGFI)."""
+        runner = ig.student_runner(run_work, sp, n["train"], tkey, test_dir=owners[fam].test_dir or run_work / "test_eval",
+                                   ledger=owners[fam], arch=FAMILIES[fam]["student"])
+        lr, w = p["lr"][fam], p["weight"]
+        with ig.teacher_feature_cache(run_work / "feature_cache", n["train"],
+                                      enabled=sp["feature_cache"] and fam == "shuffledet"):
+            return {"none": {sd: runner.run(f"base-lr{lr}", sd, lr, 0.0, None) for sd in seeds},
+                    "distilled": {sd: runner.run(f"I-lr{lr}-w{w}", sd, lr, w, tfile) for sd in seeds}}
 
     def ptq(fam: str, sfile: Path) -> dict:
         stages = [{"name": "student", "kind": "model_file", "path": str(sfile), "sha256": sha256_file(sfile)},
@@ -258,10 +245,10 @@ def main(argv=None) -> int:
     student_s = 0.0
     for fam in families:
         arch = FAMILIES[fam]
-        tman, tfile = teacher(fam)
+        tman, tfile, tkey = teacher(fam)
         trec = tman["stages"]["teacher"]
         t_test = family_test_map(tfile, s_data, test_dir, fam)
-        runs = {a: {sd: student(fam, a, sd, tfile) for sd in seeds} for a in ARMS}
+        runs = students(fam, tfile, tkey)
         student_s += sum(r["wall_s"] for by in runs.values() for r in by.values())
         q = ptq(fam, runs["distilled"][s0]["model"])
         # fp32 graph of the same model the int8 graph was quantized from, named by its sha256 (exported once)
@@ -280,11 +267,11 @@ def main(argv=None) -> int:
             seeds, test, student=arch["student"],
             macs=summ["macs"]["total"], macs_backbone=summ["macs"]["backbone"],
             params=summ["params"]["total"], params_with_bn_stats=summ["params_with_bn_stats"]["total"],
-            lr=p["lr"][fam]["student"], weight=p["weight"],
+            lr=p["lr"][fam], weight=p["weight"],
             val_map40={a: [runs[a][sd]["val"]["map40"] for sd in seeds] for a in ARMS},
             best_step={a: [runs[a][sd]["val"].get("best_step") for sd in seeds] for a in ARMS},
             teacher={"arch": arch["teacher"], "run": tman["recipe"], "model": ig.rel_to_root(tfile),
-                     "sha256": sha256_file(tfile), "lr": p["lr"][fam]["teacher"] or DEFAULT_LR,
+                     "sha256": sha256_file(tfile), "lr": dm.TEACHER_LR[fam] or DEFAULT_LR,
                      "macs": t_summ["macs"]["total"], "params": count_params(build_model(arch["teacher"],
                                                                                          image_size=hw))["params"],
                      "val_map40": trec["metrics"]["map40"], "test_map40": t_test["map40"], "test": t_test},
@@ -309,13 +296,15 @@ def main(argv=None) -> int:
         "command": f"python benchmarks/families.py --preset {args.preset}{subset}",
         "map_metric": "official KITTI AP40, mAP over car/pedestrian/cyclist x E/M/H (%)",
         "data": {"train_images": n["train"], "val_images": n["val"], "test_images": n["test"], "data_hash": data_hash,
-                 "image_size": list(hw), "student_augment": p["student_augment"], "synth": p["data"].get("synth")},
-        "steps": {**plan, "batch": p["batch"], "teacher_evals": p["teacher_evals"], "student_evals": p["student_evals"]},
+                 "image_size": list(hw), "student_augment": sp["student_augment"], "synth": sp["data"].get("synth")},
+        "steps": {**plan, "batch": sp["batch"], "teacher_evals": sp["teacher_evals"],
+                  "student_evals": sp["student_evals"]},
         "settings": {"weight": p["weight"], "distill": [{"method": "fgfi", "weight": p["weight"]}],
-                     "lr": {f: {"teacher": p["lr"][f]["teacher"] or DEFAULT_LR, "student": p["lr"][f]["student"]}
-                            for f in families},
+                     "lr": {f: {"teacher": dm.TEACHER_LR[f] or DEFAULT_LR, "student": p["lr"][f]} for f in families},
+                     "shared_runs": (f"teachers and students are imitation_gain's (shuffledet) and distill_methods' "
+                                     f"(FPN families) runs of the {args.preset} preset: same recipes, same names"),
                      "selection": "none beyond each run's best-on-val checkpoint (lr and weight fixed by the preset)",
-                     "calibration_images": p["calibration_images"], "threads": p["threads"]},
+                     "calibration_images": p["calibration_images"], "threads": sp["threads"]},
         "latency": {"timer": "isolated_process", "runs": p["latency_runs"], "rounds": p["latency_rounds"],
                     "threads": p["latency_threads"], "batch": 1, "image_size": list(hw),
                     "note": (f"ONNX Runtime CPU, batch 1 at {hw[0]}x{hw[1]}, median of {p['latency_runs']} runs "

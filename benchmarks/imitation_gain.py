@@ -428,7 +428,17 @@ class StudentRunner:
         self.models[man["recipe"]] = rel_to_root(mfile)
         val = man["stages"]["student"]["metrics"]
         return {"val": val, "test": test_map(mfile, _data(p, True), self.test_dir), "lr": lr, "weight": weight,
-                "distill": distill}
+                "distill": distill, "run": man["recipe"], "model": mfile, "wall_s": self.student_s[-1]}
+
+
+def student_runner(work: Path, p: dict, n_train: int, teacher_key: str, *, test_dir: Path,
+                   ledger: Ledger | None, arch: str = "shuffledet_0.25x") -> StudentRunner:
+    """The runner every distillation benchmark builds the same way: the same preset, teacher and steps
+    give the same run names, so a student one benchmark trained is found (in its run folder or a
+    ledger) by the others instead of being trained again."""
+    plan = plan_steps(p, n_train)
+    return StudentRunner(work, p, plan, {"seed": 0, "device": p["device"]}, test_dir=test_dir, ledger=ledger, arch=arch,
+                         skey=_digest({"teacher": teacher_key, "steps": plan["student_steps"], "p": p}))
 
 
 def bench_ledger(bench: str, args) -> Ledger:
@@ -558,8 +568,7 @@ def main(argv=None) -> int:
         save_model(build_model("shuffledet_1x", image_size=hw), random_file,
                    meta={"untrained": True, "init_seed": RANDOM_TEACHER_SEED})
 
-    runner = StudentRunner(work, p, plan, base, skey=_digest({"teacher": key, "steps": plan["student_steps"], "p": p}),
-                           test_dir=test_dir, ledger=ledger)
+    runner = student_runner(work, p, n["train"], key, test_dir=test_dir, ledger=ledger)
     student = runner.run
 
     s0 = seeds[0]

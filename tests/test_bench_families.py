@@ -59,17 +59,20 @@ def test_json_blocks_and_table_from_per_seed_numbers(fam):
     assert "- fcos: +0.17 mAP (95% CI [" in md and md.count(": not significant") == 1
 
 
-def test_presets_share_imitation_gains_shuffledet_teacher_and_data(fam):
+def test_presets_train_on_imitation_gains_schedule_and_share_its_runs(fam):
+    """families' students are imitation_gain's / distill_methods' runs: same preset, same runner, same names."""
+    import distill_methods as dm
     import imitation_gain as ig  # on sys.path once families.py is loaded
 
-    cpu, ig_cpu = fam.PRESETS["cpu"], ig.PRESETS["cpu"]
-    for k in ("data", "teacher_passes", "batch", "device", "threads", "channels_last", "eval_images", "teacher_evals"):
-        assert cpu[k] == ig_cpu[k], k  # same teacher recipe -> same run name, read from imitation_gain's ledger
-    h, w = cpu["data"]["image_size"]
-    assert h <= 192 and w <= 624 and cpu["student_passes"] >= 3
+    assert set(fam.PRESETS) <= set(ig.PRESETS)
     for p in fam.PRESETS.values():
-        assert len(p["seeds"]) == 3 and set(p["lr"]) == set(fam.FAMILIES)
-    assert fam.PRESETS["smoke"]["data"]["image_size"] == [64, 192]
+        assert set(p["lr"]) == set(fam.FAMILIES) == set(dm.TEACHER_LR)
+        assert not {"data", "student_passes", "student_evals", "teacher_passes", "batch"} & set(p)  # no schedule of its own
+    assert fam.PRESETS["cpu"]["lr"]["shuffledet"] in ig.PRESETS["cpu"]["lr_sweep"]
+    assert fam.PRESETS["cpu"]["weight"] in ig.PRESETS["cpu"]["sweep"]
+    h, w = ig.PRESETS["cpu"]["data"]["image_size"]
+    assert h <= 192 and w <= 624 and ig.PRESETS["cpu"]["student_passes"] >= 3 and len(ig.PRESETS["cpu"]["seeds"]) == 3
+    assert {f: (v["teacher"], v["student"]) for f, v in fam.FAMILIES.items()} == dm.FAMILIES
 
 
 def test_unknown_family_is_a_usage_error(fam, tmp_path):
@@ -106,6 +109,8 @@ def test_smoke_preset_follows_the_protocol_and_resumes(fam, tmp_path):
     assert all(f"| {name} | {e['student']} |" in md for name, e in r["families"].items())
     runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())
     assert len(runs) == 3 * (1 + 2 * 3 + 1)  # per family: teacher, two arms x three seeds, ptq
+    # the students are imitation_gain's / distill_methods' runs by name (so those benchmarks' runs are reused)
+    assert sum(n.startswith("base-lr0.01-s") for n in runs) == sum(n.startswith("I-lr0.01-w1.0-s") for n in runs) == 9
     before = _artifacts(tmp_path / "w")
     assert fam.main(args) == 0  # resumes: no new run, nothing re-trained or re-exported, same numbers
     again = json.loads((tmp_path / "r" / "families.json").read_text())
