@@ -214,6 +214,13 @@ def distill_methods(r: dict) -> str:
     return "\n".join(out)
 
 
+def families(r: dict) -> str:
+    """The benchmark's own table (``families.render_md``), without its title."""
+    import families as fam  # benchmarks/ is on sys.path: this script lives there
+
+    return "\n".join(fam.render_md(r).splitlines()[2:]) + "\n"
+
+
 def demo(r: dict) -> str:
     m, met, g = r["minutes"], r["met"], r["goals"]
 
@@ -256,7 +263,7 @@ def backends(r: dict) -> str:
 GENERATORS: dict[str, Callable[[dict], str]] = {
     "backends.json": backends,
     "demo.json": demo,
-    "distill_methods.json": distill_methods,
+    "distill_methods.json": distill_methods, "families.json": families,
     "imitation_gain.json": imitation_gain, "model_parity.json": model_parity, "eval_speed.json": eval_speed,
     "prune.json": prune, "quant.json": quant, "quant_speed.json": quant_speed, "fp32_rewrites.json": fp32_rewrites,
 }

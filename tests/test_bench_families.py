@@ -57,6 +57,10 @@ def test_json_blocks_and_table_from_per_seed_numbers(fam):
     assert "| 0.250 G | 1.200 M | 10.00 | 5.00 | 11.00 (10.00, 11.00, 12.00) | 14.00 (12.00, 14.00, 16.00) |" in rows[0]
     assert "not significant" not in rows[0] and "not significant" in rows[1]
     assert "- fcos: +0.17 mAP (95% CI [" in md and md.count(": not significant") == 1
+    import readme_tables  # README's block is the same table, without the title
+
+    block = readme_tables.GENERATORS["families.json"](r)
+    assert not block.startswith("#") and rows[0] in block and rows[1] in block
 
 
 def test_presets_train_on_imitation_gains_schedule_and_share_its_runs(fam):
