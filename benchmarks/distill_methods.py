@@ -100,12 +100,8 @@ def main(argv=None) -> int:
     # ShuffleDet: the imitation benchmark's teacher (same recipe -> same cached run); other families
     # their own teacher on the same data and schedule
     tarch, sarch = FAMILIES[args.family]
-    base = {"seed": 0, "device": p["device"]}
-    teacher_recipe = {**base, "data": ig._data(p, False),
-                      "stages": [ig._stage("teacher", tarch, plan["teacher_steps"], p, p["teacher_evals"],
-                                           lr=TEACHER_LR[args.family])]}
-    key = ig._digest({"recipe": teacher_recipe, "data_hash": data_hash})
-    teacher_recipe["name"] = f"teacher-{key}"
+    teacher_recipe = ig.make_teacher_recipe(p, tarch, plan["teacher_steps"], data_hash, lr=TEACHER_LR[args.family])
+    key = teacher_recipe["name"].removeprefix("teacher-")
     ledger = ig.bench_ledger("distill_methods", args)
     # ShuffleDet's teacher is the imitation benchmark's run, recorded in its ledger (a check run's --ledger
     # holds both); another family's teacher is this benchmark's own

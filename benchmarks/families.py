@@ -211,9 +211,8 @@ def main(argv=None) -> int:
 
     def teacher(fam: str) -> tuple[dict, Path, str]:
         """imitation_gain's / distill_methods' teacher run of the family (same recipe, same name)."""
-        recipe = named("teacher", {**base, "data": ig._data(sp, False), "stages": [ig._stage(
-            "teacher", FAMILIES[fam]["teacher"], plan["teacher_steps"], sp, sp["teacher_evals"],
-            lr=dm.TEACHER_LR[fam])]})
+        recipe = ig.make_teacher_recipe(sp, FAMILIES[fam]["teacher"], plan["teacher_steps"], data_hash,
+                                        lr=dm.TEACHER_LR[fam])
         man = ig._run(recipe, run_work, owners[fam])
         return man, ig.model_file(run_work, man, "teacher", owners[fam]), recipe["name"].removeprefix("teacher-")
 

@@ -134,6 +134,14 @@ def _stage(name, arch, steps, p, n_evals, lr=None, **extra):
     return {"name": name, "kind": "train", "model": {"arch": arch}, "schedule": sched, "eval": ev, **extra}
 
 
+def make_teacher_recipe(p: dict, arch: str, steps: int, data_hash: str, lr: float | None = None) -> dict:
+    """A family's teacher run on preset ``p``. Every distillation benchmark builds it here, so the same
+    preset, family and data give the same run name and the teacher is trained once for all of them."""
+    recipe = {"seed": 0, "device": p["device"], "data": _data(p, False),
+              "stages": [_stage("teacher", arch, steps, p, p["teacher_evals"], lr=lr)]}
+    return {**recipe, "name": f"teacher-{_digest({'recipe': recipe, 'data_hash': data_hash})}"}
+
+
 def _run(recipe: dict, work: Path, ledger: Ledger | None = None) -> dict:
     """Run a recipe dict with the CLI (resuming its run folder if one exists); returns the manifest.
     A run the ``ledger`` holds is not run again: its manifest comes back, its model files restored."""
@@ -543,11 +551,8 @@ def main(argv=None) -> int:
     test_dir = ledger.test_dir or work / "test_eval"
 
     # 1. teacher, cached by its recipe + the data hash; best checkpoint on val, reported on test
-    base = {"seed": 0, "device": p["device"]}
-    teacher_recipe = {**base, "data": _data(p, False),
-                      "stages": [_stage("teacher", "shuffledet_1x", plan["teacher_steps"], p, p["teacher_evals"])]}
-    key = _digest({"recipe": teacher_recipe, "data_hash": data_hash})
-    teacher_recipe["name"] = f"teacher-{key}"
+    teacher_recipe = make_teacher_recipe(p, "shuffledet_1x", plan["teacher_steps"], data_hash)
+    key = teacher_recipe["name"].removeprefix("teacher-")
     tman = _run(teacher_recipe, work, ledger)
     trec = tman["stages"]["teacher"]
     teacher_minutes = trec.get("wall_time_s", 0.0) / 60
