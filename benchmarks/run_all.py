@@ -16,7 +16,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # order: cheap first; the training benchmarks last
-ORDER = ["eval_speed", "synth_speed", "data_loader", "quant", "prune", "imitation_gain", "distill_methods", "families"]
+ORDER = ["eval_speed", "synth_speed", "data_loader", "quant", "fpn_speed", "prune", "imitation_gain", "distill_methods",
+         "families"]
+#: scripts here that are not benchmarks: README generation, the demo's assets, the CUDA-only check
+#: (``python benchmarks/gpu_check.py`` on a GPU machine); ``_*.py`` are shared modules
+NOT_BENCHMARKS = {"readme_tables", "demo_assets", "gpu_check"}
 
 
 def invocations(name: str, text: str, preset: str, results: str | None = None) -> list[list[str]]:
@@ -33,15 +37,20 @@ def invocations(name: str, text: str, preset: str, results: str | None = None) -
     return [[*out, *(["--preset", preset] if "--preset" in text else [])]]
 
 
+def benchmark_scripts(folder: Path = HERE) -> dict[str, Path]:
+    """The benchmarks in ``folder`` by name, in the order they run: ``ORDER`` first, the rest by name."""
+    found = {p.stem: p for p in folder.glob("*.py")
+             if p.stem not in NOT_BENCHMARKS | {"run_all"} and not p.stem.startswith("_")}
+    return {n: found[n] for n in [n for n in ORDER if n in found] + sorted(set(found) - set(ORDER))}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", choices=["smoke", "full"], default="full")
     ap.add_argument("--only", nargs="*", help="benchmark names (default: all)")
     args = ap.parse_args()
-    scripts = {p.stem: p for p in HERE.glob("*.py") if p.stem != "run_all"}
-    names = [n for n in ORDER if n in scripts] + sorted(set(scripts) - set(ORDER))
-    if args.only:
-        names = [n for n in names if n in args.only]
+    scripts = benchmark_scripts()
+    names = [n for n in scripts if not args.only or n in args.only]
     failed = []
     smoke_results = tempfile.mkdtemp(prefix="bench_smoke_") if args.preset == "smoke" else None
     for name in names:

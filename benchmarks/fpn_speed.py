@@ -1,0 +1,198 @@
+"""Does INT8 pay off for the FPN families on a CPU? ORT latency of each family's student, fp32 vs INT8.
+
+For each family (the students of ``families.py``: ``fcos_mnv3_small``, ``retinanet_mnv3_small``, and
+ShuffleDet 0.25x for reference) and each input size (the cpu presets' 192x624 and the seed's 384x1248):
+
+- fp32: the fastest exact fp32 graph the exporter makes (``_protocol.export_fast_fp32``; ShuffleDet's
+  exact rewrites, none applies to the FPN families), ORT_ENABLE_ALL;
+- int8: the ``ptq`` stage's program (``quant.quantize_ptq``: the PT2E quantizer of the family, float
+  decode, FCOS's GroupNorm float) exported as the stage exports it (``export_int8_onnx`` with its ORT
+  rewrites and the family's output names);
+- each graph timed in a process of its own, graphs alternating over rounds, median of ``--runs``
+  (``_protocol.isolated_ms``, cached by the graphs' sha256).
+
+Weights: randomly initialised students with randomised BatchNorm statistics (``randomize_batchnorm``),
+calibrated on two random images: latency of these graphs does not depend on the weight values, and
+this needs no training run. ``--model FAMILY=PATH`` (FPN families) times a trained model file
+instead (e.g. a student of ``families.py --preset cpu``; raw outputs do not depend on the input size
+the model was trained at); its int8 graph is re-calibrated on random images at each
+size, which changes scales, not speed. Accuracy of INT8 is measured elsewhere (``families.py``,
+``quant.py accuracy``).
+
+    .venv/bin/python benchmarks/fpn_speed.py                     # ~10 min on 2 quiet cores
+    .venv/bin/python benchmarks/fpn_speed.py --preset smoke --results /tmp/x   # plumbing, ~3 min
+
+Writes ``benchmarks/results/fpn_speed.{json,md}`` (``--results`` another folder). Time it alone: another
+heavy job on the same cores makes the numbers meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from compressdet._io import atomic_write_json, atomic_write_text  # noqa: E402
+
+#: family -> the student timed (families.py's students)
+STUDENTS = {"fcos": "fcos_mnv3_small", "retinanet": "retinanet_mnv3_small", "shuffledet": "shuffledet_0.25x"}
+#: preset -> input sizes, timed runs, rounds, threads (``smoke``: plumbing only, numbers meaningless)
+PRESETS = {"full": {"sizes": [(192, 624), (384, 1248)], "runs": 60, "rounds": 3, "threads": 2},
+           "smoke": {"sizes": [(64, 192)], "runs": 4, "rounds": 1, "threads": 1}}
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected HxW, e.g. 384x1248") from None
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise argparse.ArgumentTypeError(f"size {text!r}: H and W must be positive multiples of 32")
+    return h, w
+
+
+def _model_arg(text: str) -> tuple[str, Path]:
+    fam, sep, path = text.partition("=")
+    if not sep or fam not in STUDENTS or fam == "shuffledet" or not path:
+        raise argparse.ArgumentTypeError(f"--model {text!r}: expected FAMILY=PATH with FAMILY fcos or retinanet "
+                                         "(ShuffleDet's trained timings: backends.py, quant.py)")
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"--model {text!r}: no such file {path}")
+    return fam, Path(path)
+
+
+def _model(fam: str, hw: tuple[int, int], path: Path | None) -> tuple[torch.nn.Module, str]:
+    from compressdet.models import build_model, load_model
+    from compressdet.quant.ptq import randomize_batchnorm
+
+    if path is not None:
+        model, _ = load_model(path)
+        if getattr(model, "family", "shuffledet") != fam:
+            raise ValueError(f"--model {fam}={path}: the file holds a {getattr(model, 'family', 'shuffledet')} model")
+        return model.eval(), "trained"
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(STUDENTS[fam], image_size=hw)).eval()
+    if fam == "shuffledet":  # a visible head, as quant.py speed
+        torch.nn.init.normal_(model.head.conv.weight, std=0.02)
+    return model, "random"
+
+
+def _int8(model: torch.nn.Module, calib: list[torch.Tensor], path: Path) -> Path:
+    """The ptq stage's int8 graph of ``model`` (its quantizer, capture and export), minmax on ``calib``."""
+    from compressdet.quant.onnx_int8 import export_int8_onnx
+    from compressdet.quant.ptq import quantize_ptq
+    from compressdet.recipe import QuantConfig
+
+    converted = quantize_ptq(model, calib, QuantConfig(calibration_images=len(calib)), observer="minmax",
+                             example=calib[0])
+    names = {} if getattr(model, "family", "shuffledet") == "shuffledet" else \
+        {"output_names": tuple(model.export_outputs)}
+    return export_int8_onnx(converted, calib[0], path, **names)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    from _protocol import export_fast_fp32, isolated_ms
+
+    from compressdet.models.summary import model_summary
+
+    torch.set_num_threads(args.threads)
+    trained = dict(args.model or [])
+    work = args.work
+    out: dict = {
+        "command": " ".join(["python benchmarks/fpn_speed.py", *args.argv]), "preset": args.preset,
+        "machine": platform.processor() or platform.machine(), "threads": args.threads, "batch": 1,
+        "timer": {"protocol": "isolated_process", "runs": args.runs, "rounds": args.rounds,
+                  "note": "ONNX Runtime CPU (ORT_ENABLE_ALL), each graph in a process of its own, graphs "
+                          "alternating over rounds, median of all runs (_protocol.isolated_ms)"},
+        "fp32": "the fastest exact fp32 export (_protocol.export_fast_fp32)",
+        "int8": "the ptq stage's PT2E program (minmax on 2 random images), exported as the stage does",
+        "weights": "random: random init with BatchNorm statistics randomised (latency does not depend on the "
+                   "values); trained: the --model file",
+        "families": {},
+    }
+    for fam in args.families:
+        entry: dict = {"student": STUDENTS[fam], "sizes": {}}
+        for hw in args.sizes:
+            tag = f"{hw[0]}x{hw[1]}"
+            t0 = time.time()
+            model, weights = _model(fam, hw, trained.get(fam))
+            rng = np.random.default_rng(0)
+            calib = [torch.from_numpy((rng.standard_normal((1, 3, *hw)) * 50).astype(np.float32)) for _ in range(2)]
+            d = work / f"{fam}-{tag}" / ("trained" if fam in trained else "random")
+            d.mkdir(parents=True, exist_ok=True)
+            info = export_fast_fp32(model, d / "fp32.onnx", hw)
+            _int8(model, calib, d / "int8.onnx")
+            built = time.time() - t0
+            ms = isolated_ms({"fp32": d / "fp32.onnx", "int8": d / "int8.onnx"}, work / "latency", runs=args.runs,
+                             threads=args.threads, rounds=args.rounds)
+            summ = model_summary(model, hw)
+            fp, i8 = ms["fp32"], ms["int8"]
+            entry.update(weights=weights, model=str(trained[fam]) if fam in trained else None)
+            entry["sizes"][tag] = {"macs": summ["macs"]["total"], "params": summ["params"]["total"],
+                                   "fp32_ms": fp["median_ms"], "int8_ms": i8["median_ms"],
+                                   "int8_speedup": fp["median_ms"] / i8["median_ms"],
+                                   "fp32_rewrites": info.get("fp32_rewrites"), "latency": {"fp32": fp, "int8": i8}}
+            print(f"[{fam} {tag}] fp32 {fp['median_ms']:.2f} ms, int8 {i8['median_ms']:.2f} ms "
+                  f"(x{fp['median_ms'] / i8['median_ms']:.2f}); graphs built in {built:.0f}s", flush=True)
+        out["families"][fam] = entry
+    return out
+
+
+def render_md(r: dict) -> str:
+    lines = [f"ORT CPU latency, batch 1, {r['threads']} thread(s), {r['machine']}; {r['timer']['note']}, "
+             f"{r['timer']['runs']} runs over {r['timer']['rounds']} round(s). fp32 = {r['fp32']}; int8 = {r['int8']}; "
+             f"weights: {r['weights']}.",
+             "", "| family | student | weights | input | MACs | fp32 ms | int8 ms | int8 speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
+    for fam, e in r["families"].items():
+        for tag, s in e["sizes"].items():
+            lines.append(f"| {fam} | {e['student']} | {e['weights']} | {tag} | {s['macs'] / 1e9:.3f} G "
+                         f"| {s['fp32_ms']:.2f} | {s['int8_ms']:.2f} | x{s['int8_speedup']:.2f} |")
+    lines += ["", f"`{r['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--families", nargs="+", choices=sorted(STUDENTS), default=list(STUDENTS))
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    ap.add_argument("--sizes", nargs="+", type=_size, metavar="HxW", help="input sizes (default: the preset's)")
+    ap.add_argument("--model", action="append", type=_model_arg, metavar="FAMILY=PATH",
+                    help="time this trained model file for FAMILY instead of a random-init student")
+    ap.add_argument("--runs", type=int, help="timed runs per graph (default: the preset's)")
+    ap.add_argument("--rounds", type=int, help="processes per graph, alternating (default: the preset's)")
+    ap.add_argument("--threads", type=int, help="ORT threads (default: the preset's)")
+    ap.add_argument("--work", type=Path, help="graphs and timing cache (default benchmarks/.fpn_speed/<preset>)")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    for k, v in PRESETS[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.work = args.work or ROOT / "benchmarks" / ".fpn_speed" / args.preset
+    for fam, path in args.model or []:  # a wrong file is a usage error before any work
+        try:
+            _model(fam, args.sizes[0], path)
+        except ValueError as e:
+            ap.error(str(e))
+    if args.runs <= 0 or args.rounds <= 0 or args.threads <= 0:
+        ap.error("--runs, --rounds and --threads must be positive")
+    r = measure(args)
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.results / "fpn_speed.json", r)
+    atomic_write_text(args.results / "fpn_speed.md", "# FPN families: INT8 vs fp32 latency\n\n" + render_md(r))
+    print(f"wrote {args.results / 'fpn_speed.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""benchmarks/fpn_speed.py (INT8 vs fp32 ORT latency of the FPN families) and run_all's choice of scripts:
+the table comes from the JSON alone, bad arguments are usage errors, and one family end to end at 64x192
+(a real int8 graph, each graph timed in a process of its own)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def fs():
+    mod = _load("fpn_speed")
+    yield mod
+    sys.modules.pop("fpn_speed_bench", None)
+
+
+def test_table_from_json(fs):
+    lat = {"median_ms": 1.0, "p90_ms": 1.0, "mean_ms": 1.0, "min_ms": 1.0, "runs": 4}
+    r = {"command": "python benchmarks/fpn_speed.py", "machine": "x86_64", "threads": 2,
+         "timer": {"runs": 60, "rounds": 3, "note": "isolated"}, "fp32": "fast", "int8": "ptq", "weights": "random or trained",
+         "families": {"fcos": {"student": "fcos_mnv3_small", "weights": "trained", "model": "/x/model.pt", "sizes": {
+             "192x624": {"macs": 4.2e8, "fp32_ms": 30.0, "int8_ms": 20.0, "int8_speedup": 1.5, "latency": lat},
+             "384x1248": {"macs": 1.68e9, "fp32_ms": 110.0, "int8_ms": 125.0, "int8_speedup": 0.88, "latency": lat}}}}}
+    md = fs.render_md(r)
+    rows = [ln for ln in md.splitlines() if ln.startswith("| fcos |")]
+    assert rows == ["| fcos | fcos_mnv3_small | trained | 192x624 | 0.420 G | 30.00 | 20.00 | x1.50 |",
+                    "| fcos | fcos_mnv3_small | trained | 384x1248 | 1.680 G | 110.00 | 125.00 | x0.88 |"]
+    assert "`python benchmarks/fpn_speed.py`" in md
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--sizes", "65x192"], "multiples of 32"),
+    (["--sizes", "big"], "expected HxW"),
+    (["--model", "shuffledet=x.pt"], "fcos or retinanet"),
+    (["--model", "fcos=/no/such/model.pt"], "no such file"),
+    (["--runs", "0"], "must be positive"),
+])
+def test_bad_arguments_are_usage_errors(fs, argv, says, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        fs.main([*argv, "--results", str(tmp_path)])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_model_file_of_another_family_is_refused(fs, tmp_path, capsys):
+    from compressdet.models import build_model, save_model
+
+    path = save_model(build_model("retinanet_mnv3_small", image_size=(64, 192)), tmp_path / "r.pt")
+    model, weights = fs._model("retinanet", (64, 192), path)
+    assert model.family == "retinanet" and weights == "trained" and not model.training
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        fs.main(["--model", f"fcos={path}", "--results", str(out)])
+    assert e.value.code == 2 and "holds a retinanet model" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.slow
+def test_fcos_end_to_end(fs, tmp_path):
+    import onnx
+
+    assert fs.main(["--preset", "smoke", "--families", "fcos", "--runs", "2", "--work", str(tmp_path / "w"),
+                    "--results", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "fpn_speed.json").read_text())
+    assert r["preset"] == "smoke" and r["timer"]["protocol"] == "isolated_process" and list(r["families"]) == ["fcos"]
+    s = r["families"]["fcos"]["sizes"]["64x192"]
+    assert s["int8_speedup"] == pytest.approx(s["fp32_ms"] / s["int8_ms"])
+    assert s["latency"]["fp32"]["runs"] == 2 and s["latency"]["int8"]["runs"] == 2
+    assert s["macs"] > 0
+    ops = {n.op_type for n in onnx.load(tmp_path / "w" / "fcos-64x192" / "random" / "int8.onnx").graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    f32 = {n.op_type for n in onnx.load(tmp_path / "w" / "fcos-64x192" / "random" / "fp32.onnx").graph.node}
+    assert "QuantizeLinear" not in f32
+    assert "| fcos | fcos_mnv3_small | random | 64x192 |" in (tmp_path / "fpn_speed.md").read_text()
+
+
+def test_run_all_runs_benchmarks_only(tmp_path):
+    run_all = _load("run_all")
+    try:
+        for name in ["_protocol", "readme_tables", "gpu_check", "demo_assets", "run_all", "quant", "zeta", "fpn_speed",
+                     "eval_speed"]:
+            (tmp_path / f"{name}.py").write_text("")
+        assert list(run_all.benchmark_scripts(tmp_path)) == ["eval_speed", "quant", "fpn_speed", "zeta"]
+        names = list(run_all.benchmark_scripts())  # this checkout: every ORDER entry exists
+        assert names[: len(run_all.ORDER)] == run_all.ORDER and "readme_tables" not in names
+        text = (ROOT / "benchmarks" / "fpn_speed.py").read_text()
+        assert run_all.invocations("fpn_speed", text, "smoke", "/tmp/r") == [["--results", "/tmp/r", "--preset", "smoke"]]
+        assert run_all.invocations("fpn_speed", text, "full") == [["--preset", "full"]]
+    finally:
+        sys.modules.pop("run_all_bench", None)
