@@ -29,6 +29,7 @@ heavy job on the same cores makes the numbers meaningless.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -46,8 +47,8 @@ from compressdet._io import atomic_write_json, atomic_write_text  # noqa: E402
 #: family -> the student timed (families.py's students)
 STUDENTS = {"fcos": "fcos_mnv3_small", "retinanet": "retinanet_mnv3_small", "shuffledet": "shuffledet_0.25x"}
 #: preset -> input sizes, timed runs, rounds, threads (``smoke``: plumbing only, numbers meaningless)
-PRESETS = {"full": {"sizes": [(192, 624), (384, 1248)], "runs": 60, "rounds": 3, "threads": 2},
-           "smoke": {"sizes": [(64, 192)], "runs": 4, "rounds": 1, "threads": 1}}
+PRESETS = {"full": {"sizes": [(192, 624), (384, 1248)], "runs": 60, "rounds": 3, "threads": 2, "profile_runs": 10},
+           "smoke": {"sizes": [(64, 192)], "runs": 4, "rounds": 1, "threads": 1, "profile_runs": 2}}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -99,6 +100,35 @@ def _int8(model: torch.nn.Module, calib: list[torch.Tensor], path: Path) -> Path
     return export_int8_onnx(converted, calib[0], path, **names)
 
 
+def op_profile(path: Path, runs: int, top: int = 8) -> dict:
+    """Where the time of one graph goes: ORT's profiler (1 thread, ``runs`` runs after 2 warm-up) summed
+    per op type of the optimized graph; the ``top`` op types as ``[op, share of kernel time, ms per run]``.
+    Shares, not latency: profiling runs in this process, not isolated."""
+    from compressdet.quant.onnx_int8 import ort_session
+
+    sess = ort_session(path, threads=1, profile=True)
+    inp = sess.get_inputs()[0]
+    feed = {inp.name: np.zeros(inp.shape, np.float32)}
+    for _ in range(2):
+        sess.run(None, feed)
+    for _ in range(runs):
+        sess.run(None, feed)
+    prof = Path(sess.end_profiling())
+    events = json.loads(prof.read_text())
+    prof.unlink()
+    seen: dict[str, int] = {}
+    per_op: dict[str, float] = {}
+    for e in events:  # each node runs once per run: its first 2 kernel events are the warm-up's
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            seen[e["name"]] = seen.get(e["name"], 0) + 1
+            if seen[e["name"]] > 2:
+                per_op[e["args"]["op_name"]] = per_op.get(e["args"]["op_name"], 0.0) + e["dur"]
+    total = sum(per_op.values())
+    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
+    return {"runs": runs, "threads": 1, "kernel_ms_per_run": round(total / 1000 / runs, 3),
+            "top": [[op, round(us / total, 4), round(us / 1000 / runs, 3)] for op, us in ranked]}
+
+
 def measure(args: argparse.Namespace) -> dict:
     from _protocol import export_fast_fp32, isolated_ms
 
@@ -135,12 +165,15 @@ def measure(args: argparse.Namespace) -> dict:
             ms = isolated_ms({"fp32": d / "fp32.onnx", "int8": d / "int8.onnx"}, work / "latency", runs=args.runs,
                              threads=args.threads, rounds=args.rounds)
             summ = model_summary(model, hw)
+            prof = {k: op_profile(d / f"{k}.onnx", args.profile_runs) for k in ("fp32", "int8")} \
+                if args.profile_runs else None
             fp, i8 = ms["fp32"], ms["int8"]
             entry.update(weights=weights, model=str(trained[fam]) if fam in trained else None)
             entry["sizes"][tag] = {"macs": summ["macs"]["total"], "params": summ["params"]["total"],
                                    "fp32_ms": fp["median_ms"], "int8_ms": i8["median_ms"],
                                    "int8_speedup": fp["median_ms"] / i8["median_ms"],
-                                   "fp32_rewrites": info.get("fp32_rewrites"), "latency": {"fp32": fp, "int8": i8}}
+                                   "fp32_rewrites": info.get("fp32_rewrites"), "latency": {"fp32": fp, "int8": i8},
+                                   "op_profile": prof}
             print(f"[{fam} {tag}] fp32 {fp['median_ms']:.2f} ms, int8 {i8['median_ms']:.2f} ms "
                   f"(x{fp['median_ms'] / i8['median_ms']:.2f}); graphs built in {built:.0f}s", flush=True)
         out["families"][fam] = entry
@@ -157,6 +190,14 @@ def render_md(r: dict) -> str:
         for tag, s in e["sizes"].items():
             lines.append(f"| {fam} | {e['student']} | {e['weights']} | {tag} | {s['macs'] / 1e9:.3f} G "
                          f"| {s['fp32_ms']:.2f} | {s['int8_ms']:.2f} | x{s['int8_speedup']:.2f} |")
+    prof = [(fam, tag, s["op_profile"]) for fam, e in r["families"].items() for tag, s in e["sizes"].items()
+            if s.get("op_profile")]
+    if prof:
+        lines += ["", "Where the time goes (ORT profiler, 1 thread, share of kernel time per op type of the optimized "
+                  "graph, top 5):", "", "| family | input | fp32 | int8 |", "|---|---|---|---|"]
+        for fam, tag, p in prof:
+            cells = [", ".join(f"{op} {share * 100:.0f}%" for op, share, _ in p[k]["top"][:5]) for k in ("fp32", "int8")]
+            lines.append(f"| {fam} | {tag} | {cells[0]} | {cells[1]} |")
     lines += ["", f"`{r['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -171,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, help="timed runs per graph (default: the preset's)")
     ap.add_argument("--rounds", type=int, help="processes per graph, alternating (default: the preset's)")
     ap.add_argument("--threads", type=int, help="ORT threads (default: the preset's)")
+    ap.add_argument("--profile-runs", type=int, help="runs of ORT's op profiler per graph, 0: none (default: the "
+                    "preset's)")
     ap.add_argument("--work", type=Path, help="graphs and timing cache (default benchmarks/.fpn_speed/<preset>)")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -178,14 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.runs <= 0 or args.rounds <= 0 or args.threads <= 0 or args.profile_runs < 0:
+        ap.error("--runs, --rounds and --threads must be positive, --profile-runs >= 0")
     args.work = args.work or ROOT / "benchmarks" / ".fpn_speed" / args.preset
     for fam, path in args.model or []:  # a wrong file is a usage error before any work
         try:
             _model(fam, args.sizes[0], path)
         except ValueError as e:
             ap.error(str(e))
-    if args.runs <= 0 or args.rounds <= 0 or args.threads <= 0:
-        ap.error("--runs, --rounds and --threads must be positive")
     r = measure(args)
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / "fpn_speed.json", r)

@@ -221,6 +221,13 @@ def families(r: dict) -> str:
     return "\n".join(fam.render_md(r).splitlines()[2:]) + "\n"
 
 
+def fpn_speed(r: dict) -> str:
+    """The benchmark's own table (``fpn_speed.render_md``)."""
+    import fpn_speed as fs
+
+    return fs.render_md(r)
+
+
 def demo(r: dict) -> str:
     m, met, g = r["minutes"], r["met"], r["goals"]
 
@@ -263,7 +270,7 @@ def backends(r: dict) -> str:
 GENERATORS: dict[str, Callable[[dict], str]] = {
     "backends.json": backends,
     "demo.json": demo,
-    "distill_methods.json": distill_methods, "families.json": families,
+    "distill_methods.json": distill_methods, "families.json": families, "fpn_speed.json": fpn_speed,
     "imitation_gain.json": imitation_gain, "model_parity.json": model_parity, "eval_speed.json": eval_speed,
     "prune.json": prune, "quant.json": quant, "quant_speed.json": quant_speed, "fp32_rewrites.json": fp32_rewrites,
 }

@@ -49,6 +49,7 @@ def test_table_from_json(fs):
     (["--model", "shuffledet=x.pt"], "fcos or retinanet"),
     (["--model", "fcos=/no/such/model.pt"], "no such file"),
     (["--runs", "0"], "must be positive"),
+    (["--profile-runs", "-1"], "--profile-runs >= 0"),
 ])
 def test_bad_arguments_are_usage_errors(fs, argv, says, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
@@ -85,7 +86,12 @@ def test_fcos_end_to_end(fs, tmp_path):
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     f32 = {n.op_type for n in onnx.load(tmp_path / "w" / "fcos-64x192" / "random" / "fp32.onnx").graph.node}
     assert "QuantizeLinear" not in f32
-    assert "| fcos | fcos_mnv3_small | random | 64x192 |" in (tmp_path / "fpn_speed.md").read_text()
+    prof = s["op_profile"]
+    assert prof["int8"]["runs"] == 2 and prof["int8"]["kernel_ms_per_run"] > 0
+    assert sum(share for _, share, _ in prof["fp32"]["top"]) <= 1.0 + 1e-6
+    assert any(op == "QLinearConv" for op, _, _ in prof["int8"]["top"]) and prof["fp32"]["top"][0][0] == "Conv"
+    md = (tmp_path / "fpn_speed.md").read_text()
+    assert "| fcos | fcos_mnv3_small | random | 64x192 |" in md and "| fcos | 64x192 | Conv " in md
 
 
 def test_run_all_runs_benchmarks_only(tmp_path):
