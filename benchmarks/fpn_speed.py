@@ -52,13 +52,13 @@ PRESETS = {"full": {"sizes": [(192, 624), (384, 1248)], "runs": 60, "rounds": 3,
 
 
 def _size(text: str) -> tuple[int, int]:
+    from compressdet.bench._cli import parse_size
+    from compressdet.errors import UserError
+
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected HxW, e.g. 384x1248") from None
-    if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise argparse.ArgumentTypeError(f"size {text!r}: H and W must be positive multiples of 32")
-    return h, w
+        return parse_size(text, "--sizes")
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _model_arg(text: str) -> tuple[str, Path]:
@@ -81,56 +81,83 @@ def _model(fam: str, hw: tuple[int, int], path: Path | None) -> tuple[torch.nn.M
             raise ValueError(f"--model {fam}={path}: the file holds a {getattr(model, 'family', 'shuffledet')} model")
         return model.eval(), "trained"
     torch.manual_seed(0)
-    model = randomize_batchnorm(build_model(STUDENTS[fam], image_size=hw)).eval()
-    if fam == "shuffledet":  # a visible head, as quant.py speed
-        torch.nn.init.normal_(model.head.conv.weight, std=0.02)
-    return model, "random"
+    if fam == "shuffledet":  # quant.py speed's random student (a visible head)
+        from quant import _random_student
+
+        return _random_student("0.25", *hw), "random"
+    return randomize_batchnorm(build_model(STUDENTS[fam], image_size=hw)).eval(), "random"
 
 
 def _int8(model: torch.nn.Module, calib: list[torch.Tensor], path: Path) -> Path:
-    """The ptq stage's int8 graph of ``model`` (its quantizer, capture and export), minmax on ``calib``."""
+    """The graph a ``ptq`` stage would ship (its quantizer, capture and export passes), so the timing is
+    of what users deploy; minmax on ``calib``, as scales do not change speed."""
     from compressdet.quant.onnx_int8 import export_int8_onnx
     from compressdet.quant.ptq import quantize_ptq
     from compressdet.recipe import QuantConfig
 
     converted = quantize_ptq(model, calib, QuantConfig(calibration_images=len(calib)), observer="minmax",
                              example=calib[0])
-    names = {} if getattr(model, "family", "shuffledet") == "shuffledet" else \
-        {"output_names": tuple(model.export_outputs)}
-    return export_int8_onnx(converted, calib[0], path, **names)
+    return export_int8_onnx(converted, calib[0], path, output_names=tuple(model.export_outputs))
 
 
-def op_profile(path: Path, runs: int, top: int = 8) -> dict:
-    """Where the time of one graph goes: ORT's profiler (1 thread, ``runs`` runs after 2 warm-up) summed
-    per op type of the optimized graph; the ``top`` op types as ``[op, share of kernel time, ms per run]``.
-    Shares, not latency: profiling runs in this process, not isolated."""
-    from compressdet.quant.onnx_int8 import ort_session
-
-    sess = ort_session(path, threads=1, profile=True)
-    inp = sess.get_inputs()[0]
-    feed = {inp.name: np.zeros(inp.shape, np.float32)}
-    for _ in range(2):
-        sess.run(None, feed)
-    for _ in range(runs):
-        sess.run(None, feed)
-    prof = Path(sess.end_profiling())
-    events = json.loads(prof.read_text())
-    prof.unlink()
-    seen: dict[str, int] = {}
+def kernel_us_per_op(events: list[dict], warmup: int) -> tuple[dict[str, float], int]:
+    """Kernel microseconds per op type in ORT profiler ``events``, after the first ``warmup`` runs (a
+    kernel event counts when it starts after the end of the last warm-up ``model_run``); also the
+    number of timed runs. Kept apart from the profiler so that the filtering is tested."""
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])
+    if len(runs) <= warmup:
+        raise ValueError(f"profile holds {len(runs)} runs, expected more than {warmup} warm-up runs")
+    cutoff = runs[warmup - 1]["ts"] + runs[warmup - 1]["dur"] if warmup else float("-inf")
     per_op: dict[str, float] = {}
-    for e in events:  # each node runs once per run: its first 2 kernel events are the warm-up's
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            seen[e["name"]] = seen.get(e["name"], 0) + 1
-            if seen[e["name"]] > 2:
-                per_op[e["args"]["op_name"]] = per_op.get(e["args"]["op_name"], 0.0) + e["dur"]
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= cutoff:
+            per_op[e["args"]["op_name"]] = per_op.get(e["args"]["op_name"], 0.0) + e["dur"]
+    return per_op, len(runs) - warmup
+
+
+def op_profile(path: Path, runs: int, work: Path, top: int = 8, warmup: int = 2) -> dict:
+    """Where the time of one graph goes, to explain a ratio: ORT's profiler (1 thread) summed per op type
+    of the optimized graph (``top`` as ``[op, share of kernel time, ms per run]``), and what the
+    optimizer made of the graph (op counts; the activations it fused into convolutions). Shares, not
+    latency: this runs in-process, not isolated."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    work.mkdir(parents=True, exist_ok=True)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3
+    so.enable_profiling, so.profile_file_prefix = True, str(work / "profile")
+    so.optimized_model_filepath = str(work / "optimized.onnx")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    prof = None
+    try:
+        inp = sess.get_inputs()[0]
+        feed = {inp.name: np.zeros(inp.shape, np.float32)}
+        for _ in range(warmup + runs):
+            sess.run(None, feed)
+        prof = Path(sess.end_profiling())
+        per_op, n = kernel_us_per_op(json.loads(prof.read_text()), warmup)
+        nodes = onnx.load(str(work / "optimized.onnx")).graph.node
+    finally:
+        for f in (prof, work / "optimized.onnx"):
+            if f is not None:
+                Path(f).unlink(missing_ok=True)
     total = sum(per_op.values())
     ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
-    return {"runs": runs, "threads": 1, "kernel_ms_per_run": round(total / 1000 / runs, 3),
-            "top": [[op, round(us / total, 4), round(us / 1000 / runs, 3)] for op, us in ranked]}
+    fused = collections.Counter(a.s.decode() for nd in nodes if nd.op_type in ("Conv", "FusedConv")
+                                for a in nd.attribute if a.name == "activation")
+    return {"runs": n, "threads": 1, "kernel_ms_per_run": round(total / 1000 / n, 3),
+            "top": [[op, round(us / total, 4), round(us / 1000 / n, 3)] for op, us in ranked],
+            "optimized_ops": dict(collections.Counter(nd.op_type for nd in nodes).most_common()),
+            "conv_fused_activations": dict(sorted(fused.items()))}
 
 
 def measure(args: argparse.Namespace) -> dict:
     from _protocol import export_fast_fp32, isolated_ms
+    from quant import _random_inputs
 
     from compressdet.models.summary import model_summary
 
@@ -155,8 +182,7 @@ def measure(args: argparse.Namespace) -> dict:
             tag = f"{hw[0]}x{hw[1]}"
             t0 = time.time()
             model, weights = _model(fam, hw, trained.get(fam))
-            rng = np.random.default_rng(0)
-            calib = [torch.from_numpy((rng.standard_normal((1, 3, *hw)) * 50).astype(np.float32)) for _ in range(2)]
+            calib = [torch.from_numpy(c) for c in _random_inputs(*hw)[1]]  # quant.py speed's calibration images
             d = work / f"{fam}-{tag}" / ("trained" if fam in trained else "random")
             d.mkdir(parents=True, exist_ok=True)
             info = export_fast_fp32(model, d / "fp32.onnx", hw)
@@ -165,7 +191,7 @@ def measure(args: argparse.Namespace) -> dict:
             ms = isolated_ms({"fp32": d / "fp32.onnx", "int8": d / "int8.onnx"}, work / "latency", runs=args.runs,
                              threads=args.threads, rounds=args.rounds)
             summ = model_summary(model, hw)
-            prof = {k: op_profile(d / f"{k}.onnx", args.profile_runs) for k in ("fp32", "int8")} \
+            prof = {k: op_profile(d / f"{k}.onnx", args.profile_runs, d / f"profile-{k}") for k in ("fp32", "int8")} \
                 if args.profile_runs else None
             fp, i8 = ms["fp32"], ms["int8"]
             entry.update(weights=weights, model=str(trained[fam]) if fam in trained else None)
@@ -224,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs <= 0 or args.rounds <= 0 or args.threads <= 0 or args.profile_runs < 0:
         ap.error("--runs, --rounds and --threads must be positive, --profile-runs >= 0")
     args.work = args.work or ROOT / "benchmarks" / ".fpn_speed" / args.preset
+    fams = [fam for fam, _ in args.model or []]
+    for fam in fams:
+        if fam not in args.families:
+            ap.error(f"--model {fam}=...: {fam} is not in --families ({' '.join(args.families)})")
+        if fams.count(fam) > 1:
+            ap.error(f"--model {fam}=... given {fams.count(fam)} times; one model file per family")
+    if args.results.exists() and not args.results.is_dir():
+        ap.error(f"--results {args.results}: exists and is not a folder")
     for fam, path in args.model or []:  # a wrong file is a usage error before any work
         try:
             _model(fam, args.sizes[0], path)

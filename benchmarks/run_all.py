@@ -38,18 +38,22 @@ def invocations(name: str, text: str, preset: str, results: str | None = None) -
 
 
 def benchmark_scripts(folder: Path = HERE) -> dict[str, Path]:
-    """The benchmarks in ``folder`` by name, in the order they run: ``ORDER`` first, the rest by name."""
+    """The benchmarks in ``folder`` by name, cheap ones first (``ORDER``), then any new script by name; a
+    helper that writes README or the demo's assets, or needs CUDA, is not a benchmark."""
     found = {p.stem: p for p in folder.glob("*.py")
              if p.stem not in NOT_BENCHMARKS | {"run_all"} and not p.stem.startswith("_")}
     return {n: found[n] for n in [n for n in ORDER if n in found] + sorted(set(found) - set(ORDER))}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", choices=["smoke", "full"], default="full")
     ap.add_argument("--only", nargs="*", help="benchmark names (default: all)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     scripts = benchmark_scripts()
+    unknown = sorted(set(args.only or []) - set(scripts))
+    if unknown:
+        ap.error(f"--only {' '.join(unknown)}: not a benchmark here; known: {', '.join(scripts)}")
     names = [n for n in scripts if not args.only or n in args.only]
     failed = []
     smoke_results = tempfile.mkdtemp(prefix="bench_smoke_") if args.preset == "smoke" else None

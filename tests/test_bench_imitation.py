@@ -110,3 +110,17 @@ def test_table_columns_match_method_macs(ig):
     assert flops == {"1x": "5.238 G", "0.25x": "0.667 G"}  # METHOD.md section 6, analytic
     assert params == {"1x": "1.6291 M", "0.25x": "0.2095 M"}
     assert ig._flops_params((192, 624))[0]["1x"] == "1.309 G"  # MACs scale with the pixels
+
+
+def test_teacher_run_name_is_the_committed_ledgers(ig):
+    """Every distillation benchmark reaches the cpu teacher through make_teacher_recipe; its name must stay
+    the one the committed ledger holds, or the 100-minute teacher would be trained again."""
+    from compressdet.data.synth import synth_key
+    from compressdet.recipe import DataConfig
+
+    p = ig.PRESETS["cpu"]
+    data_hash = synth_key(DataConfig(**ig._data(p, True)).synth)
+    recipe = ig.make_teacher_recipe(p, "shuffledet_1x", ig.plan_steps(p, 1000)["teacher_steps"], data_hash)
+    assert recipe["name"] == "teacher-0c1b46b24072"
+    assert (_PATH.parent / "ledger" / "imitation_gain" / "cpu" / recipe["name"]).is_dir()
+    assert ig.make_teacher_recipe(p, "shuffledet_1x", 6000, data_hash, lr=0.01)["name"] != recipe["name"]

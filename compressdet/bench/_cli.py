@@ -10,14 +10,14 @@ from ..errors import UserError
 __all__ = ["register", "parse_size", "parse_ints"]
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"384x1248"`` -> (384, 1248); both multiples of 16."""
+def parse_size(text: str, flag: str = "--image-size") -> tuple[int, int]:
+    """``"384x1248"`` -> (384, 1248); both multiples of 16 (the models' stride); errors name ``flag``."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise UserError(f"--image-size {text!r}: expected HxW, e.g. 384x1248") from None
+        raise UserError(f"{flag} {text!r}: expected HxW, e.g. 384x1248") from None
     if h <= 0 or w <= 0 or h % 16 or w % 16:
-        raise UserError(f"--image-size {text}: both sides must be positive multiples of 16")
+        raise UserError(f"{flag} {text}: both sides must be positive multiples of 16")
     return h, w
 
 

@@ -61,11 +61,10 @@ def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tens
 
     cfg, recipe = ctx.cfg, ctx.recipe
     example = example[:1].cpu()
-    # the float model's decode and output names (FPN families: several raw outputs, decoded outside)
-    names = {"output_names": tuple(model.export_outputs)} if getattr(model, "family", "shuffledet") != "shuffledet" \
-        else {}
+    # the float model's output names (FPN families: several raw outputs, decoded outside; ShuffleDet: "head")
     q_path = save_quantized(converted, example, ctx.stage_dir / "quantized.pt2")
-    onnx_path = export_int8_onnx(converted, example, ctx.stage_dir / "model_int8.onnx", **names)
+    onnx_path = export_int8_onnx(converted, example, ctx.stage_dir / "model_int8.onnx",
+                                 output_names=tuple(model.export_outputs))
     graph = check_int8_graph(onnx_path)
     res_torch = evaluate_head_fn(torch_head_fn(converted), recipe.data, post_cfg=cfg.postprocess, eval_cfg=cfg.eval,
                                  model=model)
