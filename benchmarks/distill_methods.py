@@ -83,7 +83,6 @@ def main(argv=None) -> int:
 
     from compressdet._io import atomic_write_json, atomic_write_text
     from compressdet.data import build_dataset, prepare_data
-    from compressdet.data.synth import synth_key
     from compressdet.eval.stats import describe
     from compressdet.recipe import DataConfig
 
@@ -94,7 +93,7 @@ def main(argv=None) -> int:
     s_cfg = DataConfig(**ig._data(p, True))
     prepare_data(s_cfg)
     n = {split: len(build_dataset(s_cfg, split, train=split == "train")) for split in ("train", "val", "test")}
-    data_hash = synth_key(s_cfg.synth)
+    data_hash = ig.data_hash_of(s_cfg)
     plan = ig.plan_steps(p, n["train"])
 
     # ShuffleDet: the imitation benchmark's teacher (same recipe -> same cached run); other families

@@ -169,7 +169,6 @@ def main(argv=None) -> int:
 
     from compressdet._io import atomic_write_json, atomic_write_text, sha256_file
     from compressdet.data import build_dataset, prepare_data
-    from compressdet.data.synth import synth_key
     from compressdet.models import build_model, load_model
     from compressdet.models.summary import count_params, model_summary
     from compressdet.recipe import DataConfig
@@ -195,7 +194,7 @@ def main(argv=None) -> int:
     s_cfg = DataConfig(**s_data)
     prepare_data(s_cfg)
     n = {split: len(build_dataset(s_cfg, split, train=split == "train")) for split in ("train", "val", "test")}
-    data_hash = synth_key(s_cfg.synth) if s_cfg.format == "synth" else ig._digest(s_cfg.model_dump(mode="json"))
+    data_hash = ig.data_hash_of(s_cfg)
     plan = ig.plan_steps(sp, n["train"])
     base = {"seed": 0, "device": sp["device"]}
     ev = {"batch_size": 16, "num_images_logged": 0, **({"max_images": sp["eval_images"]} if sp["eval_images"] else {})}

@@ -134,6 +134,14 @@ def _stage(name, arch, steps, p, n_evals, lr=None, **extra):
     return {"name": name, "kind": "train", "model": {"arch": arch}, "schedule": sched, "eval": ev, **extra}
 
 
+def data_hash_of(s_cfg) -> str:
+    """What names a run's data in every run key: SynthKITTI by its generator settings (the images follow
+    from them), other data by its whole config."""
+    from compressdet.data.synth import synth_key
+
+    return synth_key(s_cfg.synth) if s_cfg.format == "synth" else _digest(s_cfg.model_dump(mode="json"))
+
+
 def make_teacher_recipe(p: dict, arch: str, steps: int, data_hash: str, lr: float | None = None) -> dict:
     """A family's teacher run on preset ``p``. Every distillation benchmark builds it here, so the same
     preset, family and data give the same run name and the teacher is trained once for all of them."""
@@ -523,7 +531,6 @@ def main(argv=None) -> int:
 
     from compressdet._io import atomic_write_json, atomic_write_text, sha256_file
     from compressdet.data import build_dataset, prepare_data
-    from compressdet.data.synth import synth_key
     from compressdet.eval import format_table
     from compressdet.eval.stats import describe
     from compressdet.eval.table import result_from_ap40
@@ -542,7 +549,7 @@ def main(argv=None) -> int:
     s_cfg = DataConfig(**_data(p, True))
     prepare_data(s_cfg)
     n = {split: len(build_dataset(s_cfg, split, train=split == "train")) for split in ("train", "val", "test")}
-    data_hash = synth_key(s_cfg.synth) if s_cfg.format == "synth" else _digest(s_cfg.model_dump(mode="json"))
+    data_hash = data_hash_of(s_cfg)
     data_minutes = (time.perf_counter() - t0) / 60
     plan = plan_steps(p, n["train"])
     print(f"plan: teacher {plan['teacher_steps']} steps ({plan['teacher_passes']:.1f} passes), each student "

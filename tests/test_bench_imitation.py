@@ -115,11 +115,10 @@ def test_table_columns_match_method_macs(ig):
 def test_teacher_run_name_is_the_committed_ledgers(ig):
     """Every distillation benchmark reaches the cpu teacher through make_teacher_recipe; its name must stay
     the one the committed ledger holds, or the 100-minute teacher would be trained again."""
-    from compressdet.data.synth import synth_key
     from compressdet.recipe import DataConfig
 
     p = ig.PRESETS["cpu"]
-    data_hash = synth_key(DataConfig(**ig._data(p, True)).synth)
+    data_hash = ig.data_hash_of(DataConfig(**ig._data(p, True)))
     recipe = ig.make_teacher_recipe(p, "shuffledet_1x", ig.plan_steps(p, 1000)["teacher_steps"], data_hash)
     assert recipe["name"] == "teacher-0c1b46b24072"
     assert (_PATH.parent / "ledger" / "imitation_gain" / "cpu" / recipe["name"]).is_dir()
