@@ -4,25 +4,20 @@ run (`make test-bench`: minutes, the PTQ stages and the isolated-process timing 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from _bench import load_bench, unload_bench  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def fam():
-    spec = importlib.util.spec_from_file_location("families_bench", ROOT / "benchmarks" / "families.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield load_bench("families")
+    unload_bench("families")
 
 
 def _fake_result(fam, diffs: dict[str, list[float]]) -> dict:

@@ -4,29 +4,19 @@ the table comes from the JSON alone, bad arguments are usage errors, and one fam
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from _bench import load_bench, unload_bench  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def fs():
-    mod = _load("fpn_speed")
-    yield mod
-    sys.modules.pop("fpn_speed_bench", None)
+    yield load_bench("fpn_speed")
+    unload_bench("fpn_speed")
 
 
 def test_table_from_json(fs):
@@ -137,7 +127,7 @@ def test_fcos_end_to_end(fs, tmp_path):
 
 
 def test_run_all_runs_benchmarks_only(tmp_path, capsys):
-    run_all = _load("run_all")
+    run_all = load_bench("run_all")
     try:
         for name in ["_protocol", "readme_tables", "gpu_check", "demo_assets", "run_all", "quant", "zeta", "fpn_speed",
                      "eval_speed"]:
@@ -152,4 +142,4 @@ def test_run_all_runs_benchmarks_only(tmp_path, capsys):
             run_all.main(["--only", "fpn_sped"])
         assert e.value.code == 2 and "not a benchmark here" in capsys.readouterr().err
     finally:
-        sys.modules.pop("run_all_bench", None)
+        unload_bench("run_all")

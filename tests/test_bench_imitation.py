@@ -3,25 +3,20 @@ cache, and the seed-table columns (the runs themselves are benchmarks, not tests
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _bench import load_bench, unload_bench  # tests/ is on sys.path
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "imitation_gain.py"
 
 
 @pytest.fixture(scope="module")
 def ig():
-    spec = importlib.util.spec_from_file_location("imitation_gain_bench", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield load_bench("imitation_gain")
+    unload_bench("imitation_gain")
 
 
 def test_students_see_three_passes_in_the_cpu_preset(ig):

@@ -4,7 +4,6 @@ a second invocation resumes without training), and the README generators for the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,14 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import readme_tables  # noqa: E402
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from _bench import load_bench  # noqa: E402  (tests/ is on sys.path)
 
 
 def _trained(work: Path) -> dict[str, float]:
@@ -39,7 +31,7 @@ def _claims_ok(r: dict, names: tuple[str, ...]) -> None:
 
 
 def test_presets_choose_from_as_many_options_per_arm():
-    prune, quant = _load("prune"), _load("quant")
+    prune, quant = load_bench("prune"), load_bench("quant")
     for p in prune.PRESETS.values():
         assert len(p["seeds"]) >= 3 and p["ft_lr"][0] == 0.005  # the prune stage's default lr first
     assert prune.PRESETS["cpu"]["student_passes"] >= 3 and prune.PRESETS["gpu"]["student_steps"] == 40000
@@ -50,7 +42,7 @@ def test_presets_choose_from_as_many_options_per_arm():
 
 @pytest.mark.slow
 def test_prune_smoke_follows_the_protocol(tmp_path):
-    prune = _load("prune")
+    prune = load_bench("prune")
     args = ["--preset", "smoke", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r"), "--runs", "3"]
     assert prune.main(args) == 0
     r = json.loads((tmp_path / "r" / "prune.json").read_text())
@@ -70,7 +62,7 @@ def test_prune_smoke_follows_the_protocol(tmp_path):
 
 @pytest.mark.bench_smoke  # ~10 int8 stages: minutes even at smoke size; `make test-bench`
 def test_quant_accuracy_smoke_follows_the_protocol(tmp_path):
-    quant = _load("quant")
+    quant = load_bench("quant")
     args = ["--results", str(tmp_path / "r"), "accuracy", "--preset", "smoke", "--work", str(tmp_path / "w"),
             "--runs", "3"]
     assert quant.main(args) == 0
