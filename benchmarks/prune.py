@@ -337,10 +337,14 @@ def protocol(args: argparse.Namespace) -> dict:
     sweeps: dict[str, dict] = {}
     chosen: dict[str, dict] = {}
 
+    files: dict[str, Path] = {}  # model path (relative to the root) -> the file, for the test evaluation
+
     def finish(man: dict, stage: str, **extra) -> dict:
+        """A run's val metrics and model; no test evaluation here: only the chosen runs are evaluated on
+        test, after every selection is made."""
         f = model_file(work, man, stage, ledger)
-        m = man["stages"][stage]["metrics"]
-        return {"val": m, "model": rel_to_root(f), "test": test_map(f, s["data"], test_dir), **extra}
+        files[rel_to_root(f)] = f
+        return {"val": man["stages"][stage]["metrics"], "model": rel_to_root(f), **extra}
 
     def student(seed: int) -> dict:
         st = {"name": "student", "kind": "train", "model": {"arch": "shuffledet_0.5x"}, "teacher": "teacher",
@@ -380,6 +384,9 @@ def protocol(args: argparse.Namespace) -> dict:
             for name in ARMS:
                 runs[name][seed] = arm(name, seed, chosen[name]["ft_lr"])
     train_minutes = (time.perf_counter() - t0) / 60
+    for by in runs.values():  # 5. the chosen runs of every arm and seed, once each on test
+        for r in by.values():
+            r["test"] = test_map(files[r["model"]], s["data"], test_dir)
 
     test = {a: {sd: r["test"]["map40"] for sd, r in by.items()} for a, by in runs.items()}
     val = {a: {sd: r["val"]["map40"] for sd, r in by.items()} for a, by in runs.items()}

@@ -55,6 +55,9 @@ def test_prune_smoke_follows_the_protocol(tmp_path):
     assert (tmp_path / "r" / "prune_curves.png").stat().st_size > 1000
     before = _trained(tmp_path / "w")
     assert len(before) >= 1 + 3 + 3 * 2 + 2 * 3  # teacher, students, seed-0 sweeps, other seeds
+    # on test: the teacher and the chosen run of every arm and seed, nothing that lost a selection
+    evals = list((tmp_path / "w" / "smoke" / "test_eval").glob("test-*.json"))
+    assert len(evals) == 1 + 4 * 3, len(evals)
     assert prune.main(args) == 0
     again = json.loads((tmp_path / "r" / "prune.json").read_text())
     assert again["map40"] == r["map40"] and _trained(tmp_path / "w") == before
