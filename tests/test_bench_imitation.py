@@ -107,7 +107,7 @@ def test_table_columns_match_method_macs(ig):
     assert ig._flops_params((192, 624))[0]["1x"] == "1.309 G"  # MACs scale with the pixels
 
 
-def test_teacher_run_name_is_the_committed_ledgers(ig):
+def test_teacher_run_name_is_the_committed_ledgers(ig, kitti_real):  # the cpu data's layouts are real KITTI labels
     """Every distillation benchmark reaches the cpu teacher through make_teacher_recipe; its name must stay
     the one the committed ledger holds, or the 100-minute teacher would be trained again."""
     from compressdet.recipe import DataConfig
