@@ -75,7 +75,7 @@ def _model(fam: str, hw: tuple[int, int], path: Path | None) -> tuple[torch.nn.M
     from compressdet.models import build_model, load_model
     from compressdet.quant.ptq import randomize_batchnorm
 
-    if path is not None:
+    if path is not None:  # raw outputs do not depend on the size trained at: one model serves every size
         model, _ = load_model(path)
         if getattr(model, "family", "shuffledet") != fam:
             raise ValueError(f"--model {fam}={path}: the file holds a {getattr(model, 'family', 'shuffledet')} model")
@@ -181,7 +181,7 @@ def measure(args: argparse.Namespace) -> dict:
         for hw in args.sizes:
             tag = f"{hw[0]}x{hw[1]}"
             t0 = time.time()
-            model, weights = _model(fam, hw, trained.get(fam))
+            model, weights = args.loaded[fam] if fam in args.loaded else _model(fam, hw, None)
             calib = [torch.from_numpy(c) for c in _random_inputs(*hw)[1]]  # quant.py speed's calibration images
             d = work / f"{fam}-{tag}" / ("trained" if fam in trained else "random")
             d.mkdir(parents=True, exist_ok=True)
@@ -258,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--model {fam}=... given {fams.count(fam)} times; one model file per family")
     if args.results.exists() and not args.results.is_dir():
         ap.error(f"--results {args.results}: exists and is not a folder")
-    for fam, path in args.model or []:  # a wrong file is a usage error before any work
+    args.loaded = {}  # trained models, loaded once: a wrong file is a usage error before any work
+    for fam, path in args.model or []:
         try:
-            _model(fam, args.sizes[0], path)
+            args.loaded[fam] = _model(fam, args.sizes[0], path)
         except ValueError as e:
             ap.error(str(e))
     r = measure(args)

@@ -337,13 +337,10 @@ def protocol(args: argparse.Namespace) -> dict:
     sweeps: dict[str, dict] = {}
     chosen: dict[str, dict] = {}
 
-    files: dict[str, Path] = {}  # model path (relative to the root) -> the file, for the test evaluation
-
     def finish(man: dict, stage: str, **extra) -> dict:
         """A run's val metrics and model; no test evaluation here: only the chosen runs are evaluated on
         test, after every selection is made."""
         f = model_file(work, man, stage, ledger)
-        files[rel_to_root(f)] = f
         return {"val": man["stages"][stage]["metrics"], "model": rel_to_root(f), **extra}
 
     def student(seed: int) -> dict:
@@ -386,7 +383,7 @@ def protocol(args: argparse.Namespace) -> dict:
     train_minutes = (time.perf_counter() - t0) / 60
     for by in runs.values():  # 5. the chosen runs of every arm and seed, once each on test
         for r in by.values():
-            r["test"] = test_map(files[r["model"]], s["data"], test_dir)
+            r["test"] = test_map(ROOT / r["model"], s["data"], test_dir)  # rel_to_root: relative or absolute
 
     test = {a: {sd: r["test"]["map40"] for sd, r in by.items()} for a, by in runs.items()}
     val = {a: {sd: r["val"]["map40"] for sd, r in by.items()} for a, by in runs.items()}
