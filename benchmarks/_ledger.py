@@ -4,15 +4,19 @@ a fresh machine.
 The run folders under ``benchmarks/.<bench>/`` are a local cache: a machine that is wiped between
 sessions loses them. The ledger (``benchmarks/ledger/<bench>/<preset>/``, in git) keeps, for each
 finished recipe run, its manifest and the sha256 of the final model file of each of its stages, plus
-the commit and the time they were made at; the files themselves sit in a store outside git
-(``~/.cache/compressdet/ledger``, ``COMPRESSDET_LEDGER_STORE``). A later invocation that asks for the same run (same recipe name,
-which carries a digest of the recipe and its inputs) gets the recorded run back instead of
-training it again; test-split evaluations are cached in the ledger too.
+the commit and the time they were made at; the files themselves sit beside the record, in git too
+(or in ``$COMPRESSDET_LEDGER_STORE/<bench>/<preset>``). In git, because git is the only thing that
+outlives the machine here: a store under ``~/.cache`` was wiped with it, and the 100-minute cpu
+teacher had to be trained again. The cost is the repository's size: the cpu presets' models are
+0.8-6.6 MB each (about 50 MB for the prune benchmark). A later invocation that asks for the same
+run (same recipe name, which carries a location-free digest of the recipe and its inputs,
+``_protocol.run_digest``) gets the recorded run back instead of training it again; test-split
+evaluations are cached in the ledger too.
 
 Only finished runs enter it; a run killed half-way is re-run from its local checkpoints when they
 exist, from the start otherwise. Because training is byte-reproducible (same recipe, seed and
 inputs give the same model bytes), every recorded model can be checked by re-running its recipe:
-``sha256`` in each entry is what it must reproduce.
+``sha256`` in each entry is what it must reproduce, and ``put`` refuses a re-made run that does not.
 """
 
 from __future__ import annotations
@@ -57,8 +61,15 @@ class Ledger:
     def for_bench(cls, bench: str, preset: str, enabled: bool = True) -> "Ledger":
         if not enabled:
             return cls(None)
-        store = Path(os.environ.get("COMPRESSDET_LEDGER_STORE", Path.home() / ".cache" / "compressdet" / "ledger"))
-        return cls(LEDGERS / bench / preset, store / bench / preset)
+        return cls.at(LEDGERS / bench / preset)
+
+    @classmethod
+    def at(cls, root: Path) -> "Ledger":
+        """The ledger recorded at ``root`` (``.../<bench>/<preset>``), its bytes beside the record or
+        under ``$COMPRESSDET_LEDGER_STORE/<bench>/<preset>``."""
+        root = Path(root)
+        store = os.environ.get("COMPRESSDET_LEDGER_STORE")
+        return cls(root, Path(store) / root.parent.name / root.name if store else root)
 
     @property
     def test_dir(self) -> Path | None:
@@ -105,6 +116,8 @@ class Ledger:
         from compressdet._io import atomic_write_json, sha256_file
 
         entry = self._entry(name)
+        recorded = (json.loads((entry / "ledger.json").read_text())["files"]
+                    if (entry / "manifest.json").is_file() else None)
         files = {}
         for rec in manifest["stages"].values():
             if rec.get("status") != "done" or rec.get("kind") == "model_file":
@@ -120,8 +133,14 @@ class Ledger:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dst.with_suffix(dst.suffix + ".tmp")
                 shutil.copyfile(src, tmp)
+                sha = sha256_file(tmp)
+                if recorded is not None and recorded.get(art["path"], sha) != sha:
+                    tmp.unlink()
+                    raise SystemExit(f"{entry / 'ledger.json'}: re-made run {name} does not reproduce its recorded "
+                                     f"{art['path']} (sha256 {sha[:12]}, recorded {recorded[art['path']][:12]}); "
+                                     "training is meant to be byte-reproducible")
                 tmp.replace(dst)
-                files[art["path"]] = sha256_file(dst)
+                files[art["path"]] = sha
         atomic_write_json(entry / "ledger.json", {"files": files, "commit": _commit(),
                                                   "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         atomic_write_json(entry / "manifest.json", manifest)  # last: its presence means the entry is whole

@@ -13,9 +13,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 SELECTION_SPLIT, REPORT_SPLIT = "val", "test"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _portable(obj, root: Path):
+    if isinstance(obj, dict):
+        return {k: _portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_portable(v, root) for v in obj]
+    if isinstance(obj, (str, Path)) and Path(obj).is_absolute() and Path(obj).is_relative_to(root.parent):
+        return os.path.relpath(obj, root)  # the checkout and ../shared sit side by side everywhere
+    return obj
+
+
+def run_digest(obj, root: Path = ROOT) -> str:
+    """The 12-hex key that names a benchmark run. It names what the run is, not where this checkout
+    sits: absolute paths inside the checkout's parent (the repository, ``../shared``) enter relative
+    to the repository, so the ledger a clone in ``/check/work/main`` reads is the one
+    ``/work/main`` wrote."""
+    return hashlib.sha256(json.dumps(_portable(obj, root), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def protocol_keys(seeds: list[int]) -> dict:
@@ -53,7 +73,7 @@ def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str 
     spec = {"m": digest, "d": data, "s": split, "n": max_images, "k": kind}
     if float_model is not None:
         spec["f"] = sha256_file(float_model)
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(_portable(spec, ROOT), sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{split}-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())

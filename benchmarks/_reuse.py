@@ -30,17 +30,39 @@ def student_settings(preset: str = "cpu") -> dict:
 
 def _checked_results(results_json: Path) -> dict:
     """The imitation benchmark's results JSON, once its teacher file is known to be the recorded one."""
-    from compressdet._io import sha256_file
 
     if not results_json.is_file():
         raise SystemExit(f"{results_json}: not found; run benchmarks/imitation_gain.py first (its models are reused)")
     r = json.loads(results_json.read_text())
-    teacher = repo_path(r["teacher"]["model"])
-    if not teacher.is_file() or sha256_file(teacher) != r["teacher"]["sha256"]:
-        raise SystemExit(f"{teacher}: the imitation benchmark's teacher is missing or changed; re-run "
+    teacher = find_model(r, r["teacher"]["model"], r["teacher"]["sha256"])
+    if teacher is None:
+        raise SystemExit(f"{r['teacher']['model']}: the imitation benchmark's teacher is missing or changed; re-run "
                          "benchmarks/imitation_gain.py (--teacher-only retrains just the teacher; finished runs "
                          "are recorded under benchmarks/ledger/imitation_gain)")
+    r["teacher"]["model"] = str(teacher)
     return r
+
+
+def find_model(r: dict, path: str, sha256: str) -> Path | None:
+    """A model the results JSON ``r`` names, by its bytes: the recorded path when it still holds them,
+    else any file of the results' ledger with that sha256 (the run re-made on another machine, whose
+    ledger entry may carry another name). ``None`` when no such file exists here."""
+    from _ledger import Ledger
+
+    from compressdet._io import sha256_file
+
+    p = repo_path(path)
+    if p.is_file() and sha256_file(p) == sha256:
+        return p
+    if not r.get("ledger"):
+        return None
+    ledger = Ledger.at(repo_path(r["ledger"]["path"]))
+    for entry in sorted(ledger.root.glob("*/ledger.json")):
+        for rel, sha in json.loads(entry.read_text())["files"].items():
+            f = ledger.store / entry.parent.name / rel
+            if sha == sha256 and f.is_file() and sha256_file(f) == sha256:
+                return f
+    return None
 
 
 def repo_path(path: str) -> Path:
@@ -83,11 +105,16 @@ def imitation_students(results_json: Path = RESULTS / "imitation_gain.json") -> 
     students = {}
     for seed in r["seeds"]:
         prefix = f"I-lr{c['lr']}-w{c['weight']}-s{seed}-"
-        hits = [p for k, p in r["student_models"].items() if k.startswith(prefix)]
-        if len(hits) != 1 or not repo_path(hits[0]).is_file():
+        hits = [(k, p) for k, p in r["student_models"].items() if k.startswith(prefix)]
+        found = None
+        if len(hits) == 1:
+            sha = (r.get("ledger") or {}).get("runs", {}).get(hits[0][0], {}).get("files", {}).get("student/model.pt")
+            found = find_model(r, hits[0][1], sha) if sha else (repo_path(hits[0][1]) if repo_path(hits[0][1]).is_file()
+                                                              else None)
+        if found is None:
             raise SystemExit(f"{results_json}: the seed-{seed} 0.25x-I student ({prefix}*) is missing; re-run "
                              "benchmarks/imitation_gain.py (its runs are cached)")
-        students[seed] = repo_path(hits[0])
+        students[seed] = found
     hist = (r.get("eval_history") or {}).get("0.25x-I", {})
     return {**_teacher_keys(r), **student_settings(r["preset"]), "students": students,
             "student_history": {s: [tuple(x) for x in hist.get(str(s), [])] for s in students},

@@ -110,7 +110,9 @@ RANDOM_TEACHER_SEED = 12345
 
 
 def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+    from _protocol import run_digest
+
+    return run_digest(obj)
 
 
 def _data(p: dict, student: bool) -> dict:

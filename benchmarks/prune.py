@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import statistics
 import sys
@@ -204,7 +203,9 @@ def _write(out: Path, res: dict, lines: list[str]) -> None:
 # The protocol run (smoke / cpu / gpu)
 # --------------------------------------------------------------------------------------------
 def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    from _protocol import run_digest
+
+    return run_digest(obj)
 
 
 def _settings(args, p: dict) -> dict:

@@ -279,9 +279,9 @@ INT8_ARMS = ("ptq", "qat", "qat_imitation")
 
 
 def _digest(obj) -> str:
-    import hashlib
+    from _protocol import run_digest
 
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return run_digest(obj)
 
 
 def accuracy(args: argparse.Namespace) -> dict:

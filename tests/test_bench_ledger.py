@@ -87,7 +87,8 @@ def test_cache_dir_lives_in_the_ledger_when_there_is_one(tmp_path):
 
 
 def test_store_keeps_the_bytes_outside_the_record(tmp_path):
-    """Weights live in the store (outside git); a record whose bytes are gone is re-run, not trusted."""
+    """With a separate store (``$COMPRESSDET_LEDGER_STORE``) the weights live there; a record whose bytes
+    are gone is re-run, not trusted."""
     ledger = Ledger(tmp_path / "record", store=tmp_path / "store")
     man = _finished_run(tmp_path / "runs" / "s-run")
     ledger.put("s-run", tmp_path / "runs" / "s-run", man)
@@ -96,3 +97,58 @@ def test_store_keeps_the_bytes_outside_the_record(tmp_path):
     assert ledger.get("s-run", tmp_path / "fresh") == man
     (tmp_path / "store" / "s-run" / "student" / "model.pt").unlink()
     assert Ledger(tmp_path / "record", store=tmp_path / "store").get("s-run", tmp_path / "fresh2") is None
+
+
+def test_remade_run_must_reproduce_its_recorded_bytes(tmp_path):
+    """A run re-made on a machine that lost its bytes is checked against the record, not trusted."""
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.put("s-run", tmp_path / "runs" / "s-run", man := _finished_run(tmp_path / "runs" / "s-run"))
+    (tmp_path / "ledger" / "s-run" / "student" / "model.pt").unlink()  # the bytes are gone
+    assert ledger.get("s-run", tmp_path / "fresh") is None  # -> trained again
+    ledger.put("s-run", tmp_path / "runs" / "s-run", man)  # same bytes: accepted
+    (tmp_path / "runs" / "s-run" / "student" / "model.pt").write_bytes(b"other weights")
+    (tmp_path / "ledger" / "s-run" / "student" / "model.pt").unlink()
+    with pytest.raises(SystemExit, match="does not reproduce"):
+        ledger.put("s-run", tmp_path / "runs" / "s-run", man)
+    assert not list((tmp_path / "ledger" / "s-run").rglob("*.pt*"))  # nothing half-written left
+
+
+def test_benchmark_ledgers_keep_their_bytes_in_the_repository(monkeypatch):
+    """The machine (and ~/.cache) may be wiped between sessions; git is what survives."""
+    monkeypatch.delenv("COMPRESSDET_LEDGER_STORE", raising=False)
+    ledger = Ledger.for_bench("prune", "cpu")
+    assert ledger.store == ledger.root == Path(__file__).resolve().parents[1] / "benchmarks" / "ledger" / "prune" / "cpu"
+    monkeypatch.setenv("COMPRESSDET_LEDGER_STORE", "/elsewhere")
+    assert Ledger.for_bench("prune", "cpu").store == Path("/elsewhere/prune/cpu")
+
+
+def test_run_digest_names_the_run_not_the_checkout(tmp_path):
+    """Two checkouts side by side with ../shared give the same run names; other paths still count."""
+    from _protocol import run_digest
+
+    def recipe(root):
+        return {"data": {"synth": {"layouts": str(root.parent / "shared" / "kitti" / "label_2")}},
+                "stages": [{"path": str(root / "benchmarks" / "ledger" / "t.pt")}], "lr": 0.01}
+
+    a, b = tmp_path / "work" / "main", tmp_path / "check" / "work" / "main"
+    assert run_digest(recipe(a), root=a) == run_digest(recipe(b), root=b)
+    assert run_digest({**recipe(a), "lr": 0.02}, root=a) != run_digest(recipe(a), root=a)
+    outside = {"model": str(tmp_path / "other" / "t.pt")}
+    assert run_digest(outside, root=a) != run_digest({"model": str(tmp_path / "another" / "t.pt")}, root=a)
+
+
+def test_reused_models_are_found_by_their_bytes(tmp_path):
+    """A results JSON whose recorded path is gone (another machine) still finds its model in the ledger
+    by sha256, under whatever run name it was re-made; other bytes are not taken for it."""
+    from _reuse import find_model
+
+    from compressdet._io import sha256_file
+
+    ledger = Ledger(tmp_path / "ledger" / "imitation_gain" / "cpu")
+    ledger.put("s-run-newname", tmp_path / "runs" / "s-run", _finished_run(tmp_path / "runs" / "s-run"))
+    sha = sha256_file(tmp_path / "runs" / "s-run" / "student" / "model.pt")
+    r = {"preset": "cpu", "ledger": {"path": str(ledger.root)}}
+    gone = "/root/.cache/compressdet/ledger/imitation_gain/cpu/s-run-oldname/student/model.pt"
+    assert find_model(r, gone, sha) == ledger.root / "s-run-newname" / "student" / "model.pt"
+    assert find_model(r, gone, "0" * 64) is None
+    assert find_model({"preset": "cpu"}, str(tmp_path / "runs" / "s-run" / "student" / "model.pt"), sha).is_file()

@@ -247,3 +247,31 @@ def test_test_split_reads_and_missing_test_split_is_a_clear_error(tmp_path):
     (root / "ImageSets" / "test.txt").unlink()
     with pytest.raises(DataError, match="data.test_split"):
         split_ids(cfg, "test")
+
+
+def test_synth_key_names_layout_contents_not_their_path(tmp_path):
+    """The same label files in another checkout are the same data set (same cache folder, same
+    benchmark run names); a changed byte or a changed split file is another set."""
+    import shutil
+
+    def layouts(root):
+        lab = root / "training" / "label_2"
+        lab.mkdir(parents=True)
+        for i in range(6):
+            (lab / f"{i:06d}.txt").write_text(f"Car 0.00 0 0 {10 + i} 150 {200 + i} 300 0 0 0 0 0 0 0\n")
+        (root / "ImageSets").mkdir()
+        (root / "ImageSets" / "train.txt").write_text("000000\n000001\n000002\n")
+        (root / "ImageSets" / "val.txt").write_text("000003\n000004\n000005\n")
+        return lab
+
+    a = layouts(tmp_path / "checkout_a" / "kitti")
+    b = tmp_path / "elsewhere" / "kitti"
+    shutil.copytree(a.parents[1], b)
+    key = lambda lab: synth_key(SynthConfig(num_images=4, size=SIZE, layouts=str(lab)))  # noqa: E731
+    assert key(a) == key(b / "training" / "label_2")
+    (b / "ImageSets" / "val.txt").write_text("000004\n000003\n000005\n")
+    assert key(a) != key(b / "training" / "label_2")
+    (a / "000005.txt").write_text("Car 0.00 0 0 11 150 201 300 0 0 0 0 0 0 0\n")
+    before = key(b / "training" / "label_2")
+    shutil.copy(a / "000005.txt", b / "training" / "label_2" / "000005.txt")
+    assert key(b / "training" / "label_2") != before
