@@ -1,7 +1,9 @@
 """Does INT8 pay off for the FPN families on a CPU? ORT latency of each family's student, fp32 vs INT8.
 
-For each family (the students of ``families.py``: ``fcos_mnv3_small``, ``retinanet_mnv3_small``, and
-ShuffleDet 0.25x for reference) and each input size (the cpu presets' 192x624 and the seed's 384x1248):
+For each row (the students of ``families.py``: ``fcos_mnv3_small``, ``retinanet_mnv3_small``; the same
+families on a MobileNetV2 x0.5 FPN, ``fcos_mnv2_050`` / ``retinanet_mnv2_050``, whose backbone has no
+float HardSwish / squeeze-excitation between its int8 convolutions; ShuffleDet 0.25x for reference) and
+each input size (the cpu presets' 192x624 and the seed's 384x1248):
 
 - fp32: the fastest exact fp32 graph the exporter makes (``_protocol.export_fast_fp32``; ShuffleDet's
   exact rewrites, none applies to the FPN families), ORT_ENABLE_ALL;
@@ -13,7 +15,7 @@ ShuffleDet 0.25x for reference) and each input size (the cpu presets' 192x624 an
 
 Weights: randomly initialised students with randomised BatchNorm statistics (``randomize_batchnorm``),
 calibrated on two random images: latency of these graphs does not depend on the weight values, and
-this needs no training run. ``--model FAMILY=PATH`` (FPN families) times a trained model file
+this needs no training run. ``--model ROW=PATH`` (FPN rows) times a trained model file
 instead (e.g. a student of ``families.py --preset cpu``; raw outputs do not depend on the input size
 the model was trained at); its int8 graph is re-calibrated on random images at each
 size, which changes scales, not speed. Accuracy of INT8 is measured elsewhere (``families.py``,
@@ -44,8 +46,15 @@ if str(ROOT / "benchmarks") not in sys.path:
 
 from compressdet._io import atomic_write_json, atomic_write_text  # noqa: E402
 
-#: family -> the student timed (families.py's students)
-STUDENTS = {"fcos": "fcos_mnv3_small", "retinanet": "retinanet_mnv3_small", "shuffledet": "shuffledet_0.25x"}
+#: row -> the student timed: families.py's students (MobileNetV3-small FPN), ShuffleDet 0.25x, and the
+#: MobileNetV2-x0.5 FPN variants, whose ReLU6-only backbone runs wholly in int8 (no float HardSwish /
+#: squeeze-excitation glue between the int8 convolutions)
+STUDENTS = {"fcos": "fcos_mnv3_small", "fcos-mnv2": "fcos_mnv2_050", "retinanet": "retinanet_mnv3_small",
+            "retinanet-mnv2": "retinanet_mnv2_050", "shuffledet": "shuffledet_0.25x"}
+
+
+def family(row: str) -> str:
+    return row.split("-")[0]
 #: preset -> input sizes, timed runs, rounds, threads (``smoke``: plumbing only, numbers meaningless)
 PRESETS = {"full": {"sizes": [(192, 624), (384, 1248)], "runs": 60, "rounds": 3, "threads": 2, "profile_runs": 10},
            "smoke": {"sizes": [(64, 192)], "runs": 4, "rounds": 1, "threads": 1, "profile_runs": 2}}
@@ -64,7 +73,8 @@ def _size(text: str) -> tuple[int, int]:
 def _model_arg(text: str) -> tuple[str, Path]:
     fam, sep, path = text.partition("=")
     if not sep or fam not in STUDENTS or fam == "shuffledet" or not path:
-        raise argparse.ArgumentTypeError(f"--model {text!r}: expected FAMILY=PATH with FAMILY fcos or retinanet "
+        raise argparse.ArgumentTypeError(f"--model {text!r}: expected ROW=PATH with ROW one of "
+                                         f"{', '.join(r for r in STUDENTS if r != 'shuffledet')} "
                                          "(ShuffleDet's trained timings: backends.py, quant.py)")
     if not Path(path).is_file():
         raise argparse.ArgumentTypeError(f"--model {text!r}: no such file {path}")
@@ -77,7 +87,7 @@ def _model(fam: str, hw: tuple[int, int], path: Path | None) -> tuple[torch.nn.M
 
     if path is not None:  # raw outputs do not depend on the size trained at: one model serves every size
         model, _ = load_model(path)
-        if getattr(model, "family", "shuffledet") != fam:
+        if getattr(model, "family", "shuffledet") != family(fam):
             raise ValueError(f"--model {fam}={path}: the file holds a {getattr(model, 'family', 'shuffledet')} model")
         return model.eval(), "trained"
     torch.manual_seed(0)
@@ -194,7 +204,8 @@ def measure(args: argparse.Namespace) -> dict:
             prof = {k: op_profile(d / f"{k}.onnx", args.profile_runs, d / f"profile-{k}") for k in ("fp32", "int8")} \
                 if args.profile_runs else None
             fp, i8 = ms["fp32"], ms["int8"]
-            entry.update(weights=weights, model=str(trained[fam]) if fam in trained else None)
+            entry.update(weights=weights, model=str(trained[fam]) if fam in trained else None,
+                         student=getattr(model, "arch", {}).get("name", STUDENTS[fam]))
             entry["sizes"][tag] = {"macs": summ["macs"]["total"], "params": summ["params"]["total"],
                                    "fp32_ms": fp["median_ms"], "int8_ms": i8["median_ms"],
                                    "int8_speedup": fp["median_ms"] / i8["median_ms"],
@@ -233,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--families", nargs="+", choices=sorted(STUDENTS), default=list(STUDENTS))
     ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
     ap.add_argument("--sizes", nargs="+", type=_size, metavar="HxW", help="input sizes (default: the preset's)")
-    ap.add_argument("--model", action="append", type=_model_arg, metavar="FAMILY=PATH",
-                    help="time this trained model file for FAMILY instead of a random-init student")
+    ap.add_argument("--model", action="append", type=_model_arg, metavar="ROW=PATH",
+                    help="time this trained model file (of ROW's family) in ROW instead of a random-init student")
     ap.add_argument("--runs", type=int, help="timed runs per graph (default: the preset's)")
     ap.add_argument("--rounds", type=int, help="processes per graph, alternating (default: the preset's)")
     ap.add_argument("--threads", type=int, help="ORT threads (default: the preset's)")

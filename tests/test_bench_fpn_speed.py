@@ -60,7 +60,7 @@ def test_profile_counts_only_the_timed_runs(fs):
 @pytest.mark.parametrize("argv, says", [
     (["--sizes", "72x200"], "multiples of 16"),
     (["--sizes", "big"], "expected HxW"),
-    (["--model", "shuffledet=x.pt"], "fcos or retinanet"),
+    (["--model", "shuffledet=x.pt"], "expected ROW=PATH with ROW one of fcos, fcos-mnv2, retinanet"),
     (["--model", "fcos=/no/such/model.pt"], "no such file"),
     (["--runs", "0"], "must be positive"),
     (["--profile-runs", "-1"], "--profile-runs >= 0"),

@@ -29,7 +29,8 @@ def _targets():
             {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
 
 
-@pytest.mark.parametrize("name", [n for pair in FAMILIES.values() for n in pair])
+@pytest.mark.parametrize("name", [n for pair in FAMILIES.values() for n in pair] + ["fcos_mnv2_050",
+                                                                                     "retinanet_mnv2_050"])
 def test_contract_members(name):
     torch.manual_seed(0)
     m = build_model(name, image_size=HW)
@@ -298,3 +299,33 @@ def test_with_postprocess_graph_ends_in_detections(tmp_path, family):
         d = matched_detection_diffs((boxes, scores, labels), (ref["boxes"], ref["scores"], ref["labels"]), 1e-4)
         assert d["boxes"] < 1e-2 and d["scores"] < 1e-4, d
         assert np.all(boxes[:, 2] <= HW[1]) and np.all(boxes[:, 3] <= HW[0]) and np.all(boxes >= 0)
+
+
+def test_retinanet_on_mobilenet_v2_runs_wholly_in_int8_under_ort(tmp_path):
+    """The point of the MobileNetV2 FPN variant: no float activation glue between int8 convolutions.
+    After ONNX Runtime's optimizer, MobileNetV3's graph keeps HardSigmoid / Mul / DequantizeLinear
+    around every HardSwish and squeeze-excitation; MobileNetV2's is int8 from input to head outputs."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    from compressdet.quant.onnx_int8 import export_int8_onnx
+    from compressdet.quant.ptq import quantize_ptq
+    from compressdet.recipe import QuantConfig
+
+    def optimized_ops(name):
+        torch.manual_seed(0)
+        m = build_model(name, image_size=HW).eval()
+        calib = [torch.randn(1, 3, *HW) * 50 for _ in range(2)]
+        q = quantize_ptq(m, calib, QuantConfig(calibration_images=2), observer="minmax", example=calib[0])
+        path = export_int8_onnx(q, calib[0], tmp_path / f"{name}.onnx", output_names=tuple(m.export_outputs))
+        so = ort.SessionOptions()
+        so.optimized_model_filepath, so.log_severity_level = str(tmp_path / f"{name}.opt.onnx"), 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / f"{name}.opt.onnx")).graph.node)
+
+    v2, v3 = optimized_ops("retinanet_mnv2_050"), optimized_ops("retinanet_mnv3_small")
+    assert v2["QLinearConv"] > 0 and not v2["Conv"] and not v2["HardSigmoid"]
+    assert v2["DequantizeLinear"] <= len(build_model("retinanet_mnv2_050", image_size=HW).export_outputs)
+    assert v3["HardSigmoid"] > 0 and v3["DequantizeLinear"] > 10  # what the variant removes

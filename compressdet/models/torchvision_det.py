@@ -405,12 +405,17 @@ class TorchvisionDetectionGraph(nn.Module):
 
 
 def _mobilenet_fpn(kind: str, out_channels: int) -> nn.Module:
-    """MobileNetV3 (``weights=None``, BatchNorm) + FPN on the last block of strides 8, 16, 32 + P6/P7."""
-    from torchvision.models import mobilenet_v3_large, mobilenet_v3_small
+    """MobileNet (``weights=None``, BatchNorm) + FPN on the last block of strides 8, 16, 32 + P6/P7.
+
+    ``kind``: ``small`` / ``large`` (MobileNetV3: HardSwish and squeeze-excitation, which ONNX Runtime
+    runs in float between int8 convolutions) or ``v2_050`` (MobileNetV2 x0.5: ReLU6 only, which
+    folds into the int8 convolutions, so the whole backbone runs in int8)."""
+    from torchvision.models import mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-    net = (mobilenet_v3_small if kind == "small" else mobilenet_v3_large)(weights=None)
+    net = {"small": lambda: mobilenet_v3_small(weights=None), "large": lambda: mobilenet_v3_large(weights=None),
+           "v2_050": lambda: mobilenet_v2(weights=None, width_mult=0.5)}[kind]()
     feats = net.features
     feats.eval()
     x, strides, chans = torch.zeros(1, 3, 64, 64), [], []
@@ -437,6 +442,7 @@ def _resnet_fpn(depth: int, out_channels: int) -> nn.Module:
 
 
 BACKBONES = {"mnv3_small": lambda c: _mobilenet_fpn("small", c), "mnv3_large": lambda c: _mobilenet_fpn("large", c),
+             "mnv2_050": lambda c: _mobilenet_fpn("v2_050", c),
              "r18": lambda c: _resnet_fpn(18, c), "r34": lambda c: _resnet_fpn(34, c)}
 
 
@@ -446,7 +452,8 @@ def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_cha
     """A registered FCOS / RetinaNet variant (what the registry names build; all arguments go in ``arch``).
 
     Args:
-        family: ``fcos`` or ``retinanet``. backbone: ``mnv3_small``, ``mnv3_large``, ``r18``, ``r34``.
+        family: ``fcos`` or ``retinanet``. backbone: ``mnv3_small``, ``mnv3_large``, ``mnv2_050``, ``r18``,
+            ``r34``.
         fpn_channels: FPN (and head) width, a multiple of 16 (FCOS's GroupNorm has 16 groups).
         head_convs: FCOS tower depth (torchvision: 4); RetinaNet's head always has 4.
         anchor_scale: RetinaNet anchor base size in strides (torchvision's default anchors are
@@ -529,9 +536,11 @@ _VARIANTS = {
     "fcos_mnv3_small": ("fcos", "mnv3_small", 64, 2),
     "fcos_mnv3_large": ("fcos", "mnv3_large", 96, 3),
     "fcos_r18": ("fcos", "r18", 128, 4),
+    "fcos_mnv2_050": ("fcos", "mnv2_050", 64, 2),
     "retinanet_mnv3_small": ("retinanet", "mnv3_small", 64, 4),
     "retinanet_mnv3_large": ("retinanet", "mnv3_large", 96, 4),
     "retinanet_r18": ("retinanet", "r18", 128, 4),
+    "retinanet_mnv2_050": ("retinanet", "mnv2_050", 64, 4),
 }
 
 
