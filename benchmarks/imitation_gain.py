@@ -449,6 +449,37 @@ class StudentRunner:
                 "distill": distill, "run": man["recipe"], "model": mfile, "wall_s": self.student_s[-1]}
 
 
+ARM_LABELS = {"0.25x": "base", "0.25x-I": "I", "0.25x-I-random": "Irand"}  # arm -> run-name label
+
+
+def _remake_chosen(which: list[str], results_json: Path, runner: StudentRunner, arms: dict, work: Path, p: dict,
+                   n_train: int) -> int:
+    """Re-make the reported run of every seed of ``which`` arms (their chosen settings, from the results
+    JSON) and compare each model's sha256 with the one the results' ledger recorded: training is
+    byte-reproducible, so a re-made model is the reported one or a bug. Exit status 1 when any differs."""
+    from compressdet._io import sha256_file
+
+    if not results_json.is_file():
+        raise SystemExit(f"{results_json}: not found; --remake-chosen re-makes the runs a results JSON reports")
+    r = json.loads(results_json.read_text())
+    recorded = (r.get("ledger") or {}).get("runs", {})
+    differ = 0
+    with teacher_feature_cache(work / "feature_cache", n_train, enabled=p["feature_cache"]):
+        for arm in which:
+            c = r["chosen"][arm]
+            tag = f"{ARM_LABELS[arm]}-lr{c['lr']}" + (f"-w{c['weight']}" if arms[arm] else "")
+            for seed in r["seeds"]:
+                got = runner.run(tag, seed, c["lr"], c["weight"], arms[arm])
+                want = [rec["files"].get("student/model.pt") for name, rec in recorded.items()
+                        if name.startswith(f"{tag}-s{seed}-")]
+                sha = sha256_file(got["model"])
+                same = len(want) == 1 and want[0] == sha
+                differ += not same
+                print(f"{arm} seed {seed}: {got['run']} sha256 {sha[:12]} "
+                      + ("matches the recorded model" if same else f"differs from the record ({want})"), flush=True)
+    return 1 if differ else 0
+
+
 def student_runner(work: Path, p: dict, n_train: int, teacher_key: str, *, test_dir: Path,
                    ledger: Ledger | None, arch: str = "shuffledet_0.25x") -> StudentRunner:
     """The runner every distillation benchmark builds the same way: the same preset, teacher and steps
@@ -511,6 +542,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ledger", type=Path, help="committed record of finished runs (default: "
                     "benchmarks/ledger/imitation_gain/<preset> for cpu/gpu, none for smoke)")
     ap.add_argument("--no-ledger", action="store_true", help="neither read nor write the ledger")
+    ap.add_argument("--remake-chosen", nargs="*", choices=list(ARM_LABELS), metavar="ARM",
+                    help="re-make the teacher and the reported (chosen) student of every seed of each ARM (default: "
+                         f"all of {', '.join(ARM_LABELS)}) under this checkout's run names, each checked against the "
+                         "sha256 the results JSON recorded, and stop (what quant.py / families.py need on a machine "
+                         "that lost them; exit 1 when a model differs)")
     ap.add_argument("--teacher-only", action="store_true",
                     help="train (or find) the cached teacher and stop; says whether it matches the results JSON's "
                          "teacher (what prune.py/quant.py --preset cpu reuse)")
@@ -584,9 +620,12 @@ def main(argv=None) -> int:
 
     runner = student_runner(work, p, n["train"], key, test_dir=test_dir, ledger=ledger)
     student = runner.run
+    arms = {"0.25x": None, "0.25x-I": teacher_file, "0.25x-I-random": random_file}
+    if args.remake_chosen is not None:
+        return _remake_chosen(args.remake_chosen or list(ARM_LABELS), out_dir / "imitation_gain.json", runner, arms,
+                              work, p, n["train"])
 
     s0 = seeds[0]
-    arms = {"0.25x": None, "0.25x-I": teacher_file, "0.25x-I-random": random_file}
     runs: dict[str, dict[int, dict]] = {a: {} for a in arms}
     t0 = time.perf_counter()
     with teacher_feature_cache(work / "feature_cache", n["train"], enabled=p["feature_cache"]) as stores:

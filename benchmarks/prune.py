@@ -212,6 +212,7 @@ def _settings(args, p: dict) -> dict:
     """Data, batch, threads, memory format, teacher file and imitation weight of the preset."""
     if p["teacher"] == "reuse":
         from _reuse import imitation_teacher
+        from imitation_gain import rel_to_root
 
         r = imitation_teacher(args.imitation_results)
         if r["preset"] != args.preset:
@@ -220,7 +221,7 @@ def _settings(args, p: dict) -> dict:
                              "with --imitation-results)")
         return {"data": r["data"], "batch": r["batch"], "threads": r["threads"], "channels_last": r["channels_last"],
                 "eval_images": r["eval_images"], "teacher": Path(r["teacher"]), "weight": r["best_weight"],
-                "teacher_source": f"imitation benchmark ({args.imitation_results})"}
+                "teacher_source": f"imitation benchmark ({rel_to_root(args.imitation_results)})"}
     return {"data": copy.deepcopy(p["data"]), "batch": p["batch"], "threads": p["threads"],
             "channels_last": p["channels_last"], "eval_images": None, "teacher": None, "weight": p["weight"],
             "teacher_source": f"trained here ({p['teacher']} steps)"}
@@ -332,7 +333,7 @@ def protocol(args: argparse.Namespace) -> dict:
     teacher_test = test_map(teacher, s["data"], test_dir)
     tstage = {"name": "teacher", "kind": "model_file", "path": str(teacher), "sha256": teacher_sha}
     w = s["weight"]
-    key = _digest({"t": teacher_sha, "p": p, "s": {k: v for k, v in s.items() if k != "teacher"}})
+    key = _digest({"t": teacher_sha, "p": p, "s": {k: v for k, v in s.items() if k not in ("teacher", "teacher_source")}})
 
     runs: dict[str, dict[int, dict]] = {a: {} for a in ("student", *ARMS)}
     sweeps: dict[str, dict] = {}

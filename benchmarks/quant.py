@@ -332,7 +332,8 @@ def accuracy(args: argparse.Namespace) -> dict:
         teacher, w_student = Path(r["teacher"]), r["best_weight"]
         students = {sd: r["students"][sd] for sd in seeds}
         student_hist, student_steps = r["student_history"], r["student_steps"]
-        source = f"the imitation benchmark's teacher and chosen 0.25x-I student of each seed ({args.imitation_results})"
+        source = ("the imitation benchmark's teacher and chosen 0.25x-I student of each seed "
+                  f"({rel_to_root(args.imitation_results)})")
     else:
         s = {"data": p["data"], "batch": p["batch"], "threads": p["threads"], "channels_last": p["channels_last"],
              "eval_images": None}

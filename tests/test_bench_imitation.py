@@ -64,6 +64,20 @@ def test_smoke_run_follows_the_protocol(ig, tmp_path):
     assert sorted(p.name for p in restored.iterdir()) == runs
     assert not list(restored.glob("*/*/checkpoints")) and not list(restored.glob("*/recipe.yaml"))  # not re-run
 
+    # bytes lost too: --remake-chosen trains the reported 0.25x-I students again, byte for byte
+    shutil.rmtree(tmp_path / "w")
+    for f in (tmp_path / "l").glob("I-*/student/model.pt"):
+        f.unlink()
+    assert ig.main([*args, "--remake-chosen", "0.25x-I"]) == 0
+    assert len(list((tmp_path / "w" / "smoke" / "runs").glob("I-*/student/checkpoints"))) == 3  # trained, 3 seeds
+    results = tmp_path / "r" / "imitation_gain.json"
+    rec = json.loads(results.read_text())
+    c = rec["chosen"]["0.25x-I"]
+    name = next(k for k in rec["ledger"]["runs"] if k.startswith(f"I-lr{c['lr']}-w{c['weight']}-s0-"))
+    rec["ledger"]["runs"][name]["files"]["student/model.pt"] = "0" * 64  # a record the re-made model cannot match
+    results.write_text(json.dumps(rec))
+    assert ig.main([*args, "--remake-chosen", "0.25x-I"]) == 1
+
 
 def test_feature_store_exact_and_bounded(ig, tmp_path):
     store = ig.FeatureStore(tmp_path, "t", capacity=2)
