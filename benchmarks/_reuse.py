@@ -30,7 +30,6 @@ def student_settings(preset: str = "cpu") -> dict:
 
 def _checked_results(results_json: Path) -> dict:
     """The imitation benchmark's results JSON, once its teacher file is known to be the recorded one."""
-
     if not results_json.is_file():
         raise SystemExit(f"{results_json}: not found; run benchmarks/imitation_gain.py first (its models are reused)")
     r = json.loads(results_json.read_text())
@@ -112,8 +111,8 @@ def imitation_students(results_json: Path = RESULTS / "imitation_gain.json") -> 
             found = find_model(r, hits[0][1], sha) if sha else (repo_path(hits[0][1]) if repo_path(hits[0][1]).is_file()
                                                               else None)
         if found is None:
-            raise SystemExit(f"{results_json}: the seed-{seed} 0.25x-I student ({prefix}*) is missing; re-run "
-                             "benchmarks/imitation_gain.py (its runs are cached)")
+            raise SystemExit(f"{results_json}: the seed-{seed} 0.25x-I student ({prefix}*) is missing; re-make it "
+                             f"with benchmarks/imitation_gain.py --preset {r['preset']} --remake-chosen 0.25x-I")
         students[seed] = found
     hist = (r.get("eval_history") or {}).get("0.25x-I", {})
     return {**_teacher_keys(r), **student_settings(r["preset"]), "students": students,
