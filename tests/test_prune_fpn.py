@@ -1,10 +1,12 @@
-"""Iterative pruning of an FPN family (FCOS): k rounds of prune -> fine-tune, each round a fraction
-i/k of the way to the MACs target, the shared head untouched, the result reloadable from its file."""
+"""Iterative pruning of the FPN families (FCOS on MobileNetV3, RetinaNet on MobileNetV2): k rounds of
+prune -> fine-tune, each round a fraction i/k of the way to the MACs target, the shared head untouched,
+the result reloadable from its file."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from compressdet.models import build_model, load_model, save_model
@@ -15,9 +17,10 @@ torch.set_num_threads(1)
 HW = (64, 192)
 
 
-def test_fcos_iterative_prune_reaches_the_target_in_rounds(tmp_path):
+@pytest.mark.parametrize("arch", ["fcos_mnv3_small", "retinanet_mnv2_050"])  # SE + HardSwish; inverted residuals
+def test_fpn_iterative_prune_reaches_the_target_in_rounds(tmp_path, arch):
     torch.manual_seed(0)
-    model = build_model("fcos_mnv3_small", image_size=HW).eval()
+    model = build_model(arch, image_size=HW).eval()
     save_model(model, tmp_path / "student.pt")
     recipe = parse_recipe(f"""name: fpn_iter
 seed: 0
