@@ -49,9 +49,9 @@ class Ledger:
     """``get`` / ``put`` of finished recipe runs under ``root`` (``None``: a ledger that keeps nothing).
 
     ``root`` (in git) holds the record: manifests, sha256 of every kept file, test evaluations.
-    ``store`` holds the bytes of the kept files (default: ``root``; the benchmarks' ledgers keep
-    them in the user cache, weights do not belong in git). A run whose files are gone from the
-    store is trained again, and must reproduce the recorded sha256."""
+    ``store`` holds the bytes of the kept files (default: ``root``, in git too, as the benchmarks'
+    ledgers keep them; see the module docstring). A run whose files are gone from the store is
+    trained again, and must reproduce the recorded sha256."""
 
     def __init__(self, root: Path | None, store: Path | None = None):
         self.root = Path(root) if root is not None else None

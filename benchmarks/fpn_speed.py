@@ -55,6 +55,7 @@ STUDENTS = {"fcos": "fcos_mnv3_small", "fcos-mnv2": "fcos_mnv2_050", "retinanet"
 
 def family(row: str) -> str:
     return row.split("-")[0]
+
 #: preset -> input sizes, timed runs, rounds, threads (``smoke``: plumbing only, numbers meaningless)
 PRESETS = {"full": {"sizes": [(192, 624), (384, 1248)], "runs": 60, "rounds": 3, "threads": 2, "profile_runs": 10},
            "smoke": {"sizes": [(64, 192)], "runs": 4, "rounds": 1, "threads": 1, "profile_runs": 2}}

@@ -453,7 +453,7 @@ ARM_LABELS = {"0.25x": "base", "0.25x-I": "I", "0.25x-I-random": "Irand"}  # arm
 
 
 def _remake_chosen(which: list[str], results_json: Path, runner: StudentRunner, arms: dict, work: Path, p: dict,
-                   n_train: int) -> int:
+                   n_train: int, preset: str, teacher_file: Path) -> int:
     """Re-make the reported run of every seed of ``which`` arms (their chosen settings, from the results
     JSON) and compare each model's sha256 with the one the results' ledger recorded: training is
     byte-reproducible, so a re-made model is the reported one or a bug. Exit status 1 when any differs."""
@@ -462,7 +462,14 @@ def _remake_chosen(which: list[str], results_json: Path, runner: StudentRunner, 
     if not results_json.is_file():
         raise SystemExit(f"{results_json}: not found; --remake-chosen re-makes the runs a results JSON reports")
     r = json.loads(results_json.read_text())
-    recorded = (r.get("ledger") or {}).get("runs", {})
+    if r.get("preset") != preset:
+        raise SystemExit(f"{results_json}: results of the '{r.get('preset')}' preset; pass --preset {r.get('preset')}")
+    if sha256_file(teacher_file) != r["teacher"]["sha256"]:
+        raise SystemExit(f"{teacher_file}: the re-made teacher differs from the one {results_json} reports "
+                         f"(sha256 {sha256_file(teacher_file)[:12]} vs {r['teacher']['sha256'][:12]}); its students "
+                         "cannot be the reported ones")
+    # the runs these results report (the ledger may hold other runs under the same prefix)
+    recorded = {k: v for k, v in (r.get("ledger") or {}).get("runs", {}).items() if k in r.get("student_models", {})}
     differ = 0
     with teacher_feature_cache(work / "feature_cache", n_train, enabled=p["feature_cache"]):
         for arm in which:
@@ -496,7 +503,7 @@ def bench_ledger(bench: str, args) -> Ledger:
     if getattr(args, "no_ledger", False):
         return Ledger(None)
     if getattr(args, "ledger", None):
-        return Ledger(args.ledger)
+        return Ledger.at(args.ledger)
     return Ledger.for_bench(bench, args.preset, enabled=args.preset != "smoke")
 
 
@@ -545,8 +552,8 @@ def main(argv=None) -> int:
     ap.add_argument("--remake-chosen", nargs="*", choices=list(ARM_LABELS), metavar="ARM",
                     help="re-make the teacher and the reported (chosen) student of every seed of each ARM (default: "
                          f"all of {', '.join(ARM_LABELS)}) under this checkout's run names, each checked against the "
-                         "sha256 the results JSON recorded, and stop (what quant.py / families.py need on a machine "
-                         "that lost them; exit 1 when a model differs)")
+                         "sha256 the results JSON recorded, and stop (what quant.py, families.py and distill_methods.py "
+                         "reuse, on a machine that lost them; exit 1 when a model differs)")
     ap.add_argument("--teacher-only", action="store_true",
                     help="train (or find) the cached teacher and stop; says whether it matches the results JSON's "
                          "teacher (what prune.py/quant.py --preset cpu reuse)")
@@ -609,7 +616,6 @@ def main(argv=None) -> int:
         print(f"teacher {teacher_file} sha256 {got[:12]}, val mAP40 {trec['metrics'].get('map40')}, "
               f"{teacher_minutes:.1f} min: " + ("matches" if got == want else f"differs from {recorded} ({str(want)[:12]})"))
         return 0 if got == want else 1
-    teacher_test = test_map(teacher_file, _data(p, True), test_dir)
 
     # the control: an untrained 1x, frozen like the teacher (fixed init, independent of the seeds)
     random_file = work / f"random_1x_{hw[0]}x{hw[1]}_seed{RANDOM_TEACHER_SEED}.pt"
@@ -623,7 +629,8 @@ def main(argv=None) -> int:
     arms = {"0.25x": None, "0.25x-I": teacher_file, "0.25x-I-random": random_file}
     if args.remake_chosen is not None:
         return _remake_chosen(args.remake_chosen or list(ARM_LABELS), out_dir / "imitation_gain.json", runner, arms,
-                              work, p, n["train"])
+                              work, p, n["train"], args.preset, teacher_file)
+    teacher_test = test_map(teacher_file, _data(p, True), test_dir)
 
     s0 = seeds[0]
     runs: dict[str, dict[int, dict]] = {a: {} for a in arms}

@@ -77,6 +77,10 @@ def test_smoke_run_follows_the_protocol(ig, tmp_path):
     rec["ledger"]["runs"][name]["files"]["student/model.pt"] = "0" * 64  # a record the re-made model cannot match
     results.write_text(json.dumps(rec))
     assert ig.main([*args, "--remake-chosen", "0.25x-I"]) == 1
+    rec["teacher"]["sha256"] = "0" * 64  # another teacher: its students cannot be the reported ones
+    results.write_text(json.dumps(rec))
+    with pytest.raises(SystemExit, match="re-made teacher differs"):
+        ig.main([*args, "--remake-chosen"])
 
 
 def test_feature_store_exact_and_bounded(ig, tmp_path):

@@ -43,8 +43,8 @@ def build_model(name: str, *, width: float | None = None, image_size: tuple[int,
     Args:
         name: a name from :func:`list_models` (``shuffledet_1x``, ``shuffledet_0.5x``,
             ``shuffledet_0.25x``, or ``shuffledet`` with ``width=``; ``fcos_mnv3_small``,
-            ``fcos_mnv3_large``, ``fcos_r18``, ``retinanet_mnv3_small``, ``retinanet_mnv3_large``,
-            ``retinanet_r18``).
+            ``fcos_mnv3_large``, ``fcos_mnv2_050``, ``fcos_r18``, ``retinanet_mnv3_small``,
+            ``retinanet_mnv3_large``, ``retinanet_mnv2_050``, ``retinanet_r18``).
         width: width multiplier; only for ``shuffledet`` (a named variant accepts its own width).
         image_size: ``(H, W)`` model input, multiples of 16.
         num_classes, num_anchors, dropout: head settings (``num_anchors``/``dropout``: ShuffleDet only).

@@ -17,8 +17,10 @@ torchvision's own modules do the work: the backbone + FPN (``BackboneWithFPN``),
 - the backbone is trained from scratch (``weights=None``) with ``BatchNorm2d``, not
   ``FrozenBatchNorm2d``.
 
-Registered: ``fcos_mnv3_small``, ``fcos_mnv3_large``, ``fcos_r18`` (teacher), and
-``retinanet_mnv3_small``, ``retinanet_mnv3_large``, ``retinanet_r18`` (teacher). Every variant has
+Registered: ``fcos_mnv3_small``, ``fcos_mnv3_large``, ``fcos_mnv2_050``, ``fcos_r18`` (teacher), and
+``retinanet_mnv3_small``, ``retinanet_mnv3_large``, ``retinanet_mnv2_050``, ``retinanet_r18``
+(teacher); ``*_mnv2_050`` (MobileNetV2 x0.5, ReLU6 only) are the ones whose INT8 graph runs without
+float glue under ONNX Runtime. Every variant has
 five FPN levels P3-P7 (strides 8-128), so students and teachers pair level by level for
 distillation. :func:`wrap_torchvision` puts a user's own FCOS / RetinaNet instance on the contract.
 """
