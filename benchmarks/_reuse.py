@@ -42,18 +42,19 @@ def _checked_results(results_json: Path) -> dict:
     return r
 
 
-def find_model(r: dict, path: str, sha256: str) -> Path | None:
+def find_model(r: dict, path: str, sha256: str | None) -> Path | None:
     """A model the results JSON ``r`` names, by its bytes: the recorded path when it still holds them,
     else any file of the results' ledger with that sha256 (the run re-made on another machine, whose
-    ledger entry may carry another name). ``None`` when no such file exists here."""
+    ledger entry may carry another name). ``sha256`` None (results without a ledger): the path, if it
+    exists. ``None`` when no such file exists here."""
     from _ledger import Ledger
 
     from compressdet._io import sha256_file
 
     p = repo_path(path)
-    if p.is_file() and sha256_file(p) == sha256:
+    if p.is_file() and (sha256 is None or sha256_file(p) == sha256):
         return p
-    if not r.get("ledger"):
+    if sha256 is None or not r.get("ledger"):
         return None
     ledger = Ledger.at(repo_path(r["ledger"]["path"]))
     for entry in sorted(ledger.root.glob("*/ledger.json")):
@@ -108,8 +109,7 @@ def imitation_students(results_json: Path = RESULTS / "imitation_gain.json") -> 
         found = None
         if len(hits) == 1:
             sha = (r.get("ledger") or {}).get("runs", {}).get(hits[0][0], {}).get("files", {}).get("student/model.pt")
-            found = find_model(r, hits[0][1], sha) if sha else (repo_path(hits[0][1]) if repo_path(hits[0][1]).is_file()
-                                                              else None)
+            found = find_model(r, hits[0][1], sha)
         if found is None:
             raise SystemExit(f"{results_json}: the seed-{seed} 0.25x-I student ({prefix}*) is missing; re-make it "
                              f"with benchmarks/imitation_gain.py --preset {r['preset']} --remake-chosen 0.25x-I")

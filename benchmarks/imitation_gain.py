@@ -69,6 +69,7 @@ import yaml
 if str(Path(__file__).resolve().parent) not in sys.path:  # _protocol, _ledger when loaded by path (tests, other benchmarks)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ledger import Ledger  # noqa: E402
+from _protocol import run_digest as _digest  # noqa: E402  (families.py, distill_methods.py: ig._digest)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -109,10 +110,6 @@ PRESETS = {
 RANDOM_TEACHER_SEED = 12345
 
 
-def _digest(obj) -> str:
-    from _protocol import run_digest
-
-    return run_digest(obj)
 
 
 def _data(p: dict, student: bool) -> dict:
@@ -464,9 +461,9 @@ def _remake_chosen(which: list[str], results_json: Path, runner: StudentRunner, 
     r = json.loads(results_json.read_text())
     if r.get("preset") != preset:
         raise SystemExit(f"{results_json}: results of the '{r.get('preset')}' preset; pass --preset {r.get('preset')}")
-    if sha256_file(teacher_file) != r["teacher"]["sha256"]:
+    if (got := sha256_file(teacher_file)) != r["teacher"]["sha256"]:
         raise SystemExit(f"{teacher_file}: the re-made teacher differs from the one {results_json} reports "
-                         f"(sha256 {sha256_file(teacher_file)[:12]} vs {r['teacher']['sha256'][:12]}); its students "
+                         f"(sha256 {got[:12]} vs {r['teacher']['sha256'][:12]}); its students "
                          "cannot be the reported ones")
     # the runs these results report (the ledger may hold other runs under the same prefix)
     recorded = {k: v for k, v in (r.get("ledger") or {}).get("runs", {}).items() if k in r.get("student_models", {})}

@@ -71,6 +71,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:  # _protocol, _reuse, imitation_gain
     sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _protocol import run_digest as _digest  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 FULL_SIZE = [384, 1248]
 _SMOKE_DATA = {"format": "synth", "image_size": [64, 192], "synth": {"num_images": 24, "size": [384, 128]},
@@ -202,10 +205,6 @@ def _write(out: Path, res: dict, lines: list[str]) -> None:
 # --------------------------------------------------------------------------------------------
 # The protocol run (smoke / cpu / gpu)
 # --------------------------------------------------------------------------------------------
-def _digest(obj) -> str:
-    from _protocol import run_digest
-
-    return run_digest(obj)
 
 
 def _settings(args, p: dict) -> dict:

@@ -60,6 +60,9 @@ from compressdet.quant.ptq import randomize_batchnorm
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:  # _protocol, _reuse, imitation_gain
     sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _protocol import run_digest as _digest  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 ARCH = {"0.25": "shuffledet_0.25x", "0.5": "shuffledet_0.5x", "1": "shuffledet_1x"}
 
@@ -278,10 +281,6 @@ ACC_ARMS = {"student": "fp32 student", "fp32_ft": "fp32 + the same steps (equal 
 INT8_ARMS = ("ptq", "qat", "qat_imitation")
 
 
-def _digest(obj) -> str:
-    from _protocol import run_digest
-
-    return run_digest(obj)
 
 
 def accuracy(args: argparse.Namespace) -> dict:
