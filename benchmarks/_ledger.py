@@ -4,14 +4,14 @@ a fresh machine.
 The run folders under ``benchmarks/.<bench>/`` are a local cache: a machine that is wiped between
 sessions loses them. The ledger (``benchmarks/ledger/<bench>/<preset>/``, in git) keeps, for each
 finished recipe run, its manifest and the sha256 of the final model file of each of its stages, plus
-the commit and the time they were made at; the files themselves sit beside the record, in git too
-(or in ``$COMPRESSDET_LEDGER_STORE/<bench>/<preset>``). In git, because git is the only thing that
-outlives the machine here: a store under ``~/.cache`` was wiped with it, and the 100-minute cpu
-teacher had to be trained again. The cost is the repository's size: the cpu presets' models are
-0.8-6.6 MB each (about 50 MB for the prune benchmark). A later invocation that asks for the same
-run (same recipe name, which carries a location-free digest of the recipe and its inputs,
+the commit and the time they were made at; the files themselves sit beside the record but outside
+git (``.gitignore``: weights do not belong in the repository), or in
+``$COMPRESSDET_LEDGER_STORE/<bench>/<preset>``. A later invocation that asks for the same run (same
+recipe name, which carries a location-free digest of the recipe and its inputs,
 ``_protocol.run_digest``) gets the recorded run back instead of training it again; test-split
-evaluations are cached in the ledger too.
+evaluations are cached in the ledger too. On a machine that lost the bytes, the record still says
+what a re-made run must reproduce: results JSONs stay valid, and the runs later benchmarks reuse
+are re-made (``imitation_gain.py --teacher-only`` / ``--remake-chosen``) and checked byte for byte.
 
 Only finished runs enter it; a run killed half-way is re-run from its local checkpoints when they
 exist, from the start otherwise. Because training is byte-reproducible (same recipe, seed and
@@ -49,8 +49,8 @@ class Ledger:
     """``get`` / ``put`` of finished recipe runs under ``root`` (``None``: a ledger that keeps nothing).
 
     ``root`` (in git) holds the record: manifests, sha256 of every kept file, test evaluations.
-    ``store`` holds the bytes of the kept files (default: ``root``, in git too, as the benchmarks'
-    ledgers keep them; see the module docstring). A run whose files are gone from the store is
+    ``store`` holds the bytes of the kept files (default: ``root``, beside the records; git ignores
+    them). A run whose files are gone from the store is
     trained again, and must reproduce the recorded sha256."""
 
     def __init__(self, root: Path | None, store: Path | None = None):
