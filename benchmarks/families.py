@@ -5,8 +5,9 @@ One data set, input size and short schedule for all three families (the detector
 (``benchmarks/_protocol.py``): nothing is selected but each run's best-on-val checkpoint, every
 reported accuracy is measured once on the whole ``test`` split.
 
-Per family (student / its teacher): ``shuffledet_0.25x`` / ``shuffledet_1x``, ``fcos_mnv3_small`` /
-``fcos_mnv3_large``, ``retinanet_mnv3_small`` / ``retinanet_mnv3_large``:
+Per family (student / its teacher, ``distill_methods.FAMILIES``): ``shuffledet_0.25x`` / ``shuffledet_1x``,
+``fcos_mnv2_050`` / ``fcos_mnv3_large``, ``retinanet_mnv2_050`` / ``retinanet_mnv3_large`` (the FPN
+students on MobileNetV2 x0.5, whose int8 graphs are the ones INT8 speeds up; benchmarks/fpn_speed.py):
 
 1. the teacher, trained once: imitation_gain's ShuffleDet teacher, distill_methods' FCOS / RetinaNet
    teacher (``distill_methods.TEACHER_LR``), the very runs those benchmarks make;

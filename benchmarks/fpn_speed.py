@@ -1,8 +1,9 @@
 """Does INT8 pay off for the FPN families on a CPU? ORT latency of each family's student, fp32 vs INT8.
 
-For each row (the students of ``families.py``: ``fcos_mnv3_small``, ``retinanet_mnv3_small``; the same
-families on a MobileNetV2 x0.5 FPN, ``fcos_mnv2_050`` / ``retinanet_mnv2_050``, whose backbone has no
-float HardSwish / squeeze-excitation between its int8 convolutions; ShuffleDet 0.25x for reference) and
+For each row (the FPN families on MobileNetV3-small, ``fcos_mnv3_small`` / ``retinanet_mnv3_small``, and
+on a MobileNetV2 x0.5 FPN, ``fcos_mnv2_050`` / ``retinanet_mnv2_050``, whose backbone has no float
+HardSwish / squeeze-excitation between its int8 convolutions, hence the students ``families.py`` and
+``distill_methods.py`` train; ShuffleDet 0.25x for reference) and
 each input size (the cpu presets' 192x624 and the seed's 384x1248):
 
 - fp32: the fastest exact fp32 graph the exporter makes (``_protocol.export_fast_fp32``; ShuffleDet's

@@ -33,12 +33,12 @@ def test_smoke_run_selects_on_val_and_reports_claims_against_fgfi(tmp_path):
     # a torchvision family on the same data and protocol: its own teacher, its entry added beside ShuffleDet's
     assert distill_methods.main(args + ["--family", "fcos"]) == 0
     r = json.loads((tmp_path / "r" / "distill_methods.json").read_text())
-    assert set(r["students"]) == {"shuffledet_0.25x", "fcos_mnv3_small"}
-    fc = r["students"]["fcos_mnv3_small"]
+    assert set(r["students"]) == {"shuffledet_0.25x", "fcos_mnv2_050"}
+    fc = r["students"]["fcos_mnv2_050"]
     assert fc["family"] == "fcos" and fc["teacher"]["arch"] == "fcos_mnv3_large"
     assert fc["arms"] == st["arms"] and len(fc["best_vs_fgfi"]["per_seed"]) == 3
     assert all(0.0 <= v <= 100.0 for vals in fc["test_map40"].values() for v in vals)
     assert r["teacher"] == r["students"]["shuffledet_0.25x"]["teacher"]  # top-level keys stay ShuffleDet's
     assert (tmp_path / "r" / "distill_methods_fcos.png").is_file()
     md = (tmp_path / "r" / "distill_methods.md").read_text()
-    assert "## shuffledet_0.25x" in md and "## fcos_mnv3_small" in md
+    assert "## shuffledet_0.25x" in md and "## fcos_mnv2_050" in md
