@@ -47,9 +47,9 @@ if str(ROOT / "benchmarks") not in sys.path:
 
 from compressdet._io import atomic_write_json, atomic_write_text  # noqa: E402
 
-#: row -> the student timed: families.py's students (MobileNetV3-small FPN), ShuffleDet 0.25x, and the
-#: MobileNetV2-x0.5 FPN variants, whose ReLU6-only backbone runs wholly in int8 (no float HardSwish /
-#: squeeze-excitation glue between the int8 convolutions)
+#: row -> the student timed: the MobileNetV3-small FPN students, ShuffleDet 0.25x, and the MobileNetV2-x0.5
+#: FPN variants (families.py's and distill_methods.py's students), whose ReLU6-only backbone runs wholly
+#: in int8 (no float HardSwish / squeeze-excitation glue between the int8 convolutions)
 STUDENTS = {"fcos": "fcos_mnv3_small", "fcos-mnv2": "fcos_mnv2_050", "retinanet": "retinanet_mnv3_small",
             "retinanet-mnv2": "retinanet_mnv2_050", "shuffledet": "shuffledet_0.25x"}
 

@@ -228,6 +228,13 @@ def fpn_speed(r: dict) -> str:
     return fs.render_md(r)
 
 
+def fpn_prune_speed(r: dict) -> str:
+    """The benchmark's own table (``fpn_prune_speed.render_md``)."""
+    import fpn_prune_speed as fps
+
+    return fps.render_md(r)
+
+
 def demo(r: dict) -> str:
     m, met, g = r["minutes"], r["met"], r["goals"]
 
@@ -271,6 +278,7 @@ GENERATORS: dict[str, Callable[[dict], str]] = {
     "backends.json": backends,
     "demo.json": demo,
     "distill_methods.json": distill_methods, "families.json": families, "fpn_speed.json": fpn_speed,
+    "fpn_prune_speed.json": fpn_prune_speed,
     "imitation_gain.json": imitation_gain, "model_parity.json": model_parity, "eval_speed.json": eval_speed,
     "prune.json": prune, "quant.json": quant, "quant_speed.json": quant_speed, "fp32_rewrites.json": fp32_rewrites,
 }

@@ -16,8 +16,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # order: cheap first; the training benchmarks last
-ORDER = ["eval_speed", "synth_speed", "data_loader", "quant", "fpn_speed", "prune", "imitation_gain", "distill_methods",
-         "families"]
+ORDER = ["eval_speed", "synth_speed", "data_loader", "quant", "fpn_speed", "fpn_prune_speed", "prune", "imitation_gain",
+         "distill_methods", "families"]
 #: scripts here that are not benchmarks: README generation, the demo's assets, the CUDA-only check
 #: (``python benchmarks/gpu_check.py`` on a GPU machine); ``_*.py`` are shared modules
 NOT_BENCHMARKS = {"readme_tables", "demo_assets", "gpu_check"}

@@ -398,8 +398,10 @@ class PruneStage(StageConfig):
     target: PruneTarget = Field(default_factory=lambda: PruneTarget(macs=0.6))
     importance: Literal["group_magnitude", "bn_scale", "taylor"] = "group_magnitude"
     iterative_steps: int = Field(1, gt=0, description="prune -> fine-tune rounds")
-    round_to: int | None = Field(None, gt=0, description="removed channels per group are a multiple of this, on "
-                                 "top of what grouped convs and the shuffle require (default: no extra rounding)")
+    round_to: int | None = Field(None, gt=0, description="ShuffleDet: removed channels per group are a multiple "
+                                 "of this, on top of what grouped convs and the shuffle require (default: no extra "
+                                 "rounding); FCOS / RetinaNet: kept channels per group are a multiple of this "
+                                 "(default 16, ONNX Runtime's AVX-512 channel block)")
     allocation: Literal["uniform", "latency"] = Field(
         "latency", description="how the MACs target is spread over channel groups: one ratio for all, or "
         "more from groups that save more CPU latency per MAC (stream, head input)")

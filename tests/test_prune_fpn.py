@@ -58,9 +58,51 @@ stages:
     assert len(hist["torch_pruning_history"]) == 2 and len(hist["steps"]) == 2
     pruned, meta = load_model(run / rec["artifacts"]["model"]["path"])
     assert meta["pruned"]["iterative_steps"] == 2 and len(meta["pruned"]["ratio"]) == 2
+    # the stage's default allocation (latency) on torch-pruning's groups, its multipliers per round recorded
+    assert meta["pruned"]["allocation"] == "latency" and all(s["weights"] for s in hist["steps"])
     # the shared head and FPN outputs keep their widths: every level still fits the head
     assert [t.channels for t in pruned.feature_taps()] == [t.channels for t in model.feature_taps()]
     x = torch.randn(1, 3, *HW) * 50
     with torch.no_grad():
         out = pruned(x)
     assert [tuple(o.shape) for o in out] == [tuple(o.shape) for o in model(x)]
+
+
+def test_fpn_latency_allocation_cuts_more_latency_per_mac_at_the_same_budget():
+    """``allocation: latency`` on torch-pruning's groups: per-group multipliers from one trial cut each,
+    clipped to the range, the MACs target met as with one uniform ratio, and more of the latency proxy
+    saved per backbone MAC saved than the uniform cut (what the multipliers are for)."""
+    import copy
+
+    from compressdet.prune.cost import latency_proxy
+    from compressdet.prune.fpn import prune_fpn_detector
+
+    torch.manual_seed(0)
+    base = build_model("retinanet_mnv2_050", image_size=HW).eval()
+    x = torch.zeros(1, 3, *HW)
+    cost0 = latency_proxy(base, x)
+    saved = {}
+    for alloc in ("uniform", "latency"):
+        m = copy.deepcopy(base)
+        rec = prune_fpn_detector(m, (48, 160), target_macs=0.6, allocation=alloc, weight_range=(0.5, 2.0))
+        macs = rec["macs_after"] / rec["base_macs"]
+        assert abs(macs - 0.6) < 0.05, (alloc, macs)
+        assert rec["allocation"] == alloc
+        saved[alloc] = (1 - latency_proxy(m, x) / cost0) / (1 - macs)
+        if alloc == "latency":
+            w = rec["weights"]
+            assert len(w) > 10 and all(0.5 <= v <= 2.0 for v in w.values())
+            assert max(w.values()) / min(w.values()) > 1.5  # the groups really differ
+            assert set(w) <= {n for n, _ in m.named_modules()} and set(rec["efficiency"]) == set(w)
+        else:
+            assert "weights" not in rec
+    assert saved["latency"] > saved["uniform"], saved
+
+
+def test_fpn_prune_rejects_an_unknown_allocation():
+    from compressdet.errors import UserError
+    from compressdet.prune.fpn import prune_fpn_detector
+
+    with pytest.raises(UserError, match="allocation: 'fastest' is not one of uniform, latency"):
+        prune_fpn_detector(build_model("fcos_mnv2_050", image_size=HW), (32, 96), pruning_ratio=0.2,
+                           allocation="fastest")

@@ -8,6 +8,12 @@ FPN width to stay a multiple of its 16 groups), so every level still has the wid
 built for. A MACs target is met by bisection on the uniform ratio (the backbone's MACs, body + FPN,
 as ``target.macs`` means for ShuffleDet).
 
+``allocation="latency"`` does what ShuffleDet's ``ChannelPruner`` does, on torch-pruning's groups: one
+trial cut per group measures the latency proxy (:func:`~compressdet.prune.cost.latency_proxy`) it
+saves per backbone MAC it saves, and each group's ratio is the uniform one times that efficiency over
+the median group's, clipped to ``weight_range`` (torch-pruning's ``pruning_ratio_dict``, keyed by the
+group's root conv). The bisection still runs on the uniform ratio, so the MACs target holds either way.
+
 Model files of pruned models reload with :func:`compressdet.models.load_model` (layer shapes are
 replayed from the file).
 """
@@ -22,9 +28,11 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 
-__all__ = ["prune_fpn_detector", "fpn_ignored_layers"]
+__all__ = ["prune_fpn_detector", "fpn_ignored_layers", "latency_weights"]
 
 IMPORTANCES = ("group_magnitude", "taylor")
+ALLOCATIONS = ("uniform", "latency")
+MAX_GROUP_RATIO = 0.9  # a weighted ratio never removes more of one group than this
 
 
 def fpn_ignored_layers(model: nn.Module) -> list[nn.Module]:
@@ -43,18 +51,86 @@ def _backbone_macs(model: nn.Module, x: Tensor) -> float:
     return float(macs)
 
 
+def _output_sum(out: Any) -> Tensor:
+    return sum(o.float().sum() for o in out)
+
+
 def _pruner(model: nn.Module, x: Tensor, ratio: float, importance: str, round_to: int,
-            ignored: list[nn.Module]) -> Any:
+            ignored: list[nn.Module], weights: dict[str, float] | None = None) -> Any:
+    """torch-pruning's ``MetaPruner``; ``weights`` (root conv name -> multiplier) scale ``ratio`` per group."""
     import torch_pruning as tp
 
     imp = tp.importance.TaylorImportance() if importance == "taylor" else tp.importance.MagnitudeImportance(p=2)
-    return tp.pruner.MetaPruner(model, x, importance=imp, pruning_ratio=ratio, ignored_layers=ignored,
-                                round_to=round_to, output_transform=lambda out: sum(o.float().sum() for o in out))
+    modules = dict(model.named_modules())
+    per_group = {modules[n]: min(ratio * w, MAX_GROUP_RATIO) for n, w in (weights or {}).items()}
+    return tp.pruner.MetaPruner(model, x, importance=imp, pruning_ratio=min(ratio, MAX_GROUP_RATIO),
+                                pruning_ratio_dict=per_group or None, ignored_layers=ignored, round_to=round_to,
+                                output_transform=_output_sum)
+
+
+def _groups(model: nn.Module, x: Tensor, ignored: list[nn.Module]) -> tuple[Any, list[tuple[str, Any]]]:
+    """The dependency graph and its prunable groups as ``(root conv name, group)``."""
+    import torch_pruning as tp
+
+    dg = tp.DependencyGraph().build_dependency(model, x, output_transform=_output_sum)
+    names = {m: n for n, m in model.named_modules()}
+    skip = [sub for m in ignored for sub in m.modules()]  # as MetaPruner expands them
+    groups = dg.get_all_groups(ignored_layers=skip, root_module_types=(nn.Conv2d,))
+    return dg, [(names[g[0].dep.target.module], g) for g in groups]
+
+
+def latency_weights(model: nn.Module, x: Tensor, ignored: list[nn.Module], *, round_to: int = 16,
+                    weight_range: tuple[float, float] = (0.5, 2.0), trial_ratio: float = 0.25,
+                    cost_fn: Callable[[nn.Module], float] | None = None) -> dict[str, dict[str, float]]:
+    """Per-group multipliers of the uniform ratio, from one trial cut of each group.
+
+    efficiency = (relative cost saved) / (relative backbone MACs saved) of cutting about
+    ``trial_ratio`` of the group's channels (a multiple of ``round_to``) from a copy; weight = the
+    efficiency over the median group's, clipped to ``weight_range`` (a group that saves cost but no
+    backbone MACs gets the top weight). ``cost_fn``: ``model -> cost`` (default: the analytic
+    latency proxy of the whole model at ``x``).
+
+    Returns ``{root conv name: {"weight", "efficiency"}}``.
+    """
+    import math
+
+    if cost_fn is None:
+        from .cost import latency_proxy
+
+        cost_fn = lambda m: latency_proxy(m, x)  # noqa: E731
+    lo, hi = weight_range
+    macs0, cost0 = _backbone_macs(model, x), float(cost_fn(model))
+    names = {m: n for n, m in model.named_modules()}
+    ignored_names = [names[m] for m in ignored]
+    dg0, groups = _groups(model, x, ignored)
+    effs: dict[str, float] = {}
+    for root, group in groups:
+        channels = dg0.get_out_channels(group[0].dep.target.module)
+        k = max(round_to, int(round(trial_ratio * channels / round_to)) * round_to)
+        if k >= channels:
+            continue  # too narrow to cut a whole step of round_to: the pruner leaves it as well
+        trial = copy.deepcopy(model)
+        tm = dict(trial.named_modules())
+        dg, _ = _groups(trial, x, [tm[n] for n in ignored_names])
+        target = tm[root]
+        g = dg.get_pruning_group(target, dg.get_pruner_of_module(target).prune_out_channels,
+                                 list(range(channels - k, channels)))
+        if not dg.check_pruning_group(g):
+            continue
+        g.prune()
+        dm = (macs0 - _backbone_macs(trial, x)) / max(macs0, 1e-12)
+        dc = (cost0 - float(cost_fn(trial))) / max(cost0, 1e-12)
+        effs[root] = dc / dm if dm > 1e-9 else (math.inf if dc > 0 else 0.0)
+    finite = sorted(e for e in effs.values() if math.isfinite(e))
+    med = finite[len(finite) // 2] if finite else 1.0
+    return {r: {"weight": hi if not math.isfinite(e) else min(hi, max(lo, e / max(med, 1e-12))),
+                "efficiency": e if math.isfinite(e) else None} for r, e in effs.items()}
 
 
 def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruning_ratio: float | None = None,
-                       target_macs: float | None = None, importance: str = "group_magnitude", round_to: int = 8,
-                       ignored_layers: list[nn.Module] = (), loss_fn: Callable[[nn.Module], Tensor] | None = None
+                       target_macs: float | None = None, importance: str = "group_magnitude", round_to: int = 16,
+                       ignored_layers: list[nn.Module] = (), loss_fn: Callable[[nn.Module], Tensor] | None = None,
+                       allocation: str = "uniform", weight_range: tuple[float, float] = (0.5, 2.0)
                        ) -> dict[str, Any]:
     """Prune ``model`` (a ``TorchvisionDetector``) in place; returns a JSON-able record.
 
@@ -65,11 +141,16 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
         importance: ``group_magnitude`` (L2) or ``taylor`` (needs ``loss_fn(model) -> scalar``).
         round_to: channels kept per group are a multiple of this.
         ignored_layers: more modules never pruned (besides :func:`fpn_ignored_layers`).
+        allocation: ``uniform`` (one ratio) or ``latency`` (:func:`latency_weights` scale it per group).
+        weight_range: the latency allocation's clip of the per-group multiplier.
 
     Returns:
-        ``{"step", "ratio", "base_macs", "macs_after", "ops": [{"module", "idxs"}], "history"}``
-        (backbone MACs at ``example_size``; ``history`` is torch-pruning's ``pruning_history()``).
+        ``{"step", "ratio", "base_macs", "macs_after", "ops": [{"module", "idxs"}], "history",
+        "allocation"}`` (backbone MACs at ``example_size``; ``history`` is torch-pruning's
+        ``pruning_history()``; ``"weights"``, root conv -> multiplier, with the latency allocation).
     """
+    if allocation not in ALLOCATIONS:
+        raise UserError(f"allocation: '{allocation}' is not one of {', '.join(ALLOCATIONS)}")
     if importance not in IMPORTANCES:
         raise UserError(f"importance: '{importance}' is not supported for FPN families (use one of "
                         f"{', '.join(IMPORTANCES)})")
@@ -79,17 +160,20 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
     x = torch.zeros(1, 3, *example_size, device=p.device, dtype=p.dtype)
     ignored = fpn_ignored_layers(model) + list(ignored_layers)
     base = _backbone_macs(model, x)
+    found = latency_weights(model, x, ignored, round_to=round_to, weight_range=weight_range) \
+        if allocation == "latency" else {}
+    weights = {r: v["weight"] for r, v in found.items()}
 
     if pruning_ratio is None:
         if target_macs is None:
             raise UserError("target: give macs or pruning_ratio")
-        lo, hi = 0.0, 0.95
-        for _ in range(7):  # bisection on a copy: MACs fall monotonically with the ratio
+        lo, hi = 0.0, 0.95 / min([*weights.values(), 1.0])
+        for _ in range(8 if weights else 7):  # bisection on a copy: MACs fall monotonically with the ratio
             mid = (lo + hi) / 2
             trial = copy.deepcopy(model)
             ig = fpn_ignored_layers(trial) + [dict(trial.named_modules())[n] for n, m in model.named_modules()
                                                if any(m is g for g in ignored_layers)]
-            _pruner(trial, x, mid, "group_magnitude", round_to, ig).step()
+            _pruner(trial, x, mid, "group_magnitude", round_to, ig, weights).step()
             if _backbone_macs(trial, x) / base > target_macs:
                 lo = mid
             else:
@@ -97,7 +181,7 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
         pruning_ratio = hi
     was = model.training
     model.eval()
-    pruner = _pruner(model, x, float(pruning_ratio), importance, round_to, ignored)
+    pruner = _pruner(model, x, float(pruning_ratio), importance, round_to, ignored, weights)
     if importance == "taylor":
         model.train(was)
         model.zero_grad()
@@ -111,5 +195,9 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
     model.zero_grad(set_to_none=True)
     model.train(was)
     after = _backbone_macs(model, x)
-    return {"step": 1, "ratio": float(pruning_ratio), "base_macs": base, "macs_after": after, "ops": ops,
-            "history": pruner.pruning_history()}
+    rec = {"step": 1, "ratio": float(pruning_ratio), "base_macs": base, "macs_after": after, "ops": ops,
+           "history": pruner.pruning_history(), "allocation": allocation}
+    if weights:
+        rec["weights"] = {r: round(w, 4) for r, w in weights.items()}
+        rec["efficiency"] = {r: v["efficiency"] for r, v in found.items()}
+    return rec

@@ -78,9 +78,6 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     family = model.family
     if cfg.target.pruning_ratio_dict:
         raise UserError(f"stage '{ctx.name}': target.pruning_ratio_dict: not supported for a {family} model yet")
-    if cfg.allocation == "latency":
-        print(f"note: stage '{ctx.name}': allocation 'latency' is ShuffleDet's; the {family} model is pruned "
-              "with one uniform ratio", flush=True)
     modules = dict(model.named_modules())
     ignored = []
     for n in cfg.ignored_layers:
@@ -105,8 +102,9 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
             r = cfg.target.pruning_ratio
             ratio = 1.0 - (1.0 - r * (i + 1) / k) / (1.0 - r * i / k)
         rec = prune_fpn_detector(model, example_input_size(hw), pruning_ratio=ratio, target_macs=macs,
-                                 importance=cfg.importance, round_to=cfg.round_to or 8, ignored_layers=ignored,
-                                 loss_fn=loss_fn)
+                                 importance=cfg.importance, round_to=cfg.round_to or 16, ignored_layers=ignored,
+                                 loss_fn=loss_fn, allocation=cfg.allocation,
+                                 weight_range=tuple(cfg.latency_weight_range))
         rec["step"] = i + 1
         recs.append(rec)
         macs_done = rec["macs_after"] / recs[0]["base_macs"]
@@ -132,7 +130,7 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
             "teacher": cfg.teacher if methods else None,
             "distill": [m.model_dump(mode="json") for m in methods],
             "image_size": list(hw), "classes": list(recipe.data.classes), "pruning_history": hist_path.name,
-            "pruned": {"importance": cfg.importance, "iterative_steps": k, "allocation": "uniform",
+            "pruned": {"importance": cfg.importance, "iterative_steps": k, "allocation": cfg.allocation,
                        "ratio": [r["ratio"] for r in recs]}}
     path = save_model(model, ctx.stage_dir / "model.pt", meta=meta)
     metrics = {
