@@ -6,7 +6,8 @@ not depend on the values), ``compressdet.prune.fpn.prune_fpn_detector`` cuts the
 FPN laterals) to ``--macs`` of its MACs with one ratio for every channel group (``uniform``) and with
 the latency allocation (``latency``: each group's ratio scaled by the latency proxy it saves per MAC,
 one trial cut per group; what ``allocation: latency`` does in a prune stage), each with the kept
-channels of every group a multiple of 8 and of 16 (``round_to``; ``uniform-x16`` and so on). The
+channels of every group a multiple of 8 and of 16 (``round_to``; ``uniform-x16`` and so on), and, for
+RetinaNet, with a fraction of its head towers' channels cut too (``prune_head``, ``--head``). The
 unpruned and the pruned networks are exported as the fastest exact fp32 graph and as the ``ptq``
 stage's INT8 graph, and every graph is timed in processes of its own (``_protocol.isolated_ms``) at
 the cpu presets' size and the seed's. It chose the prune stage's FPN defaults (``allocation: latency``,
@@ -47,10 +48,12 @@ def _size(text: str) -> tuple[int, int]:
     return size(text)
 
 
-def pruned_models(row: str, hw: tuple[int, int], macs: float, round_to: list[int]
+def pruned_models(row: str, hw: tuple[int, int], macs: float, round_to: list[int], head: list[float] = ()
                   ) -> dict[str, tuple[torch.nn.Module, dict]]:
-    """``{"unpruned" | "<allocation>-x<round_to>": (model, prune record)}`` for one row, pruned at the
-    prune stage's trace size for ``hw`` (``stages.prune.example_input_size``)."""
+    """``{"unpruned" | "<allocation>-x<round_to>" | "latency-x<round_to>-head<ratio>": (model, prune
+    record)}`` for one row, pruned at the prune stage's trace size for ``hw``
+    (``stages.prune.example_input_size``); the head variants (``prune_head``) only where the head can
+    be cut (no GroupNorm towers: RetinaNet) and at the largest ``round_to``."""
     from fpn_speed import _model
 
     from compressdet.prune.fpn import prune_fpn_detector
@@ -63,6 +66,12 @@ def pruned_models(row: str, hw: tuple[int, int], macs: float, round_to: list[int
             m = copy.deepcopy(base)
             rec = prune_fpn_detector(m, example_input_size(hw), target_macs=macs, allocation=alloc, round_to=r)
             out[f"{alloc}-x{r}"] = (m.eval(), rec)
+    if not any(isinstance(mod, torch.nn.GroupNorm) for mod in base.det.head.modules()):
+        for h in head:
+            m = copy.deepcopy(base)
+            rec = prune_fpn_detector(m, example_input_size(hw), target_macs=macs, allocation="latency",
+                                     round_to=max(round_to), head_ratio=h)
+            out[f"latency-x{max(round_to)}-head{h:g}"] = (m.eval(), rec)
     return out
 
 
@@ -76,6 +85,7 @@ def measure(args: argparse.Namespace) -> dict:
     out = {"command": " ".join(["python benchmarks/fpn_prune_speed.py", *args.argv]), "preset": args.preset,
            "machine": platform.processor() or platform.machine(), "threads": args.threads, "batch": 1,
            "target_backbone_macs": args.macs, "round_to": args.round_to,
+           "head_ratios": args.head,
            "timer": {"protocol": "isolated_process", "runs": args.runs, "rounds": args.rounds},
            "weights": "random init, BatchNorm statistics randomised", "rows": {}}
     for row in args.rows:
@@ -83,7 +93,7 @@ def measure(args: argparse.Namespace) -> dict:
         for hw in args.sizes:
             tag = f"{hw[0]}x{hw[1]}"
             t0 = time.time()
-            models = pruned_models(row, hw, args.macs, args.round_to)
+            models = pruned_models(row, hw, args.macs, args.round_to, args.head)
             d = args.work / f"{row}-{tag}"
             graphs: dict[str, Path] = {}
             cells: dict[str, dict] = {}
@@ -117,11 +127,14 @@ def measure(args: argparse.Namespace) -> dict:
 
 def render_md(r: dict) -> str:
     int8 = any("int8_ms" in c for e in r["rows"].values() for s in e["sizes"].values() for c in s["models"].values())
+    heads = any("-head" in name for e in r["rows"].values() for s in e["sizes"].values() for name in s["models"])
     head = "| row | student | input | allocation | backbone MACs | total MACs | fp32 ms | fp32 speed-up |"
     lines = [f"ORT CPU latency, batch 1, {r['threads']} thread(s), {r['machine']}, each graph in processes of its "
              f"own, median of {r['timer']['runs']} runs x {r['timer']['rounds']} rounds; {r['weights']}; backbone "
              f"(body + FPN) MACs target {r['target_backbone_macs']}; `uniform-x16`: one ratio for every group, kept "
-             "channels a multiple of 16; speed-up vs the unpruned graph of the same kind.",
+             "channels a multiple of 16; " + ("`-head0.25`: a quarter of the head towers' channels cut too "
+                                              "(`prune_head`); " if heads else "")
+             + "speed-up vs the unpruned graph of the same kind.",
              "", head + (" int8 ms | int8 speed-up |" if int8 else ""),
              "|---|---|---|---|---|---|---|---|" + ("---|---|" if int8 else "")]
     for row, e in r["rows"].items():
@@ -143,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--macs", type=float, default=0.6, help="backbone MACs kept (the prune stage's default target)")
     ap.add_argument("--round-to", type=int, nargs="+", default=[8, 16], help="kept channels per group a multiple "
                     "of this; one pruned pair per value (the prune stage's FPN default: 16)")
+    ap.add_argument("--head", type=float, nargs="*", default=[0.25, 0.5], help="prune_head ratios of the extra "
+                    "head-pruned variants (RetinaNet; none: --head with no value)")
     ap.add_argument("--sizes", nargs="+", type=_size, metavar="HxW", help="input sizes (default: the preset's)")
     ap.add_argument("--work", type=Path, help="graphs and timing cache (default benchmarks/.fpn_prune_speed/<preset>)")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
@@ -150,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if not 0 < args.macs < 1:
         ap.error(f"--macs {args.macs}: expected a fraction in (0, 1)")
+    if any(not 0 < h < 0.9 for h in args.head):
+        ap.error(f"--head {args.head}: expected fractions in (0, 0.9)")
     if min(args.round_to) < 1:
         ap.error(f"--round-to {args.round_to}: expected positive channel counts")
     for k, v in PRESETS[args.preset].items():

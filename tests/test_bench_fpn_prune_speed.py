@@ -18,18 +18,22 @@ def fps():
 
 @pytest.mark.slow
 def test_one_row_end_to_end(fps, tmp_path):
-    assert fps.main(["--preset", "smoke", "--rows", "retinanet-mnv2", "--round-to", "8", "--work", str(tmp_path / "w"),
+    assert fps.main(["--preset", "smoke", "--rows", "retinanet-mnv2", "--round-to", "8", "--head", "0.25", "--work", str(tmp_path / "w"),
                      "--results", str(tmp_path / "r")]) == 0
     r = json.loads((tmp_path / "r" / "fpn_prune_speed.json").read_text())
     s = r["rows"]["retinanet-mnv2"]["sizes"]["64x192"]
     m = s["models"]
-    assert list(m) == ["unpruned", "uniform-x8", "latency-x8"] and m["unpruned"]["fp32_speedup"] == 1.0
+    assert list(m) == ["unpruned", "uniform-x8", "latency-x8", "latency-x8-head0.25"]
+    assert m["unpruned"]["fp32_speedup"] == 1.0
     for name in ("uniform-x8", "latency-x8"):
         assert abs(m[name]["backbone_macs_ratio"] - 0.6) < 0.05
         assert m[name]["fp32_speedup"] == pytest.approx(m["unpruned"]["fp32_ms"] / m[name]["fp32_ms"])
         assert s["latency"][f"{name}/fp32"]["runs"] == 3
     assert m["uniform-x8"]["weights"] is None and len(m["latency-x8"]["weights"]) > 10
     assert m["uniform-x8"]["params"] != m["latency-x8"]["params"]  # different cuts at the same budget
+    # the head variant: the same backbone budget, a quarter of every head tower's channels gone as well
+    hv = m["latency-x8-head0.25"]
+    assert abs(hv["backbone_macs_ratio"] - 0.6) < 0.05 and hv["macs"]["head"] < 0.8 * m["unpruned"]["macs"]["head"]
     md = (tmp_path / "r" / "fpn_prune_speed.md").read_text()
     assert "| retinanet-mnv2 | retinanet_mnv2_050 | 64x192 | latency-x8 |" in md
 
@@ -47,7 +51,8 @@ def test_table_from_json(fps):
 
 @pytest.mark.parametrize("argv, says", [(["--macs", "1.5"], "expected a fraction in (0, 1)"),
                                         (["--rows", "shuffledet"], "invalid choice"),
-                                        (["--round-to", "0"], "expected positive channel counts")])
+                                        (["--round-to", "0"], "expected positive channel counts"),
+                                        (["--head", "1.5"], "expected fractions in (0, 0.9)")])
 def test_bad_arguments_are_usage_errors(fps, argv, says, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         fps.main([*argv, "--preset", "smoke", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")])

@@ -106,3 +106,88 @@ def test_fpn_prune_rejects_an_unknown_allocation():
     with pytest.raises(UserError, match="allocation: 'fastest' is not one of uniform, latency"):
         prune_fpn_detector(build_model("fcos_mnv2_050", image_size=HW), (32, 96), pruning_ratio=0.2,
                            allocation="fastest")
+
+
+def test_retinanet_head_towers_pruned_through_the_stage(tmp_path):
+    """``prune_head``: a fixed fraction of the towers' inner channels goes (one cut serves every level,
+    kept widths multiples of 16), the prediction convs and the towers' input width stay, the MACs target
+    is still the backbone's, and the file reloads with the same outputs."""
+    torch.manual_seed(0)
+    model = build_model("retinanet_mnv2_050", image_size=HW).eval()
+    save_model(model, tmp_path / "student.pt")
+    recipe = parse_recipe(f"""name: head_prune
+seed: 0
+device: cpu
+data:
+  format: synth
+  image_size: [{HW[0]}, {HW[1]}]
+  synth: {{num_images: 8, size: [384, 128], seed: 0, cache_dir: {tmp_path / "cache"}}}
+  augment: {{enabled: false}}
+  max_val_images: 2
+stages:
+  - {{name: student, kind: model_file, path: {tmp_path / "student.pt"}}}
+  - name: pruned
+    kind: prune
+    from: student
+    target: {{macs: 0.6}}
+    prune_head: 0.25
+    allocation: uniform
+    schedule: {{steps: 1, batch_size: 2, lr: 0.002, eval_every: 1, checkpoint_every: 1, log_every: 1, threads: 1}}
+""", source="head_prune.yaml")
+    run = Pipeline(recipe, tmp_path / "run").run()
+    rec = json.loads((run / "manifest.json").read_text())["stages"]["pruned"]
+    assert rec["status"] == "done", rec.get("error")
+    m = rec["metrics"]
+    assert abs(m["rounds"][0]["backbone_macs_ratio"] - 0.6) < 0.06, m["rounds"]
+    # 64 -> 48 channels in every tower conv: the towers' MACs to (48/64)^2 and 48/64 (first conv)
+    assert 0.5 < m["macs_after"]["head"] / m["macs_before"]["head"] < 0.8, (m["macs_before"], m["macs_after"])
+    pruned, meta = load_model(run / rec["artifacts"]["model"]["path"])
+    assert meta["pruned"]["prune_head"] == 0.25
+
+    def widths(net):
+        return {n: (c.in_channels, c.out_channels) for n, c in net.det.head.named_modules()
+                if isinstance(c, torch.nn.Conv2d)}
+
+    before, after = widths(model), widths(pruned)
+    towers = [n for n in before if ".conv." in f".{n}."]
+    assert all(after[n][1] == before[n][1] - 16 for n in towers), (before, after)
+    for n in ("classification_head.cls_logits", "regression_head.bbox_reg"):  # the detector's outputs
+        assert after[n][1] == before[n][1]
+    assert after["classification_head.conv.0.0"][0] == before["classification_head.conv.0.0"][0]  # FPN width
+    x = torch.randn(1, 3, *HW) * 50
+    again, _ = load_model(run / rec["artifacts"]["model"]["path"])
+    with torch.no_grad():
+        out, out2 = pruned(x), again(x)
+    assert [tuple(o.shape) for o in out] == [tuple(o.shape) for o in model(x)]
+    assert all(torch.equal(a, b) for a, b in zip(out, out2))
+
+
+def test_prune_head_is_refused_where_it_cannot_apply():
+    from compressdet.errors import UserError
+    from compressdet.prune.fpn import prune_fpn_detector
+
+    with pytest.raises(UserError, match="prune_head: the fcos head's towers are GroupNorm-ed"):
+        prune_fpn_detector(build_model("fcos_mnv2_050", image_size=HW), (32, 96), pruning_ratio=0.2, head_ratio=0.25)
+    with pytest.raises(UserError, match=r"prune_head: 0.95 is not a fraction of channels in \[0, 0.9\)"):
+        prune_fpn_detector(build_model("retinanet_mnv2_050", image_size=HW), (32, 96), pruning_ratio=0.2,
+                           head_ratio=0.95)
+
+
+def test_prune_head_on_shuffledet_is_a_clear_error(tmp_path, capsys):
+    from compressdet.cli import main
+
+    save_model(build_model("shuffledet_0.25x", image_size=HW), tmp_path / "s.pt")
+    (tmp_path / "r.yaml").write_text(f"""name: sd_head
+seed: 0
+device: cpu
+data:
+  format: synth
+  image_size: [{HW[0]}, {HW[1]}]
+  synth: {{num_images: 4, size: [384, 128], seed: 0, cache_dir: {tmp_path / "cache"}}}
+stages:
+  - {{name: student, kind: model_file, path: {tmp_path / "s.pt"}}}
+  - {{name: pruned, kind: prune, from: student, prune_head: 0.25, schedule: {{steps: 1, batch_size: 2}}}}
+""")
+    assert main(["run", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "prune_head: ShuffleDet's head is one conv" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "pruned" / "model.pt").exists()

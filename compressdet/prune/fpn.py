@@ -4,9 +4,18 @@ torch-pruning's ``MetaPruner`` removes channels of the backbone body (ResNet / M
 BatchNorms, squeeze-excitation convs, and the FPN's lateral 1x1 convs that read them). What keeps
 the *shared* head valid is left alone: the FPN's output convs (``fpn.layer_blocks``), the P6/P7
 block and the whole head (its towers are applied to every level, and FCOS's GroupNorm needs the
-FPN width to stay a multiple of its 16 groups), so every level still has the width the head was
+FPN width to stay a multiple of its 32 groups), so every level still has the width the head was
 built for. A MACs target is met by bisection on the uniform ratio (the backbone's MACs, body + FPN,
 as ``target.macs`` means for ShuffleDet).
+
+``head_ratio`` (a prune stage's ``prune_head``) also removes that fraction of the inner channels of
+the head towers (rounded like every group: kept channels a multiple of ``round_to``): a tower is
+shared by every level, so one cut is valid for all; the prediction convs (their outputs are the
+detector's) and the towers' input width stay. The head's cut is given, not searched: the MACs target
+stays the backbone's, and at ORT's 16-channel granularity a 64-wide tower has three cuts (48, 32,
+16), too coarse for a search to land a whole-model target. RetinaNet's head is most of its MACs
+(0.71 of ``retinanet_mnv2_050`` at 192x624), so this is where its speed is. FCOS's GroupNorm towers
+are refused (32 groups of 2 channels: torch-pruning cannot keep whole groups).
 
 ``allocation="latency"`` does what ShuffleDet's ``ChannelPruner`` does, on torch-pruning's groups: one
 trial cut per group measures the latency proxy (:func:`~compressdet.prune.cost.latency_proxy`) it
@@ -28,20 +37,31 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 
-__all__ = ["prune_fpn_detector", "fpn_ignored_layers", "latency_weights"]
+__all__ = ["prune_fpn_detector", "fpn_ignored_layers", "head_tower_convs", "latency_weights"]
 
 IMPORTANCES = ("group_magnitude", "taylor")
 ALLOCATIONS = ("uniform", "latency")
 MAX_GROUP_RATIO = 0.9  # a weighted ratio never removes more of one group than this
 
 
-def fpn_ignored_layers(model: nn.Module) -> list[nn.Module]:
-    """The modules the head's validity depends on: FPN output convs, P6/P7, the head."""
+def fpn_ignored_layers(model: nn.Module, head: bool = False) -> list[nn.Module]:
+    """The modules the head's validity depends on: FPN output convs, P6/P7, and the whole head, or with
+    ``head`` only its prediction convs (class logits, box deltas, centerness: their outputs are the
+    detector's outputs), so that the towers' inner channels can go (:func:`head_tower_convs`)."""
     fpn = model.det.backbone.fpn
-    out = [model.det.head, fpn.layer_blocks]
+    out = [fpn.layer_blocks]
     if getattr(fpn, "extra_blocks", None) is not None:
         out.append(fpn.extra_blocks)
-    return out
+    if not head:
+        return [model.det.head, *out]
+    return out + [m for n, m in model.det.head.named_modules()
+                  if isinstance(m, nn.Conv2d) and ".conv." not in f".{n}."]
+
+
+def head_tower_convs(model: nn.Module) -> dict[str, nn.Module]:
+    """The head towers' convs by name (what ``head_ratio`` cuts)."""
+    return {n: m for n, m in model.named_modules()
+            if n.startswith("det.head.") and isinstance(m, nn.Conv2d) and ".conv." in f".{n}."}
 
 
 def _backbone_macs(model: nn.Module, x: Tensor) -> float:
@@ -56,13 +76,16 @@ def _output_sum(out: Any) -> Tensor:
 
 
 def _pruner(model: nn.Module, x: Tensor, ratio: float, importance: str, round_to: int,
-            ignored: list[nn.Module], weights: dict[str, float] | None = None) -> Any:
-    """torch-pruning's ``MetaPruner``; ``weights`` (root conv name -> multiplier) scale ``ratio`` per group."""
+            ignored: list[nn.Module], weights: dict[str, float] | None = None,
+            fixed: dict[str, float] | None = None) -> Any:
+    """torch-pruning's ``MetaPruner``; ``weights`` (root conv name -> multiplier) scale ``ratio`` per
+    group, ``fixed`` (root conv name -> ratio) set a group's ratio outright (the head towers)."""
     import torch_pruning as tp
 
     imp = tp.importance.TaylorImportance() if importance == "taylor" else tp.importance.MagnitudeImportance(p=2)
     modules = dict(model.named_modules())
     per_group = {modules[n]: min(ratio * w, MAX_GROUP_RATIO) for n, w in (weights or {}).items()}
+    per_group.update({modules[n]: r for n, r in (fixed or {}).items()})
     return tp.pruner.MetaPruner(model, x, importance=imp, pruning_ratio=min(ratio, MAX_GROUP_RATIO),
                                 pruning_ratio_dict=per_group or None, ignored_layers=ignored, round_to=round_to,
                                 output_transform=_output_sum)
@@ -130,8 +153,8 @@ def latency_weights(model: nn.Module, x: Tensor, ignored: list[nn.Module], *, ro
 def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruning_ratio: float | None = None,
                        target_macs: float | None = None, importance: str = "group_magnitude", round_to: int = 16,
                        ignored_layers: list[nn.Module] = (), loss_fn: Callable[[nn.Module], Tensor] | None = None,
-                       allocation: str = "uniform", weight_range: tuple[float, float] = (0.5, 2.0)
-                       ) -> dict[str, Any]:
+                       allocation: str = "uniform", weight_range: tuple[float, float] = (0.5, 2.0),
+                       head_ratio: float = 0.0) -> dict[str, Any]:
     """Prune ``model`` (a ``TorchvisionDetector``) in place; returns a JSON-able record.
 
     Args:
@@ -143,10 +166,13 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
         ignored_layers: more modules never pruned (besides :func:`fpn_ignored_layers`).
         allocation: ``uniform`` (one ratio) or ``latency`` (:func:`latency_weights` scale it per group).
         weight_range: the latency allocation's clip of the per-group multiplier.
+        head_ratio: remove this fraction of every head tower conv's output channels too (every level
+            shares them, so a cut is valid for all; the prediction convs and the towers' input width
+            stay); 0: the head is left whole.
 
     Returns:
         ``{"step", "ratio", "base_macs", "macs_after", "ops": [{"module", "idxs"}], "history",
-        "allocation"}`` (backbone MACs at ``example_size``; ``history`` is torch-pruning's
+        "allocation", "head_ratio"}`` (backbone MACs at ``example_size``; ``history`` is torch-pruning's
         ``pruning_history()``; ``"weights"``, root conv -> multiplier, with the latency allocation).
     """
     if allocation not in ALLOCATIONS:
@@ -158,10 +184,18 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
         raise UserError("importance: taylor needs a loss on a training batch")
     p = next(model.parameters())
     x = torch.zeros(1, 3, *example_size, device=p.device, dtype=p.dtype)
-    ignored = fpn_ignored_layers(model) + list(ignored_layers)
+    if not 0.0 <= head_ratio < MAX_GROUP_RATIO:
+        raise UserError(f"prune_head: {head_ratio} is not a fraction of channels in [0, {MAX_GROUP_RATIO})")
+    if head_ratio and any(isinstance(m, nn.GroupNorm) for m in model.det.head.modules()):
+        raise UserError(f"prune_head: the {getattr(model, 'family', 'model')} head's towers are GroupNorm-ed "
+                        "(torchvision's FCOS: 32 groups of 2 channels), which torch-pruning cannot cut by whole "
+                        "groups; prune the backbone only (prune_head: 0)")
+    ignored = fpn_ignored_layers(model, bool(head_ratio)) + list(ignored_layers)
     base = _backbone_macs(model, x)
-    found = latency_weights(model, x, ignored, round_to=round_to, weight_range=weight_range) \
-        if allocation == "latency" else {}
+    # the latency weights spread the backbone's budget: the head's cut is fixed, so they ignore it
+    found = latency_weights(model, x, fpn_ignored_layers(model) + list(ignored_layers), round_to=round_to,
+                            weight_range=weight_range) if allocation == "latency" else {}
+    fixed = {n: float(head_ratio) for n in head_tower_convs(model)} if head_ratio else {}
     weights = {r: v["weight"] for r, v in found.items()}
 
     if pruning_ratio is None:
@@ -171,9 +205,9 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
         for _ in range(8 if weights else 7):  # bisection on a copy: MACs fall monotonically with the ratio
             mid = (lo + hi) / 2
             trial = copy.deepcopy(model)
-            ig = fpn_ignored_layers(trial) + [dict(trial.named_modules())[n] for n, m in model.named_modules()
-                                               if any(m is g for g in ignored_layers)]
-            _pruner(trial, x, mid, "group_magnitude", round_to, ig, weights).step()
+            ig = fpn_ignored_layers(trial, bool(head_ratio)) + [
+                dict(trial.named_modules())[n] for n, m in model.named_modules() if any(m is g for g in ignored_layers)]
+            _pruner(trial, x, mid, "group_magnitude", round_to, ig, weights, fixed).step()
             if _backbone_macs(trial, x) / base > target_macs:
                 lo = mid
             else:
@@ -181,7 +215,7 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
         pruning_ratio = hi
     was = model.training
     model.eval()
-    pruner = _pruner(model, x, float(pruning_ratio), importance, round_to, ignored, weights)
+    pruner = _pruner(model, x, float(pruning_ratio), importance, round_to, ignored, weights, fixed)
     if importance == "taylor":
         model.train(was)
         model.zero_grad()
@@ -196,7 +230,7 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
     model.train(was)
     after = _backbone_macs(model, x)
     rec = {"step": 1, "ratio": float(pruning_ratio), "base_macs": base, "macs_after": after, "ops": ops,
-           "history": pruner.pruning_history(), "allocation": allocation}
+           "history": pruner.pruning_history(), "allocation": allocation, "head_ratio": float(head_ratio)}
     if weights:
         rec["weights"] = {r: round(w, 4) for r, w in weights.items()}
         rec["efficiency"] = {r: v["efficiency"] for r, v in found.items()}

@@ -60,6 +60,12 @@ def _ignored(model: nn.Module, names: list[str]) -> list[nn.Module]:
     return out
 
 
+def _round_ratio(r: float, i: int, k: int) -> float:
+    """Round ``i`` of ``k``'s ratio of the channels there are now, so that ``1 - r * (i + 1) / k`` of the
+    original channels are kept after it (torch-pruning's linear schedule)."""
+    return 1.0 - (1.0 - r * (i + 1) / k) / (1.0 - r * i / k)
+
+
 def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     """The prune stage on an FPN family (FCOS / RetinaNet): torch-pruning on the backbone body and the
     FPN's lateral convs, the FPN outputs and the shared head kept (:mod:`compressdet.prune.fpn`), in
@@ -99,12 +105,12 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
         if cfg.target.macs is not None:  # this round's goal, relative to the model as it is now
             macs = (1.0 - (1.0 - cfg.target.macs) * (i + 1) / k) / macs_done
         else:  # kept channels 1 - r*(i+1)/k of the original, from 1 - r*i/k now
-            r = cfg.target.pruning_ratio
-            ratio = 1.0 - (1.0 - r * (i + 1) / k) / (1.0 - r * i / k)
+            ratio = _round_ratio(cfg.target.pruning_ratio, i, k)
+        head_ratio = _round_ratio(cfg.prune_head, i, k)
         rec = prune_fpn_detector(model, example_input_size(hw), pruning_ratio=ratio, target_macs=macs,
                                  importance=cfg.importance, round_to=cfg.round_to or 16, ignored_layers=ignored,
                                  loss_fn=loss_fn, allocation=cfg.allocation,
-                                 weight_range=tuple(cfg.latency_weight_range))
+                                 weight_range=tuple(cfg.latency_weight_range), head_ratio=head_ratio)
         rec["step"] = i + 1
         recs.append(rec)
         macs_done = rec["macs_after"] / recs[0]["base_macs"]
@@ -131,7 +137,7 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
             "distill": [m.model_dump(mode="json") for m in methods],
             "image_size": list(hw), "classes": list(recipe.data.classes), "pruning_history": hist_path.name,
             "pruned": {"importance": cfg.importance, "iterative_steps": k, "allocation": cfg.allocation,
-                       "ratio": [r["ratio"] for r in recs]}}
+                       "prune_head": cfg.prune_head, "ratio": [r["ratio"] for r in recs]}}
     path = save_model(model, ctx.stage_dir / "model.pt", meta=meta)
     metrics = {
         "macs_before": before["macs"], "macs_after": after["macs"],
@@ -196,6 +202,9 @@ def run(ctx: StageContext) -> StageResult:
     model, meta_in = load_model(ctx.input("from").artifact("model"))
     if getattr(model, "family", "shuffledet") != "shuffledet":
         return _run_fpn(ctx, model)
+    if cfg.prune_head > 0:
+        raise UserError(f"stage '{ctx.name}': prune_head: ShuffleDet's head is one conv whose outputs are the "
+                        "detector's outputs; there is nothing to cut (it is for RetinaNet)")
     model.train()
     before = _summary(model, hw)
     target = cfg.target
