@@ -128,12 +128,13 @@ def measure(args: argparse.Namespace) -> dict:
 def render_md(r: dict) -> str:
     int8 = any("int8_ms" in c for e in r["rows"].values() for s in e["sizes"].values() for c in s["models"].values())
     heads = any("-head" in name for e in r["rows"].values() for s in e["sizes"].values() for name in s["models"])
+    n, h = max(r.get("round_to") or [16]), (r.get("head_ratios") or [0.25])[0]
     head = "| row | student | input | allocation | backbone MACs | total MACs | fp32 ms | fp32 speed-up |"
     lines = [f"ORT CPU latency, batch 1, {r['threads']} thread(s), {r['machine']}, each graph in processes of its "
              f"own, median of {r['timer']['runs']} runs x {r['timer']['rounds']} rounds; {r['weights']}; backbone "
-             f"(body + FPN) MACs target {r['target_backbone_macs']}; `uniform-x16`: one ratio for every group, kept "
-             "channels a multiple of 16; " + ("`-head0.25`: a quarter of the head towers' channels cut too "
-                                              "(`prune_head`); " if heads else "")
+             f"(body + FPN) MACs target {r['target_backbone_macs']}; `uniform-x{n}`: one ratio for every group, kept "
+             f"channels a multiple of {n}; " + (f"`-head{h:g}`: that fraction of the head towers' channels cut too "
+                                                "(`prune_head`); " if heads else "")
              + "speed-up vs the unpruned graph of the same kind.",
              "", head + (" int8 ms | int8 speed-up |" if int8 else ""),
              "|---|---|---|---|---|---|---|---|" + ("---|---|" if int8 else "")]

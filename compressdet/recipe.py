@@ -415,8 +415,8 @@ class PruneStage(StageConfig):
     ignored_layers: list[str] = Field(default_factory=list, description="module names never pruned")
     prune_head: float = Field(
         0.0, ge=0.0, lt=0.9, description="RetinaNet: also remove this fraction of the head towers' inner "
-        "channels (shared by every level; the prediction convs stay; kept widths rounded like round_to), on "
-        "top of target, which stays the backbone's; 0: the head is left whole")
+        "channels (shared by every level; the prediction convs stay; kept widths rounded like round_to), in "
+        "the first round, on top of target, which stays the backbone's; 0: the head is left whole")
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(steps=2000, lr=0.005))
     imitation: ImitationConfig | None = None
     distill: DistillList = None

@@ -18,8 +18,8 @@ def fps():
 
 @pytest.mark.slow
 def test_one_row_end_to_end(fps, tmp_path):
-    assert fps.main(["--preset", "smoke", "--rows", "retinanet-mnv2", "--round-to", "8", "--head", "0.25", "--work", str(tmp_path / "w"),
-                     "--results", str(tmp_path / "r")]) == 0
+    assert fps.main(["--preset", "smoke", "--rows", "retinanet-mnv2", "--round-to", "8", "--head", "0.25",
+                     "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]) == 0
     r = json.loads((tmp_path / "r" / "fpn_prune_speed.json").read_text())
     s = r["rows"]["retinanet-mnv2"]["sizes"]["64x192"]
     m = s["models"]

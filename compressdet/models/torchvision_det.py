@@ -456,7 +456,7 @@ def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_cha
     Args:
         family: ``fcos`` or ``retinanet``. backbone: ``mnv3_small``, ``mnv3_large``, ``mnv2_050``, ``r18``,
             ``r34``.
-        fpn_channels: FPN (and head) width, a multiple of 16 (FCOS's GroupNorm has 16 groups).
+        fpn_channels: FPN (and head) width, a multiple of 16 (FCOS: of 32, its head's GroupNorm groups).
         head_convs: FCOS tower depth (torchvision: 4); RetinaNet's head always has 4.
         anchor_scale: RetinaNet anchor base size in strides (torchvision's default anchors are
             4 strides x 2^(0, 1/3, 2/3) x ratios 0.5, 1, 2 per level).
@@ -468,8 +468,9 @@ def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_cha
 
     if backbone not in BACKBONES:
         raise ModelError(f"{name}: unknown backbone '{backbone}' (known: {', '.join(BACKBONES)})")
-    if fpn_channels % 16:
-        raise ModelError(f"{name}: fpn_channels {fpn_channels} must be a multiple of 16")
+    if fpn_channels % (32 if family == "fcos" else 16):
+        raise ModelError(f"{name}: fpn_channels {fpn_channels} must be a multiple of "
+                         f"{32 if family == 'fcos' else 16}{' (the head GroupNorm has 32 groups)' if family == 'fcos' else ''}")
     body = BACKBONES[backbone](fpn_channels)
     if family == "fcos":
         gen = AnchorGenerator(tuple((s,) for s in STRIDES), ((1.0,),) * len(STRIDES))

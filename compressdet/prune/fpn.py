@@ -15,7 +15,7 @@ detector's) and the towers' input width stay. The head's cut is given, not searc
 stays the backbone's, and at ORT's 16-channel granularity a 64-wide tower has three cuts (48, 32,
 16), too coarse for a search to land a whole-model target. RetinaNet's head is most of its MACs
 (0.71 of ``retinanet_mnv2_050`` at 192x624), so this is where its speed is. FCOS's GroupNorm towers
-are refused (32 groups of 2 channels: torch-pruning cannot keep whole groups).
+are refused (GroupNorm with 32 groups: torch-pruning does not keep its groups whole).
 
 ``allocation="latency"`` does what ShuffleDet's ``ChannelPruner`` does, on torch-pruning's groups: one
 trial cut per group measures the latency proxy (:func:`~compressdet.prune.cost.latency_proxy`) it
@@ -30,6 +30,7 @@ replayed from the file).
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable
 
 import torch
@@ -86,7 +87,7 @@ def _pruner(model: nn.Module, x: Tensor, ratio: float, importance: str, round_to
     modules = dict(model.named_modules())
     per_group = {modules[n]: min(ratio * w, MAX_GROUP_RATIO) for n, w in (weights or {}).items()}
     per_group.update({modules[n]: r for n, r in (fixed or {}).items()})
-    return tp.pruner.MetaPruner(model, x, importance=imp, pruning_ratio=min(ratio, MAX_GROUP_RATIO),
+    return tp.pruner.MetaPruner(model, x, importance=imp, pruning_ratio=min(ratio, MAX_GROUP_RATIO) if weights else ratio,
                                 pruning_ratio_dict=per_group or None, ignored_layers=ignored, round_to=round_to,
                                 output_transform=_output_sum)
 
@@ -115,8 +116,6 @@ def latency_weights(model: nn.Module, x: Tensor, ignored: list[nn.Module], *, ro
 
     Returns ``{root conv name: {"weight", "efficiency"}}``.
     """
-    import math
-
     if cost_fn is None:
         from .cost import latency_proxy
 
@@ -129,9 +128,10 @@ def latency_weights(model: nn.Module, x: Tensor, ignored: list[nn.Module], *, ro
     effs: dict[str, float] = {}
     for root, group in groups:
         channels = dg0.get_out_channels(group[0].dep.target.module)
-        k = max(round_to, int(round(trial_ratio * channels / round_to)) * round_to)
-        if k >= channels:
-            continue  # too narrow to cut a whole step of round_to: the pruner leaves it as well
+        keep = int(channels * (1.0 - trial_ratio)) // round_to * round_to  # as torch-pruning rounds: down
+        k = channels - keep
+        if keep <= 0 or k <= 0:
+            continue  # too narrow to keep a whole step of round_to: the pruner cannot cut it either
         trial = copy.deepcopy(model)
         tm = dict(trial.named_modules())
         dg, _ = _groups(trial, x, [tm[n] for n in ignored_names])
@@ -145,7 +145,7 @@ def latency_weights(model: nn.Module, x: Tensor, ignored: list[nn.Module], *, ro
         dc = (cost0 - float(cost_fn(trial))) / max(cost0, 1e-12)
         effs[root] = dc / dm if dm > 1e-9 else (math.inf if dc > 0 else 0.0)
     finite = sorted(e for e in effs.values() if math.isfinite(e))
-    med = finite[len(finite) // 2] if finite else 1.0
+    med = finite[len(finite) // 2] if finite and finite[len(finite) // 2] > 0 else 1.0
     return {r: {"weight": hi if not math.isfinite(e) else min(hi, max(lo, e / max(med, 1e-12))),
                 "efficiency": e if math.isfinite(e) else None} for r, e in effs.items()}
 
@@ -173,7 +173,8 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
     Returns:
         ``{"step", "ratio", "base_macs", "macs_after", "ops": [{"module", "idxs"}], "history",
         "allocation", "head_ratio"}`` (backbone MACs at ``example_size``; ``history`` is torch-pruning's
-        ``pruning_history()``; ``"weights"``, root conv -> multiplier, with the latency allocation).
+        ``pruning_history()``; ``"weights"``, root conv -> multiplier, with the latency allocation, whose
+        ``"ratio"`` is then the base the weights multiply, not a ratio any one group got).
     """
     if allocation not in ALLOCATIONS:
         raise UserError(f"allocation: '{allocation}' is not one of {', '.join(ALLOCATIONS)}")
@@ -186,10 +187,11 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
     x = torch.zeros(1, 3, *example_size, device=p.device, dtype=p.dtype)
     if not 0.0 <= head_ratio < MAX_GROUP_RATIO:
         raise UserError(f"prune_head: {head_ratio} is not a fraction of channels in [0, {MAX_GROUP_RATIO})")
-    if head_ratio and any(isinstance(m, nn.GroupNorm) for m in model.det.head.modules()):
-        raise UserError(f"prune_head: the {getattr(model, 'family', 'model')} head's towers are GroupNorm-ed "
-                        "(torchvision's FCOS: 32 groups of 2 channels), which torch-pruning cannot cut by whole "
-                        "groups; prune the backbone only (prune_head: 0)")
+    gn = next((m for m in model.det.head.modules() if isinstance(m, nn.GroupNorm)), None)
+    if head_ratio and gn is not None:
+        raise UserError(f"prune_head: the {getattr(model, 'family', 'model')} head's towers are normalised by "
+                        f"GroupNorm({gn.num_groups}, {gn.num_channels}), whose groups torch-pruning does not keep "
+                        "whole; prune the backbone only (prune_head: 0)")
     ignored = fpn_ignored_layers(model, bool(head_ratio)) + list(ignored_layers)
     base = _backbone_macs(model, x)
     # the latency weights spread the backbone's budget: the head's cut is fixed, so they ignore it
@@ -201,8 +203,10 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
     if pruning_ratio is None:
         if target_macs is None:
             raise UserError("target: give macs or pruning_ratio")
-        lo, hi = 0.0, 0.95 / min([*weights.values(), 1.0])
-        for _ in range(8 if weights else 7):  # bisection on a copy: MACs fall monotonically with the ratio
+        # the searched ratio is the base the latency weights multiply: every group reaches its clamp by hi
+        lo, hi = 0.0, MAX_GROUP_RATIO / min([*weights.values(), 1.0])
+        for _ in range(7 + math.ceil(math.log2(hi / MAX_GROUP_RATIO))):  # bisection on a copy: MACs fall
+            # monotonically with the ratio; ~0.007 resolution whatever the weights' range
             mid = (lo + hi) / 2
             trial = copy.deepcopy(model)
             ig = fpn_ignored_layers(trial, bool(head_ratio)) + [

@@ -106,7 +106,8 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
             macs = (1.0 - (1.0 - cfg.target.macs) * (i + 1) / k) / macs_done
         else:  # kept channels 1 - r*(i+1)/k of the original, from 1 - r*i/k now
             ratio = _round_ratio(cfg.target.pruning_ratio, i, k)
-        head_ratio = _round_ratio(cfg.prune_head, i, k)
+        # the head's cut in the first round, whole: at 16-channel steps a split would round away from it
+        head_ratio = cfg.prune_head if i == 0 else 0.0
         rec = prune_fpn_detector(model, example_input_size(hw), pruning_ratio=ratio, target_macs=macs,
                                  importance=cfg.importance, round_to=cfg.round_to or 16, ignored_layers=ignored,
                                  loss_fn=loss_fn, allocation=cfg.allocation,
