@@ -10,8 +10,9 @@ channels of every group a multiple of 8 and of 16 (``round_to``; ``uniform-x16``
 RetinaNet, with a fraction of its head towers' channels cut too (``prune_head``, ``--head``). The
 unpruned and the pruned networks are exported as the fastest exact fp32 graph and as the ``ptq``
 stage's INT8 graph, and every graph is timed in processes of its own (``_protocol.isolated_ms``) at
-the cpu presets' size and the seed's. It chose the prune stage's FPN defaults (``allocation: latency``,
-kept channels a multiple of 16); accuracy after the fine-tune is not measured here.
+the cpu presets' size and the seed's. It chose the prune stage's FPN default of kept channels a
+multiple of 16, and found the latency allocation no better than one uniform ratio there (docs/pruning.md);
+accuracy after the fine-tune is not measured here.
 
     python benchmarks/fpn_prune_speed.py                  # ~15 min on 2 cores; nothing else may run
     python benchmarks/fpn_prune_speed.py --preset smoke   # plumbing only
