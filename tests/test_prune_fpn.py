@@ -17,12 +17,13 @@ torch.set_num_threads(1)
 HW = (64, 192)
 
 
-@pytest.mark.parametrize("arch", ["fcos_mnv3_small", "retinanet_mnv2_050"])  # SE + HardSwish; inverted residuals
-def test_fpn_iterative_prune_reaches_the_target_in_rounds(tmp_path, arch):
+def _prune_run(tmp_path, arch: str, prune: str):
+    """A random ``arch`` student through a prune stage with ``prune`` (YAML lines of the stage) on tiny
+    SynthKITTI; returns the unpruned model, the run folder and the stage's manifest record."""
     torch.manual_seed(0)
     model = build_model(arch, image_size=HW).eval()
     save_model(model, tmp_path / "student.pt")
-    recipe = parse_recipe(f"""name: fpn_iter
+    recipe = parse_recipe(f"""name: fpn_prune
 seed: 0
 device: cpu
 data:
@@ -36,13 +37,18 @@ stages:
   - name: pruned
     kind: prune
     from: student
-    target: {{macs: 0.5}}
-    iterative_steps: 2
+    {prune}
     schedule: {{steps: 2, batch_size: 2, lr: 0.002, eval_every: 1, checkpoint_every: 1, log_every: 1, threads: 1}}
-""", source="fpn_iter.yaml")
+""", source="fpn_prune.yaml")
     run = Pipeline(recipe, tmp_path / "run").run()
     rec = json.loads((run / "manifest.json").read_text())["stages"]["pruned"]
     assert rec["status"] == "done", rec.get("error")
+    return model, run, rec
+
+
+@pytest.mark.parametrize("arch", ["fcos_mnv3_small", "retinanet_mnv2_050"])  # SE + HardSwish; inverted residuals
+def test_fpn_iterative_prune_reaches_the_target_in_rounds(tmp_path, arch):
+    model, run, rec = _prune_run(tmp_path, arch, "target: {macs: 0.5}\n    iterative_steps: 2")
     m = rec["metrics"]
     rounds = m["rounds"]
     assert [r["step"] for r in rounds] == [1, 2] and all(r["steps"] == 1 for r in rounds)
@@ -113,32 +119,8 @@ def test_retinanet_head_towers_pruned_through_the_stage(tmp_path):
     kept widths multiples of 16, all of it in the first of two rounds), the prediction convs and the
     towers' input width stay, the MACs target is still the backbone's, and the file reloads with the
     same outputs."""
-    torch.manual_seed(0)
-    model = build_model("retinanet_mnv2_050", image_size=HW).eval()
-    save_model(model, tmp_path / "student.pt")
-    recipe = parse_recipe(f"""name: head_prune
-seed: 0
-device: cpu
-data:
-  format: synth
-  image_size: [{HW[0]}, {HW[1]}]
-  synth: {{num_images: 8, size: [384, 128], seed: 0, cache_dir: {tmp_path / "cache"}}}
-  augment: {{enabled: false}}
-  max_val_images: 2
-stages:
-  - {{name: student, kind: model_file, path: {tmp_path / "student.pt"}}}
-  - name: pruned
-    kind: prune
-    from: student
-    target: {{macs: 0.6}}
-    prune_head: 0.25
-    allocation: uniform
-    iterative_steps: 2
-    schedule: {{steps: 2, batch_size: 2, lr: 0.002, eval_every: 1, checkpoint_every: 1, log_every: 1, threads: 1}}
-""", source="head_prune.yaml")
-    run = Pipeline(recipe, tmp_path / "run").run()
-    rec = json.loads((run / "manifest.json").read_text())["stages"]["pruned"]
-    assert rec["status"] == "done", rec.get("error")
+    model, run, rec = _prune_run(tmp_path, "retinanet_mnv2_050",
+                                 "target: {macs: 0.6}\n    prune_head: 0.25\n    allocation: uniform\n    iterative_steps: 2")
     m = rec["metrics"]
     # two rounds: the backbone half-way then at the target; the head's cut whole in round 1 (not rounded twice)
     assert abs(m["rounds"][1]["backbone_macs_ratio"] - 0.6) < 0.06, m["rounds"]
