@@ -75,6 +75,10 @@ def test_quant_accuracy_smoke_follows_the_protocol(tmp_path):
     assert all(len(r["ort_map40"][a]) == 3 for a in ("ptq", "qat", "qat_imitation"))
     assert r["int8_speedup"] > 0 and r["int8_speedup_at_run_size"] > 0 and r["fp32_rewrites"]
     assert (tmp_path / "r" / "quant_curves.png").stat().st_size > 1000
+    # on test: the chosen run of every arm and seed (int8 arms: the PyTorch program and ORT), the students,
+    # nothing that lost a selection
+    evals = list((tmp_path / "w" / "smoke" / "test_eval").glob("test-*.json"))
+    assert len(evals) == 3 + 3 * 3 * 2 + 3, len(evals)
     before = _trained(tmp_path / "w")
     assert quant.main(args) == 0
     again = json.loads((tmp_path / "r" / "quant.json").read_text())
