@@ -17,13 +17,10 @@ torch.set_num_threads(1)
 HW = (64, 192)
 
 
-def _prune_run(tmp_path, arch: str, prune: str):
-    """A random ``arch`` student through a prune stage with ``prune`` (YAML lines of the stage) on tiny
-    SynthKITTI; returns the unpruned model, the run folder and the stage's manifest record."""
-    torch.manual_seed(0)
-    model = build_model(arch, image_size=HW).eval()
-    save_model(model, tmp_path / "student.pt")
-    recipe = parse_recipe(f"""name: fpn_prune
+def _recipe_text(tmp_path, prune: str) -> str:
+    """A model_file stage (``tmp_path/student.pt``) and a prune stage with ``prune`` (its YAML lines) on
+    tiny SynthKITTI."""
+    return f"""name: fpn_prune
 seed: 0
 device: cpu
 data:
@@ -39,7 +36,16 @@ stages:
     from: student
     {prune}
     schedule: {{steps: 2, batch_size: 2, lr: 0.002, eval_every: 1, checkpoint_every: 1, log_every: 1, threads: 1}}
-""", source="fpn_prune.yaml")
+"""
+
+
+def _prune_run(tmp_path, arch: str, prune: str):
+    """A random ``arch`` student through :func:`_recipe_text`'s prune stage; returns the unpruned model,
+    the run folder and the stage's manifest record."""
+    torch.manual_seed(0)
+    model = build_model(arch, image_size=HW).eval()
+    save_model(model, tmp_path / "student.pt")
+    recipe = parse_recipe(_recipe_text(tmp_path, prune), source="fpn_prune.yaml")
     run = Pipeline(recipe, tmp_path / "run").run()
     rec = json.loads((run / "manifest.json").read_text())["stages"]["pruned"]
     assert rec["status"] == "done", rec.get("error")
@@ -161,18 +167,8 @@ def test_prune_head_is_refused_where_it_cannot_apply():
 def test_prune_head_on_shuffledet_is_a_clear_error(tmp_path, capsys):
     from compressdet.cli import main
 
-    save_model(build_model("shuffledet_0.25x", image_size=HW), tmp_path / "s.pt")
-    (tmp_path / "r.yaml").write_text(f"""name: sd_head
-seed: 0
-device: cpu
-data:
-  format: synth
-  image_size: [{HW[0]}, {HW[1]}]
-  synth: {{num_images: 4, size: [384, 128], seed: 0, cache_dir: {tmp_path / "cache"}}}
-stages:
-  - {{name: student, kind: model_file, path: {tmp_path / "s.pt"}}}
-  - {{name: pruned, kind: prune, from: student, prune_head: 0.25, schedule: {{steps: 1, batch_size: 2}}}}
-""")
+    save_model(build_model("shuffledet_0.25x", image_size=HW), tmp_path / "student.pt")
+    (tmp_path / "r.yaml").write_text(_recipe_text(tmp_path, "prune_head: 0.25"))
     assert main(["run", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "run")]) == 2
     assert "prune_head: ShuffleDet's head is one conv" in capsys.readouterr().err
     assert not (tmp_path / "run" / "pruned" / "model.pt").exists()
