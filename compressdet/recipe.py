@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from .conventions import KITTI_CLASSES
 from .errors import RecipeError
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
     "stage_schemas", "apply_overrides",
 ]
 
-CLASS_NAMES = ("car", "pedestrian", "cyclist")
+CLASS_NAMES = KITTI_CLASSES
 
 
 class _Strict(BaseModel):

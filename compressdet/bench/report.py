@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_path, atomic_write_json, atomic_write_text
+from ..eval.kitti_eval import CLASSES, LEVELS
 from ..eval.table import size_cells
 
 __all__ = ["table_rows", "markdown_report", "write_reports", "pareto_plot", "print_table", "COLUMNS", "COCO_COLUMNS",
            "columns"]
 
-_CLASSES = ("car", "pedestrian", "cyclist")
-_LEVELS = ("easy", "moderate", "hard")
 COLUMNS = ["model", "FLOPs", "params", "car E/M/H", "ped E/M/H", "cyc E/M/H", "mAP", "size", "weights",
            "latency b1", "delta vs ref"]
 #: the table's columns when the metric is COCO AP (coco/yolo/voc data, or eval.metric: coco)
@@ -37,12 +36,12 @@ def _ap_cells(ev: dict[str, Any] | None, metric: str) -> list[str]:
     if not ev:
         return ["-", "-", "-", "-"]
     cells, vals = [], []
-    for c in _CLASSES:
+    for c in CLASSES:
         per = ev["ap"].get(c)
         if per is None:
             cells.append("-")
             continue
-        v = [per[lvl][metric] for lvl in _LEVELS if lvl in per]
+        v = [per[lvl][metric] for lvl in LEVELS if lvl in per]
         vals.extend(v)
         cells.append("/".join(f"{x:.1f}" for x in v))
     return cells + [f"{sum(vals) / len(vals):.1f}" if vals else "-"]

@@ -21,13 +21,12 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from ..conventions import MEAN_BGR
 from ..recipe import AugmentConfig
 
 __all__ = ["MEAN_BGR", "AugmentParams", "sample_params", "apply_geometry", "photometric", "normalize",
            "denormalize", "to_original", "DetectionTransform", "hflip"]
 
-#: per-channel BGR mean subtracted from the input (METHOD.md §1); no std division
-MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 @dataclass(frozen=True)

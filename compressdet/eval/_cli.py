@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..conventions import KITTI_CLASSES
 from ..errors import DataError
 
 __all__ = ["register", "load_kitti_dirs"]
@@ -165,7 +166,7 @@ def _cmd_viz_mask(args: argparse.Namespace) -> int:
 
     image = _load_image(args.image)
     h, w = args.size
-    objs = [o for o in read_label_file(args.label) if o.type.lower() in ("car", "pedestrian", "cyclist")]
+    objs = [o for o in read_label_file(args.label) if o.type.lower() in KITTI_CLASSES]
     sy, sx = h / image.shape[0], w / image.shape[1]
     boxes = torch.tensor([[o.bbox[0] * sx, o.bbox[1] * sy, o.bbox[2] * sx, o.bbox[3] * sy] for o in objs],
                          dtype=torch.float32).reshape(-1, 4)

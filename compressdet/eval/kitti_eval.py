@@ -36,13 +36,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..conventions import KITTI_CLASSES
 from ..data.kitti import DIFFICULTY_LEVELS, KittiObject
 from ..errors import UserError
 
 __all__ = ["evaluate_kitti", "predictions_to_kitti", "ap_from_precision", "CLASSES", "LEVELS",
            "MIN_OVERLAP", "PROTOCOLS", "N_SAMPLE_PTS"]
 
-CLASSES = ("car", "pedestrian", "cyclist")
+CLASSES = KITTI_CLASSES
 LEVELS = tuple(DIFFICULTY_LEVELS)  # ("easy", "moderate", "hard")
 PROTOCOLS = ("official", "seed")
 #: class -> minimum IoU (strictly greater) for a match, 2D boxes

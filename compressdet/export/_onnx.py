@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .._io import atomic_path
+from ..conventions import MEAN_BGR
 from ..errors import UserError
 from .graph import DetectionGraph
 from .runtime import max_abs_diff, ort_run, ort_session
@@ -32,7 +33,6 @@ __all__ = ["export_onnx", "prepare_model", "synthetic_image", "ExportVerificatio
 HEAD_OUTPUTS = ("head",)
 DET_OUTPUTS = ("boxes", "scores", "labels")
 MIN_DYNAMO_OPSET = 18
-MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 class ExportVerificationError(UserError):

@@ -18,13 +18,13 @@ from torch import nn
 
 from .. import __version__
 from .._io import sha256_file
+from ..conventions import KITTI_CLASSES, MEAN_BGR
 from ..errors import UserError
 from .formats import FORMATS, get_format, validate_options
 
 __all__ = ["ExportSource", "QuantSource", "resolve_source", "model_stages", "exportable_stages", "quant_source",
            "calibration_images", "Exporter", "export_model"]
 
-MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class ExportSource:
         if self.recipe is not None:
             return list(self.recipe.data.classes)
         n = int(getattr(self.model, "num_classes", 3))
-        return list(self.meta.get("classes") or ["car", "pedestrian", "cyclist"][:n])
+        return list(self.meta.get("classes") or list(KITTI_CLASSES)[:n])
 
     @property
     def name(self) -> str:

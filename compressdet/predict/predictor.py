@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from ..conventions import KITTI_CLASSES
 from ..errors import DataError, MissingDependencyError, UserError
 
 __all__ = ["PREDICT_BACKENDS", "ResolvedModel", "PredictOptions", "Predictor", "resolve_model", "iter_sources",
@@ -23,7 +24,7 @@ __all__ = ["PREDICT_BACKENDS", "ResolvedModel", "PredictOptions", "Predictor", "
 PREDICT_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-int8", "tensorrt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-DEFAULT_CLASSES = ["car", "pedestrian", "cyclist"]
+DEFAULT_CLASSES = list(KITTI_CLASSES)
 
 #: which backends run which kind of model file
 _BY_SUFFIX = {".pt": ("torch",), ".onnx": ("ort", "ort-int8", "openvino", "openvino-int8"),

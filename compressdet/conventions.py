@@ -1,0 +1,11 @@
+"""Constants every layer shares, defined once at the bottom of the package (beside ``errors`` and
+``_io``) so that data, eval, export, bench and predict agree without importing each other."""
+
+from __future__ import annotations
+
+__all__ = ["MEAN_BGR", "KITTI_CLASSES"]
+
+#: per-channel BGR mean subtracted from every input (METHOD.md §1); no std division
+MEAN_BGR = (103.939, 116.779, 123.68)
+#: the three classes KITTI's 2D benchmark evaluates; the default ``data.classes``
+KITTI_CLASSES = ("car", "pedestrian", "cyclist")
