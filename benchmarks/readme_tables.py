@@ -156,7 +156,10 @@ def _quant_protocol(r: dict) -> str:
              "", *_per_seed_rows(r, arms, chosen, ort=r.get("ort_map40")), "",
              f"- ptq_map_drop (fp32 - PTQ): {_claim(c['ptq_map_drop'])}",
              f"- qat_map_drop (fp32 - QAT + imitation): {_claim(c['qat_map_drop'])}",
-             f"- qat_map_drop_vs_equal_budget: {_claim(c['qat_map_drop_vs_equal_budget'])}",
+             f"- qat_map_drop_vs_equal_budget (fp32 + the same steps - QAT + imitation): "
+             f"{_claim(c['qat_map_drop_vs_equal_budget'])}",
+             *([f"- imitation_effect_in_qat (QAT + imitation - QAT): {_claim(c['imitation_effect_in_qat'])}"]
+               if "imitation_effect_in_qat" in c else []),
              f"- ort_vs_torch (QAT + imitation, ORT - PyTorch): {_claim(c['ort_vs_torch'])}",
              f"- int8_speedup (fast exact fp32 / INT8, trained models, isolated processes): {r['int8_speedup']:.2f}x "
              f"at 384x1248, {r['int8_speedup_at_run_size']:.2f}x at {d['image_size'][0]}x{d['image_size'][1]}",
