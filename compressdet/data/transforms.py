@@ -28,7 +28,6 @@ __all__ = ["MEAN_BGR", "AugmentParams", "sample_params", "apply_geometry", "phot
            "denormalize", "to_original", "DetectionTransform", "hflip"]
 
 
-
 @dataclass(frozen=True)
 class AugmentParams:
     """One sample's draw. ``drift``: pixels cropped from the left/top (negative = padded)."""

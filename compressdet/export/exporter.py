@@ -26,7 +26,6 @@ __all__ = ["ExportSource", "QuantSource", "resolve_source", "model_stages", "exp
            "calibration_images", "Exporter", "export_model"]
 
 
-
 @dataclass
 class QuantSource:
     """A quantized (qat/ptq) stage: its own int8 files; the fp32 side comes from its float source."""
