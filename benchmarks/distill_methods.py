@@ -123,9 +123,7 @@ def main(argv=None) -> int:
     chosen: dict[str, dict] = {}
     sweeps_val: dict[str, dict] = {}
     s0 = seeds[0]
-    # the teacher-feature cache stores one map per image (ShuffleDet's single level)
-    with ig.teacher_feature_cache(work / "feature_cache", n["train"],
-                                  enabled=p["feature_cache"] and args.family == "shuffledet"):
+    with ig.teacher_feature_cache(work / "feature_cache", n["train"], enabled=p["feature_cache"]):
         # selection on val, seed s0: baseline lr, then each method's weight at that lr
         lr_val, lr_runs = {}, {}
         for lr in p["lr_sweep"]:

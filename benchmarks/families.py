@@ -37,8 +37,9 @@ augmentation, 3 passes = 1,500 steps, 6 val evaluations; teachers 12 passes). lr
 (what imitation_gain's cpu preset chose on val for the 0.25x); teachers as ``distill_methods.TEACHER_LR``
 (ShuffleDet 0.02, the FPN families 0.01 as recipes/quickstart_fcos.yaml). W = 1.0 (FGFI's default).
 Alone, about 1 h per FPN teacher and 8-15 min per student (18 students); most of it is shared with
-imitation_gain and ``distill_methods --family fcos``. No feature cache for the FPN families
-(imitation_gain's caches one ShuffleDet feature map; they imitate five).
+imitation_gain and ``distill_methods --family fcos``. The teacher-feature cache of imitation_gain
+serves every family (the FPN teachers' five levels and raw outputs kept as one row per image): within
+one invocation a teacher runs once per training image, not once per step.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
                                    ledger=owners[fam], arch=FAMILIES[fam]["student"])
         lr, w = p["lr"][fam], p["weight"]
         with ig.teacher_feature_cache(run_work / "feature_cache", n["train"],
-                                      enabled=sp["feature_cache"] and fam == "shuffledet"):
+                                      enabled=sp["feature_cache"]):
             return {"none": {sd: runner.run(f"base-lr{lr}", sd, lr, 0.0, None) for sd in seeds},
                     "distilled": {sd: runner.run(f"I-lr{lr}-w{w}", sd, lr, w, tfile) for sd in seeds}}
 

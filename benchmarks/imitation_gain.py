@@ -36,12 +36,13 @@ batch 16 x 150 steps 0.00 mAP40, batch 2 x 1,200 6.25 at equal images). Students
 augmentation in this preset so that the teacher sees the same input every time an image comes
 back, which makes the teacher-feature cache below hit; every arm alike.
 
-Teacher-feature cache (``cpu``/``smoke``; benchmark-only): teacher maps are stored per input
-image keyed by a hash of the exact input tensor bytes, so a stored map is only ever reused for a
-bit-identical input (frozen teacher in eval mode: its output depends on nothing else). It is
-installed by wrapping ``compressdet.engine.launch.load_teacher`` inside this process only; the
-engine is unchanged. ``feature_cache.max_abs_diff`` records a check against a live forward (batched
-convolution rounding only).
+Teacher-feature cache (``cpu``/``smoke``; benchmark-only; families.py and distill_methods.py use
+it for every family): teacher maps and raw outputs are stored per input image (one flat row: one
+map for ShuffleDet, five FPN levels for FCOS / RetinaNet) keyed by a hash of the exact input
+tensor bytes, so a stored map is only ever reused for a bit-identical input (frozen teacher in
+eval mode: its output depends on nothing else). It is installed by wrapping
+``compressdet.engine.launch.load_teacher`` inside this process only; the engine is unchanged.
+``check_feature_cache`` compares it with a live forward (batched convolution rounding only).
 
 ``input_overhead``: how much slower a real training step (data loader: read, transform, collate)
 is than the same step fed a fixed random batch of the same shape, measured by
@@ -59,6 +60,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -194,9 +196,11 @@ class FeatureStore:
     """Teacher maps of up to ``capacity`` distinct inputs in a float32 memmap under ``folder``."""
 
     def __init__(self, folder: Path, name: str, capacity: int):
-        self.path, self.capacity = folder / f"{name}.f32", capacity
+        # one file per process: two benchmarks sharing a work folder must not map each other's file
+        self.path, self.capacity = folder / f"{name}-{os.getpid()}.f32", capacity
         self.index: dict[bytes, int] = {}
         self.mm = None
+        self.layout = None  # CachedTeacher's: how a row rebuilds into the teacher's tensors
         self.hits = self.misses = 0
 
     def get(self, key: bytes):
@@ -225,6 +229,32 @@ class FeatureStore:
         self.path.unlink(missing_ok=True)
 
 
+def _rows(obj):
+    """A tensor or a sequence of tensors (FPN levels, raw outputs per kind) -> ``(float32 [N, D] array, layout)``:
+    each image's values as one flat row, and what ``_unrows`` needs to rebuild the structure."""
+    import numpy as np
+    import torch
+
+    seq = not isinstance(obj, torch.Tensor)
+    parts = list(obj) if seq else [obj]
+    layout = (type(obj) if seq else None, [tuple(v.shape[1:]) for v in parts])
+    flat = [v.detach().float().cpu().contiguous().reshape(v.shape[0], -1).numpy() for v in parts]
+    return (flat[0] if len(flat) == 1 else np.concatenate(flat, axis=1)), layout
+
+
+def _unrows(rows, layout):
+    """Inverse of ``_rows`` on a ``[N, D]`` tensor."""
+    import math
+
+    kind, shapes = layout
+    out, i = [], 0
+    for s in shapes:
+        n = math.prod(s)
+        out.append(rows[:, i:i + n].reshape(rows.shape[0], *s))
+        i += n
+    return out[0] if kind is None else kind(out)
+
+
 def _cached_teacher_cls():
     import numpy as np
     import torch
@@ -232,14 +262,23 @@ def _cached_teacher_cls():
 
     class CachedTeacher(nn.Module):
         """``forward_with_features`` of a frozen teacher, served from a FeatureStore when the exact
-        same input image was seen before (teacher in eval mode: per-image output, no state)."""
+        same input image was seen before (teacher in eval mode: per-image output, no state).
+
+        Outputs and features may be one tensor (ShuffleDet) or sequences (FCOS / RetinaNet: raw outputs
+        per kind, FPN levels); each image's are kept as one flat row. Every other attribute is the
+        teacher's (the distillers read ``feature_taps``, ``head``, ``det``, ``priors``, ``family``)."""
 
         def __init__(self, teacher: nn.Module, store: FeatureStore, head_store: FeatureStore):
             super().__init__()
             self.teacher, self.store, self.head_store = teacher, store, head_store
-            self.feature_channels = teacher.feature_channels
-            self.head = teacher.head  # CrossKD runs the student's feature through it
-            self.num_classes = getattr(teacher, "num_classes", 3)
+
+        def __getattr__(self, name: str):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                if name == "teacher":
+                    raise
+                return getattr(super().__getattr__("teacher"), name)
 
         @torch.no_grad()
         def forward_with_features(self, x):
@@ -249,15 +288,20 @@ def _cached_teacher_cls():
             miss = [i for i, (f, h) in enumerate(zip(feats, heads)) if f is None or h is None]
             if miss:
                 h, f = self.teacher.forward_with_features(x[miss])
-                f, h = f.float().cpu().contiguous().numpy(), h.float().cpu().contiguous().numpy()
+                (f, self.store.layout), (h, self.head_store.layout) = _rows(f), _rows(h)
                 for j, i in enumerate(miss):
                     self.store.put(keys[i], f[j])
                     self.head_store.put(keys[i], h[j])
                     feats[i], heads[i] = f[j], h[j]
-            return (torch.from_numpy(np.stack(heads)).to(x.device),
-                    torch.from_numpy(np.stack(feats)).to(x.device))
+            return (_to(_unrows(torch.from_numpy(np.stack(heads)), self.head_store.layout), x.device),
+                    _to(_unrows(torch.from_numpy(np.stack(feats)), self.store.layout), x.device))
 
     return CachedTeacher
+
+
+def _to(obj, device):
+    """A tensor or a list / tuple of tensors on ``device``."""
+    return obj.to(device) if hasattr(obj, "to") else type(obj)(v.to(device) for v in obj)
 
 
 @contextlib.contextmanager
@@ -290,23 +334,25 @@ def teacher_feature_cache(folder: Path, capacity: int, enabled: bool = True):
 
 
 def check_feature_cache(teacher, images) -> float:
-    """Max |cached - live| teacher feature for half a batch served from a cache filled by the whole
-    batch (differences only from batched-convolution rounding)."""
+    """Max |cached - live| over the teacher's features and raw outputs for half a batch served from a
+    cache filled by the whole batch (differences only from batched-convolution rounding)."""
     import tempfile
 
+    import numpy as np
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = FeatureStore(Path(tmp), "check", len(images))
-        wrapped = _cached_teacher_cls()(teacher.eval(), store, FeatureStore(Path(tmp), "check-head", len(images)))
+        store, heads = FeatureStore(Path(tmp), "check", len(images)), FeatureStore(Path(tmp), "check-head", len(images))
+        wrapped = _cached_teacher_cls()(teacher.eval(), store, heads)
         wrapped.forward_with_features(images)
         half = images[: max(len(images) // 2, 1)]
-        _, cached = wrapped.forward_with_features(half)
+        cached = wrapped.forward_with_features(half)
         with torch.no_grad():
-            _, live = teacher.forward_with_features(half)
-        assert store.hits == len(half), "cache did not hit on identical inputs"
+            live = teacher.forward_with_features(half)
+        assert store.hits == heads.hits == len(half), "cache did not hit on identical inputs"
         store.close()
-    return float((cached - live.float()).abs().max())
+        heads.close()
+    return max(float(np.abs(_rows(c)[0] - _rows(v)[0]).max()) for c, v in zip(cached, live))
 
 
 # --------------------------------------------------------------------------------------------

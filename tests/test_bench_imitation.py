@@ -93,8 +93,9 @@ def test_feature_store_exact_and_bounded(ig, tmp_path):
     assert np.array_equal(store.get(b"a"), a) and np.array_equal(store.get(b"b"), b)
     assert store.get(b"c") is None
     assert (store.hits, store.misses) == (2, 2)
+    assert len(list(tmp_path.glob("t*.f32"))) == 1  # named per process: benchmarks sharing a folder do not collide
     store.close()
-    assert not (tmp_path / "t.f32").exists()
+    assert not list(tmp_path.glob("t*.f32"))
 
 
 def test_cached_teacher_serves_identical_inputs_only(ig, tmp_path):
@@ -114,6 +115,43 @@ def test_cached_teacher_serves_identical_inputs_only(ig, tmp_path):
     with torch.no_grad():
         h_live, _ = teacher.forward_with_features(y)
     assert torch.allclose(h1, h_live, atol=1e-4) and torch.equal(h1[1], h0[1])  # the head is served too (CrossKD)
+    store.close()
+    heads.close()
+
+
+@pytest.mark.parametrize("family", ["fcos", "retinanet"])
+def test_cached_teacher_serves_fpn_levels_and_outputs(ig, tmp_path, family):
+    """The FPN teachers' five levels and raw outputs come back in their structure, the values a live
+    forward gives, and the distillers reach the teacher's head, box coder and priors through the wrapper."""
+    from compressdet.losses.crosskd import FPNCrossKDLoss
+    from compressdet.losses.distill import paired_taps
+    from compressdet.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model(f"{family}_mnv3_large", image_size=(64, 192)).eval()
+    student = build_model(f"{family}_mnv2_050", image_size=(64, 192)).eval()
+    x = torch.randn(2, 3, 64, 192)
+    assert ig.check_feature_cache(teacher, x) < 1e-4
+    store, heads = ig.FeatureStore(tmp_path, "t", capacity=4), ig.FeatureStore(tmp_path, "h", capacity=4)
+    cached = ig._cached_teacher_cls()(teacher, store, heads)
+    first = cached.forward_with_features(x)
+    h, f = cached.forward_with_features(x)  # all hits
+    assert (store.hits, heads.hits) == (2, 2)
+    with torch.no_grad():
+        h_live, f_live = teacher.forward_with_features(x)
+    assert type(h) is type(h_live) and type(f) is type(f_live) and len(f) == 5
+    for got, live, fresh in zip([*h, *f], [*h_live, *f_live], [*first[0], *first[1]]):
+        assert got.shape == live.shape and got.dtype == torch.float32
+        assert torch.equal(got, fresh) and torch.allclose(got, live, atol=1e-5)
+    assert cached.family == family and paired_taps(student, cached) == paired_taps(student, teacher)
+    with torch.no_grad():
+        s_feats = student.forward_with_features(x)[1]
+        crosskd = FPNCrossKDLoss(paired_taps(student, teacher), cached)
+        via_cache = crosskd(s_feats, h)
+        object.__setattr__(crosskd, "_teacher", teacher)
+        live_loss = crosskd(s_feats, h_live)
+    for k in ("crosskd_cls", "crosskd_box"):
+        assert torch.isfinite(via_cache[k]) and torch.allclose(via_cache[k], live_loss[k], atol=1e-5)
     store.close()
     heads.close()
 
