@@ -36,10 +36,11 @@ Every run is cached: killed, it resumes.
 augmentation, 3 passes = 1,500 steps, 6 val evaluations; teachers 12 passes). lr: every student 0.01
 (what imitation_gain's cpu preset chose on val for the 0.25x); teachers as ``distill_methods.TEACHER_LR``
 (ShuffleDet 0.02, the FPN families 0.01 as recipes/quickstart_fcos.yaml). W = 1.0 (FGFI's default).
-Alone, about 1 h per FPN teacher and 8-15 min per student (18 students); most of it is shared with
-imitation_gain and ``distill_methods --family fcos``. The teacher-feature cache of imitation_gain
-serves every family (the FPN teachers' five levels and raw outputs kept as one row per image): within
-one invocation a teacher runs once per training image, not once per step.
+Alone, about 1 h per FPN teacher and 8-15 min per student (18 students; measured before the FPN
+teacher cache); most of it is shared with imitation_gain and ``distill_methods --family fcos``.
+The teacher-feature cache of imitation_gain serves every family (the FPN teachers' five levels and
+raw outputs kept as one row per image): within one invocation a teacher runs once per training
+image, not once per step.
 """
 
 from __future__ import annotations

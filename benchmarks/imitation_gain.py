@@ -220,6 +220,7 @@ class FeatureStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32,
                                                 shape=(self.capacity, *feat.shape))
+            self.path.unlink()  # the mapping keeps the data; a killed run leaves no file behind
         if len(self.index) < self.capacity and key not in self.index:
             self.mm[len(self.index)] = feat
             self.index[key] = len(self.index)
@@ -250,7 +251,7 @@ def _unrows(rows, layout):
     out, i = [], 0
     for s in shapes:
         n = math.prod(s)
-        out.append(rows[:, i:i + n].reshape(rows.shape[0], *s))
+        out.append(rows[:, i:i + n].reshape(rows.shape[0], *s).contiguous())  # as a live forward's
         i += n
     return out[0] if kind is None else kind(out)
 

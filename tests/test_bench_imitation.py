@@ -93,9 +93,8 @@ def test_feature_store_exact_and_bounded(ig, tmp_path):
     assert np.array_equal(store.get(b"a"), a) and np.array_equal(store.get(b"b"), b)
     assert store.get(b"c") is None
     assert (store.hits, store.misses) == (2, 2)
-    assert len(list(tmp_path.glob("t*.f32"))) == 1  # named per process: benchmarks sharing a folder do not collide
+    assert not list(tmp_path.glob("t*.f32"))  # unlinked once mapped: a killed benchmark leaves no file behind
     store.close()
-    assert not list(tmp_path.glob("t*.f32"))
 
 
 def test_cached_teacher_serves_identical_inputs_only(ig, tmp_path):
@@ -141,7 +140,7 @@ def test_cached_teacher_serves_fpn_levels_and_outputs(ig, tmp_path, family):
         h_live, f_live = teacher.forward_with_features(x)
     assert type(h) is type(h_live) and type(f) is type(f_live) and len(f) == 5
     for got, live, fresh in zip([*h, *f], [*h_live, *f_live], [*first[0], *first[1]]):
-        assert got.shape == live.shape and got.dtype == torch.float32
+        assert got.shape == live.shape and got.dtype == torch.float32 and got.is_contiguous()
         assert torch.equal(got, fresh) and torch.allclose(got, live, atol=1e-5)
     assert cached.family == family and paired_taps(student, cached) == paired_taps(student, teacher)
     with torch.no_grad():

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_path, atomic_write_json, atomic_write_text
-from ..eval.kitti_eval import CLASSES, LEVELS
+from ..conventions import KITTI_CLASSES as CLASSES
+from ..eval.kitti_eval import LEVELS
 from ..eval.table import size_cells
 
 __all__ = ["table_rows", "markdown_report", "write_reports", "pareto_plot", "print_table", "COLUMNS", "COCO_COLUMNS",
