@@ -226,8 +226,7 @@ class FeatureStore:
             self.index[key] = len(self.index)
 
     def close(self) -> None:
-        self.mm = None
-        self.path.unlink(missing_ok=True)
+        self.mm = None  # the file was unlinked when mapped: dropping the mapping frees it
 
 
 def _rows(obj):
@@ -245,8 +244,6 @@ def _rows(obj):
 
 def _unrows(rows, layout):
     """Inverse of ``_rows`` on a ``[N, D]`` tensor."""
-    import math
-
     kind, shapes = layout
     out, i = [], 0
     for s in shapes:
@@ -294,15 +291,10 @@ def _cached_teacher_cls():
                     self.store.put(keys[i], f[j])
                     self.head_store.put(keys[i], h[j])
                     feats[i], heads[i] = f[j], h[j]
-            return (_to(_unrows(torch.from_numpy(np.stack(heads)), self.head_store.layout), x.device),
-                    _to(_unrows(torch.from_numpy(np.stack(feats)), self.store.layout), x.device))
+            return (_unrows(torch.from_numpy(np.stack(heads)).to(x.device), self.head_store.layout),
+                    _unrows(torch.from_numpy(np.stack(feats)).to(x.device), self.store.layout))
 
     return CachedTeacher
-
-
-def _to(obj, device):
-    """A tensor or a list / tuple of tensors on ``device``."""
-    return obj.to(device) if hasattr(obj, "to") else type(obj)(v.to(device) for v in obj)
 
 
 @contextlib.contextmanager

@@ -64,7 +64,7 @@ class ExportSource:
         if self.recipe is not None:
             return list(self.recipe.data.classes)
         n = int(getattr(self.model, "num_classes", 3))
-        return list(self.meta.get("classes") or list(KITTI_CLASSES)[:n])
+        return list(self.meta.get("classes") or KITTI_CLASSES[:n])
 
     @property
     def name(self) -> str:

@@ -24,7 +24,6 @@ __all__ = ["PREDICT_BACKENDS", "ResolvedModel", "PredictOptions", "Predictor", "
 PREDICT_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-int8", "tensorrt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-DEFAULT_CLASSES = list(KITTI_CLASSES)
 
 #: which backends run which kind of model file
 _BY_SUFFIX = {".pt": ("torch",), ".onnx": ("ort", "ort-int8", "openvino", "openvino-int8"),
@@ -112,7 +111,7 @@ def _from_run(run_dir: Path, backend: str | None, stage: str | None, log: Callab
 
     model, meta = load_model(v.model_path)
     size = tuple(int(s) for s in model.image_size)
-    classes = list(recipe.data.classes) if recipe is not None else list(meta.get("classes") or DEFAULT_CLASSES)
+    classes = list(recipe.data.classes) if recipe is not None else list(meta.get("classes") or KITTI_CLASSES)
     path = file_of(v)
     log(f"using {v.label} of {run_dir} on {backend}: {path}")
     return ResolvedModel(Path(path), backend, size, classes, pp, f"{v.label} ({run_dir.name})", run_dir=run_dir,
@@ -134,7 +133,7 @@ def _onnx_settings(path: Path) -> tuple[tuple[int, int] | None, list[str], dict[
     if meta.get("input_size"):
         h, w = (int(v) for v in meta["input_size"].split("x"))
         size = (h, w)
-    classes = json.loads(meta["classes"]) if meta.get("classes") else list(DEFAULT_CLASSES)
+    classes = json.loads(meta["classes"]) if meta.get("classes") else list(KITTI_CLASSES)
     pp = _postprocess_defaults()
     if meta.get("postprocess") not in (None, "null"):
         pp.update(json.loads(meta["postprocess"]))
@@ -185,7 +184,7 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
         from ..models import load_model
 
         m, meta = load_model(path)
-        classes = list(meta.get("classes") or DEFAULT_CLASSES[: int(getattr(m, "num_classes", 3))])
+        classes = list(meta.get("classes") or KITTI_CLASSES[: int(getattr(m, "num_classes", 3))])
         return ResolvedModel(path, backend, tuple(int(s) for s in m.image_size), classes, _postprocess_defaults(),
                              path.name, arch=dict(getattr(m, "arch", {}) or {}) or None)
     if suffix == ".onnx":
@@ -195,7 +194,7 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
         return ResolvedModel(path, backend, size, classes, pp, path.name, arch=_meta_arch(meta, path))
     if suffix == ".xml":
         sibling = path.with_name(path.name[: -len(".xml")] + ".onnx")  # exported side by side: its metadata
-        size, classes, pp, arch = None, list(DEFAULT_CLASSES), _postprocess_defaults(), None
+        size, classes, pp, arch = None, list(KITTI_CLASSES), _postprocess_defaults(), None
         if sibling.is_file():
             size, classes, pp, meta = _onnx_settings(sibling)
             arch = _meta_arch(meta, sibling)
@@ -206,7 +205,7 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
 
     check_tensorrt("the predict tensorrt backend")
     size = _graph_input_size(path, backend)
-    return ResolvedModel(path, backend, size, list(DEFAULT_CLASSES), _postprocess_defaults(), path.name)
+    return ResolvedModel(path, backend, size, list(KITTI_CLASSES), _postprocess_defaults(), path.name)
 
 
 def _meta_arch(meta: dict[str, str], path: Path) -> dict[str, Any] | None:

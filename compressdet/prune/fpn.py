@@ -145,7 +145,8 @@ def latency_weights(model: nn.Module, x: Tensor, ignored: list[nn.Module], *, ro
         dc = (cost0 - float(cost_fn(trial))) / max(cost0, 1e-12)
         effs[root] = dc / dm if dm > 1e-9 else (math.inf if dc > 0 else 0.0)
     finite = sorted(e for e in effs.values() if math.isfinite(e))
-    med = finite[len(finite) // 2] if finite and finite[len(finite) // 2] > 0 else 1.0
+    mid = finite[len(finite) // 2] if finite else 0.0
+    med = mid if mid > 0 else 1.0
     return {r: {"weight": hi if not math.isfinite(e) else min(hi, max(lo, e / max(med, 1e-12))),
                 "efficiency": e if math.isfinite(e) else None} for r, e in effs.items()}
 
