@@ -158,7 +158,8 @@ def _quant_protocol(r: dict) -> str:
              f"- qat_map_drop (fp32 - QAT + imitation): {_claim(c['qat_map_drop'])}",
              f"- qat_map_drop_vs_equal_budget (fp32 + the same steps - QAT + imitation): "
              f"{_claim(c['qat_map_drop_vs_equal_budget'])}",
-             f"- imitation_effect_in_qat (QAT + imitation - QAT): {_claim(c['imitation_effect_in_qat'])}",
+             *([f"- imitation_effect_in_qat (QAT + imitation - QAT): {_claim(c['imitation_effect_in_qat'])}"]
+               if "imitation_effect_in_qat" in c else []),  # a results JSON from before the claim existed
              f"- ort_vs_torch (QAT + imitation, ORT - PyTorch): {_claim(c['ort_vs_torch'])}",
              f"- int8_speedup (fast exact fp32 / INT8, trained models, isolated processes): {r['int8_speedup']:.2f}x "
              f"at 384x1248, {r['int8_speedup_at_run_size']:.2f}x at {d['image_size'][0]}x{d['image_size'][1]}",
