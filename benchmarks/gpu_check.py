@@ -7,11 +7,13 @@ Steps (each passed / failed / skipped with the reason; a step whose input failed
 1. ``cuda_tests``: the tests that skip themselves without CUDA (found by reading tests/: a test whose
    decorators or body mention ``cuda`` or ``_need_gpu``), run with pytest.
 2. ``ddp_amp_smoke``: ``torchrun --nproc_per_node=<GPUs>`` of a tiny SynthKITTI recipe on CUDA (DDP with
-   SyncBatchNorm, AMP on), then a single-process PTQ stage with ``activations: s8_symmetric`` in the same run.
-3. ``tensorrt_fp16``: ``compressdet export --onnx --tensorrt`` of the student; the engine vs PyTorch.
-4. ``tensorrt_int8``: an INT8 engine from the ``s8_symmetric`` QDQ graph of step 2 (``check_int8_graph(tensorrt=True)``
+   SyncBatchNorm, AMP on).
+3. ``ptq_s8_symmetric``: a single-process PTQ stage with ``activations: s8_symmetric`` in the same run (its
+   QDQ graph passes ``check_int8_graph``: most convs int8).
+4. ``tensorrt_fp16``: ``compressdet export --onnx --tensorrt`` of the student; the engine vs PyTorch.
+5. ``tensorrt_int8``: an INT8 engine from the ``s8_symmetric`` QDQ graph of step 3 (``check_int8_graph(tensorrt=True)``
    first); the engine vs the QDQ graph in ONNX Runtime.
-5. ``bench_tensorrt``: ``compressdet bench --backends torch,tensorrt`` of the run; latencies (CUDA events) recorded.
+6. ``bench_tensorrt``: ``compressdet bench --backends torch,tensorrt`` of the run; latencies (CUDA events) recorded.
 
 On a machine without CUDA every step is skipped with the reason "no CUDA" and the script exits 0
 (``tests/test_gpu_check.py`` checks that). Exit code 1 when a step failed.
@@ -139,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     chk = Check(args.budget_min * 60)
     report: dict[str, Any] = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                               "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-                              "cuda_available": torch.cuda.is_available()}
-    steps = ["cuda_tests", "ddp_amp_smoke", "tensorrt_fp16", "tensorrt_int8", "bench_tensorrt"]
+                              "cuda_available": torch.cuda.is_available(), "packages": _versions()}
+    steps = ["cuda_tests", "ddp_amp_smoke", "ptq_s8_symmetric", "tensorrt_fp16", "tensorrt_int8", "bench_tensorrt"]
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_"))
     try:
         if not torch.cuda.is_available():
@@ -182,11 +184,10 @@ def _run_gpu(chk: Check, report: dict[str, Any], work: Path) -> None:
 
     def step_tests(timeout: float) -> dict[str, Any]:
         ids = cuda_tests()
-        out = subprocess.run([py, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *ids], capture_output=True,
-                             text=True, timeout=timeout, cwd=REPO)
-        lines = out.stdout.splitlines()
-        res = {i: next((ln.split(" ", 1)[0] for ln in lines if i in ln and ln.split(" ", 1)[0] in
-                        ("PASSED", "FAILED", "SKIPPED", "ERROR")), "?") for i in ids}
+        xml = work / "cuda_tests.xml"
+        out = subprocess.run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *ids],
+                             capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        res = _junit_outcomes(xml, ids)
         if out.returncode != 0:
             raise RuntimeError(f"pytest exit {out.returncode}: {res}; {out.stdout[-1500:]}")
         return {"tests": res}
@@ -194,19 +195,22 @@ def _run_gpu(chk: Check, report: dict[str, Any], work: Path) -> None:
     def step_ddp(timeout: float) -> dict[str, Any]:
         recipe = work / "gpu_check.yaml"
         recipe.write_text(RECIPE.format(device="cuda", cache=work / "synth"))
-        t = time.monotonic()
         _sh([py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_gpu}", "-m", "compressdet",
              "run", str(recipe), "--run-dir", str(run_dir)], timeout)
         man = json.loads((run_dir / "manifest.json").read_text())["stages"]["student"]
         if man["status"] != "done":
             raise RuntimeError(f"student stage {man['status']}: {man.get('error')}")
+        return {"world_size": n_gpu, "amp": True, "train_img_per_s": man["metrics"].get("train_img_per_s"),
+                "map40": man["metrics"].get("map40")}
+
+    def step_ptq(timeout: float) -> dict[str, Any]:
+        recipe = work / "gpu_check.yaml"
         recipe.write_text(RECIPE.format(device="cuda", cache=work / "synth") + PTQ_STAGE)
-        _sh([py, "-m", "compressdet", "run", str(recipe), "--run-dir", str(run_dir), "--resume"],
-            timeout - (time.monotonic() - t))
-        man = json.loads((run_dir / "manifest.json").read_text())["stages"]
-        return {"world_size": n_gpu, "amp": True, "train_img_per_s": man["student"]["metrics"].get("train_img_per_s"),
-                "map40": man["student"]["metrics"].get("map40"), "ptq_status": man["ptq_trt"]["status"],
-                "ptq_graph": man["ptq_trt"]["metrics"].get("graph")}
+        _sh([py, "-m", "compressdet", "run", str(recipe), "--run-dir", str(run_dir), "--resume"], timeout)
+        man = json.loads((run_dir / "manifest.json").read_text())["stages"]["ptq_trt"]
+        if man["status"] != "done":
+            raise RuntimeError(f"ptq_trt stage {man['status']}: {man.get('error')}")
+        return {"graph": man["metrics"].get("graph"), "map40": man["metrics"].get("map40")}
 
     def step_trt_fp16(timeout: float) -> dict[str, Any]:
         _sh([py, "-m", "compressdet", "export", str(run_dir), "--stage", "student", "--onnx", "--tensorrt",
@@ -239,13 +243,41 @@ def _run_gpu(chk: Check, report: dict[str, Any], work: Path) -> None:
 
     chk.run("cuda_tests", step_tests, max_s=150)
     chk.run("ddp_amp_smoke", step_ddp, max_s=200)
+    chk.run("ptq_s8_symmetric", step_ptq, needs=("ddp_amp_smoke",), max_s=150)
     if no_trt:
         for s in ("tensorrt_fp16", "tensorrt_int8", "bench_tensorrt"):
             chk.skip(s, no_trt)
         return
     chk.run("tensorrt_fp16", step_trt_fp16, needs=("ddp_amp_smoke",), max_s=120)
-    chk.run("tensorrt_int8", step_trt_int8, needs=("ddp_amp_smoke",), max_s=120)
+    chk.run("tensorrt_int8", step_trt_int8, needs=("ptq_s8_symmetric",), max_s=120)
     chk.run("bench_tensorrt", step_bench, needs=("tensorrt_fp16",), max_s=150)
+
+
+def _versions() -> dict[str, str | None]:
+    """Versions of what the checks depend on (a GPU machine's image may differ from the pins)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in ("torch", "torchvision", "torchao", "torch-pruning", "onnx", "onnxruntime", "tensorrt"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _junit_outcomes(xml: Path, ids: list[str]) -> dict[str, str]:
+    """``{node id: passed | failed | skipped | error | not run}`` from pytest's JUnit XML report."""
+    import xml.etree.ElementTree as ET
+
+    found: dict[str, str] = {}
+    if xml.exists():
+        for case in ET.parse(xml).getroot().iter("testcase"):
+            node = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "")
+            kids = {c.tag for c in case}
+            found[node] = next((k for k in ("failure", "error", "skipped") if k in kids), "passed")
+            found[node] = {"failure": "failed"}.get(found[node], found[node])
+    return {i: found.get(i, "not run") for i in ids}
 
 
 def _compare_engine(engine: Path, model_file: Path | None, onnx: Path | None) -> dict[str, Any]:

@@ -573,6 +573,31 @@ def test_check_rejects_bias_dequantize(ptq_program, tmp_path):
         check_int8_graph(bad)
 
 
+def test_check_rejects_a_mostly_float_graph(ptq_program, tmp_path):
+    """A quantizer that matched almost nothing (torch 2.11 on the GPU machine: 1 of 53 convs int8)
+    leaves a valid but mostly float graph: refused, with the versions named."""
+    path = export_int8_onnx(ptq_program, _images(1), tmp_path / "p.onnx")
+    m = onnx.load(str(path))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    info = check_int8_graph(path)
+    assert info["float_convs"] == 0 and info["int8_convs"] == len(convs) > 2
+    # the weights of all but one conv as plain float initializers (their DQ bypassed)
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in m.graph.initializer}
+    for k, conv in enumerate(convs[1:]):
+        dq = producers[conv.input[1]]
+        w = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
+        m.graph.initializer.append(numpy_helper.from_array(w, f"wf{k}"))
+        conv.input[1] = f"wf{k}"
+    bad = tmp_path / "mostly_float.onnx"
+    onnx.save(m, str(bad))
+    total = len(convs) + info["int8_matmuls"]
+    with pytest.raises(ArtifactError, match=rf"{len(convs) - 1} of {total} convs stayed float.*torch 2"):
+        check_int8_graph(bad)
+
+
 def test_check_rejects_per_tensor_weights(student, tmp_path):
     prog = quantize_ptq(student, iter([_images(1)]), QuantConfig(per_channel=False, calibration_images=1),
                         observer="minmax")

@@ -93,7 +93,8 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
     has per-output-channel scales (``axis=0``, one scale per output channel) when
     ``require_per_channel``; weight zero points are 0 (symmetric). ``tensorrt``: also every
     Quantize/DequantizeLinear is int8 with zero point 0 (TensorRT's explicit quantization is
-    symmetric int8 only) and every QuantizeLinear feeds only DequantizeLinear nodes.
+    symmetric int8 only) and every QuantizeLinear feeds only DequantizeLinear nodes. Always: most
+    convs are int8 (fewer float convs than int8 ones; a recipe keeps at most the head and stem float).
 
     Returns:
         ``{"qdq_nodes", "int8_convs", "float_convs", "int8_matmuls"}`` counts (``int8_matmuls``: convs
@@ -167,6 +168,15 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
     qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
     if int8_convs == 0:
         raise ArtifactError(f"{path}: no quantized Conv found (is this an INT8 graph?)")
+    if float_convs > int8_convs + int8_matmuls:
+        # a recipe keeps at most the head and the stem float; a mostly float graph means the
+        # quantizer's patterns matched almost nothing (seen with torch 2.11: 1 of 53 convs int8)
+        import torchao
+
+        raise ArtifactError(f"{path}: {float_convs} of {float_convs + int8_convs + int8_matmuls} convs stayed "
+                            f"float: the quantizer matched almost no pattern of this graph (torch "
+                            f"{torch.__version__}, torchao {torchao.__version__}; compressdet is tested with "
+                            "torch 2.14.1 and torchao 0.18)")
     return {"qdq_nodes": qdq, "int8_convs": int8_convs, "float_convs": float_convs, "int8_matmuls": int8_matmuls}
 
 
