@@ -598,6 +598,25 @@ def test_check_rejects_a_mostly_float_graph(ptq_program, tmp_path):
         check_int8_graph(bad)
 
 
+def test_a_quantizer_that_matches_nothing_fails_before_calibration(student, monkeypatch):
+    """torchao 0.18 on torch 2.11 annotated no conv: PTQ and QAT stop at prepare, naming the versions,
+    instead of calibrating (or training for hours) a float model."""
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+    import compressdet.quant.ptq as ptq_mod
+    import compressdet.quant.qat as qat_mod
+    from compressdet.quant.qat import prepare_qat
+
+    monkeypatch.setattr(ptq_mod, "make_quantizer", lambda *a, **k: X86InductorQuantizer())  # no config: no match
+    monkeypatch.setattr(qat_mod, "make_quantizer", lambda *a, **k: X86InductorQuantizer())
+    calibrated = []
+    with pytest.raises(UserError, match=r"matched only 0 of 53 convs \(torch 2.*torchao"):
+        quantize_ptq(student, (calibrated.append(1) or _images(1) for _ in range(3)), QuantConfig(calibration_images=2))
+    assert len(calibrated) == 1  # only the capture example was drawn
+    with pytest.raises(UserError, match="matched only 0 of 53 convs"):
+        prepare_qat(student, _images(2), QuantConfig())
+
+
 def test_check_rejects_per_tensor_weights(student, tmp_path):
     prog = quantize_ptq(student, iter([_images(1)]), QuantConfig(per_channel=False, calibration_images=1),
                         observer="minmax")

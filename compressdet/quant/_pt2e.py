@@ -18,7 +18,8 @@ from ..errors import UserError
 from ._fold import FeatureWrapper, quant_ready
 from ._fpn import FPN_FAMILIES, FpnFeatureWrapper, is_fpn, prediction_convs, split_shared_calls
 
-__all__ = ["make_quantizer", "capture", "capture_options", "convert", "freeze_observers", "freeze_bn", "weight_masks"]
+__all__ = ["make_quantizer", "capture", "capture_options", "convert", "freeze_observers", "freeze_bn", "weight_masks",
+           "check_prepared"]
 
 
 def _check_cfg(cfg: Any) -> None:
@@ -245,6 +246,24 @@ def _ort_quantizer_class():
 
     _ORT_QUANTIZER = OrtX86Quantizer
     return OrtX86Quantizer
+
+
+def check_prepared(prepared: torch.fx.GraphModule) -> int:
+    """Fail fast when the quantizer matched almost no conv; returns how many convs have a weight observer.
+
+    A recipe keeps at most the head and the stem float, so fewer observed than unobserved convs means
+    the patterns did not match this torch build (torchao 0.18 on torch 2.11 observed 0 of 53): better
+    said before calibration or hours of QAT than by a float "INT8" graph at the end."""
+    convs = [n for n in prepared.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.conv2d.default]
+    observed = sum(isinstance(n.args[1], torch.fx.Node) and n.args[1].op == "call_module"
+                   and "activation_post_process" in str(n.args[1].target) for n in convs)
+    if convs and observed < len(convs) - observed:
+        import torchao
+
+        raise UserError(f"the INT8 quantizer matched only {observed} of {len(convs)} convs (torch "
+                        f"{torch.__version__}, torchao {torchao.__version__}; compressdet is tested with torch "
+                        "2.14.1 and torchao 0.18): install the pinned versions")
+    return observed
 
 
 def capture_options(cfg: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ._pt2e import capture, capture_options, convert, make_quantizer
+from ._pt2e import capture, capture_options, check_prepared, convert, make_quantizer
 
 __all__ = ["quantize_ptq", "calibrate", "randomize_batchnorm"]
 
@@ -59,6 +59,7 @@ def quantize_ptq(model: nn.Module, images: Iterable[torch.Tensor], cfg: Any, *, 
     gm = capture(model, example, train=False, **capture_options(cfg))
     prepared = prepare_pt2e(gm, make_quantizer(cfg, is_qat=False, observer=observer,
                                                family=getattr(model, "family", "shuffledet")))
+    check_prepared(prepared)
     move_exported_model_to_eval(prepared)
 
     def chain():

@@ -27,7 +27,7 @@ from torch import nn
 from ..engine.hooks import HookBase
 from ..errors import UserError
 from ._fpn import is_fpn
-from ._pt2e import apply_masks, capture, capture_options, convert, freeze_bn, freeze_observers, make_quantizer
+from ._pt2e import apply_masks, capture, capture_options, check_prepared, convert, freeze_bn, freeze_observers, make_quantizer
 
 __all__ = ["prepare_qat", "QatResult", "train_qat", "resolve_freeze_steps", "quantize_qat", "FakeQuantStudent",
            "FpnFakeQuantStudent", "QatFreezeHook", "qat_param_groups", "qat_schedule", "qat_training"]
@@ -47,6 +47,7 @@ def prepare_qat(model: nn.Module, example: torch.Tensor, cfg: Any) -> torch.fx.G
 
     gm = capture(model, example, **capture_options(cfg))
     prepared = prepare_qat_pt2e(gm, make_quantizer(cfg, is_qat=True, family=getattr(model, "family", "shuffledet")))
+    check_prepared(prepared)
     move_exported_model_to_train(prepared)
     prepared._compressdet_masks = getattr(gm, "_compressdet_masks", {})
     prepared._compressdet_student = {"feature_channels": model.feature_channels, "arch": getattr(model, "arch", None)}
