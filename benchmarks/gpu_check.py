@@ -275,8 +275,8 @@ def _junit_outcomes(xml: Path, ids: list[str]) -> dict[str, str]:
         for case in ET.parse(xml).getroot().iter("testcase"):
             node = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "")
             kids = {c.tag for c in case}
-            found[node] = next((k for k in ("failure", "error", "skipped") if k in kids), "passed")
-            found[node] = {"failure": "failed"}.get(found[node], found[node])
+            found[node] = next((s for k, s in (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
+                                if k in kids), "passed")
     return {i: found.get(i, "not run") for i in ids}
 
 

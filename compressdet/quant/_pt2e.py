@@ -258,12 +258,17 @@ def check_prepared(prepared: torch.fx.GraphModule) -> int:
     observed = sum(isinstance(n.args[1], torch.fx.Node) and n.args[1].op == "call_module"
                    and "activation_post_process" in str(n.args[1].target) for n in convs)
     if convs and observed < len(convs) - observed:
-        import torchao
-
-        raise UserError(f"the INT8 quantizer matched only {observed} of {len(convs)} convs (torch "
-                        f"{torch.__version__}, torchao {torchao.__version__}; compressdet is tested with torch "
-                        "2.14.1 and torchao 0.18): install the pinned versions")
+        raise UserError(f"the INT8 quantizer matched only {observed} of {len(convs)} convs ({versions_tested()}): "
+                        "install the pinned versions")
     return observed
+
+
+def versions_tested() -> str:
+    """The installed torch / torchao beside the pair the quantizer patterns are tested with."""
+    import torchao
+
+    return (f"torch {torch.__version__}, torchao {torchao.__version__}; compressdet is tested with torch 2.14.1 "
+            "and torchao 0.18")
 
 
 def capture_options(cfg: Any) -> dict[str, Any]:

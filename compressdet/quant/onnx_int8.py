@@ -171,12 +171,10 @@ def check_int8_graph(path: str | os.PathLike, *, require_per_channel: bool = Tru
     if float_convs > int8_convs + int8_matmuls:
         # a recipe keeps at most the head and the stem float; a mostly float graph means the
         # quantizer's patterns matched almost nothing (seen with torch 2.11: 1 of 53 convs int8)
-        import torchao
+        from ._pt2e import versions_tested
 
         raise ArtifactError(f"{path}: {float_convs} of {float_convs + int8_convs + int8_matmuls} convs stayed "
-                            f"float: the quantizer matched almost no pattern of this graph (torch "
-                            f"{torch.__version__}, torchao {torchao.__version__}; compressdet is tested with "
-                            "torch 2.14.1 and torchao 0.18)")
+                            f"float: the quantizer matched almost no pattern of this graph ({versions_tested()})")
     return {"qdq_nodes": qdq, "int8_convs": int8_convs, "float_convs": float_convs, "int8_matmuls": int8_matmuls}
 
 
