@@ -43,6 +43,7 @@ __all__ = ["TorchvisionDetector", "wrap_torchvision", "build_torchvision_detecto
 FAMILY_OUTPUTS = {"fcos": ("cls_logits", "bbox_regression", "bbox_ctrness"),
                   "retinanet": ("cls_logits", "bbox_regression")}
 STRIDES = (8, 16, 32, 64, 128)
+FCOS_BOX_BIAS_INIT = 1.0  # initial left/top/right/bottom distance of an FCOS box, in strides
 
 
 def _family_of(det: nn.Module) -> str:
@@ -475,6 +476,11 @@ def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_cha
     if family == "fcos":
         gen = AnchorGenerator(tuple((s,) for s in STRIDES), ((1.0,),) * len(STRIDES))
         head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
+        # torchvision ends the box branch in ReLU with zero bias, so a from-scratch model starts with
+        # near-zero boxes whose GIoU gradient (proportional to their size) vanishes, and one seed in
+        # three died there (all four distances stuck at 0). Start at one stride per side instead,
+        # where the FCOS paper's exp(0) = 1 starts.
+        nn.init.constant_(head.regression_head.bbox_reg.bias, FCOS_BOX_BIAS_INIT)
         det: nn.Module = FCOS(body, num_classes, anchor_generator=gen, head=head)
     elif family == "retinanet":
         sizes = tuple(tuple(anchor_scale * s * 2 ** (k / 3) for k in range(3)) for s in STRIDES)
@@ -498,7 +504,8 @@ def wrap_torchvision(model: nn.Module, *, image_size: Sequence[int], classes: Se
     they are; its ``transform`` is bypassed: images enter at ``image_size`` as compressdet feeds them
     (BGR minus mean, no std; train from scratch or fine-tune with that input). ``classes`` must
     match the head's ``num_classes`` (torchvision's FCOS/RetinaNet have no background logit: label
-    ``i`` is ``classes[i]``).
+    ``i`` is ``classes[i]``). Its weights are left as they are too: an FCOS trained from scratch
+    should start its box bias as the registered ones do (``FCOS_BOX_BIAS_INIT``).
 
     Args:
         model: a ``torchvision.models.detection.FCOS`` or ``RetinaNet``.
