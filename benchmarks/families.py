@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     n = {split: len(build_dataset(s_cfg, split, train=split == "train")) for split in ("train", "val", "test")}
     data_hash = ig.data_hash_of(s_cfg)
     plan = ig.plan_steps(sp, n["train"])
+    blocks = {fam: dm.model_blocks(fam, s_cfg) for fam in families}  # distill_methods' recipes exactly
     base = {"seed": 0, "device": sp["device"]}
     ev = {"batch_size": 16, "num_images_logged": 0, **({"max_images": sp["eval_images"]} if sp["eval_images"] else {})}
     print(f"plan: families {families}; teachers {plan['teacher_steps']} steps, students {plan['student_steps']} steps, "
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
 
     def teacher(fam: str) -> tuple[dict, Path, str]:
         """imitation_gain's / distill_methods' teacher run of the family (same recipe, same name)."""
-        recipe = ig.make_teacher_recipe(sp, FAMILIES[fam]["teacher"], plan["teacher_steps"], data_hash,
+        recipe = ig.make_teacher_recipe(sp, blocks[fam][0], plan["teacher_steps"], data_hash,
                                         lr=dm.TEACHER_LR[fam])
         man = ig._run(recipe, run_work, owners[fam])
         return man, ig.model_file(run_work, man, "teacher", owners[fam]), recipe["name"].removeprefix("teacher-")
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
         """The none / distilled students of every seed: imitation_gain's and distill_methods' ``base-lr{lr}``
         and ``I-lr{lr}-w{W}`` runs (``imitation: {weight: W}``, i.e. FGFI)."""
         runner = ig.student_runner(run_work, sp, n["train"], tkey, test_dir=owners[fam].test_dir or run_work / "test_eval",
-                                   ledger=owners[fam], arch=FAMILIES[fam]["student"])
+                                   ledger=owners[fam], arch=blocks[fam][1])
         lr, w = p["lr"][fam], p["weight"]
         with ig.teacher_feature_cache(run_work / "feature_cache", n["train"],
                                       enabled=sp["feature_cache"]):
@@ -266,6 +267,7 @@ def main(argv=None) -> int:
         test = {a: {sd: r["test"]["map40"] for sd, r in by.items()} for a, by in runs.items()}
         fam_out[fam] = family_entry(
             seeds, test, student=arch["student"],
+            model_blocks={"teacher": blocks[fam][0], "student": blocks[fam][1]},  # RetinaNet: + its anchor scale
             macs=summ["macs"]["total"], macs_backbone=summ["macs"]["backbone"],
             params=summ["params"]["total"], params_with_bn_stats=summ["params_with_bn_stats"]["total"],
             lr=p["lr"][fam], weight=p["weight"],

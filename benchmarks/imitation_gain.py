@@ -132,7 +132,8 @@ def _stage(name, arch, steps, p, n_evals, lr=None, **extra):
     ev = {"batch_size": 16, "num_images_logged": 0}
     if p["eval_images"]:
         ev["max_images"] = p["eval_images"]
-    return {"name": name, "kind": "train", "model": {"arch": arch}, "schedule": sched, "eval": ev, **extra}
+    model = dict(arch) if isinstance(arch, dict) else {"arch": arch}  # a name, or a whole model block
+    return {"name": name, "kind": "train", "model": model, "schedule": sched, "eval": ev, **extra}
 
 
 def data_hash_of(s_cfg) -> str:
@@ -143,7 +144,7 @@ def data_hash_of(s_cfg) -> str:
     return synth_key(s_cfg.synth) if s_cfg.format == "synth" else _digest(s_cfg.model_dump(mode="json"))
 
 
-def make_teacher_recipe(p: dict, arch: str, steps: int, data_hash: str, lr: float | None = None) -> dict:
+def make_teacher_recipe(p: dict, arch: str | dict, steps: int, data_hash: str, lr: float | None = None) -> dict:
     """A family's teacher run on preset ``p``. Every distillation benchmark builds it here, so the same
     preset, family and data give the same run name and the teacher is trained once for all of them."""
     recipe = {"seed": 0, "device": p["device"], "data": _data(p, False),
@@ -453,7 +454,7 @@ class StudentRunner:
     distillation benchmarks goes through, so arms differ only by their distillation settings."""
 
     def __init__(self, work: Path, p: dict, plan: dict, base: dict, *, skey: str, test_dir: Path,
-                 arch: str = "shuffledet_0.25x", ledger: Ledger | None = None) -> None:
+                 arch: str | dict = "shuffledet_0.25x", ledger: Ledger | None = None) -> None:
         self.work, self.p, self.plan, self.base, self.skey, self.test_dir, self.arch, self.ledger = \
             work, p, plan, base, skey, test_dir, arch, ledger
         self.student_s: list[float] = []  # each student stage's own wall time (also for runs a re-run skips)
@@ -524,7 +525,7 @@ def _remake_chosen(which: list[str], results_json: Path, runner: StudentRunner, 
 
 
 def student_runner(work: Path, p: dict, n_train: int, teacher_key: str, *, test_dir: Path,
-                   ledger: Ledger | None, arch: str = "shuffledet_0.25x") -> StudentRunner:
+                   ledger: Ledger | None, arch: str | dict = "shuffledet_0.25x") -> StudentRunner:
     """The runner every distillation benchmark builds the same way: the same preset, teacher and steps
     give the same run names, so a student one benchmark trained is found (in its run folder or a
     ledger) by the others instead of being trained again."""

@@ -170,6 +170,9 @@ class ModelConfig(_Strict):
     width: float | None = Field(None, gt=0, description="width multiplier for a non-standard width")
     pretrained: str | None = Field(None, description="local backbone checkpoint; never downloaded")
     dropout: float = Field(0.5, ge=0, lt=1, description="head dropout probability (seed: keep 0.5)")
+    anchor_scale: float | None = Field(None, gt=0, description="retinanet_* only: anchor base size in strides "
+                                       "(default 4, torchvision's, sized for COCO at 800 px; smaller objects "
+                                       "want smaller anchors: `compressdet anchors RECIPE` measures the fit)")
 
 
 class ScheduleConfig(_Strict):
@@ -858,6 +861,12 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
     for loc, arch in checks:
         if arch not in known:
             errs.add(loc, f"unknown model '{arch}'{_did_you_mean(arch, known)} (known: {', '.join(known)})")
+    blocks = [(("models", k), m) for k, m in recipe.models.items()]
+    blocks += [(("stages", i, "model"), s.model) for i, s in enumerate(recipe.stages)
+               if isinstance(getattr(s, "model", None), ModelConfig)]
+    for loc, m in blocks:
+        if m.anchor_scale is not None and not m.arch.startswith("retinanet_"):
+            errs.add((*loc, "anchor_scale"), f"'{m.arch}' has no anchor scale (retinanet_* models only)")
 
 
 def _check_paths(recipe: Recipe, errs: _Errors) -> None:

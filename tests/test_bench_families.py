@@ -104,6 +104,10 @@ def test_smoke_preset_follows_the_protocol_and_resumes(fam, tmp_path):
                 e["teacher"]["test_map40"]]
         assert all(0 <= v <= 100 for v in maps)
         assert e["teacher"]["test"]["split"] == "test" and e["teacher"]["test"]["images"] == r["data"]["test_images"]
+    # RetinaNet's teacher and student share anchors sized on the training boxes; the others are plain names
+    rb = r["families"]["retinanet"]["model_blocks"]
+    assert rb["teacher"]["anchor_scale"] == rb["student"]["anchor_scale"] > 0
+    assert isinstance(r["families"]["fcos"]["model_blocks"]["student"], str)
     md = (tmp_path / "r" / "families.md").read_text()
     assert all(f"| {name} | {e['student']} |" in md for name, e in r["families"].items())
     runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())

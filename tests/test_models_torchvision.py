@@ -73,6 +73,59 @@ def test_fcos_boxes_start_alive(name):
         assert float(m.head.regression_head.bbox_reg.weight.grad.abs().sum()) > 0
 
 
+def test_anchor_fit_finds_the_scale_that_matches_small_boxes():
+    """16 px boxes on anchor centres: torchvision's anchors (32 px and up) leave every one below the
+    matcher's IoU 0.5; anchor_scale 2 (and 1.5, whose rounded middle size is also 16 px) put a 16 px
+    anchor on stride 8, which the suggestion must pick."""
+    from compressdet.models import anchor_fit, suggest_anchor_scale
+
+    centres = torch.tensor([[24.0, 24.0], [64.0, 32.0], [104.0, 40.0], [152.0, 24.0]])
+    boxes = torch.cat([centres - 8.0, centres + 8.0], 1)
+    best, fits = suggest_anchor_scale("retinanet_mnv3_small", boxes, HW, 3)
+    assert best in (1.5, 2.0) and fits[best]["foreground"] == 1.0 and fits[4.0]["foreground"] == 0.0
+    assert fits[4.0]["low_quality_only"] == 1.0 and fits[4.0]["boxes"] == 4
+    assert fits[1.5]["median_best_iou"] > fits[4.0]["median_best_iou"]
+    with pytest.raises(ModelError, match="no anchors"):
+        anchor_fit(build_model("fcos_mnv3_small", image_size=HW), boxes)
+    with pytest.raises(ModelError, match="positive width"):
+        anchor_fit(build_model("retinanet_mnv3_small", image_size=HW), torch.zeros(2, 4))
+
+
+def test_anchors_command_and_recipe_anchor_scale(tmp_path, capsys):
+    """``compressdet anchors`` reads a recipe's training labels; ``model.anchor_scale`` reaches the model
+    a train stage builds, and is refused on a model without anchors."""
+    from compressdet.recipe import RecipeError, parse_recipe
+
+    text = f"""
+name: anchors
+device: cpu
+data:
+  format: synth
+  image_size: [64, 192]
+  synth: {{num_images: 12, size: [384, 128], seed: 0, cache_dir: {tmp_path / "cache"}}}
+stages:
+  - name: student
+    kind: train
+    model: {{arch: retinanet_mnv3_small, anchor_scale: 2.0}}
+    schedule: {{steps: 1, batch_size: 2, eval_every: 1, checkpoint_every: 1, log_every: 1, threads: 1}}
+"""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    capsys.readouterr()
+    assert main(["anchors", str(recipe), "--json", "--scales", "1,2,4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "retinanet_mnv3_small" and out["best"] in (1.0, 2.0, 4.0)
+    assert set(out["fits"]) == {"1.0", "2.0", "4.0"} and all(f["boxes"] > 0 for f in out["fits"].values())
+    assert main(["anchors", str(recipe), "--model", "fcos_mnv3_small"]) == 2
+    assert "only retinanet_*" in capsys.readouterr().err
+    assert main(["run", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    student, _ = load_model(tmp_path / "run" / "student" / "model.pt")
+    assert student.arch["anchor_scale"] == 2.0
+    assert float(student.priors()[:, 2:].sub(student.priors()[:, :2]).min()) < 2.0 * 8 + 1e-3  # 16 px anchors
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.model\.anchor_scale.*retinanet_\* models only"):
+        parse_recipe(text.replace("retinanet_mnv3_small", "fcos_mnv3_small"))
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_labels_are_zero_based(family):
     """compressdet's 0-based label i trains logit i (torchvision's FCOS/RetinaNet have no background logit)."""

@@ -12,7 +12,8 @@ from .cache import ImageCache
 from .dataset import KittiDataset
 from .formats import ClassMapper, ImageRecord, read_records
 
-__all__ = ["RecordDataset", "RECORD_FORMATS", "split_records", "build_record_dataset", "load_box_ground_truth"]
+__all__ = ["RecordDataset", "RECORD_FORMATS", "split_records", "build_record_dataset", "load_box_ground_truth",
+           "input_boxes"]
 
 #: formats read through compressdet.data.formats (kitti/synth keep the KITTI reader of dataset.py)
 RECORD_FORMATS = ("coco", "yolo", "voc")
@@ -94,3 +95,17 @@ def load_box_ground_truth(data_cfg: DataConfig, split: str, max_images: int | No
                  "labels": np.asarray([-1 if lab[k] is None else lab[k] for k in keep], np.int64),
                  "crowd": np.asarray([bool(crowd[k]) for k in keep], bool)}
     return gt, sizes
+
+
+def input_boxes(data_cfg: DataConfig, split: str, max_images: int | None = None) -> np.ndarray:
+    """Every box of a model class in ``split``, ``[B, 4]`` xyxy in model-input pixels (each image resized
+    to ``data.image_size`` as the loaders do); ignore regions left out. Labels only: no image is decoded,
+    so sizing anchors on a large training split is quick."""
+    gt, sizes = load_box_ground_truth(data_cfg, split, max_images)
+    H, W = data_cfg.image_size
+    out = [np.zeros((0, 4))]
+    for i, g in gt.items():
+        h0, w0 = sizes[i]
+        keep = (g["labels"] >= 0) & ~g["crowd"]
+        out.append(g["boxes"][keep] * np.array([W / w0, H / h0, W / w0, H / h0]))
+    return np.concatenate(out).astype(np.float32)

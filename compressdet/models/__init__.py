@@ -25,13 +25,13 @@ from .head import split_head_output
 from .postprocess import PostProcessor
 from .shuffledet import ShuffleDet
 from .summary import model_summary
-from .torchvision_det import TorchvisionDetector, wrap_torchvision
+from .torchvision_det import TorchvisionDetector, anchor_fit, suggest_anchor_scale, wrap_torchvision
 
 __all__ = [
     "build_model", "create_model", "list_models", "register_model", "is_model", "ModelError",
     "ShuffleDet", "generate_anchors", "BoxCoder", "safe_exp", "split_head_output", "PostProcessor",
     "save_model", "load_model", "load_pretrained_backbone", "model_summary", "model_from_arch",
-    "Detector", "TapInfo", "is_detector", "TorchvisionDetector", "wrap_torchvision",
+    "Detector", "TapInfo", "is_detector", "TorchvisionDetector", "wrap_torchvision", "anchor_fit", "suggest_anchor_scale",
 ]
 
 
