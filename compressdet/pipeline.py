@@ -59,12 +59,25 @@ def _versions() -> dict[str, Any]:
     return v
 
 
+#: recipe fields added after runs were made: left out of fingerprints while unset (``None``), so a run
+#: made before one was added still resumes (``--resume`` refuses a stage whose fingerprint changed)
+LATER_FIELDS = frozenset({"anchor_scale"})
+
+
+def _without_unset_later(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_unset_later(v) for k, v in obj.items() if not (k in LATER_FIELDS and v is None)}
+    if isinstance(obj, list):
+        return [_without_unset_later(v) for v in obj]
+    return obj
+
+
 def stage_fingerprint(recipe: Recipe, stage: StageConfig, upstream: dict[str, str]) -> str:
     """Hash of what determines a stage's output: its config, the data, the seed, its inputs."""
-    blob = json.dumps({"stage": stage.model_dump(mode="json", by_alias=True),
-                       "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed,
-                       "models": {k: m.model_dump(mode="json") for k, m in recipe.models.items()},
-                       "upstream": upstream}, sort_keys=True)
+    blob = json.dumps(_without_unset_later({
+        "stage": stage.model_dump(mode="json", by_alias=True), "data": recipe.data.model_dump(mode="json"),
+        "seed": recipe.seed, "models": {k: m.model_dump(mode="json") for k, m in recipe.models.items()},
+        "upstream": upstream}), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -183,3 +183,27 @@ def test_atomic_path_keeps_old_file_on_error(tmp_path):
             raise ValueError
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+
+def test_fingerprints_survive_a_later_optional_field():
+    """Adding a recipe field must not make every finished run's stages look changed (``--resume``
+    refuses those): a stage with a ``model:`` block had this fingerprint before ``model.anchor_scale``
+    existed, and keeps it while the field is unset; setting it changes the fingerprint."""
+    from compressdet.pipeline import recipe_fingerprints
+    from compressdet.recipe import parse_recipe
+
+    text = """
+name: fp
+data:
+  format: synth
+  image_size: [64, 192]
+stages:
+  - name: student
+    kind: train
+    model: {arch: retinanet_mnv2_050, dropout: 0.5}
+    schedule: {steps: 2, batch_size: 2}
+"""
+    assert recipe_fingerprints(parse_recipe(text, check_paths=False)) == {"student": "bd44f4125ea11388"}
+    set_ = parse_recipe(text.replace("dropout: 0.5", "anchor_scale: 2.0"), check_paths=False)
+    assert recipe_fingerprints(set_)["student"] != "bd44f4125ea11388"
