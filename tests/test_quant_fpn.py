@@ -112,8 +112,14 @@ def _check_program_and_graph(model, run, rec, recipe, arch: str, qat: bool) -> d
         d, qerr = np.abs(g - r), np.abs(r - f)
         top = float(np.abs(r).max())
         diffs[name] = {"max": float(d.max()), "mean": float(d.mean()), "max_ref": top,
-                       "unoptimized_max": float(np.abs(p - r).max()), "int8_vs_fp32_mean": float(qerr.mean())}
-        assert d.mean() <= MEAN_TOL * top and d.max() <= MAX_TOL * top, (name, diffs[name])
+                       "unoptimized_max": float(np.abs(p - r).max()), "int8_vs_fp32_mean": float(qerr.mean()),
+                       "int8_vs_fp32_max": float(qerr.max())}
+        assert d.mean() <= MEAN_TOL * top, (name, diffs[name])
+        # the worst element: within the output's own range, or, after QAT, no worse than quantizing did.
+        # FCOS's QAT graph (float GroupNorm between int8 convs) differs from its torch program by ~0.2 on
+        # every output whatever its range, even unoptimized (PTQ: ~0.03; RetinaNet: 1e-6); as much at
+        # bf013c5, where the small ctrness output still fitted 0.75x of its range by chance
+        assert d.max() <= MAX_TOL * top or (qat and d.max() <= qerr.max()), (name, diffs[name])
         if not qat:  # ORT adds less error than quantizing did; still the float model, roughly
             assert d.mean() <= qerr.mean() and qerr.max() <= 0.25 * np.abs(f).max(), (name, diffs[name])
 
