@@ -450,6 +450,14 @@ BACKBONES = {"mnv3_small": lambda c: _mobilenet_fpn("small", c), "mnv3_large": l
              "r18": lambda c: _resnet_fpn(18, c), "r34": lambda c: _resnet_fpn(34, c)}
 
 
+def _retinanet_anchors(anchor_scale: float) -> nn.Module:
+    """torchvision's RetinaNet anchors, ``anchor_scale`` strides x 2^(0, 1/3, 2/3) x ratios 0.5, 1, 2 per level."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    sizes = tuple(tuple(anchor_scale * s * 2 ** (k / 3) for k in range(3)) for s in STRIDES)
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(STRIDES))
+
+
 def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_channels: int, head_convs: int = 4,
                                num_classes: int = 3, image_size: Sequence[int] = (384, 1248),
                                anchor_scale: float = 4.0) -> TorchvisionDetector:
@@ -484,8 +492,7 @@ def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_cha
         nn.init.constant_(head.regression_head.bbox_reg.bias, FCOS_BOX_BIAS_INIT)
         det: nn.Module = FCOS(body, num_classes, anchor_generator=gen, head=head)
     elif family == "retinanet":
-        sizes = tuple(tuple(anchor_scale * s * 2 ** (k / 3) for k in range(3)) for s in STRIDES)
-        gen = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(STRIDES))
+        gen = _retinanet_anchors(anchor_scale)
         head = RetinaNetHead(fpn_channels, gen.num_anchors_per_location()[0], num_classes)
         det = RetinaNet(body, num_classes, anchor_generator=gen, head=head)
     else:
@@ -592,8 +599,11 @@ def suggest_anchor_scale(arch: str, boxes, image_size: tuple[int, int], num_clas
     for the most boxes (ties: the higher median best IoU, then the larger scale)."""
     from . import build_model
 
-    fits = {float(s): anchor_fit(build_model(arch, image_size=image_size, num_classes=num_classes,
-                                             anchor_scale=float(s)), boxes) for s in scales}
+    model = build_model(arch, image_size=image_size, num_classes=num_classes)  # once: only the anchors change
+    fits = {}
+    for s in scales:
+        model.det.anchor_generator = _retinanet_anchors(float(s))
+        fits[float(s)] = anchor_fit(model, boxes)
     best = max(fits, key=lambda s: (round(fits[s]["foreground"], 4), round(fits[s]["median_best_iou"], 4), s))
     return best, fits
 
