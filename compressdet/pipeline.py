@@ -61,7 +61,7 @@ def _versions() -> dict[str, Any]:
 
 #: recipe fields added after runs were made: left out of fingerprints while unset (``None``), so a run
 #: made before one was added still resumes (``--resume`` refuses a stage whose fingerprint changed)
-LATER_FIELDS = frozenset({"anchor_scale"})
+LATER_FIELDS = frozenset({"anchor_scale", "head"})
 
 
 def _without_unset_later(obj: Any) -> Any:

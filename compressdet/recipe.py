@@ -173,6 +173,10 @@ class ModelConfig(_Strict):
     anchor_scale: float | None = Field(None, gt=0, description="retinanet_* only: anchor base size in strides "
                                        "(default 4, torchvision's, sized for COCO at 800 px; smaller objects "
                                        "want smaller anchors: `compressdet anchors RECIPE` measures the fit)")
+    head: Literal["v1", "v2"] | None = Field(None, description="retinanet_* only: 'v2' is torchvision's "
+                                             "retinanet_resnet50_fpn_v2 head (GroupNorm after each tower conv, GIoU "
+                                             "box loss): it trains from scratch where v1 stalls; INT8 keeps its "
+                                             "GroupNorm float and prune_head refuses it. Unset / 'v1': the plain head")
 
 
 class ScheduleConfig(_Strict):
@@ -867,6 +871,9 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
     for loc, m in blocks:
         if m.anchor_scale is not None and not m.arch.startswith("retinanet_"):
             errs.add((*loc, "anchor_scale"), f"'{m.arch}' has no anchor scale (retinanet_* models only)")
+        if m.head is not None and not m.arch.startswith("retinanet_"):
+            errs.add((*loc, "head"), f"'{m.arch}' has no head choice (retinanet_* models only; "
+                     "fcos_* heads always have GroupNorm)")
 
 
 def _check_paths(recipe: Recipe, errs: _Errors) -> None:

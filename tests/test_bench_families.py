@@ -107,6 +107,7 @@ def test_smoke_preset_follows_the_protocol_and_resumes(fam, tmp_path):
     # RetinaNet's teacher and student share anchors sized on the training boxes; the others are plain names
     rb = r["families"]["retinanet"]["model_blocks"]
     assert rb["teacher"]["anchor_scale"] == rb["student"]["anchor_scale"] > 0
+    assert rb["teacher"]["head"] == rb["student"]["head"] == "v2"
     assert isinstance(r["families"]["fcos"]["model_blocks"]["student"], str)
     md = (tmp_path / "r" / "families.md").read_text()
     assert all(f"| {name} | {e['student']} |" in md for name, e in r["families"].items())

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = ["TorchvisionDetector", "wrap_torchvision", "build_torchvision_detecto
 FAMILY_OUTPUTS = {"fcos": ("cls_logits", "bbox_regression", "bbox_ctrness"),
                   "retinanet": ("cls_logits", "bbox_regression")}
 STRIDES = (8, 16, 32, 64, 128)
+RETINANET_HEAD_GROUPS = 16  # fpn_channels is a multiple of 16
 FCOS_BOX_BIAS_INIT = 1.0  # initial left/top/right/bottom distance of an FCOS box, in strides
 
 
@@ -182,7 +184,7 @@ class TorchvisionDetector(nn.Module):
         """torchvision's losses on ``(raw outputs, compressdet targets)``, plus ``total`` (their sum).
 
         FCOS: ``classification`` (focal), ``bbox_regression`` (GIoU), ``bbox_ctrness`` (BCE), each over
-        the foreground count; RetinaNet: ``classification`` (focal), ``bbox_regression`` (L1), each per
+        the foreground count; RetinaNet: ``classification`` (focal), ``bbox_regression`` (L1; GIoU with the v2 head), each per
         image over its foreground count, averaged over the images. ``with_count`` also returns the
         normaliser torchvision divided by, before its ``max(1, .)`` (FCOS: the batch's foreground
         locations; RetinaNet: the number of images), which :class:`TorchvisionLoss` makes global under DDP.
@@ -460,7 +462,7 @@ def _retinanet_anchors(anchor_scale: float) -> nn.Module:
 
 def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_channels: int, head_convs: int = 4,
                                num_classes: int = 3, image_size: Sequence[int] = (384, 1248),
-                               anchor_scale: float = 4.0) -> TorchvisionDetector:
+                               anchor_scale: float = 4.0, head: str | None = None) -> TorchvisionDetector:
     """A registered FCOS / RetinaNet variant (what the registry names build; all arguments go in ``arch``).
 
     Args:
@@ -470,6 +472,12 @@ def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_cha
         head_convs: FCOS tower depth (torchvision: 4); RetinaNet's head always has 4.
         anchor_scale: RetinaNet anchor base size in strides (torchvision's default anchors are
             4 strides x 2^(0, 1/3, 2/3) x ratios 0.5, 1, 2 per level).
+        head: RetinaNet head: ``None`` / ``"v1"`` (torchvision's default: plain tower convs, L1 box
+            loss) or ``"v2"`` (``retinanet_resnet50_fpn_v2``'s: GroupNorm(16) after each tower conv, GIoU
+            box loss). From scratch the v1 head's 0.01-std convs pass little signal and its
+            unbounded L1 targets learn slowly (the families benchmark's teacher had not learned at
+            2,400 steps); v2 trains like FCOS's head, but ``prune_head`` refuses its GroupNorm and INT8
+            runs it in float, so the default stays v1. FCOS's head always has GroupNorm(32).
     """
     from torchvision.models.detection import FCOS, RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -484,22 +492,30 @@ def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_cha
     body = BACKBONES[backbone](fpn_channels)
     if family == "fcos":
         gen = AnchorGenerator(tuple((s,) for s in STRIDES), ((1.0,),) * len(STRIDES))
-        head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
+        fcos_head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
         # torchvision ends the box branch in ReLU with zero bias, so a from-scratch model starts with
         # near-zero boxes whose GIoU gradient (proportional to their size) vanishes, and one seed in
         # three died there (all four distances stuck at 0). Start at one stride per side instead,
         # where the FCOS paper's exp(0) = 1 starts.
-        nn.init.constant_(head.regression_head.bbox_reg.bias, FCOS_BOX_BIAS_INIT)
-        det: nn.Module = FCOS(body, num_classes, anchor_generator=gen, head=head)
+        nn.init.constant_(fcos_head.regression_head.bbox_reg.bias, FCOS_BOX_BIAS_INIT)
+        det: nn.Module = FCOS(body, num_classes, anchor_generator=gen, head=fcos_head)
     elif family == "retinanet":
         gen = _retinanet_anchors(anchor_scale)
-        head = RetinaNetHead(fpn_channels, gen.num_anchors_per_location()[0], num_classes)
-        det = RetinaNet(body, num_classes, anchor_generator=gen, head=head)
+        if head not in (None, "v1", "v2"):
+            raise ModelError(f"{name}: head '{head}' is not one of: v1, v2")
+        head = None if head == "v1" else head
+        norm = partial(nn.GroupNorm, RETINANET_HEAD_GROUPS) if head == "v2" else None
+        tv_head = RetinaNetHead(fpn_channels, gen.num_anchors_per_location()[0], num_classes, norm_layer=norm)
+        if head == "v2":
+            tv_head.regression_head._loss_type = "giou"  # as torchvision's retinanet_resnet50_fpn_v2
+        det = RetinaNet(body, num_classes, anchor_generator=gen, head=tv_head)
     else:
         raise ModelError(f"{name}: unknown family '{family}' (fcos or retinanet)")
     arch = {"name": name, "family": family, "backbone": backbone, "fpn_channels": int(fpn_channels),
             "head_convs": int(head_convs), "num_classes": int(num_classes), "image_size": [int(v) for v in image_size],
             "anchor_scale": float(anchor_scale)}
+    if family == "retinanet":
+        arch["head"] = head
     return TorchvisionDetector(det, image_size=image_size, arch=arch, strides=STRIDES)
 
 
@@ -619,13 +635,13 @@ def _from_arch(arch: dict[str, Any]) -> TorchvisionDetector:
 def _make_builder(name: str, family: str, backbone: str, channels: int, convs: int):
     def builder(*, image_size: Sequence[int] = (384, 1248), num_classes: int = 3, width: float | None = None,
                 pretrained: str | None = None, fpn_channels: int = channels, head_convs: int = convs,
-                anchor_scale: float = 4.0, **_ignored: Any) -> TorchvisionDetector:
+                anchor_scale: float = 4.0, head: str | None = None, **_ignored: Any) -> TorchvisionDetector:
         # _ignored: ShuffleDet-only build_model arguments (num_anchors, dropout)
         if width is not None:
             raise ModelError(f"'{name}' has no width multiplier (model.width is for shuffledet)")
         model = build_torchvision_detector(name=name, family=family, backbone=backbone, fpn_channels=fpn_channels,
                                            head_convs=head_convs, num_classes=num_classes, image_size=image_size,
-                                           anchor_scale=anchor_scale)
+                                           anchor_scale=anchor_scale, head=head)
         if pretrained:
             from ._builder import load_pretrained_backbone
 
