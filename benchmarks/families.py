@@ -113,6 +113,16 @@ def _diff_cell(c: dict) -> str:
     return f"{c['mean']:+.2f} {ci}" + ("" if c.get("significant") else ", not significant")
 
 
+def _block_extras(e: dict) -> str:
+    """`` (anchor_scale 2, head v2)``: a family's model-block settings beyond the name (teacher and
+    student share them)."""
+    block = e.get("model_blocks", {}).get("teacher")
+    if not isinstance(block, dict):
+        return ""
+    extras = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in block.items() if k != "arch"]
+    return f" ({', '.join(extras)}, student too)" if extras else ""
+
+
 def render_md(r: dict) -> str:
     """``families.md`` from the results JSON alone (so a table can be re-rendered without running)."""
     from compressdet.eval.stats import describe
@@ -136,7 +146,8 @@ def render_md(r: dict) -> str:
     md += ["", "Paired difference distilled - none on test, per family:", ""]
     md += [f"- {fam}: {describe(e['distill_vs_none'])}" for fam, e in r["families"].items()]
     md += ["", "Teachers (trained once, best-on-val checkpoint):", ""]
-    md += [f"- {fam}: {e['teacher']['arch']} ({e['teacher']['macs'] / 1e9:.3f} G MACs), lr {e['teacher']['lr']}, "
+    md += [f"- {fam}: {e['teacher']['arch']}{_block_extras(e)} ({e['teacher']['macs'] / 1e9:.3f} G MACs), "
+           f"lr {e['teacher']['lr']}, "
            f"val mAP40 {e['teacher']['val_map40']:.2f}, test mAP40 {e['teacher']['test_map40']:.2f}"
            for fam, e in r["families"].items()]
     lat = r["latency"]
