@@ -166,6 +166,11 @@ class DataConfig(_Strict):
 # Shared pieces of stage configs
 # --------------------------------------------------------------------------------------------
 class ModelConfig(_Strict):
+    #: the fields only ``retinanet_*`` builders take, and what a model without them lacks
+    RETINANET_ONLY: ClassVar[dict[str, str]] = {
+        "anchor_scale": "no anchor scale (retinanet_* models only)",
+        "head": "no head choice (retinanet_* models only; fcos_* heads always have GroupNorm)"}
+
     arch: str = Field(description="registered model name, e.g. shuffledet_0.25x")
     width: float | None = Field(None, gt=0, description="width multiplier for a non-standard width")
     pretrained: str | None = Field(None, description="local backbone checkpoint; never downloaded")
@@ -869,11 +874,11 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
     blocks += [(("stages", i, "model"), s.model) for i, s in enumerate(recipe.stages)
                if isinstance(getattr(s, "model", None), ModelConfig)]
     for loc, m in blocks:
-        if m.anchor_scale is not None and not m.arch.startswith("retinanet_"):
-            errs.add((*loc, "anchor_scale"), f"'{m.arch}' has no anchor scale (retinanet_* models only)")
-        if m.head is not None and not m.arch.startswith("retinanet_"):
-            errs.add((*loc, "head"), f"'{m.arch}' has no head choice (retinanet_* models only; "
-                     "fcos_* heads always have GroupNorm)")
+        if m.arch.startswith("retinanet_"):
+            continue
+        for field, lacks in ModelConfig.RETINANET_ONLY.items():
+            if getattr(m, field) is not None:
+                errs.add((*loc, field), f"'{m.arch}' has {lacks}")
 
 
 def _check_paths(recipe: Recipe, errs: _Errors) -> None:

@@ -62,8 +62,8 @@ def _run(tmp_path, cache, arch: str, stage: str):
     torch.manual_seed(0)
     # realistic activation ranges: random BN statistics, and He-initialised head towers (torchvision's
     # N(0, 0.01) init shrinks RetinaNet's tower activations below the smallest int8 scale, 2^-12)
-    name, _, head = arch.partition(":")
-    model = randomize_batchnorm(build_model(name, image_size=HW, **({"head": head} if head else {})).eval())
+    registered, _, head = arch.partition(":")
+    model = randomize_batchnorm(build_model(registered, image_size=HW, **({"head": head} if head else {})).eval())
     for name, mod in model.det.head.named_modules():
         if isinstance(mod, torch.nn.Conv2d) and ".conv." in f".{name}.":
             torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")

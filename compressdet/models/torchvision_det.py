@@ -184,10 +184,11 @@ class TorchvisionDetector(nn.Module):
         """torchvision's losses on ``(raw outputs, compressdet targets)``, plus ``total`` (their sum).
 
         FCOS: ``classification`` (focal), ``bbox_regression`` (GIoU), ``bbox_ctrness`` (BCE), each over
-        the foreground count; RetinaNet: ``classification`` (focal), ``bbox_regression`` (L1; GIoU with the v2 head), each per
-        image over its foreground count, averaged over the images. ``with_count`` also returns the
-        normaliser torchvision divided by, before its ``max(1, .)`` (FCOS: the batch's foreground
-        locations; RetinaNet: the number of images), which :class:`TorchvisionLoss` makes global under DDP.
+        the foreground count; RetinaNet: ``classification`` (focal), ``bbox_regression`` (L1; v2 head:
+        GIoU), each per image over its foreground count, averaged over the images. ``with_count`` also
+        returns the normaliser torchvision divided by, before its ``max(1, .)`` (FCOS: the batch's
+        foreground locations; RetinaNet: the number of images), which :class:`TorchvisionLoss` makes
+        global under DDP.
         """
         head = self._unpack(outputs)
         dev = head["cls_logits"].device

@@ -32,7 +32,7 @@ def build_stage_model(ctx: StageContext) -> tuple[torch.nn.Module, dict[str, Any
     if m is None:
         raise UserError(f"stage '{ctx.name}': needs 'model' or 'from'")
     torch.manual_seed(recipe.seed)  # same init on every rank and for every paired run
-    extra = {k: v for k in ("anchor_scale", "head") if (v := getattr(m, k)) is not None}
+    extra = m.model_dump(include=set(m.RETINANET_ONLY), exclude_none=True)  # the builder's defaults otherwise
     model = build_model(m.arch, width=m.width, image_size=tuple(recipe.data.image_size), dropout=m.dropout,
                         num_classes=len(recipe.data.classes), pretrained=m.pretrained, **extra)
     return model, {"model": m.model_dump(mode="json")}
