@@ -227,15 +227,21 @@ class DistillConfig(_Strict):
     tau: float = Field(1.0, gt=0, description="crosskd: temperature of the classification KD")
     box_weight: float = Field(1.0, ge=0, description="crosskd: box (GIoU) term relative to the classification term")
 
-    _ONLY = {"psi": "fgfi", "normalizer": "fgfi", "tau": "crosskd", "box_weight": "crosskd"}
+    #: fields that belong to one method (the others refuse them)
+    METHOD_ONLY: ClassVar[dict[str, str]] = {"psi": "fgfi", "normalizer": "fgfi", "tau": "crosskd",
+                                             "box_weight": "crosskd"}
 
     @model_validator(mode="after")
     def _fields_of_method(self) -> "DistillConfig":
-        wrong = [f for f in self.model_fields_set if self._ONLY.get(f, self.method) != self.method]
+        wrong = [f for f in self.model_fields_set if self.METHOD_ONLY.get(f, self.method) != self.method]
         if wrong:
             raise ValueError(f"method '{self.method}' takes no {', '.join(sorted(wrong))} "
-                             f"({', '.join(f'{f} is for {self._ONLY[f]}' for f in sorted(wrong))})")
+                             f"({', '.join(f'{f} is for {self.METHOD_ONLY[f]}' for f in sorted(wrong))})")
         return self
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """Its own method's fields only: a resolved recipe must load again with the strict loader."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if self.METHOD_ONLY.get(k, self.method) == self.method}
 
     @classmethod
     def from_imitation(cls, imit: "ImitationConfig") -> "DistillConfig":
@@ -582,6 +588,9 @@ class Recipe(_Strict):
     def to_yaml_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", by_alias=True, exclude={"source"})
         d["stages"] = [s.model_dump(mode="json", by_alias=True) for s in self.stages]
+        for dumped, stage in zip(d["stages"], self.stages):
+            if getattr(stage, "distill", None):
+                dumped["distill"] = [m.to_yaml_dict() for m in stage.distill]
         return d
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from compressdet.cli import main
 from compressdet.errors import RecipeError
-from compressdet.recipe import load_recipe, parse_recipe, stage_schemas
+from compressdet.recipe import DistillConfig, load_recipe, parse_recipe, stage_schemas
 
 BASE = """name: demo
 data:
@@ -144,6 +146,29 @@ def test_resolved_recipe_round_trips(tmp_path):
     r = parse_recipe(BASE, "r.yaml")
     again = parse_recipe(yaml.safe_dump(r.to_yaml_dict()), "again.yaml")
     assert again.to_yaml_dict() == r.to_yaml_dict()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_recipe_and_every_distiller_round_trips(path):
+    """A run directory's recipe.yaml (the resolved recipe) loads again: export, bench and predict read it.
+    Each distiller keeps its own fields only (the strict loader refuses another method's)."""
+    import yaml
+
+    from compressdet.pipeline import recipe_fingerprints
+
+    r = parse_recipe(path.read_text(), path.name, check_paths=False)
+    student = next((s for s in r.stages if s.kind == "train" and s.teacher), None)
+    if student is not None:  # every method with its own, non-default fields
+        student.distill = [DistillConfig(method="fgfi", psi=0.25), DistillConfig(method="pkd", weight=2.0),
+                           DistillConfig(method="crosskd", tau=2.0, box_weight=0.5)]
+        student.imitation = None
+    dumped = yaml.safe_dump(r.to_yaml_dict(), sort_keys=False)
+    again = parse_recipe(dumped, "recipe.yaml", check_paths=False)
+    assert again.to_yaml_dict() == r.to_yaml_dict()
+    assert recipe_fingerprints(again) == recipe_fingerprints(r)  # the same runs: resume still finds them
+    if student is not None:
+        assert [m.model_dump() for m in again.stage(student.name).distill] == [m.model_dump() for m in student.distill]
 
 
 def test_yaml_is_loaded_safely():
