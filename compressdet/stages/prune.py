@@ -66,13 +66,31 @@ def _round_ratio(r: float, i: int, k: int) -> float:
     return 1.0 - (1.0 - r * (i + 1) / k) / (1.0 - r * i / k)
 
 
+def _fine_tune_round(ctx: StageContext, model: nn.Module, i: int, k: int,
+                     pruned: dict[str, Any]) -> tuple[StageContext, dict, dict]:
+    """Round ``i`` of ``k``'s fine-tune after its pruning step ``pruned`` (``steps // k``, distilling as
+    the stage says; its own folder when ``k > 1``). Every rank then continues from the same (last)
+    weights. Returns the round's context, the fit summary and the round record's common fields."""
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.launch import fit_stage
+
+    cfg = ctx.cfg
+    sub = dataclasses.replace(ctx, stage_dir=ctx.stage_dir / f"round{i + 1}", resume=False) if k > 1 else ctx
+    sched = cfg.schedule.model_copy(update={"steps": max(1, cfg.schedule.steps // k)})
+    summary = fit_stage(sub, model, schedule=sched, imitation=distill_methods(cfg), postprocess=cfg.postprocess,
+                        eval_cfg=cfg.eval)
+    if i < k - 1:
+        model.load_state_dict(load_checkpoint(sub.checkpoint_dir / "last.pt")["model"])
+    return sub, summary, {"channels_removed": sum(len(op["idxs"]) for op in pruned["ops"]),
+                          "best_map40": summary.get("best_map40"), "steps": sched.steps}
+
+
 def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     """The prune stage on an FPN family (FCOS / RetinaNet): torch-pruning on the backbone body and the
     FPN's lateral convs, the FPN outputs and the shared head kept (:mod:`compressdet.prune.fpn`), in
     ``iterative_steps`` rounds of prune -> fine-tune like ShuffleDet's: round ``i`` of ``k`` brings the
     backbone MACs (or the kept channels) a fraction ``i/k`` of the way to the target, linearly, as
     torch-pruning's iterative schedule does, and fine-tunes ``steps // k``."""
-    from ..engine.launch import fit_stage
     from ..eval.evaluator import metric_summary
     from ..models import save_model
     from ..prune.fpn import prune_fpn_detector
@@ -115,17 +133,8 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
         rec["step"] = i + 1
         recs.append(rec)
         macs_done = rec["macs_after"] / recs[0]["base_macs"]
-        sub = dataclasses.replace(ctx, stage_dir=ctx.stage_dir / f"round{i + 1}", resume=False) if k > 1 else ctx
-        sched = cfg.schedule.model_copy(update={"steps": max(1, cfg.schedule.steps // k)})
-        summary = fit_stage(sub, model, schedule=sched, imitation=methods, postprocess=cfg.postprocess,
-                            eval_cfg=cfg.eval)
-        rounds.append({"step": i + 1, "backbone_macs_ratio": macs_done, "ratio": rec["ratio"],
-                       "channels_removed": sum(len(op["idxs"]) for op in rec["ops"]),
-                       "best_map40": summary.get("best_map40"), "steps": sched.steps})
-        if i < k - 1:  # every rank continues from the same (last) weights
-            from ..engine.checkpoint import load_checkpoint
-
-            model.load_state_dict(load_checkpoint(sub.checkpoint_dir / "last.pt")["model"])
+        sub, summary, done = _fine_tune_round(ctx, model, i, k, rec)
+        rounds.append({"step": i + 1, "backbone_macs_ratio": macs_done, "ratio": rec["ratio"], **done})
     if not ctx.is_main:
         return StageResult()
     best = _load_best(model, sub.checkpoint_dir)
@@ -192,8 +201,6 @@ def _summary(model: nn.Module, hw: tuple[int, int]) -> dict[str, Any]:
 
 
 def run(ctx: StageContext) -> StageResult:
-    from ..engine.checkpoint import load_checkpoint
-    from ..engine.launch import fit_stage
     from ..models import load_model, save_model
     from ..prune import save_history
 
@@ -222,15 +229,8 @@ def run(ctx: StageContext) -> StageResult:
     for i in range(k):
         model.cpu()
         rec = pruner.step(loss_fn)
-        sub = dataclasses.replace(ctx, stage_dir=ctx.stage_dir / f"round{i + 1}", resume=False) if k > 1 else ctx
-        sched = cfg.schedule.model_copy(update={"steps": max(1, cfg.schedule.steps // k)})
-        summary = fit_stage(sub, model, schedule=sched, imitation=methods, postprocess=cfg.postprocess,
-                            eval_cfg=cfg.eval)
-        rounds.append({"step": rec["step"], "backbone_macs_ratio": rec["macs_after"] / rec["base_macs"],
-                       "channels_removed": sum(len(op["idxs"]) for op in rec["ops"]),
-                       "best_map40": summary.get("best_map40"), "steps": sched.steps})
-        if i < k - 1:  # every rank continues from the same (last) weights
-            model.load_state_dict(load_checkpoint(sub.checkpoint_dir / "last.pt")["model"])
+        sub, summary, done = _fine_tune_round(ctx, model, i, k, rec)
+        rounds.append({"step": rec["step"], "backbone_macs_ratio": rec["macs_after"] / rec["base_macs"], **done})
     if not ctx.is_main:
         return StageResult()
     best = _load_best(model, sub.checkpoint_dir)
