@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import UserError
 
-__all__ = ["MANIFEST", "load_manifest", "find_latest_run"]
+__all__ = ["MANIFEST", "load_manifest", "find_latest_run", "latest_run_or_fail"]
 
 MANIFEST = "manifest.json"
 
@@ -34,3 +34,13 @@ def find_latest_run(runs_root: Path | str = "runs", recipe_name: str | None = No
     pattern = f"{recipe_name}/*/{MANIFEST}" if recipe_name else f"*/*/{MANIFEST}"
     cands = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
     return cands[-1].parent if cands else None
+
+
+def latest_run_or_fail(runs_root: Path | str, pass_hint: str, log: Callable[[str], None]) -> Path:
+    """What a command reads when the user names no run: the latest one, said aloud, or a one-line error
+    telling what to pass instead (``pass_hint``, e.g. "pass RUN_DIR or MODEL_FILE")."""
+    run = find_latest_run(runs_root)
+    if run is None:
+        raise UserError(f"no run found under {runs_root}/ (run a recipe first, or {pass_hint})")
+    log(f"using the latest run: {run}")
+    return run

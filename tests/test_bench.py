@@ -110,10 +110,15 @@ def test_bench_bad_backend_exit_2(tmp_path, capsys):
     assert "unknown backend 'onnxrt'" in capsys.readouterr().err
 
 
-def test_bench_no_run_exit_2(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("argv, hint", [(["bench"], "pass RUN_DIR"), (["export", "--onnx"], "pass RUN_DIR or MODEL_FILE"),
+                                        (["predict", "img.png"], "pass --model RUN_DIR|MODEL|ONNX|IR")])
+def test_no_run_exit_2(tmp_path, monkeypatch, capsys, argv, hint):
+    """bench, export and predict with no run named and none under runs/: one line, what to pass, exit 2."""
     monkeypatch.chdir(tmp_path)
-    assert main(["bench"]) == 2
-    assert "no run found" in capsys.readouterr().err
+    (tmp_path / "img.png").write_bytes(b"")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"no run found under runs/ (run a recipe first, or {hint})") and "\n" not in err, err
 
 
 def test_compare_onnx_isolated_times_each_model_in_its_own_process(tmp_path):

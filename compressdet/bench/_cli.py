@@ -35,7 +35,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..export.formats import backend_format
-    from ..rundir import find_latest_run
+    from ..rundir import latest_run_or_fail
     from .report import print_table
     from .runner import BenchOptions, bench_run
 
@@ -45,10 +45,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         backend_format(b)
     run_dir = args.run_dir
     if run_dir is None:
-        run_dir = find_latest_run(args.runs_root)
-        if run_dir is None:
-            raise UserError(f"no run found under {args.runs_root}/ (run a recipe first, or pass RUN_DIR)")
-        console.print(f"using the latest run: {run_dir}", highlight=False)
+        run_dir = latest_run_or_fail(args.runs_root, "pass RUN_DIR", lambda m: console.print(m, highlight=False))
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     opts = BenchOptions(backends=backends, image_size=parse_size(args.image_size) if args.image_size else None,

@@ -132,13 +132,10 @@ def resolve_source(path: str | Path | None, stage: str | None = None, *, runs_ro
         UserError: nothing found, unknown stage, or a ``--stage`` given with a model file.
     """
     from ..models import load_model
-    from ..rundir import find_latest_run, load_manifest
+    from ..rundir import latest_run_or_fail, load_manifest
 
     if path is None:
-        path = find_latest_run(runs_root)
-        if path is None:
-            raise UserError(f"no run found under {runs_root}/ (run a recipe first, or pass RUN_DIR or MODEL_FILE)")
-        log(f"using the latest run: {path}")
+        path = latest_run_or_fail(runs_root, "pass RUN_DIR or MODEL_FILE", log)
     path = Path(path)
     if path.is_file():
         if stage:

@@ -149,15 +149,12 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
         UserError: nothing found, unknown backend, or a model file the backend cannot run.
     """
     from ..assets import resolve_model_path
-    from ..rundir import find_latest_run
+    from ..rundir import latest_run_or_fail
 
     if backend is not None:
         check_backend(backend)
     if model is None:
-        model = find_latest_run(runs_root)
-        if model is None:
-            raise UserError(f"no run found under {runs_root}/ (pass --model RUN_DIR|MODEL|ONNX|IR)")
-        log(f"using the latest run: {model}")
+        model = latest_run_or_fail(runs_root, "pass --model RUN_DIR|MODEL|ONNX|IR", log)
     path = resolve_model_path(model)
     if path.is_dir():
         return _from_run(path, backend, stage, log)
