@@ -61,6 +61,8 @@ def _cmd_recipe_check(args: argparse.Namespace) -> int:
     for r in rows:
         table.add_row(*(str(r[c]) for c in ("stage", "kind", "model", "inputs", "status", "action")))
     console.print(table)
+    for line in recipe.advisories():
+        console.print(f"[yellow]note[/] {line}", highlight=False)
     if args.print_resolved:
         import yaml
 

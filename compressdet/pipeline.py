@@ -398,6 +398,8 @@ def run_recipe(recipe: Recipe, run_dir: Path | None = None, resume: bool = False
                     selection=Selection(from_stage=from_stage, only=only))
     if pipe.rank == 0:
         pipe.console.print(f"run directory: [bold]{run_dir}[/]")
+        for line in recipe.advisories():
+            pipe.console.print(f"[yellow]note[/] {line}", highlight=False)
     return pipe.run()
 
 

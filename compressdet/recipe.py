@@ -585,6 +585,18 @@ class Recipe(_Strict):
             return self.models.get(m) or ModelConfig(arch=m)
         return m
 
+    def advisories(self) -> list[str]:
+        """Valid but probably unintended settings, one line each (printed by ``recipe check`` and
+        ``run``; they never stop a run)."""
+        h, w = self.data.image_size
+        fpn = sorted({m.arch for s in self.stages if (m := self.resolve_model(s)) is not None
+                      and m.arch.startswith(("fcos_", "retinanet_"))})
+        if fpn and (h % 128 or w % 128):
+            return [f"data.image_size {h}x{w}: a side that is not a multiple of 128 gives {', '.join(fpn)} short "
+                    "P5-P7 prior strides (torchvision's AnchorGenerator), priors up to 32 px off their features; "
+                    "sides that are multiples of 128 avoid it (docs/detectors.md)"]
+        return []
+
     def to_yaml_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", by_alias=True, exclude={"source"})
         d["stages"] = [s.model_dump(mode="json", by_alias=True) for s in self.stages]

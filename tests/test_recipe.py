@@ -200,3 +200,24 @@ def test_shipped_recipes_validate():
     assert recipes, "no recipes shipped"
     for p in recipes:
         load_recipe(p, check_paths=False)
+
+
+@pytest.mark.parametrize("arch, size, noted", [("fcos_mnv3_small", "[128, 416]", True),
+                                               ("retinanet_mnv3_small", "[192, 624]", True),
+                                               ("fcos_mnv3_small", "[128, 384]", False),
+                                               ("shuffledet_0.25x", "[192, 624]", False)])
+def test_fpn_prior_stride_advisory(tmp_path, capsys, arch, size, noted):
+    """An FPN family at a side that is not a multiple of 128 gets one note (short P5-P7 strides), not an error."""
+    text = f"""name: t
+data: {{format: synth, image_size: {size}}}
+stages:
+  - {{name: s, kind: train, model: {arch}, schedule: {{steps: 2}}}}
+"""
+    r = parse_recipe(text, "t.yaml")
+    assert bool(r.advisories()) == noted
+    (tmp_path / "t.yaml").write_text(text)
+    assert main(["recipe", "check", str(tmp_path / "t.yaml"), "--runs-root", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert ("not a multiple of 128" in out) == noted
+    if noted:
+        assert arch in out.split("note", 1)[1]
