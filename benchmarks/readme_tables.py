@@ -202,18 +202,25 @@ def fp32_rewrites(r: dict) -> str:
 
 
 def distill_methods(r: dict) -> str:
-    out = [f"`{r['command']}` ({r['steps']['passes']:.1f} passes per student, seeds {r['seeds']}, test split):", ""]
+    out = [f"`{r['command']}` ({r['steps']['passes']:.1f} passes per student, seeds {r['seeds']}, chosen on "
+           f"{r['selection_split']}, reported on {r['report_split']}):", ""]
+
+    def chosen(c: dict) -> str:
+        return ", ".join([f"lr {c['lr']}"] + [f"{m} {w:g}" for m, w in c.get("weights", {}).items()])
+
     for model, st in r["students"].items():
-        teacher = st.get("teacher", {}).get("arch")
-        out += [f"`{st['command']}`" if st.get("command") else "", ""] if len(r["students"]) > 1 else []
-        out += [f"| {model}{f' (from {teacher})' if teacher else ''} arm | test mAP40 per seed | mean | vs FGFI |",
-                "|---|---|---|---|"]
+        t = st.get("teacher", {})
+        out += [f"`{st['command']}`", ""] if len(r["students"]) > 1 and st.get("command") else []
+        out += [f"| {model} (teacher {t.get('arch')}, test {_f(t.get('test_map40'))}) | chosen on val | "
+                "test mAP40 per seed | mean | vs FGFI | vs none |", "|---|---|---|---|---|---|"]
         for a in st["arms"]:
             v = st["test_map40"][a]
-            out.append(f"| {a} | {', '.join(f'{x:.2f}' for x in v)} | {sum(v) / len(v):.2f} | "
-                       f"{_claim(st['vs_fgfi'][a]) if a in st['vs_fgfi'] else 'reference'} |")
-        out += ["", f"Best by val: **{st['best_by_val']}**; goal (>= +1.0 over FGFI, CI above 0) "
-                f"{'met' if st['goal_met'] else 'not met'}.", ""]
+            out.append(f"| {a} | {chosen(st['chosen'][a])} | {', '.join(f'{x:.2f}' for x in v)} | {sum(v) / len(v):.2f} | "
+                       f"{_claim(st['vs_fgfi'][a]) if a in st['vs_fgfi'] else 'reference'} | "
+                       f"{_claim(st['vs_none'][a]) if a in st['vs_none'] else '-'} |")
+        b = st["best_vs_fgfi"]
+        out += ["", f"Best non-FGFI method by val: **{b['method']}**, {_claim(b)} against FGFI on test; goal "
+                f"(>= +1.0 over FGFI, CI above 0) **{'met' if st['goal_met'] else 'not met'}**.", ""]
     return "\n".join(out)
 
 

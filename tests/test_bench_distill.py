@@ -42,3 +42,11 @@ def test_smoke_run_selects_on_val_and_reports_claims_against_fgfi(tmp_path):
     assert (tmp_path / "r" / "distill_methods_fcos.png").is_file()
     md = (tmp_path / "r" / "distill_methods.md").read_text()
     assert "## shuffledet_0.25x" in md and "## fcos_mnv2_050" in md
+    import readme_tables  # the README block: every arm with its chosen settings, both comparisons, the verdict
+
+    block = readme_tables.GENERATORS["distill_methods.json"](r)
+    for model, s in r["students"].items():
+        assert f"| {model} (teacher {s['teacher']['arch']}" in block
+        for a in s["arms"]:
+            assert f"| {a} | lr {s['chosen'][a]['lr']}" in block
+    assert block.count("Best non-FGFI method by val") == 2 and "| reference |" in block
