@@ -593,7 +593,7 @@ class Recipe(_Strict):
                       and m.arch.startswith(("fcos_", "retinanet_"))})
         if fpn and (h % 128 or w % 128):
             return [f"data.image_size {h}x{w}: a side that is not a multiple of 128 gives {', '.join(fpn)} short "
-                    "P5-P7 prior strides (torchvision's AnchorGenerator), priors up to 32 px off their features; "
+                    "P5-P7 prior strides (torchvision's AnchorGenerator): far priors sit off their features; "
                     "sides that are multiples of 128 avoid it (docs/detectors.md)"]
         return []
 
