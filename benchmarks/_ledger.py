@@ -85,9 +85,14 @@ class Ledger:
     def _entry(self, name: str) -> Path:
         return self.root / name
 
-    def get(self, name: str, run_dir: Path) -> dict | None:
+    def get(self, name: str, run_dir: Path, *, need_files: bool = True) -> dict | None:
         """The recorded manifest of run ``name``, its model files restored under ``run_dir`` (at the
-        manifest's relative paths) when missing there; ``None`` when the ledger has no such run."""
+        manifest's relative paths) when missing there; ``None`` when the ledger has no such run.
+
+        ``need_files=False`` is for a caller that reads only the run's metrics and its models' recorded
+        sha256 (a leaf run whose test evaluation is cached under that sha256): when the bytes are gone
+        the record alone comes back, marked ``"ledger_files": {relpath: sha256}``, instead of ``None``
+        (which means: train it again). A run another one builds on must ask for its files."""
         if self.root is None:
             return None
         entry = self._entry(name)
@@ -98,7 +103,9 @@ class Ledger:
         man = json.loads((entry / "manifest.json").read_text())
         info = json.loads((entry / "ledger.json").read_text())
         if any(not (self.store / name / rel).is_file() for rel in info["files"]):
-            return None  # recorded, but its bytes are not in this store: train again (same sha256 expected)
+            # recorded, but its bytes are not in this store: train again (same sha256 expected), unless
+            # the caller needs only the record
+            return None if need_files else {**man, "ledger_files": dict(info["files"])}
         for rel, sha in info["files"].items():
             src, dst = self.store / name / rel, Path(run_dir) / rel
             if not dst.is_file() or sha256_file(dst) != sha:

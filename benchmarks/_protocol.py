@@ -52,7 +52,8 @@ def claim(a: dict | list, b: dict | list, seeds: list[int]) -> dict:
 
 
 def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str = REPORT_SPLIT,
-             max_images: int | None = None, kind: str = "torch", float_model: str | Path | None = None) -> dict:
+             max_images: int | None = None, kind: str = "torch", float_model: str | Path | None = None,
+             model_sha256: str | None = None) -> dict:
     """KITTI AP of a model file on ``split`` (default: the whole test split), cached by the file's
     sha256 + the data settings, so a resumed benchmark never re-evaluates and never re-selects.
 
@@ -60,6 +61,9 @@ def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str 
     the PyTorch int8 program) or ``"ort"`` (an ONNX graph under ONNX Runtime, CPU). A non-ShuffleDet
     family's raw outputs are decoded by its own postprocessor: the model file's, or for ``ort``
     ``float_model``'s (the float model file the graph was exported or quantized from).
+
+    ``model_sha256``: the file's recorded sha256, for a ledger run whose bytes are not on this machine:
+    the cached evaluation is found by it; without one (and without the file) ``FileNotFoundError``.
 
     Returns ``{"map40", "map11", "ap40": {cls: {level: ap40}}, "images", "split", "model_sha256", "kind"}``.
     """
@@ -69,7 +73,7 @@ def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str 
     from compressdet.quant._eval import evaluate_head_fn, ort_head_fn, torch_head_fn
     from compressdet.recipe import DataConfig, EvalConfig
 
-    digest = sha256_file(model_file)
+    digest = model_sha256 or sha256_file(model_file)
     spec = {"m": digest, "d": data, "s": split, "n": max_images, "k": kind}
     if float_model is not None:
         spec["f"] = sha256_file(float_model)
@@ -77,6 +81,9 @@ def test_map(model_file: str | Path, data: dict, cache_dir: Path, *, split: str 
     path = Path(cache_dir) / f"{split}-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
+    if not Path(model_file).is_file():
+        raise FileNotFoundError(f"{model_file}: not on this machine, and no {split} evaluation of sha256 "
+                                f"{digest[:12]} is cached in {cache_dir}")
     data_cfg = DataConfig(**data)
     num_classes = len(data_cfg.classes)
     family_model = None  # a non-ShuffleDet family decodes with its own postprocessor (detector contract)

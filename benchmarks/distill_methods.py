@@ -135,8 +135,10 @@ def main(argv=None) -> int:
     tman = ig._run(teacher_recipe, work, tledger)
     trec = tman["stages"]["teacher"]
     teacher_file = ig.model_file(work, tman, "teacher", tledger)
+    # every student here is a leaf (evaluated, never built on): a recorded one is taken from its record
+    # when this machine lacks its bytes, so a benchmark longer than a session resumes without re-training
     runner = ig.student_runner(work, p, n["train"], key, test_dir=ledger.test_dir or work / "test_eval", ledger=ledger,
-                               arch=sarch)
+                               arch=sarch, need_files=False)
 
     arms = ["none", "fgfi", "pkd", "crosskd", "+".join(COMBO)]
     k = len(p["lr_sweep"])  # every arm tries as many settings on val as the baseline's lr sweep

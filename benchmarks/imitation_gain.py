@@ -152,13 +152,14 @@ def make_teacher_recipe(p: dict, arch: str | dict, steps: int, data_hash: str, l
     return {**recipe, "name": f"teacher-{_digest({'recipe': recipe, 'data_hash': data_hash})}"}
 
 
-def _run(recipe: dict, work: Path, ledger: Ledger | None = None) -> dict:
+def _run(recipe: dict, work: Path, ledger: Ledger | None = None, *, need_files: bool = True) -> dict:
     """Run a recipe dict with the CLI (resuming its run folder if one exists); returns the manifest.
-    A run the ``ledger`` holds is not run again: its manifest comes back, its model files restored."""
+    A run the ``ledger`` holds is not run again: its manifest comes back, its model files restored
+    (``need_files=False``: or only its record, ``Ledger.get``, when the bytes are not on this machine)."""
     from compressdet.cli import main
 
     run_dir = work / "runs" / recipe["name"]
-    if ledger is not None and (man := ledger.get(recipe["name"], run_dir)) is not None:
+    if ledger is not None and (man := ledger.get(recipe["name"], run_dir, need_files=need_files)) is not None:
         return man
     path = work / f"{recipe['name']}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -179,7 +180,8 @@ def model_file(work: Path, man: dict, stage: str, ledger: Ledger | None = None, 
     when the ledger holds the run (committed, so results JSON paths stay valid on another machine),
     else the run folder's."""
     rel = man["stages"][stage]["artifacts"][key]["path"]
-    if ledger is not None and ledger.store is not None and (ledger.store / man["recipe"] / rel).is_file():
+    if ledger is not None and ledger.store is not None and (
+            (ledger.store / man["recipe"] / rel).is_file() or rel in man.get("ledger_files", {})):
         return (ledger.store / man["recipe"] / rel).resolve()
     return (work / "runs" / man["recipe"] / rel).resolve()
 
@@ -454,9 +456,13 @@ class StudentRunner:
     distillation benchmarks goes through, so arms differ only by their distillation settings."""
 
     def __init__(self, work: Path, p: dict, plan: dict, base: dict, *, skey: str, test_dir: Path,
-                 arch: str | dict = "shuffledet_0.25x", ledger: Ledger | None = None) -> None:
+                 arch: str | dict = "shuffledet_0.25x", ledger: Ledger | None = None, need_files: bool = True) -> None:
         self.work, self.p, self.plan, self.base, self.skey, self.test_dir, self.arch, self.ledger = \
             work, p, plan, base, skey, test_dir, arch, ledger
+        # False: a recorded run whose bytes this machine lacks is taken from its record (metrics, and
+        # its test evaluation cached under the recorded sha256) instead of being trained again; for a
+        # benchmark whose students are leaves (distill_methods), not one that hands them on
+        self.need_files = need_files
         self.student_s: list[float] = []  # each student stage's own wall time (also for runs a re-run skips)
         self.models: dict[str, str] = {}  # run name -> the student's model file
 
@@ -476,13 +482,21 @@ class StudentRunner:
                            "sha256": sha256_file(teacher)})
             st.update(teacher="teacher", **({"distill": distill} if distill else {"imitation": {"weight": weight}}))
         stages.append(st)
-        man = _run({**self.base, "seed": seed, "name": f"{label}-s{seed}-{self.skey}", "data": _data(p, True),
-                    "stages": stages}, self.work, self.ledger)
-        self.student_s.append(sum(r.get("wall_time_s", 0.0) for r in man["stages"].values()))
+        recipe = {**self.base, "seed": seed, "name": f"{label}-s{seed}-{self.skey}", "data": _data(p, True),
+                  "stages": stages}
+        man = _run(recipe, self.work, self.ledger, need_files=self.need_files)
         mfile = model_file(self.work, man, "student", self.ledger)
+        recorded = man.get("ledger_files", {}).get(man["stages"]["student"]["artifacts"]["model"]["path"])
+        try:
+            test = test_map(mfile, _data(p, True), self.test_dir, model_sha256=recorded)
+        except FileNotFoundError:  # a record without bytes and without a cached test evaluation: re-make it
+            man = _run(recipe, self.work, self.ledger)
+            mfile = model_file(self.work, man, "student", self.ledger)
+            test = test_map(mfile, _data(p, True), self.test_dir)
+        self.student_s.append(sum(r.get("wall_time_s", 0.0) for r in man["stages"].values()))
         self.models[man["recipe"]] = rel_to_root(mfile)
         val = man["stages"]["student"]["metrics"]
-        return {"val": val, "test": test_map(mfile, _data(p, True), self.test_dir), "lr": lr, "weight": weight,
+        return {"val": val, "test": test, "lr": lr, "weight": weight,
                 "distill": distill, "run": man["recipe"], "model": mfile, "wall_s": self.student_s[-1]}
 
 
@@ -525,12 +539,14 @@ def _remake_chosen(which: list[str], results_json: Path, runner: StudentRunner, 
 
 
 def student_runner(work: Path, p: dict, n_train: int, teacher_key: str, *, test_dir: Path,
-                   ledger: Ledger | None, arch: str | dict = "shuffledet_0.25x") -> StudentRunner:
+                   ledger: Ledger | None, arch: str | dict = "shuffledet_0.25x",
+                   need_files: bool = True) -> StudentRunner:
     """The runner every distillation benchmark builds the same way: the same preset, teacher and steps
     give the same run names, so a student one benchmark trained is found (in its run folder or a
     ledger) by the others instead of being trained again."""
     plan = plan_steps(p, n_train)
     return StudentRunner(work, p, plan, {"seed": 0, "device": p["device"]}, test_dir=test_dir, ledger=ledger, arch=arch,
+                         need_files=need_files,
                          skey=_digest({"teacher": teacher_key, "steps": plan["student_steps"], "p": p}))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import distill_methods  # noqa: E402
 
 @pytest.mark.slow
 def test_smoke_run_selects_on_val_and_reports_claims_against_fgfi(tmp_path):
-    args = ["--preset", "smoke", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+    args = ["--preset", "smoke", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r"),
+            "--ledger", str(tmp_path / "l")]
     assert distill_methods.main(args) == 0
     r = json.loads((tmp_path / "r" / "distill_methods.json").read_text())
     assert (r["selection_split"], r["report_split"], r["seeds"]) == ("val", "test", [0, 1, 2])
@@ -30,6 +32,15 @@ def test_smoke_run_selects_on_val_and_reports_claims_against_fgfi(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())
     assert distill_methods.main(args) == 0  # resumes: no new run
     assert sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()) == runs
+    # a fresh machine (run folders and the students' bytes gone, the record kept): the students are leaves,
+    # so their records and cached test evaluations stand in for them; only the teacher is needed as bytes
+    shutil.rmtree(tmp_path / "w")
+    for model in (tmp_path / "l").glob("[!t]*/student/model.pt"):
+        model.unlink()
+    assert distill_methods.main(args) == 0
+    assert [p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()] == [r["teacher"]["run"]]
+    again = json.loads((tmp_path / "r" / "distill_methods.json").read_text())
+    assert again["students"]["shuffledet_0.25x"]["test_map40"] == st["test_map40"]
     # a torchvision family on the same data and protocol: its own teacher, its entry added beside ShuffleDet's
     assert distill_methods.main(args + ["--family", "fcos"]) == 0
     r = json.loads((tmp_path / "r" / "distill_methods.json").read_text())

@@ -152,3 +152,26 @@ def test_reused_models_are_found_by_their_bytes(tmp_path):
     assert find_model(r, gone, sha) == ledger.root / "s-run-newname" / "student" / "model.pt"
     assert find_model(r, gone, "0" * 64) is None
     assert find_model({"preset": "cpu"}, str(tmp_path / "runs" / "s-run" / "student" / "model.pt"), sha).is_file()
+
+
+def test_leaf_run_comes_back_as_its_record_without_bytes(tmp_path):
+    """A run only read for its metrics (``need_files=False``) comes back from its record on a machine that
+    lacks its bytes, with the recorded sha256 (what its cached test evaluation is keyed by); a run others
+    build on still gets ``None`` (train again)."""
+    ledger = Ledger(tmp_path / "record", store=tmp_path / "store")
+    man = _finished_run(tmp_path / "runs" / "s-run")
+    ledger.put("s-run", tmp_path / "runs" / "s-run", man)
+    sha = json.loads((tmp_path / "record" / "s-run" / "ledger.json").read_text())["files"]["student/model.pt"]
+    assert ledger.get("s-run", tmp_path / "a", need_files=False) == man  # bytes present: the usual restore
+    (tmp_path / "store" / "s-run" / "student" / "model.pt").unlink()
+    assert ledger.get("s-run", tmp_path / "fresh") is None
+    got = ledger.get("s-run", tmp_path / "fresh", need_files=False)
+    assert got == {**man, "ledger_files": {"student/model.pt": sha}}
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_test_map_without_the_file_needs_a_cached_evaluation(tmp_path):
+    from _protocol import test_map
+
+    with pytest.raises(FileNotFoundError, match="no test evaluation of sha256 abababababab"):
+        test_map(tmp_path / "gone.pt", {"root": "x"}, tmp_path, model_sha256="ab" * 32)
