@@ -89,6 +89,17 @@ def _methods(arm: str, weights: dict[str, float]) -> list[dict] | None:
     return [{"method": m, "weight": weights[m]} for m in arm.split("+")]
 
 
+def _teacher_test(runner, teacher_file: Path, data: dict) -> float:
+    """The teacher's test mAP40: cached by its (recorded) sha256; its bytes made only on a cache miss."""
+    from _protocol import test_map
+
+    try:
+        return test_map(teacher_file, data, runner.test_dir, model_sha256=runner.teacher_sha.get(str(teacher_file)))["map40"]
+    except FileNotFoundError:
+        runner.make_teacher()
+        return test_map(teacher_file, data, runner.test_dir)["map40"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(ig.PRESETS), default="smoke")
@@ -105,7 +116,7 @@ def main(argv=None) -> int:
     if args.seeds:
         p["seeds"] = list(range(args.seeds))
 
-    from _protocol import claim, protocol_keys, test_map
+    from _protocol import claim, protocol_keys
 
     from compressdet._io import atomic_write_json, atomic_write_text
     from compressdet.data import build_dataset, prepare_data
@@ -132,13 +143,17 @@ def main(argv=None) -> int:
     # holds both); another family's teacher is this benchmark's own
     shared = args.family == "shuffledet" and ledger.root is not None and not args.ledger
     tledger = ig.Ledger.for_bench("imitation_gain", args.preset) if shared else ledger
-    tman = ig._run(teacher_recipe, work, tledger)
-    trec = tman["stages"]["teacher"]
-    teacher_file = ig.model_file(work, tman, "teacher", tledger)
     # every student here is a leaf (evaluated, never built on): a recorded one is taken from its record
     # when this machine lacks its bytes, so a benchmark longer than a session resumes without re-training
+    # it; the teacher's bytes are made (trained again, byte for byte) only when a student has to train
+    tman = ig._run(teacher_recipe, work, tledger, need_files=False)
+    trec = tman["stages"]["teacher"]
+    teacher_file = ig.model_file(work, tman, "teacher", tledger)
     runner = ig.student_runner(work, p, n["train"], key, test_dir=ledger.test_dir or work / "test_eval", ledger=ledger,
                                arch=sarch, need_files=False)
+    if "ledger_files" in tman:
+        runner.teacher_sha[str(teacher_file)] = tman["ledger_files"][trec["artifacts"]["model"]["path"]]
+        runner.make_teacher = lambda: ig._run(teacher_recipe, work, tledger)
 
     arms = ["none", "fgfi", "pkd", "crosskd", "+".join(COMBO)]
     k = len(p["lr_sweep"])  # every arm tries as many settings on val as the baseline's lr sweep
@@ -198,7 +213,7 @@ def main(argv=None) -> int:
     entry = {
         "family": args.family, "teacher": {"arch": tarch, "run": teacher_recipe["name"],
                                            "val_map40": trec["metrics"]["map40"],
-                                           "test_map40": test_map(teacher_file, ig._data(p, True), runner.test_dir)["map40"]},
+                                           "test_map40": _teacher_test(runner, teacher_file, ig._data(p, True))},
         "command": f"python benchmarks/distill_methods.py --preset {args.preset} --family {args.family}",
         "arms": arms, "chosen": chosen, "sweeps_seed0_val": sweeps_val,
         "test_map40": {a: [test[a][s] for s in seeds] for a in arms},

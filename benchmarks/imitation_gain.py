@@ -64,6 +64,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -152,10 +153,12 @@ def make_teacher_recipe(p: dict, arch: str | dict, steps: int, data_hash: str, l
     return {**recipe, "name": f"teacher-{_digest({'recipe': recipe, 'data_hash': data_hash})}"}
 
 
-def _run(recipe: dict, work: Path, ledger: Ledger | None = None, *, need_files: bool = True) -> dict:
+def _run(recipe: dict, work: Path, ledger: Ledger | None = None, *, need_files: bool = True,
+         before_training: Callable[[], object] | None = None) -> dict:
     """Run a recipe dict with the CLI (resuming its run folder if one exists); returns the manifest.
     A run the ``ledger`` holds is not run again: its manifest comes back, its model files restored
-    (``need_files=False``: or only its record, ``Ledger.get``, when the bytes are not on this machine)."""
+    (``need_files=False``: or only its record, ``Ledger.get``, when the bytes are not on this machine).
+    ``before_training`` runs only when the recipe is really run (e.g. to make its teacher's bytes)."""
     from compressdet.cli import main
 
     run_dir = work / "runs" / recipe["name"]
@@ -163,6 +166,8 @@ def _run(recipe: dict, work: Path, ledger: Ledger | None = None, *, need_files: 
         return man
     path = work / f"{recipe['name']}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    if before_training is not None:
+        before_training()
     args = ["run", str(path), "--run-dir", str(run_dir)]
     if (run_dir / "manifest.json").exists():
         args.append("--resume")
@@ -463,6 +468,10 @@ class StudentRunner:
         # its test evaluation cached under the recorded sha256) instead of being trained again; for a
         # benchmark whose students are leaves (distill_methods), not one that hands them on
         self.need_files = need_files
+        # a teacher known by its ledger record only: its recorded sha256 (what the student recipes pin),
+        # and the call that makes its bytes, made only when a student has to train
+        self.teacher_sha: dict[str, str] = {}
+        self.make_teacher: Callable[[], object] | None = None
         self.student_s: list[float] = []  # each student stage's own wall time (also for runs a re-run skips)
         self.models: dict[str, str] = {}  # run name -> the student's model file
 
@@ -479,18 +488,22 @@ class StudentRunner:
         stages = []
         if teacher is not None:
             stages.append({"name": "teacher", "kind": "model_file", "path": str(teacher),
-                           "sha256": sha256_file(teacher)})
+                           "sha256": self.teacher_sha.get(str(teacher)) or sha256_file(teacher)})
             st.update(teacher="teacher", **({"distill": distill} if distill else {"imitation": {"weight": weight}}))
         stages.append(st)
         recipe = {**self.base, "seed": seed, "name": f"{label}-s{seed}-{self.skey}", "data": _data(p, True),
                   "stages": stages}
-        man = _run(recipe, self.work, self.ledger, need_files=self.need_files)
+        def teacher_bytes() -> None:  # a student that trains reads its teacher
+            if teacher is not None and not Path(teacher).is_file() and self.make_teacher is not None:
+                self.make_teacher()
+
+        man = _run(recipe, self.work, self.ledger, need_files=self.need_files, before_training=teacher_bytes)
         mfile = model_file(self.work, man, "student", self.ledger)
         recorded = man.get("ledger_files", {}).get(man["stages"]["student"]["artifacts"]["model"]["path"])
         try:
             test = test_map(mfile, _data(p, True), self.test_dir, model_sha256=recorded)
         except FileNotFoundError:  # a record without bytes and without a cached test evaluation: re-make it
-            man = _run(recipe, self.work, self.ledger)
+            man = _run(recipe, self.work, self.ledger, before_training=teacher_bytes)
             mfile = model_file(self.work, man, "student", self.ledger)
             test = test_map(mfile, _data(p, True), self.test_dir)
         self.student_s.append(sum(r.get("wall_time_s", 0.0) for r in man["stages"].values()))

@@ -32,15 +32,22 @@ def test_smoke_run_selects_on_val_and_reports_claims_against_fgfi(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())
     assert distill_methods.main(args) == 0  # resumes: no new run
     assert sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()) == runs
-    # a fresh machine (run folders and the students' bytes gone, the record kept): the students are leaves,
-    # so their records and cached test evaluations stand in for them; only the teacher is needed as bytes
+    # a fresh machine (run folders and every model's bytes gone, the record kept): the students are leaves,
+    # so their records and cached test evaluations stand in for them, and nothing trains, not even the teacher
     shutil.rmtree(tmp_path / "w")
-    for model in (tmp_path / "l").glob("[!t]*/student/model.pt"):
+    for model in (tmp_path / "l").glob("*/*/model.pt"):
         model.unlink()
     assert distill_methods.main(args) == 0
-    assert [p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()] == [r["teacher"]["run"]]
+    assert not (tmp_path / "w" / "smoke" / "runs").exists()
     again = json.loads((tmp_path / "r" / "distill_methods.json").read_text())
     assert again["students"]["shuffledet_0.25x"]["test_map40"] == st["test_map40"]
+    # one student never recorded: it trains, so its teacher is first made again (and must match its record)
+    gone = next((tmp_path / "l").glob("D-pkd-*-s1-*"))
+    shutil.rmtree(gone)
+    assert distill_methods.main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()) == sorted([r["teacher"]["run"], gone.name])
+    assert json.loads((tmp_path / "r" / "distill_methods.json").read_text()) ["students"]["shuffledet_0.25x"][
+        "test_map40"] == st["test_map40"]
     # a torchvision family on the same data and protocol: its own teacher, its entry added beside ShuffleDet's
     assert distill_methods.main(args + ["--family", "fcos"]) == 0
     r = json.loads((tmp_path / "r" / "distill_methods.json").read_text())
