@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     runner = ig.student_runner(work, p, n["train"], key, test_dir=ledger.test_dir or work / "test_eval", ledger=ledger,
                                arch=sarch, need_files=False)
     if "ledger_files" in tman:
-        runner.teacher_sha[str(teacher_file)] = tman["ledger_files"][trec["artifacts"]["model"]["path"]]
+        runner.teacher_sha[str(teacher_file)] = ig.recorded_sha256(tman, "teacher")
         runner.make_teacher = lambda: ig._run(teacher_recipe, work, tledger)
 
     arms = ["none", "fgfi", "pkd", "crosskd", "+".join(COMBO)]

@@ -191,6 +191,11 @@ def model_file(work: Path, man: dict, stage: str, ledger: Ledger | None = None, 
     return (work / "runs" / man["recipe"] / rel).resolve()
 
 
+def recorded_sha256(man: dict, stage: str, key: str = "model") -> str | None:
+    """The ledger's sha256 of a record-only run's (``Ledger.get(need_files=False)``) artifact, else None."""
+    return man.get("ledger_files", {}).get(man["stages"][stage]["artifacts"][key]["path"])
+
+
 def rel_to_root(path: Path) -> str:
     """``path`` relative to the repository when inside it (results JSON must not pin a checkout's location)."""
     path = Path(path).resolve()
@@ -468,8 +473,8 @@ class StudentRunner:
         # its test evaluation cached under the recorded sha256) instead of being trained again; for a
         # benchmark whose students are leaves (distill_methods), not one that hands them on
         self.need_files = need_files
-        # a teacher known by its ledger record only: its recorded sha256 (what the student recipes pin),
-        # and the call that makes its bytes, made only when a student has to train
+        # teacher file -> its sha256 (what the student recipes pin): hashed once, or the ledger's for a
+        # teacher known by its record only, whose bytes make_teacher makes when a student has to train
         self.teacher_sha: dict[str, str] = {}
         self.make_teacher: Callable[[], object] | None = None
         self.student_s: list[float] = []  # each student stage's own wall time (also for runs a re-run skips)
@@ -487,21 +492,23 @@ class StudentRunner:
         st = _stage("student", self.arch, self.plan["student_steps"], p, p["student_evals"], lr=lr)
         stages = []
         if teacher is not None:
+            if str(teacher) not in self.teacher_sha:
+                self.teacher_sha[str(teacher)] = sha256_file(teacher)
             stages.append({"name": "teacher", "kind": "model_file", "path": str(teacher),
-                           "sha256": self.teacher_sha.get(str(teacher)) or sha256_file(teacher)})
+                           "sha256": self.teacher_sha[str(teacher)]})
             st.update(teacher="teacher", **({"distill": distill} if distill else {"imitation": {"weight": weight}}))
         stages.append(st)
         recipe = {**self.base, "seed": seed, "name": f"{label}-s{seed}-{self.skey}", "data": _data(p, True),
                   "stages": stages}
+
         def teacher_bytes() -> None:  # a student that trains reads its teacher
             if teacher is not None and not Path(teacher).is_file() and self.make_teacher is not None:
                 self.make_teacher()
 
         man = _run(recipe, self.work, self.ledger, need_files=self.need_files, before_training=teacher_bytes)
         mfile = model_file(self.work, man, "student", self.ledger)
-        recorded = man.get("ledger_files", {}).get(man["stages"]["student"]["artifacts"]["model"]["path"])
         try:
-            test = test_map(mfile, _data(p, True), self.test_dir, model_sha256=recorded)
+            test = test_map(mfile, _data(p, True), self.test_dir, model_sha256=recorded_sha256(man, "student"))
         except FileNotFoundError:  # a record without bytes and without a cached test evaluation: re-make it
             man = _run(recipe, self.work, self.ledger, before_training=teacher_bytes)
             mfile = model_file(self.work, man, "student", self.ledger)
