@@ -17,6 +17,8 @@ Only finished runs enter it; a run killed half-way is re-run from its local chec
 exist, from the start otherwise. Because training is byte-reproducible (same recipe, seed and
 inputs give the same model bytes), every recorded model can be checked by re-running its recipe:
 ``sha256`` in each entry is what it must reproduce, and ``put`` refuses a re-made run that does not.
+That holds on one CPU platform (PyTorch picks its kernels by the instruction set it finds), so each
+entry records the CPU it was made on (``platform``), and a refusal names both.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def _commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
+
+
+def _why_not_reproduced(recorded_on: str | None, here: str) -> str:
+    if recorded_on is None:
+        return (f"its record does not name the CPU it was made on (this one: {here}); training is byte-reproducible "
+                "on one CPU platform only, so re-make it where it was recorded or re-make every run it is compared with")
+    if recorded_on != here:
+        return (f"it was recorded on {recorded_on} and re-made on {here}: training is byte-reproducible on one CPU "
+                "platform only, so re-make it there or re-make every run it is compared with here")
+    return f"recorded on this CPU platform too ({here}), where training is meant to be byte-reproducible"
 
 
 class Ledger:
@@ -121,10 +133,12 @@ class Ledger:
         if self.root is None:
             return
         from compressdet._io import atomic_write_json, sha256_file
+        from compressdet.pipeline import cpu_platform
 
         entry = self._entry(name)
-        recorded = (json.loads((entry / "ledger.json").read_text())["files"]
-                    if (entry / "manifest.json").is_file() else None)
+        info = json.loads((entry / "ledger.json").read_text()) if (entry / "manifest.json").is_file() else None
+        recorded = None if info is None else info["files"]
+        here = cpu_platform()
         files = {}
         for rec in manifest["stages"].values():
             if rec.get("status") != "done" or rec.get("kind") == "model_file":
@@ -145,10 +159,10 @@ class Ledger:
                     tmp.unlink()
                     raise SystemExit(f"{entry / 'ledger.json'}: re-made run {name} does not reproduce its recorded "
                                      f"{art['path']} (sha256 {sha[:12]}, recorded {recorded[art['path']][:12]}); "
-                                     "training is meant to be byte-reproducible")
+                                     + _why_not_reproduced(info.get("platform"), here))
                 tmp.replace(dst)
                 files[art["path"]] = sha
-        atomic_write_json(entry / "ledger.json", {"files": files, "commit": _commit(),
+        atomic_write_json(entry / "ledger.json", {"files": files, "commit": _commit(), "platform": here,
                                                   "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         atomic_write_json(entry / "manifest.json", manifest)  # last: its presence means the entry is whole
 

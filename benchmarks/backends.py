@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -132,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from compressdet._io import atomic_write_json, atomic_write_text
     from compressdet.bench.latency import TimingJob, time_isolated
     from compressdet.export._openvino import check_openvino
+    from compressdet.pipeline import cpu_platform
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", nargs="+", default=["0.25", "0.5", "1"], choices=list(ARCH))
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "command": "python benchmarks/backends.py" + ("" if list(hw) == [384, 1248] else f" --size {hw[0]} {hw[1]}"),
         "size": list(hw), "batch": 1, "threads": args.threads, "runs": args.runs, "rounds": args.rounds,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_platform(),
         "protocol": "each (model, backend) timed in fresh processes of its own, alternating over rounds "
                     "(compressdet.bench.latency.time_isolated); median ms at batch 1",
         "versions": _versions(), "rows": rows,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import nn
 
 from compressdet._io import atomic_write_json
 from compressdet.data import build_dataset, build_loader
+from compressdet.pipeline import cpu_platform
 from compressdet.recipe import DataConfig
 
 
@@ -80,7 +80,7 @@ def main() -> None:
                              "setup_s": round(build_s, 1)})
     step = _step_rate((H, W), a.batch_size)
     res = {"image_size": [H, W], "synth_size": [sw, sh], "batch_size": a.batch_size, "threads": a.threads,
-           "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+           "cpu_count": os.cpu_count(), "machine": cpu_platform(),
            "loader": rows, "small_convnet_train_images_per_s": round(step, 1)}
     print(f"{'path':>7} {'workers':>7} {'images/s':>9} {'setup s':>8}")
     for r in rows:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ if str(ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compressdet._io import atomic_write_json, atomic_write_text  # noqa: E402
+from compressdet.pipeline import cpu_platform  # noqa: E402
 
 ROWS = ("fcos-mnv2", "retinanet-mnv2", "fcos", "retinanet")  # fpn_speed.STUDENTS rows
 ALLOCATIONS = ("uniform", "latency")
@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace) -> dict:
     from compressdet.models import model_summary
 
     out = {"command": " ".join(["python benchmarks/fpn_prune_speed.py", *args.argv]), "preset": args.preset,
-           "machine": platform.processor() or platform.machine(), "threads": args.threads, "batch": 1,
+           "machine": cpu_platform(), "threads": args.threads, "batch": 1,
            "target_backbone_macs": args.macs, "round_to": args.round_to,
            "head_ratios": args.head,
            "timer": {"protocol": "isolated_process", "runs": args.runs, "rounds": args.rounds},

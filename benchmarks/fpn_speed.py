@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ if str(ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compressdet._io import atomic_write_json, atomic_write_text  # noqa: E402
+from compressdet.pipeline import cpu_platform  # noqa: E402
 
 #: row -> the student timed: the MobileNetV3-small FPN students, ShuffleDet 0.25x, and the MobileNetV2-x0.5
 #: FPN variants (families.py's and distill_methods.py's students), whose ReLU6-only backbone runs wholly
@@ -178,7 +178,7 @@ def measure(args: argparse.Namespace) -> dict:
     work = args.work
     out: dict = {
         "command": " ".join(["python benchmarks/fpn_speed.py", *args.argv]), "preset": args.preset,
-        "machine": platform.processor() or platform.machine(), "threads": args.threads, "batch": 1,
+        "machine": cpu_platform(), "threads": args.threads, "batch": 1,
         "timer": {"protocol": "isolated_process", "runs": args.runs, "rounds": args.rounds,
                   "note": "ONNX Runtime CPU (ORT_ENABLE_ALL), each graph in a process of its own, graphs "
                           "alternating over rounds, median of all runs (_protocol.isolated_ms)"},

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ import torch
 
 from compressdet._io import atomic_write_json, atomic_write_text
 from compressdet.models import build_model
+from compressdet.pipeline import cpu_platform
 from compressdet.quant.ptq import randomize_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def speed(args: argparse.Namespace) -> dict:
     H, W = args.size
     rng, calib = _random_inputs(H, W)
     feed = {"images": (rng.standard_normal((1, 3, H, W)) * 50).astype(np.float32)}
-    out: dict = {"machine": platform.processor() or platform.machine(), "size": [H, W], "batch": 1,
+    out: dict = {"machine": cpu_platform(), "size": [H, W], "batch": 1,
                  "threads": args.threads, "runs": args.runs, "note": "alternating blocks of 5 runs in one "
                  "process; ratios are what to read (the machine is shared)",
                  "baseline": "fp32 = the fastest exact fp32 graph (export.fast_fp32 rewrites, ORT_ENABLE_ALL); "

@@ -9,7 +9,6 @@ benchmarks/results/synth_speed.json.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from compressdet._io import atomic_write_json
 from compressdet.data.synth import generate_synth, render_image, sample_layout
+from compressdet.pipeline import cpu_platform
 from compressdet.recipe import SynthConfig
 
 
@@ -39,7 +39,7 @@ def main() -> None:
         total_s = (time.perf_counter() - t0) / a.num_images
     res = {"size": [w, h], "num_images": a.num_images, "render_ms": round(render_s * 1e3, 1),
            "render_encode_write_ms": round(total_s * 1e3, 1), "images_per_s": round(1 / total_s, 1),
-           "machine": platform.processor() or platform.machine()}
+           "machine": cpu_platform()}
     print(f"{'size':>10} {'render ms':>10} {'total ms':>9} {'images/s':>9}")
     print(f"{a.size:>10} {res['render_ms']:>10} {res['render_encode_write_ms']:>9} {res['images_per_s']:>9}")
     atomic_write_json(a.out, res)

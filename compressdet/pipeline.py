@@ -30,7 +30,7 @@ from .recipe import Recipe, StageConfig
 from .rundir import MANIFEST, find_latest_run, load_manifest  # noqa: F401 - re-exported
 from .stages import StageContext, StageInput, StageResult, env_rank, get_stage
 
-__all__ = ["Pipeline", "StageHook", "plan", "find_latest_run", "load_manifest", "stage_fingerprint",
+__all__ = ["Pipeline", "cpu_platform", "StageHook", "plan", "find_latest_run", "load_manifest", "stage_fingerprint",
            "recipe_fingerprints"]
 
 
@@ -48,8 +48,31 @@ def _git_commit() -> str | None:
         return None
 
 
+def cpu_platform() -> str:
+    """The CPU a run was made on, e.g. ``"AMD EPYC (x86_64, torch AVX512)"``.
+
+    Training is byte-reproducible on one CPU platform, not across them: PyTorch picks its kernels
+    (and their summation orders) by the instruction set it finds. A manifest records it so a run that
+    does not reproduce on another machine says why."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.lower().startswith("model name")), "")
+    except OSError:
+        pass
+    name = name or platform.processor() or "unknown CPU"
+    try:
+        import torch
+
+        cap = f", torch {torch.backends.cpu.get_cpu_capability()}"
+    except (ImportError, AttributeError):  # pragma: no cover - torch is a hard dependency
+        cap = ""
+    return f"{name} ({platform.machine()}{cap})"
+
+
 def _versions() -> dict[str, Any]:
-    v: dict[str, Any] = {"python": platform.python_version(), "compressdet": __version__, "git_commit": _git_commit()}
+    v: dict[str, Any] = {"python": platform.python_version(), "compressdet": __version__, "git_commit": _git_commit(),
+                         "cpu": cpu_platform()}
     try:
         import torch
 

@@ -117,7 +117,8 @@ def test_fcos_end_to_end(fs, tmp_path):
     assert "QuantizeLinear" not in f32
     prof = s["op_profile"]
     assert prof["int8"]["kernel_ms_per_run"] > 0
-    assert any(op == "QLinearConv" for op, _, _ in prof["int8"]["top"]) and prof["fp32"]["top"][0][0] == "Conv"
+    # ranked by kernel time over 2 runs of a tiny input: the order moves when the machine is shared, membership not
+    assert any(op == "QLinearConv" for op, _, _ in prof["int8"]["top"]) and "Conv" in [op for op, _, _ in prof["fp32"]["top"]]
     # what ORT's optimizer made of each graph: int8 convs in the int8 one, float convs with fused activations
     assert prof["int8"]["optimized_ops"].get("QLinearConv", 0) > 0 and "QLinearConv" not in prof["fp32"]["optimized_ops"]
     assert prof["fp32"]["conv_fused_activations"].get("HardSwish", 0) > 0  # MobileNetV3's activation, fused in fp32

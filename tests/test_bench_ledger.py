@@ -108,9 +108,29 @@ def test_remade_run_must_reproduce_its_recorded_bytes(tmp_path):
     ledger.put("s-run", tmp_path / "runs" / "s-run", man)  # same bytes: accepted
     (tmp_path / "runs" / "s-run" / "student" / "model.pt").write_bytes(b"other weights")
     (tmp_path / "ledger" / "s-run" / "student" / "model.pt").unlink()
-    with pytest.raises(SystemExit, match="does not reproduce"):
+    with pytest.raises(SystemExit, match="does not reproduce.*on this CPU platform too"):
         ledger.put("s-run", tmp_path / "runs" / "s-run", man)
     assert not list((tmp_path / "ledger" / "s-run").rglob("*.pt*"))  # nothing half-written left
+
+
+def test_refusal_names_the_cpu_a_run_was_recorded_on(tmp_path):
+    """Bytes reproduce on one CPU platform only: the record says which, and a refusal names both."""
+    from compressdet.pipeline import cpu_platform
+
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.put("s-run", tmp_path / "runs" / "s-run", man := _finished_run(tmp_path / "runs" / "s-run"))
+    info_path = tmp_path / "ledger" / "s-run" / "ledger.json"
+    assert json.loads(info_path.read_text())["platform"] == cpu_platform()
+    info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "platform": "Other CPU (x86_64, torch AVX2)"}))
+    (tmp_path / "ledger" / "s-run" / "student" / "model.pt").unlink()
+    (tmp_path / "runs" / "s-run" / "student" / "model.pt").write_bytes(b"other weights")
+    with pytest.raises(SystemExit, match=r"recorded on Other CPU \(x86_64, torch AVX2\) and re-made on "):
+        ledger.put("s-run", tmp_path / "runs" / "s-run", man)
+    info = json.loads(info_path.read_text())
+    del info["platform"]  # a record made before platforms were recorded
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(SystemExit, match="does not name the CPU it was made on"):
+        ledger.put("s-run", tmp_path / "runs" / "s-run", man)
 
 
 def test_benchmark_ledgers_keep_their_bytes_beside_the_records(monkeypatch):

@@ -46,7 +46,7 @@ def test_manifest_contents(recipe, tmp_path):
     run(recipe, "--run-dir", tmp_path / "r")
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert m["recipe"] == "chain"
-    assert set(m["versions"]) >= {"python", "torch", "compressdet", "git_commit"}
+    assert set(m["versions"]) >= {"python", "torch", "compressdet", "git_commit", "cpu"}
     b = m["stages"]["b"]
     assert b["status"] == "done" and b["inputs"] == {"from": "a"}
     assert b["metrics"] == {"length": 2} and b["meta"] == {"text": "B"}
