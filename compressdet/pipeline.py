@@ -54,20 +54,16 @@ def cpu_platform() -> str:
     Training is byte-reproducible on one CPU platform, not across them: PyTorch picks its kernels
     (and their summation orders) by the instruction set it finds. A manifest records it so a run that
     does not reproduce on another machine says why."""
+    import torch
+
     name = ""
-    try:
+    try:  # Linux names the model here; platform.processor() is often empty or just "x86_64" there
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             name = next((line.split(":", 1)[1].strip() for line in f if line.lower().startswith("model name")), "")
     except OSError:
         pass
     name = name or platform.processor() or "unknown CPU"
-    try:
-        import torch
-
-        cap = f", torch {torch.backends.cpu.get_cpu_capability()}"
-    except (ImportError, AttributeError):  # pragma: no cover - torch is a hard dependency
-        cap = ""
-    return f"{name} ({platform.machine()}{cap})"
+    return f"{name} ({platform.machine()}, torch {torch.backends.cpu.get_cpu_capability()})"
 
 
 def _versions() -> dict[str, Any]:
