@@ -12,24 +12,51 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_json",
+__all__ = ["atomic_path", "atomic_dir", "atomic_write_text", "atomic_write_bytes", "atomic_write_json",
            "atomic_torch_save", "atomic_save_with", "canonical", "sha256_file"]
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``os.umask`` can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_open_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would leave: an existing file keeps its own, a new one gets 0666 & ~umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. The result has the
+    mode a plain ``open(path, "w")`` would leave (0666 & ~umask, or the replaced file's own), not
+    ``mkstemp``'s 0600: shared runs and served folders stay readable.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
+    try:  # mkstemp makes 0600; the result must be readable as a plain open() would leave it
+        os.fchmod(fd, _plain_open_mode(path))
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -40,6 +67,29 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success it is renamed onto ``path``.
+
+    For outputs made of many files (a converted data set): a run that stops half way leaves no
+    folder that looks complete. ``path`` must be absent or an empty folder. The folder gets the mode
+    a plain ``mkdir`` would give (``mkdtemp`` makes 0700).
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        if path.is_dir():
+            path.rmdir()  # an empty folder only: OSError otherwise, and nothing is replaced
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
