@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from ._yaml import DuplicateKeyError, compose_unique, construct
 from .conventions import KITTI_CLASSES
 from .errors import RecipeError
 
@@ -612,26 +613,29 @@ class Recipe(_Strict):
 Path_ = tuple[Any, ...]
 
 
-def _line_map(text: str) -> dict[Path_, int]:
-    """Map every key/item path of a YAML document to its 1-based line number."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+def _line_map(root: yaml.Node | None) -> dict[Path_, int]:
+    """Map every key/item path of a composed YAML document to its 1-based line number."""
     lines: dict[Path_, int] = {}
-
-    def walk(node: yaml.Node, path: Path_) -> None:
+    if root is None:
+        return lines
+    lines[()] = root.start_mark.line + 1
+    seen: set[int] = set()  # an anchored node once: an alias may repeat it, or sit inside it
+    stack: list[tuple[yaml.Node, Path_]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
-                p = path + (k.value,)
-                lines[p] = k.start_mark.line + 1
-                walk(v, p)
+                p = path + (k.value if isinstance(k, yaml.ScalarNode) else "?",)
+                lines.setdefault(p, k.start_mark.line + 1)
+                stack.append((v, p))
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
                 p = path + (i,)
-                lines[p] = v.start_mark.line + 1
-                walk(v, p)
-
-    if root is not None:
-        lines[()] = root.start_mark.line + 1
-        walk(root, ())
+                lines.setdefault(p, v.start_mark.line + 1)
+                stack.append((v, p))
     return lines
 
 
@@ -785,13 +789,16 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
                  check_paths: bool = True) -> Recipe:
     """Validate recipe text; raises :class:`RecipeError` naming file:line: field: problem."""
     try:
-        lines = _line_map(text)
-        data = yaml.safe_load(text)
+        root = compose_unique(text)
+        lines = _line_map(root)
+        data = construct(root)
+    except DuplicateKeyError as e:
+        raise RecipeError(f"{source}:{e.line}: {_fmt_loc(e.path)}: duplicate key (first at line {e.first_line})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"{source}{line}: invalid YAML: {problem}") from None
+        problem = (getattr(e, "problem", None) or str(e)).strip().splitlines() or ["unreadable"]
+        raise RecipeError(f"{source}{line}: invalid YAML: {problem[0]}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{source}:1: <top>: a recipe is a mapping with name, data and stages "
                           f"(got {type(data).__name__})")

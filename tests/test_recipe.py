@@ -93,6 +93,16 @@ CASES = {
                                     "{f}: override 'stages.5.name=x': stages: index 5 out of range (list has 2 items)"),
     "override_into_value": (BASE, ["name.x=1"],
                             "{f}: override 'name.x=1': name: is a value ('demo'), cannot set 'x' inside it"),
+    # YAML keys are unique: PyYAML alone would keep the last value without a word
+    "duplicate_top_key": ("seed: 0\n" + BASE + "seed: 3\n", [], "{f}:15: seed: duplicate key (first at line 1)"),
+    "duplicate_nested_key": (BASE + "    schedule:\n      lr: 0.1\n      steps: 3\n      lr: 0.2\n", [],
+                             "{f}:17: stages[1].schedule.lr: duplicate key (first at line 15)"),
+    "duplicate_flow_key": (BASE.replace("{weight: 1.0}", "{weight: 1.0, weight: 0.5}"), [],
+                           "{f}:13: stages[1].imitation.weight: duplicate key (first at line 13)"),
+    "duplicate_key_same_value": (BASE.replace("format: synth", "format: synth\n  format: synth"), [],
+                                 "{f}:4: data.format: duplicate key (first at line 3)"),
+    "timestamp_out_of_range": (BASE.replace("name: demo", "name: 2001-13-45"), [],
+                               "{f}:1: invalid YAML: cannot read '2001-13-45' (month must be in 1..12)"),
 }
 
 
@@ -221,3 +231,30 @@ stages:
     assert ("not a multiple of 128" in out) == noted
     if noted:
         assert arch in out.split("note", 1)[1]
+
+
+def test_an_override_of_a_key_in_the_file_is_not_a_duplicate():
+    r = parse_recipe("seed: 0\n" + BASE, "r.yaml", ["seed=3", "seed=4"])
+    assert r.seed == 4
+
+
+def test_aliases_and_merge_keys_are_not_duplicates():
+    """An alias repeats a node and ``<<`` merges keys that the mapping may then set itself: neither is a
+    key written twice."""
+    text = BASE.replace("image_size: [64, 192]", "image_size: &size [64, 192]") + (
+        "    schedule: &sched {steps: 3, lr: 0.1}\n"
+        "models: {m: {arch: shuffledet_0.25x, <<: {dropout: 0.1}, dropout: 0.2}}\n")
+    r = parse_recipe(text.replace("{steps: 3, lr: 0.1}", "{<<: {steps: 3, lr: 0.1}, lr: 0.2}"), "r.yaml")
+    assert r.stages[1].schedule.lr == 0.2 and r.stages[1].schedule.steps == 3 and r.models["m"].dropout == 0.2
+
+
+def test_yolo_dataset_yaml_with_a_duplicate_key_names_both_lines(tmp_path):
+    from compressdet.data.formats.yolo import load_dataset_yaml
+    from compressdet.errors import DataError
+
+    p = tmp_path / "data.yaml"
+    p.write_text("path: .\ntrain: images/train\nnames:\n  0: car\n  1: person\n  0: bike\n")
+    with pytest.raises(DataError, match=r"^.*data\.yaml:6: names\.0: duplicate key \(first at line 4\)$"):
+        load_dataset_yaml(p)
+    p.write_text("path: .\ntrain: images/train\nnames:\n  0: car\n  1: person\n")
+    assert load_dataset_yaml(p)[2] == ["car", "person"]

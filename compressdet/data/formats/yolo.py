@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..._yaml import DuplicateKeyError, format_key_path, safe_load_unique
 from ...errors import DataError
 from ._common import ImageRecord, Issues, check_box, probe_image
 
@@ -34,9 +35,13 @@ def _yaml_path(cfg) -> Path:
 def load_dataset_yaml(path: Path) -> tuple[dict, Path, list[str]]:
     """(the YAML, the dataset root, class names in id order)."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = safe_load_unique(Path(path).read_text())
     except FileNotFoundError:
         raise DataError(f"{path}: YOLO dataset YAML not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the YOLO dataset YAML ({e.__class__.__name__})") from None
+    except DuplicateKeyError as e:
+        raise DataError(f"{path}:{e.line}: {format_key_path(e.path)}: duplicate key (first at line {e.first_line})") from None
     except yaml.YAMLError as e:
         raise DataError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict) or "names" not in data:
