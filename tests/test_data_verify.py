@@ -1,5 +1,6 @@
 """``compressdet data kitti --verify``: sha256 of a KITTI download against the shipped list (real files:
-correct, missing, one byte corrupted); the MSCNN split written; the recipe error without KITTI."""
+correct, missing, one byte corrupted); the MSCNN split written only for a download that verified; the
+recipe error without KITTI."""
 
 from __future__ import annotations
 
@@ -43,11 +44,27 @@ def test_verify_reports_missing_and_corrupt(kitti_real, tmp_path, capsys):
     cap = capsys.readouterr()
     assert f"corrupt: {png}" in cap.out and "more missing" in cap.out
     assert "5 of 14962 files match the original KITTI training set, 14956 missing, 1 corrupt" in cap.err
+    # a failed check writes nothing into the folder it found broken (issue #44)
+    assert not (root / "ImageSets").exists() and "wrote" not in cap.out
+
+
+def test_verified_download_gets_the_mscnn_split(kitti_real, tmp_path, capsys, monkeypatch):
+    import compressdet.data.verify as verify
+
+    root = _partial_download(kitti_real, tmp_path / "kitti")
+    full = {k: verify.load_checksums(k) for k in ("image_2", "label_2")}
+    # a download of these three images only: the shipped sha256 of just those files
+    monkeypatch.setattr(verify, "load_checksums", lambda kind: {n: v for n, v in full[kind].items()
+                                                                if (root / "training" / kind / n).is_file()})
+    assert main(["data", "kitti", "--verify", str(root), "--no-split"]) == 0
+    assert not (root / "ImageSets").exists()
+    assert main(["data", "kitti", "--verify", str(root)]) == 0
+    cap = capsys.readouterr()
+    assert "6 of 6 files match" in cap.out and "MSCNN split" in cap.out
     # the MSCNN split was written (absent before) and is the shipped one
     train = (root / "ImageSets" / "train.txt").read_text().split()
     val = (root / "ImageSets" / "val.txt").read_text().split()
     assert len(train) == 3712 and len(val) == 3769 and not set(train) & set(val)
-    assert "wrote" in cap.out and "MSCNN split" in cap.out
 
 
 def test_verify_cli_needs_a_kitti_root(tmp_path, capsys):

@@ -125,7 +125,7 @@ def _cmd_kitti(args: argparse.Namespace) -> int:
     line = (f"{root}: {rep['ok']} of {rep['checked']} files match the original KITTI training set, "
             f"{len(rep['missing'])} missing, {len(rep['corrupt'])} corrupt")
     if rep["missing"] or rep["corrupt"]:
-        raise DataError(line + " (re-download or re-extract those files)")
+        raise DataError(line + " (re-download or re-extract those files; nothing was written to the folder)")
     print(line + " (all good)")
     return 0
 
@@ -180,10 +180,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k = sub.add_parser("kitti", help="check a KITTI download (sha256 of all 7,481 training images and labels)",
                        description="Compare ROOT/training/image_2/*.png and label_2/*.txt with the sha256 of the "
                        "original KITTI object training set (shipped with compressdet); report missing and corrupt "
-                       "files; write the MSCNN train/val split to ROOT/ImageSets/ if absent. Exit 2 when any file "
-                       "is missing or corrupt.")
+                       "files. Only when every file matches, write the MSCNN train/val split to ROOT/ImageSets/ "
+                       "where absent (never when a file is missing or corrupt: a failed check changes nothing). "
+                       "Exit 2 when any file is missing or corrupt.")
     k.add_argument("--verify", type=Path, metavar="ROOT", required=True)
-    k.add_argument("--no-split", action="store_true", help="do not write ImageSets/{train,val}.txt")
+    k.add_argument("--no-split", action="store_true",
+                   help="do not write ImageSets/{train,val}.txt, even when every file matches")
     k.add_argument("--show", type=int, default=20, help="list at most N missing/corrupt files of each kind")
     k.add_argument("--progress", action="store_true", help="print progress while hashing")
     k.set_defaults(func=_cmd_kitti)

@@ -1,5 +1,6 @@
 """``data kitti --verify``: check a KITTI download against the sha256 of the 7,481 original
-training images and label files (package data ``kitti_sha256/``), write the MSCNN split if absent."""
+training images and label files (package data ``kitti_sha256/``); write the MSCNN split if absent, and only
+when every file matched: a check never changes the folder it finds broken."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def verify_kitti(root: str | Path, *, write_split: bool = True,
                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Check ``root/training/{image_2,label_2}`` file by file.
 
+    ``write_split``: write the MSCNN ``ImageSets/{train,val}.txt`` where absent, only when no file is
+    missing or corrupt (a failed check leaves the folder as it was).
+
     Returns:
         ``{"root", "checked", "ok", "missing": [rel paths], "corrupt": [rel paths], "extra": count,
         "split_written": [paths]}``; a file is corrupt when its size or sha256 differs.
@@ -71,7 +75,7 @@ def verify_kitti(root: str | Path, *, write_split: bool = True,
                 progress(done, total)
         if folder.is_dir():
             rep["extra"] += sum(1 for q in folder.iterdir() if q.name not in table)
-    if write_split:
+    if write_split and not rep["missing"] and not rep["corrupt"]:
         from .._io import atomic_write_text
 
         for split in ("train", "val"):
