@@ -59,6 +59,10 @@ def convert(src: str | Path, *, src_format: str, dst_format: str, out: str | Pat
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Convert the data set at ``src`` to ``dst_format`` under ``out`` (a new or empty folder).
 
+    Every image is decoded whole and every annotation checked before anything is written; the output
+    is written into a temporary folder beside ``out`` and renamed at the end, so bad data (without
+    ``skip_bad``) leaves nothing, and with ``skip_bad`` every written image has its labels and split entry.
+
     Ignore regions (KITTI DontCare, COCO iscrowd, VOC difficult) are kept where the target format
     has them (COCO ``iscrowd: 1``, VOC ``difficult``, KITTI DontCare) and dropped with a count for
     YOLO or with ``drop_ignore``.
@@ -86,7 +90,10 @@ def convert(src: str | Path, *, src_format: str, dst_format: str, out: str | Pat
         used = {n for recs in data.values() for r in recs for n in r.names}
         if src_format in ("kitti", "synth", "voc"):  # categories seen, not declared: drop the unused
             cats = [c for c in cats if c in used]
-    counts = get_format(dst_format).write(out, data, cats, issues)
+    from .._io import atomic_dir
+
+    with atomic_dir(out) as tmp:  # every image was decoded above; a writer that stops leaves no half set
+        counts = get_format(dst_format).write(tmp, data, cats, issues)
     dropped += counts.pop("dropped_ignore_regions", 0)
     rep = {"splits": {s: len(r) for s, r in data.items()}, "images": counts["images"], "boxes": counts["boxes"],
            "categories": cats, "dropped_ignore_regions": dropped, "skipped": dict(issues.counts)}

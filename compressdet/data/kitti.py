@@ -153,25 +153,14 @@ def train_label(o: KittiObject, classes: list[str] | tuple[str, ...]) -> int | N
 
 
 def read_image(path: str | Path):
-    """Decode a PNG/JPEG with torchvision.io into ``uint8 Tensor[3, H, W]`` (RGB).
+    """Fully decode an image into ``uint8 Tensor[3, H, W]`` (RGB): :func:`compressdet.data.images.read_image`.
 
     Raises:
-        DataError: the file is missing or cannot be decoded (the message names it).
+        DataError: the file is missing, truncated or cannot be decoded (one line naming it).
     """
-    import warnings
+    from .images import read_image as _read
 
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: image not found")
-    try:
-        with warnings.catch_warnings():  # torchvision 0.29 deprecates io in favour of torchcodec (not installed)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            img = decode_image(read_file(str(p)), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as e:
-        raise DataError(f"{p}: cannot decode image ({str(e).splitlines()[0][:120]})") from None
-    return img
+    return _read(path)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

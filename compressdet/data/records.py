@@ -99,8 +99,9 @@ def load_box_ground_truth(data_cfg: DataConfig, split: str, max_images: int | No
 
 def input_boxes(data_cfg: DataConfig, split: str, max_images: int | None = None) -> np.ndarray:
     """Every box of a model class in ``split``, ``[B, 4]`` xyxy in model-input pixels (each image resized
-    to ``data.image_size`` as the loaders do); ignore regions left out. Labels only: no image is decoded,
-    so sizing anchors on a large training split is quick."""
+    to ``data.image_size`` as the loaders do); ignore regions left out. KITTI/synth: labels only, no image is
+    decoded, so sizing anchors on a large training split is quick; record formats admit each image
+    once per process (decoded whole)."""
     gt, sizes = load_box_ground_truth(data_cfg, split, max_images)
     H, W = data_cfg.image_size
     out = [np.zeros((0, 4))]

@@ -133,12 +133,9 @@ def _save_png(arr, path: Path) -> None:
 
 
 def _load_image(path: Path):
-    import numpy as np
-    from PIL import Image
+    from ..data.images import decode_rgb
 
-    if not path.is_file():
-        raise DataError(f"{path}: image not found")
-    return np.asarray(Image.open(path).convert("RGB"))
+    return decode_rgb(path)  # DataError naming the file: missing, truncated or not an image
 
 
 def _cmd_viz_dets(args: argparse.Namespace) -> int:

@@ -90,20 +90,15 @@ def check_box(box: Any, size: tuple[int, int], where: str, issues: Issues) -> bo
 
 
 def probe_image(path: Path, where: str, issues: Issues) -> tuple[int, int] | None:
-    """(H, W) from the image header, or None (after reporting) when it is missing or unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    """(H, W) once the whole image decoded (:func:`~compressdet.data.images.admit_image`), or None (after
+    reporting) when it is missing, truncated or unreadable."""
+    from ..images import admit_image
 
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            im.verify()
-    except FileNotFoundError:
-        issues.bad("missing images", f"{where}: image {path} not found")
+        return admit_image(path, where)
+    except DataError as e:
+        issues.bad("unreadable images" if Path(path).exists() else "missing images", str(e))
         return None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        issues.bad("unreadable images", f"{where}: cannot read image {path} ({str(e).splitlines()[0][:100]})")
-        return None
-    return h, w
 
 
 class ClassMapper:

@@ -16,8 +16,10 @@ def copy_image(src: Path, dst: Path, *, png: bool = False) -> None:
     if png and Path(src).suffix.lower() != ".png":
         from PIL import Image
 
-        with atomic_path(dst, suffix=".png") as tmp, Image.open(src) as im:
-            im.convert("RGB").save(tmp, format="PNG")
+        from ..images import decode_rgb
+
+        with atomic_path(dst, suffix=".png") as tmp:
+            Image.fromarray(decode_rgb(src)).save(tmp, format="PNG")
         return
     with atomic_path(dst, suffix=Path(dst).suffix) as tmp:
         shutil.copyfile(src, tmp)
