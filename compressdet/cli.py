@@ -111,6 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupted_line(args: argparse.Namespace, where) -> str:
+    """Ctrl-C during ``run``: the stage, its last saved step and the command that continues it (the same
+    recipe and overrides: a resume with other settings is refused)."""
+    if where is None or getattr(args, "command", None) != "run":
+        return "interrupted"
+    import shlex
+
+    saved = (f"last checkpoint at step {where.step}" + (f" of {where.steps}" if where.steps else "")
+             if where.step is not None else "no step checkpoint saved yet")
+    cmd = shlex.join(["compressdet", "run", str(args.recipe), *args.overrides, "--run-dir", str(where.run_dir),
+                      "--resume"])
+    return f"interrupted: stage '{where.stage}', {saved}; continue it with: {cmd}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -130,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(_interrupted_line(args, getattr(e, "compressdet_interrupted", None)), file=sys.stderr)
         return 130
     except Exception as e:  # an internal error: say so, keep the one-line promise unless --debug
         if args.debug:

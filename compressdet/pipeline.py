@@ -31,7 +31,7 @@ from .rundir import MANIFEST, find_latest_run, load_manifest  # noqa: F401 - re-
 from .stages import StageContext, StageInput, StageResult, env_rank, get_stage
 
 __all__ = ["Pipeline", "cpu_platform", "StageHook", "plan", "find_latest_run", "load_manifest", "stage_fingerprint",
-           "recipe_fingerprints"]
+           "recipe_fingerprints", "stage_settings", "recipe_settings", "changed_settings"]
 
 
 
@@ -91,21 +91,62 @@ def _without_unset_later(obj: Any) -> Any:
     return obj
 
 
-def stage_fingerprint(recipe: Recipe, stage: StageConfig, upstream: dict[str, str]) -> str:
-    """Hash of what determines a stage's output: its config, the data, the seed, its inputs."""
-    blob = json.dumps(_without_unset_later({
+def stage_settings(recipe: Recipe, stage: StageConfig, upstream: dict[str, str]) -> dict[str, Any]:
+    """What determines a stage's output: its config, the data, the seed, the models, its inputs'
+    fingerprints. The manifest keeps it beside the fingerprint, so a refusal can name what changed."""
+    return _without_unset_later({
         "stage": stage.model_dump(mode="json", by_alias=True), "data": recipe.data.model_dump(mode="json"),
         "seed": recipe.seed, "models": {k: m.model_dump(mode="json") for k, m in recipe.models.items()},
-        "upstream": upstream}), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        "upstream": upstream})
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_fingerprint(recipe: Recipe, stage: StageConfig, upstream: dict[str, str]) -> str:
+    """Hash of :func:`stage_settings`: equal fingerprints, equal output."""
+    return _digest(stage_settings(recipe, stage, upstream))
+
+
+def recipe_settings(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """``{stage name: stage_settings}`` for every stage, each including its inputs' fingerprints."""
+    out: dict[str, dict[str, Any]] = {}
+    for stage in recipe.stages:
+        out[stage.name] = stage_settings(recipe, stage, {ref: _digest(out[ref]) if ref in out else ""
+                                                         for _, ref in stage.references()})
+    return out
 
 
 def recipe_fingerprints(recipe: Recipe) -> dict[str, str]:
     """``{stage name: stage_fingerprint}`` for every stage, each including its inputs' fingerprints."""
-    out: dict[str, str] = {}
-    for stage in recipe.stages:
-        out[stage.name] = stage_fingerprint(recipe, stage, {ref: out.get(ref, "") for _, ref in stage.references()})
-    return out
+    return {name: _digest(s) for name, s in recipe_settings(recipe).items()}
+
+
+def changed_settings(stage: str, before: dict[str, Any] | None, now: dict[str, Any], limit: int = 4) -> str:
+    """The fields that differ between a stage's recorded settings and the recipe's, as the override
+    paths a user writes (``stages.student.schedule.batch_size: 4 -> 2``)."""
+    if before is None:
+        return "which fields is not recorded (the stage ran before manifests kept its settings)"
+
+    def flat(d: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+        if isinstance(d, dict) and d:
+            return {k: v for key, val in d.items() for k, v in flat(val, path + (str(key),)).items()}
+        return {path: d}
+
+    old, new = flat(before), flat(now)
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<unset>") == new.get(key, "<unset>"):
+            continue
+        if key[0] == "upstream":
+            out.append(f"input stage '{key[1]}' changed" if len(key) > 1 else "its inputs changed")
+            continue
+        name = ".".join(("stages", stage, *key[1:]) if key[0] == "stage" else key)
+        out.append(f"{name}: {json.dumps(old.get(key, '<unset>'))} -> {json.dumps(new.get(key, '<unset>'))}")
+    if not out:
+        return "settings changed"
+    return ", ".join(out[:limit]) + (f" and {len(out) - limit} more" if len(out) > limit else "")
 
 
 class StageHook:
@@ -229,33 +270,78 @@ class Pipeline:
         names = [s.name for s in self.recipe.stages]
         wanted = set(self.selection.wanted(names))
         forced = wanted if (self.selection.from_stage or self.selection.only) else set()
+        settings = recipe_settings(self.recipe)
+        fingerprints = {n: _digest(v) for n, v in settings.items()}
+        skip = self._refuse_or_skip(wanted, forced, settings, fingerprints)  # before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             atomic_write_text(self.run_dir / "recipe.yaml",
                               yaml.safe_dump(self.recipe.to_yaml_dict(), sort_keys=False))
         self.save_manifest()
-        fingerprints = recipe_fingerprints(self.recipe)
         for stage in self.recipe.stages:
-            rec = self.manifest["stages"][stage.name]
-            fp = fingerprints[stage.name]
             if stage.name not in wanted:
-                if rec.get("status") != "done" and any(stage.name == ref for s in self.recipe.stages
-                                                       if s.name in wanted for _, ref in s.references()):
-                    raise UserError(f"stage '{stage.name}' is needed by the selected stages but has not "
-                                    f"finished in {self.run_dir}")
                 continue
-            if rec.get("status") == "done" and self.resume and stage.name not in forced:
-                self.verify(stage.name)
-                if rec.get("fingerprint") not in (None, fp):
-                    raise UserError(f"stage '{stage.name}' ran with different settings than the recipe now "
-                                    f"gives; re-run it with --from-stage {stage.name}")
+            if stage.name in skip:
                 if self.rank == 0:
                     self.console.print(f"[dim]skip {stage.name}: done, artifacts verified[/]")
                 continue
-            self._run_stage(stage, fp)
+            self._run_stage(stage, fingerprints[stage.name], settings[stage.name])
         return self.run_dir
 
-    def _run_stage(self, stage: StageConfig, fp: str) -> None:
+    def _refuse_or_skip(self, wanted: set[str], forced: set[str], settings: dict[str, dict[str, Any]],
+                        fingerprints: dict[str, str]) -> set[str]:
+        """Every check that can refuse the command, made before it writes anything (a refused command
+        leaves the run directory as it was: its recipe.yaml and manifest keep describing its artifacts).
+        Returns the wanted stages that are done and verified (skipped).
+
+        Refused: a finished stage that would be kept (skipped on ``--resume``, or an input of the
+        selected stages) but ran with other settings, and an interrupted stage with saved checkpoints
+        whose settings changed: resuming would mix two settings, restarting would delete its work.
+        """
+        needed: set[str] = set()  # what the selected stages read, transitively
+        for stage in reversed(self.recipe.stages):
+            if stage.name in wanted or stage.name in needed:
+                needed.update(ref for _, ref in stage.references())
+        skip: set[str] = set()
+        for stage in self.recipe.stages:
+            name, rec = stage.name, self.manifest["stages"][stage.name]
+            status, recorded = rec.get("status"), rec.get("fingerprint")
+            changed = recorded not in (None, fingerprints[name])
+            if name not in wanted:
+                if name in needed and status != "done":
+                    raise UserError(f"stage '{name}' is needed by the selected stages but has not "
+                                    f"finished in {self.run_dir}")
+                if name in needed and changed:
+                    raise UserError(f"stage '{name}' ran with different settings than the recipe now gives "
+                                    f"({changed_settings(name, rec.get('settings'), settings[name])}) and the "
+                                    f"selected stages read it; nothing was changed: re-run from it with "
+                                    f"--from-stage {name}")
+                continue
+            if name in forced or not self.resume:
+                continue
+            if status == "done":
+                self.verify(name)
+                if changed:
+                    raise UserError(f"stage '{name}' ran with different settings than the recipe now gives "
+                                    f"({changed_settings(name, rec.get('settings'), settings[name])}); nothing "
+                                    f"was changed: re-run it with --from-stage {name}, or leave out --resume "
+                                    f"for a new run directory")
+                skip.add(name)
+            elif status in ("running", "failed") and recorded != fingerprints[name] and self._has_checkpoints(name):
+                step = _saved_step(self.run_dir / name)
+                at = f" at step {step}" if step is not None else ""
+                raise UserError(f"stage '{name}' was interrupted{at} with different settings than the recipe "
+                                f"now gives ({changed_settings(name, rec.get('settings'), settings[name])}); "
+                                f"nothing was changed: resume with the settings it ran with, re-run it from "
+                                f"step 0 with --from-stage {name} (deletes its checkpoints), or leave out "
+                                f"--resume for a new run directory")
+        return skip
+
+    def _has_checkpoints(self, name: str) -> bool:
+        d = self.run_dir / name / "checkpoints"
+        return d.is_dir() and any(d.iterdir())
+
+    def _run_stage(self, stage: StageConfig, fp: str, settings: dict[str, Any] | None = None) -> None:
         spec = get_stage(stage.kind)
         fn = spec.load()
         rec = self.manifest["stages"][stage.name]
@@ -269,7 +355,13 @@ class Pipeline:
         stage_dir = self.run_dir / stage.name
         stage_dir.mkdir(parents=True, exist_ok=True)
         if not (self.resume and interrupted) and self.rank == 0 and (stage_dir / "checkpoints").is_dir():
-            shutil.rmtree(stage_dir / "checkpoints")  # stale: an earlier attempt's
+            # an earlier attempt's: another command (--from-stage, or a stage that ran fresh since) asked for
+            # that, or nothing is saved in it (_refuse_or_skip refuses a resume that would lose work)
+            shutil.rmtree(stage_dir / "checkpoints")
+        if self.resume and interrupted and self.rank == 0 and self._has_checkpoints(stage.name):
+            step, steps = _saved_step(stage_dir), _planned_steps(stage)
+            at = "its last checkpoint" if step is None else f"step {step}" + (f" of {steps}" if steps else "")
+            self.console.print(f"resuming stage '{stage.name}' from {at}", highlight=False)
         _barrier(self.world_size)
         ctx = StageContext(name=stage.name, cfg=stage, recipe=self.recipe, run_dir=self.run_dir,
                            stage_dir=stage_dir, inputs=inputs,
@@ -277,8 +369,11 @@ class Pipeline:
                                        if r.get("status") == "done"},
                            resume=self.resume and interrupted, rank=self.rank, world_size=self.world_size,
                            local_rank=self.local_rank, device=_resolve_device(self.recipe.device, self.local_rank))
+        # the settings of the attempt whose checkpoints the stage folder holds from now on
         rec.update(status="running", started=_now(), fingerprint=fp,
                    inputs={role: inp.name for role, inp in inputs.items()})
+        if settings is not None:
+            rec["settings"] = settings
         rec.pop("error", None)
         self.save_manifest()
         for h in self.hooks:
@@ -295,6 +390,9 @@ class Pipeline:
             for h in self.hooks:
                 h.after_stage(self, stage.name, None)
             self.save_manifest()
+            if isinstance(e, KeyboardInterrupt):  # the CLI's Ctrl-C line says where to pick it up
+                e.compressdet_interrupted = Interrupted(stage.name, _saved_step(stage_dir), _planned_steps(stage),
+                                                        self.run_dir)
             raise
         if self.rank == 0:
             result = result or StageResult()
@@ -318,6 +416,36 @@ class Pipeline:
         _barrier(self.world_size)
         if self.rank != 0:
             self.manifest = load_manifest(self.run_dir)
+
+
+@dataclass
+class Interrupted:
+    """Where a Ctrl-C stopped a run (attached to the ``KeyboardInterrupt`` as ``compressdet_interrupted``)."""
+
+    stage: str
+    step: int | None  # the last saved checkpoint's step; None: no checkpoint (or not a trainer's)
+    steps: int | None  # the stage's schedule.steps
+    run_dir: Path
+
+
+def _saved_step(stage_dir: Path) -> int | None:
+    """The step of ``stage_dir/checkpoints/last.pt`` (a trainer checkpoint), read without loading its
+    tensors (``mmap``); None when there is none or it is not a trainer's."""
+    p = Path(stage_dir) / "checkpoints" / "last.pt"
+    if not p.is_file():
+        return None
+    try:
+        import torch
+
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["step"])
+    except Exception:  # noqa: BLE001 - a message detail: any unreadable file means "unknown"
+        return None
+
+
+def _planned_steps(stage: StageConfig) -> int | None:
+    steps = getattr(getattr(stage, "schedule", None), "steps", None)
+    return steps if isinstance(steps, int) else None
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -134,15 +134,72 @@ def test_failed_stage_is_recorded_and_resume_gets_its_checkpoint(recipe, tmp_pat
     assert json.loads((tmp_path / "r" / "c" / "info.json").read_text())["resumed_from"] is None
 
 
-def test_interrupted_stage_with_changed_settings_starts_fresh(recipe, tmp_path, monkeypatch):
-    """A failed attempt's checkpoint belongs to its settings: after a recipe change, no resume from it."""
+def _snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``root``: bytes and mtime (a refused command must change neither)."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_interrupted_stage_with_changed_settings_is_refused_and_nothing_changes(recipe, tmp_path, monkeypatch,
+                                                                                capsys):
+    """A failed attempt's checkpoint belongs to its settings: after a recipe change, --resume neither
+    resumes from it nor deletes it; it refuses as for a finished stage, and --from-stage starts fresh."""
     recipe.write_text(RECIPE.replace('text: "B"}', 'text: "B", fail_once_env: FAIL_B}'))
     monkeypatch.setenv("FAIL_B", "1")
     assert run(recipe, "--run-dir", tmp_path / "r") == 1
     assert (tmp_path / "r" / "b" / "checkpoints" / "last.pt").is_file()
     monkeypatch.delenv("FAIL_B")
-    assert run(recipe, "stages.b.text=Z", "--run-dir", tmp_path / "r", "--resume") == 0
+    before = _snapshot(tmp_path / "r")
+    capsys.readouterr()
+    assert run(recipe, "stages.b.text=Z", "--run-dir", tmp_path / "r", "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: stage 'b' was interrupted with different settings than the recipe now gives "
+                   "(stages.b.text: \"B\" -> \"Z\"); nothing was changed: resume with the settings it ran with, "
+                   "re-run it from step 0 with --from-stage b (deletes its checkpoints), or leave out --resume for "
+                   "a new run directory"]
+    assert _snapshot(tmp_path / "r") == before  # recipe.yaml, manifest.json, the checkpoint: all as they were
+    assert pipeline_plugin.CALLS == ["a", "b"]  # nothing ran
+    # the same settings resume from the checkpoint
+    assert run(recipe, "--run-dir", tmp_path / "r", "--resume") == 0
+    assert json.loads((tmp_path / "r" / "b" / "info.json").read_text())["resumed_from"] == "checkpoint of b"
+    # a changed finished stage is refused the same way, naming the field; --from-stage re-runs it fresh
+    before = _snapshot(tmp_path / "r")
+    assert run(recipe, "stages.b.text=Z", "--run-dir", tmp_path / "r", "--resume") == 2
+    assert ("stage 'b' ran with different settings than the recipe now gives (stages.b.text: \"B\" -> \"Z\")"
+            in capsys.readouterr().err)
+    assert _snapshot(tmp_path / "r") == before
+    assert run(recipe, "stages.b.text=Z", "--run-dir", tmp_path / "r", "--from-stage", "b") == 0
     assert json.loads((tmp_path / "r" / "b" / "info.json").read_text())["resumed_from"] is None
+    assert (tmp_path / "r" / "c" / "out.txt").read_text() == "AZC"
+    assert "text: Z" in (tmp_path / "r" / "recipe.yaml").read_text()
+
+
+def test_interrupted_stage_without_checkpoints_starts_fresh_with_new_settings(recipe, tmp_path):
+    """No saved work, nothing to lose: an interrupted stage with no checkpoint runs with the new settings."""
+    assert run(recipe, "--run-dir", tmp_path / "r") == 0
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    m["stages"]["c"]["status"] = "running"
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps(m))
+    import shutil
+
+    shutil.rmtree(tmp_path / "r" / "c" / "checkpoints")
+    assert run(recipe, "stages.c.text=Q", "--run-dir", tmp_path / "r", "--resume") == 0
+    assert (tmp_path / "r" / "c" / "out.txt").read_text() == "ABQ"
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["stages"]["c"]["settings"]["stage"]["text"] == "Q"  # the attempt that made the artifacts
+
+
+def test_selected_stages_refuse_an_input_that_ran_with_other_settings(recipe, tmp_path, capsys):
+    """--from-stage / --only keep the stages before them: if the recipe now describes one of those
+    differently, the run's recipe.yaml would no longer describe its artifacts."""
+    assert run(recipe, "--run-dir", tmp_path / "r") == 0
+    before = _snapshot(tmp_path / "r")
+    capsys.readouterr()
+    assert run(recipe, "stages.a.text=Q", "--run-dir", tmp_path / "r", "--from-stage", "b") == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: stage 'a' ran with different settings than the recipe now gives (stages.a.text: \"A\" -> \"Q\") "
+        "and the selected stages read it; nothing was changed: re-run from it with --from-stage a")
+    assert _snapshot(tmp_path / "r") == before
 
 
 def test_sigkill_mid_write_leaves_no_partial_artifact(tmp_path):
@@ -167,8 +224,8 @@ def test_sigkill_mid_write_leaves_no_partial_artifact(tmp_path):
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())  # still valid JSON
     assert m["stages"]["a"]["status"] == "done" and m["stages"]["b"]["status"] == "running"
     pipeline_plugin.CALLS.clear()
-    recipe.write_text(RECIPE)
-    assert main(["run", str(recipe), "--run-dir", str(tmp_path / "r"), "--resume", "stages.b.text=B"]) == 0
+    recipe.write_text(RECIPE)  # other settings (no slow write): b re-runs from the start, asked for by name
+    assert main(["run", str(recipe), "--run-dir", str(tmp_path / "r"), "--from-stage", "b", "stages.b.text=B"]) == 0
     assert (tmp_path / "r" / "c" / "out.txt").read_text() == "ABC"
 
 

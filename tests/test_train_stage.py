@@ -68,3 +68,57 @@ def test_teacher_then_student_via_cli(tmp_path):
     assert not any("adapt" in k for k in student.state_dict())  # the adaptation layer is not exported
     # a finished run resumes as a no-op (artifacts verified)
     assert main(["run", str(recipe), "--run-dir", str(run_dir), "--resume"]) == 0
+
+
+def _files(root):
+    """Every file under ``root``: bytes and mtime (a refused command must change neither)."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_ctrl_c_then_resume_continues_from_the_step_and_refuses_other_settings(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the step-2 checkpoint of 4: the CLI names the stage, the step and the command that
+    continues it; a --resume with another batch size is refused with the run directory untouched (its
+    checkpoints, recipe.yaml and manifest); the same settings resume from step 2 and give the model an
+    uninterrupted run gives, byte for byte."""
+    from compressdet.engine import hooks
+
+    torch.set_num_threads(1)
+    text = RECIPE.replace("CACHE", str(tmp_path / "cache")).split("  - name: student")[0]
+    text = text.replace("eval_every: 2", "eval_every: 4")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    assert main(["run", str(recipe), "--run-dir", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "manifest.json").read_text())["stages"]["teacher"]
+
+    save = hooks.PeriodicCheckpointer.after_step
+
+    def save_then_ctrl_c(self):
+        save(self)
+        if self.trainer.iter + 1 == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(hooks.PeriodicCheckpointer, "after_step", save_then_ctrl_c)
+    run_dir = tmp_path / "cut"
+    capsys.readouterr()
+    assert main(["run", str(recipe), "stages.teacher.schedule.lr=0.02", "--run-dir", str(run_dir)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted: stage 'teacher', last checkpoint at step 2 of 4; continue it with: compressdet run {recipe} "
+        f"stages.teacher.schedule.lr=0.02 --run-dir {run_dir} --resume")
+    monkeypatch.setattr(hooks.PeriodicCheckpointer, "after_step", save)
+
+    before = _files(run_dir)
+    assert main(["run", str(recipe), "stages.teacher.schedule.batch_size=1", "--run-dir", str(run_dir),
+                 "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: stage 'teacher' was interrupted at step 2 with different "
+                                               "settings than the recipe now gives (stages.teacher.schedule."
+                                               "batch_size: 2 -> 1)")
+    assert "--from-stage teacher" in err[0]
+    assert _files(run_dir) == before
+
+    assert main(["run", str(recipe), "--run-dir", str(run_dir), "--resume"]) == 0
+    assert "resuming stage 'teacher' from step 2 of 4" in capsys.readouterr().out
+    cut = json.loads((run_dir / "manifest.json").read_text())["stages"]["teacher"]
+    assert cut["status"] == "done" and cut["settings"]["stage"]["schedule"]["batch_size"] == 2
+    assert cut["artifacts"]["model"]["sha256"] == whole["artifacts"]["model"]["sha256"]
