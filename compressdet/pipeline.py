@@ -519,7 +519,7 @@ def plan(recipe: Recipe, run_dir: Path | None) -> list[dict[str, Any]]:
         status = manifest.get(s.name, {}).get("status", "pending")
         rows.append({"stage": s.name, "kind": s.kind,
                      "inputs": ", ".join(f"{role}={ref}" for role, ref in s.references()) or "-",
-                     "model": (m.arch + (f" (width {m.width})" if m.width else "")) if m else "-",
+                     "model": (m.label + (f" (width {m.width})" if m.width else "")) if m else "-",
                      "status": status, "action": "skip (done)" if status == "done" else "run"})
     return rows
 

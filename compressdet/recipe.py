@@ -172,7 +172,18 @@ class ModelConfig(_Strict):
         "anchor_scale": "no anchor scale (retinanet_* models only)",
         "head": "no head choice (retinanet_* models only; fcos_* heads always have GroupNorm)"}
 
-    arch: str = Field(description="registered model name, e.g. shuffledet_0.25x")
+    arch: str | None = Field(None, description="registered model name, e.g. shuffledet_0.25x (or give 'factory')")
+    factory: str | None = Field(None, description="your own model: 'package.module:function' or './file.py:function' "
+                                "(a path relative to the recipe's folder) returning a torchvision FCOS / RetinaNet "
+                                "(wrapped automatically) or a detector on compressdet's contract; called with 'args' "
+                                "plus num_classes / image_size / classes where its signature takes them (docs/detectors.md)")
+    args: dict[str, Any] = Field(default_factory=dict, description="factory only: keyword arguments for the factory "
+                                 "(plain YAML values: they are stored in the model file's arch)")
+    box_bias_init: bool | None = Field(None, description="factory FCOS only: start the box-distance bias at one stride "
+                                       "(true), keep the instance's (false), or auto (unset: only a fresh zero bias)")
+    weights: str | None = Field(None, description="fcos_* / retinanet_* only: ImageNet backbone weights, a torchvision "
+                                "weight name (DEFAULT, IMAGENET1K_V1: from torchvision's cache, downloaded there when "
+                                "online) or a local state-dict file")
     width: float | None = Field(None, gt=0, description="width multiplier for a non-standard width")
     pretrained: str | None = Field(None, description="local backbone checkpoint; never downloaded")
     dropout: float = Field(0.5, ge=0, lt=1, description="head dropout probability (seed: keep 0.5)")
@@ -203,6 +214,29 @@ class ScheduleConfig(_Strict):
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = False
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+    @model_validator(mode="after")
+    def _arch_or_factory(self) -> "ModelConfig":
+        if (self.arch is None) == (self.factory is None):
+            raise ValueError("give either 'arch' (a registered model) or 'factory' (your own), not "
+                             + ("both" if self.arch else "neither"))
+        if self.factory is None:
+            given = [f for f in ("box_bias_init",) if getattr(self, f) is not None] + (["args"] if self.args else [])
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with 'factory' (a registered arch takes its own fields)")
+        else:
+            given = [f for f in ("width", "pretrained", "weights", "anchor_scale", "head") if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: not with 'factory' (pass what your factory needs in 'args')")
+        if self.weights and self.pretrained:
+            raise ValueError("give 'weights' (torchvision's, fcos_* / retinanet_*) or 'pretrained' (a local "
+                             "ShuffleNet checkpoint), not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        """What the plan and messages call this model: its arch, or its factory."""
+        return self.arch or f"factory {self.factory}"
 
 
 class ImitationConfig(_Strict):
@@ -591,7 +625,7 @@ class Recipe(_Strict):
         ``run``; they never stop a run)."""
         h, w = self.data.image_size
         fpn = sorted({m.arch for s in self.stages if (m := self.resolve_model(s)) is not None
-                      and m.arch.startswith(("fcos_", "retinanet_"))})
+                      and (m.arch or "").startswith(("fcos_", "retinanet_"))})
         if fpn and (h % 128 or w % 128):
             return [f"data.image_size {h}x{w}: a side that is not a multiple of 128 gives {', '.join(fpn)} short "
                     "P5-P7 prior strides (torchvision's AnchorGenerator): far priors sit off their features; "
@@ -604,6 +638,13 @@ class Recipe(_Strict):
         for dumped, stage in zip(d["stages"], self.stages):
             if getattr(stage, "distill", None):
                 dumped["distill"] = [m.to_yaml_dict() for m in stage.distill]
+        models = [*(d.get("models") or {}).values(), *(s.get("model") for s in d["stages"])]
+        for m in models:  # a factory file by its absolute path: the copy in a run folder loads from anywhere
+            if isinstance(m, dict) and m.get("factory"):
+                from .models._factory import parse_factory
+
+                spec = parse_factory(m["factory"], recipe_dir(self))
+                m["factory"] = spec.text if spec.is_file else m["factory"]
         return d
 
 
@@ -839,6 +880,8 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
     _check_models(top, errs)
     if check_paths:
         _check_paths(top, errs)
+        errs.raise_if_any()
+        _check_factories(top, errs)
     errs.raise_if_any()
     return top
 
@@ -888,11 +931,12 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
     known = list_models()
     if not known:
         return
-    checks: list[tuple[Path_, str]] = [(("models", k, "arch"), m.arch) for k, m in recipe.models.items()]
+    checks: list[tuple[Path_, str]] = [(("models", k, "arch"), m.arch) for k, m in recipe.models.items() if m.arch]
     for i, s in enumerate(recipe.stages):
         m = getattr(s, "model", None)
         if isinstance(m, ModelConfig):
-            checks.append((("stages", i, "model", "arch"), m.arch))
+            if m.arch:
+                checks.append((("stages", i, "model", "arch"), m.arch))
         elif isinstance(m, str) and m not in recipe.models:
             checks.append((("stages", i, "model"), m))
     for loc, arch in checks:
@@ -902,11 +946,121 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
     blocks += [(("stages", i, "model"), s.model) for i, s in enumerate(recipe.stages)
                if isinstance(getattr(s, "model", None), ModelConfig)]
     for loc, m in blocks:
+        if m.arch is None:
+            continue
+        if m.weights and not m.arch.startswith(("fcos_", "retinanet_")):
+            errs.add((*loc, "weights"), f"'{m.arch}' takes no torchvision weights (fcos_* / retinanet_* only; "
+                     "ShuffleDet's backbone checkpoint is 'pretrained')")
         if m.arch.startswith("retinanet_"):
             continue
         for field, lacks in ModelConfig.RETINANET_ONLY.items():
             if getattr(m, field) is not None:
                 errs.add((*loc, field), f"'{m.arch}' has {lacks}")
+
+
+def recipe_dir(recipe: Recipe) -> Path:
+    """The folder relative factory paths start from: the recipe file's, else the current one."""
+    src = Path(recipe.source) if recipe.source and not recipe.source.startswith("<") else None
+    return src.parent if src is not None else Path(".")
+
+
+#: what a detector other than ShuffleDet and a (wrapped) torchvision FCOS/RetinaNet cannot go through
+_CUSTOM_UNSUPPORTED = {
+    "prune": "channel pruning knows ShuffleDet's and torchvision FCOS/RetinaNet's structure only",
+    "qat": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
+    "ptq": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
+}
+
+
+def _stage_refusal(stage: Any, model: Any, teacher: Any) -> str | None:
+    """Why ``stage`` cannot run on ``model`` (a detector some factory built), or None."""
+    from .models import ShuffleDet, TorchvisionDetector
+
+    def known(m: Any) -> bool:
+        return isinstance(m, (ShuffleDet, TorchvisionDetector))
+
+    if known(model):
+        return None  # every stage kind runs on a wrapped torchvision FCOS / RetinaNet (docs/detectors.md)
+    if stage.kind in _CUSTOM_UNSUPPORTED:
+        return _CUSTOM_UNSUPPORTED[stage.kind]
+    if stage.kind == "export":
+        if getattr(stage, "with_postprocess", False) and not hasattr(model, "detection_graph"):
+            return "with_postprocess needs the model's detection_graph (in-graph decode); it has none"
+        int8 = sorted(set(getattr(stage, "formats", [])) & {"onnx-int8", "openvino-int8"})
+        if int8:
+            return f"{', '.join(int8)} need an INT8 model (qat / ptq), which this model cannot have"
+    if stage.kind == "bench" and set(getattr(stage, "backends", [])) & {"ort-int8", "openvino-int8"}:
+        return "int8 backends need a qat / ptq stage, which this model cannot have"
+    if any(d.method == "crosskd" for d in distill_methods(stage)) and not (teacher is not None and known(teacher)):
+        return "distill crosskd runs the student's features through the teacher's head: ShuffleDet or FPN families only"
+    return None
+
+
+def _try_detector(model: Any, image_size: tuple[int, int]) -> None:
+    """One eval forward + decode and one training loss on a dummy batch: a broken model fails here,
+    in ``recipe check``, not minutes into a run."""
+    import torch
+
+    h, w = image_size
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, h, w))
+        model.postprocessor(None)(out)
+    model.train()
+    out = model(torch.zeros(2, 3, h, w))
+    target = {"boxes": torch.tensor([[0.0, 0.0, w / 2, h / 2]]), "labels": torch.tensor([0])}
+    total = model.loss(out, [target, target])["total"]
+    if not torch.isfinite(total):
+        raise ValueError(f"the training loss on a dummy batch is {float(total)}")
+
+
+def _check_factories(recipe: Recipe, errs: _Errors) -> None:
+    """Import every factory, build its model once on a dummy batch, and refuse up front the stages
+    it cannot run (each naming the stage and why)."""
+    from .errors import UserError
+    from .models._factory import _one_line, build_from_factory
+
+    blocks = [(("models", k), m) for k, m in recipe.models.items()]
+    blocks += [(("stages", i, "model"), s.model) for i, s in enumerate(recipe.stages)
+               if isinstance(getattr(s, "model", None), ModelConfig)]
+    built: dict[int, Any] = {}
+    for loc, m in blocks:
+        if m.factory is None or id(m) in built:
+            continue
+        try:
+            model = build_from_factory(m.factory, m.args, image_size=recipe.data.image_size,
+                                       classes=recipe.data.classes, box_bias_init=m.box_bias_init,
+                                       base_dir=recipe_dir(recipe))
+        except UserError as e:
+            errs.add((*loc, "factory"), str(e))
+            continue
+        try:
+            _try_detector(model, tuple(recipe.data.image_size))
+        except Exception as e:  # noqa: BLE001 - the user's model: one line naming it
+            errs.add((*loc, "factory"), f"the model of '{m.factory}' does not run on a dummy "
+                     f"{recipe.data.image_size[0]}x{recipe.data.image_size[1]} batch: {_one_line(e)}")
+            continue
+        built[id(m)] = model
+    if not built:
+        return
+    by_name = {s.name: s for s in recipe.stages}
+
+    def model_of(stage: Any, depth: int = 0) -> Any:
+        m = recipe.resolve_model(stage)
+        if m is not None:
+            return built.get(id(m))
+        src = by_name.get(getattr(stage, "from_", None) or "")
+        return model_of(src, depth + 1) if src is not None and depth < len(by_name) else None
+
+    for i, s in enumerate(recipe.stages):
+        model = model_of(s)
+        if model is None:
+            continue
+        teacher = by_name.get(getattr(s, "teacher", None) or "")
+        why = _stage_refusal(s, model, model_of(teacher) if teacher is not None else None)
+        if why:
+            errs.add(("stages", i, "kind"), f"stage '{s.name}' ({s.kind}) cannot run on the model of "
+                     f"'{model.arch.get('factory')}': {why}")
 
 
 def _check_paths(recipe: Recipe, errs: _Errors) -> None:

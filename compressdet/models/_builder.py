@@ -150,7 +150,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         try:
             model = model_from_arch(arch)
         except ModelError as e:
-            if arch.get("wrapped"):  # a wrap_torchvision model whose builder is not registered
+            if arch.get("wrapped") and not arch.get("factory"):  # a wrap_torchvision model whose builder is not registered
                 raise ModelError(f"'{path}' holds a wrapped torchvision {arch['wrapped']} ('{arch.get('name')}'): load it "
                                  "with load_model(path, base=wrap_torchvision(<a fresh instance>, ...)) or register "
                                  "a builder under that name") from None

@@ -83,10 +83,18 @@ def get_model_builder(name: str) -> Callable[..., Any]:
 def model_from_arch(arch: dict[str, Any]) -> Any:
     """Rebuild the (unpruned) model an ``arch`` dict describes, dispatching on ``arch["name"]``.
 
+    A model built by a recipe's factory (``arch["factory"]``) is rebuilt by importing that factory
+    again (:mod:`compressdet.models._factory`): no registration needed in a new process.
+
     Raises:
         ModelError: the name is not registered (a model of a family registered by user code:
-            import/register it first, or pass ``base=`` to ``load_model``).
+            import/register it first, or pass ``base=`` to ``load_model``); a factory's file is
+            missing or its import fails.
     """
+    if arch.get("factory"):
+        from ._factory import factory_from_arch
+
+        return factory_from_arch(arch)
     name = arch.get("name", "shuffledet")
     builder = get_model_builder(name)
     fn = _FROM_ARCH.get(name)

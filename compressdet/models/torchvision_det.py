@@ -27,9 +27,12 @@ distillation. :func:`wrap_torchvision` puts a user's own FCOS / RetinaNet instan
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,7 +42,8 @@ from torch import Tensor, nn
 from ._registry import ModelError, register_model
 from .contract import TapInfo, outputs_float, postprocess_kwargs
 
-__all__ = ["TorchvisionDetector", "wrap_torchvision", "build_torchvision_detector", "FAMILY_OUTPUTS", "anchor_fit",
+__all__ = ["TorchvisionDetector", "wrap_torchvision", "init_fcos_box_bias", "load_backbone_weights",
+           "BACKBONE_WEIGHTS", "build_torchvision_detector", "FAMILY_OUTPUTS", "anchor_fit",
            "suggest_anchor_scale"]
 
 FAMILY_OUTPUTS = {"fcos": ("cls_logits", "bbox_regression", "bbox_ctrness"),
@@ -453,6 +457,90 @@ BACKBONES = {"mnv3_small": lambda c: _mobilenet_fpn("small", c), "mnv3_large": l
              "r18": lambda c: _resnet_fpn(18, c), "r34": lambda c: _resnet_fpn(34, c)}
 
 
+#: each backbone's torchvision classification weights (``model.weights`` names one of their members)
+BACKBONE_WEIGHTS = {"mnv3_small": "MobileNet_V3_Small_Weights", "mnv3_large": "MobileNet_V3_Large_Weights",
+                    "r18": "ResNet18_Weights", "r34": "ResNet34_Weights"}
+_WEIGHT_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def _weights_state_dict(backbone: str, weights: str, what: str) -> dict[str, Tensor]:
+    """The classification network's state dict ``weights`` names: a torchvision weight name
+    (``DEFAULT``, ``IMAGENET1K_V1``, ...: from torchvision's cache, downloaded there when missing) or a
+    local file."""
+    import torchvision.models as tvm
+
+    if not _WEIGHT_NAME.match(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ModelError(f"{what}: weights file '{weights}' does not exist (a torchvision weight name is upper "
+                             "case, e.g. DEFAULT or IMAGENET1K_V1)")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure: not a state dict
+            raise ModelError(f"{what}: weights file '{path}' cannot be read: {type(e).__name__}: {e}") from None
+        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not obj:
+            raise ModelError(f"{what}: weights file '{path}' is not a state dict")
+        return obj
+    enum_name = BACKBONE_WEIGHTS.get(backbone)
+    if enum_name is None:
+        raise ModelError(f"{what}: torchvision has no pretrained weights for backbone '{backbone}' (MobileNetV2 x0.5); "
+                         "give a local weights file instead")
+    enum = getattr(tvm, enum_name)
+    try:
+        w = enum[weights]
+    except KeyError:
+        raise ModelError(f"{what}: weights '{weights}' is not one of {enum_name}'s: "
+                         f"{', '.join(['DEFAULT', *enum.__members__])}") from None
+    file = w.url.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / file
+    if not cached.is_file():  # torchvision's own download into its cache; offline: say what to place where
+        try:
+            return torch.hub.load_state_dict_from_url(w.url, progress=False, check_hash=True, file_name=file)
+        except Exception as e:  # noqa: BLE001 - URLError, timeouts, proxies: all mean "place it yourself"
+            raise ModelError(f"{what}: {enum_name}.{w.name} is not in torchvision's cache and cannot be downloaded "
+                             f"({type(e).__name__}); download {w.url} and place it at {cached}") from None
+    return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+def load_backbone_weights(model: TorchvisionDetector, backbone: str, weights: str) -> list[str]:
+    """Load ImageNet classification weights into a registered variant's backbone body (``model.weights``).
+
+    The first convolution is folded to compressdet's input: torchvision's weights expect RGB in
+    [0, 1] normalised by ImageNet's mean and std, compressdet feeds BGR 0-255 minus ``MEAN_BGR``
+    (which is ImageNet's mean x 255, to 0.5 grey levels), so its input channels are reversed and
+    divided by ``255 * std``. BatchNorm statistics come with the weights; the FPN and head stay from
+    scratch.
+
+    Returns:
+        the body's parameter and buffer names that were loaded (all of them).
+
+    Raises:
+        ModelError: unknown name, a missing or unreadable file (offline: the file to place and
+            where), or tensors that do not fit the body.
+    """
+    what = f"{model.arch.get('name')}: model.weights"
+    sd = _weights_state_dict(backbone, weights, what)
+    body = model.det.backbone.body
+    want = body.state_dict()
+    best: dict[str, Tensor] = {}
+    for prefix in ("", "features.", "body.", "backbone.body.", "det.backbone.body."):
+        got = {k: sd[prefix + k] for k in want if prefix + k in sd}
+        if len(got) > len(best):
+            best = got
+    missing = [k for k in want if k not in best and not k.endswith("num_batches_tracked")]
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(want[k].shape)}" for k, v in best.items() if v.shape != want[k].shape]
+    if missing or bad:
+        detail = f"missing {missing[:3]}" if missing else f"shapes differ: {bad[:2]}"
+        raise ModelError(f"{what} '{weights}': does not fit the {backbone} backbone ({detail})")
+    first = next(n for n, m in body.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3)
+    std = torch.tensor((0.229, 0.224, 0.225)).flip(0).view(1, 3, 1, 1)  # BGR order
+    best[f"{first}.weight"] = best[f"{first}.weight"].flip(1) / (255.0 * std)
+    body.load_state_dict(best, strict=False)
+    return sorted(best)
+
+
 def _retinanet_anchors(anchor_scale: float) -> nn.Module:
     """torchvision's RetinaNet anchors, ``anchor_scale`` strides x 2^(0, 1/3, 2/3) x ratios 0.5, 1, 2 per level."""
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -520,8 +608,39 @@ def build_torchvision_detector(*, name: str, family: str, backbone: str, fpn_cha
     return TorchvisionDetector(det, image_size=image_size, arch=arch, strides=STRIDES)
 
 
+def init_fcos_box_bias(model: nn.Module, box_bias_init: bool | None = None, *, what: str = "FCOS") -> bool:
+    """Start an FCOS box-distance bias at ``FCOS_BOX_BIAS_INIT`` strides, as the registered builders do.
+
+    torchvision's FCOS ends the box branch in ReLU with a zero bias: from scratch its boxes start near
+    zero, where the GIoU gradient vanishes, and the box branch can stay dead (docs/detectors.md).
+    ``box_bias_init``: ``True`` always, ``False`` never, ``None`` (auto) when the bias is still
+    torchvision's fresh zero (a bias that was trained or loaded is not zero, and is kept). A head
+    without torchvision's ``regression_head.bbox_reg`` conv gets a warning (it cannot be told) or,
+    with ``True``, a ModelError.
+
+    Returns:
+        whether the bias was set.
+    """
+    conv = getattr(getattr(getattr(model, "head", None), "regression_head", None), "bbox_reg", None)
+    if box_bias_init is False:
+        return False
+    if not isinstance(conv, nn.Conv2d) or conv.bias is None:
+        msg = (f"{what}: the head has no torchvision regression_head.bbox_reg conv with a bias, so the box-bias "
+               f"initialisation (FCOS_BOX_BIAS_INIT) cannot be applied")
+        if box_bias_init:
+            raise ModelError(msg)
+        logging.getLogger("compressdet.models").warning("%s; a box branch trained from scratch may not learn "
+                                                        "(docs/detectors.md, 'FCOS box bias')", msg)
+        return False
+    if box_bias_init is None and bool(conv.bias.detach().abs().sum() != 0):
+        return False  # trained or loaded: keep it
+    with torch.no_grad():
+        conv.bias.fill_(FCOS_BOX_BIAS_INIT)
+    return True
+
+
 def wrap_torchvision(model: nn.Module, *, image_size: Sequence[int], classes: Sequence[str],
-                     name: str = "torchvision_custom") -> TorchvisionDetector:
+                     name: str = "torchvision_custom", box_bias_init: bool | None = None) -> TorchvisionDetector:
     """Put a user's own torchvision ``FCOS`` / ``RetinaNet`` instance (any backbone, any class count)
     on compressdet's detector contract, so training, distillation, evaluation and export run on it.
 
@@ -529,8 +648,10 @@ def wrap_torchvision(model: nn.Module, *, image_size: Sequence[int], classes: Se
     they are; its ``transform`` is bypassed: images enter at ``image_size`` as compressdet feeds them
     (BGR minus mean, no std; train from scratch or fine-tune with that input). ``classes`` must
     match the head's ``num_classes`` (torchvision's FCOS/RetinaNet have no background logit: label
-    ``i`` is ``classes[i]``). Its weights are left as they are too: an FCOS trained from scratch
-    should start its box bias as the registered ones do (``FCOS_BOX_BIAS_INIT``).
+    ``i`` is ``classes[i]``). Its weights are left as they are, but for an FCOS whose box bias is
+    still torchvision's fresh zero: that starts at ``FCOS_BOX_BIAS_INIT`` strides as in the
+    registered builders (without it a box branch from scratch can stay dead; see
+    :func:`init_fcos_box_bias`).
 
     Args:
         model: a ``torchvision.models.detection.FCOS`` or ``RetinaNet``.
@@ -539,7 +660,10 @@ def wrap_torchvision(model: nn.Module, *, image_size: Sequence[int], classes: Se
         name: recorded as ``arch["name"]``. Model files of a wrapped instance reload with
             ``load_model(path, base=wrap_torchvision(fresh_instance, ...))``, or by name once a
             builder is registered under ``name`` (:func:`compressdet.models.register_model`),
-            which is what recipes need (``model: {arch: name}``).
+            which is what recipes need (``model: {arch: name}``); a recipe's ``model: {factory:
+            ...}`` needs neither (:mod:`compressdet.models._factory`).
+        box_bias_init: FCOS only: ``None`` (default) starts a fresh zero box bias at
+            ``FCOS_BOX_BIAS_INIT``, ``True`` always, ``False`` never (:func:`init_fcos_box_bias`).
 
     Returns:
         a :class:`TorchvisionDetector` sharing the instance's modules (``.det`` is ``model``).
@@ -561,7 +685,10 @@ def wrap_torchvision(model: nn.Module, *, image_size: Sequence[int], classes: Se
                          f"(torchvision FCOS/RetinaNet have no background logit: give one name per class)")
     arch = {"name": name, "family": family, "wrapped": type(model).__name__, "num_classes": n,
             "classes": list(classes), "image_size": [int(v) for v in image_size]}
-    return TorchvisionDetector(model, image_size=image_size, arch=arch)
+    wrapped = TorchvisionDetector(model, image_size=image_size, arch=arch)
+    if family == "fcos":
+        init_fcos_box_bias(model, box_bias_init, what=f"{name} ({type(model).__name__})")
+    return wrapped
 
 
 # --------------------------------------------------------------------------------------------
@@ -636,10 +763,13 @@ def _from_arch(arch: dict[str, Any]) -> TorchvisionDetector:
 def _make_builder(name: str, family: str, backbone: str, channels: int, convs: int):
     def builder(*, image_size: Sequence[int] = (384, 1248), num_classes: int = 3, width: float | None = None,
                 pretrained: str | None = None, fpn_channels: int = channels, head_convs: int = convs,
-                anchor_scale: float = 4.0, head: str | None = None, **_ignored: Any) -> TorchvisionDetector:
+                anchor_scale: float = 4.0, head: str | None = None, weights: str | None = None,
+                **_ignored: Any) -> TorchvisionDetector:
         # _ignored: ShuffleDet-only build_model arguments (num_anchors, dropout)
         if width is not None:
             raise ModelError(f"'{name}' has no width multiplier (model.width is for shuffledet)")
+        if weights and pretrained:
+            raise ModelError(f"'{name}': give model.weights or model.pretrained, not both")
         model = build_torchvision_detector(name=name, family=family, backbone=backbone, fpn_channels=fpn_channels,
                                            head_convs=head_convs, num_classes=num_classes, image_size=image_size,
                                            anchor_scale=anchor_scale, head=head)
@@ -647,6 +777,8 @@ def _make_builder(name: str, family: str, backbone: str, channels: int, convs: i
             from ._builder import load_pretrained_backbone
 
             load_pretrained_backbone(model, pretrained)
+        if weights:
+            load_backbone_weights(model, backbone, weights)
         return model
 
     builder.__name__ = builder.__qualname__ = name

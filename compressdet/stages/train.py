@@ -32,7 +32,14 @@ def build_stage_model(ctx: StageContext) -> tuple[torch.nn.Module, dict[str, Any
     if m is None:
         raise UserError(f"stage '{ctx.name}': needs 'model' or 'from'")
     torch.manual_seed(recipe.seed)  # same init on every rank and for every paired run
-    extra = m.model_dump(include=set(m.RETINANET_ONLY), exclude_none=True)  # the builder's defaults otherwise
+    if m.factory is not None:  # the user's own model: its arch records the factory, so every process rebuilds it
+        from ..models._factory import build_from_factory
+        from ..recipe import recipe_dir
+
+        model = build_from_factory(m.factory, m.args, image_size=recipe.data.image_size, classes=recipe.data.classes,
+                                   box_bias_init=m.box_bias_init, base_dir=recipe_dir(recipe))
+        return model, {"model": m.model_dump(mode="json")}
+    extra = m.model_dump(include={*m.RETINANET_ONLY, "weights"}, exclude_none=True)  # the builder's defaults otherwise
     model = build_model(m.arch, width=m.width, image_size=tuple(recipe.data.image_size), dropout=m.dropout,
                         num_classes=len(recipe.data.classes), pretrained=m.pretrained, **extra)
     return model, {"model": m.model_dump(mode="json")}
