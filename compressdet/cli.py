@@ -46,10 +46,12 @@ def _cmd_recipe_check(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .pipeline import find_latest_run, plan
+    from .pipeline import check_data, find_latest_run, plan
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    data_notes: list[str] = []
+    check_data(recipe, data_notes)
     run_dir = args.run_dir or find_latest_run(args.runs_root, recipe.name)
     rows = plan(recipe, run_dir)
     console = Console()
@@ -61,12 +63,12 @@ def _cmd_recipe_check(args: argparse.Namespace) -> int:
     for r in rows:
         table.add_row(*(str(r[c]) for c in ("stage", "kind", "model", "inputs", "status", "action")))
     console.print(table)
-    for line in recipe.advisories():
+    for line in recipe.advisories() + data_notes:
         console.print(f"[yellow]note[/] {line}", highlight=False)
     if args.print_resolved:
         import yaml
 
-        print(yaml.safe_dump(recipe.to_yaml_dict(), sort_keys=False))
+        print(yaml.safe_dump(recipe.to_yaml_dict(used_only=True), sort_keys=False))
     return 0
 
 
@@ -96,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     chk.add_argument("--run-dir", type=Path, default=None, help="compare against this run directory")
     chk.add_argument("--runs-root", type=Path, default=Path("runs"))
-    chk.add_argument("--print-resolved", action="store_true", help="print the recipe with all defaults filled in")
+    chk.add_argument("--print-resolved", action="store_true", help="print the recipe with all defaults filled in "
+                     "(data fields the data.format does not read left out)")
     chk.set_defaults(func=_cmd_recipe_check)
     rc.set_defaults(func=lambda a: (rc.print_help(), 2)[1])
 

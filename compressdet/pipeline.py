@@ -25,7 +25,7 @@ import yaml
 
 from . import __version__
 from ._io import atomic_write_json, atomic_write_text, sha256_file
-from .errors import ArtifactError, UserError
+from .errors import ArtifactError, DataError, UserError
 from .recipe import Recipe, StageConfig
 from .rundir import MANIFEST, find_latest_run, load_manifest  # noqa: F401 - re-exported
 from .stages import StageContext, StageInput, StageResult, env_rank, get_stage
@@ -524,9 +524,25 @@ def plan(recipe: Recipe, run_dir: Path | None) -> list[dict[str, Any]]:
     return rows
 
 
+def check_data(recipe: Recipe, notes: list[str] | None = None) -> None:
+    """Before any work (``recipe check``, ``run`` before its run directory exists): the recipe's classes
+    and class_map against the categories of the data's annotation files.
+
+    Raises:
+        DataError: one line per mismatch, naming the recipe file and field and the annotation file.
+    """
+    from .data.checks import check_classes
+
+    problems = check_classes(recipe.data, notes)
+    if problems:
+        pre = f"{recipe.source}: " if recipe.source else ""
+        raise DataError("\n".join(pre + p for p in problems))
+
+
 def run_recipe(recipe: Recipe, run_dir: Path | None = None, resume: bool = False, from_stage: str | None = None,
                only: str | None = None, runs_root: Path | str = "runs") -> Path:
     """Entry point of ``compressdet run``; returns the run directory."""
+    check_data(recipe)
     init_distributed(recipe.device)
     if resume and run_dir is None:
         run_dir = find_latest_run(runs_root, recipe.name)

@@ -123,6 +123,17 @@ class DataConfig(_Strict):
     max_val_images: int | None = Field(None, gt=0)
     max_test_images: int | None = Field(None, gt=0)
 
+    #: fields read by some formats only (every other field applies to all); ``recipe check
+    #: --print-resolved`` leaves out those the recipe's format does not read
+    FORMAT_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "root": ("kitti", "coco", "yolo", "voc"), "train_split": ("kitti", "synth"), "val_split": ("kitti", "synth"),
+        "test_split": ("kitti", "synth"), "coco": ("coco",), "voc": ("voc",), "yolo": ("yolo",),
+        "class_map": ("coco", "yolo", "voc"), "synth": ("synth",)}
+
+    def unused_fields(self) -> list[str]:
+        """The fields ``self.format`` does not read."""
+        return [f for f, fmts in self.FORMAT_FIELDS.items() if self.format not in fmts]
+
     @field_validator("image_size")
     @classmethod
     def _div16(cls, v: tuple[int, int]) -> tuple[int, int]:
@@ -137,8 +148,9 @@ class DataConfig(_Strict):
             bad = [c for c in v if c not in CLASS_NAMES]
             if bad or not v or len(set(v)) != len(v):
                 raise ValueError(f"classes must be distinct names from {list(CLASS_NAMES)}, got {v}")
-        elif not v or len(set(v)) != len(v) or not all(isinstance(c, str) and c.strip() for c in v):
-            raise ValueError(f"classes must be distinct, non-empty names, got {v}")
+        elif not v or len({c.lower() for c in v}) != len(v) or not all(isinstance(c, str) and c.strip() for c in v):
+            raise ValueError(f"classes must be distinct (case-insensitively: source categories match them so), "
+                             f"non-empty names, got {v}")
         return v
 
     @field_validator("class_map")
@@ -147,9 +159,14 @@ class DataConfig(_Strict):
         if v and info.data.get("format", "synth") in ("kitti", "synth"):
             raise ValueError("class_map is for coco/yolo/voc data (KITTI maps Car, Pedestrian, Cyclist itself)")
         classes = info.data.get("classes") or []
-        bad = sorted({t for t in v.values() if t is not None and t not in classes})
+        lower = {c.lower() for c in classes}
+        bad = sorted({t for t in v.values() if t is not None and t.lower() not in lower})
         if bad:
             raise ValueError(f"class_map targets {bad} are not in data.classes {classes}")
+        keys = [k.lower() for k in v]
+        twice = sorted({k for k in v if keys.count(k.lower()) > 1})
+        if twice:  # category names match case-insensitively: two spellings would be one key
+            raise ValueError(f"class_map keys {twice} are the same category (names match case-insensitively)")
         return v
 
     @model_validator(mode="after")
@@ -632,8 +649,13 @@ class Recipe(_Strict):
                     "sides that are multiples of 128 avoid it (docs/detectors.md)"]
         return []
 
-    def to_yaml_dict(self) -> dict[str, Any]:
+    def to_yaml_dict(self, *, used_only: bool = False) -> dict[str, Any]:
+        """The recipe as plain data (``used_only``: without the data fields its format does not read,
+        which load back as their defaults)."""
         d = self.model_dump(mode="json", by_alias=True, exclude={"source"})
+        if used_only:
+            for f in self.data.unused_fields():
+                d["data"].pop(f, None)
         d["stages"] = [s.model_dump(mode="json", by_alias=True) for s in self.stages]
         for dumped, stage in zip(d["stages"], self.stages):
             if getattr(stage, "distill", None):

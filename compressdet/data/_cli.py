@@ -64,14 +64,23 @@ _FORMATS = ("coco", "yolo", "voc", "kitti")
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
 
+    split_files = {}
+    for item in args.split_file:
+        name, eq, path = item.partition("=")
+        if not eq or not name or not path:
+            raise UserError(f"--split-file: expected NAME=FILE like train=ImageSets/train.txt, got '{item}'")
+        if name in split_files:
+            raise UserError(f"--split-file: split '{name}' given twice")
+        split_files[name] = path
     rep = convert(args.src, src_format=args.from_, dst_format=args.to, out=args.out, skip_bad=args.skip_bad,
-                  drop_ignore=args.drop_ignore, splits=args.split or None)
+                  drop_ignore=args.drop_ignore, splits=args.split or None, split_files=split_files or None)
     splits = ", ".join(f"{s} {n}" for s, n in rep["splits"].items())
     print(f"wrote {args.out} ({args.to}): {rep['images']} images ({splits}), {rep['boxes']} boxes, "
           f"{len(rep['categories'])} categories ({', '.join(rep['categories'])})")
     if rep["dropped_ignore_regions"]:
-        print(f"dropped {rep['dropped_ignore_regions']} ignore regions (DontCare/crowd/difficult) "
-              + ("(--drop-ignore)" if args.drop_ignore else f"({args.to} has no ignore regions)"))
+        why = ("--drop-ignore" if args.drop_ignore else "yolo has no ignore regions" if args.to == "yolo"
+               else "KITTI DontCare is no voc class; difficult objects stay")
+        print(f"dropped {rep['dropped_ignore_regions']} ignore regions (DontCare/crowd/difficult) ({why})")
     if rep["skipped"]:
         print("skipped (--skip-bad): " + ", ".join(f"{n} {k}" for k, n in rep["skipped"].items()))
     return 0
@@ -91,8 +100,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
               f"image sizes {sizes}")
     if st["skipped"]:
         print("skipped (--skip-bad): " + ", ".join(f"{n} {k}" for k, n in st["skipped"].items()))
-    png = plot_size_histogram(st, args.png)
-    print(f"wrote {png} (box size histogram)")
+    if args.png:
+        png = plot_size_histogram(st, args.png)
+        print(f"wrote {png} (box size histogram)")
     if args.json:
         atomic_write_json(args.json, {k: v for k, v in st.items()} | {"splits": {
             s: {k: v for k, v in sp.items() if k != "box_sizes"} for s, sp in st["splits"].items()}})
@@ -157,22 +167,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "Layouts: coco = annotations/<split>.json + images/; yolo = data.yaml + images/<split>, "
                        "labels/<split>; voc = Annotations/, JPEGImages/, ImageSets/Main/<split>.txt; kitti = "
                        "training/image_2, training/label_2, ImageSets/<split>.txt. Ignore regions (KITTI DontCare, "
-                       "COCO iscrowd, VOC difficult) are kept where the target has them, else dropped with a count.")
+                       "COCO iscrowd, VOC difficult) are kept where the target has them, else dropped with a count; "
+                       "KITTI DontCare is no class in yolo/voc output. Beside the per-split files every split's "
+                       "images are listed once more as a split of their own: coco annotations/all.json, yolo "
+                       "all.txt, voc ImageSets/Main/all.txt, kitti ImageSets/all.txt.")
     c.add_argument("src", type=Path, help="source folder (yolo: the folder holding data.yaml, or the YAML)")
     c.add_argument("--from", dest="from_", choices=_FORMATS + ("synth",), required=True)
     c.add_argument("--to", choices=_FORMATS, required=True)
     c.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
     c.add_argument("--split", action="append", default=[], choices=("train", "val", "test"),
-                   help="only this split (repeatable; default: every split present)")
+                   help="only this split (repeatable; default: every split present, or those of --split-file)")
+    c.add_argument("--split-file", action="append", default=[], metavar="NAME=FILE",
+                   help="split NAME (train, val, test) is the image ids listed in FILE, one a line (KITTI "
+                   "ImageSets style; kitti, synth and voc sources; FILE relative to here or to SRC); repeatable. "
+                   "A partial KITTI copy converts without --skip-bad: images not listed are left out, a listed "
+                   "id without its image is an error")
     c.add_argument("--skip-bad", action="store_true", help="skip bad annotations/images (counted, logged) instead "
                    "of stopping at the first")
     c.add_argument("--drop-ignore", action="store_true", help="drop ignore regions (DontCare/crowd) with a count")
     c.set_defaults(func=_cmd_convert)
     st = sub.add_parser("stats", help="images, boxes per class, box-size histogram (PNG)",
-                        description="Count images and boxes per class and split; plot box sizes (sqrt of area).")
+                        description="Count images and boxes per class and split; with --png, plot box sizes "
+                        "(sqrt of area). Writes nothing unless --png or --json is given.")
     st.add_argument("dir", type=Path)
     st.add_argument("--format", choices=_FORMATS + ("synth",), required=True)
-    st.add_argument("--png", type=Path, default=Path("data_stats.png"), help="histogram PNG (default data_stats.png)")
+    st.add_argument("--png", type=Path, default=None, help="also write the box-size histogram to this PNG")
     st.add_argument("--json", type=Path, default=None, help="also write the counts as JSON")
     st.add_argument("--split", action="append", default=[], choices=("train", "val", "test"))
     st.add_argument("--skip-bad", action="store_true")

@@ -13,7 +13,8 @@ from ..errors import UserError
 from .formats import ImageRecord, Issues, get_format, read_records, source_config
 from .kitti import KITTI_TYPES
 
-__all__ = ["open_source", "read_all_splits", "convert", "stats", "plot_size_histogram"]
+__all__ = ["open_source", "read_all_splits", "with_split_files", "convert", "stats", "plot_size_histogram",
+           "ALL_SPLIT_FILE"]
 
 
 def open_source(src: str | Path, fmt: str, *, skip_bad: bool = False):
@@ -54,8 +55,69 @@ def read_all_splits(cfg, issues: Issues, splits: list[str] | None = None
     return out, cats
 
 
+#: where each writer lists every converted image (all splits, in order), beside the per-split files
+ALL_SPLIT_FILE = {"coco": "annotations/all.json (a COCO file of every split's images)",
+                  "yolo": "all.txt (an Ultralytics image list, paths relative to it)",
+                  "voc": "ImageSets/Main/all.txt", "kitti": "ImageSets/all.txt"}
+
+
+def with_split_files(cfg, split_files: dict[str, str | Path], *, check: bool = True):
+    """``cfg`` (a kitti or voc source) reading each split's image ids from the given list file.
+
+    A relative file is taken from the working directory, else from the source root. ``check``: every
+    listed id must have its image (kitti) or annotation (voc) in the source (a DataError naming the
+    file and line otherwise); images present but not listed are left out.
+    """
+    from ..errors import DataError
+    from ..recipe import SplitFiles
+    from .kitti import read_split
+
+    if cfg.format not in ("kitti", "voc"):
+        what = {"coco": "its annotation JSON files", "yolo": "the dataset YAML's entries"}.get(cfg.format, "its own")
+        raise UserError(f"--split-file: lists of image ids split kitti, synth and voc data; {cfg.format} data is "
+                        f"split by {what}")
+    root = Path(cfg.root)
+    paths = {}
+    for split, f in split_files.items():
+        if split not in ("train", "val", "test"):
+            raise UserError(f"--split-file {split}={f}: the split name must be train, val or test")
+        p = Path(f).expanduser()
+        p = p if p.is_file() or p.is_absolute() else root / p
+        if not p.is_file():
+            raise UserError(f"--split-file {split}={f}: no such file (here or under {root})")
+        paths[split] = p.resolve()
+        if not check:
+            continue
+        for n, i in enumerate(read_split(p), 1):
+            need = (root / "training" / "image_2" / f"{i}.png" if cfg.format == "kitti"
+                    else root / "Annotations" / f"{i}.xml")
+            if not need.is_file():
+                raise DataError(f"{p}:{n}: image id '{i}' is listed but {need} does not exist (list only the "
+                                "images the source holds, or pass --skip-bad to skip missing ones)")
+    if cfg.format == "kitti":
+        return cfg.model_copy(update={f"{s}_split": str(p) for s, p in paths.items()})
+    return cfg.model_copy(update={"voc": SplitFiles(**{s: str(p) for s, p in paths.items()})})
+
+
+def _drop_dontcare(data: dict[str, list[ImageRecord]], cats: list[str]) -> int:
+    """Remove KITTI DontCare ignore regions (in place) and, once none is left, the category; the count."""
+    n = 0
+    for recs in data.values():
+        for r in recs:
+            keep = ~((np.asarray(r.names, object) == "DontCare") & r.crowd) if len(r) else np.ones(0, bool)
+            n += int((~keep).sum())
+            r.boxes, r.crowd = r.boxes[keep], r.crowd[keep]
+            r.names = [x for x, k in zip(r.names, keep) if k]
+            r.refs = [x for x, k in zip(r.refs, keep) if k] if r.refs else r.refs
+            r.kitti = [o for o, k in zip(r.kitti, keep) if k] if r.kitti is not None else None
+    if not any("DontCare" in r.names for recs in data.values() for r in recs):
+        cats.remove("DontCare")
+    return n
+
+
 def convert(src: str | Path, *, src_format: str, dst_format: str, out: str | Path, skip_bad: bool = False,
             drop_ignore: bool = False, splits: list[str] | None = None,
+            split_files: dict[str, str | Path] | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Convert the data set at ``src`` to ``dst_format`` under ``out`` (a new or empty folder).
 
@@ -65,7 +127,13 @@ def convert(src: str | Path, *, src_format: str, dst_format: str, out: str | Pat
 
     Ignore regions (KITTI DontCare, COCO iscrowd, VOC difficult) are kept where the target format
     has them (COCO ``iscrowd: 1``, VOC ``difficult``, KITTI DontCare) and dropped with a count for
-    YOLO or with ``drop_ignore``.
+    YOLO or with ``drop_ignore``. KITTI's DontCare is no class: YOLO and VOC output (whose tools
+    take every name as a class) leave its regions and its category out, counted as dropped.
+
+    ``split_files`` (``{split: file of image ids}``, kitti/synth/voc sources) replaces the source's
+    split lists, so a partial copy converts the images it has; an id listed without its image or
+    annotation is a DataError (unless ``skip_bad``). The writers also write every split's images
+    as one more listing (see :data:`ALL_SPLIT_FILE`).
 
     Returns:
         ``{"splits": {split: images}, "images", "boxes", "categories", "dropped_ignore_regions",
@@ -76,6 +144,9 @@ def convert(src: str | Path, *, src_format: str, dst_format: str, out: str | Pat
         raise UserError(f"{out}: the output folder exists and is not empty")
     issues = Issues(skip_bad, logger=lambda m: log(m))
     cfg = open_source(src, src_format, skip_bad=skip_bad)
+    if split_files:
+        cfg = with_split_files(cfg, split_files, check=not skip_bad)
+        splits = splits or list(split_files)
     data, cats = read_all_splits(cfg, issues, splits)
     dropped = 0
     if drop_ignore:
@@ -90,6 +161,8 @@ def convert(src: str | Path, *, src_format: str, dst_format: str, out: str | Pat
         used = {n for recs in data.values() for r in recs for n in r.names}
         if src_format in ("kitti", "synth", "voc"):  # categories seen, not declared: drop the unused
             cats = [c for c in cats if c in used]
+    if dst_format in ("yolo", "voc") and "DontCare" in cats:
+        dropped += _drop_dontcare(data, cats)
     from .._io import atomic_dir
 
     with atomic_dir(out) as tmp:  # every image was decoded above; a writer that stops leaves no half set

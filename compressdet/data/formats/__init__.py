@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 from ...errors import DataError, UserError
 from . import coco, kitti, voc, yolo
-from ._common import BOX_TOLERANCE, ClassMapper, ImageRecord, Issues
+from ._common import BOX_TOLERANCE, ClassMapper, ImageRecord, Issues, class_problems
 
-__all__ = ["ImageRecord", "Issues", "ClassMapper", "FormatSpec", "register_format", "get_format", "list_formats",
-           "read_records", "source_config", "BOX_TOLERANCE"]
+__all__ = ["ImageRecord", "Issues", "ClassMapper", "class_problems", "FormatSpec", "register_format", "get_format",
+           "list_formats", "read_records", "source_config", "BOX_TOLERANCE"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class FormatSpec:
     write: Callable[..., dict]
     available_splits: Callable[[Any], list[str]]
     description: str = ""
+    #: ``(cfg, split, wanted) -> (category names, source) | None``: the names a split's annotations use,
+    #: read without opening images (``recipe check`` compares them with data.classes / class_map)
+    categories: Callable[..., tuple[list[str], str] | None] | None = None
 
 
 _FORMATS: dict[str, FormatSpec] = {}
@@ -46,7 +49,8 @@ def register_format(name: str, module: ModuleType, description: str = "") -> For
     """Register ``module`` (with ``read``, ``write``, ``available_splits``) as format ``name``."""
     if name in _FORMATS:
         raise ValueError(f"data format '{name}' is already registered")
-    spec = FormatSpec(name, module.read, module.write, module.available_splits, description)
+    spec = FormatSpec(name, module.read, module.write, module.available_splits, description,
+                      getattr(module, "category_names", None))
     _FORMATS[name] = spec
     return spec
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ...errors import DataError
 
-__all__ = ["ImageRecord", "Issues", "ClassMapper", "BOX_TOLERANCE", "check_box", "probe_image"]
+__all__ = ["ImageRecord", "Issues", "ClassMapper", "class_problems", "BOX_TOLERANCE", "check_box", "probe_image"]
 
 log = logging.getLogger("compressdet.data")
 
@@ -101,38 +101,68 @@ def probe_image(path: Path, where: str, issues: Issues) -> tuple[int, int] | Non
         return None
 
 
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    import difflib
+
+    low = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(low), n=1, cutoff=0.6)
+    return f" (did you mean '{low[close[0]]}'?)" if close else ""
+
+
+def class_problems(classes: list[str], class_map: dict[str, str | None] | None, categories: list[str],
+                   source: str) -> list[str]:
+    """What does not match between the recipe's ``data.classes`` / ``data.class_map`` and the
+    ``categories`` of ``source`` (names compared case-insensitively), one line each naming the recipe
+    field and the file; [] when all match."""
+    cmap = dict(class_map or {})
+    cats = {c.lower() for c in categories}
+    shown = ", ".join(categories) if len(categories) <= 30 else ", ".join(categories[:30]) + ", ..."
+    out = [f"data.class_map: '{k}' is not a category of {source}{_did_you_mean(k, categories)} "
+           f"(categories: {shown or 'none'})" for k in cmap if k.lower() not in cats]
+    lower = {c.lower(): c for c in classes}
+    if cmap:
+        fed = {lower.get(str(t).lower()) for k, t in cmap.items() if t is not None and k.lower() in cats}
+    else:
+        fed = {lower.get(c.lower()) for c in categories}
+    missing = [c for c in classes if c not in fed]
+    if missing:
+        how = ("map a category to them with data.class_map" if not cmap
+               else "no data.class_map key that is a category there targets them")
+        out.append(f"data.classes: {', '.join(map(repr, missing))} match no category of {source} "
+                   f"(categories: {shown or 'none'}); {how}")
+    return out
+
+
 class ClassMapper:
     """Source category name -> model class index (``None``: not a training class).
 
-    With ``class_map`` (source name -> model class or None) only its keys map; every key must be a
-    category of the source (when the source declares its categories). Without it, a category maps
-    to the model class of the same name, compared case-insensitively (KITTI's ``Car`` -> ``car``).
+    Names compare case-insensitively everywhere (``car`` in a recipe matches a file's ``Car``); the
+    model's classes keep the spelling of ``data.classes``. With ``class_map`` (source name -> model
+    class or None) only its keys map; every key must be a category of the source (when the source
+    declares its categories). Without it, a category maps to the model class of the same name
+    (KITTI's ``Car`` -> ``car``).
 
     Raises:
         DataError: a ``class_map`` key is not a category of ``source``; a model class matches no
-            declared category.
+            declared category; a ``class_map`` target is not one of ``classes`` (one line each).
     """
 
     def __init__(self, classes: list[str], class_map: dict[str, str | None] | None = None,
                  categories: list[str] | None = None, source: str = "<data>"):
         self.classes = list(classes)
-        lower = {c.lower(): i for i, c in enumerate(self.classes)}
-        self._explicit = dict(class_map or {})
-        if self._explicit and categories is not None:
-            for k in self._explicit:
-                if k not in categories:
-                    raise DataError(f"{source}: data.class_map: category '{k}' is not in this file's categories "
-                                    f"({', '.join(categories)})")
-        self._lower = lower
+        self._lower = {c.lower(): i for i, c in enumerate(self.classes)}
+        self._explicit: dict[str, int | None] = {}
+        for k, t in (class_map or {}).items():
+            if t is not None and str(t).lower() not in self._lower:
+                raise DataError(f"data.class_map: '{k}' targets '{t}', not one of data.classes "
+                                f"({', '.join(self.classes)})")
+            self._explicit[k.lower()] = None if t is None else self._lower[str(t).lower()]
         if categories is not None:
-            hit = {self(n) for n in categories} - {None}
-            missing = [c for i, c in enumerate(self.classes) if i not in hit]
-            if missing:
-                raise DataError(f"{source}: data.classes {missing} match no category of this file "
-                                f"({', '.join(categories)}); map one with data.class_map")
+            problems = class_problems(self.classes, class_map, categories, source)
+            if problems:
+                raise DataError("\n".join(problems))
 
     def __call__(self, name: str) -> int | None:
         if self._explicit:
-            t = self._explicit.get(name)
-            return None if t is None else self.classes.index(t)
+            return self._explicit.get(name.lower())
         return self._lower.get(name.lower())

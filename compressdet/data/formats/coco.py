@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import DataError
 from ._common import ImageRecord, Issues, check_box, probe_image
 
-__all__ = ["read", "write", "available_splits", "split_paths"]
+__all__ = ["read", "write", "available_splits", "split_paths", "category_names"]
 
 
 def split_paths(cfg, split: str) -> tuple[Path, Path]:
@@ -133,6 +133,7 @@ def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str]
     from ._io_util import copy_image, safe_ids
 
     counts = {"images": 0, "boxes": 0}
+    every: tuple[list[ImageRecord], list[str]] = ([], [])
     for split, recs in splits.items():
         names = [f"{split}/{i}{r.path.suffix.lower()}" for i, r in zip(safe_ids(recs), recs)]
         for rec, fn in zip(recs, names):
@@ -140,4 +141,17 @@ def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str]
         atomic_write_json(out / "annotations" / f"{split}.json", to_coco_dict(recs, categories, names))
         counts["images"] += len(recs)
         counts["boxes"] += sum(len(r) for r in recs)
+        every[0].extend(recs)
+        every[1].extend(names)
+    # every split's images in one file, usable as a split of its own (data.coco.train: annotations/all.json)
+    atomic_write_json(out / "annotations" / "all.json", to_coco_dict(every[0], categories, every[1]))
     return counts
+
+
+def category_names(cfg, split: str, wanted: list[str] | None = None) -> tuple[list[str], str] | None:
+    """(the split file's category names, the file), reading no image; None when the file is absent."""
+    ann_path, _ = split_paths(cfg, split)
+    if not ann_path.is_file():
+        return None
+    cats = load_json(ann_path)["categories"]
+    return [str(c["name"]) for c in cats if isinstance(c, dict) and "name" in c], str(ann_path)

@@ -77,6 +77,7 @@ def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str]
     from ._io_util import copy_image, safe_ids
 
     counts = {"images": 0, "boxes": 0}
+    every: dict[str, None] = {}  # ids of every split, in order, once
     for split, recs in splits.items():
         ids = safe_ids(recs, alnum=True)
         for rec, i in zip(recs, ids):
@@ -92,4 +93,9 @@ def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str]
 
         atomic_write_text(out / "ImageSets" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
         counts["images"] += len(recs)
+        every.update(dict.fromkeys(ids))
+    from ..._io import atomic_write_text
+
+    # every split's ids: a split file of its own (data.train_split: ImageSets/all.txt)
+    atomic_write_text(out / "ImageSets" / "all.txt", "".join(f"{i}\n" for i in every))
     return counts

@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import DataError
 from ._common import ImageRecord, Issues, check_box, probe_image
 
-__all__ = ["read", "write", "available_splits"]
+__all__ = ["read", "write", "available_splits", "category_names"]
 
 
 def _root(cfg) -> Path:
@@ -102,6 +102,7 @@ def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str]
     from ._io_util import copy_image, fmt_num, safe_ids
 
     counts = {"images": 0, "boxes": 0}
+    every: dict[str, None] = {}  # ids of every split, in order, once
     for split, recs in splits.items():
         ids = safe_ids(recs)
         for i, rec in zip(ids, recs):
@@ -126,4 +127,35 @@ def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str]
             atomic_write_text(out / "Annotations" / f"{i}.xml", ET.tostring(root, encoding="unicode") + "\n")
         atomic_write_text(out / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
         counts["images"] += len(recs)
+        every.update(dict.fromkeys(ids))
+    # every split's ids: a split file of its own (data.voc.train: ImageSets/Main/all.txt)
+    atomic_write_text(out / "ImageSets" / "Main" / "all.txt", "".join(f"{i}\n" for i in every))
     return counts
+
+
+def category_names(cfg, split: str, wanted: list[str] | None = None) -> tuple[list[str], str] | None:
+    """(object names in the split's annotation files, where they came from); None without a split file.
+
+    The XMLs are read one at a time (no image is opened) and reading stops once every name of
+    ``wanted`` (compared case-insensitively) has been seen, so a large set that matches is quick.
+    """
+    sf = _split_file(cfg, split)
+    if not sf.is_file():
+        return None
+    ann_dir = _root(cfg) / "Annotations"
+    want = {w.lower() for w in wanted} if wanted else None
+    names: dict[str, None] = {}
+    for ln in sf.read_text().splitlines():
+        if not ln.strip():
+            continue
+        try:
+            tree = ET.parse(ann_dir / f"{ln.split()[0]}.xml").getroot()
+        except (OSError, ET.ParseError):  # read() names these when the split is loaded
+            continue
+        for obj in tree.iter("object"):
+            n = (obj.findtext("name") or "").strip()
+            if n:
+                names.setdefault(n, None)
+        if want is not None and want <= {n.lower() for n in names}:
+            break
+    return list(names), f"{ann_dir}/*.xml of {sf}"

@@ -18,7 +18,7 @@ from ..._yaml import DuplicateKeyError, format_key_path, safe_load_unique
 from ...errors import DataError
 from ._common import ImageRecord, Issues, check_box, probe_image
 
-__all__ = ["read", "write", "available_splits", "load_dataset_yaml", "IMAGE_SUFFIXES"]
+__all__ = ["read", "write", "available_splits", "load_dataset_yaml", "category_names", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
@@ -156,9 +156,11 @@ def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str]
     names = list(categories)
     cid = {c: k for k, c in enumerate(names)}
     counts = {"images": 0, "boxes": 0, "dropped_ignore_regions": 0}
+    every: list[str] = []
     for split, recs in splits.items():
         for i, rec in zip(safe_ids(recs), recs):
             copy_image(rec.path, out / "images" / split / f"{i}{rec.path.suffix.lower()}")
+            every.append(f"./images/{split}/{i}{rec.path.suffix.lower()}")
             h, w = rec.size
             lines = []
             for b, name, crowd in zip(rec.boxes, rec.names, rec.crowd):
@@ -174,4 +176,14 @@ def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str]
     body = {"path": ".", **{s: f"images/{s}" for s in splits}, "names": dict(enumerate(names))}
     atomic_write_text(out / "data.yaml", "# YOLO dataset (Ultralytics layout), written by compressdet data convert\n"
                       + yaml.safe_dump(body, sort_keys=False))
+    # every split's images, an Ultralytics image list (paths relative to this file) a YAML entry can name
+    atomic_write_text(out / "all.txt", "".join(f"{p}\n" for p in every))
     return counts
+
+
+def category_names(cfg, split: str, wanted: list[str] | None = None) -> tuple[list[str], str] | None:
+    """(the dataset YAML's ``names``, the YAML), reading no image; None when the YAML is absent."""
+    ypath = _yaml_path(cfg)
+    if not ypath.is_file():
+        return None
+    return load_dataset_yaml(ypath)[2], str(ypath)
