@@ -145,7 +145,12 @@ def category_names(cfg, split: str, wanted: list[str] | None = None) -> tuple[li
     ann_dir = _root(cfg) / "Annotations"
     want = {w.lower() for w in wanted} if wanted else None
     names: dict[str, None] = {}
-    for ln in sf.read_text().splitlines():
+    try:
+        lines = sf.read_text().splitlines()
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{sf}: cannot read the split file ({type(e).__name__}: expected UTF-8 text, one image id "
+                        "per line)") from None
+    for ln in lines:
         if not ln.strip():
             continue
         try:
