@@ -208,3 +208,22 @@ def test_stats_writes_a_png_only_when_asked(datasets, tmp_path, cli):
     p = cli("data", "stats", datasets["coco"], "--format", "coco", "--png", "h.png", cwd=tmp_path)
     assert p.returncode == 0 and (tmp_path / "h.png").stat().st_size > 1000
     assert [f.name for f in tmp_path.iterdir()] == ["h.png"]
+
+
+def test_voc_names_are_the_whole_sets(datasets, tmp_path):
+    # VOC declares no category list: a name only the train split's objects use is still a category
+    import shutil
+
+    from compressdet.data.checks import check_classes
+    from compressdet.recipe import DataConfig
+
+    root = tmp_path / "voc"
+    shutil.copytree(datasets["voc"], root)
+    xml = root / "Annotations" / f"{(root / 'ImageSets/Main/train.txt').read_text().split()[0]}.xml"
+    xml.write_text(xml.read_text().replace("<name>Truck</name>", "<name>Tram</name>"))
+    cfg = DataConfig(format="voc", root=str(root), classes=["vehicle", "person"],
+                     class_map={"car": "vehicle", "tram": None, "person": "person"})
+    assert check_classes(cfg) == []
+    bad = cfg.model_copy(update={"class_map": {"car": "vehicle", "person": "person", "bus": None}})
+    (line,) = check_classes(bad)
+    assert line.startswith("data.class_map: 'bus' is not a category of") and "train.txt and" in line

@@ -14,6 +14,9 @@ from .formats import class_problems, get_format
 
 __all__ = ["check_classes"]
 
+#: formats whose files declare no category list (VOC: the names objects use): checked on all splits' names
+_SEEN_NOT_DECLARED = {"voc"}
+
 
 def check_classes(data_cfg: Any, notes: list[str] | None = None) -> list[str]:
     """Problems (one line each, naming the recipe field and the annotation file) between
@@ -29,7 +32,7 @@ def check_classes(data_cfg: Any, notes: list[str] | None = None) -> list[str]:
     wanted = list(data_cfg.class_map) or list(data_cfg.classes)
     problems: list[str] = []
     absent: list[str] = []
-    seen: set[str] = set()
+    found: list[tuple[list[str], str]] = []
     for split in ("train", "val", "test"):
         try:
             got = spec.categories(data_cfg, split, wanted)
@@ -39,8 +42,13 @@ def check_classes(data_cfg: Any, notes: list[str] | None = None) -> list[str]:
             continue
         if got is None:
             absent.append(split)
-            continue
-        names, source = got
+        else:
+            found.append(got)
+    if data_cfg.format in _SEEN_NOT_DECLARED and found:  # the set's names: a class seen in train only is fine
+        names = list(dict.fromkeys(n for got in found for n in got[0]))
+        found = [(names, " and ".join(src for _, src in found))]
+    seen: set[str] = set()
+    for names, source in found:
         for p in class_problems(data_cfg.classes, data_cfg.class_map, names, source):
             key = p.split(" of ", 1)[0]  # the same problem in another split's file: named once, first file
             if key not in seen:
