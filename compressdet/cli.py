@@ -2,7 +2,8 @@
 
 Each command group lives next to the code it drives (``compressdet/<pkg>/_cli.py``) and registers
 its own sub-parser, so this file only wires them up and maps errors to exit codes:
-0 ok, 2 bad input (one readable line), 1 internal error (traceback with ``--debug``).
+0 ok, 2 bad input (one readable line), 1 internal error (traceback with ``--debug``), 130 interrupted,
+141 stdout closed by its reader (``| head``; quietly, as ``cat`` would end).
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipe_check(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from ._console import console as make_console
+    from ._console import print_whole
     from .pipeline import check_data, find_latest_run, plan
     from .recipe import load_recipe
 
@@ -54,7 +56,7 @@ def _cmd_recipe_check(args: argparse.Namespace) -> int:
     check_data(recipe, data_notes)
     run_dir = args.run_dir or find_latest_run(args.runs_root, recipe.name)
     rows = plan(recipe, run_dir)
-    console = Console()
+    console = make_console()
     console.print(f"[green]ok[/] {args.recipe}: recipe '{recipe.name}', {len(rows)} stages, "
                   f"data {recipe.data.format} at {recipe.data.image_size[0]}x{recipe.data.image_size[1]}", soft_wrap=True)
     table = Table(title=f"plan (run dir: {run_dir or 'new'})")
@@ -62,7 +64,7 @@ def _cmd_recipe_check(args: argparse.Namespace) -> int:
         table.add_column(col)
     for r in rows:
         table.add_row(*(str(r[c]) for c in ("stage", "kind", "model", "inputs", "status", "action")))
-    console.print(table)
+    print_whole(console, table)
     for line in recipe.advisories() + data_notes:
         console.print(f"[yellow]note[/] {line}", highlight=False)
     if args.print_resolved:
@@ -128,6 +130,21 @@ def _interrupted_line(args: argparse.Namespace, where) -> str:
     return f"interrupted: stage '{where.stage}', {saved}; continue it with: {cmd}"
 
 
+#: exit status when stdout's reader went away (`| head`): 128 + SIGPIPE, what a shell reports for cat or
+#: grep there, so a `set -o pipefail` script sees that the command stopped before its work was done
+EXIT_CLOSED_PIPE = 141
+
+
+def _closed_pipe() -> int:
+    """Python's recipe for a closed stdout: point it at /dev/null so nothing buffered raises again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by an object without a file descriptor
+        pass
+    return EXIT_CLOSED_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -141,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return int(rc or 0)
+    except BrokenPipeError:  # the reader went away (`compressdet info m | head -1`): stop quietly
+        return _closed_pipe()
     except UserError as e:
         if args.debug:
             raise

@@ -218,9 +218,9 @@ class Pipeline:
     hooks: list[StageHook] = field(default_factory=lambda: [TimerHook(), ConsoleHook()])
 
     def __post_init__(self) -> None:
-        from rich.console import Console
+        from ._console import console
 
-        self.console = Console(stderr=False)
+        self.console = console()
         self.rank, self.world_size, self.local_rank = env_rank()
         self.run_dir = Path(self.run_dir)
         mpath = self.run_dir / MANIFEST

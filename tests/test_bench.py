@@ -87,7 +87,11 @@ def test_bench_latest_run_writes_reports(tmp_path, monkeypatch, capsys):
                                                   / q["latency"]["ort-int8"]["b1"]["median_ms"], abs=0.01)
     assert q["eval_backend"] == "ort-int8" and q["file_bytes"] < pruned["file_bytes"]
     md = (run / "bench" / "report.md").read_text()
-    assert "car E/M/H" in md and "FLOPs" in md and "pruned (int8)" in md
+    assert "car E/M/H" in md and "| MACs |" in md and "| param bytes | file size |" in md and "pruned (int8)" in md
+    # param bytes follow the model, not its file: the pruned model's parameters, the int8 row's int8 weights
+    assert q["param_bytes"] < pruned["param_bytes"] <= student["param_bytes"]
+    assert pruned["delta"]["param_bytes_pct"] == pytest.approx(
+        100 * (pruned["param_bytes"] - student["param_bytes"]) / student["param_bytes"], abs=0.01)
     assert "| pruned (int8) | ort-int8 * | int8 |" in md and "own process" in md.replace("own processes", "own process")
     assert (run / "bench" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert rep["split"] == "val" and "val split" in md

@@ -38,7 +38,7 @@ def test_quickstart_on_coco_reports_coco_ap(tmp_path, capsys):
     (row,) = rep["rows"]
     assert row["eval"]["metric"] == "coco" and 0.0 <= row["eval"]["ap"] <= 100.0 and row["eval"]["images"] == 3
     md = (tmp_path / "run" / "bench" / "report.md").read_text()
-    assert "| model | FLOPs | params | AP | AP50 | AP75 | APs | APm | APl | AR100 |" in md
+    assert "| model | MACs | params | AP | AP50 | AP75 | APs | APm | APl | AR100 |" in md
     assert "COCO box AP@[.5:.95]" in md and "car E/M/H" not in md
     assert man["stages"]["bench"]["metrics"]["teacher/mAP"] == row["eval"]["ap"]
     from compressdet.models import load_model

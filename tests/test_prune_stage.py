@@ -85,12 +85,18 @@ stages:
 """
 
 
-def test_prune_stage_from_tiny_recipe(tmp_path):
+def test_prune_stage_from_tiny_recipe(tmp_path, capsys):
+    from compressdet.bench.runner import param_bytes
     from compressdet.pipeline import run_recipe
     from compressdet.recipe import parse_recipe
 
     recipe = parse_recipe(RECIPE, source="tiny.yaml")
     run_dir = run_recipe(recipe, run_dir=tmp_path / "run")
+    # piped (not a terminal): the pruning step and every fine-tune step say which stage they belong to
+    out = capsys.readouterr().out
+    assert "pruned: round 1/1: pruning (group_magnitude importance)" in out
+    assert "pruned: round 1/1: " in out and "channels removed" in out
+    assert "pruned: step 1/2" in out and "pruned: step 2/2" in out and "teacher: step 2/2" in out
     manifest = json.loads((run_dir / "manifest.json").read_text())
     stage = manifest["stages"]["pruned"] if isinstance(manifest["stages"], dict) else \
         next(s for s in manifest["stages"] if s["name"] == "pruned")
@@ -99,6 +105,8 @@ def test_prune_stage_from_tiny_recipe(tmp_path):
     assert m["macs_after"]["backbone"] < m["macs_before"]["backbone"]
     model_file = next(run_dir.rglob("pruned/model.pt"))
     model, meta = load_model(model_file)
+    teacher, _ = load_model(next(run_dir.rglob("teacher/model.pt")))
+    assert param_bytes(model) < param_bytes(teacher)  # the bench report's param bytes follow the pruning
     assert meta["pruning_history"] == "prune_history.json"
     assert (model_file.parent / "prune_history.json").is_file()
     assert model(torch.zeros(1, 3, *HW)).shape == (1, 72, 4, 12)

@@ -32,14 +32,13 @@ def parse_ints(text: str, flag: str) -> list[int]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from .._console import console as make_console
     from ..export.formats import backend_format
     from ..rundir import latest_run_or_fail
     from .report import print_table
     from .runner import BenchOptions, bench_run
 
-    console = Console()
+    console = make_console()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in backends:
         backend_format(b)
@@ -71,8 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench", help="benchmark every model stage of a run (MACs, params, latency, mAP)",
         description="Measure every finished model stage of a run (default: the latest under runs/): backbone and "
-                    "total MACs, params, file size, latency per backend (median and p90 after warm-up) and KITTI AP "
-                    "on the val split (--split test: the held-out one); writes report.md, report.json and pareto.png "
+                    "total MACs (multiply-accumulates; FLOPs ~ 2 x MACs), params, parameter bytes, file size, latency "
+                    "per backend (median and p90 after warm-up) and AP on the val split (--split test: the held-out "
+                    "one; KITTI AP or COCO AP as --metric says); writes report.md, report.json and pareto.png "
                     "into RUN_DIR/bench. CPU latency: each "
                     "model on each backend is timed in fresh processes of its own (report.json: timer "
                     "isolated_process), never interleaved with another model in one process.")
@@ -91,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("val", "test"), default="val",
                    help="split the mAP is measured on (test: the held-out split, for a final report)")
     p.add_argument("--stages", default=None, help="comma-separated stages to measure (default: all model stages)")
-    p.add_argument("--protocol", choices=("official", "seed"), default="official", help="KITTI AP protocol")
+    p.add_argument("--protocol", choices=("official", "seed"), default="official",
+                   help="KITTI AP protocol (KITTI metric only)")
     p.add_argument("--metric", choices=("kitti", "coco"), default=None,
                    help="KITTI AP or COCO AP (default: follows the run's data.format)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/bench)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,13 @@ from ..eval.table import size_cells
 __all__ = ["table_rows", "markdown_report", "write_reports", "pareto_plot", "print_table", "COLUMNS", "COCO_COLUMNS",
            "columns"]
 
-COLUMNS = ["model", "FLOPs", "params", "car E/M/H", "ped E/M/H", "cyc E/M/H", "mAP", "size", "weights",
+#: MACs: backbone multiply-accumulates (what is counted; FLOPs would be about 2x); param bytes: the
+#: parameters' numel x element size (int8 rows: the graph's int8 weights); file size: the model file
+COLUMNS = ["model", "MACs", "params", "car E/M/H", "ped E/M/H", "cyc E/M/H", "mAP", "param bytes", "file size",
            "latency b1", "delta vs ref"]
 #: the table's columns when the metric is COCO AP (coco/yolo/voc data, or eval.metric: coco)
-COCO_COLUMNS = ["model", "FLOPs", "params", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "size", "weights",
-                "latency b1", "delta vs ref"]
+COCO_COLUMNS = ["model", "MACs", "params", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "param bytes",
+                "file size", "latency b1", "delta vs ref"]
 _COCO_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100")
 
 
@@ -71,16 +72,16 @@ def _delta(row: dict[str, Any]) -> str:
         bits.append(f"MACs {d['macs_backbone_pct']:+.0f}%")
     if d.get("speedup"):
         bits.append(f"x{d['speedup']:.2f} speed" + (f" ({d['speedup_backends']})" if d.get("speedup_backends") else ""))
-    if d.get("file_bytes_pct") is not None:
-        bits.append(f"size {d['file_bytes_pct']:+.0f}%")
+    if d.get("param_bytes_pct") is not None:
+        bits.append(f"param bytes {d['param_bytes_pct']:+.0f}%")
     return " ".join(bits)
 
 
-def _weights(row: dict[str, Any]) -> str:
-    b = row.get("weights_bytes")
+def _param_bytes(row: dict[str, Any]) -> str:
+    b = row.get("param_bytes")
     if b is None:
         return "-"
-    return f"{b / 1e6:.2f} MB {row.get('weights_dtype', '')}".strip()
+    return f"{b / 1e6:.3f} MB {row.get('weights_dtype', '')}".strip()
 
 
 def _qat_vs_ptq_line(q: dict[str, Any]) -> str:
@@ -99,14 +100,14 @@ def _qat_vs_ptq_line(q: dict[str, Any]) -> str:
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
     """Cells per row, in :func:`columns` order (KITTI: AP per class as E/M/H; COCO: AP, AP50, AP75,
-    AP small/medium/large, AR100; FLOPs = backbone MACs)."""
+    AP small/medium/large, AR100; MACs = backbone multiply-accumulates)."""
     metric = "ap11" if report.get("protocol") == "seed" else "ap40"
     coco = report.get("metric") == "coco"
     out = []
     for r in report["rows"]:
         ap = _coco_cells(r.get("eval")) if coco else _ap_cells(r.get("eval"), metric)
         out.append([r["label"], *size_cells(r), *ap,
-                    f"{r['file_bytes'] / 1e6:.2f} MB", _weights(r), _lat(r), _delta(r)])
+                    _param_bytes(r), f"{r['file_bytes'] / 1e6:.2f} MB", _lat(r), _delta(r)])
     return out
 
 
@@ -117,7 +118,10 @@ def markdown_report(report: dict[str, Any]) -> str:
                "AR100)" if report.get("metric") == "coco" else
                f"AP: KITTI {report.get('protocol')} protocol ({'AP11' if report.get('protocol') == 'seed' else 'AP40'})")
     lines = [f"# Benchmark: {report['run_dir']}", "",
-             f"FLOPs = backbone multiply-adds at the input size; params include BN statistics and the head. "
+             f"MACs = backbone multiply-accumulates at the input size (FLOPs ~ 2 x MACs); params include BN "
+             "statistics and the head; param bytes = parameters x element size (BN statistics excluded; int8 rows: "
+             "the int8 weight tensors of the QDQ graph); file size = the .pt model file (int8 rows: the INT8 ONNX "
+             "file). "
              f"{ap_text}, {report.get('split', 'val')} split. Latency: median/p90 ms at batch 1 over {report['runs']} "
              f"runs after {report['warmup']} "
              f"warm-up, {report['threads']} threads, {report['device']}"
@@ -162,8 +166,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     quant = [r for r in report["rows"] if r.get("float_source")]
     if quant:
         lines += ["", "Quantized stages (" + ", ".join(f"{r['label']} from {r['float_source']}" for r in quant)
-                  + "): FLOPs/params are the float source's (the same network, weights stored as int8: see the "
-                  "weights column); size is the INT8 ONNX file; ort-int8 runs the stage's own QDQ graph and torch "
+                  + "): MACs/params are the float source's (the same network, weights stored as int8: see the "
+                  "param bytes column); file size is the INT8 ONNX file; ort-int8 runs the stage's own QDQ graph and torch "
                   "its quantized .pt2 program; delta is vs the float source."]
     if report.get("cuda_device"):
         lines += ["", f"TensorRT {report.get('tensorrt')} on {report['cuda_device']}: latency timed with CUDA events "
@@ -224,17 +228,19 @@ def write_reports(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path
 
 def print_table(report: dict[str, Any], console: Any = None) -> None:
     """The report table on the terminal (rich)."""
-    from rich.console import Console
     from rich.table import Table
 
-    # piped output (make demo, CI logs) gets a wide table instead of rich's 80-column default
-    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    from .._console import console as make_console
+    from .._console import print_whole
+
+    # piped output (make demo, CI logs) gets the table whole instead of rich's 80-column default
+    console = console or make_console()
     t = Table(title=f"compressdet bench: {report['run_dir']}")
     for c in columns(report):
         t.add_column(c, overflow="fold")
     for row in table_rows(report):
         t.add_row(*row)
-    console.print(t)
+    print_whole(console, t)
     q = report.get("qat_vs_ptq")
     if q:
         console.print(f"QAT vs PTQ: {_qat_vs_ptq_line(q)}", highlight=False, markup=False)

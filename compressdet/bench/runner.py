@@ -184,6 +184,16 @@ def collect_variants(run_dir: Path, stages: list[str] | None = None) -> list[Var
     return out
 
 
+def _row_param_bytes(v: Variant, model: torch.nn.Module) -> int | None:
+    """A row's ``param_bytes``: the float model's parameters, or an int8 row's int8 weights (its QDQ
+    graph's; None when there is no graph to read them from)."""
+    if v.precision == "int8":
+        with contextlib.suppress(Exception):
+            return int8_weight_bytes(v.files["ort-int8"])
+        return None
+    return param_bytes(model)
+
+
 def _weights_bytes(v: Variant, model: torch.nn.Module) -> int:
     """Bytes of the weights as stored: ONNX initializers of an int8 graph (int8 weights, float biases and
     scales), the state_dict tensors (fp32) of a float model."""
@@ -199,6 +209,34 @@ def _weights_bytes(v: Variant, model: torch.nn.Module) -> int:
                     total += numpy_helper.to_array(n.attribute[0].t).nbytes
             return int(total)
     return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+
+
+def param_bytes(model: torch.nn.Module) -> int:
+    """The model's parameter bytes: numel x element size of every parameter (BN running statistics and
+    other buffers excluded), so a pruned model is smaller by what it lost, whatever its file holds."""
+    return int(sum(p.numel() * p.element_size() for p in model.parameters()))
+
+
+def int8_weight_bytes(onnx_path: str | Path) -> int:
+    """Bytes of the int8 weight tensors of a QDQ graph: the 8-bit constants it dequantizes
+    (``DequantizeLinear`` input 0) or multiplies as integers (``MatMulInteger``/``ConvInteger`` input 1);
+    scales, zero points and float biases are not counted."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(onnx_path))
+    consts = {i.name: i for i in m.graph.initializer}
+    for n in m.graph.node:  # the dynamo exporter stores some constants as Constant nodes
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
+            consts[n.output[0]] = n.attribute[0].t
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    names: set[str] = set()
+    for n in m.graph.node:
+        idx = {"DequantizeLinear": 0, "MatMulInteger": 1, "ConvInteger": 1}.get(n.op_type)
+        if idx is not None and len(n.input) > idx and n.input[idx] in consts:
+            names.add(n.input[idx])
+    return int(sum(numpy_helper.to_array(consts[k]).nbytes for k in names
+                   if consts[k].data_type in eight_bit and len(consts[k].dims) > 1))
 
 
 def _quantized_runner(path: Path) -> tuple[Callable[[np.ndarray], Any], list]:
@@ -397,6 +435,7 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
             "file_bytes": (v.files["ort-int8"].stat().st_size if v.precision == "int8"
                            else v.model_path.stat().st_size),
             "weights_bytes": _weights_bytes(v, model), "weights_dtype": "int8" if v.precision == "int8" else "fp32",
+            "param_bytes": _row_param_bytes(v, model),
             "latency": {}, "eval": None, "eval_backend": None}
         if v.quant_stage:
             row["float_source"] = v.source
@@ -671,7 +710,8 @@ def _deltas(rows: list[dict[str, Any]], protocol: str) -> None:
                       "latency_pct": _pct(lat, latr),
                       "speedup": None if not lat or not latr else round(latr / lat, 2),
                       "speedup_backends": None if not lat or not latr else f"{b} vs {vs_b}",
-                      "file_bytes_pct": _pct(r["file_bytes"], ref["file_bytes"])}
+                      "file_bytes_pct": _pct(r["file_bytes"], ref["file_bytes"]),
+                      "param_bytes_pct": _pct(r.get("param_bytes"), ref.get("param_bytes"))}
 
 
 def _backend_latency(row: dict[str, Any], backend: str, batch: int = 1) -> float | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["HookBase", "IterationTimer", "LRSchedulerHook", "EvalHook", "BestCheckpointer",
-           "PeriodicCheckpointer", "TensorboardWriter", "ProgressHook", "CallbackHook"]
+           "PeriodicCheckpointer", "TensorboardWriter", "ProgressHook", "CallbackHook", "loss_labels"]
 
 
 class HookBase:
@@ -179,39 +179,107 @@ class TensorboardWriter(HookBase):
             self.writer = None
 
 
+#: short names of common sub-loss words (torchvision's ``classification``, ``bbox_regression``, ...)
+_LOSS_WORDS = {"classification": "cls", "regression": "reg", "confidence": "conf", "imitation": "imit"}
+
+
+def loss_labels(keys: list[str]) -> dict[str, str]:
+    """Short, distinct progress labels for sub-loss keys: common words shortened (``bbox_regression`` ->
+    ``bbox_reg``), a key whose short label would be shared kept whole (FCOS's ``bbox_regression`` and
+    ``bbox_ctrness`` must not both read ``bbox``)."""
+    short = {k: "_".join(_LOSS_WORDS.get(w, w) for w in k.split("_")) for k in keys}
+    counts: dict[str, int] = {}
+    for v in short.values():
+        counts[v] = counts.get(v, 0) + 1
+    return {k: (v if counts[v] == 1 else k) for k, v in short.items()}
+
+
+def _hms(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 class ProgressHook(HookBase):
-    """rich progress bar on rank 0: step, sub-losses, img/s, ETA."""
+    """Progress on rank 0, always named by the stage (``description``).
+
+    On a terminal: a rich bar that fits the terminal's width (stage, bar, steps, ETA, then as many whole
+    fields of total/sub-losses, img/s and mAP as fit: a field that does not fit is left out, never cut).
+    Not a terminal (a pipe, a CI log, where a live bar would print nothing until the end): one plain line
+    per ``schedule.log_every`` steps with every field, unsqueezed.
+    """
 
     def __init__(self, description: str = "train", every: int = 1) -> None:
         self.description, self.every = description, every
-        self.progress, self.task = None, None
+        self.progress, self.task, self.console = None, None, None
 
     def before_train(self) -> None:
         t = self.trainer
         if t.rank != 0:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from .._console import console
 
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+        self.console = console()
+        if not self.console.is_terminal:
+            self.console.print(f"{self.description}: step {t.start_iter}/{t.max_iter}", highlight=False,
+                               markup=False, soft_wrap=True)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=self._bar_width()), MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TimeRemainingColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[info]}", markup=False, table_column=Column(no_wrap=True, overflow="crop")),
+            console=self.console)
         self.progress.start()
         self.task = self.progress.add_task(self.description, total=t.max_iter, completed=t.start_iter, info="")
 
+    def _bar_width(self) -> int:
+        return max(8, min(30, self.console.width // 6))
+
+    def _info_width(self) -> int:
+        """Columns left for the fields after the stage name, bar, ``M/N`` and ETA (and rich's gaps)."""
+        n = len(str(self.trainer.max_iter))
+        return self.console.width - len(self.description) - self._bar_width() - (2 * n + 1) - 8 - 5
+
+    def fields(self) -> list[str]:
+        """The line's fields, most wanted first: total, sub-losses, img/s, the last evaluation."""
+        t = self.trainer
+        losses = t.loss_values()
+        labels = loss_labels(list(losses))
+        order = (["total"] if "total" in losses else []) + [k for k in losses if k != "total"]
+        out = [f"{labels[k]} {losses[k]:.3f}" for k in order]
+        if "img_per_s" in t.storage:
+            out.append(f"{t.storage['img_per_s']:.1f} img/s")
+        result = t.storage.get("eval")
+        if result and "map40" in result:
+            out.append(f"mAP40 {result['map40']:.2f}")
+        elif result and result.get("metric") == "coco":
+            out.append(f"COCO AP {result['primary']:.2f}")
+        return out
+
     def after_step(self) -> None:
         t = self.trainer
-        if self.progress is None:
+        if t.rank != 0 or self.console is None:
             return
         done = t.iter + 1
+        if self.progress is None:  # plain lines, one per log interval
+            every = int(getattr(getattr(t, "schedule", None), "log_every", 0) or self.every)
+            if not (_is_period(done, every, t.max_iter) or t.storage.get("eval")):
+                return
+            eta = ""
+            if "step_time" in t.storage:
+                eta = f"  ETA {_hms(t.storage['step_time'] * (t.max_iter - done))}"
+            self.console.print(f"{self.description}: step {done}/{t.max_iter}  " + "  ".join(self.fields()) + eta,
+                               highlight=False, markup=False, soft_wrap=True)
+            return
         if _is_period(done, self.every, t.max_iter) or t.storage.get("eval"):
-            info = " ".join(f"{k[:4]} {v:.3f}" for k, v in t.loss_values().items())
-            if "img_per_s" in t.storage:
-                info += f" | {t.storage['img_per_s']:.1f} img/s"
-            result = t.storage.get("eval")
-            if result and "map40" in result:
-                info += f" | mAP40 {result['map40']:.2f}"
-            elif result and result.get("metric") == "coco":
-                info += f" | COCO AP {result['primary']:.2f}"
-            self.progress.update(self.task, completed=done, info=info)
+            from .._console import fit_fields
+
+            self.progress.update(self.task, completed=done, info=fit_fields(self.fields(), self._info_width()))
+        else:  # the bar moves every step; the fields every ``every`` steps
+            self.progress.update(self.task, completed=done)
 
     def after_train(self) -> None:
         if self.progress is not None:

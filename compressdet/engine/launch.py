@@ -141,14 +141,16 @@ def load_teacher(path: str | Path, device: str | torch.device) -> nn.Module:
 def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation: ImitationConfig | list | None,
               postprocess: PostprocessConfig, eval_cfg: EvalConfig,
               param_groups: Callable | None = None, on_step: Callable | None = None,
-              loss_fn: nn.Module | None = None, evaluate: bool = True, hooks: tuple = ()) -> dict[str, Any]:
+              loss_fn: nn.Module | None = None, evaluate: bool = True, hooks: tuple = (),
+              description: str | None = None) -> dict[str, Any]:
     """Train ``model`` as stage ``ctx`` says (resuming ``ctx.latest_checkpoint()``); returns the summary.
 
     ``imitation``: an ``ImitationConfig`` (fgfi) or a list of ``DistillConfig`` (what
     ``recipe.distill_methods(stage)`` gives). The teacher is ``ctx.input("teacher")``'s model when
     any distillation is on (weight > 0). After it
     returns, rank 0 finds the best weights in ``ctx.checkpoint_dir / "best.pt"`` (with
-    ``evaluate=False``: no validation during training, best = last).
+    ``evaluate=False``: no validation during training, best = last). ``description``: the progress
+    line's name (default: the stage's, e.g. ``prune round 1/3`` from the prune stage).
     """
     from ..data import build_dataset, build_loader, prepare_data
 
@@ -194,5 +196,5 @@ def fit_stage(ctx: Any, model: nn.Module, *, schedule: ScheduleConfig, imitation
                       teacher=teacher, imitation=imitation, out_dir=ctx.checkpoint_dir, tb_dir=ctx.tb_dir,
                       device=ctx.device, rank=ctx.rank, world_size=ctx.world_size, seed=ctx.recipe.seed,
                       param_groups=param_groups, on_step=on_step, anchors=anchors, num_anchors=num_anchors,
-                      description=ctx.name, hooks=hooks)
+                      description=description or ctx.name, hooks=hooks)
     return trainer.fit(resume_from=ctx.latest_checkpoint())

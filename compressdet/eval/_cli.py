@@ -132,6 +132,13 @@ def _save_png(arr, path: Path) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
+def png_path(path: Path) -> Path:
+    """``--out`` of a command that writes one PNG: the path, ``.png`` added when it has another ending
+    (``--out pr`` writes ``pr.png``, which an image viewer opens)."""
+    path = Path(path)
+    return path if path.suffix.lower() == ".png" else path.with_name(path.name + ".png")
+
+
 def _load_image(path: Path):
     from ..data.images import decode_rgb
 
@@ -139,8 +146,11 @@ def _load_image(path: Path):
 
 
 def _cmd_viz_dets(args: argparse.Namespace) -> int:
+    from ..errors import UserError
     from .viz import draw_detections
 
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a file; viz dets writes one PNG per image into a folder")
     ids = _ids(args.ids)
     gt, dets, ids = load_kitti_dirs(args.gt, args.det, ids)
     if args.limit:
@@ -174,8 +184,9 @@ def _cmd_viz_mask(args: argparse.Namespace) -> int:
     if not 0 <= args.level < len(masks):
         raise UserError(f"--level {args.level}: {args.arch} has levels 0..{len(masks) - 1}")
     mask = masks[args.level][0]
-    _save_png(draw_mask(image, mask), args.out)
-    print(f"wrote {args.out} ({args.arch} level {args.level}: {int(mask.sum())} of {mask.numel()} cells masked)")
+    out = png_path(args.out)
+    _save_png(draw_mask(image, mask), out)
+    print(f"wrote {out} ({args.arch} level {args.level}: {int(mask.sum())} of {mask.numel()} cells masked)")
     return 0
 
 
@@ -186,9 +197,10 @@ def _cmd_viz_pr(args: argparse.Namespace) -> int:
 
     gt, dets, _ = load_kitti_dirs(args.gt, args.det, _ids(args.ids))
     fig = plot_pr_curves(evaluate_kitti(gt, dets, protocol=args.protocol, return_curves=True))
-    with atomic_path(args.out, suffix=".png") as tmp:
+    out = png_path(args.out)
+    with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -212,29 +224,35 @@ def register(sub) -> None:
     v = sub.add_parser("viz", help="PNGs: detections, imitation mask, PR curves")
     vs = v.add_subparsers(dest="viz_command", metavar="ACTION")
     d = vs.add_parser("dets", help="draw GT (with difficulty) and detections (with scores) on images")
-    d.add_argument("--image-dir", type=Path, required=True)
-    d.add_argument("--gt", type=Path, required=True)
-    d.add_argument("--det", type=Path, default=None)
-    d.add_argument("--ids", type=Path, default=None)
-    d.add_argument("--out", type=Path, required=True, help="output folder")
-    d.add_argument("--score-thresh", type=float, default=0.3)
-    d.add_argument("--limit", type=int, default=0, help="only the first N images")
+    d.add_argument("--image-dir", type=Path, required=True, help="folder of the images, <id>.png")
+    d.add_argument("--gt", type=Path, required=True, help="label_2 folder: KITTI ground truth, <id>.txt")
+    d.add_argument("--det", type=Path, default=None,
+                   help="result folder: KITTI detections with scores, <id>.txt (default: ground truth only)")
+    d.add_argument("--ids", type=Path, default=None, help="split file, one id a line (default: every label file)")
+    d.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="output folder, created if missing: one <id>.png per image")
+    d.add_argument("--score-thresh", type=float, default=0.3, help="detections below it are not drawn (default 0.3)")
+    d.add_argument("--limit", type=int, default=0, help="only the first N images (default 0: all)")
     d.set_defaults(func=_cmd_viz_dets)
     m = vs.add_parser("mask", help="a model's distillation mask (FGFI, METHOD.md section 3) as a heat map")
-    m.add_argument("--image", type=Path, required=True)
-    m.add_argument("--label", type=Path, required=True)
-    m.add_argument("--size", type=int, nargs=2, default=(384, 1248), metavar=("H", "W"))
-    m.add_argument("--psi", type=float, default=0.5)
+    m.add_argument("--image", type=Path, required=True, help="an image file")
+    m.add_argument("--label", type=Path, required=True, help="its KITTI label file (the boxes the mask is made from)")
+    m.add_argument("--size", type=int, nargs=2, default=(384, 1248), metavar=("H", "W"),
+                   help="model input size the mask is computed at (default 384 1248)")
+    m.add_argument("--psi", type=float, default=0.5, help="FGFI's threshold factor psi (default 0.5)")
     m.add_argument("--arch", default="shuffledet_0.25x",
                    help="registered model whose distillation mask is drawn (its priors; e.g. fcos_mnv3_small)")
     m.add_argument("--level", type=int, default=0, help="feature level of an FPN family (0: the finest)")
-    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="output PNG file (.png added when it has another ending)")
     m.set_defaults(func=_cmd_viz_mask)
     p = vs.add_parser("pr", help="per-class precision/recall curves")
-    p.add_argument("--gt", type=Path, required=True)
-    p.add_argument("--det", type=Path, required=True)
-    p.add_argument("--ids", type=Path, default=None)
-    p.add_argument("--protocol", choices=("official", "seed"), default="official")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--gt", type=Path, required=True, help="label_2 folder: KITTI ground truth, <id>.txt")
+    p.add_argument("--det", type=Path, required=True, help="result folder: KITTI detections with scores, <id>.txt")
+    p.add_argument("--ids", type=Path, default=None, help="split file, one id a line (default: every label file)")
+    p.add_argument("--protocol", choices=("official", "seed"), default="official",
+                   help="official devkit (short detections ignored) or the seed's old copy (default official)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="output PNG file (.png added when it has another ending)")
     p.set_defaults(func=_cmd_viz_pr)
     v.set_defaults(func=lambda a: (v.print_help(), 2)[1])

@@ -36,11 +36,10 @@ def formats_from_flags(onnx: bool, int8: bool, tensorrt: bool, openvino: bool = 
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from .._console import console as make_console
     from .exporter import export_model
 
-    console = Console()
+    console = make_console()
     formats = formats_from_flags(args.onnx, args.int8, args.tensorrt, args.openvino)
     if args.opset < 13:
         raise UserError(f"--opset {args.opset}: ONNX Runtime's quantizer and NMS need opset 13 or newer")
@@ -71,7 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run directory or model file (default: the most recent run under --runs-root)")
     p.add_argument("--stage", default=None, metavar="NAME", help="stage of the run to export (default: the last "
                    "stage with a model)")
-    p.add_argument("--onnx", action="store_true", help="fp32 ONNX (images -> head [N,72,H/16,W/16])")
+    p.add_argument("--onnx", action="store_true", help="fp32 ONNX: input 'images', outputs the detector's raw "
+                   "tensors, named by its export_outputs (ShuffleDet: head; FCOS: cls_logits, bbox_regression, "
+                   "bbox_ctrness; RetinaNet: cls_logits, bbox_regression)")
     p.add_argument("--int8", action="store_true", help="also an INT8 QDQ ONNX (the QAT/PTQ stage's, else static PTQ)")
     p.add_argument("--openvino", action="store_true", help="OpenVINO IR of the fp32 graph (with --int8: of the INT8 QDQ "
                    "graph too; needs the openvino extra)")

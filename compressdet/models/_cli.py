@@ -46,8 +46,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from .._console import console, print_whole
 
     t = Table(title=f"{s['name']} at {size[0]}x{size[1]} (MACs = multiply-adds)")
     for col, just in (("part", "left"), ("out ch", "right"), ("stride", "right"), ("MACs", "right"),
@@ -60,7 +61,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for part in ("backbone", "head", "total"):
         t.add_row(f"[bold]{part}[/]", "", "", _fmt(s["macs"][part]), _fmt(s["params"][part]),
                   _fmt(s["params_with_bn_stats"][part]))
-    Console().print(t)
+    print_whole(console(), t)
     print(f"output: {s['output_shape'][0]} x {s['output_shape'][1]} x {s['output_shape'][2]} "
           f"(channels x grid), feature channels {s['feature_channels']}")
     return 0
@@ -95,8 +96,9 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
         print(json.dumps({"model": arch, "split": args.split, "image_size": list(size), "best": best,
                           "fits": {str(k): v for k, v in fits.items()}}, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from .._console import console, print_whole
 
     t = Table(title=f"{arch} anchors vs {len(boxes)} {args.split} boxes at {size[0]}x{size[1]}")
     for col in ("anchor_scale", "smallest anchor px", "best IoU >= 0.5", "best IoU < 0.4", "median best IoU"):
@@ -104,7 +106,7 @@ def _cmd_anchors(args: argparse.Namespace) -> int:
     for s, f in fits.items():
         t.add_row(f"{s:g}" + (" *" if s == best else ""), f"{s * 8:.0f}", f"{f['foreground']:.0%}",
                   f"{f['low_quality_only']:.0%}", f"{f['median_best_iou']:.2f}")
-    Console().print(t)
+    print_whole(console(), t)
     print(f"suggested: model.anchor_scale: {best:g}  (boxes whose best anchor reaches IoU 0.5 are trained as "
           "foreground; the others only through their one best anchor)")
     return 0

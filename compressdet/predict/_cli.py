@@ -9,12 +9,11 @@ __all__ = ["register"]
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from .._console import console as make_console
     from ..errors import UserError
     from .predictor import SPLIT_PREFIX, PredictOptions, check_backend, iter_sources, predict, resolve_model, split_sources
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     if args.backend is not None:
         check_backend(args.backend)
     if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
@@ -24,6 +23,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     sources = iter_sources(args.source)  # a missing source fails before the model is loaded
     resolved = resolve_model(args.model, args.backend, stage=args.stage, runs_root=args.runs_root,
                              log=lambda s: console.print(s, highlight=False, markup=False))
+    if str(args.model or "").startswith("asset:"):  # a shipped demo model: say what it is not for
+        from ..assets import asset_note
+
+        console.print(asset_note(args.model), highlight=False, markup=False, soft_wrap=True)
     if args.source.startswith(SPLIT_PREFIX):
         sources = split_sources(resolved.run_dir, args.source[len(SPLIT_PREFIX):])
     sources = sources[: args.max_images] if args.max_images else sources

@@ -60,6 +60,15 @@ def _ignored(model: nn.Module, names: list[str]) -> list[nn.Module]:
     return out
 
 
+def _say(ctx: StageContext, line: str) -> None:
+    """A progress line on rank 0: the pruning step itself (tracing, the MACs search) takes minutes on a
+    big model, with no bar to move."""
+    if ctx.is_main:
+        from .._console import console
+
+        console().print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def _round_ratio(r: float, i: int, k: int) -> float:
     """Round ``i`` of ``k``'s ratio of the channels there are now, so that ``1 - r * (i + 1) / k`` of the
     original channels are kept after it (torch-pruning's linear schedule)."""
@@ -77,11 +86,14 @@ def _fine_tune_round(ctx: StageContext, model: nn.Module, i: int, k: int,
     cfg = ctx.cfg
     sub = dataclasses.replace(ctx, stage_dir=ctx.stage_dir / f"round{i + 1}", resume=False) if k > 1 else ctx
     sched = cfg.schedule.model_copy(update={"steps": max(1, cfg.schedule.steps // k)})
+    removed = sum(len(op["idxs"]) for op in pruned["ops"])
+    _say(ctx, f"{ctx.name}: round {i + 1}/{k}: {removed} channels removed, backbone "
+              f"{pruned['macs_after'] / 1e9:.3f} GMACs at the search input; fine-tuning {sched.steps} steps")
     summary = fit_stage(sub, model, schedule=sched, imitation=distill_methods(cfg), postprocess=cfg.postprocess,
-                        eval_cfg=cfg.eval)
+                        eval_cfg=cfg.eval, description=f"{ctx.name} round {i + 1}/{k}" if k > 1 else ctx.name)
     if i < k - 1:
         model.load_state_dict(load_checkpoint(sub.checkpoint_dir / "last.pt")["model"])
-    return sub, summary, {"channels_removed": sum(len(op["idxs"]) for op in pruned["ops"]),
+    return sub, summary, {"channels_removed": removed,
                           "best_map40": summary.get("best_map40"), "steps": sched.steps}
 
 
@@ -126,6 +138,7 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
             ratio = _round_ratio(cfg.target.pruning_ratio, i, k)
         # the head's cut in the first round, whole: at 16-channel steps a split would round away from it
         head_ratio = cfg.prune_head if i == 0 else 0.0
+        _say(ctx, f"{ctx.name}: round {i + 1}/{k}: pruning {family} ({cfg.importance} importance)")
         rec = prune_fpn_detector(model, example_input_size(hw), pruning_ratio=ratio, target_macs=macs,
                                  importance=cfg.importance, round_to=cfg.round_to or 16, ignored_layers=ignored,
                                  loss_fn=loss_fn, allocation=cfg.allocation,
@@ -228,6 +241,7 @@ def run(ctx: StageContext) -> StageResult:
     sub = ctx
     for i in range(k):
         model.cpu()
+        _say(ctx, f"{ctx.name}: round {i + 1}/{k}: pruning ({cfg.importance} importance)")
         rec = pruner.step(loss_fn)
         sub, summary, done = _fine_tune_round(ctx, model, i, k, rec)
         rounds.append({"step": rec["step"], "backbone_macs_ratio": rec["macs_after"] / rec["base_macs"], **done})
