@@ -110,7 +110,7 @@ def test_recipe_check_and_run_name_every_mismatch_before_any_work(datasets, fmt,
     assert all(ln.removeprefix("error: ").startswith(f"{r}: data.class") for ln in lines), p.stderr
     assert all(str(datasets[fmt] / source) in ln for ln in lines), p.stderr
     assert "data.class_map: 'truk' is not a category of" in lines[0] and "(did you mean 'Truck'?)" in lines[0]
-    assert "data.classes: 'cyclist' match no category" in lines[1]
+    assert "data.classes: 'cyclist' matches no category" in lines[1]
     assert "Traceback" not in p.stderr and "ok" not in p.stdout
     # run: the same lines, and no run directory is made
     runs = tmp_path / "runs"

@@ -232,7 +232,7 @@ def test_class_mapping_subset_rename_merge(tmp_path):
     assert [m(c) for c in cats] == [0, 0, 1, None]
     with pytest.raises(DataError, match=r"data.class_map: 'vna' is not a category of x.json \(did you mean 'van'"):
         ClassMapper(["vehicle"], {"car": "vehicle", "vna": "vehicle"}, cats, "x.json")
-    with pytest.raises(DataError, match=r"^data.classes: 'tram' match no category of x.json"):
+    with pytest.raises(DataError, match=r"^data.classes: 'tram' matches no category of x.json"):
         ClassMapper(["car", "tram"], None, cats, "x.json")
     assert ClassMapper(["car", "pedestrian", "cyclist"])("Car") == 0  # KITTI types, case-insensitive
 

@@ -128,7 +128,8 @@ def class_problems(classes: list[str], class_map: dict[str, str | None] | None, 
     if missing:
         how = ("map a category to them with data.class_map" if not cmap
                else "no data.class_map key that is a category there targets them")
-        out.append(f"data.classes: {', '.join(map(repr, missing))} match no category of {source} "
+        out.append(f"data.classes: {', '.join(map(repr, missing))} match{'es' if len(missing) == 1 else ''} no "
+                   f"category of {source} "
                    f"(categories: {shown or 'none'}); {how}")
     return out
 
