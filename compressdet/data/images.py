@@ -50,7 +50,11 @@ def _open_decoded(path: Path, where: str):
     """The PIL image of ``path`` with every pixel decoded (caller closes it)."""
     from PIL import Image, ImageFile, UnidentifiedImageError
 
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a NUL byte or an over-long name: no such file can exist
+        exists = False
+    if not exists:
         raise _error(path, where, "not found")
     if not path.is_file():
         raise _error(path, where, "not a file")
@@ -84,7 +88,7 @@ def _open_decoded(path: Path, where: str):
 def _key(path: Path) -> tuple[str, int, int] | None:
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):
         return None
     return str(path.resolve()), st.st_size, st.st_mtime_ns
 

@@ -51,8 +51,8 @@ def _num(tok: str, name: str, where: str, integer: bool = False) -> float:
         v = float(tok)
     except ValueError:
         raise DataError(f"{where}: field '{name}': expected a number, got '{tok}'") from None
-    if math.isnan(v):
-        raise DataError(f"{where}: field '{name}': NaN is not allowed")
+    if not math.isfinite(v):
+        raise DataError(f"{where}: field '{name}': expected a finite number, got '{tok}'")
     if integer:
         if v != int(v):
             raise DataError(f"{where}: field '{name}': expected an integer, got '{tok}'")
@@ -115,6 +115,9 @@ def read_split(path: str | Path) -> list[str]:
         ids = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
     except FileNotFoundError:
         raise DataError(f"{p}: split file not found") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{p}: cannot read the split file ({type(e).__name__}: expected UTF-8 text, one image id "
+                        "per line)") from None
     for i, x in enumerate(ids, 1):
         if not x.isalnum():
             raise DataError(f"{p}:{i}: expected an image id like 000123, got '{x}'")

@@ -62,6 +62,9 @@ def load_coco_pair(gt_path: Path, det_path: Path) -> tuple[dict, list[dict]]:
         dets = dets.get("annotations")
     if not isinstance(dets, list):
         raise DataError(f"{det_path}: expected a COCO result list [{{image_id, category_id, bbox, score}}, ...]")
+    from ._coco_input import check_coco_values
+
+    check_coco_values(gt, dets, gt_path, det_path)  # ids, finite boxes and scores (JSON allows NaN / Infinity)
     images = {im.get("id") for im in gt["images"]}
     cats = {c.get("id") for c in gt["categories"]}
     for n, d in enumerate(dets):

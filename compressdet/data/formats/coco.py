@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,55 +50,89 @@ def load_json(path: Path) -> dict:
     return data
 
 
+def _int_id(v: Any) -> int | None:
+    """A COCO id as an int (``3``, ``3.0`` or ``"3"``), or None for anything else (lists, NaN, 3.5, true)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v)
+    return None
+
+
+def _show(v: Any) -> str:
+    """A value for a one-line message (repr, shortened)."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def read(cfg, split: str, issues: Issues) -> tuple[list[ImageRecord], list[str] | None, str]:
     ann_path, img_root = split_paths(cfg, split)
     data = load_json(ann_path)
     cats = {}
     for c in data["categories"]:
-        try:
-            cats[int(c["id"])] = str(c["name"])
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{ann_path}: category {c!r}: expected 'id' (int) and 'name'") from None
-    stems = Counter(Path(str(im.get("file_name", ""))).stem for im in data["images"])
+        cid = _int_id(c.get("id")) if isinstance(c, dict) else None
+        if cid is None or not isinstance(c.get("name"), str):
+            raise DataError(f"{ann_path}: category {_show(c)}: expected 'id' (int) and 'name' (text)")
+        cats[cid] = c["name"]
+    anns = data.get("annotations", [])
+    if not isinstance(anns, list):
+        raise DataError(f"{ann_path}: 'annotations' must be a list, got {type(anns).__name__}")
+    images = []
+    for im in data["images"]:
+        iid = _int_id(im.get("id")) if isinstance(im, dict) else None
+        fname = im.get("file_name") if isinstance(im, dict) else None
+        if iid is None or not isinstance(fname, str) or not fname.strip() or not fname.isprintable():
+            raise DataError(f"{ann_path}: image {_show(im)}: expected 'id' (int) and 'file_name' (a path)")
+        images.append((iid, fname, im))
+    stems = Counter(Path(fname).stem for _, fname, _ in images)
     by_id: dict[int, ImageRecord] = {}
     order: list[int] = []
-    for im in data["images"]:
-        try:
-            iid, fname = int(im["id"]), str(im["file_name"])
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{ann_path}: image {im!r}: expected 'id' (int) and 'file_name'") from None
+    for iid, fname, im in images:
         where = f"{ann_path}: image id {iid}"
         size = probe_image(img_root / fname, where, issues)
         if size is None:
             continue
-        if "height" in im and "width" in im and (int(im["height"]), int(im["width"])) != size:
-            issues.bad("bad images", f"{where}: width x height {im['width']}x{im['height']} in the JSON, "
-                       f"{size[1]}x{size[0]} in {img_root / fname}")
-            continue
+        if "height" in im and "width" in im:
+            hw = (_int_id(im["height"]), _int_id(im["width"]))
+            if hw != size:
+                issues.bad("bad images", f"{where}: width x height {_show(im['width'])}x{_show(im['height'])} in the "
+                           f"JSON, {size[1]}x{size[0]} in {img_root / fname}")
+                continue
         stem = Path(fname).stem
         by_id[iid] = ImageRecord(stem if stems[stem] == 1 else str(iid), img_root / fname, size,
                                  np.zeros((0, 4)), [], np.zeros(0, bool), [])
         order.append(iid)
     boxes: dict[int, list] = {i: [] for i in by_id}
-    known_images = {int(im["id"]) for im in data["images"]}
-    for a in data.get("annotations", []):
+    known_images = {iid for iid, _, _ in images}
+    for k, a in enumerate(anns):
+        if not isinstance(a, dict):
+            issues.bad("bad annotations", f"{ann_path}: annotations[{k}]: expected an object, got {_show(a)}")
+            continue
         aid = a.get("id", "?")
-        where = f"{ann_path}: annotation id {aid}"
-        iid, cid = a.get("image_id"), a.get("category_id")
+        where = f"{ann_path}: annotation id {aid if isinstance(aid, (int, str)) else _show(aid)}"
+        iid, cid = _int_id(a.get("image_id")), _int_id(a.get("category_id"))
         if iid not in known_images:
-            issues.bad("annotations without image", f"{where}: image_id {iid} is not in 'images'")
+            issues.bad("annotations without image", f"{where}: image_id {_show(a.get('image_id'))} is not in 'images'")
             continue
         if iid not in by_id:  # its image was skipped
             continue
         if cid not in cats:
-            issues.bad("unknown category ids", f"{where}: category_id {cid} is not in 'categories' "
-                       f"(ids {sorted(cats)})")
+            issues.bad("unknown category ids", f"{where}: category_id {_show(a.get('category_id'))} is not in "
+                       f"'categories' (ids {sorted(cats)})")
             continue
-        try:
-            x, y, w, h = (float(v) for v in a["bbox"])
-        except (KeyError, TypeError, ValueError):
-            issues.bad("bad boxes", f"{where}: expected 'bbox': [x, y, w, h], got {a.get('bbox')!r}")
+        bb = a.get("bbox")
+        if not (isinstance(bb, list) and len(bb) == 4 and all(_is_number(v) for v in bb)):
+            issues.bad("bad boxes", f"{where}: expected 'bbox': [x, y, w, h] (4 numbers), got {_show(bb)}")
             continue
+        x, y, w, h = (float(v) for v in bb)
         if not check_box((x, y, x + w, y + h), by_id[iid].size, where, issues):
             continue
         boxes[iid].append(((x, y, x + w, y + h), cats[cid], bool(a.get("iscrowd", 0) or a.get("ignore", 0)), where))

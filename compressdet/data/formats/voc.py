@@ -53,6 +53,12 @@ def read(cfg, split: str, issues: Issues) -> tuple[list[ImageRecord], list[str] 
         ids = [ln.split()[0] for ln in sf.read_text().splitlines() if ln.strip()]
     except FileNotFoundError:
         raise DataError(f"{sf}: split file not found") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{sf}: cannot read the split file ({type(e).__name__}: expected UTF-8 text, one image id "
+                        "per line)") from None
+    for n, i in enumerate(ids, 1):
+        if not i.isprintable() or "/" in i or "\\" in i:
+            raise DataError(f"{sf}:{n}: expected an image id (a file stem like 2008_000008), got {i!r}")
     ann_dir, img_dir = _root(cfg) / "Annotations", _image_dir(cfg)
     out = []
     for i in ids:

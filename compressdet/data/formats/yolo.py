@@ -112,7 +112,12 @@ def read(cfg, split: str, issues: Issues) -> tuple[list[ImageRecord], list[str] 
             continue
         h, w = size
         boxes, cls_names, refs = [], [], []
-        lines = lab.read_text().splitlines() if lab.is_file() else []
+        try:
+            lines = lab.read_text().splitlines() if lab.is_file() else []
+        except (UnicodeDecodeError, OSError) as e:
+            issues.bad("bad label files", f"{lab}: cannot read the label file ({type(e).__name__}: expected UTF-8 "
+                       "text lines 'class cx cy w h')")
+            continue
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
