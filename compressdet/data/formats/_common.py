@@ -101,6 +101,39 @@ def probe_image(path: Path, where: str, issues: Issues) -> tuple[int, int] | Non
         return None
 
 
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    import difflib
+
+    low = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(low), n=1, cutoff=0.6)
+    return f" (did you mean '{low[close[0]]}'?)" if close else ""
+
+
+def class_problems(classes: list[str], class_map: dict[str, str | None] | None, categories: list[str],
+                   source: str) -> list[str]:
+    """What does not match between the recipe's ``data.classes`` / ``data.class_map`` and the
+    ``categories`` of ``source`` (names compared case-insensitively), one line each naming the recipe
+    field and the file; [] when all match."""
+    cmap = dict(class_map or {})
+    cats = {c.lower() for c in categories}
+    shown = ", ".join(categories) if len(categories) <= 30 else ", ".join(categories[:30]) + ", ..."
+    out = [f"data.class_map: '{k}' is not a category of {source}{_did_you_mean(k, categories)} "
+           f"(categories: {shown or 'none'})" for k in cmap if k.lower() not in cats]
+    lower = {c.lower(): c for c in classes}
+    if cmap:
+        fed = {lower.get(str(t).lower()) for k, t in cmap.items() if t is not None and k.lower() in cats}
+    else:
+        fed = {lower.get(c.lower()) for c in categories}
+    missing = [c for c in classes if c not in fed]
+    if missing:
+        how = ("map a category to them with data.class_map" if not cmap
+               else "no data.class_map key that is a category there targets them")
+        out.append(f"data.classes: {', '.join(map(repr, missing))} match{'es' if len(missing) == 1 else ''} no "
+                   f"category of {source} "
+                   f"(categories: {shown or 'none'}); {how}")
+    return out
+
+
 class ClassMapper:
     """Source category name -> model class index (``None``: not a training class).
 
