@@ -30,15 +30,15 @@ def test_quickstart_on_coco_reports_coco_ap(tmp_path, capsys):
         assert main(["run", recipe, "--run-dir", run, "--only", stage, *ov]) == 0, capsys.readouterr().err
     man = json.loads((tmp_path / "run" / "manifest.json").read_text())
     m = man["stages"]["teacher"]["metrics"]
-    assert m["metric"] == "coco" and m["primary"] == m["coco"]["ap"] and "map40" not in m
+    assert m["metric"] == "coco" and m["primary"] == m["coco"]["ap"] and "map40" not in m and m["ap_unit"] == "percent"
     assert set(m["coco"]) == {"ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100"}
     assert 0.0 <= m["coco"]["ap"] <= 100.0 and m["best_step"] == 2
     rep = json.loads((tmp_path / "run" / "bench" / "report.json").read_text())
-    assert rep["metric"] == "coco" and rep["map_key"] == "ap"
+    assert rep["metric"] == "coco" and rep["map_key"] == "ap" and rep["ap_unit"] == "percent"
     (row,) = rep["rows"]
     assert row["eval"]["metric"] == "coco" and 0.0 <= row["eval"]["ap"] <= 100.0 and row["eval"]["images"] == 3
     md = (tmp_path / "run" / "bench" / "report.md").read_text()
-    assert "| model | MACs | params | AP | AP50 | AP75 | APs | APm | APl | AR100 |" in md
+    assert "| model | MACs | params | AP (%) | AP50 (%) | AP75 (%) | APs (%) | APm (%) | APl (%) | AR100 (%) |" in md
     assert "COCO box AP@[.5:.95]" in md and "car E/M/H" not in md
     assert man["stages"]["bench"]["metrics"]["teacher/mAP"] == row["eval"]["ap"]
     from compressdet.models import load_model

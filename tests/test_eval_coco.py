@@ -89,8 +89,9 @@ def test_eval_cli_coco(tmp_path, capsys):
     assert main(["eval", "--format", "coco", "--gt", str(tmp_path / "gt.json"), "--det", str(tmp_path / "dets.json"),
                  "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
-    assert "| AP | AP50 | AP75 | APs | APm | APl | AR100 |" in out
-    assert json.loads((tmp_path / "r.json").read_text())["ap"] == pytest.approx(evaluate_coco_json(gt, dets)["ap"])
+    assert "| AP (%) | AP50 (%) | AP75 (%) | APs (%) | APm (%) | APl (%) | AR100 (%) |" in out
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["ap"] == pytest.approx(evaluate_coco_json(gt, dets)["ap"]) and written["ap_unit"] == "percent"
     dets[3]["category_id"] = 9
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     assert main(["eval", "--format", "coco", "--gt", str(tmp_path / "gt.json"), "--det", str(tmp_path / "dets.json")]) == 2

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_path, atomic_write_json, atomic_write_text
-from ..conventions import KITTI_CLASSES as CLASSES
+from ..conventions import KITTI_CLASSES
 from ..eval.kitti_eval import LEVELS
 from ..eval.table import size_cells
 
@@ -23,9 +23,35 @@ COCO_COLUMNS = ["model", "MACs", "params", "AP", "AP50", "AP75", "APs", "APm", "
 _COCO_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100")
 
 
+#: KITTI's class names shortened in the seed's table headers
+_SHORT = {"car": "car", "pedestrian": "ped", "cyclist": "cyc"}
+#: the AP columns, whose headers carry the unit (every AP in a report is in %: ``report["ap_unit"]``)
+_AP_HEADERS = {"mAP", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"}
+
+
+def report_classes(report: dict[str, Any]) -> list[str]:
+    """The classes a KITTI-scored report's rows were evaluated on: the report's ``classes`` (the run's
+    ``data.classes``), else those in the rows' results, else KITTI's three (reports made before)."""
+    if report.get("classes"):
+        return list(report["classes"])
+    for r in report.get("rows", []):
+        ap = (r.get("eval") or {}).get("ap")
+        if isinstance(ap, dict) and ap:
+            return list(ap)
+    return list(KITTI_CLASSES)
+
+
 def columns(report: dict[str, Any]) -> list[str]:
-    """The table's columns: the seed's KITTI columns, or COCO's when the report's metric is coco."""
-    return COCO_COLUMNS if report.get("metric") == "coco" else COLUMNS
+    """The table's columns: the seed's KITTI columns (an E/M/H column per class of the report), or
+    COCO's when the report's metric is coco; AP headers end in ``(%)``."""
+    if report.get("metric") == "coco":
+        cols = list(COCO_COLUMNS)
+    else:
+        per_class = [f"{_SHORT.get(c, c)} E/M/H" for c in report_classes(report)]
+        cols = [c for c in COLUMNS if not c.endswith(" E/M/H")]
+        at = COLUMNS.index("car E/M/H")
+        cols[at:at] = per_class
+    return [f"{c} (%)" if c in _AP_HEADERS or c.endswith(" E/M/H") else c for c in cols]
 
 
 def _coco_cells(ev: dict[str, Any] | None) -> list[str]:
@@ -34,11 +60,11 @@ def _coco_cells(ev: dict[str, Any] | None) -> list[str]:
     return ["-" if ev.get(k) is None else f"{ev[k]:.1f}" for k in _COCO_KEYS]
 
 
-def _ap_cells(ev: dict[str, Any] | None, metric: str) -> list[str]:
+def _ap_cells(ev: dict[str, Any] | None, metric: str, classes: list[str]) -> list[str]:
     if not ev:
-        return ["-", "-", "-", "-"]
+        return ["-"] * (len(classes) + 1)
     cells, vals = [], []
-    for c in CLASSES:
+    for c in classes:
         per = ev["ap"].get(c)
         if per is None:
             cells.append("-")
@@ -103,9 +129,10 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
     AP small/medium/large, AR100; MACs = backbone multiply-accumulates)."""
     metric = "ap11" if report.get("protocol") == "seed" else "ap40"
     coco = report.get("metric") == "coco"
+    classes = report_classes(report)
     out = []
     for r in report["rows"]:
-        ap = _coco_cells(r.get("eval")) if coco else _ap_cells(r.get("eval"), metric)
+        ap = _coco_cells(r.get("eval")) if coco else _ap_cells(r.get("eval"), metric, classes)
         out.append([r["label"], *size_cells(r), *ap,
                     _param_bytes(r), f"{r['file_bytes'] / 1e6:.2f} MB", _lat(r), _delta(r)])
     return out
@@ -114,9 +141,9 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
 def markdown_report(report: dict[str, Any]) -> str:
     """The markdown text of report.md."""
     cols = columns(report)
-    ap_text = ("AP: COCO box AP@[.5:.95] (AP50, AP75 at one IoU; APs/APm/APl by area < 32^2, < 96^2, larger; "
+    ap_text = ("AP in %: COCO box AP@[.5:.95] (AP50, AP75 at one IoU; APs/APm/APl by area < 32^2, < 96^2, larger; "
                "AR100)" if report.get("metric") == "coco" else
-               f"AP: KITTI {report.get('protocol')} protocol ({'AP11' if report.get('protocol') == 'seed' else 'AP40'})")
+               f"AP in %: KITTI {report.get('protocol')} protocol ({'AP11' if report.get('protocol') == 'seed' else 'AP40'})")
     lines = [f"# Benchmark: {report['run_dir']}", "",
              f"MACs = backbone multiply-accumulates at the input size (FLOPs ~ 2 x MACs); params include BN "
              "statistics and the head; param bytes = parameters x element size (BN statistics excluded; int8 rows: "

@@ -524,7 +524,8 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
               "split": opts.split,
               "rounds": opts.rounds, "timer": "isolated_process", "timer_gpu": "cuda_events",
               "protocol": opts.protocol, "device": "cpu", "torch": torch.__version__,
-              "metric": metric, "map_key": map_key(metric, opts.protocol),
+              "metric": metric, "map_key": map_key(metric, opts.protocol), "ap_unit": "percent",
+              "classes": list(recipe.data.classes) if recipe is not None else None,
               "rows": rows, "qat_vs_ptq": _qat_vs_ptq(rows, opts.protocol), "notes": notes,
               "skipped_backends": unavailable}
     if "tensorrt" in opts.backends and "tensorrt" not in unavailable:
@@ -670,7 +671,7 @@ def map_key(metric: str | None, protocol: str) -> str:
 
 
 def _metric_label(metric: str, protocol: str) -> str:
-    return "COCO AP@[.5:.95]" if metric == "coco" else f"mAP ({protocol})"
+    return "COCO AP@[.5:.95] (%)" if metric == "coco" else f"mAP ({protocol}, %)"
 
 
 def row_map(row: dict[str, Any], protocol: str) -> float | None:

@@ -84,7 +84,8 @@ def _draw(ev: Any, ids: list[str], step: int, viz_dir: str | Path | None) -> dic
     out: dict[str, np.ndarray] = {}
     for image_id in ids:
         rgb = read_image(ev.base.image_path(image_id)).permute(1, 2, 0).numpy()
-        arr = draw_detections(rgb, ev.gt_objects(image_id), ev.det_objects(image_id), score_thresh=0.1)
+        arr = draw_detections(rgb, ev.gt_objects(image_id), ev.det_objects(image_id), score_thresh=0.1,
+                              classes=ev.classes)
         out[image_id] = arr
         if viz_dir is not None:
             _save_png(arr, Path(viz_dir) / f"step{step:06d}_{image_id}.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..conventions import KITTI_CLASSES
@@ -34,11 +35,31 @@ def load_kitti_dirs(gt_dir: Path, det_dir: Path | None, ids: list[str] | None) -
             p = det_dir / f"{k}.txt"
             if not p.is_file():
                 raise DataError(f"{p}: result file missing (every image needs one, empty if nothing was detected)")
-            dets[k] = read_label_file(p)
+            try:
+                dets[k] = read_label_file(p)
+            except DataError:
+                _refuse_other_classes(p)  # the clearer line when the file holds a model's own class names
+                raise
             for i, o in enumerate(dets[k], 1):
                 if o.score is None:
                     raise DataError(f"{p}: detection {i} has no score (16th field)")
     return gt, dets, ids
+
+
+def _refuse_other_classes(path: Path) -> None:
+    """Raise a UserError when a result file holds a type that is not KITTI's (a model's own classes, written
+    by predict as given): the KITTI protocol is defined per KITTI class (IoU 0.7 for cars, 0.5 for
+    pedestrians and cyclists, vans and sitting persons as ignored neighbours), so they are scored with
+    COCO AP instead."""
+    from ..data.kitti import KITTI_TYPES
+    from ..errors import UserError
+
+    for i, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        tok = line.split()
+        if tok and tok[0] not in KITTI_TYPES:
+            raise UserError(f"{path}:{i}: detection type '{tok[0]}' is not a KITTI class; the KITTI protocol scores "
+                            "Car, Pedestrian, Cyclist only: score other classes with --format coco "
+                            "(compressdet predict --save-txt coco)")
 
 
 def _ids(path: Path | None) -> list[str] | None:
@@ -47,41 +68,113 @@ def _ids(path: Path | None) -> list[str] | None:
     return read_split(path) if path else None
 
 
-def load_coco_pair(gt_path: Path, det_path: Path) -> tuple[dict, list[dict]]:
-    """A COCO ground-truth JSON and a COCO result JSON (a list, or an object with 'annotations'), checked."""
-    from ..data.formats.coco import load_json
+def load_coco_pair(gt_path: Path, det_path: Path, notes: list[str] | None = None) -> tuple[dict, list[dict]]:
+    """A COCO ground-truth JSON and a COCO result JSON, checked and lined up with the ground truth.
 
+    The result file is a list ``[{image_id, category_id, bbox, score}]`` (ids must be the ground
+    truth's), or an object with ``annotations`` (that list) and, as ``compressdet predict --save-txt
+    coco`` writes, its own ``images`` (``file_name``) and ``categories`` (``name``): then images are
+    matched by file name (:class:`~compressdet.eval.coco_eval.ImageMatcher`) and categories by name,
+    case-insensitively, and the detections rewritten to the ground truth's ids, so ids numbered
+    elsewhere cannot silently score 0.
+
+    Args:
+        notes: gets one line per thing worth telling (ids rewritten, ground-truth images without an entry).
+
+    Raises:
+        DataError: malformed files; UserError: a detection category that means another name in the ground
+        truth (one line naming both) or has no category there, an image not in the ground truth.
+    """
+    from ..data.formats.coco import load_json
+    from ..errors import UserError
+    from .coco_eval import ImageMatcher, category_ids_by_name
+
+    notes = notes if notes is not None else []
     gt = load_json(gt_path)
     try:
-        dets = json.loads(Path(det_path).read_text())
+        raw = json.loads(Path(det_path).read_text())
     except FileNotFoundError:
         raise DataError(f"{det_path}: detection file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{det_path}: not valid JSON ({e})") from None
-    if isinstance(dets, dict):
-        dets = dets.get("annotations")
+    dets = raw.get("annotations") if isinstance(raw, dict) else raw
     if not isinstance(dets, list):
         raise DataError(f"{det_path}: expected a COCO result list [{{image_id, category_id, bbox, score}}, ...]")
     from ._coco_input import check_coco_values
 
     check_coco_values(gt, dets, gt_path, det_path)  # ids, finite boxes and scores (JSON allows NaN / Infinity)
     images = {im.get("id") for im in gt["images"]}
-    cats = {c.get("id") for c in gt["categories"]}
+    gt_names = {c.get("id"): str(c.get("name", "")) for c in gt["categories"]}
     for n, d in enumerate(dets):
         where = f"{det_path}: detection {n}"
         if not isinstance(d, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(d):
             raise DataError(f"{where}: expected keys image_id, category_id, bbox [x, y, w, h], score")
-        if d["image_id"] not in images:
-            raise DataError(f"{where}: image_id {d['image_id']} is not in {gt_path}")
-        if d["category_id"] not in cats:
-            raise DataError(f"{where}: category_id {d['category_id']} is not in the categories of {gt_path}")
         if not (isinstance(d["bbox"], list) and len(d["bbox"]) == 4):
             raise DataError(f"{where}: bbox must be [x, y, w, h], got {d['bbox']!r}")
     for a in gt.get("annotations", []):
-        if a.get("category_id") not in cats:
+        if a.get("category_id") not in gt_names:
             raise DataError(f"{gt_path}: annotation id {a.get('id')}: category_id {a.get('category_id')} is not in "
                             "'categories'")
-    return gt, dets
+    own_images = raw.get("images") if isinstance(raw, dict) else None
+    own_cats = raw.get("categories") if isinstance(raw, dict) else None
+    # categories: by name when the detections name theirs
+    cat_map: dict = {}
+    det_names = {c.get("id"): str(c.get("name", "")) for c in own_cats or [] if isinstance(c, dict)}
+    used = sorted({d["category_id"] for d in dets}, key=str)
+    if det_names and any(det_names.values()):
+        by_name = category_ids_by_name(gt, str(gt_path))
+        for cid in used:
+            if cid not in det_names:
+                raise DataError(f"{det_path}: category_id {cid} of a detection is not in its own 'categories'")
+            name = det_names[cid]
+            gid = by_name.get(name.strip().lower())
+            if gid is None:
+                if cid in gt_names:
+                    raise UserError(f"{det_path}: category_id {cid} is '{name}' in the detections but "
+                                    f"'{gt_names[cid]}' in {gt_path}, which has no category '{name}' "
+                                    f"(categories: {', '.join(gt_names.values())})")
+                raise UserError(f"{det_path}: category '{name}' (id {cid}) is not a category of {gt_path} "
+                                f"(categories: {', '.join(gt_names.values())})")
+            cat_map[cid] = gid
+        moved = [f"{k}->{v}" for k, v in cat_map.items() if k != v]
+        if moved:
+            notes.append(f"categories matched by name, ids rewritten to {Path(gt_path).name}'s: {', '.join(moved)}")
+    else:
+        for n, d in enumerate(dets):
+            if d["category_id"] not in gt_names:
+                raise UserError(f"{det_path}: detection {n}: category_id {d['category_id']} is not in the categories "
+                                f"of {gt_path} (ids {', '.join(map(str, gt_names))})")
+    # images: by file name when the detections name theirs
+    img_map: dict = {}
+    named = [im for im in own_images or [] if isinstance(im, dict) and im.get("file_name")]
+    if named:
+        matcher = ImageMatcher(gt, str(gt_path))
+        with_dets = {d["image_id"] for d in dets}
+        for im in named:
+            gid = matcher.match(str(im["file_name"]))
+            if gid is None:
+                if im.get("id") in with_dets:
+                    raise UserError(f"{det_path}: image '{im['file_name']}' (id {im.get('id')}) is not in {gt_path} "
+                                    "(matched by path, path tail, then base name)")
+                continue
+            img_map[im.get("id")] = gid
+        moved = sum(1 for k, v in img_map.items() if k != v)
+        if moved:
+            notes.append(f"{len(img_map)} images matched by file name, {moved} image ids rewritten to "
+                         f"{Path(gt_path).name}'s")
+        missing = len(images - set(img_map.values()))
+        if missing:
+            notes.append(f"{missing} of {len(images)} images of {gt_path} have no entry in {det_path} "
+                         "(scored as images without detections)")
+    out = []
+    for n, d in enumerate(dets):
+        iid = img_map.get(d["image_id"], d["image_id"]) if named else d["image_id"]
+        if named and d["image_id"] not in img_map:
+            raise DataError(f"{det_path}: detection {n}: image_id {d['image_id']} is not in its own 'images'")
+        if iid not in images:
+            raise UserError(f"{det_path}: detection {n}: image_id {d['image_id']} is not in {gt_path}")
+        out.append({**d, "image_id": iid, "category_id": cat_map.get(d["category_id"], d["category_id"])})
+    return gt, out
 
 
 def _cmd_eval_coco(args: argparse.Namespace) -> int:
@@ -90,15 +183,18 @@ def _cmd_eval_coco(args: argparse.Namespace) -> int:
 
     if args.ids is not None:
         raise DataError("--ids is for KITTI folders; a COCO evaluation covers the images of --gt")
-    gt, dets = load_coco_pair(args.gt, args.det)
+    notes: list[str] = []
+    gt, dets = load_coco_pair(args.gt, args.det, notes)
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)
     res = evaluate_coco_json(gt, dets)
     name = args.name or Path(args.det).stem
 
     def f(v):
         return "-" if v is None else f"{v:.2f}"
 
-    print(f"COCO box AP, {len(gt['images'])} images, {len(dets)} detections: {name}")
-    print("| AP | AP50 | AP75 | APs | APm | APl | AR100 |\n|---|---|---|---|---|---|---|")
+    print(f"COCO box AP in %, {len(gt['images'])} images, {len(dets)} detections: {name}")
+    print("| AP (%) | AP50 (%) | AP75 (%) | APs (%) | APm (%) | APl (%) | AR100 (%) |\n|---|---|---|---|---|---|---|")
     print("| " + " | ".join(f(res[k]) for k in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100"))
           + " |")
     if args.json:
@@ -115,9 +211,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.format == "coco":
         return _cmd_eval_coco(args)
     gt, dets, ids = load_kitti_dirs(args.gt, args.det, _ids(args.ids))
-    res = evaluate_kitti(gt, dets, protocol=args.protocol)
+    res = {**evaluate_kitti(gt, dets, protocol=args.protocol), "ap_unit": "percent"}
     name = args.name or Path(args.det).name
-    print(f"KITTI 2D, {len(ids)} images, protocol {args.protocol}")
+    print(f"KITTI 2D AP in %, {len(ids)} images, protocol {args.protocol}")
     print(format_table([res, res], models=[f"{name} AP40", f"{name} AP11"], metrics=["ap40", "ap11"]), end="")
     print(f"mAP40 {res['map40']:.2f}  mAP11 {res['map11']:.2f}")
     if args.json:

@@ -19,15 +19,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COCO_KEYS", "evaluate_coco", "evaluate_coco_json", "to_coco_dicts"]
+__all__ = ["COCO_KEYS", "AP_UNIT", "evaluate_coco", "evaluate_coco_json", "to_coco_dicts", "ImageMatcher",
+           "category_ids_by_name"]
 
-#: result keys, in COCOeval.stats order (all in %; None where COCO gives -1: no ground truth in that range)
+#: every AP/AR compressdet writes is in percent (pycocotools' stats are 0-1): results say so in ``ap_unit``
+AP_UNIT = "percent"
+
+#: result keys, in COCOeval.stats order (all in % (``AP_UNIT``); None where COCO gives -1: no ground truth in that range)
 COCO_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small",
              "ar_medium", "ar_large")
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"metric": "coco"}
+    out: dict[str, Any] = {"metric": "coco", "ap_unit": AP_UNIT}
     for k, v in zip(COCO_KEYS, np.asarray(stats, np.float64)[: len(COCO_KEYS)]):
         out[k] = None if v < 0 else float(v) * 100.0
     out["primary"] = out["ap"] if out["ap"] is not None else 0.0
@@ -43,7 +47,7 @@ def evaluate_coco_json(gt: dict[str, Any], dets: list[dict[str, Any]], *, verbos
         verbose: print COCO's summary table.
 
     Returns:
-        ``{"metric": "coco", "ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10",
+        ``{"metric": "coco", "ap_unit": "percent", "ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10",
         "ar100", "ar_small", "ar_medium", "ar_large", "primary" (= ap), "images", "detections"}`` in %.
     """
     from faster_coco_eval import COCO, COCOeval_faster
@@ -110,3 +114,79 @@ def evaluate_coco(gt: dict[str, dict[str, np.ndarray]], sizes: dict[str, tuple[i
     """COCO box AP of ``dets`` on the images it holds (see :func:`to_coco_dicts` for the shapes)."""
     g, d = to_coco_dicts(gt, sizes, dets, classes)
     return evaluate_coco_json(g, d)
+
+
+def _parts(name: str) -> tuple[str, ...]:
+    text = str(name).replace("\\", "/")
+    return tuple(p for p in text.split("/") if p not in ("", "."))
+
+
+class ImageMatcher:
+    """Finds a ground-truth image by file name, so detections written for image files line up with a COCO
+    file whose ids were numbered elsewhere (``data convert`` numbers per split).
+
+    ``match(path)`` tries, in order: the same path; the ground truth's ``file_name`` as the path's tail
+    (``val/000001.png`` in ``data/images/val/000001.png``); the same base name. A name that fits two
+    images at the first step that finds any is an error, never a guess.
+
+    Args:
+        gt: a COCO detection dict (``images`` with ``id`` and ``file_name``).
+        where: the file the dict came from, for messages.
+    """
+
+    def __init__(self, gt: dict[str, Any], where: str):
+        self.where = where
+        self.by_parts: dict[tuple[str, ...], list[Any]] = {}
+        self.by_base: dict[str, list[Any]] = {}
+        for im in gt.get("images", []):
+            parts = _parts(im.get("file_name", ""))
+            if not parts:
+                continue
+            self.by_parts.setdefault(parts, []).append(im["id"])
+            self.by_base.setdefault(parts[-1], []).append(im["id"])
+
+    def match(self, path: str) -> Any | None:
+        """The ground-truth image id of ``path``; None when no image fits.
+
+        Raises:
+            UserError: ``path`` fits two or more ground-truth images equally well.
+        """
+        from ..errors import UserError
+
+        parts = _parts(path)
+        if not parts:
+            return None
+        hits = self.by_parts.get(parts)
+        if not hits:
+            for n in range(len(parts) - 1, 0, -1):  # longest tail first
+                hits = self.by_parts.get(parts[-n:])
+                if hits:
+                    break
+        if not hits:
+            hits = self.by_base.get(parts[-1])
+        if not hits:
+            return None
+        if len(hits) > 1:
+            raise UserError(f"{self.where}: image '{path}' fits {len(hits)} images (ids {', '.join(map(str, hits[:4]))}) "
+                            "by file name; give file names that tell them apart")
+        return hits[0]
+
+
+def category_ids_by_name(gt: dict[str, Any], where: str) -> dict[str, Any]:
+    """``{lower-case category name: id}`` of a COCO dict (names compared case-insensitively).
+
+    Raises:
+        UserError: two categories whose names differ only in case.
+    """
+    from ..errors import UserError
+
+    out: dict[str, Any] = {}
+    for c in gt.get("categories", []):
+        name = str(c.get("name", "")).strip().lower()
+        if not name:
+            continue
+        if name in out and out[name] != c.get("id"):
+            raise UserError(f"{where}: categories {out[name]} and {c.get('id')} are both named '{name}' "
+                            "(names are compared case-insensitively)")
+        out[name] = c.get("id")
+    return out

@@ -43,11 +43,12 @@ def resolve_metric(data_cfg: Any, eval_cfg: Any = None, metric: str | None = Non
 
 def metric_summary(res: dict[str, Any]) -> dict[str, Any]:
     """The stage-metric view of an evaluator result: KITTI ``map40``, ``map11``, ``ap40`` (as before)
-    or COCO's numbers under ``coco``; both with ``metric`` and ``primary``."""
+    or COCO's numbers under ``coco``; both with ``metric``, ``primary`` and ``ap_unit`` (every AP is in %)."""
     if res.get("metric") == "coco":
-        return {"metric": "coco", "primary": res.get("primary"),
+        return {"metric": "coco", "ap_unit": "percent", "primary": res.get("primary"),
                 "coco": {k: res.get(k) for k in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100")}}
-    return {"metric": "kitti", "primary": res.get("primary", res.get("map40")), "map40": res.get("map40"),
+    return {"metric": "kitti", "ap_unit": "percent", "primary": res.get("primary", res.get("map40")),
+            "map40": res.get("map40"),
             "map11": res.get("map11"), "ap40": res.get("ap", {})}
 
 

@@ -40,7 +40,7 @@ from ..conventions import KITTI_CLASSES
 from ..data.kitti import DIFFICULTY_LEVELS, KittiObject
 from ..errors import UserError
 
-__all__ = ["evaluate_kitti", "predictions_to_kitti", "ap_from_precision", "CLASSES", "LEVELS",
+__all__ = ["evaluate_kitti", "predictions_to_kitti", "kitti_type_name", "ap_from_precision", "CLASSES", "LEVELS",
            "MIN_OVERLAP", "PROTOCOLS", "N_SAMPLE_PTS"]
 
 CLASSES = KITTI_CLASSES
@@ -413,27 +413,42 @@ def evaluate_kitti(gt: Mapping[str, Sequence[KittiObject]], dets: Mapping[str, S
     return _assemble(protocol, classes, curves, compute_aos, evaluated, len(ids), return_curves)
 
 
+def kitti_type_name(name: str) -> str:
+    """The KITTI label-file type token of a class name.
+
+    KITTI's own classes get the devkit's spelling (``Car``, ``Pedestrian``, ``Cyclist``, matched
+    case-insensitively) so the KITTI evaluator finds them; any other name is kept as given with each
+    run of whitespace written as one underscore, because a label line is split on whitespace
+    (``"traffic light"`` -> ``traffic_light``).
+    """
+    text = str(name).strip()
+    if not text:
+        raise UserError(f"class name {name!r}: expected a non-empty name")
+    if text.lower() in CLASSES:
+        return text.lower().capitalize()
+    return "_".join(text.split())
+
+
 def predictions_to_kitti(pred: Mapping, classes: Sequence[str] = CLASSES) -> list[KittiObject]:
     """KITTI detections from one image's PostProcessor output.
 
     Args:
         pred: {"boxes": Tensor[N, 4] xyxy original-image px, "scores": Tensor[N],
             "labels": int64 Tensor[N] index into ``classes``}.
-        classes: training class names, e.g. ``("car", "pedestrian", "cyclist")``.
+        classes: the model's class names, any names (e.g. ``("car", "pedestrian", "cyclist")`` or
+            ``("vehicle", "traffic light")``).
 
     Returns:
-        KittiObjects of type "Car"/"Pedestrian"/"Cyclist" with bbox and score (alpha -10: no AOS).
+        KittiObjects with bbox and score (alpha -10: no AOS); their type is
+        :func:`kitti_type_name` of the class: ``Car``/``Pedestrian``/``Cyclist`` for KITTI's classes,
+        other names as given with spaces written as underscores.
     """
     boxes = np.asarray(_to_numpy(pred["boxes"]), dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(_to_numpy(pred["scores"]), dtype=np.float64).reshape(-1)
     labels = np.asarray(_to_numpy(pred["labels"])).reshape(-1).astype(np.int64)
     if not (len(boxes) == len(scores) == len(labels)):
         raise UserError(f"predictions: boxes {len(boxes)}, scores {len(scores)}, labels {len(labels)} differ in length")
-    names = []
-    for c in classes:
-        if c.lower() not in CLASSES:
-            raise UserError(f"class '{c}': expected one of {', '.join(CLASSES)}")
-        names.append(c.lower().capitalize())
+    names = [kitti_type_name(c) for c in classes]
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise UserError(f"predictions: label {int(labels.max())} out of range for {len(classes)} classes")
     return [KittiObject(type=names[lab], bbox=tuple(map(float, b)), score=float(s))

@@ -14,12 +14,31 @@ from ..data.kitti import KittiObject, difficulty
 from ..errors import UserError
 from .kitti_eval import LEVELS
 
-__all__ = ["draw_detections", "draw_mask", "plot_pr_curves", "imitation_mask_for_boxes", "CLASS_COLOURS"]
+__all__ = ["draw_detections", "draw_mask", "plot_pr_curves", "imitation_mask_for_boxes", "CLASS_COLOURS", "PALETTE",
+           "class_colour"]
 
-#: RGB per (lower-case) KITTI type; others grey
+#: RGB per (lower-case) KITTI type; other classes: :data:`PALETTE`
 CLASS_COLOURS = {"car": (230, 60, 50), "van": (240, 150, 60), "pedestrian": (40, 170, 70),
                  "person_sitting": (120, 200, 90), "cyclist": (50, 110, 230), "dontcare": (160, 160, 160)}
 _LEVEL_TAG = ("E", "M", "H")
+#: colours of other classes (a model's own class names), by their index in the model's classes: Tableau 10
+PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def class_colour(name: str, classes: Sequence[str] | None = None) -> tuple[int, int, int]:
+    """RGB of a class: KITTI's types keep their fixed colours; another name takes the palette colour of
+    its index in ``classes`` (so the classes of one model never share one), else one picked by a
+    stable hash of the name (the same in every process)."""
+    import zlib
+
+    key = "_".join(str(name).lower().split())
+    if key in CLASS_COLOURS:
+        return CLASS_COLOURS[key]
+    norm = ["_".join(str(c).lower().split()) for c in classes or ()]
+    if key in norm:
+        return PALETTE[norm.index(key) % len(PALETTE)]
+    return PALETTE[zlib.crc32(key.encode()) % len(PALETTE)]
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -36,13 +55,14 @@ def gt_level(o: KittiObject) -> str | None:
 
 
 def draw_detections(image: np.ndarray, gt: Sequence[KittiObject] = (), dets: Sequence[KittiObject] = (), *,
-                    score_thresh: float = 0.0) -> np.ndarray:
+                    score_thresh: float = 0.0, classes: Sequence[str] | None = None) -> np.ndarray:
     """Ground truth (thin, dashed-looking, with its difficulty E/M/H) and detections (thick, score).
 
     Args:
         image: uint8 RGB ``[H, W, 3]``.
-        gt, dets: KittiObjects in the image's pixels (dets with ``score``).
+        gt, dets: KittiObjects in the image's pixels (dets with ``score``), labelled with their type.
         score_thresh: detections below it are not drawn.
+        classes: the model's class names: each gets its own colour (:func:`class_colour`).
 
     Returns:
         uint8 RGB ``[H, W, 3]`` copy with the boxes drawn.
@@ -53,7 +73,7 @@ def draw_detections(image: np.ndarray, gt: Sequence[KittiObject] = (), dets: Seq
     draw = ImageDraw.Draw(img)
     for o in gt:
         t = o.type.lower()
-        col = CLASS_COLOURS.get(t, (200, 200, 200))
+        col = class_colour(t, classes)
         x1, y1, x2, y2 = o.bbox
         draw.rectangle([x1, y1, x2, y2], outline=col, width=1)
         lvl = gt_level(o) if t != "dontcare" else None
@@ -62,7 +82,7 @@ def draw_detections(image: np.ndarray, gt: Sequence[KittiObject] = (), dets: Seq
     for o in dets:
         if o.score is not None and o.score < score_thresh:
             continue
-        col = CLASS_COLOURS.get(o.type.lower(), (255, 255, 255))
+        col = class_colour(o.type, classes)
         x1, y1, x2, y2 = o.bbox
         draw.rectangle([x1, y1, x2, y2], outline=col, width=3)
         label = f"{o.type} {o.score:.2f}" if o.score is not None else o.type

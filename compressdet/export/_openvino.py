@@ -22,12 +22,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, UserError
+from .runtime import onnx_metadata
 
 __all__ = ["openvino_unavailable", "check_openvino", "convert_to_ir", "OpenVINORunner", "ir_bin_path",
-           "PRECISIONS"]
+           "ir_metadata", "PRECISIONS", "RT_INFO_KEY"]
 
 #: bench backend -> what the runner asks for (None: OpenVINO's default, bf16 where the CPU has it)
 PRECISIONS: dict[str, str | None] = {"openvino": None, "openvino-f32": "f32", "openvino-int8": None}
+
+#: rt_info section of an IR that holds the ONNX graph's compressdet metadata
+RT_INFO_KEY = "compressdet"
 
 _TYPE_NAMES = {"f32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "f16": "fp16",
                "float16": "fp16"}
@@ -64,6 +68,30 @@ def _stable_names(model: Any) -> None:
             op.set_friendly_name(f"{kind}_{i}")
 
 
+def ir_metadata(xml_path: str | os.PathLike) -> dict[str, str]:
+    """The compressdet metadata an IR carries in its rt_info (the ONNX ``metadata_props`` it was converted
+    from: ``classes``, ``input_size``, ``arch``, ...); ``{}`` for an IR without it.
+
+    An IR converted before the ``compressdet`` section existed still has OpenVINO's own copy of the ONNX
+    metadata under ``framework``, read as the fallback.
+    """
+    check_openvino("reading an OpenVINO IR")
+    import openvino as ov
+
+    xml_path = Path(xml_path)
+    try:
+        model = ov.Core().read_model(str(xml_path))
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises plain RuntimeErrors
+        raise UserError(f"{xml_path}: OpenVINO cannot read it ({str(e).strip().splitlines()[0][:200]})") from None
+    for section in (RT_INFO_KEY, "framework"):
+        if model.has_rt_info([section]):
+            info = model.get_rt_info([section]).value
+            out = {str(k): str(v.astype(str) if hasattr(v, "astype") else v) for k, v in dict(info).items()}
+            if out:
+                return out
+    return {}
+
+
 def convert_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> dict[str, Any]:
     """Convert an ONNX graph to OpenVINO IR (``.xml`` + ``.bin``), weights kept in fp32/int8 as given.
 
@@ -89,6 +117,10 @@ def convert_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> 
         model = ov.Core().read_model(str(tmp / "first.xml"))
         _stable_names(model)
         model.set_rt_info(onnx_path.name, ["conversion_parameters", "input_model"])  # no local folder in the file
+        # the graph's metadata (classes, input size, arch, postprocess, ...) under our own key, so an IR
+        # copied without its ONNX still says what its outputs mean (ir_metadata reads it back)
+        for key, value in sorted(onnx_metadata(onnx_path).items()):
+            model.set_rt_info(value, [RT_INFO_KEY, key])
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
         os.replace(tmp / "model.bin", ir_bin_path(xml_path))
         os.replace(tmp / "model.xml", xml_path)

@@ -10,8 +10,18 @@ __all__ = ["register"]
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .._console import console as make_console
+    from ..conventions import KITTI_CLASSES
     from ..errors import UserError
-    from .predictor import SPLIT_PREFIX, PredictOptions, check_backend, iter_sources, predict, resolve_model, split_sources
+    from .predictor import (
+        SPLIT_PREFIX,
+        PredictOptions,
+        check_backend,
+        iter_sources,
+        predict,
+        resolve_model,
+        split_coco_gt,
+        split_sources,
+    )
 
     console = make_console(stderr=True)
     if args.backend is not None:
@@ -27,17 +37,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from ..assets import asset_note
 
         console.print(asset_note(args.model), highlight=False, markup=False, soft_wrap=True)
+    if args.coco_gt is not None and args.save_txt != "coco":
+        raise UserError(f"--coco-gt {args.coco_gt}: only with --save-txt coco")
+    coco_gt = args.coco_gt
     if args.source.startswith(SPLIT_PREFIX):
         sources = split_sources(resolved.run_dir, args.source[len(SPLIT_PREFIX):])
+        if args.save_txt == "coco" and coco_gt is None:  # a coco-format run: that split's own annotation file
+            coco_gt = split_coco_gt(resolved.run_dir, args.source[len(SPLIT_PREFIX):], list(resolved.classes),
+                                    lambda s: console.print(s, highlight=False, markup=False))
     sources = sources[: args.max_images] if args.max_images else sources
     opts = PredictOptions(out=args.out, score_threshold=args.score_threshold, save_txt=args.save_txt,
-                          save_images=not args.no_images, threads=args.threads)
+                          save_images=not args.no_images, threads=args.threads, coco_gt=coco_gt)
     res = predict(sources, resolved, opts, console=console)
     what = f"{res['images']} images" + (f", {res['frames']} video frames" if res["frames"] else "")
     print(f"{what} on {resolved.backend} ({resolved.description}) at {res['images_per_s']} img/s -> {res['out']}"
           + (f" (results: {args.save_txt})" if args.save_txt else ""))
     if args.save_txt == "kitti":
-        print(f"next: compressdet eval --gt LABEL_DIR --det {Path(res['out']) / 'labels'}")
+        if all(c.lower() in KITTI_CLASSES for c in resolved.classes):
+            print(f"next: compressdet eval --gt LABEL_DIR --det {Path(res['out']) / 'labels'}")
+        else:  # the KITTI protocol scores car/pedestrian/cyclist only
+            print("note: the KITTI protocol scores car, pedestrian, cyclist only: score these classes with "
+                  "--save-txt coco and compressdet eval --format coco")
+    elif args.save_txt == "coco":
+        print(f"next: compressdet eval --format coco --gt {coco_gt or 'ANNOTATIONS.json'} "
+              f"--det {Path(res['out']) / 'detections.coco.json'}")
     return 0
 
 
@@ -65,6 +88,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="drop detections below T (default: the run's postprocess score_thresh, 0.0)")
     p.add_argument("--save-txt", choices=("kitti", "coco"), default=None,
                    help="also write results: KITTI txt per image, or one COCO JSON")
+    p.add_argument("--coco-gt", type=Path, default=None, metavar="ANN.json",
+                   help="with --save-txt coco: write the image ids (matched by file name) and category ids (matched "
+                        "by class name) of this COCO annotation file, so compressdet eval --format coco scores the "
+                        "results against it (default for split:NAME of a coco-format run: that split's file)")
     p.add_argument("--no-images", action="store_true", help="write no PNG/mp4, results only")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the backend")
     p.add_argument("--runs-root", type=Path, default=Path("runs"), help="where to look for the latest run")

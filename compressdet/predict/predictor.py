@@ -18,7 +18,7 @@ from ..conventions import KITTI_CLASSES
 from ..errors import DataError, MissingDependencyError, UserError
 
 __all__ = ["PREDICT_BACKENDS", "ResolvedModel", "PredictOptions", "Predictor", "resolve_model", "iter_sources",
-           "split_sources",
+           "split_sources", "split_coco_gt", "CocoTarget", "default_classes",
            "predict", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
 
 PREDICT_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-int8", "tensorrt")
@@ -111,11 +111,30 @@ def _from_run(run_dir: Path, backend: str | None, stage: str | None, log: Callab
 
     model, meta = load_model(v.model_path)
     size = tuple(int(s) for s in model.image_size)
-    classes = list(recipe.data.classes) if recipe is not None else list(meta.get("classes") or KITTI_CLASSES)
+    classes = list(recipe.data.classes) if recipe is not None else \
+        list(meta.get("classes") or default_classes(int(getattr(model, "num_classes", 3))))
     path = file_of(v)
     log(f"using {v.label} of {run_dir} on {backend}: {path}")
     return ResolvedModel(Path(path), backend, size, classes, pp, f"{v.label} ({run_dir.name})", run_dir=run_dir,
                          arch=dict(getattr(model, "arch", {}) or {}) or None)
+
+
+def default_classes(n: int) -> list[str]:
+    """Class names of a model file that records none: KITTI's three for a 3-class model (files made before
+    classes were recorded were KITTI models), else ``class0 .. class{n-1}`` (never a guess at real names)."""
+    return list(KITTI_CLASSES) if n == 3 else [f"class{i}" for i in range(n)]
+
+
+def _classes_from_meta(meta: dict[str, str], path: Path) -> list[str] | None:
+    if not meta.get("classes"):
+        return None
+    try:
+        classes = json.loads(meta["classes"])
+    except ValueError:
+        raise UserError(f"{path}: metadata 'classes' is not JSON (expected a list of class names)") from None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise UserError(f"{path}: metadata 'classes' is {meta['classes'][:80]}, expected a list of class names")
+    return classes
 
 
 def _onnx_settings(path: Path) -> tuple[tuple[int, int] | None, list[str], dict[str, Any], dict[str, str]]:
@@ -125,6 +144,12 @@ def _onnx_settings(path: Path) -> tuple[tuple[int, int] | None, list[str], dict[
         meta = onnx_metadata(path)
     except Exception as e:  # noqa: BLE001 - any parse failure: not an ONNX file
         raise UserError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    return _settings(meta, path)
+
+
+def _settings(meta: dict[str, str], path: Path) -> tuple[tuple[int, int] | None, list[str], dict[str, Any],
+                                                          dict[str, str]]:
+    """(input size, classes, postprocess, metadata) from a graph's metadata (ONNX metadata_props, IR rt_info)."""
     outputs = json.loads(meta.get("outputs", '["head"]'))
     if "boxes" in outputs:
         raise UserError(f"{path}: graph ends in decode + NMS (--with-postprocess); predict runs the raw-head graph "
@@ -133,7 +158,7 @@ def _onnx_settings(path: Path) -> tuple[tuple[int, int] | None, list[str], dict[
     if meta.get("input_size"):
         h, w = (int(v) for v in meta["input_size"].split("x"))
         size = (h, w)
-    classes = json.loads(meta["classes"]) if meta.get("classes") else list(KITTI_CLASSES)
+    classes = _classes_from_meta(meta, path) or list(KITTI_CLASSES)  # graphs have recorded classes since #1
     pp = _postprocess_defaults()
     if meta.get("postprocess") not in (None, "null"):
         pp.update(json.loads(meta["postprocess"]))
@@ -156,6 +181,15 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
     if model is None:
         model = latest_run_or_fail(runs_root, "pass --model RUN_DIR|MODEL|ONNX|IR", log)
     path = resolve_model_path(model)
+    from ..deploy.runner import is_deploy_dir, read_deploy
+
+    if is_deploy_dir(path):  # compressdet deploy's folder: its chosen file, runtime and setting
+        dep = read_deploy(path)
+        chosen = dep["artifact"]
+        r = resolve_model(chosen["path"], backend or chosen["backend"], runs_root=runs_root, log=log)
+        run = dep["model"].get("run_dir")
+        return ResolvedModel(r.path, r.backend, r.image_size, dep["classes"], {**r.postprocess, **dep["postprocess"]},
+                             f"deployed {dep['chosen']} ({path})", Path(run) if run else None, r.arch)
     if path.is_dir():
         return _from_run(path, backend, stage, log)
     if not path.is_file():
@@ -181,7 +215,7 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
         from ..models import load_model
 
         m, meta = load_model(path)
-        classes = list(meta.get("classes") or KITTI_CLASSES[: int(getattr(m, "num_classes", 3))])
+        classes = list(meta.get("classes") or default_classes(int(getattr(m, "num_classes", 3))))
         return ResolvedModel(path, backend, tuple(int(s) for s in m.image_size), classes, _postprocess_defaults(),
                              path.name, arch=dict(getattr(m, "arch", {}) or {}) or None)
     if suffix == ".onnx":
@@ -190,9 +224,16 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
             size = _graph_input_size(path, backend)
         return ResolvedModel(path, backend, size, classes, pp, path.name, arch=_meta_arch(meta, path))
     if suffix == ".xml":
-        sibling = path.with_name(path.name[: -len(".xml")] + ".onnx")  # exported side by side: its metadata
+        from ..export._openvino import ir_metadata
+
+        # the IR's own rt_info (written at export), else the metadata of the ONNX exported beside it
         size, classes, pp, arch = None, list(KITTI_CLASSES), _postprocess_defaults(), None
-        if sibling.is_file():
+        sibling = path.with_name(path.name[: -len(".xml")] + ".onnx")
+        meta = ir_metadata(path)
+        if meta:
+            size, classes, pp, meta = _settings(meta, path)
+            arch = _meta_arch(meta, path)
+        elif sibling.is_file():
             size, classes, pp, meta = _onnx_settings(sibling)
             arch = _meta_arch(meta, sibling)
         if size is None:
@@ -335,6 +376,70 @@ class PredictOptions:
     save_txt: str | None = None  # kitti | coco
     save_images: bool = True
     threads: int | None = None
+    #: a COCO annotation file whose image and category ids the COCO results take (``--coco-gt``)
+    coco_gt: Path | None = None
+
+
+class CocoTarget:
+    """The ids of a COCO ground truth that ``--save-txt coco`` writes: an image's id found by its file name
+    (:class:`~compressdet.eval.coco_eval.ImageMatcher`: path, path tail, base name), a class's category
+    id by its name (case-insensitive), so ``compressdet eval --format coco`` scores them as they are.
+
+    Raises:
+        UserError: a model class that no category of the file is named after (one line naming the class and
+        the file's categories); DataError: not a COCO file.
+    """
+
+    def __init__(self, path: Path, classes: list[str]):
+        from ..data.formats.coco import load_json
+        from ..eval.coco_eval import ImageMatcher, category_ids_by_name
+
+        self.path = Path(path)
+        self.gt = load_json(self.path)
+        by_name = category_ids_by_name(self.gt, str(self.path))
+        missing = [c for c in classes if c.strip().lower() not in by_name]
+        if missing:
+            names = ", ".join(str(c.get("name")) for c in self.gt["categories"])
+            raise UserError(f"{self.path}: no category named '{missing[0]}' (a class of the model: "
+                            f"{', '.join(classes)}); its categories: {names}")
+        self.category_ids = [by_name[c.strip().lower()] for c in classes]
+        self.categories = [dict(c) for c in self.gt["categories"]]
+        self.matcher = ImageMatcher(self.gt, str(self.path))
+        self.images = {im["id"]: im for im in self.gt["images"] if "id" in im}
+
+    def image(self, path: str | Path) -> dict[str, Any]:
+        """The ground truth's image entry of ``path``.
+
+        Raises:
+            UserError: ``path`` is not an image of the file.
+        """
+        iid = self.matcher.match(str(path))
+        if iid is None:
+            raise UserError(f"{path}: not an image of {self.path} (matched by path, path tail, then base name); "
+                            "predict only its images, or leave out --coco-gt")
+        return self.images[iid]
+
+
+def split_coco_gt(run_dir: Path | None, split: str, classes: list[str], log: Callable[[str], None]) -> Path | None:
+    """The annotation file of ``split`` of a coco-format run (``SOURCE`` ``split:NAME`` with ``--save-txt coco``),
+    when every model class is one of its categories; else None (said in the log: then the ids are predict's own)."""
+    from ..data.formats.coco import split_paths
+    from ..recipe import load_recipe
+
+    if run_dir is None or not (Path(run_dir) / "recipe.yaml").is_file():
+        return None
+    data = load_recipe(Path(run_dir) / "recipe.yaml").data
+    if data.format != "coco":
+        return None
+    ann = split_paths(data, split)[0]
+    if not ann.is_file():
+        return None
+    try:
+        CocoTarget(ann, classes)
+    except UserError as e:
+        log(f"note: COCO ids not taken from {ann} ({e}); detections.coco.json numbers its own images and categories")
+        return None
+    return ann
 
 
 def _video_reader(path: Path) -> tuple[Iterator[np.ndarray], float, int | None]:
@@ -358,12 +463,15 @@ def _video_reader(path: Path) -> tuple[Iterator[np.ndarray], float, int | None]:
 class _Writer:
     """Result files: PNGs / mp4 with boxes, KITTI txt per image, one COCO JSON."""
 
-    def __init__(self, opts: PredictOptions, classes: list[str]):
-        self.opts, self.classes = opts, classes
+    def __init__(self, opts: PredictOptions, classes: list[str], target: CocoTarget | None = None):
+        self.opts, self.classes, self.target = opts, classes, target
         self.out = Path(opts.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.coco: dict[str, Any] = {"images": [], "annotations": [],
-                                     "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
+        # without a ground truth: a self-consistent file (images numbered 1..N in input order, categories
+        # 1..C in class order, each image's file_name) that `eval --format coco` lines up by names
+        cats = target.categories if target else [{"id": i + 1, "name": c} for i, c in enumerate(classes)]
+        self.category_ids = target.category_ids if target else [i + 1 for i in range(len(classes))]
+        self.coco: dict[str, Any] = {"images": [], "annotations": [], "categories": cats}
         self._names: set[str] = set()
 
     def unique(self, stem: str) -> str:
@@ -384,14 +492,22 @@ class _Writer:
         if self.opts.save_txt == "kitti":
             write_label_file(self.out / "labels" / f"{name}.txt", objs)
         elif self.opts.save_txt == "coco":
-            image_id = len(self.coco["images"]) + 1
-            self.coco["images"].append({"id": image_id, "file_name": file_name, "name": name, "height": hw[0],
-                                        "width": hw[1]})
+            if self.target is not None:
+                im = self.target.image(file_name)
+                if "height" in im and "width" in im and (int(im["height"]), int(im["width"])) != tuple(hw):
+                    raise UserError(f"{file_name}: {hw[1]}x{hw[0]} px, but image id {im['id']} "
+                                    f"('{im.get('file_name')}') of {self.target.path} is {im['width']}x{im['height']}")
+                image_id = im["id"]
+                self.coco["images"].append({"id": image_id, "file_name": im.get("file_name"), "name": name,
+                                            "height": hw[0], "width": hw[1]})
+            else:
+                image_id = len(self.coco["images"]) + 1
+                self.coco["images"].append({"id": image_id, "file_name": file_name, "name": name, "height": hw[0],
+                                            "width": hw[1]})
             for b, s, lab in zip(kept["boxes"].tolist(), kept["scores"].tolist(), kept["labels"].tolist()):
                 self.coco["annotations"].append({"id": len(self.coco["annotations"]) + 1, "image_id": image_id,
-                                                 "category_id": int(lab) + 1, "bbox": [b[0], b[1], b[2] - b[0],
-                                                                                       b[3] - b[1]],
-                                                 "score": float(s)})
+                                                 "category_id": self.category_ids[int(lab)],
+                                                 "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})
         return objs
 
     def save_png(self, name: str, drawn: np.ndarray) -> None:
@@ -406,7 +522,12 @@ class _Writer:
         from .._io import atomic_write_json
 
         if self.opts.save_txt == "coco":
-            return [atomic_write_json(self.out / "detections.coco.json", self.coco)]
+            files = [atomic_write_json(self.out / "detections.coco.json", self.coco)]
+            if self.target is not None:  # the plain result list pycocotools' loadRes and COCO servers take
+                results = [{k: a[k] for k in ("image_id", "category_id", "bbox", "score")}
+                           for a in self.coco["annotations"]]
+                files.append(atomic_write_json(self.out / "detections.results.json", results))
+            return files
         return []
 
 
@@ -430,10 +551,19 @@ def predict(source: str | Path | list[tuple[str, Path]], resolved: ResolvedModel
     if opts.save_txt not in (None, "kitti", "coco"):
         raise UserError(f"--save-txt {opts.save_txt}: expected kitti or coco")
     sources = source if isinstance(source, list) else iter_sources(source)
+    target = None
+    if opts.coco_gt is not None:
+        if opts.save_txt != "coco":
+            raise UserError(f"--coco-gt {opts.coco_gt}: only with --save-txt coco")
+        target = CocoTarget(opts.coco_gt, list(resolved.classes))
+        for kind, path in sources:  # every image checked before anything is written
+            if kind != "image":
+                raise UserError(f"{path}: --coco-gt takes images, not videos (a video's frames are not in a COCO file)")
+            target.image(path)
     predictor = Predictor(resolved, threads=opts.threads)
     thresh = float(resolved.postprocess.get("score_thresh", 0.0) if opts.score_threshold is None
                    else opts.score_threshold)
-    writer = _Writer(opts, resolved.classes)
+    writer = _Writer(opts, resolved.classes, target)
     console = console or Console(stderr=True)
     n_images = sum(1 for k, _ in sources if k == "image")
     done = 0
@@ -457,7 +587,8 @@ def predict(source: str | Path | list[tuple[str, Path]], resolved: ResolvedModel
                 hw = (int(img.shape[-2]), int(img.shape[-1]))
                 objs = writer.results(name, det, thresh, hw, str(path))
                 if opts.save_images:
-                    writer.save_png(name, draw_detections(img.permute(1, 2, 0).numpy(), dets=objs))
+                    writer.save_png(name, draw_detections(img.permute(1, 2, 0).numpy(), dets=objs,
+                                                         classes=resolved.classes))
                 tick()
                 continue
             frames, fps, nframes = _video_reader(path)
@@ -490,7 +621,7 @@ def _predict_video(path: Path, frames: Iterator[np.ndarray], fps: float, name: s
                 det = predictor(img)
                 objs = writer.results(f"{name}_{i:06d}", det, thresh, rgb.shape[:2], f"{path}#{i}")
                 if vw is not None:
-                    vw.append_data(draw_detections(rgb, dets=objs))
+                    vw.append_data(draw_detections(rgb, dets=objs, classes=writer.classes))
                 tick()
         except (OSError, RuntimeError) as e:
             raise DataError(f"{path}: video decoding failed ({str(e).strip().splitlines()[0][:160]})") from None

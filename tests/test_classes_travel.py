@@ -1,0 +1,83 @@
+"""A model's own class names: KITTI type tokens, colours, bench report columns, COCO image matching, IR rt_info
+(issue #39). The command-line journeys are in tests/journeys/test_predict_eval_journey.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressdet.errors import UserError
+
+
+def test_predictions_to_kitti_takes_any_class_names():
+    from compressdet.eval.kitti_eval import kitti_type_name, predictions_to_kitti
+
+    pred = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 20.0]] * 3), "scores": torch.tensor([0.9, 0.8, 0.7]),
+            "labels": torch.tensor([0, 1, 2])}
+    objs = predictions_to_kitti(pred, ["vehicle", "traffic  light", "CAR"])
+    assert [o.type for o in objs] == ["vehicle", "traffic_light", "Car"]  # KITTI's own keep the devkit spelling
+    assert kitti_type_name("pedestrian") == "Pedestrian"
+    with pytest.raises(UserError, match="non-empty"):
+        kitti_type_name("  ")
+    with pytest.raises(UserError, match="out of range"):
+        predictions_to_kitti({**pred, "labels": torch.tensor([0, 1, 3])}, ["vehicle", "traffic light", "car"])
+
+
+def test_each_class_of_a_model_gets_its_own_colour():
+    from compressdet.eval.viz import CLASS_COLOURS, PALETTE, class_colour
+
+    classes = [f"c{i}" for i in range(len(PALETTE))]
+    assert len({class_colour(c, classes) for c in classes}) == len(PALETTE)
+    assert class_colour("Car", classes) == CLASS_COLOURS["car"]
+    assert class_colour("traffic_light", ["traffic light"]) == PALETTE[0]  # KITTI token of a name with a space
+    assert class_colour("unknown") == class_colour("unknown")  # stable without the model's classes
+
+
+def test_bench_report_columns_follow_the_report_classes():
+    from compressdet.bench.report import COLUMNS, _ap_cells, columns, report_classes
+
+    assert columns({"metric": "kitti"}) == [f"{c} (%)" if "E/M/H" in c or c == "mAP" else c for c in COLUMNS]
+    sub = {"metric": "kitti", "classes": ["car"]}
+    cols = columns(sub)
+    assert "car E/M/H (%)" in cols and "ped E/M/H (%)" not in cols and "mAP (%)" in cols
+    assert len(cols) == len(COLUMNS) - 2
+    ev = {"ap": {"car": {lvl: {"ap40": 50.0} for lvl in ("easy", "moderate", "hard")}}}
+    assert report_classes({"rows": [{"eval": ev}]}) == ["car"]
+    assert _ap_cells(ev, "ap40", ["car"]) == ["50.0/50.0/50.0", "50.0"]
+    assert "AP (%)" in columns({"metric": "coco"})
+
+
+def test_image_matcher_by_path_tail_and_base_name():
+    from compressdet.eval.coco_eval import ImageMatcher, category_ids_by_name
+
+    gt = {"images": [{"id": 5, "file_name": "val/000001.png"}, {"id": 6, "file_name": "train/000001.png"},
+                     {"id": 7, "file_name": "val/000002.png"}],
+          "categories": [{"id": 3, "name": "Car"}]}
+    m = ImageMatcher(gt, "gt.json")
+    assert m.match("val/000001.png") == 5
+    assert m.match("/data/images/train/000001.png") == 6
+    assert m.match("elsewhere/000002.png") == 7  # base name, unique
+    assert m.match("000003.png") is None
+    with pytest.raises(UserError, match="fits 2 images"):
+        m.match("elsewhere/000001.png")
+    assert category_ids_by_name(gt, "gt.json") == {"car": 3}
+    with pytest.raises(UserError, match="both named 'car'"):
+        category_ids_by_name({"categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "CAR"}]}, "gt.json")
+
+
+def test_openvino_ir_carries_the_graph_metadata(tmp_path):
+    pytest.importorskip("openvino")
+    import onnx
+    from onnx import TensorProto, helper
+
+    from compressdet.export._openvino import convert_to_ir, ir_metadata
+
+    g = helper.make_graph([helper.make_node("Relu", ["images"], ["head"])], "g",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("head", TensorProto.FLOAT, [1, 3, 16, 16])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.metadata_props.add(key="classes", value='["vehicle", "traffic light"]')
+    onnx.save(m, tmp_path / "m.onnx")
+    convert_to_ir(tmp_path / "m.onnx", tmp_path / "ir" / "m.xml")
+    assert ir_metadata(tmp_path / "ir" / "m.xml") == {"classes": '["vehicle", "traffic light"]'}
+    assert b"<compressdet>" in (tmp_path / "ir" / "m.xml").read_bytes()
