@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-run demo-predict quickstart test test-bench bench lint install clean
+.PHONY: demo demo-run demo-predict quickstart test test-bench bench fuzz lint install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,12 @@ test-bench: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# property-based fuzzing of every parser (tests/test_fuzz_*.py) at FUZZ_EXAMPLES examples per target
+# (hours on one core); writes benchmarks/results/fuzz.json (examples and failures per target)
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(STAMP)
+	$(BIN)/python benchmarks/fuzz.py --examples $(FUZZ_EXAMPLES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check compressdet tests benchmarks

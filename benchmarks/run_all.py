@@ -19,8 +19,9 @@ HERE = Path(__file__).resolve().parent
 ORDER = ["eval_speed", "synth_speed", "data_loader", "quant", "fpn_speed", "fpn_prune_speed", "prune", "imitation_gain",
          "distill_methods", "families"]
 #: scripts here that are not benchmarks: README generation, the demo's assets, the CUDA-only check
-#: (``python benchmarks/gpu_check.py`` on a GPU machine); ``_*.py`` are shared modules
-NOT_BENCHMARKS = {"readme_tables", "demo_assets", "gpu_check"}
+#: (``python benchmarks/gpu_check.py`` on a GPU machine), the fuzzing run (``make fuzz``, its own budget);
+#: ``_*.py`` are shared modules
+NOT_BENCHMARKS = {"readme_tables", "demo_assets", "gpu_check", "fuzz"}
 
 
 def invocations(name: str, text: str, preset: str, results: str | None = None) -> list[list[str]]:

@@ -1,0 +1,101 @@
+"""Fuzz every parser at a large budget: runs each ``tests/test_fuzz_*.py`` with ``COMPRESSDET_FUZZ_EXAMPLES``.
+
+    python benchmarks/fuzz.py --examples 100000        (what ``make fuzz`` runs; hours on one core)
+    python benchmarks/fuzz.py --examples 200           (a quick check that the runner works)
+
+Each fuzz target (a Hypothesis property: the outcome of arbitrary or mutated input is a valid result or a
+one-line UserError) writes how many examples it ran into the folder named by ``COMPRESSDET_FUZZ_COUNT_DIR``;
+this script collects them, with pytest's verdict per test from its JUnit XML, and writes
+``benchmarks/results/fuzz.json``: per target the examples run and the failures found (0 or 1: Hypothesis
+stops at the first failing example and shrinks it), and the total, which must be 0. Exit 1 otherwise.
+Kept out of ``run_all.py`` (``make bench``): its budget is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from compressdet._io import atomic_write_json  # noqa: E402
+
+
+def _junit_outcomes(path: Path) -> dict[str, str]:
+    """``{file::test: passed | failed | skipped}`` from pytest's JUnit XML."""
+    out = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
+        state = "passed"
+        for child in case:
+            if child.tag in ("failure", "error"):
+                state = "failed"
+            elif child.tag == "skipped":
+                state = "skipped"
+        out[name] = state
+    return out
+
+
+def run(examples: int, files: list[Path], out: Path, timeout: float | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="compressdet-fuzz-") as tmp:
+        counts, junit = Path(tmp) / "counts", Path(tmp) / "junit.xml"
+        env = {**os.environ, "COMPRESSDET_FUZZ_EXAMPLES": str(examples), "COMPRESSDET_FUZZ_COUNT_DIR": str(counts),
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
+                               *map(str, files)], cwd=REPO, env=env, timeout=timeout)
+        seconds = time.perf_counter() - t0
+        targets = {p.stem: json.loads(p.read_text()) for p in sorted(counts.glob("*.json"))} if counts.is_dir() else {}
+        tests = _junit_outcomes(junit) if junit.is_file() else {}
+    import hypothesis
+
+    failed_tests = sorted(t for t, s in tests.items() if s == "failed")
+    rep = {
+        "examples_per_target": examples,
+        "targets": targets,
+        "targets_run": len(targets),
+        "examples_total": sum(t["examples"] for t in targets.values()),
+        # failing targets, or failing tests when more (a test that failed before its target could count)
+        "failures": max(sum(t["failures"] for t in targets.values()), len(failed_tests)),
+        "failed_tests": failed_tests,
+        "pytest_exit": proc.returncode,
+        "files": [str(f.relative_to(REPO)) for f in files],
+        "seconds": round(seconds, 1),
+        "versions": {"python": platform.python_version(), "hypothesis": hypothesis.__version__},
+    }
+    if proc.returncode != 0 and rep["failures"] == 0:
+        rep["failures"] = 1  # pytest failed for a reason no target recorded: never report a clean run
+    atomic_write_json(out, rep)
+    return rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--examples", type=int, default=100_000, help="examples per fuzz target (default 100000)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fuzz.json")
+    ap.add_argument("--files", nargs="*", type=Path, default=None,
+                    help="fuzz test files (default: every tests/test_fuzz_*.py)")
+    args = ap.parse_args(argv)
+    files = [f.resolve() for f in args.files] if args.files else sorted((REPO / "tests").glob("test_fuzz_*.py"))
+    if not files:
+        print("no tests/test_fuzz_*.py found", file=sys.stderr)
+        return 1
+    rep = run(args.examples, files, args.out)
+    for name, t in rep["targets"].items():
+        print(f"{name}: {t['examples']} examples, {t['failures']} failures")
+    print(f"{rep['targets_run']} targets, {rep['examples_total']} examples, {rep['failures']} failures "
+          f"({rep['seconds']} s); wrote {args.out}")
+    return 0 if rep["failures"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
