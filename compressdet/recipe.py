@@ -1105,6 +1105,9 @@ def _check_paths(recipe: Recipe, errs: _Errors) -> None:
         m = recipe.resolve_model(s)
         if m is not None and m.pretrained and not Path(m.pretrained).is_file():
             errs.add(("stages", i, "model", "pretrained"), f"file '{m.pretrained}' does not exist")
+        if m is not None and m.weights and not re.match(r"^[A-Z][A-Z0-9_]*$", m.weights) and not Path(m.weights).is_file():
+            errs.add(("stages", i, "model", "weights"), f"file '{m.weights}' does not exist (a torchvision weight "
+                     "name is upper case, e.g. DEFAULT or IMAGENET1K_V1)")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:

@@ -238,7 +238,8 @@ def test_recipe_factory_fields_are_checked(factory_file):
                        ("{width: 0.5}", "neither"),
                        ("{arch: fcos_r18, args: {a: 1}}", "args: only with 'factory'"),
                        ("{factory: ./my_detector.py:build, weights: DEFAULT}", "weights: not with 'factory'"),
-                       ("{arch: shuffledet_0.25x, weights: DEFAULT}", "takes no torchvision weights")]:
+                       ("{arch: shuffledet_0.25x, weights: DEFAULT}", "takes no torchvision weights"),
+                       ("{arch: fcos_r18, weights: ./nope.pth}", "weights: file './nope.pth' does not exist")]:
         with pytest.raises(RecipeError, match=msg):
             parse_recipe(_recipe("- {name: t, kind: train, model: mine}", model), source=str(factory_file.parent / "r.yaml"))
 
