@@ -56,3 +56,13 @@ def test_atomic_dir_mode_and_no_partial_output(tmp_path, umask):
         raise RuntimeError("stop")
     assert not bad.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folder left behind
+
+
+def test_generated_synth_set_is_readable_by_others(tmp_path, umask):
+    from compressdet.data.synth import generate_synth
+    from compressdet.recipe import SynthConfig
+
+    out = generate_synth(tmp_path / "synth", SynthConfig(num_images=2, size=(64, 32), seed=0))
+    assert _mode(out) == 0o777 & ~umask
+    label = next((out / "training" / "label_2").iterdir())
+    assert _mode(label) == 0o666 & ~umask

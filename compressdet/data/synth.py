@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -674,15 +673,10 @@ def generate_synth(out: str | Path, cfg: SynthConfig, *, progress=None) -> Path:
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: --out exists and is not empty; choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
-    try:
+    from .._io import atomic_dir
+
+    with atomic_dir(out) as tmp:  # the folder gets mkdir's mode (0777 & ~umask), not mkdtemp's 0700
         _write_set(tmp, cfg, progress)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
