@@ -41,6 +41,7 @@ def test_quickstart_on_coco_reports_coco_ap(tmp_path, capsys):
     assert "| model | MACs | params | AP (%) | AP50 (%) | AP75 (%) | APs (%) | APm (%) | APl (%) | AR100 (%) |" in md
     assert "COCO box AP@[.5:.95]" in md and "car E/M/H" not in md
     assert man["stages"]["bench"]["metrics"]["teacher/mAP"] == row["eval"]["ap"]
+    assert man["stages"]["bench"]["metrics"]["ap_unit"] == "percent"
     from compressdet.models import load_model
 
     model, meta = load_model(tmp_path / "run" / man["stages"]["teacher"]["artifacts"]["model"]["path"])

@@ -9,7 +9,8 @@ __all__ = ["run"]
 
 
 def run(ctx: StageContext) -> StageResult:
-    """Artifact ``report`` (report.json); metrics: mAP and batch-1 latency per row."""
+    """Artifact ``report`` (report.json); metrics: mAP (in %, ``ap_unit``; KITTI mAP or COCO AP as ``metric``)
+    and batch-1 latency per row."""
     from ..bench.report import print_table
 
     cfg = ctx.cfg
@@ -21,7 +22,7 @@ def run(ctx: StageContext) -> StageResult:
     # skip_unavailable: recipes list tensorrt for GPU machines; on CPU it is a recorded skip, not a failure
     report = bench_run(ctx.run_dir, ctx.stage_dir, opts, recipe=ctx.recipe)
     print_table(report)
-    metrics = {}
+    metrics = {"metric": report.get("metric"), "ap_unit": report.get("ap_unit", "percent")}  # <row>/mAP's unit
     for r in report["rows"]:
         key = r["stage"] if r.get("float_source") else r["label"].replace(" (int8)", "_int8")
         m = row_map(r, opts.protocol)
