@@ -81,3 +81,31 @@ def test_openvino_ir_carries_the_graph_metadata(tmp_path):
     convert_to_ir(tmp_path / "m.onnx", tmp_path / "ir" / "m.xml")
     assert ir_metadata(tmp_path / "ir" / "m.xml") == {"classes": '["vehicle", "traffic light"]'}
     assert b"<compressdet>" in (tmp_path / "ir" / "m.xml").read_bytes()
+
+
+def test_split_of_a_coco_run_takes_its_annotation_file(tmp_path):
+    """predict split:val --save-txt coco of a coco-format run writes that split's ids, when its categories
+    cover the model's classes; otherwise predict's own ids, said in one log line."""
+    import json
+
+    import yaml
+
+    from compressdet.predict.predictor import split_coco_gt
+
+    root = tmp_path / "data"
+    (root / "annotations").mkdir(parents=True)
+    ann = root / "annotations" / "val.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [],
+                               "categories": [{"id": 4, "name": "Vehicle"}, {"id": 9, "name": "person"}]}))
+    run = tmp_path / "run"
+    run.mkdir()
+    recipe = {"name": "t", "data": {"format": "coco", "root": str(root), "classes": ["vehicle", "person"],
+                                    "coco": {"train": "annotations/val.json", "val": "annotations/val.json"}},
+              "stages": [{"name": "s", "kind": "train", "model": "shuffledet_0.25x"}]}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    logs = []
+    assert split_coco_gt(run, "val", ["vehicle", "person"], logs.append) == ann and not logs
+    assert split_coco_gt(run, "val", ["vehicle", "bicycle"], logs.append) is None
+    assert len(logs) == 1 and "no category named 'bicycle'" in logs[0]
+    assert split_coco_gt(run, "test", ["vehicle", "person"], logs.append) is None  # no such file
+    assert split_coco_gt(None, "val", ["vehicle"], logs.append) is None
