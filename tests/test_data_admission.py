@@ -141,3 +141,13 @@ def test_predict_on_a_corrupt_png_names_it(tmp_path):
     assert r.returncode == 2, r.stderr
     line = _one_error_line(r.stderr)
     assert line == f"error: {bad}: cannot decode image: image file is truncated", line
+
+
+def test_admission_ignores_a_global_pil_switch_that_pads_truncated_files(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    bad = _truncate(_save(tmp_path / "cut.jpg", _noise()))
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # another library set it
+    with pytest.raises(DataError, match="truncated"):
+        admit_image(bad)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # and it is left as it was

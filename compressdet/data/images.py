@@ -46,9 +46,30 @@ def _error(path: Path, where: str, what: str) -> DataError:
     return DataError(f"{where}: cannot read image {path}: {what}" if where else f"{path}: cannot decode image: {what}")
 
 
+def _load(path: Path, where: str):
+    from PIL import Image, UnidentifiedImageError
+
+    im = None
+    try:
+        Image.init()  # every plugin registered: naming one not yet loaded in formats= is a KeyError
+        im = Image.open(path, formats=IMAGE_FORMATS)
+        im.load()
+    except Exception as e:  # noqa: BLE001 - a third-party decoder fails many ways on corrupt data
+        if im is not None:
+            im.close()
+        if isinstance(e, UnidentifiedImageError):
+            what = "not a PNG, JPEG, BMP, TIFF or WebP file"
+        elif isinstance(e, Image.DecompressionBombError):
+            what = f"too large to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS} pixels)"
+        else:
+            what = _reason(e)
+        raise _error(path, where, what) from None
+    return im
+
+
 def _open_decoded(path: Path, where: str):
     """The PIL image of ``path`` with every pixel decoded (caller closes it)."""
-    from PIL import Image, ImageFile, UnidentifiedImageError
+    from PIL import ImageFile
 
     try:
         exists = path.exists()
@@ -58,26 +79,15 @@ def _open_decoded(path: Path, where: str):
         raise _error(path, where, "not found")
     if not path.is_file():
         raise _error(path, where, "not a file")
-    with _lock:  # PIL's truncation switch is a module global: hold it off while this file decodes
-        old = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        im = None
-        try:
-            Image.init()  # every plugin registered: naming one not yet loaded in formats= is a KeyError
-            im = Image.open(path, formats=IMAGE_FORMATS)
-            im.load()
-        except Exception as e:  # noqa: BLE001 - a third-party decoder fails many ways on corrupt data
-            if im is not None:
-                im.close()
-            if isinstance(e, UnidentifiedImageError):
-                what = "not a PNG, JPEG, BMP, TIFF or WebP file"
-            elif isinstance(e, Image.DecompressionBombError):
-                what = f"too large to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS} pixels)"
-            else:
-                what = _reason(e)
-            raise _error(path, where, what) from None
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = old
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone switched PIL to pad truncated files: not for this decode
+        with _lock:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+            try:
+                im = _load(path, where)
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = True
+    else:  # the default: no global to touch, decoders run in parallel threads
+        im = _load(path, where)
     w, h = im.size
     if w < 1 or h < 1:
         im.close()
