@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "compressdet.export._cli",    # export
     "compressdet.bench._cli",     # bench
     "compressdet.predict._cli",   # predict
+    "compressdet.deploy._cli",    # deploy
 )
 
 

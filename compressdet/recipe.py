@@ -36,7 +36,7 @@ from .errors import RecipeError
 __all__ = [
     "Recipe", "StageConfig", "DataConfig", "SplitFiles", "ModelConfig", "ScheduleConfig", "ImitationConfig",
     "PostprocessConfig", "EvalConfig", "TrainStage", "PruneStage", "QatStage", "PtqStage",
-    "ExportStage", "BenchStage", "ModelFileStage", "load_recipe", "parse_recipe", "register_stage_schema",
+    "ExportStage", "BenchStage", "DeployStage", "ModelFileStage", "load_recipe", "parse_recipe", "register_stage_schema",
     "stage_schemas", "apply_overrides",
 ]
 
@@ -596,6 +596,33 @@ class BenchStage(StageConfig):
 
 
 @register_stage_schema("model_file")
+@register_stage_schema("deploy")
+class DeployStage(StageConfig):
+    """The fastest runtime and precision of the ``from`` stage's model that keeps its mAP (``compressdet deploy``):
+    chosen artifact, deploy.json, deploy.md and chart in this stage's folder."""
+
+    kind: Literal["deploy"] = "deploy"
+    requires: ClassVar[tuple[str, ...]] = ("from_",)
+    target: Literal["cpu", "cuda"] = "cpu"
+    image_size: tuple[int, int] | None = Field(None, description="deploy input size H, W (default: the model's)")
+    max_map_drop: float = Field(0.5, description="largest mAP loss (points below PyTorch fp32) a candidate may have")
+    split: Literal["val", "test"] = "val"
+    runs: int = Field(50, gt=0)
+    rounds: int = Field(3, gt=0, description="isolated-process timing: one fresh process per candidate and round")
+    warmup: int = Field(5, ge=0)
+    threads: int | None = Field(None, gt=0)
+    calibration_images: int = Field(64, gt=0, description="train images NNCF calibrates its INT8 IR on")
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (min(v) <= 0 or v[0] % 16 or v[1] % 16):
+            raise ValueError(f"image_size {list(v)}: both sides must be positive multiples of 16")
+        return v
+
+
 class ModelFileStage(StageConfig):
     """An existing model file (e.g. a teacher trained in another run) as this recipe's stage."""
 

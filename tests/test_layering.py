@@ -17,7 +17,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "compressdet"
 BOTTOM = {"errors", "_io", "_yaml", "_console", "conventions", "rundir", "assets"}
-LOWER = {"models", "data", "losses", "engine", "eval", "export", "bench", "prune", "quant", "predict"}
+LOWER = {"models", "data", "losses", "engine", "eval", "export", "bench", "prune", "quant", "predict", "deploy"}
 #: every stage module (a new one is checked without editing this test); ``stages/_quant.py`` is shared glue
 STAGE_MODULES = {p.stem for p in (PKG / "stages").glob("*.py") if not p.stem.startswith("_")}
 
@@ -86,7 +86,7 @@ def test_lower_packages_never_import_the_pipeline_stages_or_cli():
 
 
 def test_a_stage_never_imports_another_stage():
-    assert {"train", "prune", "qat", "ptq", "export", "bench", "model_file"} <= STAGE_MODULES
+    assert {"train", "prune", "qat", "ptq", "export", "bench", "deploy", "model_file"} <= STAGE_MODULES
     bad = {}
     for m, imps in _sources().items():
         parts = m.split(".")

@@ -21,13 +21,13 @@ __all__ = ["PREDICT_BACKENDS", "ResolvedModel", "PredictOptions", "Predictor", "
            "split_sources", "split_coco_gt", "CocoTarget", "default_classes",
            "predict", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
 
-PREDICT_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-int8", "tensorrt")
+PREDICT_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-f32", "openvino-int8", "tensorrt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 #: which backends run which kind of model file
 _BY_SUFFIX = {".pt": ("torch",), ".onnx": ("ort", "ort-int8", "openvino", "openvino-int8"),
-              ".xml": ("openvino", "openvino-int8"), ".engine": ("tensorrt",)}
+              ".xml": ("openvino", "openvino-f32", "openvino-int8"), ".engine": ("tensorrt",)}
 
 
 @dataclass

@@ -122,6 +122,7 @@ _REGISTRY: dict[str, StageSpec] = {
     "ptq": StageSpec("ptq", "compressdet.stages.ptq:run"),
     "export": StageSpec("export", "compressdet.stages.export:run"),
     "bench": StageSpec("bench", "compressdet.stages.bench:run"),
+    "deploy": StageSpec("deploy", "compressdet.stages.deploy:run"),
     "model_file": StageSpec("model_file", "compressdet.stages.model_file:run"),
 }
 
