@@ -321,6 +321,13 @@ DETS_BASE = [{"image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 8], "score": 0
              {"image_id": 1, "category_id": 2, "bbox": [0, 0, 5, 5], "score": 0.1}]
 
 
+#: what ``predict --save-txt coco`` writes: its own images (file names) and categories (names), matched by name
+DETS_NAMED = {"images": [{"id": 7, "file_name": "a.png"}, {"id": 8, "file_name": "sub/b.png"}],
+              "categories": [{"id": 3, "name": "Car"}, {"id": 4, "name": "person"}],
+              "annotations": [{"image_id": 7, "category_id": 3, "bbox": [2, 3, 10, 8], "score": 0.9},
+                              {"image_id": 8, "category_id": 4, "bbox": [1, 1, 30, 20], "score": 0.4}]}
+
+
 def test_fuzz_coco_detections_reader(work):
     from compressdet.eval._cli import load_coco_pair
     from compressdet.eval.coco_eval import evaluate_coco_json
@@ -333,6 +340,7 @@ def test_fuzz_coco_detections_reader(work):
         @given(gt=st.one_of(st.just(COCO_BASE), mutated_json(COCO_BASE)),
                dets=st.one_of(mutated_json(DETS_BASE).map(lambda d: json.dumps(d).encode()),
                               mutated_json({"annotations": DETS_BASE}).map(lambda d: json.dumps(d).encode()),
+                              mutated_json(DETS_NAMED).map(lambda d: json.dumps(d).encode()),
                               mutated_bytes(base)))
         def run(gt, dets):
             box["n"] += 1
