@@ -595,7 +595,6 @@ class BenchStage(StageConfig):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
-@register_stage_schema("model_file")
 @register_stage_schema("deploy")
 class DeployStage(StageConfig):
     """The fastest runtime and precision of the ``from`` stage's model that keeps its mAP (``compressdet deploy``):
@@ -623,6 +622,7 @@ class DeployStage(StageConfig):
         return v
 
 
+@register_stage_schema("model_file")
 class ModelFileStage(StageConfig):
     """An existing model file (e.g. a teacher trained in another run) as this recipe's stage."""
 
