@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from ._yaml import DuplicateKeyError, compose_unique, construct
+from ._yaml import DuplicateKeyError, compose_unique, construct, safe_load_unique
 from .conventions import KITTI_CLASSES
 from .errors import RecipeError
 
@@ -44,7 +44,8 @@ CLASS_NAMES = KITTI_CLASSES
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+    #: no NaN / inf anywhere (``lr_min: .inf``, ``weight_decay: .nan``): no recipe number means them
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -752,7 +753,7 @@ class _Errors:
         return self.source
 
     def add(self, loc: Path_, msg: str) -> None:
-        self.items.append(f"{self.where(loc)}: {_fmt_loc(loc)}: {msg}")
+        self.items.append(_printable(f"{self.where(loc)}: {_fmt_loc(loc)}: {msg}"))
 
     def add_pydantic(self, exc: ValidationError, prefix: Path_, model: type[BaseModel] | None) -> None:
         for e in exc.errors(include_url=False):
@@ -820,35 +821,42 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict[Path_
     """
     done: dict[Path_, str] = {}
     for text in overrides:
+        shown = _printable(text)  # a message stays one line whatever the shell passed
         if "=" not in text:
-            raise RecipeError(f"{source}: override '{text}': expected dotted.key=value")
+            raise RecipeError(f"{source}: override '{shown}': expected dotted.key=value")
         key, raw = text.split("=", 1)
         parts = [p for p in key.strip().split(".")]
         if not key.strip() or any(not p for p in parts):
-            raise RecipeError(f"{source}: override '{text}': empty key part in '{key}'")
+            raise RecipeError(f"{source}: override '{shown}': empty key part in '{_printable(key)}'")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = safe_load_unique(raw) if raw.strip() else None
+        except DuplicateKeyError as e:
+            raise RecipeError(f"{source}: override '{shown}': value has a duplicate key "
+                              f"'{_printable(str(e.path[-1]))}'") from None
         except yaml.YAMLError as e:
-            raise RecipeError(f"{source}: override '{text}': value is not valid YAML ({e.problem})") from None
+            problem = (getattr(e, "problem", None) or str(e)).strip().splitlines() or ["unreadable"]
+            raise RecipeError(f"{source}: override '{shown}': value is not valid YAML "
+                              f"({_printable(problem[0])})") from None
+        text = shown
         cur: Any = data
         path: list[Any] = []
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             if isinstance(cur, list):
-                if part.lstrip("-").isdigit():
+                if re.fullmatch(r"-?[0-9]+", part):
                     idx = int(part)
                 elif path == ["stages"]:
                     names = [s.get("name") for s in cur if isinstance(s, dict)]
                     if part not in names:
-                        raise RecipeError(f"{source}: override '{text}': stages.{part}: no stage named "
-                                          f"'{part}'{_did_you_mean(part, [n for n in names if n])}")
+                        raise RecipeError(_printable(f"{source}: override '{text}': stages.{part}: no stage named "
+                                          f"'{part}'{_did_you_mean(part, [str(n) for n in names if n])}"))
                     idx = names.index(part)
                 else:
-                    raise RecipeError(f"{source}: override '{text}': {_fmt_loc(tuple(path))}: is a list, "
-                                      f"'{part}' is not an index")
+                    raise RecipeError(_printable(f"{source}: override '{text}': {_fmt_loc(tuple(path))}: is a list, "
+                                      f"'{part}' is not an index"))
                 if not -len(cur) <= idx < len(cur):
-                    raise RecipeError(f"{source}: override '{text}': {_fmt_loc(tuple(path))}: index {idx} out of "
-                                      f"range (list has {len(cur)} items)")
+                    raise RecipeError(_printable(f"{source}: override '{text}': {_fmt_loc(tuple(path))}: index {idx} "
+                                      f"out of range (list has {len(cur)} items)"))
                 idx %= len(cur)
                 path.append(idx)
                 if last:
@@ -864,10 +872,16 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict[Path_
                         cur[part] = {}
                     cur = cur[part]
             else:
-                raise RecipeError(f"{source}: override '{text}': {_fmt_loc(tuple(path))}: is a value "
-                                  f"({cur!r}), cannot set '{part}' inside it")
+                raise RecipeError(_printable(f"{source}: override '{text}': {_fmt_loc(tuple(path))}: is a value "
+                                  f"({cur!r}), cannot set '{part}' inside it"))
         done[tuple(path)] = text
     return done
+
+
+def _printable(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``, ``\\x85``): a key or an
+    override may hold them, and an error is one line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -913,7 +927,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
                 errs.add(("stages", i), "required field 'kind' is missing "
                                         f"(one of: {', '.join(sorted(_SCHEMAS))})")
                 continue
-            schema = _SCHEMAS.get(kind)
+            schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None  # a list or mapping is no kind
             if schema is None:
                 errs.add(("stages", i, "kind"), f"unknown stage kind '{kind}'"
                          f"{_did_you_mean(str(kind), sorted(_SCHEMAS))} (known: {', '.join(sorted(_SCHEMAS))})")

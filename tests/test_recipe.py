@@ -103,6 +103,24 @@ CASES = {
                                  "{f}:4: data.format: duplicate key (first at line 3)"),
     "timestamp_out_of_range": (BASE.replace("name: demo", "name: 2001-13-45"), [],
                                "{f}:1: invalid YAML: cannot read '2001-13-45' (month must be in 1..12)"),
+    "not_finite": (BASE + "    schedule: {weight_decay: .inf}\n", [],
+                   "{f}:14: stages[1].schedule.weight_decay: Input should be a finite number (got inf)"),
+    # found by tests/test_fuzz_recipe.py: each was an internal error (or a message broken over lines)
+    "key_with_a_line_break": (BASE + '"se\\ned": 1\n', [], "{f}:14: se\\ned: unknown key 'se\\ned' (did you mean 'seed'?)"),
+    "override_with_a_line_break": (BASE, ["na\x85me=x"],
+                                   "{f}: override 'na\\x85me=x': na\\x85me: unknown key 'na\\x85me' (did you mean 'name'?)"),
+    "override_index_two_minus": (BASE, ["stages.--1.name=x"], "{f}: override 'stages.--1.name=x': stages.--1: no stage "
+                                                              "named '--1'"),
+    "override_index_superscript": (BASE, ["stages.\u00b2=x"], "{f}: override 'stages.\u00b2=x': stages.\u00b2: no stage "
+                                                               "named '\u00b2'"),
+    "override_timestamp": (BASE, ["seed=2001-13-45"], "{f}: override 'seed=2001-13-45': value is not valid YAML "
+                                                      "(cannot read '2001-13-45' (month must be in 1..12))"),
+    "override_control_character": (BASE, ["seed=\x1b"], "{f}: override 'seed=\\x1b': value is not valid YAML "
+                                   "(unacceptable character #x001b: special characters are not allowed)"),
+    "kind_not_a_name": (BASE.replace("kind: train\n" + T, "kind: [train]\n" + T), [],
+                        "{f}:7: stages[0].kind: unknown stage kind '['train']' (did you mean 'train'?) (known: {known})"),
+    "override_duplicate_key": (BASE, ["seed={a: 1, a: 2}"], "{f}: override 'seed={{a: 1, a: 2}}': value has a "
+                                                            "duplicate key 'a'"),
 }
 
 
