@@ -80,7 +80,7 @@ def _versions() -> dict[str, Any]:
 
 #: recipe fields added after runs were made: left out of fingerprints while unset (``None``), so a run
 #: made before one was added still resumes (``--resume`` refuses a stage whose fingerprint changed)
-LATER_FIELDS = frozenset({"anchor_scale", "head"})
+LATER_FIELDS = frozenset({"anchor_scale", "head", "factory", "args", "box_bias_init", "weights"})
 
 
 def _without_unset_later(obj: Any) -> Any:
@@ -98,6 +98,15 @@ def stage_settings(recipe: Recipe, stage: StageConfig, upstream: dict[str, str])
         "stage": stage.model_dump(mode="json", by_alias=True), "data": recipe.data.model_dump(mode="json"),
         "seed": recipe.seed, "models": {k: m.model_dump(mode="json") for k, m in recipe.models.items()},
         "upstream": upstream})
+    m = recipe.resolve_model(stage)
+    if m is not None and m.factory:  # the code of a factory file is a setting too: an edited file re-runs the stage
+        from .models._factory import file_sha256, parse_factory
+        from .recipe import recipe_dir
+
+        spec = parse_factory(m.factory, recipe_dir(recipe))
+        if spec.is_file and Path(spec.target).is_file():
+            settings["factory_sha256"] = file_sha256(spec.target)
+    return settings
 
 
 def _digest(settings: dict[str, Any]) -> str:

@@ -195,7 +195,7 @@ class ModelConfig(_Strict):
                                 "(a path relative to the recipe's folder) returning a torchvision FCOS / RetinaNet "
                                 "(wrapped automatically) or a detector on compressdet's contract; called with 'args' "
                                 "plus num_classes / image_size / classes where its signature takes them (docs/detectors.md)")
-    args: dict[str, Any] = Field(default_factory=dict, description="factory only: keyword arguments for the factory "
+    args: dict[str, Any] | None = Field(None, description="factory only: keyword arguments for the factory "
                                  "(plain YAML values: they are stored in the model file's arch)")
     box_bias_init: bool | None = Field(None, description="factory FCOS only: start the box-distance bias at one stride "
                                        "(true), keep the instance's (false), or auto (unset: only a fresh zero bias)")

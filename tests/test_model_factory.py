@@ -325,3 +325,16 @@ def test_backbone_weight_names_come_from_torchvisions_cache_and_offline_name_the
     torch.save(net.state_dict(), place)  # in the cache: read from there, the network never asked
     model = build_model("retinanet_r18", image_size=HW, weights="IMAGENET1K_V1")
     assert torch.equal(model.det.backbone.body.layer4[0].conv1.weight, net.layer4[0].conv1.weight)
+
+
+def test_an_edited_factory_file_changes_the_stage_fingerprints(factory_file, tmp_path):
+    from compressdet.pipeline import recipe_fingerprints
+
+    text = _recipe("""\
+        - {name: t, kind: train, model: mine}
+        - {name: p, kind: prune, from: t}
+        """)
+    before = recipe_fingerprints(parse_recipe(text, source=str(tmp_path / "r.yaml"), check_paths=False))
+    factory_file.write_text(FACTORY.replace("fpn_channels=64", "fpn_channels=96"))
+    after = recipe_fingerprints(parse_recipe(text, source=str(tmp_path / "r.yaml"), check_paths=False))
+    assert before["t"] != after["t"] and before["p"] != after["p"]  # --resume re-runs them, not reuse stale ones
