@@ -102,7 +102,8 @@ def load_coco_pair(gt_path: Path, det_path: Path, notes: list[str] | None = None
         raise DataError(f"{det_path}: expected a COCO result list [{{image_id, category_id, bbox, score}}, ...]")
     from ._coco_input import check_coco_values
 
-    check_coco_values(gt, dets, gt_path, det_path)  # ids, finite boxes and scores (JSON allows NaN / Infinity)
+    check_coco_values(gt, dets, gt_path, det_path,  # ids, finite boxes and scores (JSON allows NaN / Infinity)
+                      own=raw if isinstance(raw, dict) else None)
     images = {im.get("id") for im in gt["images"]}
     gt_names = {c.get("id"): str(c.get("name", "")) for c in gt["categories"]}
     for n, d in enumerate(dets):

@@ -41,18 +41,30 @@ def _box(v: Any, where: str, *, sizes_positive: bool = False) -> None:
         raise DataError(f"{where}: bbox {_show(v)} has a negative width or height")
 
 
-def check_coco_values(gt: dict[str, Any], dets: list[Any], gt_path: Any, det_path: Any) -> None:
+def _objects_with_ids(items: Any, where: str, key: str) -> None:
+    if items is None:
+        return
+    if not isinstance(items, list):
+        raise DataError(f"{where}: '{key}' must be a list, got {type(items).__name__}")
+    for k, item in enumerate(items):
+        if not isinstance(item, dict) or not _id_ok(item.get("id")):
+            raise DataError(f"{where}: {key}[{k}]: expected an object with an int 'id', got {_show(item)}")
+
+
+def check_coco_values(gt: dict[str, Any], dets: list[Any], gt_path: Any, det_path: Any,
+                      own: dict[str, Any] | None = None) -> None:
     """Raise a one-line DataError for the first value of ``gt`` / ``dets`` the evaluator cannot take.
 
     Checks: ground-truth images and categories are objects with int/str ``id``; annotations are
     objects whose ``bbox`` is 4 finite numbers with w, h >= 0, ``area`` (when given) finite and
     ``iscrowd`` 0/1; every detection's ``image_id`` / ``category_id`` is an int or string, ``bbox``
-    4 finite numbers and ``score`` a finite number.
+    4 finite numbers and ``score`` a finite number. ``own``: the result file when it is an object; its
+    own ``images`` / ``categories`` (predict's file names and class names) need int/str ids too.
     """
     for key in ("images", "categories"):
-        for k, item in enumerate(gt.get(key) or []):
-            if not isinstance(item, dict) or not _id_ok(item.get("id")):
-                raise DataError(f"{gt_path}: {key}[{k}]: expected an object with an int 'id', got {_show(item)}")
+        _objects_with_ids(gt.get(key), str(gt_path), key)
+        if own is not None:
+            _objects_with_ids(own.get(key), str(det_path), key)
     anns = gt.get("annotations", [])
     if not isinstance(anns, list):
         raise DataError(f"{gt_path}: 'annotations' must be a list, got {type(anns).__name__}")
