@@ -109,3 +109,28 @@ def test_split_of_a_coco_run_takes_its_annotation_file(tmp_path):
     assert len(logs) == 1 and "no category named 'bicycle'" in logs[0]
     assert split_coco_gt(run, "test", ["vehicle", "person"], logs.append) is None  # no such file
     assert split_coco_gt(None, "val", ["vehicle"], logs.append) is None
+
+
+def test_tensorrt_engine_takes_classes_from_the_onnx_beside_it(tmp_path, monkeypatch):
+    """An engine file has no metadata: the ONNX it was built from (exported beside it) names its classes and
+    family; without one, KITTI's three (checked with TensorRT itself stubbed: no CUDA here)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import compressdet.export._tensorrt as trt
+    from compressdet.predict import predictor
+
+    monkeypatch.setattr(trt, "check_tensorrt", lambda purpose: None)
+    monkeypatch.setattr(predictor, "_graph_input_size", lambda path, backend: (64, 160))
+    g = helper.make_graph([helper.make_node("Relu", ["images"], ["head"])], "g",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 160])],
+                          [helper.make_tensor_value_info("head", TensorProto.FLOAT, [1, 3, 64, 160])])
+    m = helper.make_model(g)
+    m.metadata_props.add(key="classes", value='["vehicle", "person"]')
+    onnx.save(m, tmp_path / "student.int8.onnx")
+    (tmp_path / "student.int8.engine").write_bytes(b"engine")
+    (tmp_path / "alone.engine").write_bytes(b"engine")
+    got = predictor.resolve_model(tmp_path / "student.int8.engine", log=lambda s: None)
+    assert got.backend == "tensorrt" and got.classes == ["vehicle", "person"] and got.image_size == (64, 160)
+    assert predictor.resolve_model(tmp_path / "alone.engine", log=lambda s: None).classes == ["car", "pedestrian",
+                                                                                              "cyclist"]

@@ -243,7 +243,12 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
 
     check_tensorrt("the predict tensorrt backend")
     size = _graph_input_size(path, backend)
-    return ResolvedModel(path, backend, size, list(KITTI_CLASSES), _postprocess_defaults(), path.name)
+    # an engine holds no metadata: the ONNX it was built from, exported beside it, names classes and family
+    classes, pp, arch, sibling = list(KITTI_CLASSES), _postprocess_defaults(), None, path.with_suffix(".onnx")
+    if sibling.is_file():
+        _, classes, pp, meta = _onnx_settings(sibling)
+        arch = _meta_arch(meta, sibling)
+    return ResolvedModel(path, backend, size, classes, pp, path.name, arch=arch)
 
 
 def _meta_arch(meta: dict[str, str], path: Path) -> dict[str, Any] | None:
