@@ -7,5 +7,6 @@ __all__ = ["MEAN_BGR", "KITTI_CLASSES"]
 
 #: per-channel BGR mean subtracted from every input (METHOD.md §1); no std division
 MEAN_BGR = (103.939, 116.779, 123.68)
-#: the three classes KITTI's 2D benchmark evaluates; the default ``data.classes``
+#: the three classes KITTI's 2D benchmark evaluates; the default ``data.classes`` of the kitti/synth formats
+#: only (coco/yolo/voc models have their own classes, carried by model files, runs, ONNX and IR metadata)
 KITTI_CLASSES = ("car", "pedestrian", "cyclist")
