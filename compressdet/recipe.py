@@ -671,11 +671,25 @@ class Recipe(_Strict):
         h, w = self.data.image_size
         fpn = sorted({m.arch for s in self.stages if (m := self.resolve_model(s)) is not None
                       and (m.arch or "").startswith(("fcos_", "retinanet_"))})
+        out = []
         if fpn and (h % 128 or w % 128):
-            return [f"data.image_size {h}x{w}: a side that is not a multiple of 128 gives {', '.join(fpn)} short "
-                    "P5-P7 prior strides (torchvision's AnchorGenerator): far priors sit off their features; "
-                    "sides that are multiples of 128 avoid it (docs/detectors.md)"]
-        return []
+            out.append(f"data.image_size {h}x{w}: a side that is not a multiple of 128 gives {', '.join(fpn)} short "
+                       "P5-P7 prior strides (torchvision's AnchorGenerator): far priors sit off their features; "
+                       "sides that are multiples of 128 avoid it (docs/detectors.md)")
+        named = {(m.arch, m.weights) for s in self.stages if (m := self.resolve_model(s)) is not None and m.arch
+                 and m.weights and re.match(r"^[A-Z][A-Z0-9_]*$", m.weights)}
+        for arch, weights in sorted(named):
+            from .models import ModelError
+            from .models.torchvision_det import weights_cache_path
+
+            try:
+                _, _, cached = weights_cache_path(arch.split("_", 1)[1], weights, f"{arch}: model.weights")
+            except ModelError:  # refused by the loader with the recipe line
+                continue
+            if not cached.is_file():
+                out.append(f"{arch}: model.weights {weights}: {cached.name} is not in torchvision's cache yet; the run "
+                           f"downloads it there (offline: place it at {cached})")
+        return out
 
     def to_yaml_dict(self, *, used_only: bool = False) -> dict[str, Any]:
         """The recipe as plain data (``used_only``: without the data fields its format does not read,
@@ -1014,6 +1028,14 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
         if m.weights and not m.arch.startswith(("fcos_", "retinanet_")):
             errs.add((*loc, "weights"), f"'{m.arch}' takes no torchvision weights (fcos_* / retinanet_* only; "
                      "ShuffleDet's backbone checkpoint is 'pretrained')")
+        elif m.weights and re.match(r"^[A-Z][A-Z0-9_]*$", m.weights) and m.arch in known:
+            from .models import ModelError
+            from .models.torchvision_det import weights_cache_path
+
+            try:
+                weights_cache_path(m.arch.split("_", 1)[1], m.weights, f"'{m.arch}'")
+            except ModelError as e:
+                errs.add((*loc, "weights"), str(e))
         if m.arch.startswith("retinanet_"):
             continue
         for field, lacks in ModelConfig.RETINANET_ONLY.items():

@@ -239,7 +239,10 @@ def test_recipe_factory_fields_are_checked(factory_file):
                        ("{arch: fcos_r18, args: {a: 1}}", "args: only with 'factory'"),
                        ("{factory: ./my_detector.py:build, weights: DEFAULT}", "weights: not with 'factory'"),
                        ("{arch: shuffledet_0.25x, weights: DEFAULT}", "takes no torchvision weights"),
-                       ("{arch: fcos_r18, weights: ./nope.pth}", "weights: file './nope.pth' does not exist")]:
+                       ("{arch: fcos_r18, weights: ./nope.pth}", "weights: file './nope.pth' does not exist"),
+                       ("{arch: fcos_r18, weights: IMAGENET9K}", r"r.yaml:4: models.mine.weights: 'fcos_r18': weights "
+                                                                  "'IMAGENET9K' is not one of ResNet18_Weights's"),
+                       ("{arch: fcos_mnv2_050, weights: DEFAULT}", "no pretrained weights for backbone 'mnv2_050'")]:
         with pytest.raises(RecipeError, match=msg):
             parse_recipe(_recipe("- {name: t, kind: train, model: mine}", model), source=str(factory_file.parent / "r.yaml"))
 
@@ -316,7 +319,7 @@ def test_backbone_weight_names_come_from_torchvisions_cache_and_offline_name_the
     place = tmp_path / "torch" / "hub" / "checkpoints" / file
     with pytest.raises(ModelError, match=f"cannot be downloaded \\(URLError\\); download .*{file} and place it at {place}"):
         build_model("retinanet_r18", image_size=HW, weights="DEFAULT")
-    with pytest.raises(ModelError, match="not one of ResNet18_Weights's: DEFAULT, IMAGENET1K_V1"):
+    with pytest.raises(ModelError, match="not one of ResNet18_Weights.s: DEFAULT, IMAGENET1K_V1$"):
         build_model("retinanet_r18", image_size=HW, weights="IMAGENET9K")
     with pytest.raises(ModelError, match="no pretrained weights for backbone 'mnv2_050'"):
         build_model("fcos_mnv2_050", image_size=HW, weights="DEFAULT")
@@ -338,3 +341,17 @@ def test_an_edited_factory_file_changes_the_stage_fingerprints(factory_file, tmp
     factory_file.write_text(FACTORY.replace("fpn_channels=64", "fpn_channels=96"))
     after = recipe_fingerprints(parse_recipe(text, source=str(tmp_path / "r.yaml"), check_paths=False))
     assert before["t"] != after["t"] and before["p"] != after["p"]  # --resume re-runs them, not reuse stale ones
+
+
+def test_recipe_check_notes_a_weight_name_missing_from_torchvisions_cache(tmp_path, monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    recipe = parse_recipe(_recipe("- {name: t, kind: train, model: mine}", "{arch: fcos_r18, weights: DEFAULT}"),
+                          source=str(tmp_path / "r.yaml"))
+    file = ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]
+    place = tmp_path / "torch" / "hub" / "checkpoints" / file
+    assert any(f"place it at {place}" in a for a in recipe.advisories())
+    place.parent.mkdir(parents=True)
+    place.write_bytes(b"")
+    assert not any("model.weights" in a for a in recipe.advisories())

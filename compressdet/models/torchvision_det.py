@@ -43,7 +43,7 @@ from ._registry import ModelError, register_model
 from .contract import TapInfo, outputs_float, postprocess_kwargs
 
 __all__ = ["TorchvisionDetector", "wrap_torchvision", "init_fcos_box_bias", "load_backbone_weights",
-           "BACKBONE_WEIGHTS", "build_torchvision_detector", "FAMILY_OUTPUTS", "anchor_fit",
+           "weights_cache_path", "BACKBONE_WEIGHTS", "build_torchvision_detector", "FAMILY_OUTPUTS", "anchor_fit",
            "suggest_anchor_scale"]
 
 FAMILY_OUTPUTS = {"fcos": ("cls_logits", "bbox_regression", "bbox_ctrness"),
@@ -463,12 +463,31 @@ BACKBONE_WEIGHTS = {"mnv3_small": "MobileNet_V3_Small_Weights", "mnv3_large": "M
 _WEIGHT_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
+def weights_cache_path(backbone: str, weights: str, what: str = "model.weights") -> tuple[str, Any, Path]:
+    """``(enum class name, torchvision weights entry, path in torchvision's cache)`` of a weight name.
+
+    Raises:
+        ModelError: the backbone has no torchvision weights, or the name is not one of them.
+    """
+    import torchvision.models as tvm
+
+    enum_name = BACKBONE_WEIGHTS.get(backbone)
+    if enum_name is None:
+        raise ModelError(f"{what}: torchvision has no pretrained weights for backbone '{backbone}' (MobileNetV2 x0.5); "
+                         "give a local weights file instead")
+    enum = getattr(tvm, enum_name)
+    try:
+        w = enum[weights]
+    except KeyError:
+        raise ModelError(f"{what}: weights '{weights}' is not one of {enum_name}'s: "
+                         f"{', '.join(dict.fromkeys(['DEFAULT', *enum.__members__]))}") from None
+    return enum_name, w, Path(torch.hub.get_dir()) / "checkpoints" / w.url.rsplit("/", 1)[-1]
+
+
 def _weights_state_dict(backbone: str, weights: str, what: str) -> dict[str, Tensor]:
     """The classification network's state dict ``weights`` names: a torchvision weight name
     (``DEFAULT``, ``IMAGENET1K_V1``, ...: from torchvision's cache, downloaded there when missing) or a
     local file."""
-    import torchvision.models as tvm
-
     if not _WEIGHT_NAME.match(weights):
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -483,18 +502,8 @@ def _weights_state_dict(backbone: str, weights: str, what: str) -> dict[str, Ten
         if not isinstance(obj, dict) or not obj:
             raise ModelError(f"{what}: weights file '{path}' is not a state dict")
         return obj
-    enum_name = BACKBONE_WEIGHTS.get(backbone)
-    if enum_name is None:
-        raise ModelError(f"{what}: torchvision has no pretrained weights for backbone '{backbone}' (MobileNetV2 x0.5); "
-                         "give a local weights file instead")
-    enum = getattr(tvm, enum_name)
-    try:
-        w = enum[weights]
-    except KeyError:
-        raise ModelError(f"{what}: weights '{weights}' is not one of {enum_name}'s: "
-                         f"{', '.join(['DEFAULT', *enum.__members__])}") from None
-    file = w.url.rsplit("/", 1)[-1]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / file
+    enum_name, w, cached = weights_cache_path(backbone, weights, what)
+    file = cached.name
     if not cached.is_file():  # torchvision's own download into its cache; offline: say what to place where
         try:
             return torch.hub.load_state_dict_from_url(w.url, progress=False, check_hash=True, file_name=file)
