@@ -213,26 +213,6 @@ class ModelConfig(_Strict):
                                              "box loss): it trains from scratch where v1 stalls; INT8 keeps its "
                                              "GroupNorm float and prune_head refuses it. Unset / 'v1': the plain head")
 
-
-class ScheduleConfig(_Strict):
-    """Step-based SGD schedule; defaults are the seed's (METHOD.md section 4)."""
-
-    steps: int = Field(40000, gt=0)
-    batch_size: int = Field(32, gt=0, description="global batch, split across processes")
-    lr: float = Field(0.02, gt=0)
-    lr_min: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    weight_decay_on: Literal["seed", "all"] = Field("seed", description="seed: head + adaptation only")
-    warmup_steps: int = Field(0, ge=0)
-    clip_grad_norm: float | None = Field(1.0, gt=0, description="per-tensor gradient-norm clip")
-    eval_every: int = Field(500, gt=0)
-    checkpoint_every: int = Field(500, gt=0)
-    log_every: int = Field(20, gt=0)
-    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
-    channels_last: bool = False
-    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
-
     @model_validator(mode="after")
     def _arch_or_factory(self) -> "ModelConfig":
         if (self.arch is None) == (self.factory is None):
@@ -255,6 +235,26 @@ class ScheduleConfig(_Strict):
     def label(self) -> str:
         """What the plan and messages call this model: its arch, or its factory."""
         return self.arch or f"factory {self.factory}"
+
+
+class ScheduleConfig(_Strict):
+    """Step-based SGD schedule; defaults are the seed's (METHOD.md section 4)."""
+
+    steps: int = Field(40000, gt=0)
+    batch_size: int = Field(32, gt=0, description="global batch, split across processes")
+    lr: float = Field(0.02, gt=0)
+    lr_min: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay_on: Literal["seed", "all"] = Field("seed", description="seed: head + adaptation only")
+    warmup_steps: int = Field(0, ge=0)
+    clip_grad_norm: float | None = Field(1.0, gt=0, description="per-tensor gradient-norm clip")
+    eval_every: int = Field(500, gt=0)
+    checkpoint_every: int = Field(500, gt=0)
+    log_every: int = Field(20, gt=0)
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    channels_last: bool = False
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
 
 class ImitationConfig(_Strict):
