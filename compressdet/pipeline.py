@@ -94,7 +94,7 @@ def _without_unset_later(obj: Any) -> Any:
 def stage_settings(recipe: Recipe, stage: StageConfig, upstream: dict[str, str]) -> dict[str, Any]:
     """What determines a stage's output: its config, the data, the seed, the models, its inputs'
     fingerprints. The manifest keeps it beside the fingerprint, so a refusal can name what changed."""
-    return _without_unset_later({
+    settings = _without_unset_later({
         "stage": stage.model_dump(mode="json", by_alias=True), "data": recipe.data.model_dump(mode="json"),
         "seed": recipe.seed, "models": {k: m.model_dump(mode="json") for k, m in recipe.models.items()},
         "upstream": upstream})
