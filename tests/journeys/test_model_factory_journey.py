@@ -132,3 +132,20 @@ def test_a_model_factory_file_runs_through_every_command(tmp_path):
     (tmp_path / "my_detector.py").rename(tmp_path / "elsewhere.py")
     p = run(["predict", "images", "--model", "run/train/model.pt", "--out", "pred2"], tmp_path, ok=False)
     assert p.returncode == 2 and "my_detector.py' does not exist" in p.stderr, p.stderr
+
+
+def test_a_model_factory_trains_under_torchrun(tmp_path):
+    """Every DDP worker builds the model from the recipe's factory (no registration in any process)."""
+    (tmp_path / "my_detector.py").write_text(FACTORY)
+    (tmp_path / "recipe.yaml").write_text(RECIPE.split("  - name: pruned")[0])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "compressdet", "run", "recipe.yaml", "--run-dir", "run"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["status"] == "done"
+    import torch
+
+    arch = torch.load(tmp_path / "run" / "train" / "model.pt", weights_only=True)["arch"]
+    assert arch["factory"].endswith("my_detector.py:build")
