@@ -240,6 +240,20 @@ def test_fuzz_coco_reader(work):
 
 YOLO_LINES = ["0 0.5 0.5 0.2 0.2", "1 0.25 0.5 0.5 0.9"]
 YOLO_YAML = "path: .\nval: images/val\nnames:\n  0: car\n  1: person\n"
+YOLO_YAML_VALUES = st.one_of(TOKENS, st.sampled_from(["[]", "{}", "null", "'a\\nb'", "[images/val, x.txt]",
+                                                      "x.txt", "{0: a}", "!!binary AAAA", "2001-13-45", "&a [*a]"]))
+
+
+@st.composite
+def mutated_yaml(draw):
+    """The dataset YAML with values replaced by odd YAML scalars, lists and mappings."""
+    lines = YOLO_YAML.splitlines()
+    for _ in range(draw(st.integers(1, 3))):
+        k = draw(st.integers(0, len(lines) - 1))
+        key, sep, _ = lines[k].partition(":")
+        if sep:
+            lines[k] = f"{key}: {draw(YOLO_YAML_VALUES)}"
+    return ("\n".join(lines) + "\n").encode()
 
 
 def test_fuzz_yolo_reader(work):
@@ -256,7 +270,7 @@ def test_fuzz_yolo_reader(work):
     with counted("yolo_reader") as box:
         @FUZZ
         @given(labels=file_content(text_or_lines(YOLO_LINES), base),
-               yaml_text=st.one_of(st.just(YOLO_YAML.encode()), mutated_bytes(YOLO_YAML.encode()),
+               yaml_text=st.one_of(st.just(YOLO_YAML.encode()), mutated_bytes(YOLO_YAML.encode()), mutated_yaml(),
                                    mutated_lines(YOLO_YAML.splitlines()).map(lambda ls: "\n".join(ls).encode())))
         def run(labels, yaml_text):
             box["n"] += 1

@@ -48,17 +48,23 @@ def load_dataset_yaml(path: Path) -> tuple[dict, Path, list[str]]:
         raise DataError(f"{path}: expected a YOLO dataset YAML with 'names' and 'train'/'val' entries")
     names = data["names"]
     if isinstance(names, dict):
-        try:
-            keys = sorted(int(k) for k in names)
-        except ValueError:
-            raise DataError(f"{path}: 'names' keys must be class ids 0..N-1") from None
+        keyed = {}
+        for k, v in names.items():
+            ik = (k if isinstance(k, int) and not isinstance(k, bool)
+                  else int(k) if isinstance(k, str) and k.strip().isdigit() else None)
+            if ik is None or ik in keyed:
+                raise DataError(f"{path}: 'names' keys must be class ids 0..N-1, got {k!r}")
+            keyed[ik] = v
+        keys = sorted(keyed)
         if keys != list(range(len(keys))):
             raise DataError(f"{path}: 'names' keys must be class ids 0..N-1, got {keys}")
-        names = [str(names[k] if k in names else names[str(k)]) for k in keys]
+        names = [str(keyed[k]) for k in keys]
     elif isinstance(names, list):
         names = [str(n) for n in names]
     else:
         raise DataError(f"{path}: 'names' must be a list or an {{id: name}} mapping")
+    if data.get("path") is not None and not isinstance(data["path"], str):
+        raise DataError(f"{path}: 'path' must be the dataset folder, got {data['path']!r}")
     root = Path(data.get("path") or ".")
     root = root if root.is_absolute() else Path(path).parent / root
     return data, root, names
@@ -78,13 +84,20 @@ def _images(entry, root: Path, where: str) -> list[tuple[Path, Path]]:
         if p.is_dir():
             out += [(f, p) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
         elif p.suffix == ".txt" and p.is_file():
-            for ln in p.read_text().splitlines():
+            try:
+                listed = p.read_text().splitlines()
+            except (UnicodeDecodeError, OSError) as err:
+                raise DataError(f"{where}: image list {p}: cannot read it ({type(err).__name__}: expected UTF-8 "
+                                "text, one image path per line)") from None
+            for ln in listed:
                 if ln.strip():
                     q = Path(ln.strip())
                     q = q if q.is_absolute() else p.parent / q  # Ultralytics: relative to the list file
                     out.append((q, q.parent))
         else:
-            raise DataError(f"{where}: split entry '{e}': no such image folder or .txt list ({p})")
+            shown = str(e) if str(e).isprintable() else repr(str(e))  # one line, whatever the YAML held
+            raise DataError(f"{where}: split entry '{shown}': no such image folder or .txt list"
+                            + (f" ({p})" if str(p).isprintable() else ""))
     return out
 
 
