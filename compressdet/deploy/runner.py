@@ -145,6 +145,9 @@ def deploy(source: Any, out_dir: str | Path, opts: DeployOptions, *, log: Callab
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DEPLOY_JSON).unlink(missing_ok=True)  # a stale choice must not stand while this one is made
+    for old in out_dir.glob("model.*"):  # nor an earlier chosen file of another format
+        if old.suffix in (".onnx", ".xml", ".bin", ".engine"):
+            old.unlink()
     work = out_dir / "candidates"
     formats = ["onnx"] + ([] if ov_why else ["openvino"])
     if not qdq_why:
@@ -181,7 +184,7 @@ def deploy(source: Any, out_dir: str | Path, opts: DeployOptions, *, log: Callab
     for name in CANDIDATE_NAMES:  # why each candidate of this target that is not measured is missing
         if name in cands or name in skipped or name.startswith("tensorrt") != (opts.target == "cuda"):
             continue
-        skipped[name] = (qdq_why or "no INT8 graph") if "qdq" in name else (ov_why or "not available")
+        skipped[name] = (ov_why if name.startswith("openvino") else None) or qdq_why or "not available"
 
     bopts = _bench_options(opts)
     ref = _reference_map(model, source.recipe, size, bopts, log)
