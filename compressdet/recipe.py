@@ -56,12 +56,12 @@ class SynthConfig(_Strict):
 
     num_images: int = Field(400, gt=0, description="images to generate (train + val + test)")
     size: tuple[int, int] = Field((1242, 375), description="image size, W x H (KITTI's is 1242x375)")
-    seed: int = 0
+    seed: int = Field(0, description="generation seed")
     layouts: str | None = Field(None, description="folder of real KITTI label_2 files to take object layouts from")
     layout_splits: str | None = Field(
         None, description="folder with train.txt / val.txt naming which layout files feed which split (default: "
                           "the ImageSets/ beside the layouts' training/ folder, else a seeded partition of the files)")
-    val_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of images in val (selection)")
     test_fraction: float = Field(0.2, ge=0, lt=1, description="held-out images, reported on, never selected on")
     oversample: dict[str, float] = Field(default_factory=dict,
                                          description="per KITTI type, how much more often layouts holding it are drawn")
@@ -78,11 +78,11 @@ class SynthConfig(_Strict):
 class AugmentConfig(_Strict):
     """The seed's augmentation (METHOD.md section 4); each step can be switched off."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: no augmentation at all")
     brightness: int = Field(50, ge=0, description="offset drawn from U{-b..b}")
-    contrast: tuple[float, float] | None = (0.5, 1.5)
+    contrast: tuple[float, float] | None = Field((0.5, 1.5), description="contrast factor drawn from U(lo, hi); null: off")
     drift: tuple[int, int] | None = Field((150, 100), description="max crop/pad in px, (x, y)")
-    flip: float = Field(0.5, ge=0, le=1)
+    flip: float = Field(0.5, ge=0, le=1, description="horizontal-flip probability")
 
 
 class SplitFiles(_Strict):
@@ -94,17 +94,20 @@ class SplitFiles(_Strict):
     ``JPEGImages/`` beside it (``images`` overrides the image folder).
     """
 
-    train: str | None = None
-    val: str | None = None
-    test: str | None = None
-    images: str | dict[str, str] | None = None
+    train: str | None = Field(None, description="the train split's file (COCO JSON or VOC id list)")
+    val: str | None = Field(None, description="the val split's file")
+    test: str | None = Field(None, description="the test split's file")
+    images: str | dict[str, str] | None = Field(None, description="image folder, or one per split")
 
 
 class DataConfig(_Strict):
-    format: Literal["kitti", "synth", "coco", "yolo", "voc"] = "synth"
+    """Where the images and labels are, how they are read, and the model's input size and classes."""
+
+    format: Literal["kitti", "synth", "coco", "yolo", "voc"] = Field(
+        "synth", description="the dataset's format (synth: SynthKITTI, generated on first use)")
     root: str | None = Field(None, description="KITTI/COCO/VOC root (kitti: holds training/ and ImageSets/)")
-    train_split: str = "ImageSets/train.txt"
-    val_split: str = "ImageSets/val.txt"
+    train_split: str = Field("ImageSets/train.txt", description="kitti/synth: image-id list of the training split")
+    val_split: str = Field("ImageSets/val.txt", description="kitti/synth: image-id list of the split every selection is made on")
     test_split: str = Field("ImageSets/test.txt", description="held-out split: reported on, never selected on")
     coco: SplitFiles | None = Field(None, description="coco: annotation JSON per split + image folder")
     voc: SplitFiles | None = Field(None, description="voc: ImageSets/Main/<split>.txt per split")
@@ -119,10 +122,10 @@ class DataConfig(_Strict):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cache: bool = Field(False, description="decode + resize once into a uint8 memmap cache")
-    num_workers: int = Field(0, ge=0)
-    max_train_images: int | None = Field(None, gt=0)
-    max_val_images: int | None = Field(None, gt=0)
-    max_test_images: int | None = Field(None, gt=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process)")
+    max_train_images: int | None = Field(None, gt=0, description="use only the first N training images (quick runs)")
+    max_val_images: int | None = Field(None, gt=0, description="use only the first N val images")
+    max_test_images: int | None = Field(None, gt=0, description="use only the first N test images")
 
     #: fields read by some formats only (every other field applies to all); ``recipe check
     #: --print-resolved`` leaves out those the recipe's format does not read
@@ -240,20 +243,20 @@ class ModelConfig(_Strict):
 class ScheduleConfig(_Strict):
     """Step-based SGD schedule; defaults are the seed's (METHOD.md section 4)."""
 
-    steps: int = Field(40000, gt=0)
+    steps: int = Field(40000, gt=0, description="optimizer steps")
     batch_size: int = Field(32, gt=0, description="global batch, split across processes")
-    lr: float = Field(0.02, gt=0)
-    lr_min: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    lr: float = Field(0.02, gt=0, description="peak learning rate (cosine decay to lr_min)")
+    lr_min: float = Field(0.0, ge=0, description="learning rate at the last step")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (on the parameters weight_decay_on names)")
     weight_decay_on: Literal["seed", "all"] = Field("seed", description="seed: head + adaptation only")
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
     clip_grad_norm: float | None = Field(1.0, gt=0, description="per-tensor gradient-norm clip")
-    eval_every: int = Field(500, gt=0)
-    checkpoint_every: int = Field(500, gt=0)
-    log_every: int = Field(20, gt=0)
+    eval_every: int = Field(500, gt=0, description="steps between evaluations on val (best checkpoint kept)")
+    checkpoint_every: int = Field(500, gt=0, description="steps between resumable checkpoints")
+    log_every: int = Field(20, gt=0, description="steps between loss logs (console, tensorboard)")
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
-    channels_last: bool = False
+    channels_last: bool = Field(False, description="train in channels-last memory format")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
 
@@ -272,7 +275,7 @@ class DistillConfig(_Strict):
     imitation, what ``imitation:`` means), ``pkd`` (Pearson-correlation feature imitation) or
     ``crosskd`` (the student's feature through the teacher's head). A list combines methods."""
 
-    method: Literal["fgfi", "pkd", "crosskd"]
+    method: Literal["fgfi", "pkd", "crosskd"] = Field(description="the distillation method")
     weight: float = Field(1.0, ge=0, description="this method's loss weight; 0 switches it off")
     warmup_steps: int = Field(0, ge=0, description="steps without this loss at the start")
     psi: float = Field(0.5, gt=0, le=1, description="fgfi: mask threshold factor on each GT's max anchor IoU")
@@ -327,18 +330,23 @@ def distill_methods(stage: Any) -> list[DistillConfig]:
 
 
 class PostprocessConfig(_Strict):
-    score_thresh: float = Field(0.0, ge=0, le=1)
-    nms_thresh: float = Field(0.4, gt=0, le=1)
-    topk_candidates: int = Field(64, gt=0)
-    detections_per_class: int = Field(50, gt=0)
+    """Decoding of the head's output into detections (evaluation, bench, export, predict)."""
+
+    score_thresh: float = Field(0.0, ge=0, le=1, description="drop detections scoring below this")
+    nms_thresh: float = Field(0.4, gt=0, le=1, description="IoU above which NMS suppresses the lower-scoring box")
+    topk_candidates: int = Field(64, gt=0, description="highest-scoring boxes kept per class before NMS")
+    detections_per_class: int = Field(50, gt=0, description="detections kept per class after NMS")
 
 
 class EvalConfig(_Strict):
+    """How the stage's mAP is measured (checkpoint selection on val)."""
+
     metric: Literal["kitti", "coco"] | None = Field(
         None, description="kitti (official-devkit AP) or coco (AP@[.5:.95]); default follows data.format")
-    protocol: Literal["official", "seed"] = "official"
-    max_images: int | None = Field(None, gt=0)
-    batch_size: int = Field(8, gt=0)
+    protocol: Literal["official", "seed"] = Field("official", description="KITTI AP: the official devkit's, or the "
+                                                  "seed code's variant (the seed's tables)")
+    max_images: int | None = Field(None, gt=0, description="evaluate on the first N images only")
+    batch_size: int = Field(8, gt=0, description="evaluation batch size")
     num_images_logged: int = Field(4, ge=0, description="detection PNGs written to tensorboard per evaluation")
 
 
@@ -373,7 +381,7 @@ def _check_teacher_imitation(stage: "StageConfig") -> None:
 class StageConfig(_Strict):
     """Fields every stage has. ``from`` and ``teacher`` name earlier stages."""
 
-    name: str
+    name: str = Field(description="the stage's name: its folder in the run, what from/teacher refer to")
     kind: str
     from_: str | None = Field(None, alias="from", description="stage whose model this one starts from")
     teacher: str | None = Field(None, description="stage whose model guides this one")
@@ -449,6 +457,8 @@ class TrainStage(StageConfig):
 
 
 class PruneTarget(_Strict):
+    """How much to prune: give one of macs, pruning_ratio, pruning_ratio_dict."""
+
     macs: float | None = Field(None, gt=0, lt=1, description="keep this fraction of the backbone MACs")
     pruning_ratio: float | None = Field(None, gt=0, lt=1, description="uniform channel ratio removed")
     pruning_ratio_dict: dict[str, float] = Field(default_factory=dict, description="per-module ratios")
@@ -467,8 +477,10 @@ class PruneStage(StageConfig):
 
     kind: Literal["prune"] = "prune"
     requires: ClassVar[tuple[str, ...]] = ("from_",)
-    target: PruneTarget = Field(default_factory=lambda: PruneTarget(macs=0.6))
-    importance: Literal["group_magnitude", "bn_scale", "taylor"] = "group_magnitude"
+    target: PruneTarget = Field(default_factory=lambda: PruneTarget(macs=0.6),
+                                description="how much to prune (a MACs budget or channel ratios)")
+    importance: Literal["group_magnitude", "bn_scale", "taylor"] = Field(
+        "group_magnitude", description="channel importance criterion (docs/pruning.md)")
     iterative_steps: int = Field(1, gt=0, description="prune -> fine-tune rounds")
     round_to: int | None = Field(None, gt=0, description="ShuffleDet: removed channels per group are a multiple "
                                  "of this, on top of what grouped convs and the shuffle require (default: no extra "
@@ -504,8 +516,10 @@ class PruneStage(StageConfig):
 
 
 class QuantConfig(_Strict):
-    backend: Literal["x86"] = "x86"
-    per_channel: bool = True
+    """INT8 scheme of a qat / ptq stage (torchao PT2E, docs/quantization.md)."""
+
+    backend: Literal["x86"] = Field("x86", description="the PT2E quantizer (x86: X86InductorQuantizer)")
+    per_channel: bool = Field(True, description="per-channel weight scales (false: per-tensor)")
     activations: Literal["u8", "s8_symmetric"] = Field(
         "u8", description="u8: asymmetric uint8, fastest in ONNX Runtime on x86; s8_symmetric: int8 with zero "
         "point 0, the only activation scheme TensorRT's explicit quantization accepts")
@@ -517,7 +531,7 @@ class QuantConfig(_Strict):
         "per_kind", description="with keep_head_float false: one int8 output scale per output kind (class "
         "logits, confidence, box deltas) or one scale shared by all")
     float_stem: bool = Field(False, description="keep the 3-channel stem conv in fp32 (docs/quantization.md)")
-    calibration_images: int = Field(64, gt=0)
+    calibration_images: int = Field(64, gt=0, description="train images the observers calibrate on")
 
 
 @register_stage_schema("qat")
@@ -565,11 +579,13 @@ class ExportStage(StageConfig):
     kind: Literal["export"] = "export"
     requires: ClassVar[tuple[str, ...]] = ("from_",)
     formats: list[Literal["onnx", "onnx-int8", "openvino", "openvino-int8", "tensorrt"]] = Field(
-        default_factory=lambda: ["onnx"])
+        default_factory=lambda: ["onnx"], description="files to write: fp32 ONNX, INT8 QDQ ONNX, OpenVINO IR "
+        "(fp32 / INT8), TensorRT engine")
     opset: int = Field(18, ge=13, description=">= 18: torch.onnx dynamo exporter; 13-17: TorchScript exporter")
     calibration_images: int = Field(16, gt=0, description="images for static PTQ when the stage has no INT8 graph")
-    dynamic_batch: bool = False
-    with_postprocess: bool = False
+    dynamic_batch: bool = Field(False, description="a dynamic batch axis in the ONNX graph (default: batch 1)")
+    with_postprocess: bool = Field(False, description="append the decode (boxes, scores) to the graph; "
+                                   "default: the raw head output")
     tolerance: float = Field(1e-3, gt=0, description="max |ORT - PyTorch| allowed on the raw head output")
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
 
@@ -582,12 +598,13 @@ class BenchStage(StageConfig):
     ref_fields: ClassVar[tuple[str, ...]] = ("from_", "teacher", "stages")
     stages: list[str] | None = Field(None, description="stages to measure (default: every model stage)")
     backends: list[Literal["torch", "ort", "ort-int8", "openvino", "openvino-f32", "openvino-int8", "tensorrt"]] = \
-        Field(default_factory=lambda: ["torch", "ort"])
-    runs: int = Field(50, gt=0)
+        Field(default_factory=lambda: ["torch", "ort"], description="runtimes each model is timed on (ort-int8: the "
+              "INT8 QDQ graph in ONNX Runtime; openvino: OpenVINO's default precision, bf16 where the CPU has it)")
+    runs: int = Field(50, gt=0, description="timed runs per model, backend and round")
     rounds: int = Field(3, gt=0, description="isolated-process timing: one fresh process per model and round")
-    warmup: int = Field(5, ge=0)
-    batch_sizes: list[int] = Field(default_factory=lambda: [1])
-    threads: int | None = Field(None, gt=0)
+    warmup: int = Field(5, ge=0, description="untimed runs before timing")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], description="batch sizes timed")
+    threads: int | None = Field(None, gt=0, description="CPU threads per runtime (default: all cores)")
     val: bool = Field(True, description="measure each model's mAP (on ``split``)")
     split: Literal["val", "test"] = Field(
         "val", description="where the mAP column is measured: val, or the held-out test split for a final report "
@@ -603,14 +620,14 @@ class DeployStage(StageConfig):
 
     kind: Literal["deploy"] = "deploy"
     requires: ClassVar[tuple[str, ...]] = ("from_",)
-    target: Literal["cpu", "cuda"] = "cpu"
+    target: Literal["cpu", "cuda"] = Field("cpu", description="cpu: ORT and OpenVINO candidates; cuda: TensorRT fp16/INT8 too")
     image_size: tuple[int, int] | None = Field(None, description="deploy input size H, W (default: the model's)")
     max_map_drop: float = Field(0.5, description="largest mAP loss (points below PyTorch fp32) a candidate may have")
-    split: Literal["val", "test"] = "val"
-    runs: int = Field(50, gt=0)
+    split: Literal["val", "test"] = Field("val", description="where each candidate's mAP is measured")
+    runs: int = Field(50, gt=0, description="timed runs per candidate and round")
     rounds: int = Field(3, gt=0, description="isolated-process timing: one fresh process per candidate and round")
-    warmup: int = Field(5, ge=0)
-    threads: int | None = Field(None, gt=0)
+    warmup: int = Field(5, ge=0, description="untimed runs before timing")
+    threads: int | None = Field(None, gt=0, description="CPU threads per runtime (default: all cores)")
     calibration_images: int = Field(64, gt=0, description="train images NNCF calibrates its INT8 IR on")
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -638,11 +655,12 @@ class ModelFileStage(StageConfig):
 # --------------------------------------------------------------------------------------------
 class Recipe(_Strict):
     name: str = Field(description="run folder name: runs/<name>/<run id>/")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, description="seeds weights, data order, augmentation and SynthKITTI generation")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
     data: DataConfig = Field(default_factory=DataConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict, description="named models stages can refer to")
-    stages: list[Any] = Field(min_length=1)
+    stages: list[Any] = Field(min_length=1, description="the stages, run in order; each a mapping with name and "
+                              "kind (its fields: the stage kinds below)")
     source: str | None = Field(None, exclude=True, description="file the recipe came from")
 
     @field_validator("name")
