@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # order: cheap first; the training benchmarks last
 ORDER = ["eval_speed", "synth_speed", "data_loader", "quant", "fpn_speed", "fpn_prune_speed", "prune", "imitation_gain",
-         "distill_methods", "families"]
+         "distill_methods", "families", "deploy"]  # deploy reads families' models
 #: scripts here that are not benchmarks: README generation, the demo's assets, the CUDA-only check
 #: (``python benchmarks/gpu_check.py`` on a GPU machine), the fuzzing run (``make fuzz``, its own budget);
 #: ``_*.py`` are shared modules
