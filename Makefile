@@ -47,7 +47,7 @@ bench: $(STAMP)
 # (hours on one core); writes benchmarks/results/fuzz.json (examples and failures per target)
 FUZZ_EXAMPLES ?= 100000
 fuzz: $(STAMP)
-	$(BIN)/python benchmarks/fuzz.py --examples $(FUZZ_EXAMPLES)
+	$(BIN)/python benchmarks/fuzz.py --examples $(FUZZ_EXAMPLES) --chunk 5000
 
 lint: $(STAMP)
 	$(BIN)/ruff check compressdet tests benchmarks

@@ -2,6 +2,12 @@
 
     python benchmarks/fuzz.py --examples 100000        (what ``make fuzz`` runs; hours on one core)
     python benchmarks/fuzz.py --examples 200           (a quick check that the runner works)
+    python benchmarks/fuzz.py --minutes 60             (an hour's share of the budget; run again to go on)
+
+The budget is spent in rounds of ``--chunk`` examples per target, each round with its own Hypothesis seed
+(so rounds explore different inputs); after every round the counts so far go into the JSON, and a later run
+of the same code adds to them (the JSON's ``code`` digest: the package and the fuzz tests), so hours of
+fuzzing survive a session that ends. A change to the code starts the count again.
 
 Each fuzz target (a Hypothesis property: the outcome of arbitrary or mutated input is a valid result or a
 one-line UserError) writes how many examples it ran into the folder named by ``COMPRESSDET_FUZZ_COUNT_DIR``;
@@ -45,14 +51,58 @@ def _junit_outcomes(path: Path) -> dict[str, str]:
     return out
 
 
-def run(examples: int, files: list[Path], out: Path, timeout: float | None = None) -> dict:
+def code_digest(files: list[Path]) -> str:
+    """sha256 over the package's sources and the fuzz tests: counts add up only while this stays the same."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted([*(REPO / "compressdet").rglob("*.py"), *files]):
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_rounds(examples: int, files: list[Path], out: Path, *, chunk: int, minutes: float | None) -> dict:
+    """Rounds of ``chunk`` examples per target until every target ran ``examples`` (or ``minutes`` passed),
+    adding to what ``out`` recorded for the same code."""
+    code = code_digest(files)
+    prev = json.loads(out.read_text()) if out.is_file() else {}
+    keep = prev.get("code") == code and prev.get("failures") == 0 and prev.get("rounds")
+    targets = {k: dict(v) for k, v in prev["targets"].items()} if keep else {}
+    rounds, seconds = (prev["rounds"], prev["seconds"]) if keep else (0, 0.0)
+    t_end = time.perf_counter() + 60 * minutes if minutes else None
+    rep = prev if keep else {}
+    while not targets or min(t["examples"] for t in targets.values()) < examples:
+        if t_end is not None and time.perf_counter() >= t_end:
+            break
+        one = run(chunk, files, None, seed=rounds)
+        rounds += 1
+        seconds += one["seconds"]
+        for name, t in one["targets"].items():
+            acc = targets.setdefault(name, {"examples": 0, "failures": 0})
+            acc["examples"] += t["examples"]
+            acc["failures"] += t["failures"]
+        rep = {**one, "examples_per_target": examples, "chunk": chunk, "rounds": rounds, "code": code,
+               "targets": targets, "targets_run": len(targets),
+               "examples_total": sum(t["examples"] for t in targets.values()),
+               "complete": min(t["examples"] for t in targets.values()) >= examples if targets else False,
+               "seconds": round(seconds, 1)}
+        rep["failures"] = max(rep["failures"], sum(t["failures"] for t in targets.values()))
+        atomic_write_json(out, rep)
+        if rep["failures"]:
+            break
+    return rep
+
+
+def run(examples: int, files: list[Path], out: Path | None, timeout: float | None = None,
+        seed: int | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="compressdet-fuzz-") as tmp:
         counts, junit = Path(tmp) / "counts", Path(tmp) / "junit.xml"
         env = {**os.environ, "COMPRESSDET_FUZZ_EXAMPLES": str(examples), "COMPRESSDET_FUZZ_COUNT_DIR": str(counts),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         t0 = time.perf_counter()
+        seeded = [f"--hypothesis-seed={seed}"] if seed is not None else []
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                               *map(str, files)], cwd=REPO, env=env, timeout=timeout)
+                               *seeded, *map(str, files)], cwd=REPO, env=env, timeout=timeout)
         seconds = time.perf_counter() - t0
         targets = {p.stem: json.loads(p.read_text()) for p in sorted(counts.glob("*.json"))} if counts.is_dir() else {}
         tests = _junit_outcomes(junit) if junit.is_file() else {}
@@ -74,7 +124,8 @@ def run(examples: int, files: list[Path], out: Path, timeout: float | None = Non
     }
     if proc.returncode != 0 and rep["failures"] == 0:
         rep["failures"] = 1  # pytest failed for a reason no target recorded: never report a clean run
-    atomic_write_json(out, rep)
+    if out is not None:
+        atomic_write_json(out, rep)
     return rep
 
 
@@ -84,12 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fuzz.json")
     ap.add_argument("--files", nargs="*", type=Path, default=None,
                     help="fuzz test files (default: every tests/test_fuzz_*.py)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="examples per target and round, each round seeded apart and recorded (default: one round "
+                         "of --examples; make fuzz uses 5000)")
+    ap.add_argument("--minutes", type=float, default=None, help="stop starting rounds after this long (with --chunk)")
     args = ap.parse_args(argv)
     files = [f.resolve() for f in args.files] if args.files else sorted((REPO / "tests").glob("test_fuzz_*.py"))
     if not files:
         print("no tests/test_fuzz_*.py found", file=sys.stderr)
         return 1
-    rep = run(args.examples, files, args.out)
+    if args.chunk:
+        rep = run_rounds(args.examples, files, args.out, chunk=args.chunk, minutes=args.minutes)
+    else:
+        rep = run(args.examples, files, args.out)
     for name, t in rep["targets"].items():
         print(f"{name}: {t['examples']} examples, {t['failures']} failures")
     print(f"{rep['targets_run']} targets, {rep['examples_total']} examples, {rep['failures']} failures "

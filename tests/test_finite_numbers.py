@@ -98,3 +98,18 @@ def test_coco_annotation_and_yolo_line_nan_are_named(tmp_path):
     (y / "data.yaml").write_text("path: .\nval: images/val\nnames:\n  0: car\n")
     with pytest.raises(DataError, match=r"a.txt:2: box .* is not finite"):
         read_records(source_config("yolo", y), "val")
+
+
+@pytest.mark.parametrize("ann_id, match", [(None, r"annotations\[1\]: 'id' must be an int, got None"),
+                                           ([], r"annotations\[1\]: 'id' must be an int, got \[\]"),
+                                           (1, r"annotation id 1: duplicate annotation id \(annotations\[0\] has it")])
+def test_ground_truth_annotation_ids_index_the_file(tmp_path, ann_id, match):
+    """COCO indexes annotations by id: a missing, unhashable or repeated id is named, not a crash or a silent
+    overwrite (found by fuzzing with another seed)."""
+    from compressdet.eval._cli import load_coco_pair
+
+    gt = {**GT, "annotations": [*GT["annotations"], {**GT["annotations"][0], "id": ann_id}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "d.json").write_text(json.dumps([_det()]))
+    with pytest.raises(DataError, match=match):
+        load_coco_pair(tmp_path / "gt.json", tmp_path / "d.json")

@@ -68,10 +68,16 @@ def check_coco_values(gt: dict[str, Any], dets: list[Any], gt_path: Any, det_pat
     anns = gt.get("annotations", [])
     if not isinstance(anns, list):
         raise DataError(f"{gt_path}: 'annotations' must be a list, got {type(anns).__name__}")
+    seen_ids: dict[Any, int] = {}
     for k, a in enumerate(anns):
         if not isinstance(a, dict):
             raise DataError(f"{gt_path}: annotations[{k}]: expected an object, got {_show(a)}")
         where = f"{gt_path}: annotation id {_show(a.get('id', f'#{k}'))}"
+        if not _id_ok(a.get("id")):  # COCO indexes annotations by id: none, or a list, is no index
+            raise DataError(f"{gt_path}: annotations[{k}]: 'id' must be an int, got {_show(a.get('id'))}")
+        if a["id"] in seen_ids:
+            raise DataError(f"{where}: duplicate annotation id (annotations[{seen_ids[a['id']]}] has it too)")
+        seen_ids[a["id"]] = k
         for f in ("image_id", "category_id"):
             if not _id_ok(a.get(f)):
                 raise DataError(f"{where}: '{f}' must be an int, got {_show(a.get(f))}")
