@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-run demo-predict quickstart test test-bench bench fuzz lint install clean
+.PHONY: demo demo-run demo-predict quickstart test test-bench bench fuzz lint docs install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,7 +50,11 @@ fuzz: $(STAMP)
 	$(BIN)/python benchmarks/fuzz.py --examples $(FUZZ_EXAMPLES) --chunk 5000
 
 lint: $(STAMP)
-	$(BIN)/ruff check compressdet tests benchmarks
+	$(BIN)/ruff check compressdet tests benchmarks docs/hooks.py
+
+# the documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or reference fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build site *.egg-info

@@ -1,14 +1,17 @@
-"""README's results tables, generated from the results JSON files (never typed by hand).
+"""The results tables of README and of the docs site (``docs/results/*.md`` and any other docs page),
+generated from the results JSON files (never typed by hand).
 
-Each table sits in README between two markers naming its JSON file::
+Each table sits in a page between two markers naming its JSON file (and, after a colon, a second view
+of the same file: ``imitation_gain.json:headline`` is README's table in the seed's format)::
 
     <!-- results: imitation_gain.json -->
     ...generated...
     <!-- /results -->
 
-``python benchmarks/readme_tables.py`` rewrites every marked block from ``benchmarks/results``;
-``--check`` exits 1 (naming the block) when README and the JSON files disagree, which is what
-``tests/test_readme_tables.py`` runs. A JSON file that is missing gives a block saying so.
+``python benchmarks/readme_tables.py`` rewrites every marked block of README.md and docs/**/*.md from
+``benchmarks/results``; ``--check`` exits 1 (naming the page and block) when a page and the JSON files
+disagree, which is what ``tests/test_readme_tables.py`` runs. A JSON file that is missing gives a block
+saying so.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
-BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+DOCS = ROOT / "docs"
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.]+(?::\w+)?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 LEVELS = ("easy", "moderate", "hard")
 
 
@@ -72,6 +76,32 @@ def imitation_gain(r: dict) -> str:
               f"{r['teacher_minutes']:.1f}",
               "- learning curves: `benchmarks/results/imitation_gain_curves.png`"]
     return "\n".join(lines) + "\n"
+
+
+def imitation_headline(r: dict, parity: dict | None = None) -> str:
+    """README's headline: the seed's table (METHOD.md section 6) filled in by the imitation benchmark."""
+    if "test_ap40_seed0" not in r:
+        return "(not measured under the protocol yet: `python benchmarks/imitation_gain.py --preset cpu`)\n"
+    models = (parity or {}).get("models", {})
+    lines = ["| model | FLOPs | params | car E/M/H | ped E/M/H | cyc E/M/H | mAP | test mAP40, mean of seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, arch in (("1x", "shuffledet_1x"), ("0.25x", "shuffledet_0.25x"), ("0.25x-I", "shuffledet_0.25x")):
+        ap, m = r["test_ap40_seed0"][key], models.get(arch)
+        flops = f"{m['backbone_macs'] / 1e9:.2f} G" if m else "n/a"
+        params = f"{m['params'] / 1e6:.2f} M" if m else "n/a"
+        mean9 = sum(ap[c][lvl] for c in ap for lvl in LEVELS) / 9
+        seeds = r["map40"][key]
+        overall = seeds if isinstance(seeds, (int, float)) else sum(seeds) / len(seeds)
+        lines.append(f"| {key} | {flops} | {params} | {_ap_cells(ap)} | {mean9:.1f} | {overall:.2f} |")
+    d = r["data"]
+    return (f"SynthKITTI test split ({d['test_images']:,} images, reported once), AP40 of seed {r['seeds'][0]}'s "
+            f"models trained at {d['image_size'][0]}x{d['image_size'][1]} (`{r['command']}`); FLOPs and params as "
+            "the seed counts them (backbone multiply-adds at 384x1248, `model_parity.json`). Imitation gain over "
+            f"seeds {r['seeds']}: {_claim(r['gain'])}.\n\n" + "\n".join(lines) + "\n")
+
+
+#: generators that read a second results file besides their own (passed as their second argument)
+imitation_headline.needs = "model_parity.json"
 
 
 def model_parity(r: dict) -> str:
@@ -289,46 +319,60 @@ GENERATORS: dict[str, Callable[[dict], str]] = {
     "demo.json": demo,
     "distill_methods.json": distill_methods, "families.json": families, "fpn_speed.json": fpn_speed,
     "fpn_prune_speed.json": fpn_prune_speed,
-    "imitation_gain.json": imitation_gain, "model_parity.json": model_parity, "eval_speed.json": eval_speed,
+    "imitation_gain.json": imitation_gain, "imitation_gain.json:headline": imitation_headline,
+    "model_parity.json": model_parity, "eval_speed.json": eval_speed,
     "prune.json": prune, "quant.json": quant, "quant_speed.json": quant_speed, "fp32_rewrites.json": fp32_rewrites,
 }
 
 
-def render(readme: str, results: Path = RESULTS) -> str:
-    """README text with every marked block regenerated from ``results``."""
+def render(readme: str, results: Path = RESULTS, page: str = "README.md") -> str:
+    """A page's text with every marked block regenerated from ``results``."""
 
     def block(m: re.Match) -> str:
         name = m.group("name")
         if name not in GENERATORS:
-            raise SystemExit(f"README.md: results block names '{name}', which has no generator in {__file__}")
-        path = results / name
-        body = (GENERATORS[name](json.loads(path.read_text())) if path.is_file()
-                else f"(not measured yet: `benchmarks/results/{name}` does not exist)\n")
+            raise SystemExit(f"{page}: results block names '{name}', which has no generator in {__file__}")
+        gen, path = GENERATORS[name], results / name.split(":")[0]
+        if not path.is_file():
+            body = f"(not measured yet: `benchmarks/results/{path.name}` does not exist)\n"
+        elif hasattr(gen, "needs"):
+            extra = results / gen.needs
+            body = gen(json.loads(path.read_text()), json.loads(extra.read_text()) if extra.is_file() else None)
+        else:
+            body = gen(json.loads(path.read_text()))
         return m.group(1) + body + m.group(4)
 
     return BLOCK.sub(block, readme)
 
 
+def pages() -> list[Path]:
+    """README and every docs page that holds a results block."""
+    docs = [p for p in sorted(DOCS.rglob("*.md")) if BLOCK.search(p.read_text())]
+    return [README, *docs]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if README differs from what the JSON files give")
-    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--check", action="store_true", help="exit 1 if a page differs from what the JSON files give")
+    ap.add_argument("--readme", type=Path, nargs="+", default=None, metavar="PAGE",
+                    help="the markdown pages to regenerate (default: README.md and the docs pages with results blocks)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    old = args.readme.read_text()
-    new = render(old, args.results)
-    if args.check:
-        stale = [m.group("name") for m, n in zip(BLOCK.finditer(old), BLOCK.finditer(new)) if m.group(0) != n.group(0)]
-        if stale:
-            print(f"{args.readme}: results blocks out of date with {args.results}: {', '.join(stale)} "
-                  "(run python benchmarks/readme_tables.py)", file=sys.stderr)
-            return 1
-        return 0
-    if new != old:
-        from compressdet._io import atomic_write_text
+    failed = 0
+    for page in args.readme or pages():
+        old = page.read_text()
+        new = render(old, args.results, page=str(page))
+        if args.check:
+            stale = [m.group("name") for m, n in zip(BLOCK.finditer(old), BLOCK.finditer(new)) if m.group(0) != n.group(0)]
+            if stale:
+                print(f"{page}: results blocks out of date with {args.results}: {', '.join(stale)} "
+                      "(run python benchmarks/readme_tables.py)", file=sys.stderr)
+                failed = 1
+        elif new != old:
+            from compressdet._io import atomic_write_text
 
-        atomic_write_text(args.readme, new)
-    return 0
+            atomic_write_text(page, new)
+    return failed
 
 
 if __name__ == "__main__":
