@@ -16,10 +16,6 @@ sys.path.insert(0, str(ROOT / "docs"))
 
 import hooks  # noqa: E402  (docs/hooks.py, the mkdocs hook)
 
-pytest.importorskip("mkdocs")
-pytest.importorskip("material")
-pytest.importorskip("mkdocstrings_handlers.python")
-
 
 def _build(config: Path, site: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "OMP_NUM_THREADS": "1"}
