@@ -48,7 +48,7 @@ def test_shipped_teacher_detects_and_an_untrained_one_does_not(tmp_path):
 @pytest.mark.slow
 def test_demo_recipe_runs_end_to_end_and_predict_draws_int8_detections(tmp_path):
     """recipes/demo.yaml as ``make demo`` runs it, shrunk (few images, 2 steps per stage, 2 timing runs in one round),
-    then ``make demo-predict``'s command on the run's test split with the INT8 ONNX."""
+    its deploy stage's choice, then ``make demo-predict``'s command on the run's test split with the INT8 ONNX."""
     pytest.importorskip("onnxruntime")
     from compressdet.cli import main
 
@@ -56,6 +56,8 @@ def test_demo_recipe_runs_end_to_end_and_predict_draws_int8_detections(tmp_path)
     over = ["data.synth.num_images=24", "data.image_size=[192,624]"]
     over += [f"stages.pruned.schedule.{k}=2" for k in ("steps", "eval_every", "checkpoint_every", "batch_size")]
     over += ["stages.bench.runs=2", "stages.bench.rounds=1", "stages.bench.backends=[ort,ort-int8]"]
+    over += ["stages.deploy.runs=2", "stages.deploy.rounds=1", "stages.deploy.warmup=1",
+             "stages.deploy.calibration_images=2"]
     assert main(["run", str(REPO / "recipes" / "demo.yaml"), "--runs-root", str(runs), *over]) == 0
     run = next((runs / "demo").iterdir())
     report = json.loads((run / "bench" / "report.json").read_text())
@@ -63,6 +65,8 @@ def test_demo_recipe_runs_end_to_end_and_predict_draws_int8_detections(tmp_path)
     by_stage = {r["stage"]: r for r in report["rows"]}
     assert {"teacher", "student", "pruned"} <= set(by_stage)
     assert any(r["precision"] == "int8" for r in report["rows"])
+    deployed = json.loads((run / "deploy" / "deploy.json").read_text())  # the demo ends deploying the student
+    assert deployed["chosen"] and (run / "deploy" / deployed["artifact"]["file"]).is_file()
     out = tmp_path / "pred"
     assert main(["predict", "split:test", "--runs-root", str(runs), "--backend", "ort-int8", "--max-images", "2",
                  "--score-threshold", "0.3", "--out", str(out), "--threads", "1"]) == 0
