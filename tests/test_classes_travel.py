@@ -109,6 +109,11 @@ def test_split_of_a_coco_run_takes_its_annotation_file(tmp_path):
     assert len(logs) == 1 and "no category named 'bicycle'" in logs[0]
     assert split_coco_gt(run, "test", ["vehicle", "person"], logs.append) is None  # no such file
     assert split_coco_gt(None, "val", ["vehicle"], logs.append) is None
+    # a class_map that renames or merges: the file's boxes are not the model's targets, so not its ids
+    recipe["data"]["class_map"] = {"Vehicle": "vehicle", "person": "vehicle"}
+    recipe["data"]["classes"] = ["vehicle"]
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert split_coco_gt(run, "val", ["vehicle"], logs.append) is None and len(logs) == 1
 
 
 def test_tensorrt_engine_takes_classes_from_the_onnx_beside_it(tmp_path, monkeypatch):

@@ -303,8 +303,17 @@ def _ensure_onnx(v: Variant, model: torch.nn.Module, out_dir: Path, dynamic: boo
     p = out_dir / "onnx" / f"{v.stage}.onnx"
     if not p.is_file():
         log(f"  {v.stage}: no ONNX in the run; exporting one for the ort backend -> {p}")
-        export_onnx(model, p, image_size=tuple(model.image_size), dynamic_batch=dynamic,
-                    metadata={"stage": v.stage, "source_sha256": sha256_file(v.model_path)}, log=log)
+        from ..conventions import MEAN_BGR
+        from ..models import load_model
+
+        h, w = (int(s) for s in model.image_size)
+        family = model.export_metadata() if hasattr(model, "export_metadata") else {}
+        meta = {**family, "classes": load_model(v.model_path)[1].get("classes"), "mean_bgr": list(MEAN_BGR),
+                "input_size": f"{h}x{w}", "arch": getattr(model, "arch", {}), "precision": "fp32"}
+        # the same keys as an exported graph's, so predict/deploy read this file's classes and family too
+        export_onnx(model, p, image_size=(h, w), dynamic_batch=dynamic,
+                    metadata={**{k: x for k, x in meta.items() if x is not None}, "stage": v.stage,
+                              "source_sha256": sha256_file(v.model_path)}, log=log)
     return p
 
 

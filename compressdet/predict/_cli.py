@@ -21,6 +21,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         resolve_model,
         split_coco_gt,
         split_sources,
+        write_split_ground_truth,
     )
 
     console = make_console(stderr=True)
@@ -43,8 +44,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.source.startswith(SPLIT_PREFIX):
         sources = split_sources(resolved.run_dir, args.source[len(SPLIT_PREFIX):])
         if args.save_txt == "coco" and coco_gt is None:  # a coco-format run: that split's own annotation file
-            coco_gt = split_coco_gt(resolved.run_dir, args.source[len(SPLIT_PREFIX):], list(resolved.classes),
+            split = args.source[len(SPLIT_PREFIX):]
+            coco_gt = split_coco_gt(resolved.run_dir, split, list(resolved.classes),
                                     lambda s: console.print(s, highlight=False, markup=False))
+            if coco_gt is None:  # any other format or a renaming class_map: the split as the model sees it
+                coco_gt = write_split_ground_truth(resolved.run_dir, split, list(resolved.classes),
+                                                   Path(args.out) / "ground_truth.coco.json")
+                console.print(f"wrote {coco_gt}: {SPLIT_PREFIX}{split} in the model's classes (the ground truth "
+                              "the detections' ids refer to)", highlight=False, markup=False, soft_wrap=True)
     sources = sources[: args.max_images] if args.max_images else sources
     opts = PredictOptions(out=args.out, score_threshold=args.score_threshold, save_txt=args.save_txt,
                           save_images=not args.no_images, threads=args.threads, coco_gt=coco_gt)

@@ -18,7 +18,7 @@ from ..conventions import KITTI_CLASSES
 from ..errors import DataError, MissingDependencyError, UserError
 
 __all__ = ["PREDICT_BACKENDS", "ResolvedModel", "PredictOptions", "Predictor", "resolve_model", "iter_sources",
-           "split_sources", "split_coco_gt", "CocoTarget", "default_classes",
+           "split_sources", "split_coco_gt", "write_split_ground_truth", "CocoTarget", "default_classes",
            "predict", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
 
 PREDICT_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-f32", "openvino-int8", "tensorrt")
@@ -427,24 +427,48 @@ class CocoTarget:
 
 def split_coco_gt(run_dir: Path | None, split: str, classes: list[str], log: Callable[[str], None]) -> Path | None:
     """The annotation file of ``split`` of a coco-format run (``SOURCE`` ``split:NAME`` with ``--save-txt coco``),
-    when every model class is one of its categories; else None (said in the log: then the ids are predict's own)."""
+    when every model class is one of its categories and no ``class_map`` renames or merges them; else None
+    (then :func:`write_split_ground_truth` writes the split as the model sees it)."""
     from ..data.formats.coco import split_paths
     from ..recipe import load_recipe
 
     if run_dir is None or not (Path(run_dir) / "recipe.yaml").is_file():
         return None
     data = load_recipe(Path(run_dir) / "recipe.yaml").data
-    if data.format != "coco":
-        return None
+    if data.format != "coco" or any(k.lower() != str(v or "").lower() for k, v in data.class_map.items()):
+        return None  # a renaming/merging class_map: the file's boxes are not what the model was trained on
     ann = split_paths(data, split)[0]
     if not ann.is_file():
         return None
     try:
         CocoTarget(ann, classes)
     except UserError as e:
-        log(f"note: COCO ids not taken from {ann} ({e}); detections.coco.json numbers its own images and categories")
+        log(f"note: COCO ids not taken from {ann} ({e})")
         return None
     return ann
+
+
+def write_split_ground_truth(run_dir: Path, split: str, classes: list[str], out: Path) -> Path:
+    """Write ``split`` of the run's data as the model sees it (its classes after ``class_map``, ignore regions
+    as crowd boxes of every class, images named by their paths) to ``out``, a COCO file that
+    ``--save-txt coco`` takes its ids from: predict -> ``eval --format coco`` then lines up for every data
+    format and any renaming ``class_map``, scoring exactly what the run's own evaluation scores."""
+    from .._io import atomic_write_json
+    from ..data import build_dataset
+    from ..data.records import load_box_ground_truth
+    from ..eval.coco_eval import to_coco_dicts
+    from ..recipe import load_recipe
+
+    data = load_recipe(Path(run_dir) / "recipe.yaml").data.model_copy(update={"cache": False})
+    ds = build_dataset(data, split, train=False)
+    gt, sizes = load_box_ground_truth(data, split)
+    coco, _ = to_coco_dicts(gt, sizes, {i: {"boxes": np.zeros((0, 4)), "scores": np.zeros(0),
+                                            "labels": np.zeros(0, np.int64)} for i in ds.ids}, classes)
+    for im, image_id in zip(coco["images"], ds.ids):
+        im["file_name"] = str(ds.image_path(image_id))
+    coco["info"] = {"description": f"{SPLIT_PREFIX}{split} of {run_dir}, in the model's classes (written by "
+                                   "compressdet predict)"}
+    return atomic_write_json(out, coco)
 
 
 def _video_reader(path: Path) -> tuple[Iterator[np.ndarray], float, int | None]:

@@ -49,6 +49,21 @@ def save_quantized(converted: torch.nn.Module, example: torch.Tensor, path: Path
     return atomic_save_with(path, lambda buf: torch.export.save(ep, buf))
 
 
+def _describe_int8_graph(path: Path, model: torch.nn.Module, recipe: Any, cfg: Any, stage: str) -> None:
+    """The stage's QDQ graph carries what an exported one does (classes, family, input size, arch, decode
+    settings), so ``predict``/``deploy`` on this file alone name the user's classes and decode its outputs."""
+    from ..conventions import MEAN_BGR
+    from ..export._int8 import copy_onnx_int8_with_metadata
+
+    h, w = (int(s) for s in model.image_size)
+    family = model.export_metadata() if hasattr(model, "export_metadata") else {}
+    pp = getattr(cfg, "postprocess", None)
+    meta = {**family, "classes": list(recipe.data.classes), "mean_bgr": list(MEAN_BGR), "input_size": f"{h}x{w}",
+            "arch": getattr(model, "arch", {}), "precision": "int8", "stage": stage,
+            **({"postprocess": pp.model_dump()} if pp is not None else {})}
+    copy_onnx_int8_with_metadata(path, path, meta)
+
+
 def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tensor, *, extra_metrics: dict,
                        meta: dict, model: torch.nn.Module) -> Any:
     """Write ``quantized`` (.pt2) and ``onnx_int8`` artifacts, evaluate both, return the StageResult.
@@ -65,6 +80,7 @@ def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tens
     q_path = save_quantized(converted, example, ctx.stage_dir / "quantized.pt2")
     onnx_path = export_int8_onnx(converted, example, ctx.stage_dir / "model_int8.onnx",
                                  output_names=tuple(model.export_outputs))
+    _describe_int8_graph(onnx_path, model, recipe, cfg, ctx.name)
     graph = check_int8_graph(onnx_path)
     res_torch = evaluate_head_fn(torch_head_fn(converted), recipe.data, post_cfg=cfg.postprocess, eval_cfg=cfg.eval,
                                  model=model)
