@@ -113,3 +113,26 @@ def test_ground_truth_annotation_ids_index_the_file(tmp_path, ann_id, match):
     (tmp_path / "d.json").write_text(json.dumps([_det()]))
     with pytest.raises(DataError, match=match):
         load_coco_pair(tmp_path / "gt.json", tmp_path / "d.json")
+
+
+@pytest.mark.parametrize("raw", ["²", "--3", "٣", " 3x"])
+def test_coco_id_text_that_int_refuses_is_named_not_a_crash(tmp_path, raw):
+    """A string id counts as an id only in ASCII digits: ``int('²')`` and ``int('--3')`` raise ValueError
+    (``str.isdigit`` took them), ``'٣'`` would be silently read as 3."""
+    from compressdet.data.formats import read_records, source_config
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    gt = {**GT, "categories": [{"id": raw, "name": "car"}]}
+    (tmp_path / "annotations" / "val.json").write_text(json.dumps(gt))
+    with pytest.raises(DataError, match=r"val.json: category .*: expected 'id' \(int\) and 'name'"):
+        read_records(source_config("coco", tmp_path), "val")
+
+
+@pytest.mark.parametrize("key", ["²", "٣"])
+def test_yolo_names_key_that_int_refuses_is_named_not_a_crash(tmp_path, key):
+    from compressdet.data.formats.yolo import load_dataset_yaml
+
+    (tmp_path / "data.yaml").write_text(f"path: .\nval: images\nnames:\n  '{key}': car\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"'names' keys must be class ids 0..N-1"):
+        load_dataset_yaml(tmp_path / "data.yaml")

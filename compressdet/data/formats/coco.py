@@ -7,6 +7,7 @@ image's id in compressdet is its file stem when stems are unique in the split, e
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def _int_id(v: Any) -> int | None:
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
-    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+    if isinstance(v, str) and re.fullmatch(r"\s*-?[0-9]+\s*", v):  # ASCII digits: int() refuses '²', '--3'
         return int(v)
     return None
 

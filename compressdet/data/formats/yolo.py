@@ -9,6 +9,7 @@ regions: the writer drops crowd/DontCare boxes and counts them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def load_dataset_yaml(path: Path) -> tuple[dict, Path, list[str]]:
         keyed = {}
         for k, v in names.items():
             ik = (k if isinstance(k, int) and not isinstance(k, bool)
-                  else int(k) if isinstance(k, str) and k.strip().isdigit() else None)
+                  else int(k) if isinstance(k, str) and re.fullmatch(r"\s*[0-9]+\s*", k) else None)
             if ik is None or ik in keyed:
                 raise DataError(f"{path}: 'names' keys must be class ids 0..N-1, got {k!r}")
             keyed[ik] = v
