@@ -74,6 +74,7 @@ def _kitti_type(name: str, crowd: bool, where: str) -> str:
 
 
 def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str], issues: Issues) -> dict:
+    from ..._io import atomic_write_text
     from ._io_util import copy_image, safe_ids
 
     counts = {"images": 0, "boxes": 0}
@@ -89,13 +90,9 @@ def write(out: Path, splits: dict[str, list[ImageRecord]], categories: list[str]
                         for b, n, c, ref in zip(rec.boxes, rec.names, rec.crowd, rec.refs or [rec.path] * len(rec))]
             write_label_file(out / "training" / "label_2" / f"{i}.txt", objs)
             counts["boxes"] += len(objs)
-        from ..._io import atomic_write_text
-
         atomic_write_text(out / "ImageSets" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
         counts["images"] += len(recs)
         every.update(dict.fromkeys(ids))
-    from ..._io import atomic_write_text
-
     # every split's ids: a split file of its own (data.train_split: ImageSets/all.txt)
     atomic_write_text(out / "ImageSets" / "all.txt", "".join(f"{i}\n" for i in every))
     return counts
