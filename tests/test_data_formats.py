@@ -225,6 +225,23 @@ def test_voc_and_kitti_label_without_image(kitti29, tmp_path):
         read_records(source_config("voc", tmp_path / "v"), "val")
 
 
+def test_voc_split_file_errors_name_the_file_line(tmp_path):
+    """A bad id is named at its line in the split file, blank lines counted; recipe check's category scan
+    reads the file the same way."""
+    from compressdet.data.formats import voc
+
+    main_dir = tmp_path / "ImageSets" / "Main"
+    main_dir.mkdir(parents=True)
+    (main_dir / "val.txt").write_text("a\n\nb\n../c\n")
+    cfg = source_config("voc", tmp_path)
+    for read in (lambda: read_records(cfg, "val"), lambda: voc.category_names(cfg, "val")):
+        with pytest.raises(DataError, match=r"val.txt:4: expected an image id .*got '../c'"):
+            read()
+    (main_dir / "val.txt").write_bytes(b"a\xff\n")
+    with pytest.raises(DataError, match=r"val.txt: cannot read the split file \(UnicodeDecodeError"):
+        voc.category_names(cfg, "val")
+
+
 # ---------------------------------------------------------------------------------------------- classes
 def test_class_mapping_subset_rename_merge(tmp_path):
     cats = ["car", "van", "person", "bike"]

@@ -47,18 +47,33 @@ def _text(node, tag: str, where: str) -> str:
     return el.text.strip()
 
 
-def read(cfg, split: str, issues: Issues) -> tuple[list[ImageRecord], list[str] | None, str]:
-    sf = _split_file(cfg, split)
+def _split_ids(sf: Path) -> list[str]:
+    """The image ids ``sf`` lists (the first word of each line).
+
+    Raises:
+        DataError: the file is missing or not UTF-8 text, or a line's id is not a file stem (file:line).
+    """
     try:
-        ids = [ln.split()[0] for ln in sf.read_text().splitlines() if ln.strip()]
+        lines = sf.read_text().splitlines()
     except FileNotFoundError:
         raise DataError(f"{sf}: split file not found") from None
     except (UnicodeDecodeError, OSError) as e:
         raise DataError(f"{sf}: cannot read the split file ({type(e).__name__}: expected UTF-8 text, one image id "
                         "per line)") from None
-    for n, i in enumerate(ids, 1):
+    ids = []
+    for n, ln in enumerate(lines, 1):
+        if not ln.strip():
+            continue
+        i = ln.split()[0]
         if not i.isprintable() or "/" in i or "\\" in i:
             raise DataError(f"{sf}:{n}: expected an image id (a file stem like 2008_000008), got {i!r}")
+        ids.append(i)
+    return ids
+
+
+def read(cfg, split: str, issues: Issues) -> tuple[list[ImageRecord], list[str] | None, str]:
+    sf = _split_file(cfg, split)
+    ids = _split_ids(sf)
     ann_dir, img_dir = _root(cfg) / "Annotations", _image_dir(cfg)
     out = []
     for i in ids:
@@ -151,16 +166,9 @@ def category_names(cfg, split: str, wanted: list[str] | None = None) -> tuple[li
     ann_dir = _root(cfg) / "Annotations"
     want = {w.lower() for w in wanted} if wanted else None
     names: dict[str, None] = {}
-    try:
-        lines = sf.read_text().splitlines()
-    except (UnicodeDecodeError, OSError) as e:
-        raise DataError(f"{sf}: cannot read the split file ({type(e).__name__}: expected UTF-8 text, one image id "
-                        "per line)") from None
-    for ln in lines:
-        if not ln.strip():
-            continue
+    for i in _split_ids(sf):
         try:
-            tree = ET.parse(ann_dir / f"{ln.split()[0]}.xml").getroot()
+            tree = ET.parse(ann_dir / f"{i}.xml").getroot()
         except (OSError, ET.ParseError):  # read() names these when the split is loaded
             continue
         for obj in tree.iter("object"):
