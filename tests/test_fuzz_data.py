@@ -14,36 +14,17 @@ import contextlib
 import io
 import json
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from _fuzz import FUZZ, counted  # tests/ is on sys.path
+from hypothesis import given
 from hypothesis import strategies as st
 
 from compressdet.errors import UserError
-
-EXAMPLES = int(os.environ.get("COMPRESSDET_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
-                suppress_health_check=list(HealthCheck))
-
-
-@contextlib.contextmanager
-def counted(target: str):
-    """Count the examples run for ``target``; write the count (and whether it failed) where the runner asks."""
-    box = {"n": 0}
-    failed = 1
-    try:
-        yield box
-        failed = 0
-    finally:
-        out = os.environ.get("COMPRESSDET_FUZZ_COUNT_DIR")
-        if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / f"{target}.json").write_text(json.dumps({"examples": box["n"], "failures": failed}))
 
 
 def outcome(fn):

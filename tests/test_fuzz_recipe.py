@@ -8,45 +8,25 @@ loads again from its resolved form (what a run writes as its ``recipe.yaml``), t
 
 Budget: ``COMPRESSDET_FUZZ_EXAMPLES`` examples per target (default 40, what ``make test`` runs); with
 ``COMPRESSDET_FUZZ_COUNT_DIR`` set, each target writes ``<target>.json`` there:
-``{"examples": n, "failures": 0 | 1}`` (the convention of ``tests/test_fuzz_data.py``).
+``{"examples": n, "failures": 0 | 1}`` (``tests/_fuzz.py``, shared by every fuzz test).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from _fuzz import FUZZ, counted  # tests/ is on sys.path
+from hypothesis import given
 from hypothesis import strategies as st
 
 from compressdet.errors import UserError
 from compressdet.recipe import Recipe, parse_recipe
 
-EXAMPLES = int(os.environ.get("COMPRESSDET_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
-                suppress_health_check=list(HealthCheck))
 SOURCE = "fuzz.yaml"
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 TEXTS = {p.name: p.read_text() for p in RECIPES}
-
-
-@contextlib.contextmanager
-def counted(target: str):
-    """Count the examples run for ``target``; write the count (and whether it failed) where the runner asks."""
-    box = {"n": 0}
-    failed = 1
-    try:
-        yield box
-        failed = 0
-    finally:
-        out = os.environ.get("COMPRESSDET_FUZZ_COUNT_DIR")
-        if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / f"{target}.json").write_text(json.dumps({"examples": box["n"], "failures": failed}))
 
 
 def _parse(text: str, overrides: list[str] | None, check_paths: bool) -> Recipe | None:
