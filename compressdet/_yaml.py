@@ -8,11 +8,11 @@ YAML file a user hands in (recipes, YOLO dataset files) is read here, composed o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
-__all__ = ["DuplicateKeyError", "compose_unique", "construct", "safe_load_unique", "format_key_path"]
+__all__ = ["DuplicateKeyError", "compose_unique", "construct", "safe_load_unique", "format_key_path", "line_map"]
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -57,32 +57,57 @@ def _key_value(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
         return (node.tag, node.value)
 
 
-def _check_unique(root: yaml.Node) -> None:
-    loader = _Loader("")
-    repeats: list[DuplicateKeyError] = []
-    seen: set[int] = set()  # an anchored node is walked once (aliases repeat it, may even contain it)
+def _entries(node: yaml.Node, path: tuple[Any, ...]) -> list[tuple[yaml.Node, yaml.Node, tuple[Any, ...]]]:
+    """``(key or item node, value node, value's path)`` of a mapping's or sequence's entries, in file order
+    (a key that is no scalar is ``?`` in the path)."""
+    if isinstance(node, yaml.MappingNode):
+        return [(k, v, path + (k.value if isinstance(k, yaml.ScalarNode) else "?",)) for k, v in node.value]
+    if isinstance(node, yaml.SequenceNode):
+        return [(v, v, path + (i,)) for i, v in enumerate(node.value)]
+    return []
+
+
+def _walk(root: yaml.Node) -> Iterator[tuple[yaml.Node, tuple[Any, ...]]]:
+    """Every node of a composed document with its path, depth first in file order; an anchored node
+    once, at its first place (aliases repeat it, may even contain it)."""
+    seen: set[int] = set()
     stack: list[tuple[yaml.Node, tuple[Any, ...]]] = [(root, ())]
     while stack:
         node, path = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            first: dict[Any, int] = {}
-            children = []
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode):
-                    key = _key_value(loader, k)
-                    line = k.start_mark.line + 1
-                    if key in first:
-                        repeats.append(DuplicateKeyError(path + (k.value,), line, first[key]))
-                    else:
-                        first[key] = line
-                children.append((v, path + (k.value if isinstance(k, yaml.ScalarNode) else "?",)))
-            stack.extend(reversed(children))  # depth first in file order: the first repeat is reported
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(reversed([(v, path + (i,)) for i, v in enumerate(node.value)]))
-    if repeats:
+        yield node, path
+        stack.extend(reversed([(v, p) for _, v, p in _entries(node, path)]))
+
+
+def line_map(root: yaml.Node | None) -> dict[tuple[Any, ...], int]:
+    """The 1-based line of every key and list item of a composed document, by path (``()``: the document),
+    how recipe errors point at a field."""
+    if root is None:
+        return {}
+    lines = {(): root.start_mark.line + 1}
+    for node, path in _walk(root):
+        for k, _, p in _entries(node, path):
+            lines.setdefault(p, k.start_mark.line + 1)
+    return lines
+
+
+def _check_unique(root: yaml.Node) -> None:
+    loader = _Loader("")
+    repeats: list[DuplicateKeyError] = []
+    for node, path in _walk(root):
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first: dict[Any, int] = {}
+        for k, _ in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                key, line = _key_value(loader, k), k.start_mark.line + 1
+                if key in first:
+                    repeats.append(DuplicateKeyError(path + (k.value,), line, first[key]))
+                else:
+                    first[key] = line
+    if repeats:  # a parent's repeat is found before an earlier one inside its values
         raise min(repeats, key=lambda e: e.line)  # the first in the file
 
 

@@ -29,7 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from ._yaml import DuplicateKeyError, compose_unique, construct, safe_load_unique
+from ._yaml import DuplicateKeyError, compose_unique, construct, line_map, safe_load_unique
+from ._yaml import format_key_path as _fmt_loc
 from .conventions import KITTI_CLASSES
 from .errors import RecipeError
 
@@ -736,42 +737,6 @@ class Recipe(_Strict):
 Path_ = tuple[Any, ...]
 
 
-def _line_map(root: yaml.Node | None) -> dict[Path_, int]:
-    """Map every key/item path of a composed YAML document to its 1-based line number."""
-    lines: dict[Path_, int] = {}
-    if root is None:
-        return lines
-    lines[()] = root.start_mark.line + 1
-    seen: set[int] = set()  # an anchored node once: an alias may repeat it, or sit inside it
-    stack: list[tuple[yaml.Node, Path_]] = [(root, ())]
-    while stack:
-        node, path = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                p = path + (k.value if isinstance(k, yaml.ScalarNode) else "?",)
-                lines.setdefault(p, k.start_mark.line + 1)
-                stack.append((v, p))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                p = path + (i,)
-                lines.setdefault(p, v.start_mark.line + 1)
-                stack.append((v, p))
-    return lines
-
-
-def _fmt_loc(loc: Path_) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "<top>"
-
-
 class _Errors:
     def __init__(self, source: str, lines: dict[Path_, int], overridden: dict[Path_, str]):
         self.source, self.lines, self.overridden, self.items = source, lines, overridden, []
@@ -926,7 +891,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
     """Validate recipe text; raises :class:`RecipeError` naming file:line: field: problem."""
     try:
         root = compose_unique(text)
-        lines = _line_map(root)
+        lines = line_map(root)
         data = construct(root)
     except DuplicateKeyError as e:
         raise RecipeError(f"{source}:{e.line}: {_fmt_loc(e.path)}: duplicate key (first at line {e.first_line})") from None

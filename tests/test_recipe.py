@@ -276,3 +276,13 @@ def test_yolo_dataset_yaml_with_a_duplicate_key_names_both_lines(tmp_path):
         load_dataset_yaml(p)
     p.write_text("path: .\ntrain: images/train\nnames:\n  0: car\n  1: person\n")
     assert load_dataset_yaml(p)[2] == ["car", "person"]
+
+
+def test_an_error_inside_an_anchored_block_names_its_own_line():
+    """The line map walks the file in order: an anchored block's keys get their lines where it is
+    written, not where a later alias repeats it (the alias was walked first and took the block)."""
+    text = ("name: demo\nmodels:\n  s: &m\n    arch: shuffledet_0.25x\n    widht: 1\n  t: *m\n"
+            "stages:\n  - name: a\n    kind: train\n    model: s\n")
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(text, "r.yaml", check_paths=False)
+    assert "r.yaml:5: models.s.widht: unknown key 'widht'" in str(e.value).splitlines()[0]
