@@ -81,3 +81,35 @@ def test_export_and_bench_openvino(tmp_path, capsys):
     assert fp["fastest_backend"] in fp["latency"]
     md = (run / "bench" / "report.md").read_text()
     assert "| pruned | openvino-f32" in md and "precision" in md and rep["openvino"]
+
+
+def test_export_and_nncf_ir_save_the_same_way(tmp_path):
+    """convert_to_ir and NNCF's INT8 IR share save_ir: metadata under compressdet's key, byte-identical
+    files from the same inputs, no temporary folder left beside them."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from compressdet.deploy._nncf import quantize_ir
+    from compressdet.export._openvino import convert_to_ir, ir_metadata
+
+    w = numpy_helper.from_array(np.random.RandomState(0).randn(8, 3, 3, 3).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["images", "w"], ["head"], pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("head", TensorProto.FLOAT, [1, 8, 32, 32])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.metadata_props.add(key="classes", value='["car"]')
+    onnx.save(model, tmp_path / "m.onnx")
+    convert_to_ir(tmp_path / "m.onnx", tmp_path / "m.xml")
+    assert ir_metadata(tmp_path / "m.xml") == {"classes": '["car"]'}
+    images = [np.random.RandomState(i).randn(1, 3, 32, 32).astype(np.float32) for i in range(3)]
+    for name in ("a", "b"):
+        quantize_ir(tmp_path / "m.xml", tmp_path / f"{name}.xml", images)
+    assert ir_metadata(tmp_path / "a.xml") == {"classes": '["car"]', "precision": "int8",
+                                               "quantization": "nncf-ptq openvino"}
+    for suffix in (".xml", ".bin"):
+        assert (tmp_path / f"a{suffix}").read_bytes() == (tmp_path / f"b{suffix}").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "a.xml", "b.bin", "b.xml", "m.bin", "m.onnx",
+                                                          "m.xml"]

@@ -8,8 +8,6 @@ real images; on some models and sizes that graph beats the run's own QDQ graph (
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +32,8 @@ def quantize_ir(fp32_xml: str | os.PathLike, out_xml: str | os.PathLike, images:
     INT8 IR atomically (``.bin`` first, then ``.xml``), keeping the fp32 IR's compressdet metadata.
 
     Node names that NNCF or OpenVINO number from a process-wide counter are replaced as in
-    :func:`compressdet.export._openvino.convert_to_ir`, so the same inputs give the same files.
+    :func:`compressdet.export._openvino.convert_to_ir` (both save through ``save_ir``), so the same inputs
+    give the same files.
 
     Returns:
         ``{"path", "bin", "calibration_images", "nncf"}``.
@@ -42,25 +41,13 @@ def quantize_ir(fp32_xml: str | os.PathLike, out_xml: str | os.PathLike, images:
     import nncf
     import openvino as ov
 
-    from ..export._openvino import RT_INFO_KEY, _stable_names, ir_bin_path, ir_metadata
+    from ..export._openvino import ir_bin_path, ir_metadata, save_ir
 
     fp32_xml, out_xml = Path(fp32_xml), Path(out_xml)
     meta = ir_metadata(fp32_xml)
     model = ov.Core().read_model(str(fp32_xml))
     data = nncf.Dataset([np.ascontiguousarray(x, dtype=np.float32) for x in images])
     quantized = nncf.quantize(model, data, subset_size=len(images))
-    out_xml.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_xml.name}.", dir=out_xml.parent))
-    try:
-        ov.save_model(quantized, str(tmp / "first.xml"), compress_to_fp16=False)
-        quantized = ov.Core().read_model(str(tmp / "first.xml"))
-        _stable_names(quantized)
-        for key, value in sorted({**meta, "precision": "int8", "quantization": "nncf-ptq openvino"}.items()):
-            quantized.set_rt_info(value, [RT_INFO_KEY, key])
-        ov.save_model(quantized, str(tmp / "model.xml"), compress_to_fp16=False)
-        os.replace(tmp / "model.bin", ir_bin_path(out_xml))
-        os.replace(tmp / "model.xml", out_xml)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_ir(quantized, out_xml, {**meta, "precision": "int8", "quantization": "nncf-ptq openvino"})
     return {"path": str(out_xml), "bin": str(ir_bin_path(out_xml)), "calibration_images": len(images),
             "nncf": nncf.__version__}

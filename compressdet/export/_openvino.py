@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import MissingDependencyError, UserError
 from .runtime import onnx_metadata
 
-__all__ = ["openvino_unavailable", "check_openvino", "convert_to_ir", "OpenVINORunner", "ir_bin_path",
+__all__ = ["openvino_unavailable", "check_openvino", "convert_to_ir", "save_ir", "OpenVINORunner", "ir_bin_path",
            "ir_metadata", "PRECISIONS", "RT_INFO_KEY"]
 
 #: bench backend -> what the runner asks for (None: OpenVINO's default, bf16 where the CPU has it)
@@ -108,7 +108,24 @@ def convert_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> 
     onnx_path, xml_path = Path(onnx_path), Path(xml_path)
     if not onnx_path.is_file():
         raise UserError(f"{onnx_path}: ONNX file to convert to OpenVINO IR does not exist")
-    model = ov.convert_model(str(onnx_path))
+    # the graph's metadata (classes, input size, arch, postprocess, ...) under our own key, so an IR
+    # copied without its ONNX still says what its outputs mean (ir_metadata reads it back)
+    model = save_ir(ov.convert_model(str(onnx_path)), xml_path, onnx_metadata(onnx_path),
+                    input_model=onnx_path.name)  # no local folder in the file
+    shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]
+    return {"path": str(xml_path), "bin": str(ir_bin_path(xml_path)), "input_shape": shape}
+
+
+def save_ir(model: Any, xml_path: str | os.PathLike, metadata: dict[str, str], *,
+            input_model: str | None = None) -> Any:
+    """Save an OpenVINO model as IR ``xml_path`` (+ ``.bin``) with stable node names and ``metadata``
+    under :data:`RT_INFO_KEY` (``input_model``: the ``conversion_parameters`` entry to record), both
+    files written in a temporary folder beside it and renamed into place, the ``.bin`` first; returns
+    the model as saved. Shared by the export and NNCF's INT8 IR, so both are reproducible the same way.
+    """
+    import openvino as ov
+
+    xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{xml_path.name}.", dir=xml_path.parent))
     try:
@@ -116,18 +133,16 @@ def convert_to_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike) -> 
         ov.save_model(model, str(tmp / "first.xml"), compress_to_fp16=False)
         model = ov.Core().read_model(str(tmp / "first.xml"))
         _stable_names(model)
-        model.set_rt_info(onnx_path.name, ["conversion_parameters", "input_model"])  # no local folder in the file
-        # the graph's metadata (classes, input size, arch, postprocess, ...) under our own key, so an IR
-        # copied without its ONNX still says what its outputs mean (ir_metadata reads it back)
-        for key, value in sorted(onnx_metadata(onnx_path).items()):
+        if input_model is not None:
+            model.set_rt_info(input_model, ["conversion_parameters", "input_model"])
+        for key, value in sorted(metadata.items()):
             model.set_rt_info(value, [RT_INFO_KEY, key])
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
         os.replace(tmp / "model.bin", ir_bin_path(xml_path))
         os.replace(tmp / "model.xml", xml_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]
-    return {"path": str(xml_path), "bin": str(ir_bin_path(xml_path)), "input_shape": shape}
+    return model
 
 
 class OpenVINORunner:
