@@ -161,6 +161,14 @@ def test_deploy_model_file_without_data_is_refused(tmp_path, capsys):
     assert not (tmp_path / "deploy").exists()
 
 
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_deploy_tolerance_must_be_finite(tmp_path, capsys, value):
+    """A NaN tolerance would accept every candidate (no drop compares greater than NaN): refused up front."""
+    assert main(["deploy", str(tmp_path / "none"), f"--max-map-drop={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --max-map-drop {float(value)}: expected a finite number of mAP points"
+
+
 def test_deploy_dir_without_report_is_refused_by_predict(tmp_path):
     from compressdet.errors import UserError
     from compressdet.predict.predictor import resolve_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     def log(s: str) -> None:
         console.print(s, highlight=False, markup=False)
 
+    if not math.isfinite(args.max_map_drop):  # nan would let every candidate through (drop > nan is False)
+        raise UserError(f"--max-map-drop {args.max_map_drop}: expected a finite number of mAP points")
     for flag, v in (("--runs", args.runs), ("--rounds", args.rounds), ("--calibration-images", args.calibration_images)):
         if v <= 0:
             raise UserError(f"{flag} {v}: must be positive")
