@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_path", "atomic_dir", "atomic_write_text", "atomic_write_bytes", "atomic_write_json",
+__all__ = ["atomic_path", "atomic_dir", "atomic_save_figure", "atomic_write_text", "atomic_write_bytes", "atomic_write_json",
            "atomic_torch_save", "atomic_save_with", "canonical", "sha256_file"]
 
 
@@ -104,6 +104,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """A matplotlib figure as a PNG at ``path``, atomically, then closed (pyplot keeps every open figure)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path, suffix=".png.tmp") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def atomic_save_with(path: str | os.PathLike, write: Callable[[io.BytesIO], Any]) -> Path:

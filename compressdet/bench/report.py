@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_path, atomic_write_json, atomic_write_text
+from .._io import atomic_save_figure, atomic_write_json, atomic_write_text
 from ..conventions import KITTI_CLASSES
 from ..eval.kitti_eval import LEVELS
 from ..eval.table import size_cells
@@ -239,10 +239,7 @@ def pareto_plot(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_title("mAP vs latency" if has_map else "MACs vs latency")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png.tmp") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return atomic_save_figure(fig, path)
 
 
 def write_reports(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

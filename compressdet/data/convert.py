@@ -203,7 +203,7 @@ def plot_size_histogram(st: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .._io import atomic_path
+    from .._io import atomic_save_figure
 
     per: dict[str, list[float]] = {}
     for sp in st["splits"].values():
@@ -230,7 +230,4 @@ def plot_size_histogram(st: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("boxes")
     ax.set_title(f"{st['root']} ({st['format']}): {n_img} images, {len(allv)} boxes")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return atomic_save_figure(fig, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_path, atomic_write_text
+from .._io import atomic_save_figure, atomic_write_text
 
 __all__ = ["write_reports", "markdown", "chart", "CHART"]
 
@@ -44,10 +44,7 @@ def chart(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_title("deploy candidates: mAP vs latency")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png.tmp") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return atomic_save_figure(fig, path)
 
 
 def _f(v: Any, fmt: str = "{:.2f}") -> str:

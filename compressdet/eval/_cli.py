@@ -291,15 +291,14 @@ def _cmd_viz_mask(args: argparse.Namespace) -> int:
 
 
 def _cmd_viz_pr(args: argparse.Namespace) -> int:
-    from .._io import atomic_path
+    from .._io import atomic_save_figure
     from .kitti_eval import evaluate_kitti
     from .viz import plot_pr_curves
 
     gt, dets, _ = load_kitti_dirs(args.gt, args.det, _ids(args.ids))
     fig = plot_pr_curves(evaluate_kitti(gt, dets, protocol=args.protocol, return_curves=True))
     out = png_path(args.out)
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
+    atomic_save_figure(fig, out)
     print(f"wrote {out}")
     return 0
 
