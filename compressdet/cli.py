@@ -32,12 +32,10 @@ _COMMAND_MODULES = (
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run_recipe
-    from .recipe import load_recipe
+    from .api import run
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    run_dir = run_recipe(recipe, run_dir=args.run_dir, resume=args.resume, from_stage=args.from_stage,
-                         only=args.only, runs_root=args.runs_root)
+    run_dir = run(args.recipe, args.overrides, run_dir=args.run_dir, resume=args.resume, from_stage=args.from_stage,
+                  only=args.only, runs_root=args.runs_root).path
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"finished: {run_dir}")
         print(f"next: compressdet export {run_dir} --onnx   |   compressdet bench {run_dir}")
