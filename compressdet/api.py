@@ -82,7 +82,8 @@ def run(recipe: PathLike | Recipe | Mapping[str, Any], overrides: Sequence[str] 
         run_dir: the run directory (default: a new ``runs_root/<name>/<time>``).
         resume: continue the latest run of this recipe (or ``run_dir``): finished stages are verified and skipped.
         runs_root: where new run directories go.
-        from_stage: re-run this stage and every one after it; only: run only this stage.
+        from_stage: re-run this stage and every one after it.
+        only: run only this stage (its inputs must be done).
 
     Raises:
         UserError: bad recipe, data or run directory (one line each).
@@ -324,6 +325,8 @@ def load(path_or_run: PathLike | Run, stage: str | None = None, backend: str = "
     ``.onnx`` graph, an OpenVINO ``.xml``, a deploy folder or ``asset:<name>``, as ``compressdet predict --model``.
 
     Args:
+        path_or_run: a :class:`Run`, a run directory, a model file, a graph, a deploy folder or ``asset:<name>``.
+        stage: the run's stage whose model to open (default: the last one with a model).
         backend: ``torch``, ``ort``, ``ort-int8``, ``openvino``, ``openvino-f32``, ``openvino-int8`` or ``tensorrt``.
 
     Raises:
@@ -449,10 +452,11 @@ def compress(student: Any, teacher: Any = None, *, data: Mapping[str, Any], stag
     ``compressdet run`` makes.
 
     Args:
-        student, teacher: a torchvision ``FCOS`` / ``RetinaNet`` instance (wrapped with
+        student: a torchvision ``FCOS`` / ``RetinaNet`` instance (wrapped with
             :func:`compressdet.models.wrap_torchvision` at ``data``'s image_size and classes; give its factory
             so that other processes can rebuild it) or a detector on compressdet's contract whose ``arch``
             rebuilds it (a registered model, or one built from a factory).
+        teacher: the same kinds of object, or None (then the default fine-tune is not distilled).
         data: the recipe's ``data`` block as a dict (format, image_size, classes, ...).
         stages: stage dicts with the YAML's structure, naming ``student`` / ``teacher`` in ``from`` /
             ``teacher``; default :func:`default_stages` (the fine-tune with the recipe's default schedule: set
@@ -460,10 +464,15 @@ def compress(student: Any, teacher: Any = None, *, data: Mapping[str, Any], stag
         name: the recipe name (run folder ``runs_root/<name>/<id>``; the model files go to
             ``runs_root/<name>/_inputs/``).
         overrides: dotted ``key=value`` overrides on the built recipe.
-        student_factory, teacher_factory: for a torchvision instance: ``"pkg.mod:fn"``, ``"./file.py:fn"``, a
-            module-level function or a :func:`functools.partial` of one with keyword arguments; it is recorded in
-            the model file (``arch["factory"]``) and called again, with ``num_classes`` / ``image_size`` /
-            ``classes`` where it takes them, wherever the file is opened.
+        seed: the recipe's seed.
+        student_factory: for a torchvision instance: ``"pkg.mod:fn"``, ``"./file.py:fn"``, a module-level
+            function or a :func:`functools.partial` of one with keyword arguments; it is recorded in the model file
+            (``arch["factory"]``) and called again, with ``num_classes`` / ``image_size`` / ``classes`` where it
+            takes them, wherever the file is opened (bench's timing processes, :func:`load` in a new session).
+        teacher_factory: the same for a torchvision ``teacher``.
+
+    Returns:
+        the finished :class:`Run`.
 
     Raises:
         UserError: a model that cannot be saved and rebuilt, a bad data block or stage (one line naming it).
