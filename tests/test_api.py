@@ -200,3 +200,51 @@ def test_default_stages_make_a_valid_recipe():
     assert recipe.stage("export").from_ == "int8" and "onnx-int8" in recipe.stage("export").formats
     plain = [s["name"] for s in default_stages(False, quantize=False)]
     assert plain == ["finetune", "export", "bench"] and "teacher" not in default_stages(False)[0]
+
+
+def test_run_reads_reports_and_refuses_a_stage_without_a_model(tmp_path):
+    """``report`` / ``deploy``: the last finished bench / deploy stage's file, else the commands' folders."""
+    run_dir = tmp_path / "r"
+    for rel, body in {"a/model.pt": "m", "b1/report.json": '{"n": 1}', "b2/report.json": '{"n": 2}',
+                      "deploy/deploy.json": '{"chosen": "ort"}'}.items():
+        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / rel).write_text(body)
+    stages = {"a": {"kind": "train", "status": "done", "artifacts": {"model": {"path": "a/model.pt"}}},
+              "b1": {"kind": "bench", "status": "done", "artifacts": {"report": {"path": "b1/report.json"}}},
+              "b2": {"kind": "bench", "status": "done", "artifacts": {"report": {"path": "b2/report.json"}}},
+              "b3": {"kind": "bench", "status": "failed"}}
+    (run_dir / "manifest.json").write_text(json.dumps({"recipe": "x", "stages": stages}))
+    run = Run(run_dir)
+    assert run.report == {"n": 2} and run.deploy == {"chosen": "ort"}
+    assert [s.status for s in run.stages] == ["done", "done", "done", "failed"] and run.metrics("b3") == {}
+    assert run.model_path() == run_dir / "a" / "model.pt"
+    with pytest.raises(UserError, match="stage 'b1' has no model file \\(stages with one: a\\)"):
+        run.model_path("b1")
+    (run_dir / "manifest.json").write_text(json.dumps({"recipe": "x", "stages": {"a": stages["a"]}}))
+    (run_dir / "bench").mkdir()
+    (run_dir / "bench" / "report.json").write_text('{"n": 3}')
+    assert run.report == {"n": 3}  # what `compressdet bench RUN` wrote; the manifest is read again
+
+
+def test_run_applies_overrides_to_a_recipe_object(tmp_path):
+    from compressdet import load_recipe
+    from compressdet.api import _as_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
+    changed = _as_recipe(recipe, ["stages.teacher.schedule.steps=7"])
+    assert changed.stage("teacher").schedule.steps == 7 and recipe.stage("teacher").schedule.steps != 7
+    assert _as_recipe(recipe, None) is recipe
+    with pytest.raises(RecipeError, match="teachr"):
+        compressdet.run(recipe, overrides=["stages.teachr.schedule.steps=7"], runs_root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_load_a_shipped_model_file_and_predict():
+    det = compressdet.load("asset:shuffledet_0.25x_imitated_synthkitti")
+    assert det.backend == "torch" and det.classes == ["car", "pedestrian", "cyclist"]
+    found = det.predict(_image(), score_threshold=0.0)
+    assert len(found) > 0 and set(found.class_names) <= set(det.classes)
+    with pytest.raises(UserError, match="unknown backend 'onnx'"):
+        compressdet.load("asset:shuffledet_0.25x_imitated_synthkitti", backend="onnx")
+    with pytest.raises(UserError, match="score_threshold 2"):
+        det.predict(_image(), score_threshold=2)
