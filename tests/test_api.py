@@ -248,3 +248,24 @@ def test_load_a_shipped_model_file_and_predict():
         compressdet.load("asset:shuffledet_0.25x_imitated_synthkitti", backend="onnx")
     with pytest.raises(UserError, match="score_threshold 2"):
         det.predict(_image(), score_threshold=2)
+
+
+@pytest.mark.slow
+def test_compress_default_stages_run_end_to_end(tmp_path):
+    """The default chain (distilled fine-tune, PTQ, export, bench) on a held FCOS: bench's timing processes and
+    ``load(..., backend="ort-int8")`` rebuild the model from the factory recorded in its file."""
+    quick = ["device=cpu", "stages.finetune.schedule.steps=1", "stages.finetune.schedule.batch_size=2",
+             "stages.finetune.schedule.eval_every=1", "stages.finetune.schedule.threads=1",
+             "stages.int8.quant.calibration_images=2", "stages.bench.stages=[finetune,int8]",
+             "stages.bench.backends=[ort,ort-int8]", "stages.bench.runs=1", "stages.bench.rounds=1",
+             "stages.bench.warmup=0", "stages.bench.threads=1"]
+    run = compressdet.compress(tiny_fcos(2), tiny_fcos(2, width=8), data=DATA, runs_root=tmp_path / "runs",
+                               overrides=quick, student_factory=tiny_fcos,
+                               teacher_factory=functools.partial(tiny_fcos, width=8))
+    assert [(s.name, s.status) for s in run.stages] == [(n, "done") for n in
+                                                        ("student", "teacher", "finetune", "int8", "export", "bench")]
+    assert [r["label"] for r in run.report["rows"]] == ["finetune", "int8 (ptq)"]
+    assert {"onnx", "onnx_int8"} <= set(run.artifacts("export"))
+    det = compressdet.load(run, stage="int8", backend="ort-int8")
+    assert det.path.name.endswith(".onnx") and det.classes == ["car", "pedestrian"]
+    assert set(det.predict(_image(), score_threshold=0.0).class_names) <= {"car", "pedestrian"}
