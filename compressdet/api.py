@@ -457,7 +457,7 @@ def compress(student: Any, teacher: Any = None, *, data: Mapping[str, Any], stag
             so that other processes can rebuild it) or a detector on compressdet's contract whose ``arch``
             rebuilds it (a registered model, or one built from a factory).
         teacher: the same kinds of object, or None (then the default fine-tune is not distilled).
-        data: the recipe's ``data`` block as a dict (format, image_size, classes, ...).
+        data: the recipe's ``data`` block as a dict (format, image_size, classes, ...) or a ``DataConfig``.
         stages: stage dicts with the YAML's structure, naming ``student`` / ``teacher`` in ``from`` /
             ``teacher``; default :func:`default_stages` (the fine-tune with the recipe's default schedule: set
             it with ``overrides=["stages.finetune.schedule.steps=2000"]``).
@@ -479,7 +479,7 @@ def compress(student: Any, teacher: Any = None, *, data: Mapping[str, Any], stag
     """
     from .recipe import parse_recipe
 
-    data = _plain(dict(data))
+    data = _plain(data.model_dump(mode="json") if hasattr(data, "model_dump") else dict(data))  # a DataConfig too
     quantizable = _quantizable(student)
     chosen = [dict(s) for s in stages] if stages is not None else default_stages(teacher is not None, quantizable)
     refs = [{"name": "student", "kind": "model_file", "path": "student.pt"}]

@@ -180,6 +180,10 @@ def test_compress_refuses_what_it_cannot_rebuild_and_writes_nothing(tmp_path):
         compressdet.compress(student, data=DATA, runs_root=roots, student_factory=functools.partial(tiny_fcos, width="x"))
     with pytest.raises(UserError, match="positional arguments"):
         compressdet.compress(student, data=DATA, runs_root=roots, student_factory=functools.partial(tiny_fcos, 2))
+    from compressdet.recipe import DataConfig
+
+    with pytest.raises(UserError, match="student: a torchvision FCOS cannot be rebuilt"):  # a DataConfig is data too
+        compressdet.compress(student, data=DataConfig.model_validate(DATA), runs_root=roots)
     assert not roots.exists()
 
 
