@@ -128,3 +128,11 @@ def _line_of(constant: str) -> int:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == constant for t in node.targets):
             return node.lineno
     raise AssertionError(constant)
+
+
+def test_only_the_cli_and_the_package_root_import_the_python_api():
+    """``compressdet.api`` sits on top: the command line and ``compressdet/__init__`` use it, nothing else does."""
+    users = sorted(m for m, imps in _sources().items()
+                   if any(i == "compressdet.api" or i.startswith("compressdet.api.") for i in imps))
+    assert set(users) <= {"compressdet", "compressdet.cli"}, users
+    assert "compressdet.cli" in users  # the CLI's run is a thin layer over compressdet.run
