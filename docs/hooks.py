@@ -81,12 +81,19 @@ def model_fields(model: type[BaseModel]) -> list[tuple[str, FieldInfo]]:
     return [(n, f) for n, f in model.model_fields.items() if not f.exclude]
 
 
+def own_stage_schemas() -> dict[str, type[BaseModel]]:
+    """compressdet's stage kinds: a plugin's kinds registered in the same process (a test's) are not ours."""
+    from compressdet import recipe as r
+
+    return {k: cls for k, cls in sorted(r.stage_schemas().items()) if cls.__module__.split(".")[0] == "compressdet"}
+
+
 def documented_models() -> list[tuple[str, type[BaseModel]]]:
     """(heading, model) for the recipe, its data block, every stage kind and every block these use."""
     from compressdet import recipe as r
 
     top = [("Recipe", r.Recipe), ("data", r.DataConfig)]
-    top += [(f"kind: {kind}", cls) for kind, cls in sorted(r.stage_schemas().items())]
+    top += [(f"kind: {kind}", cls) for kind, cls in own_stage_schemas().items()]
     seen = {m for _, m in top}
     out, queue = list(top), [m for _, m in top]
     while queue:

@@ -58,7 +58,9 @@ def test_trainer_distillation_through_the_contract_is_unchanged(tmp_path):
     res = golden.trainer_numbers(tmp_path)
     g = GOLD["trainer"]
     assert res["final_losses"] == {k: pytest.approx(v, rel=1e-5) for k, v in g["final_losses"].items()}
-    assert res["param_sum"] == pytest.approx(g["param_sum"], rel=1e-7)
+    # recorded on an AVX-512 CPU; torch picks other float kernels per CPU capability (an AVX2 EPYC lands
+    # 1.4e-7 away after 3 steps), so the sum is held to 1e-6, still far below what a changed loss moves
+    assert res["param_sum"] == pytest.approx(g["param_sum"], rel=1e-6)
 
 
 def test_exported_graph_is_unchanged(tmp_path):

@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 import torch
 
+from compressdet._cpu import INT8_SATURATION_NOTE, int8_dot_product
+
 pytest.importorskip("torchao")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -186,6 +188,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("synth")
 
 
+@pytest.mark.skipif(not int8_dot_product(), reason=INT8_SATURATION_NOTE)
 @pytest.mark.parametrize("arch", list(HEAD))
 def test_ptq_stage(tmp_path, cache, arch):
     model, run, rec, recipe = _run(tmp_path, cache, arch, PTQ)

@@ -45,6 +45,16 @@ class OpenBackend:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _warn_int8_saturation() -> None:
+    """Once per process: ORT INT8 on an x86 CPU without VNNI/AMX may not match PyTorch (saturating int16 sums)."""
+    import warnings
+
+    from .._cpu import INT8_SATURATION_NOTE, int8_dot_product
+
+    if not int8_dot_product():
+        warnings.warn(INT8_SATURATION_NOTE, RuntimeWarning, stacklevel=3)
+
+
 def open_backend(backend: str, path: str | Path, *, threads: int | None = None) -> OpenBackend:
     """Open ``path`` on ``backend``.
 
@@ -85,6 +95,9 @@ def open_backend(backend: str, path: str | Path, *, threads: int | None = None) 
             sess = ort_session(path, threads=threads)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise UserError(f"{path}: ONNX Runtime cannot load it ({str(e).strip().splitlines()[0][:160]})") from None
+        if backend == "ort-int8":
+            _warn_int8_saturation()
+
         def run_ort(x: np.ndarray) -> Any:
             out = ort_run(sess, x)
             return out[0] if len(out) == 1 else tuple(out)

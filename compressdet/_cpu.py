@@ -1,0 +1,37 @@
+"""What the CPU offers int8 inference, read once from the OS (bottom layer: bench, predict and deploy warn
+from it, the tests skip the int8 numerics checks that need it)."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+__all__ = ["cpu_flags", "int8_dot_product", "INT8_SATURATION_NOTE"]
+
+#: why ONNX Runtime's u8s8 int8 convolutions can differ from PyTorch's on some x86 CPUs
+INT8_SATURATION_NOTE = ("this x86 CPU has no VNNI/AMX int8 dot product: ONNX Runtime's u8s8 int8 kernels add "
+                        "pairs of products in saturating int16 here, so ORT INT8 outputs can differ from PyTorch's "
+                        "(check the mAP, e.g. compressdet deploy; OpenVINO or fp32 are not affected)")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The ``flags`` of the first CPU in /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def int8_dot_product() -> bool:
+    """True unless this is an x86 CPU known to lack VNNI / AMX (where u8s8 int8 kernels saturate)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True  # ARM's and others' int8 kernels accumulate in int32
+    flags = cpu_flags()
+    if not flags:
+        return True  # unknown: do not warn on a guess
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
