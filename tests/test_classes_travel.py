@@ -139,3 +139,12 @@ def test_tensorrt_engine_takes_classes_from_the_onnx_beside_it(tmp_path, monkeyp
     assert got.backend == "tensorrt" and got.classes == ["vehicle", "person"] and got.image_size == (64, 160)
     assert predictor.resolve_model(tmp_path / "alone.engine", log=lambda s: None).classes == ["car", "pedestrian",
                                                                                               "cyclist"]
+
+
+def test_a_model_without_recorded_classes_is_never_given_kitti_names_it_does_not_have():
+    """export and predict share one fallback: KITTI's three for a 3-class file, else class0..N-1 (the exporter
+    used to cut KITTI's list to N, naming a 2-class COCO model car/pedestrian)."""
+    from compressdet.conventions import default_classes
+
+    assert default_classes(3) == ["car", "pedestrian", "cyclist"]
+    assert default_classes(2) == ["class0", "class1"] and default_classes(5)[-1] == "class4"

@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import __version__
 from .._io import sha256_file
-from ..conventions import KITTI_CLASSES, MEAN_BGR
+from ..conventions import MEAN_BGR, default_classes
 from ..errors import UserError
 from .formats import FORMATS, get_format, validate_options
 
@@ -64,7 +64,7 @@ class ExportSource:
         if self.recipe is not None:
             return list(self.recipe.data.classes)
         n = int(getattr(self.model, "num_classes", 3))
-        return list(self.meta.get("classes") or KITTI_CLASSES[:n])
+        return list(self.meta.get("classes") or default_classes(n))
 
     @property
     def name(self) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..conventions import KITTI_CLASSES
+from ..conventions import KITTI_CLASSES, default_classes
 from ..errors import DataError, MissingDependencyError, UserError
 
 __all__ = ["PREDICT_BACKENDS", "ResolvedModel", "PredictOptions", "Predictor", "resolve_model", "iter_sources",
@@ -117,12 +117,6 @@ def _from_run(run_dir: Path, backend: str | None, stage: str | None, log: Callab
     log(f"using {v.label} of {run_dir} on {backend}: {path}")
     return ResolvedModel(Path(path), backend, size, classes, pp, f"{v.label} ({run_dir.name})", run_dir=run_dir,
                          arch=dict(getattr(model, "arch", {}) or {}) or None)
-
-
-def default_classes(n: int) -> list[str]:
-    """Class names of a model file that records none: KITTI's three for a 3-class model (files made before
-    classes were recorded were KITTI models), else ``class0 .. class{n-1}`` (never a guess at real names)."""
-    return list(KITTI_CLASSES) if n == 3 else [f"class{i}" for i in range(n)]
 
 
 def _classes_from_meta(meta: dict[str, str], path: Path) -> list[str] | None:
