@@ -63,7 +63,7 @@ PRESETS = {"full": {"sizes": [(192, 624), (384, 1248)], "runs": 60, "rounds": 3,
 
 
 def _size(text: str) -> tuple[int, int]:
-    from compressdet.bench._cli import parse_size
+    from compressdet.cli._args import parse_size
     from compressdet.errors import UserError
 
     try:

@@ -43,7 +43,7 @@ def test_eval_coco_nan_score_is_exit_2_naming_file_and_detection(tmp_path):
     (_det(image_id=[1]), r"detection 0: 'image_id' must be an int, got \[1\]"),
 ])
 def test_detections_must_be_finite(tmp_path, det, match):
-    from compressdet.eval._cli import load_coco_pair
+    from compressdet.eval import load_coco_pair
 
     gt, path = tmp_path / "gt.json", tmp_path / "dets.json"
     gt.write_text(json.dumps(GT))
@@ -54,7 +54,7 @@ def test_detections_must_be_finite(tmp_path, det, match):
 
 
 def test_ground_truth_boxes_must_be_finite(tmp_path):
-    from compressdet.eval._cli import load_coco_pair
+    from compressdet.eval import load_coco_pair
 
     gt, path = tmp_path / "gt.json", tmp_path / "dets.json"
     bad = json.loads(json.dumps(GT))
@@ -106,7 +106,7 @@ def test_coco_annotation_and_yolo_line_nan_are_named(tmp_path):
 def test_ground_truth_annotation_ids_index_the_file(tmp_path, ann_id, match):
     """COCO indexes annotations by id: a missing, unhashable or repeated id is named, not a crash or a silent
     overwrite (found by fuzzing with another seed)."""
-    from compressdet.eval._cli import load_coco_pair
+    from compressdet.eval import load_coco_pair
 
     gt = {**GT, "annotations": [*GT["annotations"], {**GT["annotations"][0], "id": ann_id}]}
     (tmp_path / "gt.json").write_text(json.dumps(gt))

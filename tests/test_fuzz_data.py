@@ -324,7 +324,7 @@ DETS_NAMED = {"images": [{"id": 7, "file_name": "a.png"}, {"id": 8, "file_name":
 
 
 def test_fuzz_coco_detections_reader(work):
-    from compressdet.eval._cli import load_coco_pair
+    from compressdet.eval import load_coco_pair
     from compressdet.eval.coco_eval import evaluate_coco_json
 
     gt_path, det_path = work / "gt.json", work / "dets.json"

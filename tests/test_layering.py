@@ -1,6 +1,7 @@
 """The map in docs/architecture.md, checked on the source: the bottom imports nothing above it, the
-lower packages never reach up to the pipeline, a stage never imports another stage, eval's library
-takes masks rather than models, and the shared constants are defined once.
+lower packages never reach up to the pipeline or the command line, a stage never imports another stage,
+eval takes masks rather than models, models know no data set or recipe, the commands live in
+``compressdet/cli/`` alone, and the shared constants are defined once.
 
 Every ``import`` in the package (module level and inside functions) is read with ``ast`` and
 resolved to a ``compressdet.*`` module. Only direct imports are checked, and the order among the
@@ -66,7 +67,7 @@ def _top(mod: str) -> str:
 
 def test_import_resolution_sees_relative_and_function_level_imports(tmp_path):
     # the checker itself: a rule on nothing would pass on anything
-    imports = _imports(PKG / "eval" / "_cli.py")
+    imports = _imports(PKG / "cli" / "viz.py")
     assert "compressdet.models" in imports  # a function-level `from ..models import build_model`
     assert "compressdet.conventions.KITTI_CLASSES" in imports
     assert {"compressdet.data.kitti", "compressdet.errors"} <= _imports(PKG / "eval" / "kitti_eval.py")
@@ -98,11 +99,30 @@ def test_a_stage_never_imports_another_stage():
     assert not bad
 
 
-def test_eval_library_does_not_import_models():
-    # eval/_cli.py is a command (beside the pipeline), the library below it takes masks, not anchors
+def test_eval_does_not_import_models():
+    # eval takes masks and detections, not anchors; `compressdet viz mask` (cli/viz.py) joins the two
     bad = {m: sorted(i for i in imps if _top(i) == "models")
-           for m, imps in _sources().items() if _top(m) == "eval" and not m.endswith("._cli")}
+           for m, imps in _sources().items() if _top(m) == "eval"}
     assert not {m: v for m, v in bad.items() if v}
+
+
+def test_models_import_neither_data_nor_the_recipe():
+    # the detector contract knows no data set and no recipe (recipe.py imports models); `compressdet anchors`
+    # (cli/anchors.py) joins a recipe's labels with a RetinaNet's anchors
+    bad = {m: sorted(i for i in imps if _top(i) in {"data", "recipe"})
+           for m, imps in _sources().items() if _top(m) == "models"}
+    assert not {m: v for m, v in bad.items() if v}
+
+
+def test_the_commands_live_in_the_cli_package_alone():
+    """No library package carries command glue (a ``_cli`` module) or imports the command line; only the
+    ``python -m compressdet`` entry point does."""
+    assert not sorted(str(p.relative_to(PKG)) for p in PKG.rglob("_cli.py"))
+    assert {"run", "recipe", "info", "anchors", "data", "eval", "viz", "export", "bench", "predict", "deploy"} <= {
+        p.stem for p in (PKG / "cli").glob("*.py")}
+    users = {m: sorted(i for i in imps if _top(i) == "cli" or i.split(".")[-1] == "_cli")
+             for m, imps in _sources().items() if _top(m) != "cli"}
+    assert {m: v for m, v in users.items() if v} == {"compressdet.__main__": ["compressdet.cli", "compressdet.cli.main"]}
 
 
 @pytest.mark.parametrize("constant", ["MEAN_BGR", "KITTI_CLASSES"])
@@ -134,5 +154,5 @@ def test_only_the_cli_and_the_package_root_import_the_python_api():
     """``compressdet.api`` sits on top: the command line and ``compressdet/__init__`` use it, nothing else does."""
     users = sorted(m for m, imps in _sources().items()
                    if any(i == "compressdet.api" or i.startswith("compressdet.api.") for i in imps))
-    assert set(users) <= {"compressdet", "compressdet.cli"}, users
-    assert "compressdet.cli" in users  # the CLI's run is a thin layer over compressdet.run
+    assert all(m == "compressdet" or _top(m) == "cli" for m in users), users
+    assert "compressdet.cli.run" in users  # the CLI's run is a thin layer over compressdet.run

@@ -299,10 +299,10 @@ def test_info_command(capsys):
     import argparse
     import json
 
-    from compressdet.models import _cli
+    from compressdet.cli import info
 
     parser = argparse.ArgumentParser()
-    _cli.register(parser.add_subparsers())
+    info.register(parser.add_subparsers())
     args = parser.parse_args(["info", "shuffledet_0.25x", "--image-size", "192x624", "--json"])
     assert args.func(args) == 0
     s = json.loads(capsys.readouterr().out)

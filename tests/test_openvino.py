@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 
 def test_formats_and_backends_table():
-    from compressdet.export._cli import formats_from_flags
+    from compressdet.cli.export import formats_from_flags
     from compressdet.export.formats import BACKENDS, FORMATS, backend_format
 
     assert FORMATS["openvino"].requires == ("onnx",) and FORMATS["openvino-int8"].requires == ("onnx-int8",)

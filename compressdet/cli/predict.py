@@ -12,7 +12,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .._console import console as make_console
     from ..conventions import KITTI_CLASSES
     from ..errors import UserError
-    from .predictor import (
+    from ..predict.predictor import (
         SPLIT_PREFIX,
         PredictOptions,
         check_backend,
@@ -72,7 +72,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .predictor import PREDICT_BACKENDS
+    from ..predict.predictor import PREDICT_BACKENDS
 
     p = subparsers.add_parser(
         "predict", help="detect objects in images, a folder, a glob or a video; draw and write results",

@@ -47,8 +47,8 @@ def _postprocess(src: Any) -> dict[str, Any]:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from .._console import console as make_console
-    from ..bench._cli import parse_size
-    from .runner import DeployOptions, deploy
+    from ..deploy.runner import DeployOptions, deploy
+    from ._args import parse_size
 
     console = make_console()
 

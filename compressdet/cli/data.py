@@ -36,8 +36,8 @@ def _oversample(items: list[str]) -> dict[str, float]:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from ..data.synth import generate_synth
     from ..recipe import SynthConfig
-    from .synth import generate_synth
 
     try:
         cfg = SynthConfig(num_images=args.num_images, size=args.size, seed=args.seed,
@@ -62,7 +62,7 @@ _FORMATS = ("coco", "yolo", "voc", "kitti")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from ..data.convert import convert
 
     split_files = {}
     for item in args.split_file:
@@ -88,8 +88,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     from .._io import atomic_write_json
-    from .convert import open_source, plot_size_histogram, stats
-    from .formats import Issues
+    from ..data.convert import open_source, plot_size_histogram, stats
+    from ..data.formats import Issues
 
     cfg = open_source(args.dir, args.format, skip_bad=args.skip_bad)
     st = stats(cfg, Issues(args.skip_bad), args.split or None)
@@ -111,8 +111,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_kitti(args: argparse.Namespace) -> int:
+    from ..data.verify import verify_kitti
     from ..errors import DataError
-    from .verify import verify_kitti
 
     if not args.verify:
         raise UserError("data kitti: pass --verify DIR (checks a KITTI download against the original sha256)")

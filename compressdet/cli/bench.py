@@ -6,37 +6,17 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ._args import parse_ints, parse_size
 
-__all__ = ["register", "parse_size", "parse_ints"]
-
-
-def parse_size(text: str, flag: str = "--image-size") -> tuple[int, int]:
-    """``"384x1248"`` -> (384, 1248); both multiples of 16 (the models' stride); errors name ``flag``."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected HxW, e.g. 384x1248") from None
-    if h <= 0 or w <= 0 or h % 16 or w % 16:
-        raise UserError(f"{flag} {text}: both sides must be positive multiples of 16")
-    return h, w
-
-
-def parse_ints(text: str, flag: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,8") from None
-    if not vals or min(vals) <= 0:
-        raise UserError(f"{flag} {text!r}: expected positive integers")
-    return vals
+__all__ = ["register"]
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .._console import console as make_console
+    from ..bench.report import print_table
+    from ..bench.runner import BenchOptions, bench_run
     from ..export.formats import backend_format
     from ..rundir import latest_run_or_fail
-    from .report import print_table
-    from .runner import BenchOptions, bench_run
 
     console = make_console()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .formats import formats_help
+from ..export.formats import formats_help
 
 __all__ = ["register", "formats_from_flags"]
 
@@ -37,7 +37,7 @@ def formats_from_flags(onnx: bool, int8: bool, tensorrt: bool, openvino: bool = 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .._console import console as make_console
-    from .exporter import export_model
+    from ..export.exporter import export_model
 
     console = make_console()
     formats = formats_from_flags(args.onnx, args.int8, args.tensorrt, args.openvino)
