@@ -1008,9 +1008,11 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
     for loc, m in blocks:
         if m.arch is None:
             continue
-        if m.weights and not m.arch.startswith(("fcos_", "retinanet_")):
+        if m.arch in YOLO_MODELS:
+            pass  # model.weights: the user's Ultralytics .pt (its existence: _check_paths)
+        elif m.weights and not m.arch.startswith(("fcos_", "retinanet_")):
             errs.add((*loc, "weights"), f"'{m.arch}' takes no torchvision weights (fcos_* / retinanet_* only; "
-                     "ShuffleDet's backbone checkpoint is 'pretrained')")
+                     "ShuffleDet's backbone checkpoint is 'pretrained'; yolo*: an Ultralytics .pt)")
         elif m.weights and re.match(r"^[A-Z][A-Z0-9_]*$", m.weights) and m.arch in known:
             from .models import ModelError
             from .models.torchvision_det import weights_cache_path
@@ -1087,9 +1089,14 @@ def _check_factories(recipe: Recipe, errs: _Errors) -> None:
     it cannot run (each naming the stage and why)."""
     from .errors import UserError
     from .models._factory import _one_line, build_from_factory
+    from .models.yolo import EXTRA, YOLO_MODELS, ultralytics_available  # imports no Ultralytics
+
 
     blocks = [(("models", k), m) for k, m in recipe.models.items()]
     blocks += [(("stages", i, "model"), s.model) for i, s in enumerate(recipe.stages)
+        elif arch in YOLO_MODELS and not ultralytics_available():
+            errs.add(loc, f"'{arch}' needs Ultralytics, which is not installed: pip install '{EXTRA}' "
+                     "(AGPL-3.0: see docs/detectors.md)")
                if isinstance(getattr(s, "model", None), ModelConfig)]
     built: dict[int, Any] = {}
     for loc, m in blocks:
@@ -1112,6 +1119,33 @@ def _check_factories(recipe: Recipe, errs: _Errors) -> None:
     if not built:
         return
     by_name = {s.name: s for s in recipe.stages}
+    _check_yolo_stages(recipe, errs, YOLO_MODELS)
+
+
+#: the stages a yolo model cannot go through yet (issue #45), and why
+_YOLO_UNSUPPORTED = {
+    "prune": "channel pruning does not know Ultralytics' C2f/C3k2 blocks and DFL head yet",
+    "qat": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
+    "ptq": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
+}
+
+
+def _check_yolo_stages(recipe: Recipe, errs: _Errors, yolo_models: Any) -> None:
+    """Refuse up front, before any training, a stage a yolo model (its own or its 'from' chain's) cannot run."""
+    by_name = {s.name: s for s in recipe.stages}
+
+    def arch_of(stage: Any, depth: int = 0) -> str | None:
+        m = recipe.resolve_model(stage)
+        if m is not None:
+            return m.arch
+        src = by_name.get(getattr(stage, "from_", None) or "")
+        return arch_of(src, depth + 1) if src is not None and depth < len(by_name) else None
+
+    for i, s in enumerate(recipe.stages):
+        why = _YOLO_UNSUPPORTED.get(s.kind)
+        arch = arch_of(s) if why else None
+        if why and arch in yolo_models:
+            errs.add(("stages", i, "kind"), f"stage '{s.name}' ({s.kind}) cannot run on the yolo model '{arch}': {why}")
 
     def model_of(stage: Any, depth: int = 0) -> Any:
         m = recipe.resolve_model(stage)

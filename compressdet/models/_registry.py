@@ -46,7 +46,7 @@ def register_model(name: str, *, from_arch: Callable[[dict[str, Any]], Any] | No
 
 def _ensure_loaded() -> None:
     # the registered variants live in the family files; importing them fills the registry
-    from . import shuffledet, torchvision_det  # noqa: F401
+    from . import shuffledet, torchvision_det, yolo  # noqa: F401  (yolo imports Ultralytics only when built)
 
 
 def list_models(pattern: str | None = None) -> list[str]:

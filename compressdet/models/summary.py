@@ -63,6 +63,8 @@ def model_summary(model: nn.Module, image_size: Sequence[int] | None = None) -> 
     """
     image_size = tuple(int(v) for v in (image_size or model.image_size))
     total, per = count_macs(model, image_size)
+    if getattr(model, "family", "shuffledet") == "yolo":
+        return _yolo_summary(model, image_size, total, per)
     if getattr(model, "family", "shuffledet") != "shuffledet":
         return _fpn_summary(model, image_size, total, per)
     backbone_macs = per.get("backbone", 0)
@@ -119,5 +121,34 @@ def _fpn_summary(model: nn.Module, image_size: tuple[int, int], total: int, per:
         "feature_channels": [t.channels for t in model.feature_taps()],
         "output_shape": {name: [k, {"cls_logits": model.num_classes, "bbox_regression": 4, "bbox_ctrness": 1}[name]]
                          for name in model.export_outputs},
+        "stages": rows,
+    }
+
+
+def _yolo_summary(model: nn.Module, image_size: tuple[int, int], total: int, per: dict[str, int]) -> dict[str, Any]:
+    """:func:`model_summary` of an Ultralytics YOLO (``model.net.model``: the YAML's backbone layers, then its
+    head section, whose last layer is Detect): rows backbone / neck / head; ``macs.backbone`` = backbone + neck
+    (what feeds the head, as the FPN families count it)."""
+    layers = list(model.net.model)
+    nb = len(model.arch.get("cfg", {}).get("backbone", [])) or len(layers) - 1
+    groups = {"backbone": layers[:nb], "neck": layers[nb:-1], "head": layers[-1:]}
+    macs = {g: sum(per.get(f"net.model.{m.i}", 0) for m in mods) for g, mods in groups.items()}
+    macs["head"] = total - macs["backbone"] - macs["neck"]  # its convs run outside Detect.forward (forward_head)
+    params = {g: {"params": sum(count_params(m)["params"] for m in mods),
+                  "params_with_bn_stats": sum(count_params(m)["params_with_bn_stats"] for m in mods)}
+              for g, mods in groups.items()}
+    rows = [{"stage": g, "macs": macs[g], **params[g], "out_channels": None, "reduction": None} for g in groups]
+    pt = count_params(model)
+    k = sum(h * w for h, w in model.level_shapes())
+    body = {key: params["backbone"][key] + params["neck"][key] for key in ("params", "params_with_bn_stats")}
+    return {
+        "name": getattr(model, "arch", {}).get("name", type(model).__name__),
+        "image_size": list(image_size),
+        "macs": {"backbone": macs["backbone"] + macs["neck"], "head": macs["head"], "total": total},
+        "params": {"backbone": body["params"], "head": params["head"]["params"], "total": pt["params"]},
+        "params_with_bn_stats": {"backbone": body["params_with_bn_stats"],
+                                 "head": params["head"]["params_with_bn_stats"], "total": pt["params_with_bn_stats"]},
+        "feature_channels": [t.channels for t in model.feature_taps()],
+        "output_shape": {"box_dist": [4 * int(model.head.reg_max), k], "cls_logits": [model.num_classes, k]},
         "stages": rows,
     }

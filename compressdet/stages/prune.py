@@ -221,6 +221,10 @@ def run(ctx: StageContext) -> StageResult:
     methods = distill_methods(cfg)
     hw = tuple(recipe.data.image_size)
     model, meta_in = load_model(ctx.input("from").artifact("model"))
+    if getattr(model, "family", "shuffledet") == "yolo":  # issue #45: C2f/C3k2 concatenations + DFL head not mapped yet
+        raise UserError(f"stage '{ctx.name}': prune: channel pruning of yolo models is not supported yet (it knows "
+                        "ShuffleDet's and torchvision FCOS/RetinaNet's structure, not Ultralytics' C2f/C3k2 blocks "
+                        "and DFL head)")
     if getattr(model, "family", "shuffledet") != "shuffledet":
         return _run_fpn(ctx, model)
     if cfg.prune_head > 0:
