@@ -241,6 +241,15 @@ class ModelConfig(_Strict):
         return self.arch or f"factory {self.factory}"
 
 
+class ClipConfig(_Strict):
+    """Gradient-norm clipping before each optimizer step (issue #41)."""
+
+    mode: Literal["per_tensor", "global", "none"] = Field(
+        "per_tensor", description="per_tensor: each parameter's gradient to norm <= max_norm on its own (the seed's); "
+        "global: all gradients scaled together (torch.nn.utils.clip_grad_norm_); none: no clip")
+    max_norm: float = Field(1.0, gt=0, description="the norm clipped to")
+
+
 class ScheduleConfig(_Strict):
     """Step-based SGD schedule; defaults are the seed's (METHOD.md section 4)."""
 
@@ -252,13 +261,31 @@ class ScheduleConfig(_Strict):
     weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (on the parameters weight_decay_on names)")
     weight_decay_on: Literal["seed", "all"] = Field("seed", description="seed: head + adaptation only")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
-    clip_grad_norm: float | None = Field(1.0, gt=0, description="per-tensor gradient-norm clip")
+    clip: ClipConfig | None = Field(None, description="gradient clip {mode: per_tensor | global | none, max_norm}; "
+                                    "not given: clip_grad_norm's per-tensor clip (the seed's, 1.0)")
+    clip_grad_norm: float | None = Field(1.0, gt=0, description="legacy form of clip: a per-tensor clip at this norm "
+                                         "(null: none); give 'clip' or this, not both")
     eval_every: int = Field(500, gt=0, description="steps between evaluations on val (best checkpoint kept)")
     checkpoint_every: int = Field(500, gt=0, description="steps between resumable checkpoints")
     log_every: int = Field(20, gt=0, description="steps between loss logs (console, tensorboard)")
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = Field(False, description="train in channels-last memory format")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+    @model_validator(mode="after")
+    def _one_clip(self) -> "ScheduleConfig":
+        if self.clip is not None and "clip_grad_norm" in self.model_fields_set:
+            raise ValueError("give 'clip: {mode, max_norm}' or the legacy 'clip_grad_norm', not both")
+        return self
+
+    @property
+    def clip_setting(self) -> "ClipConfig":
+        """The clip in force: ``clip``, else ``clip_grad_norm`` as a per-tensor clip (null: none)."""
+        if self.clip is not None:
+            return self.clip
+        if self.clip_grad_norm is None:
+            return ClipConfig(mode="none")
+        return ClipConfig(mode="per_tensor", max_norm=self.clip_grad_norm)
 
 
 class ImitationConfig(_Strict):
@@ -277,16 +304,39 @@ class DistillConfig(_Strict):
     ``crosskd`` (the student's feature through the teacher's head). A list combines methods."""
 
     method: Literal["fgfi", "pkd", "crosskd"] = Field(description="the distillation method")
-    weight: float = Field(1.0, ge=0, description="this method's loss weight; 0 switches it off")
+    weight: Annotated[float, Field(ge=0)] | Literal["auto"] | None = Field(
+        None, description="this method's loss weight (0 switches it off); pkd: per FPN level, the levels' losses "
+        "summed (before issue #41 the levels were averaged: an old pkd weight w on an FPN family is now w per "
+        "level, 5x the strength); 'auto': set before training so the distillation gradient on the student's "
+        "backbone + neck is auto_ratio times the detection loss's; not given: the method's default (pkd: 2 per "
+        "level for FCOS, 10 for RetinaNet, as the reference configs, 1 for single-level ShuffleDet; fgfi, "
+        "crosskd: 1)")
+    auto_ratio: float = Field(1.0, gt=0, description="weight: auto: target ratio of the distillation loss's "
+                              "gradient norm to the detection loss's on the student's backbone + neck (1.0 until "
+                              "benchmarks/distill_methods.py --preset calibrated chooses it)")
+    auto_batches: int = Field(4, gt=0, description="weight: auto: training batches the gradient ratio is measured on")
     warmup_steps: int = Field(0, ge=0, description="steps without this loss at the start")
     psi: float = Field(0.5, gt=0, le=1, description="fgfi: mask threshold factor on each GT's max anchor IoU")
     normalizer: Literal["paper", "seed"] = Field("paper", description="fgfi: paper 2*N_p; seed: the seed code's")
-    tau: float = Field(1.0, gt=0, description="crosskd: temperature of the classification KD")
-    box_weight: float = Field(1.0, ge=0, description="crosskd: box (GIoU) term relative to the classification term")
+    tau: float = Field(1.0, gt=0, description="crosskd: temperature of the classification KD (1: the reference)")
+    box_weight: float = Field(1.0, ge=0, description="crosskd: box (GIoU) term relative to the classification term "
+                              "(paper variant: on top of the reference's own, FCOS 0.75 : 0.4)")
+    variant: Literal["paper", "adapter"] | None = Field(
+        None, description="crosskd: paper = the student's head-tower features at from_layer through the "
+        "teacher's head from that layer on (the CrossKD authors' code); adapter = every FPN level through a 1x1 "
+        "conv and the teacher's whole head (ShuffleDet's only variant); not given: paper where both models "
+        "expose their head tower (FCOS, RetinaNet), else adapter")
+    from_layer: int | None = Field(None, ge=0, description="crosskd paper: head-tower layer the student's "
+                                   "features leave at (not given: 2 for FCOS, 3 for RetinaNet, as the reference)")
+    align_scale: bool = Field(True, description="crosskd paper: match each channel's mean and std of the student's "
+                              "tower features to the teacher's before its head (parameter-free, as the reference)")
+    centerness: bool = Field(False, description="crosskd paper, FCOS: also distil centre-ness (BCE to the "
+                             "teacher's; the reference does not)")
 
     #: fields that belong to one method (the others refuse them)
     METHOD_ONLY: ClassVar[dict[str, str]] = {"psi": "fgfi", "normalizer": "fgfi", "tau": "crosskd",
-                                             "box_weight": "crosskd"}
+                                             "box_weight": "crosskd", "variant": "crosskd", "from_layer": "crosskd",
+                                             "align_scale": "crosskd", "centerness": "crosskd"}
 
     @model_validator(mode="after")
     def _fields_of_method(self) -> "DistillConfig":
@@ -294,11 +344,26 @@ class DistillConfig(_Strict):
         if wrong:
             raise ValueError(f"method '{self.method}' takes no {', '.join(sorted(wrong))} "
                              f"({', '.join(f'{f} is for {self.METHOD_ONLY[f]}' for f in sorted(wrong))})")
+        auto_only = sorted({"auto_ratio", "auto_batches"} & self.model_fields_set)
+        if auto_only and self.weight != "auto":
+            raise ValueError(f"{', '.join(auto_only)} only apply with 'weight: auto'")
+        paper_only = sorted({"from_layer", "align_scale", "centerness"} & self.model_fields_set)
+        if paper_only and self.variant == "adapter":
+            raise ValueError(f"{', '.join(paper_only)}: crosskd's paper variant only (variant is adapter)")
         return self
+
+    @property
+    def enabled(self) -> bool:
+        """On unless its weight is 0 (``auto`` and the default are on)."""
+        return not isinstance(self.weight, (int, float)) or self.weight > 0
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """Its own method's fields only: a resolved recipe must load again with the strict loader."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if self.METHOD_ONLY.get(k, self.method) == self.method}
+        skip = set() if self.weight == "auto" else {"auto_ratio", "auto_batches"}
+        if self.variant == "adapter":
+            skip |= {"from_layer", "align_scale", "centerness"}
+        return {k: v for k, v in self.model_dump(mode="json").items()
+                if self.METHOD_ONLY.get(k, self.method) == self.method and k not in skip}
 
     @classmethod
     def from_imitation(cls, imit: "ImitationConfig") -> "DistillConfig":
@@ -322,7 +387,7 @@ def as_distill_list(spec: "ImitationConfig | list[DistillConfig] | None") -> lis
     if spec is None:
         return []
     methods = [DistillConfig.from_imitation(spec)] if isinstance(spec, ImitationConfig) else list(spec)
-    return [m for m in methods if m.weight > 0]
+    return [m for m in methods if m.enabled]
 
 
 def distill_methods(stage: Any) -> list[DistillConfig]:
@@ -370,7 +435,7 @@ def _check_teacher_imitation(stage: "StageConfig") -> None:
     names = [m.method for m in (distill or [])]
     if len(set(names)) != len(names):
         raise ValueError(f"distill lists a method twice ({', '.join(names)}); give each method once, with one weight")
-    if any(m.weight > 0 for m in (distill or [])) and stage.teacher is None:
+    if any(m.enabled for m in (distill or [])) and stage.teacher is None:
         raise ValueError("distill with weight > 0 needs 'teacher: <stage name>'")
     if imit is not None and imit.weight > 0 and stage.teacher is None:
         raise ValueError("imitation with weight > 0 needs 'teacher: <stage name>'")

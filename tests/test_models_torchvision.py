@@ -359,7 +359,8 @@ def test_all_distillers_per_level(tmp_path, family):
     student = build_model(FAMILIES[family][0], image_size=HW)
     teacher = build_model(FAMILIES[family][1], image_size=HW).eval()
     t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    cfgs = [DistillConfig(method="fgfi"), DistillConfig(method="pkd", weight=0.5), DistillConfig(method="crosskd")]
+    cfgs = [DistillConfig(method="fgfi"), DistillConfig(method="pkd", weight=0.5),
+            DistillConfig(method="crosskd", variant="adapter")]  # the paper variant: tests/test_distill_calibrated.py
     sched = ScheduleConfig(steps=2, batch_size=2, lr=0.005, checkpoint_every=2, log_every=1)
     tr = Trainer(student, schedule=sched, loss_fn=student.build_loss(), train_loader=_Batches(), teacher=teacher,
                  imitation=cfgs, out_dir=tmp_path / "ckpt")

@@ -152,6 +152,9 @@ class TensorboardWriter(HookBase):
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.log_dir))
+            for method, vals in (self.trainer.storage.get("distill") or {}).items():  # weights in force (#41)
+                for k, v in vals.items():
+                    self.writer.add_scalar(f"distill/{method}/{k}", v, self.trainer.start_iter)
 
     def after_step(self) -> None:
         t = self.trainer

@@ -45,7 +45,7 @@ from .hooks import (
     TensorboardWriter,
 )
 
-__all__ = ["TrainerBase", "Trainer", "NonFiniteLossError", "cosine_lr_lambda", "clip_grad_norm_per_tensor",
+__all__ = ["TrainerBase", "Trainer", "NonFiniteLossError", "cosine_lr_lambda", "clip_grad_norm_per_tensor", "clip_gradients",
            "seed_param_groups"]
 
 
@@ -120,6 +120,16 @@ def clip_grad_norm_per_tensor(params: Iterable[Tensor], max_norm: float) -> None
     torch._foreach_mul_(grads, scales)
 
 
+def clip_gradients(params: Iterable[Tensor], mode: str, max_norm: float) -> None:
+    """``schedule.clip``: ``per_tensor`` (the seed's), ``global`` (torch's clip_grad_norm_) or ``none``."""
+    if mode == "per_tensor":
+        clip_grad_norm_per_tensor(params, max_norm)
+    elif mode == "global":
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+    elif mode != "none":
+        raise ValueError(f"clip mode '{mode}' is not one of: per_tensor, global, none")
+
+
 def seed_param_groups(model: nn.Module, extra: nn.Module | None, weight_decay: float,
                       on: str = "seed") -> list[dict[str, Any]]:
     """SGD groups: ``seed`` decays only the head (``model.head``) and ``extra`` (the adaptation layer)."""
@@ -142,14 +152,27 @@ class _TrainModule(nn.Module):
         super().__init__()
         self.model, self.imitation = model, imitation
 
-    def forward(self, images: Tensor, teacher: tuple[Tensor, Tensor | None] | None = None,
-                mask: Tensor | None = None, step: int = 0) -> tuple[Tensor, dict[str, Tensor] | None]:
+    def forward(self, images: Tensor, teacher: tuple | None = None, mask: Tensor | None = None, step: int = 0,
+                gt_boxes: list[Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:
         if self.imitation is None:
             return self.model(images), None
-        head_out, feat = self.model.forward_with_features(images)
-        if teacher is None:  # warm-up: zero losses that keep the distillers' params in the graph (DDP)
-            return head_out, self.imitation(None, step)
-        return head_out, self.imitation(Taps(feat, head_out, teacher[0], teacher[1], mask), step)
+        head_out, taps = self.taps(images, teacher, mask, gt_boxes)
+        # taps None (warm-up): zero losses that keep the distillers' params in the graph (DDP)
+        return head_out, self.imitation(taps, step)
+
+    def taps(self, images: Tensor, teacher: tuple | None, mask: Tensor | None = None,
+             gt_boxes: list[Tensor] | None = None) -> tuple[Any, Taps | None]:
+        """The student's forward: ``(raw outputs, the taps the distillers read)`` (None without a teacher pass)."""
+        layer = self.imitation.tower_layer
+        tower = None
+        if layer is not None:  # CrossKD's paper variant reads the student's head tower
+            head_out, feat, tower = self.model.forward_with_tower(images, layer)
+        else:
+            head_out, feat = self.model.forward_with_features(images)
+        if teacher is None:
+            return head_out, None
+        return head_out, Taps(feat, head_out, teacher[0], teacher[1], mask, s_tower=tower,
+                              t_tower=teacher[2] if len(teacher) > 2 else None, gt_boxes=gt_boxes)
 
 
 def _seed_all(seed: int) -> None:
@@ -272,6 +295,8 @@ class Trainer(TrainerBase):
         ])
         self._data_iter = None
         self._last_good: Path | None = None
+        #: what ``weight: auto`` measured: ``{method: {weight, grad_ratio, grad_ratio_at_1, auto_ratio, batches}}``
+        self.distill_calibration: dict[str, dict[str, float]] = {}
 
     # ---------------------------------------------------------------------------------- helpers
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -314,6 +339,16 @@ class Trainer(TrainerBase):
                                     self.imitation_loss.psi).to(self.device)]
         return masks[0] if isinstance(teacher_feat, Tensor) else masks
 
+    @torch.no_grad()
+    def teacher_taps(self, images: Tensor) -> tuple:
+        """``(features, raw outputs[, head-tower features])`` of the frozen teacher."""
+        layer = self.imitation_loss.tower_layer
+        if layer is not None:
+            t_head, t_feat, t_tower = self.teacher.forward_with_tower(images, layer)
+            return t_feat, t_head, t_tower
+        t_head, t_feat = self.teacher.forward_with_features(images)
+        return t_feat, t_head
+
     # ---------------------------------------------------------------------------------- one step
     def run_step(self) -> None:
         images, targets = self._next_batch()
@@ -324,12 +359,11 @@ class Trainer(TrainerBase):
         teacher = mask = None
         with self._autocast():
             if self.imitation_active(self.iter):
-                with torch.no_grad():
-                    t_head, t_feat = self.teacher.forward_with_features(images)
-                teacher = (t_feat, t_head)
+                teacher = self.teacher_taps(images)
                 if self.imitation_loss.needs_mask:
-                    mask = self._distill_mask([t["boxes"] for t in targets], t_feat)
-            head_out, imit = self.ddp(images, teacher, mask, self.iter)
+                    mask = self._distill_mask([t["boxes"] for t in targets], teacher[0])
+            gt = [t["boxes"] for t in targets] if teacher is not None else None
+            head_out, imit = self.ddp(images, teacher, mask, self.iter, gt)
         losses = dict(self.loss_fn(outputs_float(head_out), targets))
         total = losses.pop("total")
         for name, value in (imit or {}).items():  # weighted; zero during a method's warm-up
@@ -349,9 +383,10 @@ class Trainer(TrainerBase):
                                      "lower schedule.lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total * self._grad_scale).backward()
-        if self.schedule.clip_grad_norm is not None:
+        clip = self.schedule.clip_setting
+        if clip.mode != "none":
             self.scaler.unscale_(self.optimizer)
-            clip_grad_norm_per_tensor(self.params, self.schedule.clip_grad_norm)
+            clip_gradients(self.params, clip.mode, clip.max_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
@@ -372,6 +407,8 @@ class Trainer(TrainerBase):
         return {
             "model": self.model.state_dict(),
             "imitation": self.imitation_loss.state_dict() if self.imitation_loss is not None else None,
+            "distill_weights": dict(self.imitation_loss.weights) if self.imitation_loss is not None else None,
+            "distill_calibration": dict(self.distill_calibration),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -400,6 +437,10 @@ class Trainer(TrainerBase):
         self.model.load_state_dict(state["model"])
         if self.imitation_loss is not None and state.get("imitation"):
             self.imitation_loss.load_state_dict(self.imitation_loss.fgfi_state_compat(state["imitation"]))
+        if self.imitation_loss is not None and state.get("distill_weights"):  # weight: auto is measured once
+            self.imitation_loss.weights.update({k: float(v) for k, v in state["distill_weights"].items()
+                                                if k in self.imitation_loss.weights})
+            self.distill_calibration = dict(state.get("distill_calibration") or {})
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -421,6 +462,14 @@ class Trainer(TrainerBase):
             start = self.resume(resume_from)
         else:
             _seed_all(self.seed + 1_000_003 * self.rank)
+            if self.imitation_loss is not None and self.imitation_loss.auto:  # weight: auto, before training
+                from .calibrate import calibrate_weights
+
+                self.distill_calibration = calibrate_weights(self)
+        if self.imitation_loss is not None:
+            self.storage["distill"] = {m: {"weight": w, **({"grad_ratio": self.distill_calibration[m]["grad_ratio"]}
+                                                         if m in self.distill_calibration else {})}
+                                       for m, w in self.imitation_loss.weights.items()}
         self._set_position(start)
         self._data_iter = iter(self.train_loader)  # before restoring RNG: creating it may draw from torch's
         if resume_from is not None:
@@ -444,4 +493,6 @@ class Trainer(TrainerBase):
             "last_path": str(self.last_path),
             "best_path": str(self.best_path),
             "minutes": (time.perf_counter() - t0) / 60,
+            "distill_weights": dict(self.imitation_loss.weights) if self.imitation_loss is not None else {},
+            "distill_calibration": dict(self.distill_calibration),
         }

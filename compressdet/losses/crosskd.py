@@ -4,20 +4,42 @@
 outputs) forces the student's head to match targets that may conflict with its ground-truth
 loss; CrossKD instead feeds the student's intermediate head features into the *teacher's*
 remaining head layers and distils those "cross-head" predictions to the teacher's predictions.
-The gradient reaches the student's features only, through the frozen teacher head, so the
-student's own head trains on ground truth alone.
 
-On ShuffleDet's single-conv ConvDet head the only intermediate head feature is the head's input
-(the backbone feature), so the cross-head path is: student feature -> a 1x1 adaptation conv to
-the teacher's channels (training-only) -> the teacher's frozen head conv -> cross predictions.
-What is distilled, per anchor, follows the paper's split into classification and regression:
+Two variants (recipe ``variant``):
+
+``paper`` (FCOS / RetinaNet, the default where both models expose their head tower): follows the
+authors' ``CrossKDFCOS`` / ``CrossKDRetinaNet`` (github.com/jbwang1997/CrossKD):
+- the student's head-tower features at layer ``k`` (``from_layer``: 2 for FCOS, 3 for RetinaNet,
+  as the reference; the output of tower layer k before its activation, per branch cls / reg)
+  get the teacher's per-channel mean and std at the same point (``align_scale``, parameter-free),
+  the activation, and the teacher's tower layers ``k..`` and output convs (teacher frozen; the
+  gradient flows through it into the student's tower layers ``< k``, backbone and FPN);
+- classification: the quality focal loss (``beta`` 1) of the cross-head logits against the
+  teacher's sigmoid scores, summed over all priors and divided by the reference's normaliser:
+  RetinaNet the number of positive anchors (anchors in the matcher's ignore band count 0), FCOS
+  the sum of the positives' centre-ness targets (:meth:`kd_normalizer` on the model);
+- box: GIoU loss between the boxes decoded from the cross-head and from the teacher's regression,
+  each prior weighted by the teacher's best class score, same normaliser;
+- the reference's loss weights: FCOS classification 0.4, box 0.75; RetinaNet 1 and 1.
+Departures: FCOS's box term is GIoU (the reference's FCOS config uses its IoU loss, -log IoU;
+RetinaNet's uses GIoU); the normaliser is at least 1 (the reference: 1e-6 for FCOS); the std in
+``align_scale`` is the biased one over the global batch under DDP (reference: unbiased, per process);
+when the student's head is narrower than the teacher's (fcos_mnv3_small 64 vs fcos_r18 128), a 1x1
+conv per branch adapts it before the alignment (the paper's pairs share widths); ``centerness: true``
+adds a centre-ness BCE term for FCOS (not in the reference); ``tau`` divides both logits (1: the
+reference). The student's own head also gets the KD gradient through its tower (as the paper).
+
+``adapter`` (issue #30's variant; ShuffleDet's only one, its ConvDet head has no tower): on ShuffleDet the
+only intermediate head feature is the head's input (the backbone feature), so the cross-head path is:
+student feature -> a 1x1 adaptation conv to the teacher's channels (training-only) -> the teacher's
+frozen head conv -> cross predictions. What is distilled, per anchor:
 - classification: KL divergence of the cross-head class distribution (softmax over classes, as
   ShuffleDet classifies) from the teacher's, and binary cross-entropy of the cross-head
   confidence against the teacher's sigmoid confidence, with temperature ``tau``;
 - regression: GIoU loss between the cross-head and the teacher's *decoded* boxes, weighted per
-  anchor by the teacher's score (confidence x best class probability), as the paper weights its
-  box KD by the teacher's classification score so background anchors do not dominate.
-For FPN families the same holds per level with the teacher's shared head tower.
+  anchor by the teacher's score (confidence x best class probability).
+For FPN families the adapter variant sends every FPN level through a 1x1 conv and the teacher's whole
+head (:class:`FPNCrossKDLoss`), with the classification term averaged over priors.
 """
 
 from __future__ import annotations
@@ -31,8 +53,17 @@ from torchvision.ops import generalized_box_iou_loss
 
 from ..models.box_coder import BoxCoder
 from ..models.head import split_head_output
+from .pkd import channel_moments
 
-__all__ = ["CrossKDLoss", "FPNCrossKDLoss"]
+__all__ = ["CrossKDLoss", "FPNCrossKDLoss", "FPNCrossKDPaperLoss", "align_scale", "REFERENCE_FROM_LAYER"]
+
+
+def _decode(t: nn.Module, codes: Tensor, anchors: Tensor) -> Tensor:
+    """``[N, K, 4]`` raw regression -> xyxy boxes with the teacher's torchvision box coder."""
+    n = codes.shape[0]
+    if t.family == "fcos":
+        return t.det.box_coder.decode(codes, anchors.expand(n, -1, -1))
+    return t.det.box_coder.decode_single(codes.reshape(-1, 4), anchors.repeat(n, 1)).view(n, -1, 4)
 
 
 class CrossKDLoss(nn.Module):
@@ -113,11 +144,7 @@ class FPNCrossKDLoss(nn.Module):
         self.reduce_counts: Callable[[Tensor], Tensor] | None = None  # set under DDP: global normalisers
 
     def _decode(self, codes: Tensor, anchors: Tensor) -> Tensor:
-        t = self._teacher
-        n = codes.shape[0]
-        if t.family == "fcos":
-            return t.det.box_coder.decode(codes, anchors.expand(n, -1, -1))
-        return t.det.box_coder.decode_single(codes.reshape(-1, 4), anchors.repeat(n, 1)).view(n, -1, 4)
+        return _decode(self._teacher, codes, anchors)
 
     def forward(self, student_feats: list[Tensor], teacher_outputs: tuple[Tensor, ...]) -> dict[str, Tensor]:
         t = self._teacher
@@ -141,3 +168,84 @@ class FPNCrossKDLoss(nn.Module):
         giou = generalized_box_iou_loss(cb.reshape(-1, 4), tb.reshape(-1, 4), reduction="none").view_as(score)
         box_loss = (giou * score).sum() / norm[1].clamp(min=1e-6)
         return {"crosskd_cls": cls_loss, "crosskd_box": box_loss * self.box_weight}
+
+
+#: the reference's entry layer and (classification, box) loss weights per family
+REFERENCE_FROM_LAYER = {"fcos": 2, "retinanet": 3}
+REFERENCE_LOSS_WEIGHTS = {"fcos": (0.4, 0.75), "retinanet": (1.0, 1.0)}
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def align_scale(student: Tensor, teacher: Tensor, reduce_sums: Callable[[Tensor], Tensor] = _identity) -> Tensor:
+    """``student`` ``[N, C, H, W]`` with each channel's mean and std over ``(N, H, W)`` set to the
+    teacher's (CrossKD's parameter-free scale alignment)."""
+    s_mean, s_std = channel_moments(student, reduce_sums)
+    t_mean, t_std = channel_moments(teacher.detach(), reduce_sums)
+    shape = (1, -1, 1, 1)
+    return (student - s_mean.view(shape)) / (s_std.view(shape) + 1e-6) * t_std.view(shape) + t_mean.view(shape)
+
+
+class FPNCrossKDPaperLoss(nn.Module):
+    """CrossKD as its authors' code (see the module docstring): ``forward(student tower, teacher tower,
+    teacher outputs, gt boxes) -> {"crosskd_cls", "crosskd_box"[, "crosskd_ctr"]}``.
+
+    Args:
+        student, teacher: detectors with ``head_tower_channels(layer, branch)``, ``head_from_tower`` and
+            ``kd_normalizer`` (the FPN families); the teacher is held by reference (not optimised or saved).
+        from_layer: the head-tower layer the student's features leave at.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, from_layer: int, align: bool = True,
+                 centerness: bool = False, tau: float = 1.0, box_weight: float = 1.0) -> None:
+        super().__init__()
+        self.adapt = nn.ModuleDict()
+        for b in ("cls", "reg"):  # per branch: a pruned student's towers may differ
+            cs, ct = student.head_tower_channels(from_layer, b), teacher.head_tower_channels(from_layer, b)
+            self.adapt[b] = nn.Conv2d(cs, ct, 1) if cs != ct else nn.Identity()
+        object.__setattr__(self, "_teacher", teacher)
+        self.tower_layer, self.align, self.centerness, self.tau = from_layer, align, centerness, tau
+        self.cls_weight, box_w = REFERENCE_LOSS_WEIGHTS[teacher.family]
+        self.box_weight = box_w * box_weight
+        self.reduce_sums: Callable[[Tensor], Tensor] | None = None  # set under DDP: global statistics
+        self.reduce_counts: Callable[[Tensor], Tensor] | None = None  # set under DDP: global normalisers
+
+    def forward(self, s_tower: list[tuple[Tensor, Tensor]], t_tower: list[tuple[Tensor, Tensor]],
+                teacher_outputs: tuple[Tensor, ...], gt_boxes: list[Tensor]) -> dict[str, Tensor]:
+        t = self._teacher
+        red = self.reduce_sums or _identity
+        fed = []
+        for s_pair, t_pair in zip(s_tower, t_tower, strict=True):
+            pair = []
+            for branch, s, tt in zip(("cls", "reg"), s_pair, t_pair):
+                s = self.adapt[branch](s)
+                s = s.to(torch.promote_types(s.dtype, torch.float32))
+                pair.append(align_scale(s, tt.to(s.dtype), red) if self.align else s)
+            fed.append((pair[0], pair[1]))
+        cross = t.head_from_tower(fed, self.tower_layer)
+        cross = tuple(c.to(torch.promote_types(c.dtype, torch.float32)) for c in cross)
+        ref = tuple(o.detach().to(cross[0].dtype) for o in teacher_outputs)
+        norm, valid = t.kd_normalizer(gt_boxes)
+        norm = norm.to(cross[0].device, cross[0].dtype).reshape(1)
+        if self.reduce_counts is not None:
+            norm = self.reduce_counts(norm)
+        norm = norm[0].clamp(min=1.0)
+        keep = valid.to(cross[0].device, cross[0].dtype) if valid is not None else None
+        c_cls, t_cls = cross[0] / self.tau, ref[0] / self.tau
+        p_t = torch.sigmoid(t_cls)
+        qfl = F.binary_cross_entropy_with_logits(c_cls, p_t, reduction="none") * (torch.sigmoid(c_cls) - p_t).abs()
+        qfl = qfl.sum(-1)
+        score = torch.sigmoid(ref[0].amax(-1))
+        if keep is not None:
+            qfl, score = qfl * keep, score * keep
+        anchors = t.priors(cross[1].device).to(cross[1].dtype)
+        cb, tb = _decode(t, cross[1], anchors), _decode(t, ref[1], anchors)
+        giou = generalized_box_iou_loss(cb.reshape(-1, 4), tb.reshape(-1, 4), reduction="none").view_as(score)
+        out = {"crosskd_cls": qfl.sum() / norm * self.cls_weight,
+               "crosskd_box": (giou * score).sum() / norm * self.box_weight}
+        if self.centerness:
+            ctr = F.binary_cross_entropy_with_logits(cross[2][..., 0], torch.sigmoid(ref[2][..., 0]), reduction="none")
+            out["crosskd_ctr"] = ctr.sum() / norm
+        return out

@@ -7,8 +7,9 @@ each is logged on its own):
 - ``fgfi``: fine-grained feature imitation (Wang et al., CVPR 2019; the seed's method, METHOD.md
   section 3): masked MSE through a 3x3 adaptation layer -> ``imitation``;
 - ``pkd``: Pearson-correlation feature imitation (Cao et al., NeurIPS 2022) -> ``pkd``;
-- ``crosskd``: the student's feature through the teacher's head, its predictions distilled to
-  the teacher's (Wang et al., CVPR 2024) -> ``crosskd_cls``, ``crosskd_box``.
+- ``crosskd``: the student's head-tower features (paper variant) or FPN levels (adapter variant)
+  through the teacher's head, its predictions distilled to the teacher's (Wang et al., CVPR 2024)
+  -> ``crosskd_cls``, ``crosskd_box`` (``crosskd_ctr`` with ``centerness``).
 
 Methods combine (CrossKD's own results add PKD-style feature KD): a list, one weight each.
 Register another with :func:`register_distiller`.
@@ -22,7 +23,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .crosskd import CrossKDLoss, FPNCrossKDLoss
+from .crosskd import REFERENCE_FROM_LAYER, CrossKDLoss, FPNCrossKDLoss, FPNCrossKDPaperLoss
 from .imitation import ImitationLoss
 from .pkd import PKDLoss
 
@@ -43,6 +44,10 @@ class Taps:
     t_feat: Tensor | list[Tensor]
     t_head: Any
     mask: Tensor | list[Tensor] | None
+    #: CrossKD paper: ``[(cls, reg)]`` per level at the distiller's ``tower_layer``, and the images' GT boxes
+    s_tower: list[tuple[Tensor, Tensor]] | None = None
+    t_tower: list[tuple[Tensor, Tensor]] | None = None
+    gt_boxes: list[Tensor] | None = None
 
 
 class _Method(nn.Module):
@@ -122,9 +127,9 @@ def _fgfi(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num
 @register_distiller("pkd")
 def _pkd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_anchors: int) -> _Method:
     levels = paired_taps(student, teacher)
-    if levels is not None:  # PKD averages its FPN levels
+    if levels is not None:  # PKD sums its FPN levels, the weight is per level (mmrazor's configs)
         per = nn.ModuleList(PKDLoss(cs, ct) for cs, ct in levels)
-        return _Method(per, lambda m, t: {"pkd": _mean([lv(s, f) for lv, s, f in zip(m, t.s_feat, t.t_feat, strict=True)])},
+        return _Method(per, lambda m, t: {"pkd": sum(lv(s, f) for lv, s, f in zip(m, t.s_feat, t.t_feat, strict=True))},
                        ("pkd",))
     return _Method(PKDLoss(student.feature_channels, teacher.feature_channels),
                    lambda m, t: {"pkd": m(t.s_feat, t.t_feat)}, ("pkd",))
@@ -133,12 +138,20 @@ def _pkd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_
 @register_distiller("crosskd")
 def _crosskd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_anchors: int) -> _Method:
     levels = paired_taps(student, teacher)
-    if levels is not None:  # FPN families: every student level through the teacher's shared head
+    variant = getattr(cfg, "variant", None)
+    if levels is not None:  # FPN families
         fam_s, fam_t = getattr(student, "family", None), getattr(teacher, "family", None)
         if fam_s != fam_t or fam_t not in ("fcos", "retinanet"):
             raise ValueError(f"distill: crosskd needs a teacher of the student's family ({fam_s} vs {fam_t})")
+        towers = all(hasattr(m, "forward_with_tower") and hasattr(m, "head_from_tower") for m in (student, teacher))
+        if variant == "paper" or (variant is None and towers):
+            return _crosskd_paper(cfg, student, teacher, towers)
+        # adapter: every student level through the teacher's shared head
         return _Method(FPNCrossKDLoss(levels, teacher, tau=cfg.tau, box_weight=cfg.box_weight),
                        lambda m, t: m(t.s_feat, t.t_head), CROSSKD_NAMES)
+    if variant == "paper":
+        raise ValueError("distill: crosskd variant 'paper' needs a head tower (FCOS, RetinaNet); ShuffleDet's "
+                         "single-conv head has none: use variant 'adapter'")
     head = getattr(getattr(teacher, "head", None), "conv", None)
     if not isinstance(head, nn.Conv2d) or anchors is None:
         raise ValueError("distill: crosskd needs a ConvDet head (ShuffleDet) or an FPN family teacher "
@@ -149,15 +162,64 @@ def _crosskd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, 
     return _Method(loss, lambda m, t: m(t.s_feat, t.t_head), CROSSKD_NAMES)
 
 
+#: pkd's per-level weight when the recipe gives none: the reference configs' (CrossKD+PKD's FCOS: 2,
+#: mmrazor's RetinaNet: 10); single-level ShuffleDet keeps 1
+PKD_DEFAULT_WEIGHT = {"fcos": 2.0, "retinanet": 10.0}
+
+
+def default_weight(method: str, student: nn.Module) -> float:
+    """The weight of ``method`` when the recipe gives none (``weight`` not set)."""
+    if method == "pkd":
+        return PKD_DEFAULT_WEIGHT.get(getattr(student, "family", None), 1.0)
+    return 1.0
+
+
+def _crosskd_paper(cfg: Any, student: nn.Module, teacher: nn.Module, towers: bool) -> _Method:
+    """CrossKD's paper variant: the student's head-tower features into the teacher's head from ``from_layer``."""
+    if not towers:
+        raise ValueError("distill: crosskd variant 'paper' needs both models' head towers (forward_with_tower, "
+                         f"head_from_tower); {type(student).__name__} has none: use variant 'adapter'")
+    family = teacher.family
+    k = cfg.from_layer if getattr(cfg, "from_layer", None) is not None else REFERENCE_FROM_LAYER[family]
+    depth = min(student.head_tower_depth(), teacher.head_tower_depth())
+    if k > depth:
+        raise ValueError(f"distill: crosskd from_layer {k} is past the head towers (student "
+                         f"{student.head_tower_depth()} layers, teacher {teacher.head_tower_depth()}); give from_layer "
+                         f"<= {depth}")
+    centerness = bool(getattr(cfg, "centerness", False))
+    if centerness and family != "fcos":
+        raise ValueError(f"distill: crosskd centerness is for FCOS ({family} has no centre-ness output)")
+    loss = FPNCrossKDPaperLoss(student, teacher, from_layer=k, align=getattr(cfg, "align_scale", True),
+                               centerness=centerness, tau=cfg.tau, box_weight=cfg.box_weight)
+    names = CROSSKD_NAMES + (("crosskd_ctr",) if centerness else ())
+    method = _Method(loss, lambda m, t: m(t.s_tower, t.t_tower, t.t_head, t.gt_boxes), names)
+    method.tower_layer = k
+    return method
+
+
 class Distiller(nn.Module):
     """The configured methods in one module (so DDP syncs their training-only parameters with the
     student's); ``forward(taps, step) -> {sub-loss: weighted loss}``. A method inside its warm-up
-    contributes zero (its parameters stay in the graph, as DDP needs)."""
+    contributes zero (its parameters stay in the graph, as DDP needs).
 
-    def __init__(self, methods: dict[str, _Method], cfgs: dict[str, Any]) -> None:
+    ``weights`` are the numbers in force (the recipe's, a method's default, or what ``weight: auto``
+    measured: :func:`compressdet.engine.calibrate.calibrate_weights` sets them before training);
+    ``auto`` names the methods whose weight is still to be measured.
+    """
+
+    def __init__(self, methods: dict[str, _Method], cfgs: dict[str, Any],
+                 weights: dict[str, float] | None = None) -> None:
         super().__init__()
         self.methods = nn.ModuleDict(methods)
         self.cfgs = cfgs
+        self.weights = {k: float(v) for k, v in (weights or {k: c.weight if isinstance(c.weight, (int, float)) else 1.0
+                                                                for k, c in cfgs.items()}).items()}
+        self.auto = [k for k, c in cfgs.items() if getattr(c, "weight", None) == "auto"]
+
+    @property
+    def tower_layer(self) -> int | None:
+        """The head-tower layer a method reads (CrossKD's paper variant), or None."""
+        return next((m.tower_layer for m in self.methods.values() if getattr(m, "tower_layer", None) is not None), None)
 
     @property
     def needs_mask(self) -> bool:
@@ -178,8 +240,12 @@ class Distiller(nn.Module):
                 zero = sum(p.sum() for p in method.parameters()) * 0.0
                 out.update({k: zero for k in method.names})
                 continue
-            out.update({k: v * cfg.weight for k, v in method(taps).items()})
+            out.update({k: v * self.weights[name] for k, v in method(taps).items()})
         return out
+
+    def unweighted(self, taps: Taps) -> dict[str, Tensor]:
+        """Each method's sub-losses summed, at weight 1 (what ``weight: auto`` measures)."""
+        return {name: sum(method(taps).values()) for name, method in self.methods.items()}
 
     def fgfi_state_compat(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """A checkpoint written before the registry held the FGFI loss's own keys (``adapt.0.weight``)."""
@@ -198,5 +264,7 @@ def build_distiller(cfgs: list[Any], student: nn.Module, teacher: nn.Module, anc
         if c.method in seen:
             raise ValueError(f"distillation method '{c.method}' is listed twice")
         seen[c.method] = c
+    weights = {name: (default_weight(name, student) if c.weight in (None, "auto") else float(c.weight))
+               for name, c in seen.items()}
     return Distiller({name: _REGISTRY[name](c, student, teacher, anchors, num_anchors) for name, c in seen.items()},
-                     seen)
+                     seen, weights)

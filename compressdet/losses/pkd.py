@@ -6,11 +6,21 @@ and a teacher of another family (or width) has features on another scale. PKD fi
 each channel of both feature maps to zero mean and unit variance (statistics over batch and
 space), then imitates with MSE / 2 over *all* locations: the loss is ``1 - r`` (Pearson's r)
 per channel, up to a constant, so only the relation between locations is transferred, not the
-magnitude. One call per feature level; FPN detectors average their levels.
+magnitude.
 
-When the student's channels differ from the teacher's (ShuffleDet 0.25x: 192 vs 768), a 1x1 conv
-adapts them first (the paper's students share the teacher's FPN width and need none); it is a
-training-only module, dropped at export like FGFI's adaptation layer.
+Follows mmrazor's ``PKDLoss`` and its detection configs (issue #41): one loss per FPN level, each
+with its own weight (the recipe's ``weight`` is per level), the levels' losses **summed**; the
+default weights are the references' (2 per level for FCOS as CrossKD+PKD's config, 10 for
+RetinaNet as mmrazor's). Departs from it where our models differ:
+- every FPN level P3-P7 is distilled (mmrazor's configs list four of RetinaNet's five);
+- the standard deviation is the biased one over ``(N, H, W)`` (mmrazor: unbiased), with the
+  same 1e-6 added; under DDP the statistics are the global batch's (mmrazor: per process);
+- when the student's channels differ from the teacher's (ShuffleDet 0.25x: 192 vs 768), a 1x1
+  conv adapts them first (the paper's students share the teacher's FPN width and need none); it
+  is a training-only module, dropped at export like FGFI's adaptation layer. Levels pair by
+  stride, so no spatial resize is needed (mmrazor resizes the student's map).
+Before issue #41 the FPN levels were averaged: an old recipe's weight ``w`` now means ``w`` per
+level (5x the old strength on the FPN families; unchanged on single-level ShuffleDet).
 """
 
 from __future__ import annotations
@@ -20,11 +30,22 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["channel_standardize", "PKDLoss"]
+__all__ = ["channel_standardize", "channel_moments", "PKDLoss"]
 
 
 def _identity(x: Tensor) -> Tensor:
     return x
+
+
+def channel_moments(feat: Tensor, reduce_sums: Callable[[Tensor], Tensor] = _identity) -> tuple[Tensor, Tensor]:
+    """Each channel's mean and (biased) std over ``(N, H, W)`` of ``[N, C, H, W]``: ``([C], [C])``;
+    ``reduce_sums`` as in :func:`channel_standardize`."""
+    c = feat.shape[1]
+    flat = feat.transpose(0, 1).reshape(c, -1)
+    stats = reduce_sums(torch.stack([flat.sum(1), (flat * flat).sum(1),
+                                     torch.full((c,), float(flat.shape[1]), dtype=flat.dtype, device=flat.device)]))
+    mean = stats[0] / stats[2]
+    return mean, (stats[1] / stats[2] - mean * mean).clamp(min=1e-12).sqrt()  # finite gradient at 0
 
 
 def channel_standardize(feat: Tensor, eps: float = 1e-6, reduce_sums: Callable[[Tensor], Tensor] = _identity

@@ -27,6 +27,12 @@ these members (stages, the engine, the distillers, the evaluator and the exporte
   families' ``detection_graph(cfg, net)``);
   ``export_metadata() -> dict`` (JSON-able, goes into the graph's ``metadata_props``).
 
+Optional, for CrossKD's paper variant (issue #41; the FPN families have them, ShuffleDet does not):
+``forward_with_tower(x, layer) -> (outputs, features, [(cls, reg)] per level)`` (the head towers'
+features at ``layer``, before its activation), ``head_from_tower(tower, layer) -> outputs`` (the
+rest of the head from there), ``head_tower_depth()``, ``head_tower_channels(layer, branch)`` and
+``kd_normalizer(gt_boxes) -> (normaliser, valid priors or None)``.
+
 :func:`is_detector` checks the members; :func:`outputs_float` and :func:`as_levels` are the small
 helpers callers need to treat both output kinds alike.
 """

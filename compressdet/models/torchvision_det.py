@@ -130,6 +130,149 @@ class TorchvisionDetector(nn.Module):
         feats = self._features(x)
         return self._pack(self.det.head(feats)), feats
 
+    # ------------------------------------------------------------------------------- head tower (CrossKD)
+    def _towers(self) -> dict[str, list[tuple[list[nn.Module], nn.Module]]]:
+        """The head's ``cls`` and ``reg`` towers as layers ``[(modules up to the activation, activation)]``
+        (FCOS: conv, GroupNorm, ReLU; RetinaNet: conv [, GroupNorm], ReLU), from torchvision's ``conv``."""
+        heads = {"cls": self.det.head.classification_head, "reg": self.det.head.regression_head}
+        out: dict[str, list[tuple[list[nn.Module], nn.Module]]] = {}
+        for name, head in heads.items():
+            leaves: list[nn.Module] = []
+            stack = list(head.conv.children())
+            while stack:
+                m = stack.pop(0)
+                if isinstance(m, nn.Sequential):
+                    stack[:0] = list(m.children())
+                else:
+                    leaves.append(m)
+            layers, cur = [], []
+            for m in leaves:
+                if next(m.parameters(), None) is None and not isinstance(m, nn.Identity):  # the activation
+                    layers.append((cur, m))
+                    cur = []
+                else:
+                    cur.append(m)
+            if cur or not layers:
+                raise ModelError(f"{self.arch.get('name', self.family)}: the {name} head tower is not "
+                                 "conv [+ norm] + activation layers; it has no layers to feed from")
+            out[name] = layers
+        return out
+
+    def head_tower_depth(self) -> int:
+        """Layers in each head tower (FCOS ``head_convs``, RetinaNet 4)."""
+        return len(self._towers()["cls"])
+
+    def head_tower_channels(self, layer: int | None = None, branch: str = "cls") -> int:
+        """Channels of the ``branch`` (cls / reg) tower's features at ``layer`` (default: its output;
+        0: the FPN level), read from the layers: correct after pruning."""
+        layers = self._towers()[branch]
+        layer = len(layers) if layer is None else layer
+        if layer == 0:
+            return self.feature_taps()[0].channels
+        convs = [m for m in layers[layer - 1][0] if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ModelError(f"head tower layer {layer} of the {branch} branch has no conv")
+        return int(convs[-1].out_channels)
+
+    def forward_with_tower(self, x: Tensor, layer: int) -> tuple[tuple[Tensor, ...], list[Tensor],
+                                                                   list[tuple[Tensor, Tensor]]]:
+        """``(raw head tensors, FPN levels, [(cls, reg) tower features per level])``: the tower features
+        are layer ``layer``'s output before its activation (CrossKD's entry point; ``layer`` 0: the FPN
+        level itself), taken from the same forward as the outputs, so gradients flow through them."""
+        feats = self._features(x)
+        if layer == 0:
+            return self._pack(self.det.head(feats)), feats, [(f, f) for f in feats]
+        towers = self._towers()
+        if not 0 <= layer <= len(towers["cls"]):
+            raise ValueError(f"head tower layer {layer}: this head has {len(towers['cls'])} layers")
+        got: dict[str, list[Tensor]] = {"cls": [], "reg": []}
+
+        def grab(name: str):
+            def hook(_m: nn.Module, _inp: Any, out: Tensor) -> Tensor:
+                got[name].append(out)
+                return out.clone()  # the tower's activation may act in place; the held tensor stays
+            return hook
+
+        handles = [towers[n][layer - 1][0][-1].register_forward_hook(grab(n)) for n in ("cls", "reg")]
+        try:
+            outputs = self._pack(self.det.head(feats))
+        finally:
+            for h in handles:
+                h.remove()
+        return outputs, feats, list(zip(got["cls"], got["reg"], strict=True))
+
+    def head_from_tower(self, tower: Sequence[tuple[Tensor, Tensor]], layer: int) -> tuple[Tensor, ...]:
+        """This head run from tower layer ``layer`` on: each level's ``(cls, reg)`` features (as
+        :meth:`forward_with_tower` holds them) go through layer ``layer``'s activation (unless 0), the
+        remaining tower layers and the output convs -> raw head tensors in :meth:`forward`'s layout."""
+        towers = self._towers()
+        head = self.det.head
+        outs: dict[str, list[Tensor]] = {k: [] for k in self.export_outputs}
+
+        def flat(t: Tensor, per: int) -> Tensor:  # (N, A * per, H, W) -> (N, HWA, per), as torchvision
+            n, _, h, w = t.shape
+            return t.view(n, -1, per, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, per)
+
+        for cls_f, reg_f in tower:
+            feats = {"cls": cls_f, "reg": reg_f}
+            for name, layers in towers.items():
+                f = feats[name]
+                if layer > 0:
+                    act = layers[layer - 1][1]
+                    f = torch.relu(f) if isinstance(act, nn.ReLU) else act(f.clone())
+                for mods, act in layers[layer:]:
+                    for m in mods:
+                        f = m(f)
+                    f = torch.relu(f) if isinstance(act, nn.ReLU) else act(f)
+                feats[name] = f
+            k = self.num_classes
+            outs["cls_logits"].append(flat(head.classification_head.cls_logits(feats["cls"]), k))
+            reg = head.regression_head.bbox_reg(feats["reg"])
+            if self.family == "fcos":
+                outs["bbox_regression"].append(flat(torch.relu(reg), 4))
+                outs["bbox_ctrness"].append(flat(head.regression_head.bbox_ctrness(feats["reg"]), 1))
+            else:
+                outs["bbox_regression"].append(flat(reg, 4))
+        return tuple(torch.cat(outs[k], dim=1) for k in self.export_outputs)
+
+    def kd_normalizer(self, gt_boxes: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """CrossKD's normaliser (the reference's ``avg_factor``) and the priors its losses count.
+
+        FCOS: the sum of the centre-ness targets of the positive locations (torchvision's matching);
+        RetinaNet: the number of positive anchors, and ``Bool[N, K]`` of the anchors that are not in
+        the matcher's ignore band (the reference gives those weight 0). FCOS counts every location.
+        """
+        from torchvision.ops import box_iou
+
+        priors = self.priors()
+        n_pos = torch.zeros((), dtype=torch.float64)
+        boxes = [torch.as_tensor(b).to(torch.float32).reshape(-1, 4).cpu() for b in gt_boxes]
+        boxes = [b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])] for b in boxes]
+        if self.family == "retinanet":
+            valid = []
+            for b in boxes:
+                if b.shape[0] == 0:
+                    valid.append(torch.ones(priors.shape[0], dtype=torch.bool))
+                    continue
+                m = self.det.proposal_matcher(box_iou(b, priors))
+                n_pos = n_pos + (m >= 0).sum()
+                valid.append(m != self.det.proposal_matcher.BETWEEN_THRESHOLDS)
+            return n_pos, torch.stack(valid)
+        seen: list[list[Tensor]] = []
+        shim = SimpleNamespace(center_sampling_radius=self.det.center_sampling_radius,
+                               head=SimpleNamespace(compute_loss=lambda tg, out, anc, m: seen.append(m) or {}))
+        targets = [{"boxes": b, "labels": torch.zeros(b.shape[0], dtype=torch.int64)} for b in boxes]
+        type(self.det).compute_loss(shim, targets, None, [priors] * len(boxes), self.priors_per_level())
+        for b, m in zip(boxes, seen[0]):
+            pos = m >= 0
+            if not pos.any():
+                continue
+            d = self.det.box_coder.encode(priors[pos], b[m[pos]])  # l, t, r, b distances (any positive scale)
+            lr, tb = d[:, [0, 2]], d[:, [1, 3]]
+            ctr = torch.sqrt((lr.min(-1).values / lr.max(-1).values) * (tb.min(-1).values / tb.max(-1).values))
+            n_pos = n_pos + ctr.sum()
+        return n_pos, None
+
     # ------------------------------------------------------------------------------- geometry
     def _probe(self, size: tuple[int, int]) -> list[tuple[int, int, int]]:
         """``[(channels, h, w)]`` of each level for an input of ``size`` (one no-grad eval forward)."""

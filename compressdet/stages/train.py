@@ -62,6 +62,7 @@ def run(ctx: StageContext) -> StageResult:
             "teacher": cfg.teacher if distill_methods(cfg) else None,
             "imitation": imit.model_dump(mode="json") if imit is not None else None,
             "distill": [m.model_dump(mode="json") for m in distill_methods(cfg)],
+            "distill_weights": summary.get("distill_weights") or {},  # in force: weight: auto's measured ones
             "image_size": list(ctx.recipe.data.image_size), "classes": list(ctx.recipe.data.classes)}
     path = save_model(model.cpu(), ctx.stage_dir / "model.pt", meta=meta)
     res = summary.get("best_result") or {}
@@ -69,6 +70,8 @@ def run(ctx: StageContext) -> StageResult:
                "best_step": summary["best_step"], "steps": summary["steps"],
                "train_img_per_s": summary["train_img_per_s"], "final_losses": summary["final_losses"],
                "train_minutes": summary["minutes"],
+               "distill_weights": summary.get("distill_weights") or {},
+               "distill_calibration": summary.get("distill_calibration") or {},
                "eval_history": [{"step": h["step"], "map40": h.get("map40"), "primary": h.get("primary")}
                                 for h in summary.get("history", [])]}
     return StageResult(artifacts={"model": path}, metrics=metrics, meta=meta)

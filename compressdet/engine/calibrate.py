@@ -1,0 +1,123 @@
+"""``weight: auto`` (issue #41): a distiller's strength as a gradient ratio, not a loss weight.
+
+The loss weights of different distillers are not comparable (FGFI's gradient on the shared
+layers was 30-100x the detection loss's at weight 1, CrossKD's under 0.5x), so a sweep over weights
+compares methods at different strengths. Here the strength is measured where the methods compete
+with the detection loss: the L2 norm of each loss's gradient on the student's *shared* parameters
+(backbone + neck: ``model.backbone``, which for the FPN families holds the FPN), over a few
+training batches with the actual teacher, before training. ``weight = auto_ratio / ratio(1)``
+then makes the distillation gradient ``auto_ratio`` times the detection gradient.
+
+The gradient is linear in the weight, so ``ratio(w) = w * ratio(1)`` exactly on the batches
+measured; :func:`grad_ratio_table` gives that table (the benchmark's ``calibration``).
+Measuring leaves the run as it was: the student's state (BatchNorm statistics), the RNG and
+the loader's position are restored, so a run with ``weight: auto`` trains exactly as one given the
+chosen weight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..models.contract import outputs_float
+from .checkpoint import get_rng_state, set_rng_state
+from .distributed import all_reduce_sum, unwrap
+
+__all__ = ["shared_parameters", "measure_grad_ratios", "grad_ratio_table", "calibrate_weights"]
+
+
+def shared_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters every loss trains: the backbone (+ FPN neck) -- ``model.backbone``, else all."""
+    part = getattr(model, "backbone", None)
+    part = part if isinstance(part, nn.Module) else model
+    return [p for p in part.parameters() if p.requires_grad]
+
+
+def _grad_norm(loss: Tensor, params: list[nn.Parameter]) -> float:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    sq = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+    return math.sqrt(float(torch.stack(sq).sum())) if sq else 0.0
+
+
+def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, float]:
+    """Each distiller's gradient norm on :func:`shared_parameters` over the detection loss's, at
+    weight 1: ``sum over batches ||grad kd|| / sum ||grad det||`` (summed over processes under DDP).
+
+    ``trainer``: an :class:`~compressdet.engine.Trainer` with distillation. ``batches``: how many
+    training batches (taken from a fresh pass of its loader), or an iterable of ``(images, targets)``.
+    The trainer's model state, RNG and loader position are left as they were.
+    """
+    module = unwrap(trainer.ddp)
+    distiller = module.imitation
+    if distiller is None:
+        raise ValueError("measure_grad_ratios: the trainer has no distillation")
+    params = shared_parameters(trainer.model)
+    saved = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    rng = get_rng_state()
+    was = module.training
+    source: Iterator = (itertools.islice(iter(trainer.train_loader), batches) if isinstance(batches, int)
+                        else iter(batches))
+    det_total, kd_total = 0.0, dict.fromkeys(distiller.methods, 0.0)
+    try:
+        module.train()
+        for images, targets in source:
+            images = images.to(trainer.device)
+            with trainer._autocast():
+                teacher = trainer.teacher_taps(images)
+                gt = [t["boxes"] for t in targets]
+                mask = trainer._distill_mask(gt, teacher[0]) if distiller.needs_mask else None
+                head_out, taps = module.taps(images, teacher, mask, gt)
+                kd = distiller.unweighted(taps)
+            det = trainer.loss_fn(outputs_float(head_out), targets)["total"]
+            det_total += _grad_norm(det, params)
+            for name, loss in kd.items():
+                kd_total[name] += _grad_norm(loss, params)
+    finally:
+        trainer.model.load_state_dict(saved)
+        set_rng_state(rng)
+        module.train(was)
+    names = list(kd_total)
+    sums = torch.tensor([det_total, *(kd_total[n] for n in names)], dtype=torch.float64)
+    if trainer.world_size > 1:
+        sums = all_reduce_sum(sums)
+    if sums[0] <= 0:
+        raise UserError("weight: auto: the detection loss has no gradient on the student's backbone on the "
+                        "batches measured; give the distillation weight as a number")
+    return {n: float(sums[i + 1] / sums[0]) for i, n in enumerate(names)}
+
+
+def grad_ratio_table(trainer: Any, weights: dict[str, Iterable[float]], batches: int | Iterable = 4
+                     ) -> dict[str, dict[float, float]]:
+    """``{method: {weight: gradient ratio}}`` for the given weights (the benchmark's calibration
+    table): measured once at weight 1 and scaled, as the gradient is linear in the weight."""
+    at_one = measure_grad_ratios(trainer, batches)
+    return {m: {float(w): float(w) * at_one[m] for w in ws} for m, ws in weights.items()}
+
+
+def calibrate_weights(trainer: Any) -> dict[str, dict[str, float]]:
+    """Set the weight of each ``weight: auto`` method so its gradient ratio is its ``auto_ratio``;
+    returns ``{method: {"weight", "grad_ratio", "grad_ratio_at_1", "auto_ratio", "batches"}}``."""
+    distiller = unwrap(trainer.ddp).imitation
+    auto = list(distiller.auto) if distiller is not None else []
+    if not auto:
+        return {}
+    batches = max(int(distiller.cfgs[m].auto_batches) for m in auto)
+    ratios = measure_grad_ratios(trainer, batches)
+    out: dict[str, dict[str, float]] = {}
+    for m in auto:
+        target = float(distiller.cfgs[m].auto_ratio)
+        if not ratios[m] > 0:
+            raise UserError(f"distill {m} weight: auto: its loss has no gradient on the student's backbone on the "
+                            f"{batches} batches measured (student already equals the teacher?); give a weight")
+        w = target / ratios[m]
+        distiller.weights[m] = w
+        out[m] = {"weight": w, "grad_ratio": w * ratios[m], "grad_ratio_at_1": ratios[m], "auto_ratio": target,
+                  "batches": batches}
+    return out

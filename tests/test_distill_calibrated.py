@@ -1,0 +1,260 @@
+"""Issue #41: reference-faithful PKD (levels summed, per-level weight) and CrossKD (paper variant),
+``weight: auto`` (a gradient ratio instead of a loss weight) and ``schedule.clip``."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compressdet.engine import Trainer
+from compressdet.engine.calibrate import grad_ratio_table, measure_grad_ratios, shared_parameters
+from compressdet.engine.trainer import clip_gradients
+from compressdet.losses.distill import Taps, build_distiller
+from compressdet.losses.pkd import PKDLoss
+from compressdet.models import build_model
+from compressdet.recipe import ClipConfig, DistillConfig, ScheduleConfig
+
+torch.set_num_threads(1)
+HW = (64, 192)
+PAIRS = {"fcos": ("fcos_mnv3_small", "fcos_r18"), "retinanet": ("retinanet_mnv3_small", "retinanet_r18")}
+BOXES = [torch.tensor([[10.0, 10.0, 70.0, 50.0], [100.0, 8.0, 140.0, 60.0]]), torch.zeros(0, 4)]
+
+
+def _pair(family):
+    """(student, teacher), the teacher frozen as the trainer freezes it."""
+    torch.manual_seed(0)
+    teacher = build_model(PAIRS[family][1], image_size=HW).eval().requires_grad_(False)
+    return build_model(PAIRS[family][0], image_size=HW), teacher
+
+
+class _Batches:
+    """Endless random batches with two boxes per image (seeded: the same stream on every pass)."""
+
+    def __init__(self, seed=0):
+        self.seed = seed
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed)
+        while True:
+            yield torch.randn(2, 3, *HW, generator=g) * 50, [
+                {"boxes": torch.tensor([[10.0, 10.0, 70.0, 50.0], [100.0, 8.0, 140.0, 60.0]]),
+                 "labels": torch.tensor([0, 2])}] * 2
+
+
+def _paper_taps(student, teacher, x, layer):
+    s_out, s_feat, s_tower = student.forward_with_tower(x, layer)
+    with torch.no_grad():
+        t_out, t_feat, t_tower = teacher.forward_with_tower(x, layer)
+    return Taps(s_feat, s_out, t_feat, t_out, None, s_tower=s_tower, t_tower=t_tower, gt_boxes=BOXES)
+
+
+# ------------------------------------------------------------------------------------------ PKD
+@pytest.mark.parametrize("family, default", [("fcos", 2.0), ("retinanet", 10.0)])
+def test_pkd_sums_levels_with_the_reference_per_level_weight(family, default):
+    student, teacher = _pair(family)
+    x = torch.randn(2, 3, *HW) * 50
+    d = build_distiller([DistillConfig(method="pkd")], student, teacher, None)
+    assert d.weights == {"pkd": default}  # mmrazor / CrossKD+PKD's configs
+    s_out, s_feat = student.forward_with_features(x)
+    with torch.no_grad():
+        t_out, t_feat = teacher.forward_with_features(x)
+    got = d(Taps(s_feat, s_out, t_feat, t_out, None), 0)["pkd"]
+    levels = [lv(s, t) for lv, s, t in zip(d.methods["pkd"].loss, s_feat, t_feat)]
+    assert len(levels) == 5 and got.item() == pytest.approx(default * sum(v.item() for v in levels), rel=1e-5)
+    explicit = build_distiller([DistillConfig(method="pkd", weight=0.5)], student, teacher, None)
+    assert explicit.weights == {"pkd": 0.5}  # an old recipe's weight: now per level
+    shuffle = build_model("shuffledet_0.25x", image_size=HW)
+    assert build_distiller([DistillConfig(method="pkd")], shuffle, build_model("shuffledet_0.5x", image_size=HW),
+                           None).weights == {"pkd": 1.0}
+
+
+def test_pkd_zero_when_student_equals_teacher():
+    t = torch.randn(2, 8, 5, 6)
+    assert PKDLoss(8, 8)(t.clone(), t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ recipe
+def test_old_recipe_fields_still_load_and_new_ones_round_trip():
+    old = ScheduleConfig(clip_grad_norm=0.5)
+    assert old.clip_setting == ClipConfig(mode="per_tensor", max_norm=0.5)
+    assert ScheduleConfig().clip_setting == ClipConfig(mode="per_tensor", max_norm=1.0)  # the seed's
+    assert ScheduleConfig(clip_grad_norm=None).clip_setting.mode == "none"
+    assert ScheduleConfig(clip={"mode": "global", "max_norm": 35}).clip_setting == ClipConfig(mode="global",
+                                                                                             max_norm=35)
+    with pytest.raises(ValueError, match="not both"):
+        ScheduleConfig(clip={"mode": "global"}, clip_grad_norm=1.0)
+    for cfg in [DistillConfig(method="pkd", weight=2.0), DistillConfig(method="crosskd", weight=1.0, tau=2.0),
+                DistillConfig(method="crosskd", weight="auto", auto_ratio=3.0, from_layer=1, centerness=True),
+                DistillConfig(method="crosskd", variant="adapter"), DistillConfig(method="fgfi")]:
+        assert DistillConfig(**cfg.to_yaml_dict()) == cfg and cfg.enabled
+    assert not DistillConfig(method="pkd", weight=0).enabled
+    with pytest.raises(ValueError, match="only apply with 'weight: auto'"):
+        DistillConfig(method="pkd", weight=1.0, auto_ratio=2.0)
+    with pytest.raises(ValueError, match="takes no from_layer"):
+        DistillConfig(method="pkd", from_layer=2)
+    with pytest.raises(ValueError, match="paper variant only"):
+        DistillConfig(method="crosskd", variant="adapter", from_layer=2)
+
+
+# ------------------------------------------------------------------------------------------ clip
+def test_clip_modes():
+    def grads():
+        a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))
+        a.grad, b.grad = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.3, 0.4, 0.0, 0.0])
+        return [a, b]
+
+    ps = grads()
+    clip_gradients(ps, "per_tensor", 1.0)  # each tensor on its own: 5 -> 1, 0.5 stays
+    assert ps[0].grad.norm().item() == pytest.approx(1.0, rel=1e-5) and ps[1].grad.norm().item() == pytest.approx(0.5)
+    ps = grads()
+    clip_gradients(ps, "global", 1.0)  # together: the small one shrinks by the same factor
+    total = torch.cat([p.grad for p in ps]).norm().item()
+    assert total == pytest.approx(1.0, rel=1e-5) and ps[1].grad.norm().item() == pytest.approx(0.5 / 5.0249, rel=1e-3)
+    ps = grads()
+    clip_gradients(ps, "none", 1.0)
+    assert ps[0].grad.norm().item() == pytest.approx(5.0)
+
+
+def test_trainer_applies_the_global_clip(tmp_path, monkeypatch):
+    import compressdet.engine.trainer as tr_mod
+
+    seen = []
+    monkeypatch.setattr(tr_mod, "clip_gradients", lambda params, mode, max_norm: seen.append((mode, max_norm)))
+    student, _ = _pair("fcos")
+    sched = ScheduleConfig(steps=1, batch_size=2, lr=0.001, checkpoint_every=1, log_every=1,
+                           clip={"mode": "global", "max_norm": 35.0})
+    Trainer(student, schedule=sched, loss_fn=student.build_loss(), train_loader=_Batches(),
+            out_dir=tmp_path / "c").fit()
+    assert seen == [("global", 35.0)]
+
+
+# ------------------------------------------------------------------------------------------ CrossKD
+@pytest.mark.parametrize("family, layer", [("fcos", 2), ("retinanet", 3)])
+def test_crosskd_paper_default_layer_finite_and_grads_reach_the_students_tower_only(family, layer):
+    student, teacher = _pair(family)
+    d = build_distiller([DistillConfig(method="crosskd")], student, teacher, None)
+    assert d.tower_layer == layer  # the reference's entry point
+    x = torch.randn(2, 3, *HW) * 50
+    out = d(_paper_taps(student, teacher, x, layer), 0)
+    assert set(out) == {"crosskd_cls", "crosskd_box"} and all(torch.isfinite(v) and v > 0 for v in out.values())
+    sum(out.values()).backward()
+    s_tower = student.det.head.classification_head.conv
+    t_tower = teacher.det.head.classification_head.conv
+    first_conv = next(m for m in s_tower.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0  # the student's tower
+    assert all(p.grad is None for p in teacher.parameters())  # frozen teacher path
+    assert student.det.head.classification_head.cls_logits.weight.grad is None  # its output conv: GT only
+    assert all(p.grad is None for p in t_tower.parameters())
+    assert not any(k.startswith("methods.crosskd.loss._teacher") for k in d.state_dict())
+
+
+@pytest.mark.parametrize("family", list(PAIRS))
+def test_crosskd_paper_zero_when_student_is_the_teacher(family):
+    _, teacher = _pair(family)
+    student = copy.deepcopy(teacher).requires_grad_(True)  # eval too: the same BatchNorm statistics
+    cfg = DistillConfig(method="crosskd", centerness=True) if family == "fcos" else DistillConfig(method="crosskd")
+    d = build_distiller([cfg], student, teacher, None)
+    x = torch.randn(2, 3, *HW) * 50
+    out = d(_paper_taps(student, teacher, x, d.tower_layer), 0)
+    assert out["crosskd_box"].item() < 1e-4 and out["crosskd_cls"].item() < 1e-4
+    if family == "fcos":  # centre-ness KD: BCE to the teacher's own sigmoid is its entropy, the minimum
+        assert "crosskd_ctr" in out and torch.isfinite(out["crosskd_ctr"])
+
+
+def test_crosskd_variants_and_refusals():
+    student, teacher = _pair("fcos")
+    d = build_distiller([DistillConfig(method="crosskd", variant="adapter")], student, teacher, None)
+    assert d.tower_layer is None and len(d.methods["crosskd"].loss.adapt) == 5
+    with pytest.raises(ValueError, match="past the head towers"):
+        build_distiller([DistillConfig(method="crosskd", from_layer=3)], student, teacher, None)  # student: 2 layers
+    s, t = build_model("shuffledet_0.25x", image_size=HW), build_model("shuffledet_0.5x", image_size=HW)
+    with pytest.raises(ValueError, match="use variant 'adapter'"):
+        build_distiller([DistillConfig(method="crosskd", variant="paper")], s, t, t.anchors())
+    assert build_distiller([DistillConfig(method="crosskd")], s, t, t.anchors()).tower_layer is None
+    r_s, r_t = _pair("retinanet")
+    with pytest.raises(ValueError, match="centerness is for FCOS"):
+        build_distiller([DistillConfig(method="crosskd", centerness=True)], r_s, r_t, None)
+
+
+def test_kd_normalizer_is_the_references():
+    student, _ = _pair("retinanet")
+    n, valid = student.kd_normalizer(BOXES)
+    assert n.item() > 0 and valid.shape == (2, sum(student.priors_per_level())) and valid[1].all()
+    fcos, _ = _pair("fcos")
+    n_f, none = fcos.kd_normalizer(BOXES)
+    _, count = fcos.loss(fcos(torch.zeros(2, 3, *HW)), [{"boxes": b, "labels": torch.zeros(len(b), dtype=torch.int64)}
+                                                        for b in BOXES], with_count=True)
+    assert none is None and 0 < n_f.item() <= count.item()  # centre-ness targets are in (0, 1] per positive
+
+
+# ------------------------------------------------------------------------------------------ weight: auto
+def test_weight_auto_lands_the_target_ratio(tmp_path):
+    student, teacher = _pair("fcos")
+    cfgs = [DistillConfig(method="pkd", weight="auto", auto_ratio=2.0),
+            DistillConfig(method="crosskd", weight="auto", auto_ratio=0.5)]
+    sched = ScheduleConfig(steps=1, batch_size=2, lr=0.001, checkpoint_every=1, log_every=1)
+    tr = Trainer(student, schedule=sched, loss_fn=student.build_loss(), train_loader=_Batches(), teacher=teacher,
+                 imitation=cfgs, out_dir=tmp_path / "c")
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    from compressdet.engine.calibrate import calibrate_weights
+
+    cal = calibrate_weights(tr)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # BN statistics restored
+    assert set(cal) == {"pkd", "crosskd"} and tr.imitation_loss.weights["pkd"] == pytest.approx(cal["pkd"]["weight"])
+    # measured again on other batches, at the chosen weights: within 20% of the targets
+    at_one = measure_grad_ratios(tr, iter([b for b, _ in zip(_Batches(seed=7), range(4))]))
+    for m, target in (("pkd", 2.0), ("crosskd", 0.5)):
+        assert at_one[m] * tr.imitation_loss.weights[m] == pytest.approx(target, rel=0.2)
+    table = grad_ratio_table(tr, {"pkd": [1.0, 10.0]}, 2)
+    assert table["pkd"][10.0] == pytest.approx(10 * table["pkd"][1.0])
+    assert {id(p) for p in shared_parameters(student)} == {id(p) for p in student.det.backbone.parameters()}
+
+
+# ------------------------------------------------------------------------------------------ journey
+RECIPE = """
+name: tiny_auto
+seed: 0
+device: cpu
+data:
+  format: synth
+  image_size: [64, 192]
+  synth: {num_images: 12, size: [384, 128], seed: 0, cache_dir: CACHE}
+  max_val_images: 2
+stages:
+  - name: teacher
+    kind: train
+    model: fcos_r18
+    schedule: {steps: 1, batch_size: 2, lr: 0.005, eval_every: 1, checkpoint_every: 1, log_every: 1, threads: 1}
+  - name: student
+    kind: train
+    model: fcos_mnv3_small
+    teacher: teacher
+    distill: [{method: crosskd, weight: auto, auto_batches: 2}]
+    schedule: {steps: 2, batch_size: 2, lr: 0.005, eval_every: 2, checkpoint_every: 2, log_every: 1, threads: 1,
+               clip: {mode: global, max_norm: 10}}
+"""
+
+
+def test_journey_crosskd_weight_auto_records_weight_and_ratio(tmp_path):
+    from compressdet.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("CACHE", str(tmp_path / "cache")))
+    run = tmp_path / "run"
+    assert main(["run", str(recipe), "--run-dir", str(run)]) == 0
+    stage = json.loads((run / "manifest.json").read_text())["stages"]["student"]
+    cal = stage["metrics"]["distill_calibration"]["crosskd"]
+    assert cal["grad_ratio"] == pytest.approx(1.0) and cal["auto_ratio"] == 1.0 and cal["batches"] == 2
+    assert cal["weight"] == pytest.approx(1.0 / cal["grad_ratio_at_1"]) and np.isfinite(cal["weight"])
+    assert stage["metrics"]["distill_weights"]["crosskd"] == pytest.approx(cal["weight"])
+    assert {"crosskd_cls", "crosskd_box"} <= set(stage["metrics"]["final_losses"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ev = EventAccumulator(str(next((run / "tb" / "student").glob("events*"))))
+    ev.Reload()
+    assert {"distill/crosskd/weight", "distill/crosskd/grad_ratio"} <= set(ev.Tags()["scalars"])
+    assert ev.Scalars("distill/crosskd/weight")[0].value == pytest.approx(cal["weight"], rel=1e-5)
