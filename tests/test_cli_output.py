@@ -3,6 +3,7 @@ labels, help texts, viz --out and the bench report's size columns."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import subprocess
@@ -169,6 +170,24 @@ def test_help_names_no_family_and_every_viz_option_has_help():
             if a.option_strings and a.dest != "help":
                 assert a.help, f"viz {name} {a.option_strings[0]} has no help"
     assert "folder" in viz["dets"].format_help() and "FILE" in viz["pr"].format_help()
+
+
+def test_every_command_comes_from_its_cli_module_and_its_help_runs(capsys):
+    """The commands in the order ``--help`` always listed them, each registered by its own ``cli/`` module (no
+    library package registers one), and each ``--help`` (sub-actions too) printed and exiting 0."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    assert list(sub) == ["run", "recipe", "info", "anchors", "data", "eval", "viz", "export", "bench", "predict",
+                         "deploy"]
+    for name, p in sub.items():
+        nested = [(s, sp) for a in p._actions if isinstance(a, argparse._SubParsersAction) for s, sp in a.choices.items()]
+        for q in [p] + [sp for _, sp in nested]:  # a group (data, viz) sets func on its actions
+            assert q.get_default("func") is None or q.get_default("func").__module__ == f"compressdet.cli.{name}", name
+        assert any(q.get_default("func") for q in [p] + [sp for _, sp in nested]), name
+        for path in [(name,)] + [(name, s) for s, _ in nested]:
+            with pytest.raises(SystemExit) as e:
+                main([*path, "--help"])
+            assert e.value.code == 0 and capsys.readouterr().out.startswith(f"usage: compressdet {' '.join(path)} ")
 
 
 def _kitti(path: Path, lines: list[str]) -> None:
