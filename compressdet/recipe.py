@@ -203,9 +203,10 @@ class ModelConfig(_Strict):
                                  "(plain YAML values: they are stored in the model file's arch)")
     box_bias_init: bool | None = Field(None, description="factory FCOS only: start the box-distance bias at one stride "
                                        "(true), keep the instance's (false), or auto (unset: only a fresh zero bias)")
-    weights: str | None = Field(None, description="fcos_* / retinanet_* only: ImageNet backbone weights, a torchvision "
+    weights: str | None = Field(None, description="fcos_* / retinanet_*: ImageNet backbone weights, a torchvision "
                                 "weight name (DEFAULT, IMAGENET1K_V1: from torchvision's cache, downloaded there when "
-                                "online) or a local state-dict file")
+                                "online) or a local state-dict file; yolo*: your own Ultralytics .pt of that "
+                                "architecture (a trusted file: Ultralytics pickles models; docs/detectors.md)")
     width: float | None = Field(None, gt=0, description="width multiplier for a non-standard width")
     pretrained: str | None = Field(None, description="local backbone checkpoint; never downloaded")
     dropout: float = Field(0.5, ge=0, lt=1, description="head dropout probability (seed: keep 0.5)")

@@ -113,7 +113,7 @@ def test_ultralytics_checkpoint_round_trip(tmp_path):
     import numpy as np
     from ultralytics import YOLO
 
-    from compressdet.models import save_model
+    from compressdet.models import ModelError, save_model
     from compressdet.models.yolo import build_yolo, save_ultralytics
 
     m = _model().eval()
@@ -136,6 +136,8 @@ def test_ultralytics_checkpoint_round_trip(tmp_path):
         torch.testing.assert_close(again(x)[1], m(x)[1])
         torch.testing.assert_close(three(x)[0], m(x)[0])  # box branch transferred, class convs new
         assert three(x)[1].shape[1] == 3
+    with pytest.raises(ModelError, match="another architecture.*yolov8n"):
+        build_yolo(name="yolov8s", num_classes=2, image_size=SIZE, weights=str(pt))
 
 
 def test_bad_weights_and_sizes_are_one_line_model_errors(tmp_path):

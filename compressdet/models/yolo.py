@@ -336,6 +336,12 @@ def _model_yaml(name: str) -> dict[str, Any]:
     return yaml_model_load(YOLO_MODELS[name])
 
 
+def _layout(cfg: dict[str, Any]) -> tuple:
+    """What makes two model YAMLs the same network, whatever their class count or file name."""
+    scale = cfg.get("scale") or (next(iter(cfg["scales"])) if cfg.get("scales") else None)
+    return (repr(cfg.get("backbone")), repr(cfg.get("head")), scale, cfg.get("scales", {}).get(scale) if scale else None)
+
+
 def load_ultralytics_checkpoint(path: str | os.PathLike, what: str = "model.weights") -> nn.Module:
     """The detection model in a user's Ultralytics ``.pt`` (their own, trusted file).
 
@@ -370,16 +376,21 @@ def build_yolo(*, name: str, cfg: dict[str, Any] | None = None, num_classes: int
                image_size: Sequence[int] = (384, 1248), weights: str | None = None,
                classes: Sequence[str] | None = None) -> YoloDetector:
     """An Ultralytics detection model from its model YAML (``cfg``, default: the registry name's shipped
-    YAML) with ``nc = num_classes``, from scratch or with a user's checkpoint's weights (``weights``: the
-    tensors whose shapes fit, Ultralytics' own ``load`` transfer: a checkpoint for another class count
-    keeps all but the class convs). The YAML goes into ``arch``, so a reload needs neither the file nor
+    YAML) with ``nc = num_classes``, from scratch or with a user's checkpoint's weights (``weights``: a
+    checkpoint of the same architecture; the tensors whose shapes fit are loaded, so one for another class
+    count keeps all but the class convs). The YAML goes into ``arch``, so a reload needs neither the file nor
     the YAML."""
     _ultralytics(f"model '{name}'")
     from ultralytics.nn.tasks import DetectionModel
 
     src = load_ultralytics_checkpoint(weights, f"{name}: model.weights") if weights else None
     if cfg is None:
-        cfg = copy.deepcopy(src.yaml) if src is not None else _model_yaml(name)
+        cfg = _model_yaml(name)
+        if src is not None and _layout(src.yaml) != _layout(cfg):
+            have = [n for n in YOLO_MODELS if _layout(_model_yaml(n)) == _layout(src.yaml)]
+            raise ModelError(f"{name}: model.weights '{weights}' holds another architecture "
+                             f"({src.yaml.get('yaml_file', 'its own YAML')}): "
+                             + (f"name it as model.arch: {have[0]}" if have else "not one of the registered yolo models"))
     cfg = {**copy.deepcopy(cfg), "nc": int(num_classes)}
     try:
         net = DetectionModel(copy.deepcopy(cfg), nc=int(num_classes), verbose=False)
