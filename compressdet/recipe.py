@@ -1065,9 +1065,14 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
                 checks.append((("stages", i, "model", "arch"), m.arch))
         elif isinstance(m, str) and m not in recipe.models:
             checks.append((("stages", i, "model"), m))
+    from .models.yolo import EXTRA, YOLO_MODELS, ultralytics_available  # imports no Ultralytics
+
     for loc, arch in checks:
         if arch not in known:
             errs.add(loc, f"unknown model '{arch}'{_did_you_mean(arch, known)} (known: {', '.join(known)})")
+        elif arch in YOLO_MODELS and not ultralytics_available():
+            errs.add(loc, f"'{arch}' needs Ultralytics, which is not installed: pip install '{EXTRA}' "
+                     "(AGPL-3.0: see docs/detectors.md)")
     blocks = [(("models", k), m) for k, m in recipe.models.items()]
     blocks += [(("stages", i, "model"), s.model) for i, s in enumerate(recipe.stages)
                if isinstance(getattr(s, "model", None), ModelConfig)]
@@ -1092,6 +1097,38 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
         for field, lacks in ModelConfig.RETINANET_ONLY.items():
             if getattr(m, field) is not None:
                 errs.add((*loc, field), f"'{m.arch}' has {lacks}")
+    _check_yolo_stages(recipe, errs, YOLO_MODELS)
+
+
+#: the stages a yolo model cannot go through yet (issue #45), and why
+_YOLO_UNSUPPORTED = {
+    "prune": "channel pruning does not know Ultralytics' C2f/C3k2 blocks and DFL head yet",
+    "qat": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
+    "ptq": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
+}
+
+
+def _check_yolo_stages(recipe: Recipe, errs: _Errors, yolo_models: Any) -> None:
+    """Refuse up front, before any training, a stage a yolo model (its own or its 'from' chain's) cannot run."""
+    by_name = {s.name: s for s in recipe.stages}
+
+    def arch_of(stage: Any, depth: int = 0) -> str | None:
+        m = recipe.resolve_model(stage)
+        if m is not None:
+            return m.arch
+        src = by_name.get(getattr(stage, "from_", None) or "")
+        return arch_of(src, depth + 1) if src is not None and depth < len(by_name) else None
+
+    for i, s in enumerate(recipe.stages):
+        why = _YOLO_UNSUPPORTED.get(s.kind)
+        arch = arch_of(s)
+        if arch not in yolo_models:
+            continue
+        if why:
+            errs.add(("stages", i, "kind"), f"stage '{s.name}' ({s.kind}) cannot run on the yolo model '{arch}': {why}")
+        elif any(d.method == "crosskd" for d in distill_methods(s)):
+            errs.add(("stages", i, "distill"), f"stage '{s.name}': crosskd is not wired to a yolo student's Detect "
+                     f"head yet ('{arch}'); use fgfi or pkd (per level, P3-P5)")
 
 
 def recipe_dir(recipe: Recipe) -> Path:
@@ -1155,14 +1192,9 @@ def _check_factories(recipe: Recipe, errs: _Errors) -> None:
     it cannot run (each naming the stage and why)."""
     from .errors import UserError
     from .models._factory import _one_line, build_from_factory
-    from .models.yolo import EXTRA, YOLO_MODELS, ultralytics_available  # imports no Ultralytics
-
 
     blocks = [(("models", k), m) for k, m in recipe.models.items()]
     blocks += [(("stages", i, "model"), s.model) for i, s in enumerate(recipe.stages)
-        elif arch in YOLO_MODELS and not ultralytics_available():
-            errs.add(loc, f"'{arch}' needs Ultralytics, which is not installed: pip install '{EXTRA}' "
-                     "(AGPL-3.0: see docs/detectors.md)")
                if isinstance(getattr(s, "model", None), ModelConfig)]
     built: dict[int, Any] = {}
     for loc, m in blocks:
@@ -1185,33 +1217,6 @@ def _check_factories(recipe: Recipe, errs: _Errors) -> None:
     if not built:
         return
     by_name = {s.name: s for s in recipe.stages}
-    _check_yolo_stages(recipe, errs, YOLO_MODELS)
-
-
-#: the stages a yolo model cannot go through yet (issue #45), and why
-_YOLO_UNSUPPORTED = {
-    "prune": "channel pruning does not know Ultralytics' C2f/C3k2 blocks and DFL head yet",
-    "qat": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
-    "ptq": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
-}
-
-
-def _check_yolo_stages(recipe: Recipe, errs: _Errors, yolo_models: Any) -> None:
-    """Refuse up front, before any training, a stage a yolo model (its own or its 'from' chain's) cannot run."""
-    by_name = {s.name: s for s in recipe.stages}
-
-    def arch_of(stage: Any, depth: int = 0) -> str | None:
-        m = recipe.resolve_model(stage)
-        if m is not None:
-            return m.arch
-        src = by_name.get(getattr(stage, "from_", None) or "")
-        return arch_of(src, depth + 1) if src is not None and depth < len(by_name) else None
-
-    for i, s in enumerate(recipe.stages):
-        why = _YOLO_UNSUPPORTED.get(s.kind)
-        arch = arch_of(s) if why else None
-        if why and arch in yolo_models:
-            errs.add(("stages", i, "kind"), f"stage '{s.name}' ({s.kind}) cannot run on the yolo model '{arch}': {why}")
 
     def model_of(stage: Any, depth: int = 0) -> Any:
         m = recipe.resolve_model(stage)

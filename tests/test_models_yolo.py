@@ -197,6 +197,10 @@ def test_recipe_refuses_prune_and_qat_of_a_yolo_model_up_front(tmp_path):
     text = str(e.value)
     assert "stage 'p' (prune) cannot run on the yolo model 'yolov8n'" in text
     assert "stage 'q' (qat) cannot run on the yolo model 'yolov8n'" in text
+    r.write_text(RECIPE.format(arch="yolov8n", extra="  - {name: s, kind: train, model: yolov8n, teacher: a, "
+                               "distill: {method: crosskd}}\n"))
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.distill: stage 's': crosskd is not wired"):
+        load_recipe(r)
     r.write_text(RECIPE.format(arch="yolov8n", extra="").replace("model: yolov8n",
                                f"model: {{arch: yolov8n, weights: {tmp_path / 'nope.pt'}}}"))
     with pytest.raises(RecipeError, match="weights"):
