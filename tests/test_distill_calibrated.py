@@ -258,3 +258,30 @@ def test_journey_crosskd_weight_auto_records_weight_and_ratio(tmp_path):
     ev.Reload()
     assert {"distill/crosskd/weight", "distill/crosskd/grad_ratio"} <= set(ev.Tags()["scalars"])
     assert ev.Scalars("distill/crosskd/weight")[0].value == pytest.approx(cal["weight"], rel=1e-5)
+
+
+def test_weight_auto_is_measured_once_and_kept_on_resume(tmp_path, monkeypatch):
+    import compressdet.engine.calibrate as cal_mod
+
+    def make(steps):
+        torch.manual_seed(0)
+        s = build_model("shuffledet_0.25x", image_size=HW)
+        t = build_model("shuffledet_0.5x", image_size=HW).eval()
+        sched = ScheduleConfig(steps=steps, batch_size=2, lr=0.001, checkpoint_every=1, log_every=1)
+        return Trainer(s, schedule=sched, loss_fn=s.build_loss(), train_loader=_Batches(), teacher=t,
+                       imitation=[DistillConfig(method="pkd", weight="auto", auto_batches=2)], out_dir=tmp_path / "c",
+                       anchors=s.priors())
+
+    class _Resumable:  # the stream restarts where asked (enough for this test: the data do not matter)
+        def set_position(self, n):
+            pass
+
+    monkeypatch.setattr(_Batches, "sampler", _Resumable(), raising=False)
+
+    first = make(1).fit()
+    w = first["distill_weights"]["pkd"]
+    assert first["distill_calibration"]["pkd"]["weight"] == pytest.approx(w) and w != 1.0
+    monkeypatch.setattr(cal_mod, "calibrate_weights", lambda tr: pytest.fail("measured again on resume"))
+    tr = make(2)
+    again = tr.fit(resume_from=tmp_path / "c" / "last.pt")
+    assert again["distill_weights"]["pkd"] == pytest.approx(w) and again["distill_calibration"]["pkd"]["weight"] == w
