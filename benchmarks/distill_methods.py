@@ -26,6 +26,21 @@ teacher trained once and cached. One invocation per family; each adds its studen
 JSON (the other families' entries of the same preset and seeds are kept).
 
     python benchmarks/distill_methods.py --preset cpu --family fcos
+
+``--preset calibrated`` (issue #41; ``smoke-calibrated``: its plumbing in about a minute) compares the
+methods at equal *strength* instead of equal loss weight: every method (``fgfi``, ``pkd``, ``crosskd``)
+is swept on the same grid of gradient ratios (``weight: auto`` with ``auto_ratio`` r: the distillation
+gradient on the student's backbone + neck set to r x the detection loss's before training; six points
+log-spaced 0.3x to 100x, the grid extended by one point past an edge when the best point is at that
+edge), the clip mode (per-tensor 1.0, the seed's, and global 35, mmdetection's) part of the sweep for
+FGFI and the best other method, every setting chosen on val over two seeds and reported once on test
+over three other seeds. It writes ``distill_methods_calibrated.{json,md}`` (never the uncalibrated
+results or ledger); per family: ``calibration`` (method -> {weight: measured ratio}), ``sweep``
+(method -> {"<ratio>@<clip>": {seed: val mAP40}}), ``chosen``, ``test_map40``, ``best_vs_fgfi``
+(per_seed, mean, ci95) and ``auto_weight`` (each method at ``weight: auto``'s default ratio against its
+swept best, on test).
+
+    python benchmarks/distill_methods.py --preset calibrated --family fcos
 """
 
 from __future__ import annotations
@@ -100,9 +115,23 @@ def _teacher_test(runner, teacher_file: Path, data: dict) -> float:
         return test_map(teacher_file, data, runner.test_dir)["map40"]
 
 
+#: the calibrated presets (issue #41): the base preset (data, schedule, teacher: shared with it), the
+#: gradient-ratio grid, the clip modes swept for FGFI and the best other method, selection and report seeds
+CALIBRATED = {
+    "calibrated": {"base": "cpu", "ratios": [0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
+                   "clips": [{"mode": "per_tensor", "max_norm": 1.0}, {"mode": "global", "max_norm": 35.0}],
+                   "select_seeds": [0, 1], "report_seeds": [2, 3, 4], "extend": True},
+    "smoke-calibrated": {"base": "smoke", "ratios": [1.0, 10.0],
+                         "clips": [{"mode": "per_tensor", "max_norm": 1.0}, {"mode": "global", "max_norm": 35.0}],
+                         "select_seeds": [0, 1], "report_seeds": [0, 1], "extend": False},
+}
+CALIBRATED_METHODS = ("fgfi", "pkd", "crosskd")
+AUTO_DEFAULT_RATIO = 1.0  # DistillConfig.auto_ratio's default
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=sorted(ig.PRESETS), default="smoke")
+    ap.add_argument("--preset", choices=sorted(ig.PRESETS) + sorted(CALIBRATED), default="smoke")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".imitation_gain",
                     help="shared with imitation_gain.py: the teacher run is reused")
     ap.add_argument("--results", type=Path, default=RESULTS)
@@ -112,6 +141,8 @@ def main(argv=None) -> int:
                     "benchmarks/ledger/distill_methods/<preset> for cpu/gpu, none for smoke)")
     ap.add_argument("--no-ledger", action="store_true", help="neither read nor write the ledgers")
     args = ap.parse_args(argv)
+    if args.preset in CALIBRATED:
+        return calibrated(args)
     p = copy.deepcopy(ig.PRESETS[args.preset])
     if args.seeds:
         p["seeds"] = list(range(args.seeds))
@@ -255,6 +286,176 @@ def main(argv=None) -> int:
                f"- goal (best beats FGFI by >= +1.0 with a CI above 0): {'met' if st['goal_met'] else 'not met'}",
                f"- chart: distill_methods{'' if st['family'] == 'shuffledet' else '_' + st['family']}.png"]
     atomic_write_text(args.results / "distill_methods.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+def _clip_tag(clip: dict) -> str:
+    return f"{clip['mode']}{clip['max_norm']:g}"
+
+
+def _setup(args, p: dict, base: str):
+    """Data, teacher (the base preset's cached run) and the student runner of one family."""
+    from compressdet.data import build_dataset, prepare_data
+    from compressdet.recipe import DataConfig
+
+    work = args.work / base  # the base preset's work folder: its teacher is reused
+    work.mkdir(parents=True, exist_ok=True)
+    s_cfg = DataConfig(**ig._data(p, True))
+    prepare_data(s_cfg)
+    n = {split: len(build_dataset(s_cfg, split, train=split == "train")) for split in ("train", "val", "test")}
+    data_hash = ig.data_hash_of(s_cfg)
+    plan = ig.plan_steps(p, n["train"])
+    tarch, sarch = model_blocks(args.family, s_cfg)
+    teacher_recipe = ig.make_teacher_recipe(p, tarch, plan["teacher_steps"], data_hash, lr=TEACHER_LR[args.family])
+    if args.no_ledger or (args.ledger is None and args.preset.startswith("smoke")):
+        ledger = ig.Ledger(None)  # check runs never write into the repository
+    else:
+        ledger = ig.Ledger.at(args.ledger) if args.ledger else ig.Ledger.for_bench("distill_methods", args.preset)
+    tman = ig._run(teacher_recipe, work, ledger, need_files=False)
+    teacher_file = ig.model_file(work, tman, "teacher", ledger)
+    runner = ig.student_runner(work, p, n["train"], teacher_recipe["name"].removeprefix("teacher-"),
+                               test_dir=ledger.test_dir or work / "test_eval", ledger=ledger, arch=sarch,
+                               need_files=False)
+    if "ledger_files" in tman:
+        runner.teacher_sha[str(teacher_file)] = ig.recorded_sha256(tman, "teacher")
+        runner.make_teacher = lambda: ig._run(teacher_recipe, work, ledger)
+    return {"n": n, "plan": plan, "data_hash": data_hash, "tarch": tarch, "sarch": sarch, "runner": runner,
+            "teacher_file": teacher_file, "teacher": {"arch": tarch, "run": teacher_recipe["name"],
+                                                      "val_map40": tman["stages"]["teacher"]["metrics"]["map40"]}}
+
+
+def calibrated(args) -> int:
+    """The calibrated head-to-head (see the module docstring); one family per invocation."""
+    import json
+    import math
+
+    from _protocol import claim, protocol_keys
+
+    from compressdet._io import atomic_write_json, atomic_write_text
+    from compressdet.eval.stats import describe
+
+    t_start = time.perf_counter()
+    c = CALIBRATED[args.preset]
+    p = copy.deepcopy(ig.PRESETS[c["base"]])
+    sel, rep_seeds = list(c["select_seeds"]), list(c["report_seeds"])
+    if args.seeds:  # checks only: fewer report seeds
+        rep_seeds = rep_seeds[:args.seeds]
+    env = _setup(args, p, c["base"])
+    runner, teacher_file = env["runner"], env["teacher_file"]
+    default_clip = c["clips"][0]
+
+    def mean_val(runs: dict) -> float:
+        return statistics.mean(r["val"]["map40"] for r in runs.values())
+
+    with ig.teacher_feature_cache(args.work / c["base"] / "feature_cache", env["n"]["train"], enabled=False):
+        # the baseline's lr on val over the selection seeds; every arm trains at it
+        base_runs = {lr: {s: runner.run(f"base-lr{lr}", s, lr, 0.0, None) for s in sel} for lr in p["lr_sweep"]}
+        lr = max(p["lr_sweep"], key=lambda v: (mean_val(base_runs[v]), -p["lr_sweep"].index(v)))
+
+        def arm(method: str, ratio: float, clip: dict, seed: int) -> dict:
+            d = [{"method": method, "weight": "auto", "auto_ratio": ratio}]
+            sched = None if clip == default_clip else {"clip": clip}
+            return runner.run(f"C-{method}-r{ratio:g}-{_clip_tag(clip)}-lr{lr}", seed, lr, 0.0, teacher_file,
+                              distill=d, schedule=sched)
+
+        sweep: dict[str, dict[str, dict[int, float]]] = {}
+        calibration: dict[str, dict[str, float]] = {}
+        runs: dict[str, dict[tuple[float, str], dict[int, dict]]] = {}
+        chosen: dict[str, dict] = {}
+        for m in CALIBRATED_METHODS:
+            runs[m] = {}
+            grid = list(c["ratios"])
+
+            def try_point(r: float, clip: dict, m=m) -> None:
+                key = (r, _clip_tag(clip))
+                if key not in runs[m]:
+                    runs[m][key] = {s: arm(m, r, clip, s) for s in sel}
+                    sweep.setdefault(m, {})[f"{r:g}@{key[1]}"] = {s: x["val"]["map40"] for s, x in runs[m][key].items()}
+                    for x in runs[m][key].values():  # what weight: auto chose, and the ratio it measured
+                        cal = (x["val"].get("distill_calibration") or {}).get(m)
+                        if cal:
+                            calibration.setdefault(m, {})[f"{cal['weight']:.6g}"] = cal["grad_ratio"]
+
+            for r in grid:
+                try_point(r, default_clip)
+            best = max(runs[m], key=lambda k: mean_val(runs[m][k]))
+            if c["extend"]:  # the best point at an edge of the grid: one more point past it (log step)
+                step = math.log(grid[1] / grid[0])
+                for edge, nxt in ((grid[0], grid[0] / math.exp(step)), (grid[-1], grid[-1] * math.exp(step))):
+                    if best[0] == edge:
+                        try_point(round(nxt, 3), default_clip)
+                best = max(runs[m], key=lambda k: mean_val(runs[m][k]))
+            chosen[m] = {"ratio": best[0], "clip": default_clip}
+        others = [m for m in CALIBRATED_METHODS if m != "fgfi"]
+        best_other = max(others, key=lambda m: mean_val(runs[m][(chosen[m]["ratio"], _clip_tag(chosen[m]["clip"]))]))
+        for m in ("fgfi", best_other):  # the clip mode is part of the sweep for these two
+            for clip in c["clips"][1:]:
+                try_point_r = chosen[m]["ratio"]
+                key = (try_point_r, _clip_tag(clip))
+                if key not in runs[m]:
+                    runs[m][key] = {s: arm(m, try_point_r, clip, s) for s in sel}
+                    sweep[m][f"{try_point_r:g}@{key[1]}"] = {s: x["val"]["map40"] for s, x in runs[m][key].items()}
+            best = max(runs[m], key=lambda k: mean_val(runs[m][k]))
+            chosen[m] = {"ratio": best[0], "clip": next(cl for cl in c["clips"] if _clip_tag(cl) == best[1])}
+        for m in chosen:
+            chosen[m]["val_map40"] = mean_val(runs[m][(chosen[m]["ratio"], _clip_tag(chosen[m]["clip"]))])
+        # report: each chosen setting (and weight: auto at its default ratio, default clip) on test
+        test: dict[str, dict[int, float]] = {"none": {s: runner.run(f"base-lr{lr}", s, lr, 0.0, None)["test"]["map40"]
+                                                      for s in rep_seeds}}
+        for m in CALIBRATED_METHODS:
+            test[m] = {s: arm(m, chosen[m]["ratio"], chosen[m]["clip"], s)["test"]["map40"] for s in rep_seeds}
+            test[f"{m}-auto"] = {s: arm(m, AUTO_DEFAULT_RATIO, default_clip, s)["test"]["map40"] for s in rep_seeds}
+
+    vs_fgfi = {m: claim(test[m], test["fgfi"], rep_seeds) for m in others}
+    best = max(others, key=lambda m: chosen[m]["val_map40"])
+    entry = {
+        "family": args.family, "teacher": env["teacher"], "lr": lr,
+        "command": f"python benchmarks/distill_methods.py --preset {args.preset} --family {args.family}",
+        "ratios": c["ratios"], "clips": c["clips"], "select_seeds": sel, "report_seeds": rep_seeds,
+        "calibration": calibration,
+        "sweep": {m: {k: {str(s): v for s, v in by.items()} for k, by in pts.items()} for m, pts in sweep.items()},
+        "chosen": chosen,
+        "test_map40": {a: [test[a][s] for s in rep_seeds] for a in test},
+        "vs_fgfi": vs_fgfi,
+        "best_vs_fgfi": {"method": best, **{k: vs_fgfi[best][k] for k in ("per_seed", "mean", "ci95", "significant")}},
+        "auto_weight": {m: {"auto_ratio": AUTO_DEFAULT_RATIO, "test_map40": [test[f"{m}-auto"][s] for s in rep_seeds],
+                            "vs_swept_best": claim(test[f"{m}-auto"], test[m], rep_seeds)} for m in CALIBRATED_METHODS},
+        "minutes": sum(runner.student_s) / 60, "total_minutes": (time.perf_counter() - t_start) / 60,
+    }
+    entry["goal_met"] = bool(entry["best_vs_fgfi"]["mean"] >= 1.0 and entry["best_vs_fgfi"]["ci95"][0] > 0)
+    out = args.results / "distill_methods_calibrated.json"
+    students = {}
+    if out.is_file():
+        try:
+            old = json.loads(out.read_text())
+            if old.get("preset") == args.preset:
+                students = {k: v for k, v in old.get("students", {}).items() if isinstance(v, dict)}
+        except ValueError:
+            pass
+    students[env["sarch"] if isinstance(env["sarch"], str) else env["sarch"]["arch"]] = entry
+    result = {"preset": args.preset, **protocol_keys(rep_seeds), "selection_seeds": sel,
+              "steps": {"student": env["plan"]["student_steps"], "batch": p["batch"]},
+              "data": {**{f"{k}_images": v for k, v in env["n"].items()}, "data_hash": env["data_hash"]},
+              "note": "short-schedule results (the base preset's steps), not the papers' 2x COCO schedules",
+              "students": dict(sorted(students.items()))}
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result)
+    md = [f"# Distillation methods, calibrated ({args.preset} preset)", "",
+          "Each method swept on the same grid of gradient ratios (`weight: auto`), chosen on val over seeds "
+          f"{sel}, reported on test over seeds {rep_seeds}. Short-schedule results."]
+    for name, st in result["students"].items():
+        md += ["", f"## {name} ({st['family']})", "", "| arm | chosen (ratio, clip) | test mAP40 per seed | mean |",
+               "|---|---|---|---|"]
+        for a, v in st["test_map40"].items():
+            ch = st["chosen"].get(a)
+            label = f"{ch['ratio']:g}x, {_clip_tag(ch['clip'])}" if ch else ("auto, default ratio" if "auto" in a else "")
+            md.append(f"| {a} | {label} | {', '.join(f'{x:.2f}' for x in v)} | {statistics.mean(v):.2f} |")
+        b = st["best_vs_fgfi"]
+        md += ["", f"- best other method by val: **{b['method']}**; against FGFI on test: "
+               f"{describe(st['vs_fgfi'][b['method']])}",
+               f"- goal (beats FGFI by >= +1.0 with a CI above 0): {'met' if st['goal_met'] else 'not met'}"]
+    atomic_write_text(args.results / "distill_methods_calibrated.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

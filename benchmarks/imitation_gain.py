@@ -481,15 +481,18 @@ class StudentRunner:
         self.models: dict[str, str] = {}  # run name -> the student's model file
 
     def run(self, label: str, seed: int, lr: float, weight: float, teacher: Path | None,
-            distill: list[dict] | None = None) -> dict:
+            distill: list[dict] | None = None, schedule: dict | None = None) -> dict:
         """Val metrics (selection) and test metrics (report) of one student. ``weight`` is FGFI's
-        (``imitation:``); ``distill`` (a list of method dicts) replaces it when given."""
+        (``imitation:``); ``distill`` (a list of method dicts) replaces it when given; ``schedule``
+        adds schedule fields (the calibrated benchmark's ``clip``; ``label`` must then say so)."""
         from _protocol import test_map
 
         from compressdet._io import sha256_file
 
         p = self.p
         st = _stage("student", self.arch, self.plan["student_steps"], p, p["student_evals"], lr=lr)
+        if schedule:
+            st["schedule"].update(schedule)
         stages = []
         if teacher is not None:
             if str(teacher) not in self.teacher_sha:
