@@ -236,6 +236,13 @@ stages:
     distill: [{method: crosskd, weight: auto, auto_batches: 2}]
     schedule: {steps: 2, batch_size: 2, lr: 0.005, eval_every: 2, checkpoint_every: 2, log_every: 1, threads: 1,
                clip: {mode: global, max_norm: 10}}
+  - name: pruned
+    kind: prune
+    from: student
+    teacher: teacher
+    distill: {method: crosskd, weight: auto, auto_batches: 1, auto_ratio: 3.0}
+    target: {macs: 0.8}
+    schedule: {steps: 1, batch_size: 2, lr: 0.002, eval_every: 1, checkpoint_every: 1, log_every: 1, threads: 1}
 """
 
 
@@ -258,6 +265,9 @@ def test_journey_crosskd_weight_auto_records_weight_and_ratio(tmp_path):
     ev.Reload()
     assert {"distill/crosskd/weight", "distill/crosskd/grad_ratio"} <= set(ev.Tags()["scalars"])
     assert ev.Scalars("distill/crosskd/weight")[0].value == pytest.approx(cal["weight"], rel=1e-5)
+    # a prune stage measures again after pruning (its student changed), per round
+    rounds = json.loads((run / "manifest.json").read_text())["stages"]["pruned"]["metrics"]["rounds"]
+    assert rounds[0]["distill_calibration"]["crosskd"]["grad_ratio"] == pytest.approx(3.0)
 
 
 def test_weight_auto_is_measured_once_and_kept_on_resume(tmp_path, monkeypatch):

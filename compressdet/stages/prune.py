@@ -94,7 +94,10 @@ def _fine_tune_round(ctx: StageContext, model: nn.Module, i: int, k: int,
     if i < k - 1:
         model.load_state_dict(load_checkpoint(sub.checkpoint_dir / "last.pt")["model"])
     return sub, summary, {"channels_removed": removed,
-                          "best_map40": summary.get("best_map40"), "steps": sched.steps}
+                          "best_map40": summary.get("best_map40"), "steps": sched.steps,
+                          **({"distill_weights": summary["distill_weights"],  # weight: auto measures per round
+                              "distill_calibration": summary["distill_calibration"]}
+                             if summary.get("distill_weights") else {})}
 
 
 def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:

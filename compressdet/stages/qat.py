@@ -54,5 +54,6 @@ def run(ctx: StageContext) -> StageResult:
             "image_size": list(recipe.data.image_size), "classes": list(recipe.data.classes)}
     extra = {"steps": sched.steps, "qat_minutes": summary["minutes"], "final_losses": summary["final_losses"],
              "train_img_per_s": summary["train_img_per_s"], "imitation": use_imit,
-             "distill": [m.method for m in methods]}
+             "distill": [m.method for m in methods], "distill_weights": summary.get("distill_weights") or {},
+             "distill_calibration": summary.get("distill_calibration") or {}}
     return finish_quant_stage(ctx, converted, example[:1], extra_metrics=extra, meta=meta, model=student)
