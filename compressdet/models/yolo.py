@@ -266,7 +266,11 @@ class YoloDetector(nn.Module):
 
 
 class YoloLoss(nn.Module):
-    """``loss(outputs, targets)`` of a :class:`YoloDetector` (held by reference, not a submodule)."""
+    """``loss(outputs, targets)`` of a :class:`YoloDetector` (held by reference, not a submodule).
+
+    It has no ``reduce_counts``: under DDP each process normalises by its own assigned-score sum and DDP
+    averages the gradients, as Ultralytics' own DDP training does.
+    """
 
     def __init__(self, model: YoloDetector) -> None:
         super().__init__()
