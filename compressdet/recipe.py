@@ -265,7 +265,7 @@ class ScheduleConfig(_Strict):
     clip: ClipConfig | None = Field(None, description="gradient clip {mode: per_tensor | global | none, max_norm}; "
                                     "not given: clip_grad_norm's per-tensor clip (the seed's, 1.0)")
     clip_grad_norm: float | None = Field(1.0, gt=0, description="legacy form of clip: a per-tensor clip at this norm "
-                                         "(null: none); give 'clip' or this, not both")
+                                         "(null: none); with 'clip' given it must stay at its default")
     eval_every: int = Field(500, gt=0, description="steps between evaluations on val (best checkpoint kept)")
     checkpoint_every: int = Field(500, gt=0, description="steps between resumable checkpoints")
     log_every: int = Field(20, gt=0, description="steps between loss logs (console, tensorboard)")
@@ -275,7 +275,8 @@ class ScheduleConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_clip(self) -> "ScheduleConfig":
-        if self.clip is not None and "clip_grad_norm" in self.model_fields_set:
+        # a resolved recipe carries the default clip_grad_norm beside clip: only another value conflicts
+        if self.clip is not None and "clip_grad_norm" in self.model_fields_set and self.clip_grad_norm != 1.0:
             raise ValueError("give 'clip: {mode, max_norm}' or the legacy 'clip_grad_norm', not both")
         return self
 

@@ -86,7 +86,9 @@ def test_old_recipe_fields_still_load_and_new_ones_round_trip():
     assert ScheduleConfig(clip={"mode": "global", "max_norm": 35}).clip_setting == ClipConfig(mode="global",
                                                                                              max_norm=35)
     with pytest.raises(ValueError, match="not both"):
-        ScheduleConfig(clip={"mode": "global"}, clip_grad_norm=1.0)
+        ScheduleConfig(clip={"mode": "global"}, clip_grad_norm=0.5)
+    # a resolved recipe writes the default clip_grad_norm beside clip: it loads again, clip in force
+    assert ScheduleConfig(clip={"mode": "global"}, clip_grad_norm=1.0).clip_setting.mode == "global"
     for cfg in [DistillConfig(method="pkd", weight=2.0), DistillConfig(method="crosskd", weight=1.0, tau=2.0),
                 DistillConfig(method="crosskd", weight="auto", auto_ratio=3.0, from_layer=1, centerness=True),
                 DistillConfig(method="crosskd", variant="adapter"), DistillConfig(method="fgfi")]:
