@@ -4,6 +4,9 @@
     python benchmarks/fuzz.py --examples 200           (a quick check that the runner works)
     python benchmarks/fuzz.py --minutes 60             (an hour's share of the budget; run again to go on)
 
+Run it from a checkout nobody edits meanwhile (``git worktree add ../fuzz HEAD``): the count is for the code
+digest it started with, and the JSON names the commit.
+
 The budget is spent in rounds of ``--chunk`` examples per target, each round with its own Hypothesis seed
 (so rounds explore different inputs); after every round the counts so far go into the JSON, and a later run
 of the same code adds to them (the JSON's ``code`` digest: the package and the fuzz tests), so hours of
@@ -51,17 +54,33 @@ def _junit_outcomes(path: Path) -> dict[str, str]:
     return out
 
 
+def _rel(f: Path) -> str:
+    return str(f.relative_to(REPO)) if f.is_relative_to(REPO) else str(f)
+
+
 def code_digest(files: list[Path]) -> str:
     """sha256 over the package's sources and the fuzz tests: counts add up only while this stays the same."""
     import hashlib
 
     h = hashlib.sha256()
     for f in sorted([*(REPO / "compressdet").rglob("*.py"), *files]):
-        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+        h.update(_rel(f).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 
-def run_rounds(examples: int, files: list[Path], out: Path, *, chunk: int, minutes: float | None) -> dict:
+def _commit() -> str | None:
+    """The checked-out commit, ``+dirty`` when the package or tests differ from it (the digest decides)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "compressdet", "tests"], cwd=REPO,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def run_rounds(examples: int, files: list[Path], out: Path, *, chunk: int, minutes: float | None,
+               jobs: int = 1) -> dict:
     """Rounds of ``chunk`` examples per target until every target ran ``examples`` (or ``minutes`` passed),
     adding to what ``out`` recorded for the same code."""
     code = code_digest(files)
@@ -74,7 +93,7 @@ def run_rounds(examples: int, files: list[Path], out: Path, *, chunk: int, minut
     while not targets or min(t["examples"] for t in targets.values()) < examples:
         if t_end is not None and time.perf_counter() >= t_end:
             break
-        one = run(chunk, files, None, seed=rounds)
+        one = run(chunk, files, None, seed=rounds, jobs=jobs)
         rounds += 1
         seconds += one["seconds"]
         for name, t in one["targets"].items():
@@ -82,6 +101,7 @@ def run_rounds(examples: int, files: list[Path], out: Path, *, chunk: int, minut
             acc["examples"] += t["examples"]
             acc["failures"] += t["failures"]
         rep = {**one, "examples_per_target": examples, "chunk": chunk, "rounds": rounds, "code": code,
+               "commit": _commit(),
                "targets": targets, "targets_run": len(targets),
                "examples_total": sum(t["examples"] for t in targets.values()),
                "complete": min(t["examples"] for t in targets.values()) >= examples if targets else False,
@@ -94,15 +114,17 @@ def run_rounds(examples: int, files: list[Path], out: Path, *, chunk: int, minut
 
 
 def run(examples: int, files: list[Path], out: Path | None, timeout: float | None = None,
-        seed: int | None = None) -> dict:
+        seed: int | None = None, jobs: int = 1) -> dict:
     with tempfile.TemporaryDirectory(prefix="compressdet-fuzz-") as tmp:
         counts, junit = Path(tmp) / "counts", Path(tmp) / "junit.xml"
         env = {**os.environ, "COMPRESSDET_FUZZ_EXAMPLES": str(examples), "COMPRESSDET_FUZZ_COUNT_DIR": str(counts),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         t0 = time.perf_counter()
         seeded = [f"--hypothesis-seed={seed}"] if seed is not None else []
+        # each target is one test: pytest-xdist runs them side by side, one per core
+        spread = ["-n", str(jobs), "--dist", "load"] if jobs > 1 else []
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                               *seeded, *map(str, files)], cwd=REPO, env=env, timeout=timeout)
+                               *spread, *seeded, *map(str, files)], cwd=REPO, env=env, timeout=timeout)
         seconds = time.perf_counter() - t0
         targets = {p.stem: json.loads(p.read_text()) for p in sorted(counts.glob("*.json"))} if counts.is_dir() else {}
         tests = _junit_outcomes(junit) if junit.is_file() else {}
@@ -118,7 +140,7 @@ def run(examples: int, files: list[Path], out: Path | None, timeout: float | Non
         "failures": max(sum(t["failures"] for t in targets.values()), len(failed_tests)),
         "failed_tests": failed_tests,
         "pytest_exit": proc.returncode,
-        "files": [str(f.relative_to(REPO)) for f in files],
+        "files": [_rel(f) for f in files],
         "seconds": round(seconds, 1),
         "versions": {"python": platform.python_version(), "hypothesis": hypothesis.__version__},
     }
@@ -139,15 +161,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="examples per target and round, each round seeded apart and recorded (default: one round "
                          "of --examples; make fuzz uses 5000)")
     ap.add_argument("--minutes", type=float, default=None, help="stop starting rounds after this long (with --chunk)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="targets run side by side, one per process (default: every core)")
     args = ap.parse_args(argv)
     files = [f.resolve() for f in args.files] if args.files else sorted((REPO / "tests").glob("test_fuzz_*.py"))
     if not files:
         print("no tests/test_fuzz_*.py found", file=sys.stderr)
         return 1
     if args.chunk:
-        rep = run_rounds(args.examples, files, args.out, chunk=args.chunk, minutes=args.minutes)
+        rep = run_rounds(args.examples, files, args.out, chunk=args.chunk, minutes=args.minutes, jobs=args.jobs)
     else:
-        rep = run(args.examples, files, args.out)
+        rep = run(args.examples, files, args.out, jobs=args.jobs)
     for name, t in rep["targets"].items():
         print(f"{name}: {t['examples']} examples, {t['failures']} failures")
     print(f"{rep['targets_run']} targets, {rep['examples_total']} examples, {rep['failures']} failures "

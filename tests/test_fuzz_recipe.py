@@ -21,6 +21,7 @@ from _fuzz import FUZZ, counted  # tests/ is on sys.path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from compressdet import _yaml
 from compressdet.errors import UserError
 from compressdet.recipe import Recipe, parse_recipe
 
@@ -172,6 +173,37 @@ def test_fuzz_recipe_overrides():
             box["n"] += 1
             text = TEXTS[data.draw(st.sampled_from(sorted(TEXTS)))]
             outcome(text, data.draw(overrides(text)))
+
+        run()
+
+
+def _pure(text: str):
+    """What PyYAML's pure-Python parser makes of ``text``, with the duplicate-key check: the reference."""
+    root = yaml.compose(text, Loader=_yaml._Loader)
+    if root is not None:
+        _yaml._check_unique(root)
+    return _yaml.construct(root)
+
+
+def _either(load, text: str):
+    try:
+        return "ok", repr(load(text))  # repr: nan != nan, and 1 == True, but their reprs tell them apart
+    except yaml.YAMLError:
+        return "error", None
+
+
+def test_fuzz_yaml_fast_path():
+    """libyaml composes what the pure-Python parser composes (``compressdet/_yaml.py`` takes libyaml's way
+    for speed): the same values, and the same verdict on what is no YAML."""
+    with counted("yaml_fast_path") as box:
+        @FUZZ
+        @given(text=st.one_of(st.text(max_size=120), mutated_recipe(),
+                              st.lists(st.one_of(SCALAR_TEXT, st.sampled_from(["a:", "  - b: 1", "c: {d: 1}", "- 1",
+                                                                               "? k", "&x y: *x", "e: [1, {f: 2}]"])),
+                                       max_size=8).map("\n".join)))
+        def run(text):
+            box["n"] += 1
+            assert _either(_yaml.safe_load_unique, text) == _either(_pure, text), repr(text)
 
         run()
 
