@@ -1120,11 +1120,17 @@ def _check_yolo_stages(recipe: Recipe, errs: _Errors, yolo_models: Any) -> None:
         src = by_name.get(getattr(stage, "from_", None) or "")
         return arch_of(src, depth + 1) if src is not None and depth < len(by_name) else None
 
+    h, w = recipe.data.image_size
+    size_said = False
     for i, s in enumerate(recipe.stages):
         why = _YOLO_UNSUPPORTED.get(s.kind)
         arch = arch_of(s)
         if arch not in yolo_models:
             continue
+        if (h % 32 or w % 32) and not size_said:
+            size_said = True
+            errs.add(("data", "image_size"), f"{h}x{w}: yolo models ('{arch}', stage '{s.name}') need both sides "
+                     "multiples of 32 (the stride of P5)")
         if why:
             errs.add(("stages", i, "kind"), f"stage '{s.name}' ({s.kind}) cannot run on the yolo model '{arch}': {why}")
         elif any(d.method == "crosskd" for d in distill_methods(s)):

@@ -201,6 +201,9 @@ def test_recipe_refuses_prune_and_qat_of_a_yolo_model_up_front(tmp_path):
                                "distill: {method: crosskd}}\n"))
     with pytest.raises(RecipeError, match=r"stages\[1\]\.distill: stage 's': crosskd is not wired"):
         load_recipe(r)
+    r.write_text(RECIPE.format(arch="yolov8n", extra="").replace("[64, 192]", "[80, 192]"))
+    with pytest.raises(RecipeError, match=r"data\.image_size: 80x192: yolo models .* multiples of 32"):
+        load_recipe(r)
     r.write_text(RECIPE.format(arch="yolov8n", extra="").replace("model: yolov8n",
                                f"model: {{arch: yolov8n, weights: {tmp_path / 'nope.pt'}}}"))
     with pytest.raises(RecipeError, match="weights"):

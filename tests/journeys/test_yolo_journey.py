@@ -5,6 +5,7 @@ a few steps on twelve real KITTI images, so what is checked is that every file c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ KITTI_REAL = Path(__file__).resolve().parents[3] / "shared" / "kitti_real"
 CLASSES = ["vehicle", "person"]
 CLASS_MAP = {"car": "vehicle", "van": "vehicle", "truck": "vehicle", "pedestrian": "person",
              "cyclist": "person", "misc": None}
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 SCHED = "{steps: 2, batch_size: 2, lr: 0.01, eval_every: 2, checkpoint_every: 2, threads: 1, log_every: 1}"
 
 
@@ -60,7 +62,7 @@ stages:
   - {{name: teacher, kind: train, model: yolov8s, schedule: {SCHED}}}
   - {{name: student, kind: train, model: yolov8n, teacher: teacher, distill: {{method: fgfi}}, schedule: {SCHED}}}
   - {{name: student_pkd, kind: train, model: yolov8n, teacher: teacher, distill: {{method: pkd}}, schedule: {SCHED}}}
-  - {{name: export, kind: export, from: student, formats: [onnx]}}
+  - {{name: export, kind: export, from: student, formats: [{"onnx, openvino" if HAVE_OPENVINO else "onnx"}]}}
 """)
     run(["run", str(recipe), "--run-dir", "run"], tmp_path, env)
     rd = tmp_path / "run"
@@ -79,6 +81,8 @@ stages:
     graph = rd / "export" / "student.onnx"
     props = {p.key: p.value for p in onnx.load(str(graph), load_external_data=False).metadata_props}
     assert json.loads(props["classes"]) == CLASSES and props["family"] == "yolo"
+    if HAVE_OPENVINO:  # the IR, checked against PyTorch by the export stage
+        assert (rd / "export" / "student.xml").is_file() and man["stages"]["export"]["metrics"]["openvino_max_abs_diff"] < 1e-3
 
     image = sorted((data / "images" / "test").iterdir())[0]
     run(["predict", str(image), "--model", str(graph), "--save-txt", "coco", "--score-threshold", "0.0",
