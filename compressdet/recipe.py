@@ -600,6 +600,29 @@ class QuantConfig(_Strict):
         "logits, confidence, box deltas) or one scale shared by all")
     float_stem: bool = Field(False, description="keep the 3-channel stem conv in fp32 (docs/quantization.md)")
     calibration_images: int = Field(64, gt=0, description="train images the observers calibrate on")
+    quantizer: Literal["x86", "openvino"] = Field(
+        "x86", description="where the int8 quantizers go: x86 = compressdet's placement for ONNX Runtime "
+        "(X86InductorQuantizer); openvino = NNCF's placement for OpenVINO's CPU plugin (pip install "
+        "compressdet[openvino]; ShuffleDet; the x86 placement settings above do not apply)")
+    reduce_range: Literal["auto", True, False] = Field(
+        "auto", description="7-bit activations, so no u8*s8 product pair saturates the int16 sums of CPUs "
+        "without VNNI/AMX (ORT and OpenVINO INT8 there); auto = true exactly on such a CPU (u8 activations)")
+
+    #: settings of the x86 placement that NNCF's openvino placement decides itself
+    X86_ONLY: ClassVar[tuple[str, ...]] = ("activations", "keep_head_float", "head_weights", "head_int8",
+                                           "float_stem", "per_channel")
+
+    @model_validator(mode="after")
+    def _placement(self) -> "QuantConfig":
+        if self.quantizer == "openvino":
+            wrong = sorted(set(self.X86_ONLY) & self.model_fields_set)
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: settings of the x86 placement; quantizer openvino places "
+                                 "the quantizers by NNCF's OpenVINO CPU config (remove them)")
+        if self.reduce_range is True and self.activations == "s8_symmetric":
+            raise ValueError("reduce_range: true with activations s8_symmetric: TensorRT's int8 does not saturate "
+                             "(use auto or false)")
+        return self
 
 
 @register_stage_schema("qat")

@@ -156,7 +156,7 @@ def deploy(source: Any, out_dir: str | Path, opts: DeployOptions, *, log: Callab
     exported = Exporter(source, work, calibration_images=opts.calibration_images, postprocess=opts.postprocess,
                         log=log).run(formats)
     files = {k: Path(v["path"]) for k, v in exported.items()}
-    qdq_label = f"QDQ graph of stage '{source.quant.stage}' ({source.quant.kind})" if source.quant else \
+    qdq_label = f"QDQ graph of stage '{source.quant.stage}' ({_placement(source.quant)})" if source.quant else \
         f"QDQ graph of stage '{source.name}'"
     cands = _candidates(opts.target, files, qdq_label)
     skipped: dict[str, str] = {}
@@ -229,6 +229,14 @@ def deploy(source: Any, out_dir: str | Path, opts: DeployOptions, *, log: Callab
 
 
 # ------------------------------------------------------------------------------------------------
+def _placement(quant: Any) -> str:
+    """``ptq, openvino placement, 7-bit activations``: the stage kind and how its INT8 graph was quantized
+    (``quant.quantizer``, and ``reduce_range`` as applied; runs from before these settings: x86)."""
+    meta = quant.meta or {}
+    placement = meta.get("quantizer") or (meta.get("quant") or {}).get("quantizer") or "x86"
+    return f"{quant.kind}, {placement} placement" + (", 7-bit activations" if meta.get("reduce_range") else "")
+
+
 def _candidates(target: str, files: dict[str, Path], qdq_label: str) -> dict[str, _Candidate]:
     out: dict[str, _Candidate] = {}
     if target == "cuda":

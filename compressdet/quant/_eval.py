@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["evaluate_head_fn", "ort_head_fn", "torch_head_fn"]
+__all__ = ["evaluate_head_fn", "ort_head_fn", "openvino_head_fn", "torch_head_fn"]
 
 
 def torch_head_fn(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -40,6 +40,20 @@ def ort_head_fn(session: Any) -> Callable[[torch.Tensor], torch.Tensor | tuple[t
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         outs = [session.run(None, {name: x[i:i + 1].numpy().astype(np.float32)})[0] for i in range(x.shape[0])]
+        return torch.from_numpy(np.concatenate(outs, 0))
+
+    return fn
+
+
+def openvino_head_fn(path: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images -> head`` through OpenVINO's CPU plugin on an ONNX file (the openvino placement's runtime:
+    its INT8 kernels are what that graph is checked on); one image at a time, one output."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU")
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        outs = [compiled(x[i:i + 1].numpy().astype(np.float32))[0] for i in range(x.shape[0])]
         return torch.from_numpy(np.concatenate(outs, 0))
 
     return fn

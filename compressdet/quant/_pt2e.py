@@ -19,7 +19,7 @@ from ._fold import FeatureWrapper, quant_ready
 from ._fpn import FPN_FAMILIES, FpnFeatureWrapper, is_fpn, prediction_convs, split_shared_calls
 
 __all__ = ["make_quantizer", "capture", "capture_options", "convert", "freeze_observers", "freeze_bn", "weight_masks",
-           "check_prepared"]
+           "check_prepared", "resolve_reduce_range"]
 
 
 def _check_cfg(cfg: Any) -> None:
@@ -27,8 +27,22 @@ def _check_cfg(cfg: Any) -> None:
         raise UserError(f"quant.backend '{cfg.backend}' is not supported (only 'x86': torchao's X86InductorQuantizer)")
 
 
+def resolve_reduce_range(cfg: Any) -> bool:
+    """``quant.reduce_range`` as applied: ``auto`` is true for u8 activations on an x86 CPU without an int8
+    dot product (VNNI / AMX, :func:`compressdet._cpu.int8_dot_product`). There ONNX Runtime's and OpenVINO's
+    u8*s8 kernels add product pairs in saturating int16 (255 * 127 * 2 > 32767), which moved a tiny
+    ShuffleDet's INT8 outputs by 40% of their range; 7-bit activations (127 * 127 * 2) cannot saturate."""
+    from .. import _cpu
+
+    value = getattr(cfg, "reduce_range", "auto")
+    if value == "auto":
+        return getattr(cfg, "activations", "u8") == "u8" and not _cpu.int8_dot_product()
+    return bool(value)
+
+
 def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram", family: str = "shuffledet"):
-    """An ``X86InductorQuantizer`` for a ``QuantConfig``.
+    """An ``X86InductorQuantizer`` for a ``QuantConfig`` (``cfg.quantizer: openvino``: NNCF's OpenVINO
+    placement, :func:`._openvino.openvino_quantizer`).
 
     Weights: int8 symmetric, narrow range [-127, 127] (TensorRT needs zero-point 0, and the narrow
     range avoids u8*s8 pair saturation on pre-VNNI CPUs), per output channel unless
@@ -40,6 +54,9 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram", famil
     ``cfg.head_int8 == "per_kind"`` keeps the concat of a :class:`~._fold.PerKindHead` float (one
     output scale per kind; capture with ``capture_options(cfg)``); ``cfg.float_stem``
     leaves the 3-input-channel stem conv in fp32 (see docs/quantization.md for why it is faster).
+
+    ``cfg.reduce_range`` (:func:`resolve_reduce_range`) narrows activations to 7 bits ([0, 127] u8,
+    [-64, 63] s8).
 
     ``family`` ``fcos`` / ``retinanet`` (graphs from :func:`capture` of a torchvision FPN detector):
     "the head's output" is its prediction convs' (``_fpn.prediction_convs``); the conv towers are
@@ -60,6 +77,16 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram", famil
     )
 
     _check_cfg(cfg)
+    if not is_qat and observer not in ("minmax", "histogram"):
+        raise UserError(f"PTQ observer '{observer}' is not supported (use 'minmax' or 'histogram')")
+    reduce = resolve_reduce_range(cfg)
+    if getattr(cfg, "quantizer", "x86") == "openvino":
+        if family != "shuffledet":
+            raise UserError(f"quant.quantizer: openvino supports the shuffledet family (this model is {family}); "
+                            "use quantizer x86")
+        from ._openvino import openvino_quantizer
+
+        return openvino_quantizer(is_qat=is_qat, observer=observer, reduce_range=reduce)
     base = get_default_x86_inductor_quantization_config(is_qat=is_qat)
     w = base.weight
     if cfg.per_channel:
@@ -79,13 +106,13 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram", famil
                                  ch_axis=0 if cfg.per_channel else None, observer_or_fake_quant_ctr=w_ctr)
     act = base.input_activation
     if not is_qat:
-        if observer not in ("minmax", "histogram"):
-            raise UserError(f"PTQ observer '{observer}' is not supported (use 'minmax' or 'histogram')")
         aobs = MinMaxObserver if observer == "minmax" else HistogramObserver
         act = dataclasses.replace(act, observer_or_fake_quant_ctr=aobs.with_args(eps=2 ** -12))
     if getattr(cfg, "activations", "u8") == "s8_symmetric":  # TensorRT: int8, zero point 0
         act = dataclasses.replace(act, dtype=torch.int8, quant_min=-128, quant_max=127,
                                   qscheme=torch.per_tensor_symmetric)
+    if reduce:  # 7 bits (the observers and fake quants take the spec's range)
+        act = dataclasses.replace(act, quant_min=act.quant_min // 2, quant_max=act.quant_max // 2)
     qcfg = dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
     q = _ort_quantizer_class()().set_global(qcfg)
     if family in FPN_FAMILIES:
@@ -272,7 +299,10 @@ def versions_tested() -> str:
 
 
 def capture_options(cfg: Any) -> dict[str, Any]:
-    """The :func:`capture` arguments a ``QuantConfig`` implies (the head split)."""
+    """The :func:`capture` arguments a ``QuantConfig`` implies (the head split). The openvino placement
+    captures the plain graph, shuffles folded: the other rewrites shape it for ONNX Runtime's kernels."""
+    if getattr(cfg, "quantizer", "x86") == "openvino":
+        return {"pad_stem": None, "pool_as_conv": False, "pad_bottleneck": None}
     return {"per_kind_head": not cfg.keep_head_float and getattr(cfg, "head_int8", "shared") == "per_kind"}
 
 

@@ -54,12 +54,14 @@ def _describe_int8_graph(path: Path, model: torch.nn.Module, recipe: Any, cfg: A
     settings), so ``predict``/``deploy`` on this file alone name the user's classes and decode its outputs."""
     from ..conventions import MEAN_BGR
     from ..export._int8 import copy_onnx_int8_with_metadata
+    from ..quant._pt2e import resolve_reduce_range
 
     h, w = (int(s) for s in model.image_size)
     family = model.export_metadata() if hasattr(model, "export_metadata") else {}
     pp = getattr(cfg, "postprocess", None)
     meta = {**family, "classes": list(recipe.data.classes), "mean_bgr": list(MEAN_BGR), "input_size": f"{h}x{w}",
             "arch": getattr(model, "arch", {}), "precision": "int8", "stage": stage,
+            "quantizer": cfg.quant.quantizer, "reduce_range": resolve_reduce_range(cfg.quant),
             **({"postprocess": pp.model_dump()} if pp is not None else {})}
     copy_onnx_int8_with_metadata(path, path, meta)
 
@@ -68,18 +70,25 @@ def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tens
                        meta: dict, model: torch.nn.Module) -> Any:
     """Write ``quantized`` (.pt2) and ``onnx_int8`` artifacts, evaluate both, return the StageResult.
 
-    ``model``: the float model the stage quantized (:func:`load_float_model`), for its decode and output names."""
+    ``model``: the float model the stage quantized (:func:`load_float_model`), for its decode and output names.
+    The placement (``quant.quantizer``) and the 7-bit choice (``reduce_range``, as applied) go into the metrics,
+    ``meta`` and the graph's metadata; an openvino-placed graph is also evaluated in OpenVINO (``openvino_*``
+    metrics) and skips the ONNX Runtime rewrites."""
     from ..eval.evaluator import metric_summary
-    from ..quant._eval import evaluate_head_fn, ort_head_fn, torch_head_fn
+    from ..quant._eval import evaluate_head_fn, openvino_head_fn, ort_head_fn, torch_head_fn
+    from ..quant._pt2e import resolve_reduce_range
     from ..quant.onnx_int8 import check_int8_graph, export_int8_onnx, ort_session
     from . import StageResult
 
     cfg, recipe = ctx.cfg, ctx.recipe
+    placement = cfg.quant.quantizer
+    placed = {"quantizer": placement, "reduce_range": resolve_reduce_range(cfg.quant)}
+    meta = {**meta, **placed}
     example = example[:1].cpu()
     # the float model's output names (FPN families: several raw outputs, decoded outside; ShuffleDet: "head")
     q_path = save_quantized(converted, example, ctx.stage_dir / "quantized.pt2")
     onnx_path = export_int8_onnx(converted, example, ctx.stage_dir / "model_int8.onnx",
-                                 output_names=tuple(model.export_outputs))
+                                 output_names=tuple(model.export_outputs), ort_rewrites=placement == "x86")
     _describe_int8_graph(onnx_path, model, recipe, cfg, ctx.name)
     graph = check_int8_graph(onnx_path)
     res_torch = evaluate_head_fn(torch_head_fn(converted), recipe.data, post_cfg=cfg.postprocess, eval_cfg=cfg.eval,
@@ -87,7 +96,13 @@ def finish_quant_stage(ctx: Any, converted: torch.nn.Module, example: torch.Tens
     res_ort = evaluate_head_fn(ort_head_fn(ort_session(onnx_path)), recipe.data, post_cfg=cfg.postprocess,
                                eval_cfg=cfg.eval, model=model)
     metrics = {**metric_summary(res_torch), "ort_primary": res_ort["primary"],
-               "ort_vs_torch_primary": res_ort["primary"] - res_torch["primary"], "graph": graph, **extra_metrics}
+               "ort_vs_torch_primary": res_ort["primary"] - res_torch["primary"], "graph": graph, **placed,
+               **extra_metrics}
+    if placement == "openvino":  # the runtime this placement is for
+        res_ov = evaluate_head_fn(openvino_head_fn(onnx_path), recipe.data, post_cfg=cfg.postprocess,
+                                  eval_cfg=cfg.eval, model=model)
+        metrics.update(openvino_primary=res_ov["primary"],
+                       openvino_vs_torch_primary=res_ov["primary"] - res_torch["primary"])
     if res_torch["metric"] == "kitti":
         metrics.update(ort_map40=res_ort["map40"], ort_map11=res_ort["map11"],
                        ort_vs_torch_map40=res_ort["map40"] - res_torch["map40"])
