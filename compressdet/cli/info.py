@@ -27,6 +27,19 @@ def _fmt(n: int | float, unit: str = "") -> str:
     return f"{n} {unit}".strip()
 
 
+def _opt(v: object) -> str:
+    """A row's optional column (the FPN and yolo rows have no single out-channels / stride)."""
+    return "-" if v is None else str(v)
+
+
+def _output_shape(shape: list[int] | dict[str, list[int]]) -> str:
+    """ShuffleDet's one grid tensor ``[C, H, W]``, or the named raw outputs of the FPN / yolo families
+    (``{name: dims}``: FCOS/RetinaNet ``[K, C]``, yolo ``[C, K]``)."""
+    if isinstance(shape, dict):
+        return ", ".join(f"{name} {' x '.join(str(d) for d in dims)}" for name, dims in shape.items())
+    return f"{' x '.join(str(d) for d in shape)} (channels x grid)"
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from ..models import build_model, is_model, load_model, model_summary
 
@@ -54,15 +67,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
                       ("params", "right"), ("params + BN stats", "right")):
         t.add_column(col, justify=just)
     for r in s["stages"]:
-        t.add_row(r["stage"], str(r["out_channels"]), str(r["reduction"]), _fmt(r["macs"]), _fmt(r["params"]),
+        t.add_row(r["stage"], _opt(r["out_channels"]), _opt(r["reduction"]), _fmt(r["macs"]), _fmt(r["params"]),
                   _fmt(r["params_with_bn_stats"]))
     t.add_section()
     for part in ("backbone", "head", "total"):
         t.add_row(f"[bold]{part}[/]", "", "", _fmt(s["macs"][part]), _fmt(s["params"][part]),
                   _fmt(s["params_with_bn_stats"][part]))
     print_whole(console(), t)
-    print(f"output: {s['output_shape'][0]} x {s['output_shape'][1]} x {s['output_shape'][2]} "
-          f"(channels x grid), feature channels {s['feature_channels']}")
+    print(f"output: {_output_shape(s['output_shape'])}, feature channels {s['feature_channels']}")
     return 0
 
 
