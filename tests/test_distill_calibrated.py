@@ -297,3 +297,18 @@ def test_weight_auto_is_measured_once_and_kept_on_resume(tmp_path, monkeypatch):
     tr = make(2)
     again = tr.fit(resume_from=tmp_path / "c" / "last.pt")
     assert again["distill_weights"]["pkd"] == pytest.approx(w) and again["distill_calibration"]["pkd"]["weight"] == w
+
+
+def test_weight_auto_counts_only_the_parameters_the_distiller_reaches(tmp_path, monkeypatch):
+    """A model without ``backbone`` (YOLO, a QAT graph) falls back to all its parameters; the head,
+    which only the detection loss trains, must not count in the ratio (it did: 35x off here)."""
+    import compressdet.engine.calibrate as cal_mod
+
+    torch.manual_seed(0)
+    s, t = build_model("shuffledet_0.25x", image_size=HW), build_model("shuffledet_0.5x", image_size=HW).eval()
+    tr = Trainer(s, schedule=ScheduleConfig(steps=1, batch_size=2, lr=0.001), loss_fn=s.build_loss(),
+                 train_loader=_Batches(), teacher=t, imitation=[DistillConfig(method="pkd", weight="auto")],
+                 out_dir=tmp_path / "c", anchors=s.priors())
+    on_backbone = measure_grad_ratios(tr, 2)["pkd"]
+    monkeypatch.setattr(cal_mod, "shared_parameters", lambda m: [p for p in m.parameters() if p.requires_grad])
+    assert measure_grad_ratios(tr, 2)["pkd"] == pytest.approx(on_backbone, rel=1e-6)

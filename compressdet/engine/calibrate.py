@@ -4,7 +4,9 @@ The loss weights of different distillers are not comparable (FGFI's gradient on 
 layers was 30-100x the detection loss's at weight 1, CrossKD's under 0.5x), so a sweep over weights
 compares methods at different strengths. Here the strength is measured where the methods compete
 with the detection loss: the L2 norm of each loss's gradient on the student's *shared* parameters
-(backbone + neck: ``model.backbone``, which for the FPN families holds the FPN), over a few
+(backbone + neck: ``model.backbone``, which for the FPN families holds the FPN; a model without
+one, YOLO or a QAT graph, the parameters the distillation loss reaches, so the detection head
+it never trains is not counted), over a few
 training batches with the actual teacher, before training. ``weight = auto_ratio / ratio(1)``
 then makes the distillation gradient ``auto_ratio`` times the detection gradient.
 
@@ -34,21 +36,26 @@ __all__ = ["shared_parameters", "measure_grad_ratios", "grad_ratio_table", "cali
 
 
 def shared_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters every loss trains: the backbone (+ FPN neck) -- ``model.backbone``, else all."""
+    """Where the losses compete: the backbone (+ FPN neck) -- ``model.backbone``, else all (a YOLO
+    model, a QAT graph); :func:`measure_grad_ratios` keeps those a distiller's loss reaches."""
     part = getattr(model, "backbone", None)
     part = part if isinstance(part, nn.Module) else model
     return [p for p in part.parameters() if p.requires_grad]
 
 
-def _grad_norm(loss: Tensor, params: list[nn.Parameter]) -> float:
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    sq = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+def _grads(loss: Tensor, params: list[nn.Parameter]) -> tuple[Tensor | None, ...]:
+    return torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+
+
+def _norm(grads: Iterable[Tensor | None], keep: Iterable[bool]) -> float:
+    sq = [g.detach().float().pow(2).sum() for g, k in zip(grads, keep, strict=True) if k and g is not None]
     return math.sqrt(float(torch.stack(sq).sum())) if sq else 0.0
 
 
 def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, float]:
     """Each distiller's gradient norm on :func:`shared_parameters` over the detection loss's, at
-    weight 1: ``sum over batches ||grad kd|| / sum ||grad det||`` (summed over processes under DDP).
+    weight 1: ``sum over batches ||grad kd|| / sum ||grad det||`` (summed over processes under DDP),
+    both norms over the shared parameters that distiller's loss reaches.
 
     ``trainer``: an :class:`~compressdet.engine.Trainer` with distillation. ``batches``: how many
     training batches (taken from a fresh pass of its loader), or an iterable of ``(images, targets)``.
@@ -64,7 +71,7 @@ def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, 
     was = module.training
     source: Iterator = (itertools.islice(iter(trainer.train_loader), batches) if isinstance(batches, int)
                         else iter(batches))
-    det_total, kd_total = 0.0, dict.fromkeys(distiller.methods, 0.0)
+    det_total, kd_total = dict.fromkeys(distiller.methods, 0.0), dict.fromkeys(distiller.methods, 0.0)
     try:
         module.train()
         for images, targets in source:
@@ -75,22 +82,27 @@ def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, 
                 mask = trainer._distill_mask(gt, teacher[0]) if distiller.needs_mask else None
                 head_out, taps = module.taps(images, teacher, mask, gt)
                 kd = distiller.unweighted(taps)
-            det = trainer.loss_fn(outputs_float(head_out), targets)["total"]
-            det_total += _grad_norm(det, params)
+            det = _grads(trainer.loss_fn(outputs_float(head_out), targets)["total"], params)
             for name, loss in kd.items():
-                kd_total[name] += _grad_norm(loss, params)
+                # both norms on the parameters this loss reaches: a head only the detection loss trains
+                # (a model without ``backbone``) would otherwise inflate the denominator
+                kd_g = _grads(loss, params)
+                reached = [g is not None for g in kd_g]
+                kd_total[name] += _norm(kd_g, reached)
+                det_total[name] += _norm(det, reached)
     finally:
         trainer.model.load_state_dict(saved)
         set_rng_state(rng)
         module.train(was)
     names = list(kd_total)
-    sums = torch.tensor([det_total, *(kd_total[n] for n in names)], dtype=torch.float64)
+    sums = torch.tensor([*(det_total[n] for n in names), *(kd_total[n] for n in names)], dtype=torch.float64)
     if trainer.world_size > 1:
         sums = all_reduce_sum(sums)
-    if sums[0] <= 0:
+    det_sums, kd_sums = sums[:len(names)], sums[len(names):]
+    if not (det_sums > 0).any():
         raise UserError("weight: auto: the detection loss has no gradient on the student's backbone on the "
                         "batches measured; give the distillation weight as a number")
-    return {n: float(sums[i + 1] / sums[0]) for i, n in enumerate(names)}
+    return {n: float(kd_sums[i] / det_sums[i]) if det_sums[i] > 0 else 0.0 for i, n in enumerate(names)}
 
 
 def grad_ratio_table(trainer: Any, weights: dict[str, Iterable[float]], batches: int | Iterable = 4
