@@ -11,9 +11,10 @@ from ..export.formats import formats_help
 __all__ = ["register", "formats_from_flags"]
 
 
-def formats_from_flags(onnx: bool, int8: bool, tensorrt: bool, openvino: bool = False) -> list[str]:
-    """Map ``--onnx/--int8/--openvino/--tensorrt`` to format names (``--openvino --int8`` adds
-    ``openvino-int8``: the IR of the INT8 QDQ graph).
+def formats_from_flags(onnx: bool, int8: bool, tensorrt: bool, openvino: bool = False,
+                       ultralytics: bool = False) -> list[str]:
+    """Map ``--onnx/--int8/--openvino/--tensorrt/--ultralytics`` to format names (``--openvino --int8`` adds
+    ``openvino-int8``: the IR of the INT8 QDQ graph; ``--ultralytics`` alone builds no ONNX graph).
 
     Raises:
         UserError: no format asked for, or ``--int8`` without ``--onnx``/``--openvino``/``--tensorrt``.
@@ -22,7 +23,10 @@ def formats_from_flags(onnx: bool, int8: bool, tensorrt: bool, openvino: bool = 
         raise UserError("--int8 needs --onnx (INT8 QDQ ONNX), --openvino (INT8 IR) or --tensorrt (INT8 engine from "
                         "the QDQ graph)")
     if not (onnx or tensorrt or openvino):
-        raise UserError("nothing to export: pass --onnx, --openvino and/or --tensorrt (see compressdet export --help)")
+        if ultralytics:
+            return ["ultralytics"]
+        raise UserError("nothing to export: pass --onnx, --openvino, --tensorrt and/or --ultralytics (see "
+                        "compressdet export --help)")
     out = ["onnx"]
     if int8:
         out.append("onnx-int8")
@@ -32,6 +36,8 @@ def formats_from_flags(onnx: bool, int8: bool, tensorrt: bool, openvino: bool = 
             out.append("openvino-int8")
     if tensorrt:
         out.append("tensorrt")
+    if ultralytics:
+        out.append("ultralytics")
     return out
 
 
@@ -40,7 +46,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..export.exporter import export_model
 
     console = make_console()
-    formats = formats_from_flags(args.onnx, args.int8, args.tensorrt, args.openvino)
+    formats = formats_from_flags(args.onnx, args.int8, args.tensorrt, args.openvino, args.ultralytics)
     if args.opset < 13:
         raise UserError(f"--opset {args.opset}: ONNX Runtime's quantizer and NMS need opset 13 or newer")
     if args.with_postprocess and args.dynamic_batch:
@@ -52,6 +58,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
                                    calibration_images=args.calibration_images)
     for name, info in results.items():
         console.print(f"[green]ok[/] {name}: {info['path']} ({info['bytes'] / 1e6:.2f} MB)")
+    if "onnx" not in results:  # the Ultralytics checkpoint only
+        console.print(f"next: python -c \"from ultralytics import YOLO; YOLO('{results['ultralytics']['path']}')"
+                      f".predict('image.png')\"", highlight=False, markup=False)
+        return 0
     target = source.run_dir if source.run_dir else Path(results["onnx"]["path"]).parent
     console.print(f"next: compressdet bench {target}" if source.run_dir else
                   f"next: python -c \"import onnxruntime as o; o.InferenceSession('{results['onnx']['path']}')\"",
@@ -61,7 +71,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "export", help="export a model to ONNX / INT8 ONNX / TensorRT",
+        "export", help="export a model to ONNX / INT8 ONNX / OpenVINO / TensorRT / Ultralytics",
         description="Export a run's model (default: the latest run under runs/, its last model stage) or a model "
                     "file. Every ONNX file is checked with onnx.checker and run in ONNX Runtime against PyTorch; "
                     "a mismatch above --tolerance fails the export and leaves no file.",
@@ -77,6 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--openvino", action="store_true", help="OpenVINO IR of the fp32 graph (with --int8: of the INT8 QDQ "
                    "graph too; needs the openvino extra)")
     p.add_argument("--tensorrt", action="store_true", help="TensorRT engine (needs the tensorrt extra and CUDA)")
+    p.add_argument("--ultralytics", action="store_true", help="yolo models: an Ultralytics checkpoint "
+                   "(<stage>.ultralytics.pt) that ultralytics.YOLO(path) loads, predicts and exports with")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18: dynamo exporter; 13-17: TorchScript)")
     p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis")
     p.add_argument("--with-postprocess", action="store_true",

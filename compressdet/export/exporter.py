@@ -19,7 +19,7 @@ from torch import nn
 from .. import __version__
 from .._io import sha256_file
 from ..conventions import MEAN_BGR, default_classes
-from ..errors import UserError
+from ..errors import ArtifactError, UserError
 from .formats import FORMATS, get_format, validate_options
 
 __all__ = ["ExportSource", "QuantSource", "resolve_source", "model_stages", "exportable_stages", "quant_source",
@@ -237,8 +237,9 @@ class Exporter:
                     wanted.append(req)
             if name not in wanted:
                 wanted.append(name)
-        for name in wanted:
-            opts = {"opset": self.opset, "dynamic_batch": self.dynamic_batch,
+        for name in wanted:  # the opset goes to the formats that build a graph (not the Ultralytics checkpoint)
+            opts = {"opset": self.opset if "opset" in get_format(name).options else None,
+                    "dynamic_batch": self.dynamic_batch,
                     "with_postprocess": self.with_postprocess and name == "onnx"}
             validate_options(name, opts)
         # a TensorRT INT8 engine needs symmetric int8 activations: quantize for it when it is wanted
@@ -501,6 +502,32 @@ class Exporter:
                  + (f"; vs ORT int8: max |diff| {out['max_abs_diff_vs_ort_int8']:.3g}" if odiffs else ""))
         return out
 
+    def export_ultralytics(self, path: Path) -> dict[str, Any]:
+        """The yolo model as an Ultralytics checkpoint (``YOLO(path)``); kept only when the checkpoint's network,
+        read back through Ultralytics' own safe loader, gives the model's raw outputs on a sample image."""
+        import os
+
+        from ..models.yolo import YoloDetector, load_ultralytics_checkpoint, save_ultralytics
+
+        _require_yolo(self.model)
+        tmp = path.with_name(f".{path.stem}.tmp.pt")  # Ultralytics reads only .pt files
+        try:
+            save_ultralytics(self.model, tmp, classes=self.source.classes)
+            back = YoloDetector(load_ultralytics_checkpoint(tmp, f"export '{path.name}'"),
+                                image_size=self.source.image_size, arch=self.model.arch).eval()
+            x = self._sample()
+            with torch.no_grad():
+                diff = max(float((a - b).abs().max()) for a, b in zip(self.model(x), back(x)))
+            if not diff <= self.tolerance:
+                raise ArtifactError(f"{path}: the Ultralytics checkpoint's outputs differ from the model's by {diff:.3g}"
+                                    f" (> --tolerance {self.tolerance}); not written")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.log(f"  reloaded through Ultralytics' loader: max |diff| {diff:.3g}; load it with "
+                 f"ultralytics.YOLO('{path}')")
+        return {"path": str(path), "max_abs_diff": diff}
+
     def export_tensorrt(self, path: Path) -> dict[str, Any]:
         from ..errors import ArtifactError
         from ..quant.onnx_int8 import check_int8_graph
@@ -519,6 +546,13 @@ class Exporter:
             path = path.with_name(f"{self.source.stem('tensorrt-int8')}.int8.engine")
         info = build_engine(src["path"], path, int8=int8, dynamic_batch=self.dynamic_batch)
         return {**info, "int8_skipped": note} if note else info
+
+
+def _require_yolo(model: Any) -> None:
+    family = getattr(model, "family", "shuffledet")
+    if family != "yolo":
+        raise UserError(f"format 'ultralytics' is for yolo models (yolov8n/s, yolo11n/s); this is a {family} model "
+                        f"({getattr(model, 'arch', {}).get('name', type(model).__name__)})")
 
 
 def export_model(path: str | Path | None, formats: list[str], *, stage: str | None = None,
@@ -540,6 +574,8 @@ def export_model(path: str | Path | None, formats: list[str], *, stage: str | No
 
         check_openvino("OpenVINO export")
     source = resolve_source(path, stage, runs_root=runs_root, log=log)
+    if "ultralytics" in formats:  # before any file is written
+        _require_yolo(source.model)
     if out_dir is None:
         out_dir = (source.run_dir / "exports") if source.run_dir else source.model_path.parent
     if source.recipe is not None and "postprocess" not in options:

@@ -24,7 +24,7 @@ class ExportFormat:
         name: CLI/recipe name (``onnx``, ``onnx-int8``, ``openvino``, ``openvino-int8``, ``tensorrt``).
         suffix: file suffix of the artifact.
         artifact: manifest artifact key the export stage records it under.
-        backend: bench backend that runs it.
+        backend: bench backend that runs it (None: no bench backend, e.g. the Ultralytics checkpoint).
         cpu / gpu: where it runs.
         options: export options it accepts (anything else is rejected with the valid list).
         requires: formats that must be built first (their output is this one's input).
@@ -35,7 +35,7 @@ class ExportFormat:
     name: str
     suffix: str
     artifact: str
-    backend: str
+    backend: str | None
     cpu: bool
     gpu: bool
     options: tuple[str, ...]
@@ -60,12 +60,14 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("tensorrt", ".engine", "tensorrt", "tensorrt", False, True,
                  ("opset", "dynamic_batch", "int8", "workspace_gb"), requires=("onnx",), extra="tensorrt",
                  description="TensorRT engine built from the ONNX graph (fp16, or INT8 from the QDQ graph)"),
+    ExportFormat("ultralytics", ".ultralytics.pt", "ultralytics", None, True, True, (), extra="ultralytics",
+                 description="yolo models: Ultralytics checkpoint for YOLO(path) (same weights, checked)"),
 )}
 
 #: bench backends: ``torch`` runs the PyTorch model, the others run a format's artifact;
 #: ``openvino-f32`` runs the ``openvino`` IR with ``INFERENCE_PRECISION_HINT=f32`` (exact fp32, where
 #: ``openvino`` computes in OpenVINO's default precision: bf16 on CPUs with AVX512-BF16/AMX)
-BACKENDS: dict[str, str | None] = {"torch": None, **{f.backend: f.name for f in FORMATS.values()},
+BACKENDS: dict[str, str | None] = {"torch": None, **{f.backend: f.name for f in FORMATS.values() if f.backend},
                                    "openvino-f32": "openvino"}
 
 
@@ -118,6 +120,6 @@ def validate_options(fmt: str | ExportFormat, options: dict[str, Any]) -> None:
 
 def formats_help() -> str:
     """Text table for ``compressdet export --help``."""
-    rows = [f"  {f.name:<10} {f.suffix:<11} {'cpu' if f.cpu else '-':<4}{'gpu' if f.gpu else '-':<4} "
+    rows = [f"  {f.name:<13} {f.suffix:<15} {'cpu' if f.cpu else '-':<4}{'gpu' if f.gpu else '-':<4} "
             f"{f.description}" for f in FORMATS.values()]
     return "formats:\n" + "\n".join(rows)
