@@ -31,8 +31,8 @@ JSON (the other families' entries of the same preset and seeds are kept).
 methods at equal *strength* instead of equal loss weight: every method (``fgfi``, ``pkd``, ``crosskd``)
 is swept on the same grid of gradient ratios (``weight: auto`` with ``auto_ratio`` r: the distillation
 gradient on the student's backbone + neck set to r x the detection loss's before training; six points
-log-spaced 0.3x to 100x, the grid extended by one point past an edge when the best point is at that
-edge), the clip mode (per-tensor 1.0, the seed's, and global 35, mmdetection's) part of the sweep for
+log-spaced 0.3x to 100x, the grid extended past an edge, a point at a time, while the best point
+sits at that edge), the clip mode (per-tensor 1.0, the seed's, and global 35, mmdetection's) part of the sweep for
 FGFI and the best other method, every setting chosen on val over two seeds and reported once on test
 over three other seeds. It writes ``distill_methods_calibrated.{json,md}`` (never the uncalibrated
 results or ledger); per family: ``calibration`` (method -> {weight: measured ratio}), ``sweep``
@@ -50,6 +50,7 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,10 +326,29 @@ def _setup(args, p: dict, base: str):
                                                       "val_map40": tman["stages"]["teacher"]["metrics"]["map40"]}}
 
 
+def extend_past_edges(grid: list[float], try_ratio: Callable[[float], None], best_ratio: Callable[[], float],
+                      max_points: int = 4) -> list[float]:
+    """Extend a swept ratio grid one log step (its first step) past an edge, a point at a time, while the
+    best point sits at that edge (issue #41: "extended whenever the best point is at an edge"); at most
+    ``max_points`` new points. ``try_ratio(r)`` runs a point, ``best_ratio()`` the best so far. Returns the grid."""
+    grid = sorted(grid)
+    step = grid[1] / grid[0]
+    for _ in range(max_points):
+        best = best_ratio()
+        if best == grid[0]:
+            grid.insert(0, round(grid[0] / step, 3))
+            try_ratio(grid[0])
+        elif best == grid[-1]:
+            grid.append(round(grid[-1] * step, 3))
+            try_ratio(grid[-1])
+        else:
+            break
+    return grid
+
+
 def calibrated(args) -> int:
     """The calibrated head-to-head (see the module docstring); one family per invocation."""
     import json
-    import math
 
     from _protocol import claim, protocol_keys
 
@@ -379,13 +399,10 @@ def calibrated(args) -> int:
 
             for r in grid:
                 try_point(r, default_clip)
+            if c["extend"]:  # the best point at an edge of the grid: points past it until it is inside
+                extend_past_edges(grid, lambda r, tp=try_point: tp(r, default_clip),
+                                  lambda m=m: max(runs[m], key=lambda k: mean_val(runs[m][k]))[0])
             best = max(runs[m], key=lambda k: mean_val(runs[m][k]))
-            if c["extend"]:  # the best point at an edge of the grid: one more point past it (log step)
-                step = math.log(grid[1] / grid[0])
-                for edge, nxt in ((grid[0], grid[0] / math.exp(step)), (grid[-1], grid[-1] * math.exp(step))):
-                    if best[0] == edge:
-                        try_point(round(nxt, 3), default_clip)
-                best = max(runs[m], key=lambda k: mean_val(runs[m][k]))
             chosen[m] = {"ratio": best[0], "clip": default_clip}
         others = [m for m in CALIBRATED_METHODS if m != "fgfi"]
         best_other = max(others, key=lambda m: mean_val(runs[m][(chosen[m]["ratio"], _clip_tag(chosen[m]["clip"]))]))

@@ -40,3 +40,21 @@ def test_smoke_calibrated_sweeps_ratios_and_records_calibration(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())
     assert distill_methods.main(args) == 0  # resumes: no new run
     assert sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()) == runs
+
+
+def test_the_ratio_grid_is_extended_while_the_best_point_sits_at_an_edge():
+    """#41: "extended whenever the best point is at an edge" -- not once: a val mAP still rising past the
+    first extension (peak near 1000x here) gets points until the best one is inside the grid."""
+    import math
+
+    def val(r):
+        return -abs(math.log(r / 1000.0))
+
+    grid, tried = [0.3, 1.0, 3.0, 10.0, 30.0, 100.0], []
+    out = distill_methods.extend_past_edges(grid, tried.append, lambda: max(grid + tried, key=val))
+    best = max(out, key=val)
+    assert tried == out[len(grid):] and len(tried) >= 2 and out[0] < best < out[-1]
+    tried.clear()  # the best inside from the start: nothing added
+    assert distill_methods.extend_past_edges(grid, tried.append, lambda: 3.0) == grid and tried == []
+    low = distill_methods.extend_past_edges(grid, tried.append, lambda: min(grid + tried), max_points=2)
+    assert low[:2] == [0.027, 0.09] and tried == [0.09, 0.027]  # capped
