@@ -312,3 +312,29 @@ def test_weight_auto_counts_only_the_parameters_the_distiller_reaches(tmp_path, 
     on_backbone = measure_grad_ratios(tr, 2)["pkd"]
     monkeypatch.setattr(cal_mod, "shared_parameters", lambda m: [p for p in m.parameters() if p.requires_grad])
     assert measure_grad_ratios(tr, 2)["pkd"] == pytest.approx(on_backbone, rel=1e-6)
+
+
+def test_weight_auto_trains_exactly_as_the_weight_it_chose_and_restores_modes(tmp_path):
+    """The docs' claim: measuring leaves the run as it was (BN statistics, RNG, loader, and each module's
+    train/eval mode: a student loaded from a file comes in eval mode), so the run equals one given the weight."""
+    from compressdet.engine.calibrate import calibrate_weights
+
+    def make(weight, out):
+        torch.manual_seed(0)
+        s, t = build_model("shuffledet_0.25x", image_size=HW), build_model("shuffledet_0.5x", image_size=HW).eval()
+        s.backbone.eval()  # a mixed state, as a partly frozen or loaded student
+        sched = ScheduleConfig(steps=2, batch_size=2, lr=0.01, checkpoint_every=2, log_every=1)
+        extra = {"auto_batches": 2} if weight == "auto" else {}
+        return s, Trainer(s, schedule=sched, loss_fn=s.build_loss(), train_loader=_Batches(), teacher=t,
+                          imitation=[DistillConfig(method="pkd", weight=weight, **extra)], out_dir=tmp_path / out,
+                          anchors=s.priors())
+
+    s, tr = make("auto", "m")
+    modes = {n: m.training for n, m in s.named_modules()}
+    calibrate_weights(tr)
+    assert {n: m.training for n, m in s.named_modules()} == modes and not s.backbone.training and s.training
+    s_auto, tr_auto = make("auto", "a")
+    w = tr_auto.fit()["distill_weights"]["pkd"]
+    s_w, tr_w = make(w, "w")
+    assert tr_w.fit()["distill_weights"]["pkd"] == w
+    assert all(torch.equal(v, s_w.state_dict()[k]) for k, v in s_auto.state_dict().items())

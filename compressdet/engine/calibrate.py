@@ -12,8 +12,8 @@ then makes the distillation gradient ``auto_ratio`` times the detection gradient
 
 The gradient is linear in the weight, so ``ratio(w) = w * ratio(1)`` exactly on the batches
 measured; :func:`grad_ratio_table` gives that table (the benchmark's ``calibration``).
-Measuring leaves the run as it was: the student's state (BatchNorm statistics), the RNG and
-the loader's position are restored, so a run with ``weight: auto`` trains exactly as one given the
+Measuring leaves the run as it was: the student's state (BatchNorm statistics), each module's
+train/eval mode, the RNG and the loader's position are restored, so a run with ``weight: auto`` trains exactly as one given the
 chosen weight.
 """
 
@@ -68,7 +68,7 @@ def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, 
     params = shared_parameters(trainer.model)
     saved = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     rng = get_rng_state()
-    was = module.training
+    modes = [(m, m.training) for m in module.modules()]  # a loaded student may be in eval mode
     source: Iterator = (itertools.islice(iter(trainer.train_loader), batches) if isinstance(batches, int)
                         else iter(batches))
     det_total, kd_total = dict.fromkeys(distiller.methods, 0.0), dict.fromkeys(distiller.methods, 0.0)
@@ -93,7 +93,8 @@ def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, 
     finally:
         trainer.model.load_state_dict(saved)
         set_rng_state(rng)
-        module.train(was)
+        for m, mode in modes:
+            m.training = mode
     names = list(kd_total)
     sums = torch.tensor([*(det_total[n] for n in names), *(kd_total[n] for n in names)], dtype=torch.float64)
     if trainer.world_size > 1:
