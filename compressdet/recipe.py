@@ -32,7 +32,7 @@ from pydantic import (
 from ._yaml import DuplicateKeyError, compose_unique, construct, line_map, safe_load_unique
 from ._yaml import format_key_path as _fmt_loc
 from .conventions import KITTI_CLASSES
-from .errors import RecipeError
+from .errors import RecipeError, UserError
 
 __all__ = [
     "Recipe", "StageConfig", "DataConfig", "SplitFiles", "ModelConfig", "ScheduleConfig", "ImitationConfig",
@@ -101,6 +101,27 @@ class SplitFiles(_Strict):
     images: str | dict[str, str] | None = Field(None, description="image folder, or one per split")
 
 
+def _categories_of(data: "DataConfig") -> list[str]:
+    """The category names of the first split present (train, val, test), read from its annotations (no image
+    opened), for omitted classes."""
+    from .data.formats import get_format
+
+    try:  # train's; a set converted for evaluation alone has val or test only
+        got = next(filter(None, (get_format(data.format).categories(data, split, None)
+                                 for split in ("train", "val", "test"))), None)
+    except UserError as e:  # a file that is there but unreadable: its own one line names it
+        raise ValueError(f"classes: omitted, and the annotations cannot be read to take them from: {e}") from None
+    where = data.yolo or data.root or "data.root"
+    if got is None:
+        raise ValueError(f"classes: omitted, and no annotations were found ({data.format} data at {where}) to "
+                         "take the categories from; give data.classes")
+    names = sorted(got[0]) if data.format == "voc" else list(got[0])  # VOC declares none: its usual sorted order
+    if not names or len({n.lower() for n in names}) != len(names):
+        raise ValueError(f"classes: omitted, and the categories of {got[1]} ({names}) are no usable class list "
+                         "(empty, or names repeated up to case); give data.classes")
+    return names
+
+
 class DataConfig(_Strict):
     """Where the images and labels are, how they are read, and the model's input size and classes."""
 
@@ -115,8 +136,11 @@ class DataConfig(_Strict):
     yolo: str | None = Field(None, description="yolo: the Ultralytics dataset YAML (default <root>/data.yaml)")
     skip_bad: bool = Field(False, description="count and log bad annotations/images instead of failing")
     image_size: tuple[int, int] = Field((384, 1248), description="model input, H x W; both divisible by 16")
-    classes: list[str] = Field(default_factory=lambda: list(CLASS_NAMES),
-                               description="the model's classes (kitti/synth: from car, pedestrian, cyclist)")
+    classes: list[str] | None = Field(
+        None, description="the model's classes, in class-index order (kitti/synth: from car, pedestrian, cyclist). "
+        "Omitted: kitti/synth all three; coco/yolo/voc the class_map's targets, else the train split's categories "
+        "(or the first split present) "
+        "(COCO's as listed, the YOLO YAML's names, VOC's object names sorted); a run's recipe.yaml records them")
     class_map: dict[str, str | None] = Field(
         default_factory=dict, description="coco/yolo/voc: source category -> model class (null drops it); "
         "subset, rename, merge. Default: a category maps to the class of the same name (case-insensitive)")
@@ -148,7 +172,9 @@ class DataConfig(_Strict):
 
     @field_validator("classes")
     @classmethod
-    def _classes(cls, v: list[str], info: ValidationInfo) -> list[str]:
+    def _classes(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if v is None:  # omitted: filled in by _default_classes
+            return v
         if info.data.get("format", "synth") in ("kitti", "synth"):
             bad = [c for c in v if c not in CLASS_NAMES]
             if bad or not v or len(set(v)) != len(v):
@@ -163,16 +189,32 @@ class DataConfig(_Strict):
     def _class_map(cls, v: dict[str, str | None], info: ValidationInfo) -> dict[str, str | None]:
         if v and info.data.get("format", "synth") in ("kitti", "synth"):
             raise ValueError("class_map is for coco/yolo/voc data (KITTI maps Car, Pedestrian, Cyclist itself)")
-        classes = info.data.get("classes") or []
-        lower = {c.lower() for c in classes}
+        classes = info.data.get("classes")
+        lower = {c.lower() for c in classes or []}
         bad = sorted({t for t in v.values() if t is not None and t.lower() not in lower})
-        if bad:
+        if bad and classes is not None:  # classes omitted: the targets are the classes
             raise ValueError(f"class_map targets {bad} are not in data.classes {classes}")
         keys = [k.lower() for k in v]
         twice = sorted({k for k in v if keys.count(k.lower()) > 1})
         if twice:  # category names match case-insensitively: two spellings would be one key
             raise ValueError(f"class_map keys {twice} are the same category (names match case-insensitively)")
         return v
+
+    @model_validator(mode="after")
+    def _default_classes(self) -> "DataConfig":
+        """Omitted classes come from the data, never from KITTI: a COCO set of people and dogs trains a
+        person/dog detector without a word in the recipe."""
+        if self.classes is not None:
+            return self
+        if self.format in ("kitti", "synth"):
+            self.classes = list(CLASS_NAMES)
+        elif self.class_map:
+            self.classes = list(dict.fromkeys(t for t in self.class_map.values() if t is not None))
+            if not self.classes:
+                raise ValueError("classes: omitted, and class_map drops every category; give data.classes")
+        else:
+            self.classes = _categories_of(self)
+        return self
 
     @model_validator(mode="after")
     def _root(self) -> "DataConfig":
@@ -1220,7 +1262,6 @@ def _try_detector(model: Any, image_size: tuple[int, int]) -> None:
 def _check_factories(recipe: Recipe, errs: _Errors) -> None:
     """Import every factory, build its model once on a dummy batch, and refuse up front the stages
     it cannot run (each naming the stage and why)."""
-    from .errors import UserError
     from .models._factory import _one_line, build_from_factory
 
     blocks = [(("models", k), m) for k, m in recipe.models.items()]

@@ -72,8 +72,10 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _recipe(path: Path, fmt: str, root: Path, classes: list[str], class_map: dict | None = None) -> Path:
-    data = {"format": fmt, "image_size": [32, 32], "classes": classes}
+def _recipe(path: Path, fmt: str, root: Path, classes: list[str] | None, class_map: dict | None = None) -> Path:
+    data = {"format": fmt, "image_size": [32, 32]}
+    if classes is not None:
+        data["classes"] = classes
     data.update({"yolo": str(root / "data.yaml")} if fmt == "yolo" else {"root": str(root)})
     if class_map:
         data["class_map"] = class_map
@@ -117,6 +119,38 @@ def test_recipe_check_and_run_name_every_mismatch_before_any_work(datasets, fmt,
     p = cmd("run", r, "--runs-root", runs, cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == lines, p.stderr
     assert not runs.exists() or not any(runs.rglob("*"))
+
+
+@pytest.mark.parametrize("fmt, expected", [("coco", ["Car", "Truck", "Person"]),  # as the JSON lists them
+                                           ("yolo", ["Car", "Truck", "Person"]),  # the dataset YAML's names
+                                           ("voc", ["Car", "Person", "Truck"])])  # VOC declares none: sorted
+def test_omitted_classes_are_the_datas_own(datasets, fmt, expected, tmp_path, cli):
+    """No KITTI names for a user's data: omitted classes are its categories, recorded in the resolved recipe."""
+    r = _recipe(tmp_path / "own.yaml", fmt, datasets[fmt], None)
+    cmd = _cli if fmt == "yolo" else cli
+    p = cmd("recipe", "check", r, "--print-resolved", "--runs-root", tmp_path / "runs", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    resolved = yaml.safe_load(p.stdout[p.stdout.index("name: chk"):])
+    assert resolved["data"]["classes"] == expected
+    from compressdet.data import build_dataset
+    from compressdet.recipe import load_recipe
+
+    target = build_dataset(load_recipe(r).data, "val", train=False)[0][1]
+    by_x = [lab for _, lab in sorted(zip(target["boxes"][:, 0].tolist(), target["labels"].tolist()))]
+    assert by_x == [expected.index(n) for n in ("Car", "Truck", "Person")]  # the boxes left to right
+
+
+def test_omitted_classes_with_a_class_map_are_its_targets_and_without_data_a_one_line_error(datasets, tmp_path, cli):
+    from compressdet.recipe import load_recipe
+
+    r = _recipe(tmp_path / "m.yaml", "coco", datasets["coco"], None, {"car": "vehicle", "truck": "vehicle",
+                                                                       "person": "human"})
+    assert load_recipe(r).data.classes == ["vehicle", "human"]
+    r = _recipe(tmp_path / "none.yaml", "coco", tmp_path / "nowhere", None)
+    p = cli("recipe", "check", r, cwd=tmp_path)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert f"{r}:" in p.stderr and "data" in p.stderr and "give data.classes" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def test_print_resolved_shows_only_what_the_format_reads_and_loads_again(datasets, tmp_path):
