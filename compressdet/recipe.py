@@ -1168,7 +1168,6 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
 
 #: the stages a yolo model cannot go through yet (issue #45), and why
 _YOLO_UNSUPPORTED = {
-    "prune": "channel pruning does not know Ultralytics' C2f/C3k2 blocks and DFL head yet",
     "qat": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
     "ptq": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
 }

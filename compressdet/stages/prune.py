@@ -102,7 +102,8 @@ def _fine_tune_round(ctx: StageContext, model: nn.Module, i: int, k: int,
 
 def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     """The prune stage on an FPN family (FCOS / RetinaNet): torch-pruning on the backbone body and the
-    FPN's lateral convs, the FPN outputs and the shared head kept (:mod:`compressdet.prune.fpn`), in
+    FPN's lateral convs, the FPN outputs and the shared head kept (:mod:`compressdet.prune.fpn`; a yolo
+    model: backbone, neck and Detect branches, :mod:`compressdet.prune.yolo`), in
     ``iterative_steps`` rounds of prune -> fine-tune like ShuffleDet's: round ``i`` of ``k`` brings the
     backbone MACs (or the kept channels) a fraction ``i/k`` of the way to the target, linearly, as
     torch-pruning's iterative schedule does, and fine-tunes ``steps // k``."""
@@ -110,11 +111,17 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     from ..models import save_model
     from ..prune.fpn import prune_fpn_detector
     from ..prune.history import save_history
+    from ..prune.yolo import prune_yolo_detector
 
     cfg, recipe = ctx.cfg, ctx.recipe
     methods = distill_methods(cfg)
     hw = tuple(recipe.data.image_size)
     family = model.family
+    # yolo: Ultralytics' C2f/C3k2, SPPF, concatenations and Detect/DFL head (prune/yolo.py; MACs target: whole model)
+    prune_fn = prune_yolo_detector if family == "yolo" else prune_fpn_detector
+    allocation = cfg.allocation
+    if family == "yolo" and "allocation" not in cfg.model_fields_set:  # the default (latency) is not wired for yolo
+        allocation = "uniform"
     if cfg.target.pruning_ratio_dict:
         raise UserError(f"stage '{ctx.name}': target.pruning_ratio_dict: not supported for a {family} model yet")
     modules = dict(model.named_modules())
@@ -142,10 +149,10 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
         # the head's cut in the first round, whole: at 16-channel steps a split would round away from it
         head_ratio = cfg.prune_head if i == 0 else 0.0
         _say(ctx, f"{ctx.name}: round {i + 1}/{k}: pruning {family} ({cfg.importance} importance)")
-        rec = prune_fpn_detector(model, example_input_size(hw), pruning_ratio=ratio, target_macs=macs,
-                                 importance=cfg.importance, round_to=cfg.round_to or 16, ignored_layers=ignored,
-                                 loss_fn=loss_fn, allocation=cfg.allocation,
-                                 weight_range=tuple(cfg.latency_weight_range), head_ratio=head_ratio)
+        rec = prune_fn(model, example_input_size(hw), pruning_ratio=ratio, target_macs=macs,
+                       importance=cfg.importance, round_to=cfg.round_to or 16, ignored_layers=ignored,
+                       loss_fn=loss_fn, allocation=allocation,
+                       weight_range=tuple(cfg.latency_weight_range), head_ratio=head_ratio)
         rec["step"] = i + 1
         recs.append(rec)
         macs_done = rec["macs_after"] / recs[0]["base_macs"]
@@ -162,7 +169,7 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
             "teacher": cfg.teacher if methods else None,
             "distill": [m.model_dump(mode="json") for m in methods],
             "image_size": list(hw), "classes": list(recipe.data.classes), "pruning_history": hist_path.name,
-            "pruned": {"importance": cfg.importance, "iterative_steps": k, "allocation": cfg.allocation,
+            "pruned": {"importance": cfg.importance, "iterative_steps": k, "allocation": allocation,
                        "prune_head": cfg.prune_head, "ratio": [r["ratio"] for r in recs]}}
     path = save_model(model, ctx.stage_dir / "model.pt", meta=meta)
     metrics = {
@@ -224,11 +231,7 @@ def run(ctx: StageContext) -> StageResult:
     methods = distill_methods(cfg)
     hw = tuple(recipe.data.image_size)
     model, meta_in = load_model(ctx.input("from").artifact("model"))
-    if getattr(model, "family", "shuffledet") == "yolo":  # issue #45: C2f/C3k2 concatenations + DFL head not mapped yet
-        raise UserError(f"stage '{ctx.name}': prune: channel pruning of yolo models is not supported yet (it knows "
-                        "ShuffleDet's and torchvision FCOS/RetinaNet's structure, not Ultralytics' C2f/C3k2 blocks "
-                        "and DFL head)")
-    if getattr(model, "family", "shuffledet") != "shuffledet":
+    if getattr(model, "family", "shuffledet") != "shuffledet":  # FCOS / RetinaNet / yolo: torch-pruning
         return _run_fpn(ctx, model)
     if cfg.prune_head > 0:
         raise UserError(f"stage '{ctx.name}': prune_head: ShuffleDet's head is one conv whose outputs are the "
