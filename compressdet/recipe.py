@@ -311,7 +311,10 @@ class ScheduleConfig(_Strict):
     eval_every: int = Field(500, gt=0, description="steps between evaluations on val (best checkpoint kept)")
     checkpoint_every: int = Field(500, gt=0, description="steps between resumable checkpoints")
     log_every: int = Field(20, gt=0, description="steps between loss logs (console, tensorboard)")
-    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    amp: bool | Literal["auto", "bf16"] = Field(
+        "auto", description="mixed precision. auto (or true, its older spelling): on CUDA, bf16 where the GPU has it "
+        "else fp16 with loss scaling; off on a CPU. bf16: bf16 autocast on CUDA and on a CPU (fast only on CPUs with "
+        "AVX512-BF16 / AMX; elsewhere it warns once that it will be slower). false: fp32 everywhere")
     channels_last: bool = Field(False, description="train in channels-last memory format")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
 
@@ -657,7 +660,8 @@ class QuantConfig(_Strict):
     @model_validator(mode="after")
     def _placement(self) -> "QuantConfig":
         if self.quantizer == "openvino":
-            wrong = sorted(set(self.X86_ONLY) & self.model_fields_set)
+            # not their defaults (a run's saved recipe.yaml spells every field out)
+            wrong = sorted(f for f in self.X86_ONLY if getattr(self, f) != type(self).model_fields[f].default)
             if wrong:
                 raise ValueError(f"{', '.join(wrong)}: settings of the x86 placement; quantizer openvino places "
                                  "the quantizers by NNCF's OpenVINO CPU config (remove them)")

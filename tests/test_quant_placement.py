@@ -58,6 +58,9 @@ def test_settings_default_and_parse():
     assert (q.quantizer, q.reduce_range) == ("openvino", False)
     d = QuantConfig()
     assert (d.quantizer, d.reduce_range) == ("x86", "auto")
+    # a run's saved recipe.yaml spells every field out: the x86 settings at their defaults are not refused
+    spelled = ", ".join(f"{k}: {str(v).lower()}" for k, v in QuantConfig(quantizer="openvino").model_dump().items())
+    assert _parse("{" + spelled + "}").stages[1].quant.quantizer == "openvino"
 
 
 @pytest.mark.parametrize("dot,cfg,want", [
