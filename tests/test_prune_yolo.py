@@ -81,8 +81,17 @@ def test_prune_reaches_the_macs_target_and_keeps_the_detect_head_consistent(tmp_
     # and exports to ONNX (checked in ONNX Runtime against PyTorch by the exporter)
     from compressdet.export.exporter import export_model
 
-    _, res = export_model(path, ["onnx"], log=lambda s: None)
+    _, res = export_model(path, ["onnx", "ultralytics"], log=lambda s: None)
     assert res["onnx"]["max_abs_diff"] <= 1e-3 and os.path.getsize(res["onnx"]["path"]) > 0
+    # and goes back to Ultralytics: the pruned modules are pickled as they are
+    from ultralytics import YOLO
+
+    ul = YOLO(res["ultralytics"]["path"])
+    assert sum(p.numel() for p in ul.model.parameters()) == n_params
+    import numpy as np
+
+    r = ul.predict(np.full((*HW, 3), 128, np.uint8), imgsz=HW[1], verbose=False)
+    assert len(r) == 1 and r[0].boxes is not None
 
 
 def test_prune_refuses_what_is_not_wired_for_yolo():
