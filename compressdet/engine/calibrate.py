@@ -20,7 +20,6 @@ chosen weight.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -47,15 +46,21 @@ def _grads(loss: Tensor, params: list[nn.Parameter]) -> tuple[Tensor | None, ...
     return torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
 
 
-def _norm(grads: Iterable[Tensor | None], keep: Iterable[bool]) -> float:
-    sq = [g.detach().float().pow(2).sum() for g, k in zip(grads, keep, strict=True) if k and g is not None]
-    return math.sqrt(float(torch.stack(sq).sum())) if sq else 0.0
+def _norm(grads: Iterable[Tensor | None], keep: Iterable[bool], world_size: int = 1) -> float:
+    """L2 norm of the kept gradients; under DDP of their sum over processes: with the global
+    normalisers that sum is the gradient one process with the whole batch would compute, so the
+    weight chosen does not depend on the number of processes (a sum of per-process norms would)."""
+    flat = [g.detach().float().flatten() for g, k in zip(grads, keep, strict=True) if k and g is not None]
+    if not flat:
+        return 0.0
+    v = torch.cat(flat)
+    return float(torch.linalg.vector_norm(all_reduce_sum(v) if world_size > 1 else v))
 
 
 def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, float]:
     """Each distiller's gradient norm on :func:`shared_parameters` over the detection loss's, at
-    weight 1: ``sum over batches ||grad kd|| / sum ||grad det||`` (summed over processes under DDP),
-    both norms over the shared parameters that distiller's loss reaches.
+    weight 1: ``sum over batches ||grad kd|| / sum ||grad det||`` (under DDP the global batch's
+    gradients: the processes' summed), both norms over the shared parameters that distiller's loss reaches.
 
     ``trainer``: an :class:`~compressdet.engine.Trainer` with distillation. ``batches``: how many
     training batches (taken from a fresh pass of its loader), or an iterable of ``(images, targets)``.
@@ -88,8 +93,8 @@ def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, 
                 # (a model without ``backbone``) would otherwise inflate the denominator
                 kd_g = _grads(loss, params)
                 reached = [g is not None for g in kd_g]
-                kd_total[name] += _norm(kd_g, reached)
-                det_total[name] += _norm(det, reached)
+                kd_total[name] += _norm(kd_g, reached, trainer.world_size)
+                det_total[name] += _norm(det, reached, trainer.world_size)
     finally:
         trainer.model.load_state_dict(saved)
         set_rng_state(rng)
@@ -97,8 +102,8 @@ def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, 
             m.training = mode
     names = list(kd_total)
     sums = torch.tensor([*(det_total[n] for n in names), *(kd_total[n] for n in names)], dtype=torch.float64)
-    if trainer.world_size > 1:
-        sums = all_reduce_sum(sums)
+    if trainer.world_size > 1:  # the same on every process already; averaged so every process holds the same bits
+        sums = all_reduce_sum(sums) / trainer.world_size
     det_sums, kd_sums = sums[:len(names)], sums[len(names):]
     if not (det_sums > 0).any():
         raise UserError("weight: auto: the detection loss has no gradient on the student's backbone on the "
