@@ -378,3 +378,24 @@ def test_weight_auto_under_ddp_is_the_one_process_weight(tmp_path):
     assert w[0] == w[1] and set(single) == {"crosskd", "pkd"}
     for m in single:
         assert w[0][m] == pytest.approx(single[m], rel=1e-6)  # norms in float32
+
+
+@pytest.mark.slow  # exports and prepares a QAT graph
+def test_weight_auto_leaves_a_qat_graph_as_it_was(tmp_path):
+    """A QAT student (fake-quant graph): every buffer restored, the observers' eps included (restoring
+    without the state dict's module versions reset it from the quantizer's 2**-12 to float32's eps)."""
+    from compressdet.engine.calibrate import calibrate_weights
+    from compressdet.quant.qat import prepare_qat, qat_training
+    from compressdet.recipe import QuantConfig
+
+    student, teacher = _pair("fcos")
+    prepared = prepare_qat(student.eval(), torch.randn(2, 3, *HW) * 50, QuantConfig())
+    qat, settings = qat_training(prepared, ScheduleConfig(steps=1, batch_size=2, lr=0.001), 1, 1)
+    tr = Trainer(qat, loss_fn=settings.pop("loss_fn"), train_loader=_Batches(), teacher=teacher,
+                 imitation=[DistillConfig(method="pkd", weight="auto", auto_batches=1)], out_dir=tmp_path / "q",
+                 **settings)
+    before = {k: v.clone() for k, v in qat.state_dict().items()}
+    assert any(k.endswith(".eps") for k in before)
+    assert calibrate_weights(tr)["pkd"]["weight"] > 0
+    after = qat.state_dict()
+    assert [k for k, v in before.items() if not torch.equal(v, after[k])] == []

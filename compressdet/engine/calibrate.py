@@ -71,7 +71,10 @@ def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, 
     if distiller is None:
         raise ValueError("measure_grad_ratios: the trainer has no distillation")
     params = shared_parameters(trainer.model)
-    saved = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    state = trainer.model.state_dict()
+    saved = type(state)((k, v.detach().clone()) for k, v in state.items())
+    # the modules' versions: without them a QAT observer loads as version 1 and resets its eps
+    saved._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
     rng = get_rng_state()
     modes = [(m, m.training) for m in module.modules()]  # a loaded student may be in eval mode
     source: Iterator = (itertools.islice(iter(trainer.train_loader), batches) if isinstance(batches, int)
