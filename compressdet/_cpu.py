@@ -1,5 +1,6 @@
-"""What the CPU offers int8 inference, read once from the OS (bottom layer: bench, predict and deploy warn
-from it, the tests skip the int8 numerics checks that need it)."""
+"""What the CPU offers int8 inference and bf16 training, read once from the OS (bottom layer: bench, predict
+and deploy warn from it, the trainer warns when CPU bf16 autocast will be slow, the tests skip the int8
+numerics checks that need it)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import functools
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_flags", "int8_dot_product", "INT8_SATURATION_NOTE"]
+__all__ = ["cpu_flags", "int8_dot_product", "bf16_native", "INT8_SATURATION_NOTE", "BF16_SLOW_NOTE"]
 
 #: why ONNX Runtime's u8s8 int8 convolutions can differ from PyTorch's on some x86 CPUs
 INT8_SATURATION_NOTE = ("this x86 CPU has no VNNI/AMX int8 dot product: ONNX Runtime's u8s8 int8 kernels add "
                         "pairs of products in saturating int16 here, so ORT INT8 outputs can differ from PyTorch's "
                         "(check the mAP, e.g. compressdet deploy; OpenVINO or fp32 are not affected)")
+
+#: why CPU bf16 autocast can make training slower on some x86 CPUs
+BF16_SLOW_NOTE = ("this x86 CPU has no AVX512-BF16/AMX: bf16 matrix maths is emulated in fp32 here, so CPU bf16 "
+                  "autocast (schedule.amp: bf16) is likely slower than fp32 (benchmarks/train_speed.py measures it)")
 
 
 @functools.cache
@@ -35,3 +40,14 @@ def int8_dot_product() -> bool:
     if not flags:
         return True  # unknown: do not warn on a guess
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
+
+
+def bf16_native() -> bool:
+    """True unless this is an x86 CPU known to lack AVX512-BF16 / AMX-BF16 (where bf16 convolutions and
+    matrix products are converted to fp32 and back, so bf16 autocast costs time instead of saving it)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True  # ARM's bf16 support is not read from these flags: do not warn on a guess
+    flags = cpu_flags()
+    if not flags:
+        return True
+    return bool(flags & {"avx512_bf16", "amx_bf16"})

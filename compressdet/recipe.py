@@ -311,9 +311,20 @@ class ScheduleConfig(_Strict):
     eval_every: int = Field(500, gt=0, description="steps between evaluations on val (best checkpoint kept)")
     checkpoint_every: int = Field(500, gt=0, description="steps between resumable checkpoints")
     log_every: int = Field(20, gt=0, description="steps between loss logs (console, tensorboard)")
-    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    amp: bool | Literal["auto", "bf16"] = Field(
+        "auto", description="mixed precision. auto (or true, its older spelling): on CUDA, bf16 where the GPU has it "
+        "else fp16 with loss scaling; off on a CPU. bf16: bf16 autocast on CUDA and on a CPU (fast only on CPUs with "
+        "AVX512-BF16 / AMX; elsewhere it warns once that it will be slower). false: fp32 everywhere")
     channels_last: bool = Field(False, description="train in channels-last memory format")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_value(cls, v: Any) -> Any:
+        # one message naming every accepted value (a bool | Literal union would report each branch apart)
+        if isinstance(v, bool) or v in ("auto", "bf16"):
+            return v
+        raise ValueError(f"expected auto, true, false or bf16 (got {v!r})")
 
     @model_validator(mode="after")
     def _one_clip(self) -> "ScheduleConfig":

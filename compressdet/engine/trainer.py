@@ -2,8 +2,8 @@
 
 ``TrainerBase`` only loops and calls hooks (``after_train`` runs in ``finally``). ``Trainer`` adds
 one step of detection training with optional fine-grained feature imitation: momentum SGD with a
-cosine schedule, per-tensor gradient-norm clipping, AMP on CUDA, DDP with cross-process batch norm,
-and exact resume from ``last.pt``. Evaluation, checkpoints, logging and the progress bar are hooks.
+cosine schedule, per-tensor gradient-norm clipping, AMP on CUDA (CPU bf16 autocast when ``schedule.amp: bf16``
+asks), DDP with cross-process batch norm, and exact resume from ``last.pt``. Evaluation, checkpoints, logging and the progress bar are hooks.
 
 Example:
     >>> trainer = Trainer(model, schedule=cfg.schedule, loss_fn=SqueezeDetLoss(anchors, image_size=hw),
@@ -18,6 +18,7 @@ import contextlib
 import math
 import random
 import time
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -46,7 +47,7 @@ from .hooks import (
 )
 
 __all__ = ["TrainerBase", "Trainer", "NonFiniteLossError", "cosine_lr_lambda", "clip_grad_norm_per_tensor", "clip_gradients",
-           "seed_param_groups"]
+           "seed_param_groups", "amp_dtype"]
 
 
 class NonFiniteLossError(UserError):
@@ -116,7 +117,10 @@ def clip_grad_norm_per_tensor(params: Iterable[Tensor], max_norm: float) -> None
     if not grads:
         return
     norms = torch._foreach_norm(grads)
-    scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+    if len({n.dtype for n in norms}) == 1:  # one tensor of scales: 3 ops, not 2 per parameter (#42)
+        scales = torch.clamp(max_norm / (torch.stack(norms) + 1e-6), max=1.0).unbind()
+    else:  # mixed dtypes (an fp64 adaptation layer on an fp32 student): each scale in its own
+        scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
     torch._foreach_mul_(grads, scales)
 
 
@@ -128,6 +132,32 @@ def clip_gradients(params: Iterable[Tensor], mode: str, max_norm: float) -> None
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
     elif mode != "none":
         raise ValueError(f"clip mode '{mode}' is not one of: per_tensor, global, none")
+
+
+_warned_bf16_slow = False
+
+
+def amp_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``schedule.amp`` asks for on ``device`` (None: fp32).
+
+    ``auto`` / ``true``: CUDA's mixed precision (bf16 where the GPU has it, else fp16), nothing on a CPU,
+    where bf16 pays only with AVX512-BF16 / AMX; ``bf16``: bf16 autocast on either (on a CPU without native
+    bf16 a one-time warning says it will be slow); ``false``: none.
+    """
+    global _warned_bf16_slow
+    if amp is False:
+        return None
+    if amp == "bf16":
+        if device.type == "cpu":
+            from .._cpu import BF16_SLOW_NOTE, bf16_native
+
+            if not bf16_native() and not _warned_bf16_slow:
+                _warned_bf16_slow = True
+                warnings.warn(f"schedule.amp: bf16 on a CPU: {BF16_SLOW_NOTE}", RuntimeWarning, stacklevel=2)
+        return torch.bfloat16
+    if amp in (True, "auto") and device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
 
 
 def seed_param_groups(model: nn.Module, extra: nn.Module | None, weight_decay: float,
@@ -273,12 +303,11 @@ class Trainer(TrainerBase):
         groups = (param_groups(self.model, self.imitation_loss) if param_groups is not None else
                   seed_param_groups(self.model, self.imitation_loss, schedule.weight_decay, schedule.weight_decay_on))
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum)
+        # foreach: torch picks it on CUDA only; on a CPU the per-parameter loop costs Python time, same maths (#42)
+        self.optimizer = torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum, foreach=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_lr_lambda(schedule.steps, schedule.lr, schedule.lr_min, schedule.warmup_steps))
-        self.amp_dtype = None
-        if schedule.amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype(schedule.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
@@ -302,7 +331,7 @@ class Trainer(TrainerBase):
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _next_batch(self) -> tuple[Tensor, list[dict]]:
         if self._data_iter is None:

@@ -44,6 +44,11 @@ def assign_anchors(gt_boxes: Tensor, anchors: Tensor) -> Tensor:
     if anchors.shape[0] < g:
         raise ValueError(f"{g} ground-truth boxes but only {anchors.shape[0]} anchors")
     ious = box_iou(gt_boxes, box_convert(anchors, "cxcywh", "xyxy"))  # [G, A]
+    top, first = ious.max(1)
+    if bool((top > 0).all()) and first.unique().numel() == g:
+        # each GT's best anchor overlaps it and no two GTs share one: the sequential rule picks exactly
+        # these (a GT's best anchor is never taken before it), without a Python step per GT (#42)
+        return first
     gt_c = box_convert(gt_boxes, "xyxy", "cxcywh")
     taken = torch.zeros(anchors.shape[0], dtype=torch.bool)
     for i in range(g):
