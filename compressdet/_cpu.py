@@ -11,9 +11,10 @@ from pathlib import Path
 __all__ = ["cpu_flags", "int8_dot_product", "bf16_native", "INT8_SATURATION_NOTE", "BF16_SLOW_NOTE"]
 
 #: why ONNX Runtime's u8s8 int8 convolutions can differ from PyTorch's on some x86 CPUs
-INT8_SATURATION_NOTE = ("this x86 CPU has no VNNI/AMX int8 dot product: ONNX Runtime's u8s8 int8 kernels add "
-                        "pairs of products in saturating int16 here, so ORT INT8 outputs can differ from PyTorch's "
-                        "(check the mAP, e.g. compressdet deploy; OpenVINO or fp32 are not affected)")
+INT8_SATURATION_NOTE = ("this x86 CPU has no VNNI/AMX int8 dot product: ONNX Runtime's and OpenVINO's u8s8 int8 "
+                        "kernels add pairs of products in saturating int16 here, so their INT8 outputs can differ "
+                        "from PyTorch's unless the graph has 7-bit activations (quant.reduce_range, auto: on here); "
+                        "check the mAP, e.g. compressdet deploy (fp32 is not affected)")
 
 #: why CPU bf16 autocast can make training slower on some x86 CPUs
 BF16_SLOW_NOTE = ("this x86 CPU has no AVX512-BF16/AMX: bf16 matrix maths is emulated in fp32 here, so CPU bf16 "
