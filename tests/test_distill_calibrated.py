@@ -399,3 +399,22 @@ def test_weight_auto_leaves_a_qat_graph_as_it_was(tmp_path):
     assert calibrate_weights(tr)["pkd"]["weight"] > 0
     after = qat.state_dict()
     assert [k for k, v in before.items() if not torch.equal(v, after[k])] == []
+
+
+def test_weight_auto_reduces_tensors_on_the_trainers_device(tmp_path, monkeypatch):
+    """Under torchrun on GPUs the process group is NCCL, which reduces CUDA tensors only: the ratio sums
+    were a CPU tensor (weight: auto crashed on multi-GPU DDP). Checks the device on CUDA where there is one."""
+    import compressdet.engine.calibrate as cal_mod
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    s, t = build_model("shuffledet_0.25x", image_size=HW), build_model("shuffledet_0.5x", image_size=HW).eval()
+    tr = Trainer(s, schedule=ScheduleConfig(steps=1, batch_size=2, lr=0.001), loss_fn=s.build_loss(),
+                 train_loader=_Batches(), teacher=t, imitation=[DistillConfig(method="pkd", weight="auto")],
+                 out_dir=tmp_path / "c", anchors=s.priors(), device=device)
+    single = measure_grad_ratios(tr, 1)["pkd"]
+    seen = []
+    monkeypatch.setattr(cal_mod, "all_reduce_sum", lambda x: seen.append(x.device) or x)  # one "process" of 2
+    monkeypatch.setattr(tr, "world_size", 2)
+    assert measure_grad_ratios(tr, 1)["pkd"] == pytest.approx(single, rel=1e-9)
+    assert len(seen) == 3 and all(d.type == tr.device.type for d in seen)  # two gradient vectors, the sums

@@ -104,7 +104,8 @@ def measure_grad_ratios(trainer: Any, batches: int | Iterable = 4) -> dict[str, 
         for m, mode in modes:
             m.training = mode
     names = list(kd_total)
-    sums = torch.tensor([*(det_total[n] for n in names), *(kd_total[n] for n in names)], dtype=torch.float64)
+    sums = torch.tensor([*(det_total[n] for n in names), *(kd_total[n] for n in names)], dtype=torch.float64,
+                        device=trainer.device)  # NCCL reduces CUDA tensors only
     if trainer.world_size > 1:  # the same on every process already; averaged so every process holds the same bits
         sums = all_reduce_sum(sums) / trainer.world_size
     det_sums, kd_sums = sums[:len(names)], sums[len(names):]
