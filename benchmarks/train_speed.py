@@ -51,11 +51,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16": {"amp": "bf16", "channels_last": True},
 }
 PARTS = ["data", "forward", "loss", "backward", "clip", "optimizer", "step_other", "hooks"]
-#: preset -> input size, batch, threads, timed steps per round, rounds, SynthKITTI images, models
+#: preset -> input size, batch, threads, timed steps per round, rounds, SynthKITTI images and their size, models
 PRESETS = {
-    "cpu": {"size": (192, 624), "batch": 2, "threads": 2, "steps": 6, "rounds": 5, "images": 48, "models": MODELS},
-    "smoke": {"size": (64, 192), "batch": 2, "threads": 1, "steps": 2, "rounds": 2, "images": 8,
-              "models": ["shuffledet_0.25x"]},
+    "cpu": {"size": (192, 624), "batch": 2, "threads": 2, "steps": 6, "rounds": 5, "images": 48,
+            "synth_size": [1242, 375], "models": MODELS},
+    "smoke": {"size": (64, 192), "batch": 2, "threads": 1, "steps": 2, "rounds": 2, "images": 6,
+              "synth_size": [384, 128], "models": ["shuffledet_0.25x"]},
 }
 
 
@@ -84,10 +85,29 @@ def _legacy_assign_anchors(gt_boxes: torch.Tensor, anchors: torch.Tensor) -> tor
     return out
 
 
-#: (module, attribute) -> the pre-#42 implementation the ``before`` variant runs
+@torch.no_grad()
+def _legacy_clip_grad_norm_per_tensor(params, max_norm: float) -> None:
+    """``engine.trainer.clip_grad_norm_per_tensor`` before issue #42: two small ops per parameter."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, scales)
+
+
+#: (module, attribute) -> the pre-#42 implementation the ``before`` variant runs (and SGD without foreach,
+#: torch's default on a CPU, set on its optimizer by ``legacy_optimizer``)
 LEGACY: dict[tuple[str, str], Callable] = {
     ("compressdet.losses.detection", "assign_anchors"): _legacy_assign_anchors,
+    ("compressdet.engine.trainer", "clip_grad_norm_per_tensor"): _legacy_clip_grad_norm_per_tensor,
 }
+
+
+def legacy_optimizer(trainer) -> None:
+    """SGD as the Trainer built it before issue #42 (``foreach`` left to torch: off on a CPU)."""
+    for g in trainer.optimizer.param_groups:
+        g["foreach"] = None
 
 
 @contextlib.contextmanager
@@ -106,6 +126,13 @@ def legacy_step(on: bool):
     finally:
         for m, attr, fn in saved:
             setattr(m, attr, fn)
+
+
+def assign_anchors_is_restored() -> bool:
+    """Whether every patched function is the current one again (a test checks the patching is undone)."""
+    import importlib
+
+    return all(getattr(importlib.import_module(m), a) is not fn for (m, a), fn in LEGACY.items())
 
 
 # ------------------------------------------------------------------------------------------ timers
@@ -191,7 +218,7 @@ def instrument(trainer, split: Split) -> None:
 def _data_cfg(p: dict):
     from compressdet.recipe import DataConfig
 
-    synth = {"num_images": p["images"], "size": [1242, 375], "seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
+    synth = {"num_images": p["images"], "size": p["synth_size"], "seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
     if LAYOUTS.is_dir():
         synth["layouts"] = str(LAYOUTS)
     return DataConfig(format="synth", image_size=list(p["size"]), synth=synth, cache=True)
@@ -235,6 +262,8 @@ def measure_model(arch: str, p: dict, variants: dict[str, dict], out_dir: Path) 
     trainers, splits, ips, per_part = {}, {}, {v: [] for v in variants}, {v: {k: [] for k in PARTS} for v in variants}
     for name, var in variants.items():
         trainers[name] = build_trainer(arch, var, p, out_dir / arch / name, base)
+        if var.get("legacy"):
+            legacy_optimizer(trainers[name])
         splits[name] = Split()
         instrument(trainers[name], splits[name])
         trainers[name]._data_iter = iter(trainers[name].train_loader)
@@ -280,12 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--models", nargs="*", choices=MODELS, help="default: the preset's")
     ap.add_argument("--variants", nargs="*", choices=list(VARIANTS), help="default: all")
+    ap.add_argument("--threads", type=int, help="torch threads (default: the preset's; 1 where other jobs share "
+                    "the cores: 2 threads on 2 busy cores measure the contention, not the step)")
     args = ap.parse_args(argv)
     from compressdet._cpu import bf16_native
     from compressdet.data import prepare_data
     from compressdet.pipeline import cpu_platform
 
     p = dict(PRESETS[args.preset])
+    if args.threads:
+        p["threads"] = args.threads
     torch.set_num_threads(p["threads"])
     variants = {k: v for k, v in VARIANTS.items() if not args.variants or k in args.variants}
     prepare_data(_data_cfg(p))

@@ -232,6 +232,34 @@ def test_cpu_bf16_autocast_loss_curve_stays_near_fp32(tmp_path, recwarn):
     assert a != b
 
 
+
+# ---------------------------------------------------------------------------------------------- benchmark
+def test_benchmark_smoke_preset_writes_its_json(tmp_path, monkeypatch):
+    """``benchmarks/train_speed.py --preset smoke`` times every variant through the real Trainer and writes
+    train_speed.json: img/s per variant, a split whose parts add up to the step, before/after per model."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("train_speed", None)
+    import train_speed
+
+    assert train_speed.main(["--preset", "smoke", "--results", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "train_speed.json").read_text())
+    assert res["preset"] == "smoke" and res["image_size"] == [64, 192] and isinstance(res["bf16_native"], bool)
+    assert "indicative" in res["note"]
+    m = res["models"]["shuffledet_0.25x"]
+    for name in train_speed.VARIANTS:
+        v = m[name]
+        assert v["img_per_s"] > 0 and len(v["img_per_s_rounds"]) == 2
+        assert set(v["split_ms"]) == set(train_speed.PARTS)
+        assert v["split_ms"]["forward"] > 0 and v["split_ms"]["backward"] > 0 and v["split_ms"]["data"] > 0
+        assert sum(v["split_ms"].values()) == pytest.approx(v["step_ms"], rel=0.02)
+        assert v["checkpoint_ms"] > 0
+    assert m["speedup_after_vs_before"] == pytest.approx(m["after"]["img_per_s"] / m["before"]["img_per_s"], rel=1e-2)
+    assert m["fastest"] in train_speed.VARIANTS and m["fastest"] != "before"
+    assert train_speed.assign_anchors_is_restored()
+
+
 if __name__ == "__main__":  # records the golden file (run once, on the code before the step was optimised)
     import tempfile
 
