@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -418,3 +419,17 @@ def test_weight_auto_reduces_tensors_on_the_trainers_device(tmp_path, monkeypatc
     monkeypatch.setattr(tr, "world_size", 2)
     assert measure_grad_ratios(tr, 1)["pkd"] == pytest.approx(single, rel=1e-9)
     assert len(seen) == 3 and all(d.type == tr.device.type for d in seen)  # two gradient vectors, the sums
+
+
+def test_crosskd_box_term_is_the_references_per_family():
+    from compressdet.losses.crosskd import REFERENCE_BOX_LOSS, log_iou_loss
+
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 4.0, 4.0]])
+    b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0], [10.0, 10.0, 14.0, 14.0]])
+    loss = log_iou_loss(a, b)
+    assert loss[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert loss[1].item() == pytest.approx(-math.log(0.5), rel=1e-6)  # IoU 50 / 100
+    assert loss[2].item() == pytest.approx(-math.log(1e-6), rel=1e-6)  # disjoint: the eps floor, finite
+    assert REFERENCE_BOX_LOSS["fcos"] is log_iou_loss  # CrossKD's FCOS config: IoULoss (-log IoU)
+    g = REFERENCE_BOX_LOSS["retinanet"](a, b)  # its RetinaNet config: GIoULoss
+    assert g[0].item() == pytest.approx(0.0, abs=1e-6) and g[1].item() == pytest.approx(0.5, rel=1e-6)

@@ -18,11 +18,11 @@ authors' ``CrossKDFCOS`` / ``CrossKDRetinaNet`` (github.com/jbwang1997/CrossKD):
   teacher's sigmoid scores, summed over all priors and divided by the reference's normaliser:
   RetinaNet the number of positive anchors (anchors in the matcher's ignore band count 0), FCOS
   the sum of the positives' centre-ness targets (:meth:`kd_normalizer` on the model);
-- box: GIoU loss between the boxes decoded from the cross-head and from the teacher's regression,
-  each prior weighted by the teacher's best class score, same normaliser;
+- box: the reference's box loss between the boxes decoded from the cross-head and from the teacher's
+  regression (FCOS its IoU loss, -log IoU; RetinaNet GIoU; :data:`REFERENCE_BOX_LOSS`), each prior
+  weighted by the teacher's best class score, same normaliser;
 - the reference's loss weights: FCOS classification 0.4, box 0.75; RetinaNet 1 and 1.
-Departures: FCOS's box term is GIoU (the reference's FCOS config uses its IoU loss, -log IoU;
-RetinaNet's uses GIoU); the normaliser is at least 1 (the reference: 1e-6 for FCOS); the std in
+Departures: the normaliser is at least 1 (the reference: 1e-6 for FCOS); the std in
 ``align_scale`` is the biased one over the global batch under DDP (reference: unbiased, per process);
 when the student's head is narrower than the teacher's (fcos_mnv3_small 64 vs fcos_r18 128), a 1x1
 conv per branch adapts it before the alignment (the paper's pairs share widths); ``centerness: true``
@@ -55,7 +55,8 @@ from ..models.box_coder import BoxCoder
 from ..models.head import split_head_output
 from .pkd import channel_moments
 
-__all__ = ["CrossKDLoss", "FPNCrossKDLoss", "FPNCrossKDPaperLoss", "align_scale", "REFERENCE_FROM_LAYER"]
+__all__ = ["CrossKDLoss", "FPNCrossKDLoss", "FPNCrossKDPaperLoss", "align_scale", "log_iou_loss", "REFERENCE_FROM_LAYER",
+           "REFERENCE_BOX_LOSS"]
 
 
 def _decode(t: nn.Module, codes: Tensor, anchors: Tensor) -> Tensor:
@@ -175,6 +176,26 @@ REFERENCE_FROM_LAYER = {"fcos": 2, "retinanet": 3}
 REFERENCE_LOSS_WEIGHTS = {"fcos": (0.4, 0.75), "retinanet": (1.0, 1.0)}
 
 
+def log_iou_loss(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
+    """``-log IoU`` of paired xyxy boxes ``[K, 4]`` (mmdet's ``IoULoss``, linear=False, as the CrossKD FCOS
+    config): torchvision has the generalized / distance / complete IoU losses, not this one."""
+    lt = torch.maximum(boxes1[:, :2], boxes2[:, :2])
+    rb = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(-1)
+    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(-1)
+    iou = inter / (area1 + area2 - inter).clamp(min=eps)
+    return -iou.clamp(min=eps).log()
+
+
+def _giou_loss(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    return generalized_box_iou_loss(boxes1, boxes2, reduction="none")
+
+
+#: the box term of the authors' configs, per family: FCOS ``IoULoss`` (-log IoU), RetinaNet ``GIoULoss``
+REFERENCE_BOX_LOSS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"fcos": log_iou_loss, "retinanet": _giou_loss}
+
+
 def _identity(x: Tensor) -> Tensor:
     return x
 
@@ -242,9 +263,9 @@ class FPNCrossKDPaperLoss(nn.Module):
             qfl, score = qfl * keep, score * keep
         anchors = t.priors(cross[1].device).to(cross[1].dtype)
         cb, tb = _decode(t, cross[1], anchors), _decode(t, ref[1], anchors)
-        giou = generalized_box_iou_loss(cb.reshape(-1, 4), tb.reshape(-1, 4), reduction="none").view_as(score)
+        box = REFERENCE_BOX_LOSS[t.family](cb.reshape(-1, 4), tb.reshape(-1, 4)).view_as(score)
         out = {"crosskd_cls": qfl.sum() / norm * self.cls_weight,
-               "crosskd_box": (giou * score).sum() / norm * self.box_weight}
+               "crosskd_box": (box * score).sum() / norm * self.box_weight}
         if self.centerness:
             ctr = F.binary_cross_entropy_with_logits(cross[2][..., 0], torch.sigmoid(ref[2][..., 0]), reduction="none")
             out["crosskd_ctr"] = ctr.sum() / norm
