@@ -1179,10 +1179,7 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
 
 
 #: the stages a yolo model cannot go through yet (issue #45), and why
-_YOLO_UNSUPPORTED = {
-    "qat": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
-    "ptq": "INT8 quantization captures ShuffleDet and torchvision FCOS/RetinaNet only",
-}
+_YOLO_UNSUPPORTED: dict[str, str] = {}
 
 
 def _check_yolo_stages(recipe: Recipe, errs: _Errors, yolo_models: Any) -> None:

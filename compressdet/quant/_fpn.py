@@ -22,9 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FPN_FAMILIES", "is_fpn", "FpnFeatureWrapper", "prediction_convs", "split_shared_calls"]
+__all__ = ["FPN_FAMILIES", "CAPTURED_AS_IS", "is_fpn", "FpnFeatureWrapper", "YoloFeatureWrapper", "feature_wrapper",
+           "prediction_convs", "split_shared_calls"]
 
 FPN_FAMILIES = ("fcos", "retinanet")
+#: families captured as they are (no float rewrites), whose graph returns ``((raw outputs...), [levels])``
+#: and whose loss, priors and distillation masks stay the float detector's: the FPN families and yolo
+#: (Ultralytics' Detect head: one conv branch per level, no shared calls)
+CAPTURED_AS_IS = (*FPN_FAMILIES, "yolo")
 
 #: the head's last convs (their outputs are the raw outputs), per family, as module names in the capture
 _PREDICTION_CONVS = {
@@ -35,12 +40,17 @@ _PREDICTION_CONVS = {
 
 
 def is_fpn(model: Any) -> bool:
-    """True for a detector of a torchvision FPN family (FCOS, RetinaNet)."""
-    return getattr(model, "family", None) in FPN_FAMILIES
+    """True for a detector captured as it is (:data:`CAPTURED_AS_IS`: FCOS, RetinaNet, yolo)."""
+    return getattr(model, "family", None) in CAPTURED_AS_IS
 
 
-def prediction_convs(family: str) -> tuple[str, ...]:
-    """Module names (in the captured :class:`FpnFeatureWrapper`) of the head's prediction convs."""
+def prediction_convs(family: str, model: Any = None) -> tuple[str, ...]:
+    """Module names (in the captured :func:`feature_wrapper`) of the head's prediction convs; yolo's
+    (the last conv of each level's box and class branch) depend on the Detect layer's index: ``model``."""
+    if family == "yolo":
+        i = len(model.net.model) - 1
+        return tuple(f"net.model.{i}.{branch}.{j}.{len(seq) - 1}" for branch in ("cv2", "cv3")
+                     for j, seq in enumerate(getattr(model.head, branch)))
     return _PREDICTION_CONVS[family]
 
 
@@ -62,6 +72,26 @@ class FpnFeatureWrapper(nn.Module):
         feats = [f] if isinstance(f, Tensor) else list(f.values())
         head = self.det.head(feats)
         return tuple(head[k] for k in self.export_outputs), feats
+
+
+class YoloFeatureWrapper(nn.Module):
+    """``forward(x) -> ((box_dist, cls_logits), [P3, P4, P5])`` of a copy of a ``YoloDetector`` (module names
+    ``net.model.<i>...`` as in the float model; the input adapter to RGB / 255 is in the graph)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        det = copy.deepcopy(model)
+        self.__dict__["_det"] = det  # its routing and input adapter, not a submodule: the weights are in .net
+        self.net = det.net  # module names net.model.<i>...: what the quantizer's filters name (prediction_convs)
+        self.export_outputs = tuple(model.export_outputs)
+
+    def forward(self, x: Tensor) -> tuple[tuple[Tensor, ...], list[Tensor]]:
+        return self.__dict__["_det"].forward_with_features(x)
+
+
+def feature_wrapper(model: nn.Module) -> nn.Module:
+    """The capture wrapper of a family in :data:`CAPTURED_AS_IS`."""
+    return YoloFeatureWrapper(model) if getattr(model, "family", None) == "yolo" else FpnFeatureWrapper(model)
 
 
 def _module_class(cls: Any) -> Any:

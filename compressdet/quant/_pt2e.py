@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import UserError
 from ._fold import FeatureWrapper, quant_ready
-from ._fpn import FPN_FAMILIES, FpnFeatureWrapper, is_fpn, prediction_convs, split_shared_calls
+from ._fpn import CAPTURED_AS_IS, feature_wrapper, is_fpn, prediction_convs, split_shared_calls
 
 __all__ = ["make_quantizer", "capture", "capture_options", "convert", "freeze_observers", "freeze_bn", "weight_masks",
            "check_prepared", "resolve_reduce_range"]
@@ -40,7 +40,8 @@ def resolve_reduce_range(cfg: Any) -> bool:
     return bool(value)
 
 
-def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram", family: str = "shuffledet"):
+def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram", family: str = "shuffledet",
+                   model: Any = None):
     """An ``X86InductorQuantizer`` for a ``QuantConfig`` (``cfg.quantizer: openvino``: NNCF's OpenVINO
     placement, :func:`._openvino.openvino_quantizer`).
 
@@ -63,7 +64,9 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram", famil
     quantized like the backbone. With ``keep_head_float`` and ``head_weights: int8`` a prediction conv
     gets int8 input and weights and a float output; ``head_weights: float`` keeps it fp32; without
     ``keep_head_float`` each prediction conv (one output kind each) gets its own output scale per
-    level (``head_int8: shared`` has no meaning there). ``float_stem`` is ShuffleDet-only.
+    level (``head_int8: shared`` has no meaning there). ``float_stem`` is ShuffleDet-only. ``family``
+    ``yolo`` likewise, its prediction convs the last conv of each level's Detect branches (``model``: the
+    float detector, whose Detect layer index names them).
     """
     from torchao.quantization.pt2e import (
         HistogramObserver,
@@ -115,8 +118,8 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram", famil
         act = dataclasses.replace(act, quant_min=act.quant_min // 2, quant_max=act.quant_max // 2)
     qcfg = dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
     q = _ort_quantizer_class()().set_global(qcfg)
-    if family in FPN_FAMILIES:
-        return _fpn_head_config(q, cfg, family)
+    if family in CAPTURED_AS_IS:
+        return _fpn_head_config(q, cfg, family, model)
     if cfg.keep_head_float:
         q.set_module_name_qconfig("head", None)
         if getattr(cfg, "head_weights", "float") == "int8":
@@ -129,7 +132,7 @@ def make_quantizer(cfg: Any, *, is_qat: bool, observer: str = "histogram", famil
     return q
 
 
-def _fpn_head_config(q: Any, cfg: Any, family: str) -> Any:
+def _fpn_head_config(q: Any, cfg: Any, family: str, model: Any = None) -> Any:
     """The head settings of :func:`make_quantizer` for an FPN family (see there)."""
     if getattr(cfg, "float_stem", False):
         raise UserError(f"quant.float_stem is ShuffleDet-only (a {family} backbone has no 3x3 stem + max-pool "
@@ -138,7 +141,7 @@ def _fpn_head_config(q: Any, cfg: Any, family: str) -> Any:
         raise UserError(f"quant.head_int8: shared is ShuffleDet-only: a {family} head has one prediction conv per "
                         "output kind, each with its own output scale (use per_kind, the default)")
     if cfg.keep_head_float:
-        names = prediction_convs(family)
+        names = prediction_convs(family, model)
         for name in names:
             q.set_module_name_qconfig(name, None)
         if getattr(cfg, "head_weights", "float") == "int8":
@@ -321,7 +324,7 @@ def capture(model: nn.Module, example: torch.Tensor, *, fold_shuffle: bool = Tru
     ``pool_as_conv``, ``pad_bottleneck``, ``per_kind_head``) do not apply to it and are ignored.
     """
     if is_fpn(model):
-        return _export_dynamic(FpnFeatureWrapper(model).train(train), example, {})
+        return _export_dynamic(feature_wrapper(model).train(train), example, {})
     if not hasattr(model, "backbone") or not hasattr(model, "head"):
         raise UserError(f"quantization needs a ShuffleDet-like model with .backbone and .head, got "
                         f"{type(model).__name__}")

@@ -41,7 +41,7 @@ def quantize_ptq(model: nn.Module, images: Iterable[torch.Tensor], cfg: Any, *, 
     ``((raw outputs...), [levels])``).
 
     Args:
-        model: float ShuffleDet, FCOS or RetinaNet (not modified).
+        model: float ShuffleDet, FCOS, RetinaNet or yolo (not modified).
         images: iterable of model-ready batches ``[N, 3, H, W]``.
         cfg: ``QuantConfig`` (``calibration_images`` images are used).
         observer: ``"minmax"`` or ``"histogram"`` (activation range estimate).
@@ -58,7 +58,7 @@ def quantize_ptq(model: nn.Module, images: Iterable[torch.Tensor], cfg: Any, *, 
         example = first[:1]
     gm = capture(model, example, train=False, **capture_options(cfg))
     prepared = prepare_pt2e(gm, make_quantizer(cfg, is_qat=False, observer=observer,
-                                               family=getattr(model, "family", "shuffledet")))
+                                               family=getattr(model, "family", "shuffledet"), model=model))
     check_prepared(prepared)
     move_exported_model_to_eval(prepared)
 

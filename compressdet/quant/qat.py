@@ -46,7 +46,8 @@ def prepare_qat(model: nn.Module, example: torch.Tensor, cfg: Any) -> torch.fx.G
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     gm = capture(model, example, **capture_options(cfg))
-    prepared = prepare_qat_pt2e(gm, make_quantizer(cfg, is_qat=True, family=getattr(model, "family", "shuffledet")))
+    prepared = prepare_qat_pt2e(gm, make_quantizer(cfg, is_qat=True, family=getattr(model, "family", "shuffledet"),
+                                                   model=model))
     check_prepared(prepared)
     move_exported_model_to_train(prepared)
     prepared._compressdet_masks = getattr(gm, "_compressdet_masks", {})

@@ -22,17 +22,17 @@ TIMING_METRICS = ("qat_minutes", "train_img_per_s", "train_minutes", "minutes")
 def load_float_model(ctx: Any, role: str = "from") -> tuple[torch.nn.Module, dict]:
     """The float model of the stage named by ``role`` (its ``model`` artifact), in eval mode.
 
-    Families: ShuffleDet, and the torchvision FPN families (FCOS, RetinaNet: captured as they are,
-    see ``quant._fpn``)."""
+    Families: ShuffleDet, and the torchvision FPN families (FCOS, RetinaNet) and yolo, captured as they are
+    (see ``quant._fpn``)."""
     from ..models import load_model
-    from ..quant._fpn import FPN_FAMILIES
+    from ..quant._fpn import CAPTURED_AS_IS
 
     src = ctx.input(role)
     model, meta = load_model(src.artifact("model"))
     family = getattr(model, "family", "shuffledet")
-    if family != "shuffledet" and family not in FPN_FAMILIES:
+    if family != "shuffledet" and family not in CAPTURED_AS_IS:
         raise UserError(f"stage '{ctx.name}': {role}: INT8 quantization supports the shuffledet, "
-                        f"{', '.join(FPN_FAMILIES)} families, '{src.name}' is a {family} model")
+                        f"{', '.join(CAPTURED_AS_IS)} families, '{src.name}' is a {family} model")
     if tuple(getattr(model, "image_size", ctx.recipe.data.image_size)) != tuple(ctx.recipe.data.image_size):
         raise UserError(f"stage '{ctx.name}': model of '{src.name}' was built for {tuple(model.image_size)}, "
                         f"data.image_size is {tuple(ctx.recipe.data.image_size)}")
