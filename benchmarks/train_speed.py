@@ -8,7 +8,9 @@ on (SynthKITTI with ``data.cache``, augmentation on):
 - ``before``: the step as it was before issue #42 (the pre-#42 functions patched back in, see ``LEGACY``);
 - ``after``: the step as it is now, fp32 (what ``schedule.amp: auto`` gives on a CPU);
 - ``channels_last``: ``after`` with ``schedule.channels_last``;
-- ``bf16``: ``after`` with ``schedule.amp: bf16`` (CPU bf16 autocast) and ``channels_last``.
+- ``bf16``: ``after`` with ``schedule.amp: bf16`` (CPU bf16 autocast) and ``channels_last``;
+- ``compile`` (only when named in ``--variants``, on the 0.25x student): ``after`` with ``torch.compile`` of
+  the Trainer's module; ``first_step_s`` holds the compile time.
 
 The variants of one model alternate within each round (A B C D, A B C D, ...), so load on the shared
 CPU falls on all of them alike; each variant's img/s is the median over rounds. Each step is split with
@@ -49,7 +51,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "after": {},
     "channels_last": {"channels_last": True},
     "bf16": {"amp": "bf16", "channels_last": True},
+    "compile": {"compile": True},
 }
+#: variants run only when named (``--variants``), on these models: ``compile`` is ``torch.compile`` of the
+#: Trainer's module (the student's forward; the loss's target assignment stays eager), minutes to compile
+OPT_IN = {"compile": ["shuffledet_0.25x"]}
 PARTS = ["data", "forward", "loss", "backward", "clip", "optimizer", "step_other", "hooks"]
 #: preset -> input size, batch, threads, timed steps per round, rounds, SynthKITTI images and their size, models
 PRESETS = {
@@ -234,10 +240,14 @@ def build_trainer(arch: str, variant: dict, p: dict, out_dir: Path, model: torch
                           seed=0, num_workers=0)
     big = 10 ** 9
     sched = ScheduleConfig(steps=big, batch_size=p["batch"], lr=0.01, eval_every=big, checkpoint_every=big,
-                           log_every=20, threads=p["threads"], **{k: v for k, v in variant.items() if k != "legacy"})
+                           log_every=20, threads=p["threads"],
+                           **{k: v for k, v in variant.items() if k not in ("legacy", "compile")})
     model = copy.deepcopy(model)
-    return Trainer(model, schedule=sched, loss_fn=model.build_loss(), train_loader=loader, out_dir=out_dir, seed=0,
-                   description=f"{arch}")
+    trainer = Trainer(model, schedule=sched, loss_fn=model.build_loss(), train_loader=loader, out_dir=out_dir,
+                      seed=0, description=f"{arch}")
+    if variant.get("compile"):
+        trainer.ddp = torch.compile(trainer.module)
+    return trainer
 
 
 def steps(trainer, start: int, n: int) -> None:
@@ -260,6 +270,7 @@ def measure_model(arch: str, p: dict, variants: dict[str, dict], out_dir: Path) 
     torch.manual_seed(0)
     base = build_model(arch, image_size=tuple(p["size"]))
     trainers, splits, ips, per_part = {}, {}, {v: [] for v in variants}, {v: {k: [] for k in PARTS} for v in variants}
+    warmup_s: dict[str, float] = {}
     for name, var in variants.items():
         trainers[name] = build_trainer(arch, var, p, out_dir / arch / name, base)
         if var.get("legacy"):
@@ -267,8 +278,10 @@ def measure_model(arch: str, p: dict, variants: dict[str, dict], out_dir: Path) 
         splits[name] = Split()
         instrument(trainers[name], splits[name])
         trainers[name]._data_iter = iter(trainers[name].train_loader)
+        t0 = time.perf_counter()
         with legacy_step(bool(var.get("legacy"))):
-            trainers[name].train(0, 1)  # warm-up: allocations, first data, autocast caches
+            trainers[name].train(0, 1)  # warm-up: allocations, first data, autocast caches (compile)
+        warmup_s[name] = time.perf_counter() - t0
     for r in range(p["rounds"]):
         for name, var in variants.items():
             t, s = trainers[name], splits[name]
@@ -294,7 +307,7 @@ def measure_model(arch: str, p: dict, variants: dict[str, dict], out_dir: Path) 
                      "step_ms": round(step_s * 1e3, 1),
                      "split_ms": {k: round(v * 1e3, 2) for k, v in split.items()},
                      "split_share": {k: round(v / step_s, 3) for k, v in split.items()},
-                     "checkpoint_ms": round(ckpt_ms, 1),
+                     "checkpoint_ms": round(ckpt_ms, 1), "first_step_s": round(warmup_s[name], 2),
                      "settings": {k: v for k, v in variants[name].items()}}
     out["speedup_after_vs_before"] = round(out["after"]["img_per_s"] / out["before"]["img_per_s"], 3) \
         if "after" in out and "before" in out else None
@@ -320,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         p["threads"] = args.threads
     torch.set_num_threads(p["threads"])
-    variants = {k: v for k, v in VARIANTS.items() if not args.variants or k in args.variants}
+    variants = {k: v for k, v in VARIANTS.items() if (k in args.variants if args.variants else k not in OPT_IN)}
     prepare_data(_data_cfg(p))
     res: dict[str, Any] = {
         "preset": args.preset, "cpu": cpu_platform(), "bf16_native": bf16_native(), "torch": torch.__version__,
@@ -330,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp:
         for arch in args.models or p["models"]:
             print(f"== {arch}", flush=True)
-            res["models"][arch] = r = measure_model(arch, p, variants, Path(tmp))
-            for name in variants:
+            these = {k: v for k, v in variants.items() if arch in OPT_IN.get(k, [arch])}
+            res["models"][arch] = r = measure_model(arch, p, these, Path(tmp))
+            for name in these:
                 v = r[name]
                 parts = "  ".join(f"{k} {v['split_ms'][k]:.0f}" for k in PARTS)
                 print(f"{arch:18s} {name:14s} {v['img_per_s']:6.2f} img/s  step {v['step_ms']:.0f} ms: {parts}",

@@ -248,7 +248,9 @@ def test_benchmark_smoke_preset_writes_its_json(tmp_path, monkeypatch):
     assert res["preset"] == "smoke" and res["image_size"] == [64, 192] and isinstance(res["bf16_native"], bool)
     assert "indicative" in res["note"]
     m = res["models"]["shuffledet_0.25x"]
-    for name in train_speed.VARIANTS:
+    run = [k for k in train_speed.VARIANTS if k not in train_speed.OPT_IN]
+    assert set(run) == {"before", "after", "channels_last", "bf16"} and "compile" not in m  # opt-in only
+    for name in run:
         v = m[name]
         assert v["img_per_s"] > 0 and len(v["img_per_s_rounds"]) == 2
         assert set(v["split_ms"]) == set(train_speed.PARTS)
