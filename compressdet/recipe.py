@@ -1180,6 +1180,8 @@ def _check_models(recipe: Recipe, errs: _Errors) -> None:
 
 #: the stages a yolo model cannot go through yet (issue #45), and why
 _YOLO_UNSUPPORTED: dict[str, str] = {}
+#: crosskd fields that mean its paper variant (a head tower), which yolo has not
+_PAPER_ONLY = {"from_layer", "align_scale", "centerness"}
 
 
 def _check_yolo_stages(recipe: Recipe, errs: _Errors, yolo_models: Any) -> None:
@@ -1206,9 +1208,11 @@ def _check_yolo_stages(recipe: Recipe, errs: _Errors, yolo_models: Any) -> None:
                      "multiples of 32 (the stride of P5)")
         if why:
             errs.add(("stages", i, "kind"), f"stage '{s.name}' ({s.kind}) cannot run on the yolo model '{arch}': {why}")
-        elif any(d.method == "crosskd" for d in distill_methods(s)):
-            errs.add(("stages", i, "distill"), f"stage '{s.name}': crosskd is not wired to a yolo student's Detect "
-                     f"head yet ('{arch}'); use fgfi or pkd (per level, P3-P5)")
+        elif any(d.method == "crosskd" and (d.variant == "paper" or _PAPER_ONLY & d.model_fields_set)
+                 for d in distill_methods(s)):
+            errs.add(("stages", i, "distill"), f"stage '{s.name}': crosskd on a yolo student ('{arch}') is the adapter "
+                     "variant (P3-P5 through the teacher's Detect branches; no head tower to enter part-way): "
+                     "drop variant: paper / from_layer / align_scale / centerness")
 
 
 def recipe_dir(recipe: Recipe) -> Path:

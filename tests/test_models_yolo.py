@@ -195,8 +195,8 @@ def test_recipe_checks_of_a_yolo_model_up_front(tmp_path):
     rec = load_recipe(r)  # prune and qat run on yolo models (tests/test_prune_yolo.py, tests/test_quant_yolo.py)
     assert [s.kind for s in rec.stages] == ["train", "prune", "qat"]
     r.write_text(RECIPE.format(arch="yolov8n", extra="  - {name: s, kind: train, model: yolov8n, teacher: a, "
-                               "distill: {method: crosskd}}\n"))
-    with pytest.raises(RecipeError, match=r"stages\[1\]\.distill: stage 's': crosskd is not wired"):
+                               "distill: {method: crosskd, variant: paper}}\n"))  # adapter only: test_crosskd_yolo.py
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.distill: stage 's': crosskd on a yolo student"):
         load_recipe(r)
     r.write_text(RECIPE.format(arch="yolov8n", extra="").replace("[64, 192]", "[80, 192]"))
     with pytest.raises(RecipeError, match=r"data\.image_size: 80x192: yolo models .* multiples of 32"):

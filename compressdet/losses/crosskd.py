@@ -39,7 +39,8 @@ frozen head conv -> cross predictions. What is distilled, per anchor:
 - regression: GIoU loss between the cross-head and the teacher's *decoded* boxes, weighted per
   anchor by the teacher's score (confidence x best class probability).
 For FPN families the adapter variant sends every FPN level through a 1x1 conv and the teacher's whole
-head (:class:`FPNCrossKDLoss`), with the classification term averaged over priors.
+head (:class:`FPNCrossKDLoss`), with the classification term averaged over priors; for yolo, every level
+(P3-P5) through a 1x1 conv and the teacher's Detect branches of that level (:class:`YoloCrossKDLoss`).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ from ..models.box_coder import BoxCoder
 from ..models.head import split_head_output
 from .pkd import channel_moments
 
-__all__ = ["CrossKDLoss", "FPNCrossKDLoss", "FPNCrossKDPaperLoss", "align_scale", "log_iou_loss", "REFERENCE_FROM_LAYER",
-           "REFERENCE_BOX_LOSS"]
+__all__ = ["CrossKDLoss", "FPNCrossKDLoss", "FPNCrossKDPaperLoss", "YoloCrossKDLoss", "align_scale", "log_iou_loss",
+           "REFERENCE_FROM_LAYER", "REFERENCE_BOX_LOSS"]
 
 
 def _decode(t: nn.Module, codes: Tensor, anchors: Tensor) -> Tensor:
@@ -270,3 +271,56 @@ class FPNCrossKDPaperLoss(nn.Module):
             ctr = F.binary_cross_entropy_with_logits(cross[2][..., 0], torch.sigmoid(ref[2][..., 0]), reduction="none")
             out["crosskd_ctr"] = ctr.sum() / norm
         return out
+
+
+class YoloCrossKDLoss(nn.Module):
+    """Cross-head KD (adapter variant) for Ultralytics YOLO (the yolo family, issue #45).
+
+    Each student level (P3-P5) goes through a 1x1 adaptation conv (when the widths differ) and then the
+    teacher's frozen Detect branches of that level (its box ``cv2`` and class ``cv3`` convs: one branch per
+    level, not shared), giving cross-head raw outputs in the teacher's layout (box distribution
+    ``[N, 4 x reg_max, K]``, class logits ``[N, C, K]``), distilled to the teacher's outputs as
+    :class:`FPNCrossKDLoss` does:
+    - classification: binary cross-entropy of the cross-head sigmoid class probabilities against the
+      teacher's, with temperature ``tau``, summed over classes and averaged over priors;
+    - regression: GIoU between the boxes the teacher's DFL decodes from the cross-head and from the
+      teacher's box distribution, weighted per prior by the teacher's best class probability.
+
+    There is no head tower to enter part-way (the paper variant): the branches start at the level itself.
+
+    Args:
+        levels: ``[(student channels, teacher channels)]`` per level (paired by stride).
+        teacher: the frozen teacher ``YoloDetector``, held by reference (not a submodule: not optimised or saved).
+    """
+
+    def __init__(self, levels: list[tuple[int, int]], teacher: nn.Module, *, tau: float = 1.0,
+                 box_weight: float = 1.0) -> None:
+        super().__init__()
+        self.adapt = nn.ModuleList(nn.Conv2d(cs, ct, 1) if cs != ct else nn.Identity() for cs, ct in levels)
+        object.__setattr__(self, "_teacher", teacher)
+        self.tau, self.box_weight = tau, box_weight
+        self.reduce_counts: Callable[[Tensor], Tensor] | None = None  # set under DDP: global normalisers
+
+    def _boxes(self, box_dist: Tensor, cls: Tensor) -> Tensor:
+        """Teacher-decoded boxes ``[N * K, 4]`` xyxy (input px) of a box distribution."""
+        from torchvision.ops import box_convert
+
+        dec = self._teacher.decode((box_dist, cls))[:, :4]  # [N, 4, K] cx, cy, w, h
+        return box_convert(dec.transpose(1, 2).reshape(-1, 4), "cxcywh", "xyxy")
+
+    def forward(self, student_feats: list[Tensor], teacher_outputs: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        t = self._teacher
+        cross = t._head([a(f) for a, f in zip(self.adapt, student_feats, strict=True)])
+        c_box, c_cls = (c.to(torch.promote_types(c.dtype, torch.float32)) for c in cross)
+        t_box, t_cls = (o.detach().to(c_box.dtype) for o in teacher_outputs)
+        tau = self.tau
+        cls = F.binary_cross_entropy_with_logits(c_cls / tau, torch.sigmoid(t_cls / tau), reduction="none").sum(1)
+        score = torch.sigmoid(t_cls).amax(1)  # [N, K]
+        norm = torch.stack([torch.tensor(float(cls.numel()), dtype=cls.dtype, device=cls.device), score.sum()])
+        if self.reduce_counts is not None:
+            norm = self.reduce_counts(norm)
+        cls_loss = cls.sum() / norm[0] * tau * tau
+        giou = generalized_box_iou_loss(self._boxes(c_box, c_cls), self._boxes(t_box, t_cls),
+                                        reduction="none").view_as(score)
+        box_loss = (giou * score).sum() / norm[1].clamp(min=1e-6)
+        return {"crosskd_cls": cls_loss, "crosskd_box": box_loss * self.box_weight}

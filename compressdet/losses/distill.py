@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .crosskd import REFERENCE_FROM_LAYER, CrossKDLoss, FPNCrossKDLoss, FPNCrossKDPaperLoss
+from .crosskd import REFERENCE_FROM_LAYER, CrossKDLoss, FPNCrossKDLoss, FPNCrossKDPaperLoss, YoloCrossKDLoss
 from .imitation import ImitationLoss
 from .pkd import PKDLoss
 
@@ -139,8 +139,14 @@ def _pkd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_
 def _crosskd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, num_anchors: int) -> _Method:
     levels = paired_taps(student, teacher)
     variant = getattr(cfg, "variant", None)
-    if levels is not None:  # FPN families
+    if levels is not None:  # FPN families, yolo
         fam_s, fam_t = getattr(student, "family", None), getattr(teacher, "family", None)
+        if fam_s == fam_t == "yolo":  # adapter: every student level through the teacher's Detect branches
+            if variant == "paper":
+                raise ValueError("distill: crosskd variant 'paper' needs a head tower (FCOS, RetinaNet); a yolo "
+                                 "Detect head has none to enter part-way: use variant 'adapter'")
+            return _Method(YoloCrossKDLoss(levels, teacher, tau=cfg.tau, box_weight=cfg.box_weight),
+                           lambda m, t: m(t.s_feat, t.t_head), CROSSKD_NAMES)
         if fam_s != fam_t or fam_t not in ("fcos", "retinanet"):
             raise ValueError(f"distill: crosskd needs a teacher of the student's family ({fam_s} vs {fam_t})")
         towers = all(hasattr(m, "forward_with_tower") and hasattr(m, "head_from_tower") for m in (student, teacher))
