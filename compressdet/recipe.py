@@ -723,9 +723,9 @@ class PtqStage(StageConfig):
 class ExportStage(StageConfig):
     kind: Literal["export"] = "export"
     requires: ClassVar[tuple[str, ...]] = ("from_",)
-    formats: list[Literal["onnx", "onnx-int8", "openvino", "openvino-int8", "tensorrt"]] = Field(
+    formats: list[Literal["onnx", "onnx-int8", "openvino", "openvino-int8", "tensorrt", "ultralytics"]] = Field(
         default_factory=lambda: ["onnx"], description="files to write: fp32 ONNX, INT8 QDQ ONNX, OpenVINO IR "
-        "(fp32 / INT8), TensorRT engine")
+        "(fp32 / INT8), TensorRT engine, Ultralytics checkpoint (yolo models: YOLO(path))")
     opset: int = Field(18, ge=13, description=">= 18: torch.onnx dynamo exporter; 13-17: TorchScript exporter")
     calibration_images: int = Field(16, gt=0, description="images for static PTQ when the stage has no INT8 graph")
     dynamic_batch: bool = Field(False, description="a dynamic batch axis in the ONNX graph (default: batch 1)")
@@ -1200,6 +1200,9 @@ def _check_yolo_stages(recipe: Recipe, errs: _Errors, yolo_models: Any) -> None:
     for i, s in enumerate(recipe.stages):
         why = _YOLO_UNSUPPORTED.get(s.kind)
         arch = arch_of(s)
+        if "ultralytics" in (getattr(s, "formats", None) or ()) and arch is not None and arch not in yolo_models:
+            errs.add(("stages", i, "formats"), f"stage '{s.name}': format 'ultralytics' is for yolo models "
+                     f"({', '.join(yolo_models)}); its model is '{arch}'")
         if arch not in yolo_models:
             continue
         if (h % 32 or w % 32) and not size_said:

@@ -79,3 +79,52 @@ def test_non_yolo_model_is_refused_in_one_line(tmp_path):
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and "'ultralytics' is for yolo models" in err[0] and "shuffledet" in err[0], r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["det.pt"]  # nothing written, not even the ONNX
+
+
+@pytest.mark.skipif(not ultralytics_available(), reason="ultralytics not installed")
+def test_export_stage_writes_the_ultralytics_checkpoint(tmp_path):
+    import json
+
+    from compressdet.models import build_model, load_model, save_model
+    from compressdet.models.yolo import load_ultralytics_checkpoint
+    from compressdet.pipeline import Pipeline
+    from compressdet.recipe import parse_recipe
+
+    torch.manual_seed(0)
+    save_model(build_model("yolov8n", image_size=SIZE, num_classes=3), tmp_path / "student.pt")
+    text = f"""name: yolo_export
+seed: 0
+device: cpu
+data:
+  format: synth
+  image_size: [{SIZE[0]}, {SIZE[1]}]
+  classes: [car, pedestrian, cyclist]
+  synth: {{num_images: 4, size: [384, 128], seed: 0, cache_dir: {tmp_path / "cache"}}}
+stages:
+  - {{name: student, kind: model_file, path: {tmp_path / "student.pt"}}}
+  - {{name: export, kind: export, from: student, formats: [ultralytics]}}
+"""
+    run = Pipeline(parse_recipe(text, source="yolo_export.yaml"), tmp_path / "run").run()
+    rec = json.loads((run / "manifest.json").read_text())["stages"]["export"]
+    assert rec["status"] == "done", rec.get("error")
+    assert set(rec["artifacts"]) == {"ultralytics"} and rec["metrics"]["ultralytics_max_abs_diff"] <= 1e-3
+    net = load_ultralytics_checkpoint(run / rec["artifacts"]["ultralytics"]["path"])
+    assert list(net.names.values()) == ["car", "pedestrian", "cyclist"]
+    model, _ = load_model(tmp_path / "student.pt")
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_recipe_refuses_the_ultralytics_format_for_other_models(tmp_path):
+    from compressdet.errors import RecipeError
+    from compressdet.recipe import load_recipe
+
+    r = tmp_path / "r.yaml"
+    r.write_text("""name: x
+device: cpu
+data: {format: synth, image_size: [64, 192]}
+stages:
+  - {name: a, kind: train, model: shuffledet_0.25x, schedule: {steps: 1, batch_size: 2}}
+  - {name: e, kind: export, from: a, formats: [onnx, ultralytics]}
+""")
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.formats: stage 'e': format 'ultralytics' is for yolo models"):
+        load_recipe(r)
