@@ -107,3 +107,26 @@ def test_qat_stage_on_yolo_with_teacher(tmp_path):
     with torch.no_grad():
         out = prog(torch.zeros(1, 3, *HW))
     assert [tuple(t.shape) for t in out] == [tuple(t.shape) for t in model(torch.zeros(1, 3, *HW))]
+
+
+def test_ptq_of_a_pruned_yolo_model():
+    """The chain's order (prune, then INT8): the pruned widths capture and quantize like the original's."""
+    from compressdet.models import build_model
+    from compressdet.prune.yolo import prune_yolo_detector
+    from compressdet.quant.ptq import quantize_ptq, randomize_batchnorm
+    from compressdet.recipe import QuantConfig
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model("yolo11n", image_size=HW, num_classes=3))
+    prune_yolo_detector(model, HW, pruning_ratio=0.3, round_to=8)
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, *HW, generator=g) * 40
+    prog = quantize_ptq(model, [x[:2], x[2:]], QuantConfig(calibration_images=4), observer="minmax")
+    with torch.no_grad():
+        (qb, qc), feats = prog(x)
+        fb, fc = model(x)
+    assert [f.shape[1] for f in feats] == [t.channels for t in model.feature_taps()]
+    for a, b in ((qb, fb), (qc, fc)):
+        a, b = a.numpy().ravel(), b.numpy().ravel()
+        assert float(np.corrcoef(a, b)[0, 1]) > 0.98
