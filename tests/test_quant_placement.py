@@ -242,3 +242,18 @@ def test_ptq_stage_with_openvino_placement_records_it(tmp_path, monkeypatch):
     assert m["graph"]["float_convs"] == 0
     props = {p.key: p.value for p in onnx.load(str(run / rec["artifacts"]["onnx_int8"]["path"])).metadata_props}
     assert (props["quantizer"], props["reduce_range"]) == ("openvino", "true")
+
+
+def test_benchmark_recipe_has_one_ptq_stage_per_arm(tmp_path):
+    """benchmarks/quant_placement.py's recipe: the shipped student, then x86 / openvino x 8-bit / 7-bit PTQ."""
+    from _bench import load_bench, unload_bench
+
+    qp = load_bench("quant_placement")
+    try:
+        rec = parse_recipe(qp.recipe(qp.PRESETS["cpu"], tmp_path), source="qp.yaml")
+        assert [s.kind for s in rec.stages] == ["model_file"] + ["ptq"] * 4
+        got = {s.name: (s.quant.quantizer, s.quant.reduce_range, s.quant.calibration_images) for s in rec.stages[1:]}
+        assert got == {n: (q, rr, 32) for n, (q, rr) in qp.ARMS.items()}
+        assert tuple(rec.data.image_size) == (192, 624) and rec.stages[0].path == qp.ASSET
+    finally:
+        unload_bench("quant_placement")
