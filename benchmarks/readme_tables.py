@@ -314,6 +314,28 @@ def backends(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def train_speed(r: dict) -> str:
+    v_names = [("before", "before #42"), ("after", "after #42 (fp32)"), ("channels_last", "+ channels_last"),
+               ("bf16", "+ channels_last + CPU bf16 autocast"), ("compile", "+ torch.compile")]
+    lines = [f"`python benchmarks/train_speed.py --preset {r['preset']} --threads {r['threads']}` "
+             f"({r['image_size'][0]}x{r['image_size'][1]}, batch {r['batch']}, {r['threads']} thread(s), "
+             f"{r['cpu']}, native bf16: {'yes' if r['bf16_native'] else 'no'}; {r['note']}; img/s of the whole "
+             "training step, median of rounds):", "",
+             "| model | " + " | ".join(label for _, label in v_names) + " | after / before | after: data / forward / "
+             "loss / backward / clip / optimizer / rest (ms per step) |", "|---|" + "---|" * (len(v_names) + 2)]
+    for arch, m in r["models"].items():
+        cells = [f"{m[k]['img_per_s']:.2f}" if k in m else "-" for k, _ in v_names]
+        sp = m["after"]["split_ms"]
+        split = " / ".join(f"{sp[k]:.0f}" for k in ("data", "forward", "loss", "backward", "clip", "optimizer"))
+        rest = sp["step_other"] + sp["hooks"]
+        lines.append(f"| {arch} | " + " | ".join(cells) + f" | {m['speedup_after_vs_before']:.3f}x | {split} / "
+                     f"{rest:.0f} |")
+    comp = next((m["compile"] for m in r["models"].values() if "compile" in m), None)
+    if comp is not None:
+        lines += ["", f"torch.compile of the step's model: {comp['first_step_s']:.0f} s to compile (first step)."]
+    return "\n".join(lines) + "\n"
+
+
 GENERATORS: dict[str, Callable[[dict], str]] = {
     "backends.json": backends,
     "demo.json": demo,
@@ -322,6 +344,7 @@ GENERATORS: dict[str, Callable[[dict], str]] = {
     "imitation_gain.json": imitation_gain, "imitation_gain.json:headline": imitation_headline,
     "model_parity.json": model_parity, "eval_speed.json": eval_speed,
     "prune.json": prune, "quant.json": quant, "quant_speed.json": quant_speed, "fp32_rewrites.json": fp32_rewrites,
+    "train_speed.json": train_speed,
 }
 
 
