@@ -50,10 +50,13 @@ HEAD = {"fcos_mnv3_small": {"tower": 2 * 2, "prediction": 3, "matmul": 3},
         "retinanet_mnv3_small:v2": {"tower": 2 * 4, "prediction": 2, "matmul": 2}}
 
 PTQ = "  - {name: int8, kind: ptq, from: student, quant: {calibration_images: 2}, eval: {batch_size: 2}}"
+# reduce_range: false on every CPU: 7-bit activations (auto's choice without VNNI) double the step that
+# GroupNorm amplifies (ORT vs torch mean 0.091 against the 0.087 limit on fcos_mnv3_small, 8-bit passes)
 QAT = """  - name: int8
     kind: qat
     from: student
     teacher: student
+    quant: {reduce_range: false}
     distill: [{method: fgfi, weight: 1.0}, {method: pkd, weight: 0.5}]
     schedule: {steps: 3, batch_size: 2, lr: 0.001, log_every: 1}
     freeze_observers_step: 2
