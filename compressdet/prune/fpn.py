@@ -76,6 +76,28 @@ def _output_sum(out: Any) -> Tensor:
     return sum(o.float().sum() for o in out)
 
 
+def prune_once(model: nn.Module, make_pruner: Callable[[], Any], importance: str,
+               loss_fn: Callable[[nn.Module], Tensor] | None) -> tuple[Any, list[dict[str, Any]]]:
+    """Build the pruner with the model in eval mode (torch-pruning traces it), score (taylor: one backward in
+    the model's own mode), prune every group; the model's mode restored. -> (pruner, the ops it applied)."""
+    was = model.training
+    model.eval()
+    pruner = make_pruner()
+    if importance == "taylor":
+        model.train(was)
+        model.zero_grad()
+        loss_fn(model).backward()
+    names = {id(m): n for n, m in model.named_modules()}
+    ops = []
+    for group in pruner.step(interactive=True):
+        for dep, idxs in group:
+            ops.append({"module": names.get(id(dep.target.module), str(dep.target)), "idxs": [int(i) for i in idxs]})
+        group.prune()
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    return pruner, ops
+
+
 def _pruner(model: nn.Module, x: Tensor, ratio: float, importance: str, round_to: int,
             ignored: list[nn.Module], weights: dict[str, float] | None = None,
             fixed: dict[str, float] | None = None) -> Any:
@@ -218,21 +240,8 @@ def prune_fpn_detector(model: nn.Module, example_size: tuple[int, int], *, pruni
             else:
                 hi = mid
         pruning_ratio = hi
-    was = model.training
-    model.eval()
-    pruner = _pruner(model, x, float(pruning_ratio), importance, round_to, ignored, weights, fixed)
-    if importance == "taylor":
-        model.train(was)
-        model.zero_grad()
-        loss_fn(model).backward()
-    names = {id(m): n for n, m in model.named_modules()}
-    ops = []
-    for group in pruner.step(interactive=True):
-        for dep, idxs in group:
-            ops.append({"module": names.get(id(dep.target.module), str(dep.target)), "idxs": [int(i) for i in idxs]})
-        group.prune()
-    model.zero_grad(set_to_none=True)
-    model.train(was)
+    pruner, ops = prune_once(model, lambda: _pruner(model, x, float(pruning_ratio), importance, round_to, ignored,
+                                                    weights, fixed), importance, loss_fn)
     after = _backbone_macs(model, x)
     rec = {"step": 1, "ratio": float(pruning_ratio), "base_macs": base, "macs_after": after, "ops": ops,
            "history": pruner.pruning_history(), "allocation": allocation, "head_ratio": float(head_ratio)}

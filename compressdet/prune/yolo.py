@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .fpn import IMPORTANCES, MAX_GROUP_RATIO, _pruner
+from .fpn import IMPORTANCES, MAX_GROUP_RATIO, _pruner, prune_once
 
 __all__ = ["prune_yolo_detector", "yolo_ignored_layers", "yolo_example_size"]
 
@@ -104,21 +104,8 @@ def prune_yolo_detector(model: nn.Module, example_size: tuple[int, int], *, prun
             else:
                 hi = mid
         pruning_ratio = hi
-    was = model.training
-    model.eval()
-    pruner = _pruner(model, x, float(pruning_ratio), importance, round_to, ignored(model))
-    if importance == "taylor":
-        model.train(was)
-        model.zero_grad()
-        loss_fn(model).backward()
-    names = {id(m): n for n, m in model.named_modules()}
-    ops = []
-    for group in pruner.step(interactive=True):
-        for dep, idxs in group:
-            ops.append({"module": names.get(id(dep.target.module), str(dep.target)), "idxs": [int(i) for i in idxs]})
-        group.prune()
-    model.zero_grad(set_to_none=True)
-    model.train(was)
+    pruner, ops = prune_once(model, lambda: _pruner(model, x, float(pruning_ratio), importance, round_to,
+                                                    ignored(model)), importance, loss_fn)
     return {"step": 1, "ratio": float(pruning_ratio), "base_macs": base, "macs_after": _macs(model, x), "ops": ops,
             "history": pruner.pruning_history(), "allocation": allocation, "head_ratio": 0.0,
             "macs_scope": "model"}
