@@ -99,10 +99,40 @@ def test_prune_refuses_what_is_not_wired_for_yolo():
     from compressdet.prune.yolo import prune_yolo_detector
 
     model = _model("yolov8n")
-    with pytest.raises(UserError, match="allocation: 'latency' is not supported for yolo"):
-        prune_yolo_detector(model, HW, pruning_ratio=0.3, allocation="latency")
+    with pytest.raises(UserError, match="allocation: 'fastest' is not one of uniform, latency"):
+        prune_yolo_detector(model, HW, pruning_ratio=0.3, allocation="fastest")
     with pytest.raises(UserError, match="prune_head"):
         prune_yolo_detector(model, HW, pruning_ratio=0.3, head_ratio=0.25)
+
+
+def test_latency_allocation_on_yolo_saves_more_latency_per_mac_at_the_same_whole_model_budget():
+    """``allocation: latency`` on a yolo model: per-group multipliers from trial cuts counted in whole-model
+    MACs, the MACs target met as with the uniform ratio, more of the latency proxy saved per MAC saved, and
+    the model's mode and BatchNorm statistics untouched by the trial tracing."""
+    from compressdet.prune.cost import latency_proxy
+    from compressdet.prune.yolo import prune_yolo_detector
+
+    base = _model("yolov8n").eval()
+    x = torch.zeros(1, 3, *HW)
+    cost0 = latency_proxy(base, x)
+    saved = {}
+    for alloc in ("uniform", "latency"):
+        m = copy.deepcopy(base).train()
+        bn = next(b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d))
+        rec = prune_yolo_detector(m, HW, target_macs=0.6, allocation=alloc, round_to=8)
+        assert m.training  # the stage's mode is restored
+        assert bn.num_batches_tracked.item() == 0  # no statistics from the tracing input
+        macs = rec["macs_after"] / rec["base_macs"]
+        assert 0.5 < macs <= 0.62, (alloc, macs)
+        saved[alloc] = (1 - latency_proxy(m.eval(), x) / cost0) / (1 - macs)
+        if alloc == "latency":
+            w = rec["weights"]
+            assert len(w) > 10 and all(0.5 <= v <= 2.0 for v in w.values())
+            assert max(w.values()) / min(w.values()) > 1.2
+            assert set(w) <= {n for n, _ in m.named_modules()}
+        else:
+            assert "weights" not in rec
+    assert saved["latency"] > saved["uniform"], saved
 
 
 def test_prune_stage_on_a_yolo_model(tmp_path):

@@ -127,14 +127,16 @@ def _groups(model: nn.Module, x: Tensor, ignored: list[nn.Module]) -> tuple[Any,
 
 def latency_weights(model: nn.Module, x: Tensor, ignored: list[nn.Module], *, round_to: int = 16,
                     weight_range: tuple[float, float] = (0.5, 2.0), trial_ratio: float = 0.25,
-                    cost_fn: Callable[[nn.Module], float] | None = None) -> dict[str, dict[str, float]]:
+                    cost_fn: Callable[[nn.Module], float] | None = None,
+                    macs_fn: Callable[[nn.Module, Tensor], float] | None = None) -> dict[str, dict[str, float]]:
     """Per-group multipliers of the uniform ratio, from one trial cut of each group.
 
     efficiency = (relative cost saved) / (relative backbone MACs saved) of cutting about
     ``trial_ratio`` of the group's channels (a multiple of ``round_to``) from a copy; weight = the
     efficiency over the median group's, clipped to ``weight_range`` (a group that saves cost but no
     backbone MACs gets the top weight). ``cost_fn``: ``model -> cost`` (default: the analytic
-    latency proxy of the whole model at ``x``).
+    latency proxy of the whole model at ``x``); ``macs_fn``: ``(model, x) -> MACs`` the budget is counted
+    in (default: the backbone's, body + FPN; the yolo pruner counts the whole model's).
 
     Returns ``{root conv name: {"weight", "efficiency"}}``.
     """
@@ -142,8 +144,9 @@ def latency_weights(model: nn.Module, x: Tensor, ignored: list[nn.Module], *, ro
         from .cost import latency_proxy
 
         cost_fn = lambda m: latency_proxy(m, x)  # noqa: E731
+    macs_fn = macs_fn or _backbone_macs
     lo, hi = weight_range
-    macs0, cost0 = _backbone_macs(model, x), float(cost_fn(model))
+    macs0, cost0 = macs_fn(model, x), float(cost_fn(model))
     names = {m: n for n, m in model.named_modules()}
     ignored_names = [names[m] for m in ignored]
     dg0, groups = _groups(model, x, ignored)
@@ -163,7 +166,7 @@ def latency_weights(model: nn.Module, x: Tensor, ignored: list[nn.Module], *, ro
         if not dg.check_pruning_group(g):
             continue
         g.prune()
-        dm = (macs0 - _backbone_macs(trial, x)) / max(macs0, 1e-12)
+        dm = (macs0 - macs_fn(trial, x)) / max(macs0, 1e-12)
         dc = (cost0 - float(cost_fn(trial))) / max(cost0, 1e-12)
         effs[root] = dc / dm if dm > 1e-9 else (math.inf if dc > 0 else 0.0)
     finite = sorted(e for e in effs.values() if math.isfinite(e))

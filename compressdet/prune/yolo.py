@@ -14,20 +14,24 @@ P3-P5 inputs of the Detect head. Left whole, as the field prunes these models:
   ``reg_max`` do not change. The inner convs of the per-level branches are pruned (each level has its own).
 
 The MACs target is the whole model's (backbone, neck and head: the head is pruned too), found by bisection
-on the uniform ratio as for the FPN families. A pruned model keeps Ultralytics' module classes, so its
+on the uniform ratio as for the FPN families. ``allocation="latency"`` scales that ratio per group by the
+latency proxy each group saves per MAC (:func:`~compressdet.prune.fpn.latency_weights`, counted over the
+whole model here); the prune stage's default for yolo stays ``uniform`` until the allocation is measured on
+deployed latency for these models. A pruned model keeps Ultralytics' module classes, so its
 model file reloads (the layer shapes are replayed) and it exports to ONNX like an unpruned one.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .fpn import IMPORTANCES, MAX_GROUP_RATIO, _pruner, prune_once
+from .fpn import ALLOCATIONS, IMPORTANCES, MAX_GROUP_RATIO, _pruner, latency_weights, prune_once
 
 __all__ = ["prune_yolo_detector", "yolo_ignored_layers", "yolo_example_size"]
 
@@ -68,12 +72,11 @@ def prune_yolo_detector(model: nn.Module, example_size: tuple[int, int], *, prun
     :func:`~compressdet.prune.fpn.prune_fpn_detector`'s, with ``base_macs`` / ``macs_after`` the whole model's.
 
     Raises:
-        UserError: the latency allocation or ``prune_head`` (the head's inner convs are pruned with the rest),
+        UserError: an unknown allocation, ``prune_head`` (the head's inner convs are pruned with the rest),
             an unknown importance, a taylor importance without a loss, no target.
     """
-    del weight_range  # the latency allocation is refused below
-    if allocation != "uniform":
-        raise UserError(f"allocation: '{allocation}' is not supported for yolo models yet (use uniform)")
+    if allocation not in ALLOCATIONS:
+        raise UserError(f"allocation: '{allocation}' is not one of {', '.join(ALLOCATIONS)}")
     if head_ratio:
         raise UserError("prune_head: a yolo model's Detect branches (their inner convs) are pruned with the rest "
                         "at the same ratio; leave prune_head at 0")
@@ -91,21 +94,34 @@ def prune_yolo_detector(model: nn.Module, example_size: tuple[int, int], *, prun
         mods = dict(m.named_modules())
         return yolo_ignored_layers(m) + [mods[n] for n in extra]
 
+    found = {}
+    if allocation == "latency":
+        was = model.training
+        model.eval()  # the trial cuts trace the model: no BatchNorm statistics from the tracing input
+        found = latency_weights(model, x, ignored(model), round_to=round_to, weight_range=weight_range,
+                                macs_fn=_macs)
+        model.train(was)
+    weights = {r: v["weight"] for r, v in found.items()}
     if pruning_ratio is None:
         if target_macs is None:
             raise UserError("target: give macs or pruning_ratio")
-        lo, hi = 0.0, MAX_GROUP_RATIO
-        for _ in range(7):  # bisection on a copy: MACs fall monotonically with the ratio (~0.007 resolution)
-            mid = (lo + hi) / 2
+        # the searched ratio is the base the latency weights multiply: every group reaches its clamp by hi
+        lo, hi = 0.0, MAX_GROUP_RATIO / min([*weights.values(), 1.0])
+        for _ in range(7 + math.ceil(math.log2(hi / MAX_GROUP_RATIO))):  # bisection on a copy: MACs fall
+            mid = (lo + hi) / 2                                            # monotonically (~0.007 resolution)
             trial = copy.deepcopy(model).eval()
-            _pruner(trial, x, mid, "group_magnitude", round_to, ignored(trial)).step()
+            _pruner(trial, x, mid, "group_magnitude", round_to, ignored(trial), weights).step()
             if _macs(trial, x) / base > target_macs:
                 lo = mid
             else:
                 hi = mid
         pruning_ratio = hi
     pruner, ops = prune_once(model, lambda: _pruner(model, x, float(pruning_ratio), importance, round_to,
-                                                    ignored(model)), importance, loss_fn)
-    return {"step": 1, "ratio": float(pruning_ratio), "base_macs": base, "macs_after": _macs(model, x), "ops": ops,
-            "history": pruner.pruning_history(), "allocation": allocation, "head_ratio": 0.0,
-            "macs_scope": "model"}
+                                                    ignored(model), weights), importance, loss_fn)
+    rec = {"step": 1, "ratio": float(pruning_ratio), "base_macs": base, "macs_after": _macs(model, x), "ops": ops,
+           "history": pruner.pruning_history(), "allocation": allocation, "head_ratio": 0.0,
+           "macs_scope": "model"}
+    if weights:
+        rec["weights"] = {r: round(w, 4) for r, w in weights.items()}
+        rec["efficiency"] = {r: v["efficiency"] for r, v in found.items()}
+    return rec

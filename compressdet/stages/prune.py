@@ -120,8 +120,8 @@ def _run_fpn(ctx: StageContext, model: nn.Module) -> StageResult:
     # yolo: Ultralytics' C2f/C3k2, SPPF, concatenations and Detect/DFL head (prune/yolo.py; MACs target: whole model)
     prune_fn = prune_yolo_detector if family == "yolo" else prune_fpn_detector
     allocation = cfg.allocation
-    if family == "yolo" and "allocation" not in cfg.model_fields_set:  # the default (latency) is not wired for yolo
-        allocation = "uniform"
+    if family == "yolo" and "allocation" not in cfg.model_fields_set:  # latency is wired for yolo (prune/yolo.py)
+        allocation = "uniform"  # but not yet measured on its deployed latency: the default stays uniform
     if cfg.target.pruning_ratio_dict:
         raise UserError(f"stage '{ctx.name}': target.pruning_ratio_dict: not supported for a {family} model yet")
     modules = dict(model.named_modules())
