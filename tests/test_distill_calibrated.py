@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compressdet.engine import Trainer
-from compressdet.engine.calibrate import grad_ratio_table, measure_grad_ratios, shared_parameters
+from compressdet.engine.calibrate import grad_ratio_table, measure_grad_ratios
 from compressdet.engine.trainer import clip_gradients
 from compressdet.losses.distill import Taps, build_distiller
 from compressdet.losses.pkd import PKDLoss
@@ -214,7 +214,10 @@ def test_weight_auto_lands_the_target_ratio(tmp_path):
         assert at_one[m] * tr.imitation_loss.weights[m] == pytest.approx(target, rel=0.2)
     table = grad_ratio_table(tr, {"pkd": [1.0, 10.0]}, 2)
     assert table["pkd"][10.0] == pytest.approx(10 * table["pkd"][1.0])
-    assert {id(p) for p in shared_parameters(student)} == {id(p) for p in student.det.backbone.parameters()}
+    # measured on the backbone + neck (torchvision's det.backbone: body + FPN), recorded with the weight
+    assert cal["pkd"]["params"] == cal["crosskd"]["params"]
+    assert cal["pkd"]["params"]["set"] == "backbone+neck" and cal["pkd"]["params"]["modules"] == ["det.backbone"]
+    assert cal["pkd"]["params"]["numel"] == sum(p.numel() for p in student.det.backbone.parameters())
 
 
 # ------------------------------------------------------------------------------------------ journey
@@ -300,19 +303,52 @@ def test_weight_auto_is_measured_once_and_kept_on_resume(tmp_path, monkeypatch):
     assert again["distill_weights"]["pkd"] == pytest.approx(w) and again["distill_calibration"]["pkd"]["weight"] == w
 
 
-def test_weight_auto_counts_only_the_parameters_the_distiller_reaches(tmp_path, monkeypatch):
-    """A model without ``backbone`` (YOLO, a QAT graph) falls back to all its parameters; the head,
-    which only the detection loss trains, must not count in the ratio (it did: 35x off here)."""
-    import compressdet.engine.calibrate as cal_mod
+def _student_set(student, teacher, cfg, **kw):
+    """What ``weight: auto`` measures on: (parameter names, ratio at weight 1)."""
+    from compressdet.engine.calibrate import calibrate_weights
 
+    torch.manual_seed(0)  # the distillers' adapters
+    tr = Trainer(student, schedule=ScheduleConfig(steps=1, batch_size=2, lr=0.001), loss_fn=student.build_loss(),
+                 train_loader=_Batches(), teacher=teacher, imitation=[cfg], out_dir=kw.pop("out"), **kw)
+    cal = calibrate_weights(tr)[cfg.method]
+    return cal["params"], cal["grad_ratio_at_1"]
+
+
+def test_weight_auto_measures_the_backbone_and_neck_of_every_family(tmp_path):
+    """Issue #41's strength: the backbone + neck gradient (what the feature taps depend on), recorded with the
+    weight, for ShuffleDet (its backbone), FCOS (torchvision's body + FPN) and YOLO (the layers before Detect)."""
     torch.manual_seed(0)
     s, t = build_model("shuffledet_0.25x", image_size=HW), build_model("shuffledet_0.5x", image_size=HW).eval()
-    tr = Trainer(s, schedule=ScheduleConfig(steps=1, batch_size=2, lr=0.001), loss_fn=s.build_loss(),
-                 train_loader=_Batches(), teacher=t, imitation=[DistillConfig(method="pkd", weight="auto")],
-                 out_dir=tmp_path / "c", anchors=s.priors())
-    on_backbone = measure_grad_ratios(tr, 2)["pkd"]
-    monkeypatch.setattr(cal_mod, "shared_parameters", lambda m: [p for p in m.parameters() if p.requires_grad])
-    assert measure_grad_ratios(tr, 2)["pkd"] == pytest.approx(on_backbone, rel=1e-6)
+    params, _ = _student_set(s, t, DistillConfig(method="pkd", weight="auto", auto_batches=1), out=tmp_path / "s",
+                             anchors=s.priors())
+    assert params["modules"] == ["backbone"] and params["set"] == "backbone+neck"
+    assert params["numel"] == sum(p.numel() for p in s.backbone.parameters())
+    pytest.importorskip("ultralytics")
+    torch.manual_seed(0)
+    y, yt = build_model("yolov8n", image_size=HW), build_model("yolov8n", image_size=HW).eval()
+    params, ratio = _student_set(y, yt, DistillConfig(method="pkd", weight="auto", auto_batches=1), out=tmp_path / "y")
+    with_params = [f"net.model.{i}" for i, m in enumerate(y.net.model[:-1]) if any(True for _ in m.parameters())]
+    assert params["modules"] == with_params and len(with_params) > 10  # backbone + neck, not Detect
+    assert params["numel"] == sum(p.numel() for p in y.net.model[:-1].parameters()) and ratio > 0
+
+
+def test_weight_auto_set_does_not_depend_on_a_backbone_attribute(tmp_path):
+    """A student without ``backbone`` (a QAT graph, a user's wrapper) measured all the parameters a loss
+    reached: with CrossKD's paper variant that is the student's head tower too (not backbone + neck), so the
+    ratio differed from the same student's with the attribute. Now the taps decide: the same set, the same ratio."""
+    student, teacher = _pair("fcos")
+    cfg = DistillConfig(method="crosskd", variant="paper", weight="auto", auto_batches=1)
+    params, ratio = _student_set(copy.deepcopy(student), teacher, cfg, out=tmp_path / "a")
+
+    class Bare(type(student)):
+        backbone = None  # hides the property; the model still runs through det.backbone
+
+    bare = copy.deepcopy(student)
+    bare.__class__ = Bare
+    params_bare, ratio_bare = _student_set(bare, teacher, cfg, out=tmp_path / "b")
+    assert params_bare["numel"] == params["numel"] and params["modules"] == ["det.backbone"]
+    assert params_bare["modules"] == ["det.backbone"]
+    assert ratio_bare == pytest.approx(ratio, rel=1e-6)
 
 
 def test_weight_auto_trains_exactly_as_the_weight_it_chose_and_restores_modes(tmp_path):
