@@ -46,9 +46,9 @@ def test_shipped_teacher_detects_and_an_untrained_one_does_not(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_recipe_runs_end_to_end_and_predict_draws_int8_detections(tmp_path):
+def test_demo_recipe_runs_end_to_end_and_predict_draws_the_deployed_detections(tmp_path):
     """recipes/demo.yaml as ``make demo`` runs it, shrunk (few images, 2 steps per stage, 2 timing runs in one round),
-    its deploy stage's choice, then ``make demo-predict``'s command on the run's test split with the INT8 ONNX."""
+    its deploy stage's choice, then ``make demo-predict``'s command on the run's test split with the deployed file."""
     pytest.importorskip("onnxruntime")
     from compressdet.cli import main
 
@@ -68,7 +68,10 @@ def test_demo_recipe_runs_end_to_end_and_predict_draws_int8_detections(tmp_path)
     deployed = json.loads((run / "deploy" / "deploy.json").read_text())  # the demo ends deploying the student
     assert deployed["chosen"] and (run / "deploy" / deployed["artifact"]["file"]).is_file()
     out = tmp_path / "pred"
-    assert main(["predict", "split:test", "--runs-root", str(runs), "--backend", "ort-int8", "--max-images", "2",
-                 "--score-threshold", "0.3", "--out", str(out), "--threads", "1"]) == 0
+    assert main(["predict", "split:test", "--runs-root", str(runs), "--stage", "deploy", "--max-images", "2",
+                 "--out", str(out), "--threads", "1"]) == 0
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    pred = json.loads((out / "predict.json").read_text())  # the deployed file, drawn at a val-chosen threshold
+    assert pred["path"] == str(run / "deploy" / deployed["artifact"]["file"])
+    assert pred["draw_threshold"]["value"] >= 0.0 and pred["draw_threshold"]["source"]

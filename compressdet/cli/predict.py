@@ -29,6 +29,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         check_backend(args.backend)
     if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
         raise UserError(f"--score-threshold {args.score_threshold}: expected a value in [0, 1]")
+    if args.draw_threshold is not None and not 0.0 <= args.draw_threshold <= 1.0:
+        raise UserError(f"--draw-threshold {args.draw_threshold}: expected a value in [0, 1]")
     if args.max_images is not None and args.max_images <= 0:
         raise UserError(f"--max-images {args.max_images}: expected a positive number")
     sources = iter_sources(args.source)  # a missing source fails before the model is loaded
@@ -53,12 +55,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 console.print(f"wrote {coco_gt}: {SPLIT_PREFIX}{split} in the model's classes (the ground truth "
                               "the detections' ids refer to)", highlight=False, markup=False, soft_wrap=True)
     sources = sources[: args.max_images] if args.max_images else sources
-    opts = PredictOptions(out=args.out, score_threshold=args.score_threshold, save_txt=args.save_txt,
+    opts = PredictOptions(out=args.out, score_threshold=args.score_threshold, draw_threshold=args.draw_threshold,
+                          save_txt=args.save_txt,
                           save_images=not args.no_images, threads=args.threads, coco_gt=coco_gt)
     res = predict(sources, resolved, opts, console=console)
     what = f"{res['images']} images" + (f", {res['frames']} video frames" if res["frames"] else "")
     print(f"{what} on {resolved.backend} ({resolved.description}) at {res['images_per_s']} img/s -> {res['out']}"
-          + (f" (results: {args.save_txt})" if args.save_txt else ""))
+          + (f" (results: {args.save_txt})" if args.save_txt else "")
+          + (f"; boxes drawn at score >= {res['draw_threshold']:.3f} (see predict.json)" if not args.no_images else ""))
     if args.save_txt == "kitti":
         if all(c.lower() in KITTI_CLASSES for c in resolved.classes):
             print(f"next: compressdet eval --gt LABEL_DIR --det {Path(res['out']) / 'labels'}")
@@ -89,10 +93,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default=None, metavar="NAME",
                    help=f"one of {', '.join(PREDICT_BACKENDS)} (default: torch for a run or .pt, ort/ort-int8 for "
                         ".onnx, openvino/openvino-int8 for .xml)")
-    p.add_argument("--stage", default=None, metavar="NAME", help="stage of the run to use")
+    p.add_argument("--stage", default=None, metavar="NAME",
+                   help="stage of the run to use; a deploy stage (e.g. --stage deploy) runs what it chose, "
+                        "like --model RUN/deploy")
     p.add_argument("--out", type=Path, default=Path("predictions"), metavar="DIR", help="output folder")
     p.add_argument("--score-threshold", type=float, default=None, metavar="T",
-                   help="drop detections below T (default: the run's postprocess score_thresh, 0.0)")
+                   help="drop detections below T from the results and the pictures (default: the run's postprocess "
+                        "score_thresh, 0.0: results keep every detection, as evaluation scores them)")
+    p.add_argument("--draw-threshold", type=float, default=None, metavar="T",
+                   help="draw only boxes scoring >= T (default: --score-threshold when given, else the score that "
+                        "maximises F1 at IoU 0.5 on the val split of the model's run, chosen once and cached in "
+                        "the run as predict_thresholds.json; 0.5 for a model without a run). The threshold used "
+                        "and the boxes drawn are written to OUT/predict.json")
     p.add_argument("--save-txt", choices=("kitti", "coco"), default=None,
                    help="also write results: KITTI txt per image, or one COCO JSON")
     p.add_argument("--coco-gt", type=Path, default=None, metavar="ANN.json",

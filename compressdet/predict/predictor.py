@@ -19,7 +19,7 @@ from ..errors import DataError, MissingDependencyError, UserError
 
 __all__ = ["PREDICT_BACKENDS", "ResolvedModel", "PredictOptions", "Predictor", "resolve_model", "iter_sources",
            "split_sources", "split_coco_gt", "write_split_ground_truth", "CocoTarget", "default_classes",
-           "predict", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+           "predict", "draw_threshold", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
 
 PREDICT_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-f32", "openvino-int8", "tensorrt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -185,6 +185,9 @@ def resolve_model(model: str | Path | None, backend: str | None = None, *, stage
         return ResolvedModel(r.path, r.backend, r.image_size, dep["classes"], {**r.postprocess, **dep["postprocess"]},
                              f"deployed {dep['chosen']} ({path})", Path(run) if run else None, r.arch)
     if path.is_dir():
+        if stage and is_deploy_dir(path / stage):  # a deploy stage of the run: what it chose
+            log(f"using the deploy stage '{stage}' of {path}")
+            return resolve_model(path / stage, backend, runs_root=runs_root, log=log)
         return _from_run(path, backend, stage, log)
     if not path.is_file():
         raise UserError(f"--model {path}: no such run directory or model file")
@@ -372,6 +375,9 @@ def iter_sources(source: str | Path) -> list[tuple[str, Path]]:
 class PredictOptions:
     out: Path = Path("predictions")
     score_threshold: float | None = None  # None: the run's postprocess score_thresh
+    #: boxes drawn at score >= this; None: --score-threshold when given, else chosen on the run's val split
+    #: (max F1, :func:`~compressdet.predict.threshold.choose_draw_threshold`)
+    draw_threshold: float | None = None
     save_txt: str | None = None  # kitti | coco
     save_images: bool = True
     threads: int | None = None
@@ -496,6 +502,7 @@ class _Writer:
         self.category_ids = target.category_ids if target else [i + 1 for i in range(len(classes))]
         self.coco: dict[str, Any] = {"images": [], "annotations": [], "categories": cats}
         self._names: set[str] = set()
+        self.drawn: dict[str, list[dict[str, Any]]] = {}  # image name -> the boxes drawn on it (predict.json)
 
     def unique(self, stem: str) -> str:
         name, i = stem, 1
@@ -533,6 +540,17 @@ class _Writer:
                                                  "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})
         return objs
 
+    def to_draw(self, name: str | None, det: dict[str, torch.Tensor], thresh: float) -> list:
+        """The detections drawn (score >= ``thresh``), recorded under ``name`` for predict.json (None: not)."""
+        from ..eval.kitti_eval import predictions_to_kitti
+
+        keep = det["scores"] >= thresh
+        objs = predictions_to_kitti({k: v[keep] for k, v in det.items()}, self.classes)
+        if name is not None:
+            self.drawn[name] = [{"class": o.type, "score": round(float(o.score), 4),
+                                 "box": [round(float(v), 1) for v in o.bbox]} for o in objs]
+        return objs
+
     def save_png(self, name: str, drawn: np.ndarray) -> None:
         from PIL import Image
 
@@ -541,9 +559,11 @@ class _Writer:
         with atomic_path(self.out / f"{name}.png", suffix=".png.tmp") as tmp:
             Image.fromarray(drawn).save(tmp, format="PNG")
 
-    def close(self) -> list[Path]:
+    def close(self, summary: dict[str, Any] | None = None) -> list[Path]:
         from .._io import atomic_write_json
 
+        if summary is not None:  # what was run and at which thresholds, and the boxes drawn on each image
+            atomic_write_json(self.out / "predict.json", {**summary, "drawn": self.drawn})
         if self.opts.save_txt == "coco":
             files = [atomic_write_json(self.out / "detections.coco.json", self.coco)]
             if self.target is not None:  # the plain result list pycocotools' loadRes and COCO servers take
@@ -588,6 +608,9 @@ def predict(source: str | Path | list[tuple[str, Path]], resolved: ResolvedModel
                    else opts.score_threshold)
     writer = _Writer(opts, resolved.classes, target)
     console = console or Console(stderr=True)
+    draw = draw_threshold(predictor, resolved, opts, lambda s: console.print(s, highlight=False, markup=False,
+                                                                             soft_wrap=True))
+    dthresh = max(thresh, float(draw["value"]))
     n_images = sum(1 for k, _ in sources if k == "image")
     done = 0
     t0 = time.perf_counter()
@@ -608,8 +631,9 @@ def predict(source: str | Path | list[tuple[str, Path]], resolved: ResolvedModel
                 det = predictor(img)
                 name = writer.unique(path.stem)
                 hw = (int(img.shape[-2]), int(img.shape[-1]))
-                objs = writer.results(name, det, thresh, hw, str(path))
+                writer.results(name, det, thresh, hw, str(path))
                 if opts.save_images:
+                    objs = writer.to_draw(name, det, dthresh)
                     writer.save_png(name, draw_detections(img.permute(1, 2, 0).numpy(), dets=objs,
                                                          classes=resolved.classes))
                 tick()
@@ -618,16 +642,46 @@ def predict(source: str | Path | list[tuple[str, Path]], resolved: ResolvedModel
             if nframes:
                 progress.update(task, total=(progress.tasks[0].total or 0) + nframes)
             name = writer.unique(path.stem)
-            _predict_video(path, frames, fps, name, predictor, writer, thresh, opts, tick)
+            _predict_video(path, frames, fps, name, predictor, writer, thresh, dthresh, opts, tick)
     seconds = time.perf_counter() - t0
-    files = writer.close()
+    summary = {"model": resolved.description, "path": str(resolved.path), "backend": resolved.backend,
+               "classes": list(resolved.classes), "postprocess": dict(resolved.postprocess),
+               "results_score_threshold": thresh, "draw_threshold": {**draw, "value": dthresh}}
+    files = writer.close(summary)
     return {"images": n_images, "frames": done - n_images, "seconds": round(seconds, 3),
             "images_per_s": round(done / seconds, 2) if seconds > 0 else None, "out": str(writer.out),
-            "files": [str(f) for f in files]}
+            "files": [str(f) for f in files], "draw_threshold": dthresh, "results_score_threshold": thresh}
+
+
+def draw_threshold(predictor: Predictor, resolved: ResolvedModel, opts: PredictOptions,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """``{"value", "source", ["val"]}``: the score a box needs to be drawn (results keep every detection at the
+    run's ``score_thresh``, so ``predict --save-txt`` + ``eval`` scores what ``bench`` scores).
+
+    ``--draw-threshold T``, else ``--score-threshold T``, else the max-F1 score on the run's val split
+    (:func:`~compressdet.predict.threshold.choose_draw_threshold`; a model without a run: 0.5).
+    """
+    from .threshold import choose_draw_threshold
+
+    if opts.draw_threshold is not None:
+        draw = {"value": float(opts.draw_threshold), "source": "--draw-threshold"}
+    elif opts.score_threshold is not None:
+        draw = {"value": float(opts.score_threshold), "source": "--score-threshold"}
+    elif not opts.save_images:
+        return {"value": 0.0, "source": "nothing drawn (--no-images)"}
+    else:
+        draw = choose_draw_threshold(predictor, resolved.run_dir, list(resolved.classes), log)
+    val = draw.get("val")
+    how = (f"max F1 on {val['images']} val images: F1 {val['f1']:.3f}, precision {val['precision']:.3f}, recall "
+           f"{val['recall']:.3f}" if val else draw["source"])
+    kept = "; results (--save-txt) keep every detection, as evaluation does" if opts.score_threshold is None else ""
+    log(f"drawing boxes scoring >= {draw['value']:.3f} ({how}){kept}")
+    return draw
 
 
 def _predict_video(path: Path, frames: Iterator[np.ndarray], fps: float, name: str, predictor: Predictor,
-                   writer: _Writer, thresh: float, opts: PredictOptions, tick: Callable[[int], None]) -> None:
+                   writer: _Writer, thresh: float, dthresh: float, opts: PredictOptions,
+                   tick: Callable[[int], None]) -> None:
     import imageio.v2 as iio
 
     from .._io import atomic_path
@@ -642,8 +696,9 @@ def _predict_video(path: Path, frames: Iterator[np.ndarray], fps: float, name: s
                 rgb = np.ascontiguousarray(np.asarray(frame)[..., :3])
                 img = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
                 det = predictor(img)
-                objs = writer.results(f"{name}_{i:06d}", det, thresh, rgb.shape[:2], f"{path}#{i}")
+                writer.results(f"{name}_{i:06d}", det, thresh, rgb.shape[:2], f"{path}#{i}")
                 if vw is not None:
+                    objs = writer.to_draw(None, det, dthresh)
                     vw.append_data(draw_detections(rgb, dets=objs, classes=writer.classes))
                 tick()
         except (OSError, RuntimeError) as e:
