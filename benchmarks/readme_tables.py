@@ -336,6 +336,41 @@ def train_speed(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -------------------------------------------------------------------------------------------- pareto (#42)
+def pareto(r: dict) -> str:
+    """The seed's table, one row per model of the chains (pareto.json): FLOPs, params, AP40 per class and
+    difficulty (seed 0), mAP, test mAP40 over seeds, deployed latency and backend; then the claims.
+    (pareto.md is written with it; it enters GENERATORS with README's headline block once the cpu
+    preset's pareto.json exists: the registry test wants every generator shown on a page.)"""
+    sizes = list(r["points"][0]["latency_ms_by_size"]) if r["points"] else []
+    lines = [f"`{r['command']}`: test split, chosen on val, seeds {r['seeds']}; latency: the candidate "
+             "`compressdet deploy` chooses (fastest within its mAP tolerance), batch 1, at " + " / ".join(sizes)
+             + ". FLOPs: backbone multiply-adds at 384x1248.", "",
+             "| model | FLOPs | params | car E/M/H | ped E/M/H | cyc E/M/H | mAP | test mAP40 (95% CI) | "
+             + " | ".join(f"latency {s} (ms)" for s in sizes) + " | backend |",
+             "|---|" + "---|" * (8 + len(sizes))]
+    front = set(r["front"])
+    for p in r["points"]:
+        ap = p["ap40_seed0"]
+        mean9 = sum(ap[c][lvl] for c in ap for lvl in LEVELS) / 9
+        name = f"**{p['model']}**" if p["model"] in front else p["model"]
+        lat = " | ".join(_f(p["latency_ms_by_size"].get(s), 1) for s in sizes)
+        lines.append(f"| {name} | {p['flops']} | {p['params']} | {_ap_cells(ap)} | {mean9:.1f} | {p['mean']:.2f} "
+                     f"[{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}] | {lat} | {p['backend']} ({p['precision']}) |")
+    lines += ["", "Bold: on the Pareto front (mAP vs deployed latency at the run size).", ""]
+    for c in r["compression_for_free"]:
+        d = c["map_diff"]
+        lines.append(f"- {c['model']} vs {c['baseline']}: {d['mean']:+.2f} mAP [{d['ci95'][0]:+.2f}, "
+                     f"{d['ci95'][1]:+.2f}] at {c['speedup']:.2f}x its deployed speed")
+    for k, v in r["dominates_direct"].items():
+        lines.append(f"- direct {k}: " + (f"dominated by {v['by']}" if v["dominated"] else "not dominated"))
+    g = r["goals"]
+    lines.append(f"- goals: chain-final model as accurate (CI lower bound >= 0) at >= {r['goal_speedup']:g}x: "
+                 f"{g['chain_final_as_accurate_at_3x']['met']}; every direct student dominated: "
+                 f"{g['every_direct_student_dominated']['met']}")
+    return "\n".join(lines) + "\n"
+
+
 GENERATORS: dict[str, Callable[[dict], str]] = {
     "backends.json": backends,
     "demo.json": demo,
