@@ -111,6 +111,7 @@ def choose_draw_threshold(predictor: Any, run_dir: Path | None, classes: list[st
     from ..data import build_dataset
     from ..data.kitti import read_image
     from ..data.records import load_box_ground_truth
+    from ..errors import UserError
     from ..recipe import load_recipe
 
     resolved = predictor.resolved
@@ -122,15 +123,20 @@ def choose_draw_threshold(predictor: Any, run_dir: Path | None, classes: list[st
         cached = {}
     if isinstance(cached, dict) and key in cached:
         return cached[key]
-    data = load_recipe(Path(run_dir) / "recipe.yaml").data.model_copy(update={"cache": False})
-    if list(data.classes) != list(classes):
-        return {**fallback, "source": f"fixed default {FALLBACK_DRAW_THRESHOLD} (the run's classes differ from the "
-                                      "model's; pass --draw-threshold T)"}
-    ds = build_dataset(data, "val", train=False)
-    ids = list(ds.ids)[:MAX_VAL_IMAGES]
+    try:
+        data = load_recipe(Path(run_dir) / "recipe.yaml").data.model_copy(update={"cache": False})
+        if list(data.classes) != list(classes):
+            return {**fallback, "source": f"fixed default {FALLBACK_DRAW_THRESHOLD} (the run's classes differ from "
+                                          "the model's; pass --draw-threshold T)"}
+        ds = build_dataset(data, "val", train=False)
+        ids = list(ds.ids)[:MAX_VAL_IMAGES]
+        gt, _ = load_box_ground_truth(data, "val")
+    except (UserError, OSError) as e:  # the run's data moved or is gone: the pictures still get drawn
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        return {**fallback, "source": f"fixed default {FALLBACK_DRAW_THRESHOLD} (the run's val split cannot be read: "
+                                      f"{msg}; pass --draw-threshold T)"}
     if not ids:
         return fallback
-    gt, _ = load_box_ground_truth(data, "val")
     log(f"choosing the drawing threshold on {len(ids)} val images of {run_dir} (max F1 at IoU 0.5; once, cached "
         f"in {cache.name})")
     dets = []
