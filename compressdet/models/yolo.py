@@ -191,10 +191,14 @@ class YoloDetector(nn.Module):
             cache[device] = crit
         return cache[device]
 
-    def loss(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def loss(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]], *,
+             with_count: bool = False) -> dict[str, Tensor] | tuple[dict[str, Tensor], Tensor]:
         """Ultralytics' detection loss on ``(raw outputs, compressdet targets)``: ``box`` (CIoU), ``cls`` (BCE),
         ``dfl`` with Ultralytics' default gains (7.5, 0.5, 1.5), and ``total`` (their sum; Ultralytics'
-        trainer multiplies it by the batch size, compressdet keeps the per-batch value like other families)."""
+        trainer multiplies it by the batch size, compressdet keeps the per-batch value like other families).
+
+        ``with_count``: also returns the normaliser all three terms were divided by, before its ``max(1, .)``:
+        the batch's assigned-score sum (Ultralytics' ``target_scores_sum``, read from its assigner's output)."""
         box, cls = outputs
         dev = cls.device
         H, W = self.image_size
@@ -211,8 +215,19 @@ class YoloDetector(nn.Module):
             boxes.append(xywh)
         batch = {"batch_idx": torch.cat(idx), "cls": torch.cat(labels), "bboxes": torch.cat(boxes)}
         preds = {"boxes": box, "scores": cls, "feats": self._placeholders(cls.shape[0], dev, cls.dtype)}
-        _, parts, _ = self._criterion(dev).get_assigned_targets_and_loss(preds, batch)
-        return {"box": parts[0], "cls": parts[1], "dfl": parts[2], "total": parts.sum()}
+        crit = self._criterion(dev)
+        seen: dict[str, Tensor] = {}
+        hook = (crit.assigner.register_forward_hook(lambda _m, _i, out: seen.__setitem__("scores", out[2]))
+                if with_count else None)
+        try:
+            _, parts, _ = crit.get_assigned_targets_and_loss(preds, batch)
+        finally:
+            if hook is not None:
+                hook.remove()
+        losses = {"box": parts[0], "cls": parts[1], "dfl": parts[2], "total": parts.sum()}
+        if with_count:
+            return losses, seen["scores"].detach().float().sum()
+        return losses
 
     # ------------------------------------------------------------------------------- decode
     def decode(self, outputs: Sequence[Tensor]) -> Tensor:
@@ -268,16 +283,26 @@ class YoloDetector(nn.Module):
 class YoloLoss(nn.Module):
     """``loss(outputs, targets)`` of a :class:`YoloDetector` (held by reference, not a submodule).
 
-    It has no ``reduce_counts``: under DDP each process normalises by its own assigned-score sum and DDP
-    averages the gradients, as Ultralytics' own DDP training does.
+    Under DDP the trainer sets ``reduce_counts`` (a sum over processes, as for the other families' losses):
+    Ultralytics' normaliser (the assigned-score sum) is then the global batch's, so ``W`` processes compute
+    exactly one process's loss over the whole batch (each returns its partial sum; the trainer scales the
+    gradients by ``W``), and the distillers, whose normalisers are global too, keep their strength relative
+    to the detection loss whatever ``W`` (without it they were ``W`` times weaker). Ultralytics' own DDP
+    training divides by each process's sum instead.
     """
 
     def __init__(self, model: YoloDetector) -> None:
         super().__init__()
         self.__dict__["model"] = model
+        self.reduce_counts: Any = None
 
     def forward(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
-        return self.model.loss(outputs, targets)
+        if self.reduce_counts is None:
+            return self.model.loss(outputs, targets)
+        losses, count = self.model.loss(outputs, targets, with_count=True)
+        total = self.reduce_counts(count.detach().clone())
+        scale = (count.clamp(min=1) / total.clamp(min=1)).to(losses["total"].dtype)
+        return {k: v * scale for k, v in losses.items()}
 
 
 class YoloPostProcessor:
