@@ -130,3 +130,29 @@ def test_ptq_of_a_pruned_yolo_model():
     for a, b in ((qb, fb), (qc, fc)):
         a, b = a.numpy().ravel(), b.numpy().ravel()
         assert float(np.corrcoef(a, b)[0, 1]) > 0.98
+
+
+def test_qat_decays_the_yolo_detect_head_as_float_training_does():
+    """The seed's weight-decay rule (head + adapters) on a captured yolo graph: its Detect layer keeps the
+    float model's name (``net.model.<last>``), so QAT decays exactly the head's parameters, as float training's
+    ``seed_param_groups`` does on ``model.head``; ``weight_decay_on: all`` decays everything."""
+    from compressdet.models import build_model
+    from compressdet.quant.qat import prepare_qat, qat_training
+    from compressdet.recipe import QuantConfig, ScheduleConfig
+
+    torch.manual_seed(0)
+    model = build_model("yolov8n", image_size=HW, num_classes=3).eval()
+    prepared = prepare_qat(model, torch.zeros(2, 3, *HW), QuantConfig())
+    head = next(n for n, m in model.named_modules() if m is model.head)
+    n_head = sum(p.requires_grad for p in model.head.parameters())  # the DFL's fixed bins are not trained
+    for on in ("seed", "all"):
+        student, settings = qat_training(prepared, ScheduleConfig(weight_decay=5e-4, weight_decay_on=on), 2, 1)
+        decay, no_decay = settings["param_groups"](prepared, None)
+        names = {id(p): n for n, p in prepared.named_parameters()}
+        decayed = [names[id(p)] for p in decay["params"]]
+        assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+        if on == "seed":
+            assert len(decayed) == n_head and all(n.startswith(f"{head}.") for n in decayed), decayed[:3]
+            assert no_decay["params"]
+        else:
+            assert not no_decay["params"] and len(decayed) == sum(p.requires_grad for p in prepared.parameters())

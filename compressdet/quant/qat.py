@@ -149,16 +149,19 @@ class QatFreezeHook(HookBase):
             s.observers_frozen = True
 
 
-def qat_param_groups(weight_decay: float, on: str = "seed") -> Callable[[nn.Module, nn.Module | None], list]:
+def qat_param_groups(weight_decay: float, on: str = "seed", head_prefixes: tuple[str, ...] = ()
+                     ) -> Callable[[nn.Module, nn.Module | None], list]:
     """The seed's weight-decay rule on a captured graph: the head's (ShuffleDet ``head``, FPN families
-    ``det.head``) and the adaptation layers' weights."""
+    ``det.head``, or parameters under ``head_prefixes``: a yolo model's Detect, ``net.model.<last>.``) and the
+    adaptation layers' weights, as in float training."""
 
     def groups(model: nn.Module, extra: nn.Module | None) -> list[dict[str, Any]]:
         decay, no_decay = [], []
         for name, p in model.named_parameters():
             if p.requires_grad:
                 rest = name.split(".", 1)[-1]  # FPN families' head sits under the captured ``det``
-                head = rest.startswith("head") or rest.startswith("det.head")
+                head = (rest.startswith("head") or rest.startswith("det.head")
+                        or any(name.startswith(h) for h in head_prefixes))
                 (decay if on == "all" or head else no_decay).append(p)
         if extra is not None:
             decay.extend(p for p in extra.parameters() if p.requires_grad)
@@ -181,8 +184,10 @@ def qat_training(prepared: torch.fx.GraphModule, schedule: Any, observer_step: i
     ``build_loss()``)."""
     det = (getattr(prepared, "_compressdet_student", None) or {}).get("detector")
     student = FakeQuantStudent(prepared) if det is None else FpnFakeQuantStudent(prepared)
+    # a yolo graph keeps the float model's names (``net.model.<i>``): its Detect head is the last layer
+    heads = tuple(f"{n}." for n, m in det.named_modules() if m is det.head) if getattr(det, "family", "") == "yolo" else ()
     settings = {"schedule": qat_schedule(schedule),
-                "param_groups": qat_param_groups(schedule.weight_decay, schedule.weight_decay_on),
+                "param_groups": qat_param_groups(schedule.weight_decay, schedule.weight_decay_on, heads),
                 "hooks": (QatFreezeHook(student, observer_step, bn_step),)}
     if det is not None:  # torchvision's loss on the float detector's priors (fit_stage would build ShuffleDet's)
         settings["loss_fn"] = det.build_loss()
