@@ -73,6 +73,20 @@ def test_pkd_sums_levels_with_the_reference_per_level_weight(family, default):
                            None).weights == {"pkd": 1.0}
 
 
+@pytest.mark.parametrize("family, alone, with_crosskd", [("fcos", 2.0, 2.0), ("retinanet", 10.0, 2.0)])
+def test_pkd_default_weight_follows_the_reference_config_of_the_combination(family, alone, with_crosskd):
+    """mmrazor's PKD RetinaNet config: 10 per level; the CrossKD authors' CrossKD+PKD configs: 2 per level on
+    both FCOS and RetinaNet (so RetinaNet's PKD is 5x lighter next to CrossKD); FCOS alone has no reference."""
+    from compressdet.losses.distill import PKD_DEFAULT_WEIGHT, default_weight
+
+    student, teacher = _pair(family)
+    assert build_distiller([DistillConfig(method="pkd")], student, teacher, None).weights["pkd"] == alone
+    both = build_distiller([DistillConfig(method="pkd"), DistillConfig(method="crosskd")], student, teacher, None)
+    assert both.weights == {"pkd": with_crosskd, "crosskd": 1.0}
+    assert default_weight("pkd", student, ["crosskd", "pkd"]) == PKD_DEFAULT_WEIGHT[(family, True)]
+    assert default_weight("pkd", student) == PKD_DEFAULT_WEIGHT[(family, False)]
+
+
 def test_pkd_zero_when_student_equals_teacher():
     t = torch.randn(2, 8, 5, 6)
     assert PKDLoss(8, 8)(t.clone(), t).item() == pytest.approx(0.0, abs=1e-6)

@@ -17,7 +17,7 @@ Register another with :func:`register_distiller`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,15 +168,23 @@ def _crosskd(cfg: Any, student: nn.Module, teacher: nn.Module, anchors: Tensor, 
     return _Method(loss, lambda m, t: m(t.s_feat, t.t_head), CROSSKD_NAMES)
 
 
-#: pkd's per-level weight when the recipe gives none: the reference configs' (CrossKD+PKD's FCOS: 2,
-#: mmrazor's RetinaNet: 10); single-level ShuffleDet keeps 1
-PKD_DEFAULT_WEIGHT = {"fcos": 2.0, "retinanet": 10.0}
+#: pkd's per-level weight when the recipe gives none, per (student family, PKD with CrossKD or alone): the
+#: reference configs' (the weight applies to each FPN level's loss, the levels' losses summed, in both):
+#: - with CrossKD, FCOS 2 and RetinaNet 2: the CrossKD authors' (github.com/jbwang1997/CrossKD)
+#:   configs/crosskd+pkd/crosskd+pkd_r50_fcos_r101-2x-ms_caffe_fpn_gn-head_2x_ms_coco.py and
+#:   configs/crosskd+pkd/crosskd+pkd_r50_retinanet_r101_fpn_2x_coco.py (``PKDLoss``, ``loss_weight=2``);
+#: - alone, RetinaNet 10: mmrazor's configs/distill/mmdet/pkd/pkd_fpn_retina_x101_retina_r50_2x_coco.py (and
+#:   pkd_fpn_fcos_x101_retina_r50_1x_coco.py, an FCOS teacher, inherits it);
+#: - alone, FCOS: no reference config has an FCOS student; it keeps the CrossKD+PKD FCOS value, 2.
+#: Other families (single-level ShuffleDet, YOLO: no reference config) keep 1.
+PKD_DEFAULT_WEIGHT = {("fcos", False): 2.0, ("fcos", True): 2.0, ("retinanet", False): 10.0, ("retinanet", True): 2.0}
 
 
-def default_weight(method: str, student: nn.Module) -> float:
-    """The weight of ``method`` when the recipe gives none (``weight`` not set)."""
+def default_weight(method: str, student: nn.Module, methods: Iterable[str] = ()) -> float:
+    """The weight of ``method`` when the recipe gives none (``weight`` not set); ``methods``: all the
+    methods configured (PKD's reference weight depends on whether CrossKD is one of them)."""
     if method == "pkd":
-        return PKD_DEFAULT_WEIGHT.get(getattr(student, "family", None), 1.0)
+        return PKD_DEFAULT_WEIGHT.get((getattr(student, "family", None), "crosskd" in set(methods)), 1.0)
     return 1.0
 
 
@@ -270,7 +278,7 @@ def build_distiller(cfgs: list[Any], student: nn.Module, teacher: nn.Module, anc
         if c.method in seen:
             raise ValueError(f"distillation method '{c.method}' is listed twice")
         seen[c.method] = c
-    weights = {name: (default_weight(name, student) if c.weight in (None, "auto") else float(c.weight))
+    weights = {name: (default_weight(name, student, seen) if c.weight in (None, "auto") else float(c.weight))
                for name, c in seen.items()}
     return Distiller({name: _REGISTRY[name](c, student, teacher, anchors, num_anchors) for name, c in seen.items()},
                      seen, weights)
