@@ -34,11 +34,15 @@ gradient on the student's backbone + neck set to r x the detection loss's before
 log-spaced 0.3x to 100x, the grid extended past an edge, a point at a time, while the best point
 sits at that edge), the clip mode (per-tensor 1.0, the seed's, and global 35, mmdetection's) part of the sweep for
 FGFI and the best other method, every setting chosen on val over two seeds and reported once on test
-over three other seeds. It writes ``distill_methods_calibrated.{json,md}`` (never the uncalibrated
-results or ledger); per family: ``calibration`` (method -> {weight: measured ratio}), ``sweep``
-(method -> {"<ratio>@<clip>": {seed: val mAP40}}), ``chosen``, ``test_map40``, ``best_vs_fgfi``
-(per_seed, mean, ci95) and ``auto_weight`` (each method at ``weight: auto``'s default ratio against its
-swept best, on test).
+over three other seeds. The combination ``pkd+crosskd`` is calibrated per term (each member's own
+``weight: auto`` at its chosen ratio, both scaled by ``combo_scales``, at the better member's clip) and
+competes with the single methods for ``best_vs_fgfi``. It writes ``distill_methods_calibrated.{json,md}``
+(never the uncalibrated results or ledger); per family: ``calibration`` (arm -> {chosen weight:
+{grad_ratio_at_1 (the ratio measured at weight 1), auto_ratio (the target), grad_ratio, seed, params}};
+a combination's members as ``pkd+crosskd:pkd``), ``sweep`` (method -> {"<ratio>@<clip>": {seed: val
+mAP40}}; the combination's points ``x<scale>@<clip>``), ``chosen``, ``test_map40``, ``best_vs_fgfi``
+(per_seed, mean, ci95) and ``auto_weight`` (each single method at ``weight: auto``'s default ratio
+against its swept best, on test).
 
     python benchmarks/distill_methods.py --preset calibrated --family fcos
 """
@@ -121,10 +125,11 @@ def _teacher_test(runner, teacher_file: Path, data: dict) -> float:
 CALIBRATED = {
     "calibrated": {"base": "cpu", "ratios": [0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
                    "clips": [{"mode": "per_tensor", "max_norm": 1.0}, {"mode": "global", "max_norm": 35.0}],
-                   "select_seeds": [0, 1], "report_seeds": [2, 3, 4], "extend": True},
+                   "select_seeds": [0, 1], "report_seeds": [2, 3, 4], "extend": True,
+                   "combo_scales": list(COMBO_SCALES)},
     "smoke-calibrated": {"base": "smoke", "ratios": [1.0, 10.0],
                          "clips": [{"mode": "per_tensor", "max_norm": 1.0}, {"mode": "global", "max_norm": 35.0}],
-                         "select_seeds": [0, 1], "report_seeds": [0, 1], "extend": False},
+                         "select_seeds": [0, 1], "report_seeds": [0, 1], "extend": False, "combo_scales": [1.0]},
 }
 CALIBRATED_METHODS = ("fgfi", "pkd", "crosskd")
 AUTO_DEFAULT_RATIO = 1.0  # DistillConfig.auto_ratio's default
@@ -373,14 +378,30 @@ def calibrated(args) -> int:
         base_runs = {lr: {s: runner.run(f"base-lr{lr}", s, lr, 0.0, None) for s in sel} for lr in p["lr_sweep"]}
         lr = max(p["lr_sweep"], key=lambda v: (mean_val(base_runs[v]), -p["lr_sweep"].index(v)))
 
-        def arm(method: str, ratio: float, clip: dict, seed: int) -> dict:
-            d = [{"method": method, "weight": "auto", "auto_ratio": ratio}]
+        def arm(method: str, ratio: float | dict[str, float], clip: dict, seed: int) -> dict:
+            """One run: a method at ``weight: auto`` with ``auto_ratio`` ratio; a combination ("a+b") with
+            ``ratio`` {member: its auto_ratio}: every term calibrated on its own."""
+            ratios = ratio if isinstance(ratio, dict) else {method: ratio}
+            d = [{"method": m, "weight": "auto", "auto_ratio": ratios[m]} for m in method.split("+")]
             sched = None if clip == default_clip else {"clip": clip}
-            return runner.run(f"C-{method}-r{ratio:g}-{_clip_tag(clip)}-lr{lr}", seed, lr, 0.0, teacher_file,
-                              distill=d, schedule=sched)
+            r_tag = "_".join(f"{ratios[m]:g}" for m in method.split("+"))
+            return runner.run(f"C-{method.replace('+', '_')}-r{r_tag}-{_clip_tag(clip)}-lr{lr}", seed, lr, 0.0,
+                              teacher_file, distill=d, schedule=sched)
+
+        def record_calibration(name: str, seed: int, x: dict) -> None:
+            """What weight: auto chose per term, next to the ratio it measured at weight 1 (grad_ratio_at_1)
+            and its target: chosen weight x grad_ratio_at_1 = auto_ratio."""
+            for m in name.split("+"):
+                cal = (x["val"].get("distill_calibration") or {}).get(m)
+                if cal:
+                    key = m if "+" not in name else f"{name}:{m}"
+                    calibration.setdefault(key, {})[f"{cal['weight']:.6g}"] = {
+                        "grad_ratio_at_1": cal["grad_ratio_at_1"], "auto_ratio": cal["auto_ratio"],
+                        "grad_ratio": cal["grad_ratio"], "seed": seed,
+                        "params": (cal.get("params") or {}).get("set")}
 
         sweep: dict[str, dict[str, dict[int, float]]] = {}
-        calibration: dict[str, dict[str, float]] = {}
+        calibration: dict[str, dict[str, dict]] = {}
         runs: dict[str, dict[tuple[float, str], dict[int, dict]]] = {}
         chosen: dict[str, dict] = {}
         for m in CALIBRATED_METHODS:
@@ -392,10 +413,8 @@ def calibrated(args) -> int:
                 if key not in runs[m]:
                     runs[m][key] = {s: arm(m, r, clip, s) for s in sel}
                     sweep.setdefault(m, {})[f"{r:g}@{key[1]}"] = {s: x["val"]["map40"] for s, x in runs[m][key].items()}
-                    for x in runs[m][key].values():  # what weight: auto chose, and the ratio it measured
-                        cal = (x["val"].get("distill_calibration") or {}).get(m)
-                        if cal:
-                            calibration.setdefault(m, {})[f"{cal['weight']:.6g}"] = cal["grad_ratio"]
+                    for seed, x in runs[m][key].items():  # what weight: auto chose, and what it measured
+                        record_calibration(m, seed, x)
 
             for r in grid:
                 try_point(r, default_clip)
@@ -417,13 +436,33 @@ def calibrated(args) -> int:
             chosen[m] = {"ratio": best[0], "clip": next(cl for cl in c["clips"] if _clip_tag(cl) == best[1])}
         for m in chosen:
             chosen[m]["val_map40"] = mean_val(runs[m][(chosen[m]["ratio"], _clip_tag(chosen[m]["clip"]))])
+        # the combination, calibrated per term: each member at its chosen ratio x scale, the better member's clip
+        combo = "+".join(COMBO)
+        lead = max(COMBO, key=lambda m: chosen[m]["val_map40"])
+        combo_clip = chosen[lead]["clip"]
+
+        def combo_ratios(scale: float) -> dict[str, float]:
+            return {m: round(chosen[m]["ratio"] * scale, 6) for m in COMBO}
+
+        runs[combo] = {}
+        for scale in c["combo_scales"]:
+            key = (scale, _clip_tag(combo_clip))
+            runs[combo][key] = {s: arm(combo, combo_ratios(scale), combo_clip, s) for s in sel}
+            sweep.setdefault(combo, {})[f"x{scale:g}@{key[1]}"] = {s: x["val"]["map40"] for s, x in runs[combo][key].items()}
+            for seed, x in runs[combo][key].items():
+                record_calibration(combo, seed, x)
+        best = max(runs[combo], key=lambda k: mean_val(runs[combo][k]))
+        chosen[combo] = {"scale": best[0], "ratios": combo_ratios(best[0]), "clip": combo_clip,
+                         "val_map40": mean_val(runs[combo][best])}
         # report: each chosen setting (and weight: auto at its default ratio, default clip) on test
         test: dict[str, dict[int, float]] = {"none": {s: runner.run(f"base-lr{lr}", s, lr, 0.0, None)["test"]["map40"]
                                                       for s in rep_seeds}}
         for m in CALIBRATED_METHODS:
             test[m] = {s: arm(m, chosen[m]["ratio"], chosen[m]["clip"], s)["test"]["map40"] for s in rep_seeds}
             test[f"{m}-auto"] = {s: arm(m, AUTO_DEFAULT_RATIO, default_clip, s)["test"]["map40"] for s in rep_seeds}
+        test[combo] = {s: arm(combo, chosen[combo]["ratios"], combo_clip, s)["test"]["map40"] for s in rep_seeds}
 
+    others = [*others, combo]  # a method or the combination may beat FGFI
     vs_fgfi = {m: claim(test[m], test["fgfi"], rep_seeds) for m in others}
     best = max(others, key=lambda m: chosen[m]["val_map40"])
     entry = {
@@ -466,7 +505,8 @@ def calibrated(args) -> int:
                "|---|---|---|---|"]
         for a, v in st["test_map40"].items():
             ch = st["chosen"].get(a)
-            label = f"{ch['ratio']:g}x, {_clip_tag(ch['clip'])}" if ch else ("auto, default ratio" if "auto" in a else "")
+            label = ((f"{ch['ratio']:g}x" if "ratio" in ch else " + ".join(f"{m} {r:g}x" for m, r in ch["ratios"].items()))
+                     + f", {_clip_tag(ch['clip'])}" if ch else ("auto, default ratio" if "auto" in a else ""))
             md.append(f"| {a} | {label} | {', '.join(f'{x:.2f}' for x in v)} | {statistics.mean(v):.2f} |")
         b = st["best_vs_fgfi"]
         md += ["", f"- best other method by val: **{b['method']}**; against FGFI on test: "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,17 +26,41 @@ def test_smoke_calibrated_sweeps_ratios_and_records_calibration(tmp_path):
     assert (r["selection_split"], r["report_split"]) == ("val", "test") and len(r["selection_seeds"]) >= 2
     st = r["students"]["fcos_mnv2_050"]
     grid = distill_methods.CALIBRATED["smoke-calibrated"]["ratios"]
+    at_one = {}
     for m in ("fgfi", "pkd", "crosskd"):
         # the same ratio grid for every method, each point on every selection seed
         pts = {k for k in st["sweep"][m] if k.endswith("@per_tensor1")}
         assert pts == {f"{g:g}@per_tensor1" for g in grid}
         assert all(len(v) == len(r["selection_seeds"]) for v in st["sweep"][m].values())
-        # weight: auto measured each run's ratio and hit it (the gradient is linear in the weight)
-        assert sorted({round(v, 6) for v in st["calibration"][m].values()}) == sorted(grid)
+        # weight: auto's chosen weight next to the ratio it measured at weight 1, on the backbone + neck:
+        # every grid point on every seed, weight x ratio(1) = the target
+        cal = st["calibration"][m]
+        assert sorted({e["auto_ratio"] for e in cal.values()}) == sorted(grid)
+        assert {(e["auto_ratio"], e["seed"]) for e in cal.values()} >= {(g, s) for g in grid for s in r["selection_seeds"]}
+        for w, e in cal.items():
+            assert float(w) * e["grad_ratio_at_1"] == pytest.approx(e["auto_ratio"], rel=1e-4)
+            assert e["params"] == "backbone+neck"
+        # measured before training: the ratio at weight 1 does not depend on the target (same seed, same batches)
+        for s in r["selection_seeds"]:
+            by_seed = [e["grad_ratio_at_1"] for e in cal.values() if e["seed"] == s and e["auto_ratio"] in grid]
+            assert max(by_seed) == pytest.approx(min(by_seed), rel=1e-6)
+        at_one[m] = statistics.mean(e["grad_ratio_at_1"] for e in cal.values())
         assert len(st["test_map40"][m]) == len(r["seeds"]) and len(st["auto_weight"][m]["test_map40"]) == len(r["seeds"])
-    best_other = max(("pkd", "crosskd"), key=lambda m: st["chosen"][m]["val_map40"])
+    # the methods' strengths at weight 1 differ (why weights are not comparable across methods)
+    assert len({round(math.log10(v), 2) for v in at_one.values()}) == 3
+    # the combination, calibrated per term at its members' chosen ratios
+    combo = st["chosen"]["pkd+crosskd"]
+    assert combo["ratios"] == {m: st["chosen"][m]["ratio"] for m in ("pkd", "crosskd")} and combo["scale"] == 1.0
+    for m in ("pkd", "crosskd"):
+        terms = st["calibration"][f"pkd+crosskd:{m}"].items()
+        assert {e["seed"] for _, e in terms} == set(r["selection_seeds"])
+        assert all(float(w) * e["grad_ratio_at_1"] == pytest.approx(combo["ratios"][m], rel=1e-4) for w, e in terms)
+    assert len(st["test_map40"]["pkd+crosskd"]) == len(r["seeds"]) and "pkd+crosskd" in st["vs_fgfi"]
+    best_single = max(("pkd", "crosskd"), key=lambda m: st["chosen"][m]["val_map40"])
     swept_clip = {m for m in st["sweep"] if any(k.endswith("@global35") for k in st["sweep"][m])}
-    assert "fgfi" in swept_clip and len(swept_clip) == 2  # fgfi and the best other method only
+    assert "fgfi" in swept_clip and best_single in swept_clip  # fgfi and the best other method only
+    assert swept_clip <= {"fgfi", best_single, "pkd+crosskd"}
+    best_other = max(("pkd", "crosskd", "pkd+crosskd"), key=lambda m: st["chosen"][m]["val_map40"])
     assert st["best_vs_fgfi"]["method"] == best_other and len(st["best_vs_fgfi"]["ci95"]) == 2
     assert not (tmp_path / "r" / "distill_methods.json").exists()  # the uncalibrated results are left alone
     runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())
