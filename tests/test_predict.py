@@ -128,3 +128,23 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, msg):
     err = capsys.readouterr().err.strip().splitlines()  # progress/log lines go to stderr before it
     errors = [line for line in err if line.startswith("error:")]
     assert len(errors) == 1 and err[-1] == errors[0] and msg in errors[0], err
+
+
+def test_best_f1_threshold_picks_the_score_where_precision_and_recall_balance():
+    """Two objects; detections scored 0.9 (hit), 0.8 (duplicate of the same object: a false positive), 0.7
+    (the second object) and 0.2 (background): F1 is best keeping down to 0.7 (2 TP, 1 FP: 0.8); a
+    detection on an ignore region counts neither way; no match at all -> None."""
+    import numpy as np
+
+    from compressdet.predict.threshold import best_f1_threshold
+
+    gt = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], float),
+          "labels": np.array([0, 1, -1])}
+    det = {"boxes": np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 31], [60, 60, 70, 70],
+                              [40, 40, 50, 50]], float),
+           "scores": np.array([0.9, 0.8, 0.7, 0.2, 0.95]), "labels": np.array([0, 0, 1, 0, 0])}
+    r = best_f1_threshold([det], [gt])
+    assert r["threshold"] == 0.7 and abs(r["f1"] - 0.8) < 1e-9 and r["objects"] == 2
+    assert abs(r["precision"] - 2 / 3) < 1e-4 and r["recall"] == 1.0
+    det["labels"] = np.array([1, 1, 0, 1, 0])  # every class wrong: nothing matches
+    assert best_f1_threshold([det], [gt]) is None

@@ -29,12 +29,10 @@ CACHE_FILE = "predict_thresholds.json"
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    import torch
+    from torchvision.ops import box_iou
+
+    return box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 def _match(det: dict[str, np.ndarray], gt: dict[str, np.ndarray], iou: float) -> tuple[np.ndarray, np.ndarray]:
