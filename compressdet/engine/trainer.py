@@ -3,7 +3,8 @@
 ``TrainerBase`` only loops and calls hooks (``after_train`` runs in ``finally``). ``Trainer`` adds
 one step of detection training with optional fine-grained feature imitation: momentum SGD with a
 cosine schedule, per-tensor gradient-norm clipping, AMP on CUDA (CPU bf16 autocast when ``schedule.amp: bf16``
-asks), DDP with cross-process batch norm, and exact resume from ``last.pt``. Evaluation, checkpoints, logging and the progress bar are hooks.
+asks), DDP with cross-process batch norm, and exact resume from ``last.pt``. Evaluation, checkpoints,
+logging and the progress bar are hooks.
 
 Example:
     >>> trainer = Trainer(model, schedule=cfg.schedule, loss_fn=SqueezeDetLoss(anchors, image_size=hw),
@@ -324,8 +325,9 @@ class Trainer(TrainerBase):
         ])
         self._data_iter = None
         self._last_good: Path | None = None
-        #: what ``weight: auto`` measured: ``{method: {weight, grad_ratio, grad_ratio_at_1, auto_ratio, batches}}``
-        self.distill_calibration: dict[str, dict[str, float]] = {}
+        #: what ``weight: auto`` measured: ``{method: {weight, grad_ratio, grad_ratio_at_1, auto_ratio, batches,
+        #: params: {set, modules, tensors, numel}}}`` (``params``: the backbone+neck set the norms are over)
+        self.distill_calibration: dict[str, dict[str, Any]] = {}
 
     # ---------------------------------------------------------------------------------- helpers
     def _autocast(self) -> contextlib.AbstractContextManager:
