@@ -32,7 +32,9 @@ Data: compressdet's arms train on the synth data set itself; Ultralytics' on the
 as a YOLO data set (``compressdet data convert --to yolo``, classes car / pedestrian / cyclist as compressdet
 trains them, KITTI's other classes dropped as compressdet drops them). compressdet trains at H x W; Ultralytics
 trains square at ``imgsz`` = W (its letterboxed mosaic; objects at the same scale as at H x W), so its steps
-cost more compute; steps (batches) are equal, not FLOPs.
+cost more compute; steps (batches) are equal, not FLOPs. compressdet's students train without augmentation, as
+the other benchmarks' students (imitation_gain's presets); Ultralytics with its default augmentation. lr fixed
+(compressdet: 0.01 for teacher and students, the prune and QAT stages' defaults; Ultralytics: its ``auto``).
 
 Evaluation, the same for both sides: compressdet's KITTI evaluation (AP40, car / pedestrian / cyclist x E / M / H)
 on the whole test split at H x W, compressdet's postprocess (Ultralytics' decode, per-level top-k, per-class NMS).
@@ -44,8 +46,10 @@ images as Ultralytics feeds them (RGB / 255 at H x W); its outputs are Ultralyti
 Latency: batch 1 at H x W; compressdet's deployed file (``deploy``'s chosen candidate, on its backend) and
 Ultralytics' INT8 IR (OpenVINO), each timed in processes of its own, alternating
 (``compressdet.bench.latency.time_isolated``); ``latency_ratio`` = compressdet's / Ultralytics' (per seed, and
-of the means). Ultralytics' graph includes its box decode (DFL + dist2bbox), compressdet's deployed graph ends
-at the raw outputs (decode in float outside, as every compressdet family): noted in the table.
+of the means). The unquantized arms (direct, both distilled: one architecture) get the fp32 student's latency
+(ORT, its exact fp32 graph), timed in the same alternation. Ultralytics' graph includes its box decode
+(DFL + dist2bbox), compressdet's deployed graph ends at the raw outputs (decode in float outside, as every
+compressdet family): noted in the table.
 
 Goal (issue #45): the chain ahead of Ultralytics' path in test mAP with the paired 95% CI above 0, at
 equal or lower deployed latency (``latency_ratio`` <= 1); the JSON says whether each half holds.
@@ -320,6 +324,20 @@ def ir_test_map(xml: Path, float_model: Path, data: dict, cache_dir: Path, *, sp
     return out
 
 
+def student_onnx(model_file: Path, hw, folder: Path) -> Path:
+    """The exact fp32 ONNX graph of a student model file (``_protocol.export_fast_fp32``), made once."""
+    from _protocol import export_fast_fp32
+
+    from compressdet._io import sha256_file
+    from compressdet.models import load_model
+
+    out = folder / f"{STUDENT}-{sha256_file(model_file)[:12]}-{hw[0]}x{hw[1]}.onnx"
+    if not out.is_file():
+        model, _ = load_model(model_file)
+        export_fast_fp32(model.eval(), out, hw)
+    return out
+
+
 def ir_sha256(xml: Path) -> str:
     """One sha256 for an IR (its .xml and .bin)."""
     from compressdet._io import sha256_file
@@ -478,7 +496,8 @@ def render_md(r: dict) -> str:
           f"(test mAP40 {r['teacher']['test_map40']:.2f}), student {r['student']}; batch {st['batch']}, "
           f"{st['student_steps']} steps per student ({st['epochs']} Ultralytics epochs of {st['batches_per_epoch']}); "
           f"seeds {r['seeds']} (paired); test mAP40 (%) by compressdet's evaluation for every arm.", "",
-          "| arm | what | test mAP40: mean (per seed) | deployed ms: mean (per seed) |", "|---|---|---|---|"]
+          "| arm | what | test mAP40: mean (per seed) | ms: mean (per seed); deployed, or fp32 ORT |",
+          "|---|---|---|---|"]
     for arm in ARMS:
         a = r["arms"][arm]
         lat = a.get("latency_ms")
@@ -517,7 +536,7 @@ def main(argv=None) -> int:
     import torch
     from _protocol import protocol_keys, test_map
 
-    from compressdet._io import atomic_write_json, atomic_write_text
+    from compressdet._io import atomic_write_json, atomic_write_text, sha256_file
     from compressdet.data import build_dataset, prepare_data
     from compressdet.deploy.runner import _cpu
     from compressdet.models.yolo import _ultralytics, save_ultralytics
@@ -595,11 +614,14 @@ def main(argv=None) -> int:
                      "prune": {k: man["stages"]["pruned"]["metrics"].get(k) for k in ("total_macs_ratio", "params_ratio")}}
 
     # latency: the two deployed files per seed, each in processes of its own, alternating
-    lat = {"chain": {}, "ultralytics_path": {}}
+    # and the fp32 student (ORT, its exact fp32 graph): direct and both distilled arms share the architecture
+    lat = {"chain": {}, "ultralytics_path": {}, "student_fp32": {}}
     lat_cells = {}
     for sd in seeds:
+        onnx = student_onnx(students[chosen][sd], hw, work / "onnx")
         res = pair_latency({"chain": (chain[sd]["backend"], chain[sd]["file"], chain[sd]["sha256"]),
-                            "ultralytics_path": ("openvino-int8", ul_xml[sd], ir_sha256(ul_xml[sd]))}, test_dir, p, hw)
+                            "ultralytics_path": ("openvino-int8", ul_xml[sd], ir_sha256(ul_xml[sd])),
+                            "student_fp32": ("ort", onnx, sha256_file(onnx))}, test_dir, p, hw)
         lat_cells[sd] = res["cells"]
         for k in lat:
             lat[k][sd] = res["median_ms"][k]
@@ -628,6 +650,10 @@ def main(argv=None) -> int:
                                     "files": [ig.rel_to_root(ul_runs[sd]["best"]) for sd in seeds]}
     for a in ("direct", "compressdet_distill"):
         arms[a]["steps"] = pl["student_steps"]
+    for a in ("direct", "compressdet_distill", "ultralytics_distill"):
+        arms[a]["latency_ms"] = [lat["student_fp32"][sd] for sd in seeds]
+        arms[a]["latency_of"] = (f"the fp32 {STUDENT} (ORT, exact fp32 graph of the compressdet_distill student of "
+                                 "the seed; the three arms share the architecture)")
     summary = summarize(seeds, test, lat)
     ul_settings = {**ul_runs[s0]["args"], "distill_model": ig.rel_to_root(Path(ul_runs[s0]["args"]["distill_model"]))}
     if ledger.root is not None:  # provenance of the Ultralytics runs (the bytes stay in the work folder)
@@ -657,8 +683,9 @@ def main(argv=None) -> int:
                     "cells": {str(sd): lat_cells[sd] for sd in seeds},
                     "note": (f"batch 1 at {hw[0]}x{hw[1]}, median of {p['latency_runs']} runs over "
                              f"{p['latency_rounds']} round(s), {p['latency_threads']} thread(s), compressdet's deployed "
-                             "file and Ultralytics' INT8 IR each in processes of their own, alternating; Ultralytics' "
-                             "graph includes its box decode, compressdet's ends at the raw outputs")},
+                             "file, Ultralytics' INT8 IR and the fp32 student (ORT) each in processes of their own, "
+                             "alternating; Ultralytics' graph includes its box decode, compressdet's graphs end at the "
+                             "raw outputs")},
         "goal": GOAL,
         "minutes_this_invocation": (time.perf_counter() - t0) / 60,
         "ledger": ({"path": ig.rel_to_root(ledger.root), "runs": ledger.entries()} if ledger.root else None),

@@ -146,6 +146,7 @@ def test_smoke_preset_end_to_end(yb, tmp_path):
     assert set(r["arms"]) == set(yb.ARMS) and r["selection"]["chosen"] in yb.METHODS
     for arm, a in r["arms"].items():
         assert len(a["test_map40"]) == len(seeds) and all(0.0 <= v <= 100.0 for v in a["test_map40"]), arm
+        assert len(a["latency_ms"]) == len(seeds) and min(a["latency_ms"]) > 0, arm
     # both paths train as many steps; Ultralytics distilled (its dis_loss > 0 in every epoch, our teacher)
     assert r["arms"]["chain"]["steps"] == r["arms"]["ultralytics_path"]["steps"]
     ul = r["arms"]["ultralytics_distill"]
