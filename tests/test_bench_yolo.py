@@ -135,7 +135,7 @@ def test_ultralytics_distils_on_the_yolo_copy_and_loads_back(yb, tmp_path):
     assert res["split"] == "test" and res["images"] > 0 and 0.0 <= res["map40"] <= 100.0
 
 
-@pytest.mark.bench_smoke  # minutes on one thread: 13 short compressdet runs, 4 Ultralytics trainings, 2 exports, 2 deploys
+@pytest.mark.bench_smoke  # ~8 min on the shared 2-core CPU: 9 compressdet runs, 2 chains, 4 Ultralytics trainings, 2 exports
 def test_smoke_preset_end_to_end(yb, tmp_path):
     args = ["--preset", "smoke", "--seeds", "2", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
     assert yb.main(args) == 0
