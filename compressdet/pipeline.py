@@ -80,15 +80,45 @@ def _versions() -> dict[str, Any]:
 
 #: recipe fields added after runs were made: left out of fingerprints while unset (``None``), so a run
 #: made before one was added still resumes (``--resume`` refuses a stage whose fingerprint changed)
-LATER_FIELDS = frozenset({"anchor_scale", "head", "factory", "args", "box_bias_init", "weights"})
+LATER_FIELDS = frozenset({"anchor_scale", "head", "factory", "args", "box_bias_init", "weights", "clip"})
+#: later fields whose default does what recipes did before them: fingerprinted as before (``_DROP``: absent,
+#: else the older spelling). ``schedule.amp: auto`` is ``true``'s new name; ``quant.quantizer: x86`` the only
+#: placement there was. ``quant.reduce_range: auto`` is resolved on this CPU (:func:`_quant_settings`).
+_DROP = object()
+LEGACY_EQUAL = {"amp": ("auto", True), "quantizer": ("x86", _DROP)}
 
 
 def _without_unset_later(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _without_unset_later(v) for k, v in obj.items() if not (k in LATER_FIELDS and v is None)}
+        out = {}
+        for k, v in obj.items():
+            if k in LATER_FIELDS and v is None:
+                continue
+            if k in LEGACY_EQUAL and v == LEGACY_EQUAL[k][0] and not isinstance(v, bool):
+                if LEGACY_EQUAL[k][1] is _DROP:
+                    continue
+                v = LEGACY_EQUAL[k][1]
+            out[k] = _without_unset_later(v)
+        return out
     if isinstance(obj, list):
         return [_without_unset_later(v) for v in obj]
     return obj
+
+
+def _quant_settings(stage: dict[str, Any]) -> None:
+    """``quant.reduce_range`` as this CPU applies it: 8-bit (``false``, or ``auto`` where the CPU has an int8
+    dot product) is what runs before the field had, left out; 7-bit (``true``, or ``auto`` elsewhere) is
+    another model."""
+    quant = stage.get("quant")
+    if isinstance(quant, dict) and "reduce_range" in quant:
+        from types import SimpleNamespace
+
+        from .quant._pt2e import resolve_reduce_range
+
+        if resolve_reduce_range(SimpleNamespace(**quant)):
+            quant["reduce_range"] = True
+        else:
+            del quant["reduce_range"]
 
 
 def stage_settings(recipe: Recipe, stage: StageConfig, upstream: dict[str, str]) -> dict[str, Any]:
@@ -98,6 +128,7 @@ def stage_settings(recipe: Recipe, stage: StageConfig, upstream: dict[str, str])
         "stage": stage.model_dump(mode="json", by_alias=True), "data": recipe.data.model_dump(mode="json"),
         "seed": recipe.seed, "models": {k: m.model_dump(mode="json") for k, m in recipe.models.items()},
         "upstream": upstream})
+    _quant_settings(settings["stage"])
     m = recipe.resolve_model(stage)
     if m is not None and m.factory:  # the code of a factory file is a setting too: an edited file re-runs the stage
         from .models._factory import file_sha256, parse_factory

@@ -264,3 +264,32 @@ stages:
     assert recipe_fingerprints(parse_recipe(text, check_paths=False)) == {"student": "bd44f4125ea11388"}
     set_ = parse_recipe(text.replace("dropout: 0.5", "anchor_scale: 2.0"), check_paths=False)
     assert recipe_fingerprints(set_)["student"] != "bd44f4125ea11388"
+    # schedule.amp's new default (auto) is true's new name and schedule.clip unset is the old clip: both keep it;
+    # another amp or an explicit clip mode are other settings
+    fp = lambda t: recipe_fingerprints(parse_recipe(t, check_paths=False))["student"]  # noqa: E731
+    assert fp(text.replace("batch_size: 2}", "batch_size: 2, amp: true}")) == "bd44f4125ea11388"
+    assert fp(text.replace("batch_size: 2}", "batch_size: 2, amp: false}")) != "bd44f4125ea11388"
+    assert fp(text.replace("batch_size: 2}", "batch_size: 2, clip: {mode: global}}")) != "bd44f4125ea11388"
+
+
+def test_reduce_range_auto_is_fingerprinted_as_this_cpu_applies_it(monkeypatch):
+    """``quant.reduce_range: auto`` is the 8-bit model runs made before the field (on a CPU with an int8 dot
+    product) and a 7-bit one elsewhere: the fingerprint follows what is made, not the spelling."""
+    from compressdet import _cpu
+    from compressdet.pipeline import recipe_fingerprints
+    from compressdet.recipe import parse_recipe
+
+    text = """
+name: fp
+data: {format: synth, image_size: [64, 192]}
+stages:
+  - {name: student, kind: train, model: {arch: shuffledet_0.25x}, schedule: {steps: 2, batch_size: 2}}
+  - {name: int8, kind: ptq, from: student}
+"""
+    fp = lambda t: recipe_fingerprints(parse_recipe(t, check_paths=False))["int8"]  # noqa: E731
+    explicit = {v: fp(text.replace("from: student}", f"from: student, quant: {{reduce_range: {v}}}}}"))
+                for v in ("true", "false")}
+    assert explicit["true"] != explicit["false"]
+    for vnni, bits in ((True, "false"), (False, "true")):
+        monkeypatch.setattr(_cpu, "int8_dot_product", lambda v=vnni: v)
+        assert fp(text) == explicit[bits]
