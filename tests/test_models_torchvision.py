@@ -420,11 +420,14 @@ def test_retinanet_on_mobilenet_v2_runs_wholly_in_int8_under_ort(tmp_path):
     from compressdet.quant.ptq import quantize_ptq
     from compressdet.recipe import QuantConfig
 
+    # 8-bit activations pinned: quant.reduce_range auto (7-bit on CPUs without VNNI, like CI's) leaves ORT
+    # three MobileNetV2 convs in float (the input conv and two others: DequantizeLinear -> FusedConv), measured
+    # on an AVX2 EPYC; what this test checks is the architecture's glue, the same on every CPU at 8 bits
     def optimized_ops(name):
         torch.manual_seed(0)
         m = build_model(name, image_size=HW).eval()
         calib = [torch.randn(1, 3, *HW) * 50 for _ in range(2)]
-        q = quantize_ptq(m, calib, QuantConfig(calibration_images=2), observer="minmax", example=calib[0])
+        q = quantize_ptq(m, calib, QuantConfig(calibration_images=2, reduce_range=False), observer="minmax", example=calib[0])
         path = export_int8_onnx(q, calib[0], tmp_path / f"{name}.onnx", output_names=tuple(m.export_outputs))
         so = ort.SessionOptions()
         so.optimized_model_filepath, so.log_severity_level = str(tmp_path / f"{name}.opt.onnx"), 3
