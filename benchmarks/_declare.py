@@ -232,6 +232,8 @@ def plot_accuracy_latency(points: list[dict], front: list[str], path: Path, *, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from compressdet._io import atomic_save_figure
+
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     chains = sorted({p["chain"] for p in points})
     for p in points:
@@ -253,7 +255,4 @@ def plot_accuracy_latency(points: list[dict], front: list[str], path: Path, *, t
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path)

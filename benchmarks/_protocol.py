@@ -154,6 +154,8 @@ def plot_learning_curves(curves: dict[str, dict[int, list[tuple[int, float]]]], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from compressdet._io import atomic_save_figure
+
     styles = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for i, (arm, by_seed) in enumerate(curves.items()):
@@ -171,10 +173,7 @@ def plot_learning_curves(curves: dict[str, dict[int, list[tuple[int, float]]]], 
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path)
 
 
 def history(metrics: dict, key: str = "map40") -> list[tuple[int, float]]:

@@ -46,8 +46,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["TapInfo", "Detector", "is_detector", "outputs_float", "outputs_to", "as_levels", "CONTRACT_MEMBERS",
-           "postprocess_kwargs"]
+__all__ = ["GlobalCountLoss", "TapInfo", "Detector", "is_detector", "outputs_float", "outputs_to", "as_levels",
+           "CONTRACT_MEMBERS", "postprocess_kwargs"]
 
 Outputs = Tensor | tuple[Tensor, ...]
 
@@ -130,3 +130,24 @@ def postprocess_kwargs(cfg: Any) -> dict[str, Any]:
     if isinstance(cfg, dict):
         return {k: v for k, v in cfg.items() if k in names}
     return {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
+
+
+class GlobalCountLoss(torch.nn.Module):
+    """``loss(outputs, targets)`` of a detector whose ``loss(..., with_count=True)`` also returns its
+    normaliser (held by reference, not a submodule). Under DDP the trainer sets ``reduce_counts`` (a sum
+    over processes): the normaliser becomes the global batch's, so ``W`` processes each return their part
+    of one loss over the whole batch (the trainer scales gradients by ``W``), and distillers, whose
+    normalisers are global too, keep their strength whatever ``W``."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.__dict__["model"] = model
+        self.reduce_counts: Any = None
+
+    def forward(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+        if self.reduce_counts is None:
+            return self.model.loss(outputs, targets)
+        losses, count = self.model.loss(outputs, targets, with_count=True)
+        total = self.reduce_counts(count.detach().clone())
+        scale = (count.clamp(min=1) / total.clamp(min=1)).to(losses["total"].dtype)
+        return {k: v * scale for k, v in losses.items()}

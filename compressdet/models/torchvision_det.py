@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ._registry import ModelError, register_model
-from .contract import TapInfo, outputs_float, postprocess_kwargs
+from .contract import GlobalCountLoss, TapInfo, outputs_float, postprocess_kwargs
 
 __all__ = ["TorchvisionDetector", "wrap_torchvision", "init_fcos_box_bias", "load_backbone_weights",
            "weights_cache_path", "BACKBONE_WEIGHTS", "build_torchvision_detector", "FAMILY_OUTPUTS", "anchor_fit",
@@ -441,7 +441,7 @@ class TorchvisionDetector(nn.Module):
         return self.feature_taps()[0].channels
 
 
-class TorchvisionLoss(nn.Module):
+class TorchvisionLoss(GlobalCountLoss):
     """``loss(outputs, targets)`` of a :class:`TorchvisionDetector` (held by reference, not a submodule).
 
     Under DDP the trainer sets ``reduce_counts`` (a sum over processes, as for ShuffleDet's loss):
@@ -452,18 +452,6 @@ class TorchvisionLoss(nn.Module):
     objects as much as one with many.
     """
 
-    def __init__(self, model: TorchvisionDetector) -> None:
-        super().__init__()
-        self.__dict__["model"] = model
-        self.reduce_counts: Any = None
-
-    def forward(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
-        if self.reduce_counts is None:
-            return self.model.loss(outputs, targets)
-        losses, count = self.model.loss(outputs, targets, with_count=True)
-        total = self.reduce_counts(count.detach().clone())
-        scale = (count.clamp(min=1) / total.clamp(min=1)).to(losses["total"].dtype)
-        return {k: v * scale for k, v in losses.items()}
 
 
 class TorchvisionPostProcessor:

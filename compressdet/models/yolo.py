@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ..conventions import MEAN_BGR
 from ._registry import ModelError, register_model
-from .contract import TapInfo, outputs_float, postprocess_kwargs
+from .contract import GlobalCountLoss, TapInfo, outputs_float, postprocess_kwargs
 
 __all__ = ["YoloDetector", "YOLO_MODELS", "EXTRA", "ultralytics_available", "build_yolo", "save_ultralytics",
            "load_ultralytics_checkpoint"]
@@ -280,7 +280,7 @@ class YoloDetector(nn.Module):
                 "decode": "ultralytics Detect._inference (DFL + dist2bbox) + per-class NMS (float, outside the graph)"}
 
 
-class YoloLoss(nn.Module):
+class YoloLoss(GlobalCountLoss):
     """``loss(outputs, targets)`` of a :class:`YoloDetector` (held by reference, not a submodule).
 
     Under DDP the trainer sets ``reduce_counts`` (a sum over processes, as for the other families' losses):
@@ -291,18 +291,6 @@ class YoloLoss(nn.Module):
     training divides by each process's sum instead.
     """
 
-    def __init__(self, model: YoloDetector) -> None:
-        super().__init__()
-        self.__dict__["model"] = model
-        self.reduce_counts: Any = None
-
-    def forward(self, outputs: Sequence[Tensor], targets: list[dict[str, Any]]) -> dict[str, Tensor]:
-        if self.reduce_counts is None:
-            return self.model.loss(outputs, targets)
-        losses, count = self.model.loss(outputs, targets, with_count=True)
-        total = self.reduce_counts(count.detach().clone())
-        scale = (count.clamp(min=1) / total.clamp(min=1)).to(losses["total"].dtype)
-        return {k: v * scale for k, v in losses.items()}
 
 
 class YoloPostProcessor:
