@@ -92,3 +92,31 @@ def test_bad_label_line_names_file_line_field(tmp_path):
     p.write_text("Car 0.00 0 -1.5 1 2 3 4 1 1 1 1 1 1 0\nCar 0.00 x -1.5 1 2 3 4 1 1 1 1 1 1 0\n")
     with pytest.raises(DataError, match=r"000001.txt:2: field 'occluded'"):
         read_label_file(p)
+
+
+def test_a_corrupt_image_is_a_data_error_after_ultralytics_patched_pil(tmp_path):
+    """Importing Ultralytics replaces ``PIL.Image.open`` with a wrapper that pip-installs pi-heif on a file PIL
+    cannot identify (ImportError offline: CI found this when a yolo test ran first in the same worker). The
+    admission path still says DataError and never asks for an install; building a yolo model undoes the patch."""
+    pytest.importorskip("ultralytics")
+    from PIL import Image
+
+    from compressdet.data.images import read_image
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    own = Image.open
+    import ultralytics.utils.patches as patches  # noqa: F401 - applies its patch, as `import ultralytics` does
+
+    try:
+        Image.open = patches.image_open  # patched, whatever imported ultralytics earlier in this process
+        with pytest.raises(DataError, match="bad.png: cannot decode image: not a PNG"):
+            read_image(bad)
+        with pytest.raises(DataError, match="bad.png"):
+            image_size(bad)
+        from compressdet.models.yolo import _ultralytics
+
+        _ultralytics()
+        assert Image.open is patches._image_open
+    finally:
+        Image.open = own

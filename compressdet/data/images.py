@@ -10,6 +10,7 @@ the file and what is wrong, with no library-internal paths.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -46,13 +47,26 @@ def _error(path: Path, where: str, what: str) -> DataError:
     return DataError(f"{where}: cannot read image {path}: {what}" if where else f"{path}: cannot decode image: {what}")
 
 
+def pil_open(path, **kwargs):
+    """PIL's own ``Image.open``. Importing Ultralytics (the yolo family) replaces it with a wrapper that,
+    on a file PIL cannot identify, installs and imports pi-heif at run time (and raises ImportError
+    offline); here an unreadable file is a DataError, never an install."""
+    from PIL import Image
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    open_ = Image.open
+    if patches is not None and open_ is getattr(patches, "image_open", None):
+        open_ = patches._image_open
+    return open_(path, **kwargs)
+
+
 def _load(path: Path, where: str):
     from PIL import Image, UnidentifiedImageError
 
     im = None
     try:
         Image.init()  # every plugin registered: naming one not yet loaded in formats= is a KeyError
-        im = Image.open(path, formats=IMAGE_FORMATS)
+        im = pil_open(path, formats=IMAGE_FORMATS)
         im.load()
     except Exception as e:  # noqa: BLE001 - a third-party decoder fails many ways on corrupt data
         if im is not None:

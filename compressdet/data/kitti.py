@@ -168,11 +168,13 @@ def read_image(path: str | Path):
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(H, W) of a PNG/JPEG from its header only (cheap: the evaluator needs sizes of thousands)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from .images import pil_open
 
     p = Path(path)
     try:
-        with Image.open(p) as im:
+        with pil_open(p) as im:
             w, h = im.size
     except FileNotFoundError:
         raise DataError(f"{p}: image not found") from None

@@ -68,7 +68,21 @@ def _ultralytics(what: str = "yolo models") -> Any:
         import ultralytics
     except ImportError:
         raise ModelError(f"{what} need Ultralytics: pip install '{EXTRA}' (AGPL-3.0, see docs/detectors.md)") from None
+    _unpatch_pil()
     return ultralytics
+
+
+def _unpatch_pil() -> None:
+    """Give PIL its own ``Image.open`` back: Ultralytics replaces it on import with a wrapper that pip-installs
+    pi-heif the first time a file is not an image PIL knows; compressdet downloads nothing at run time and
+    reports such a file as a DataError (``data.images``)."""
+    import sys
+
+    from PIL import Image
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    if patches is not None and Image.open is getattr(patches, "image_open", None):
+        Image.open = patches._image_open
 
 
 def _detect_class() -> type:
