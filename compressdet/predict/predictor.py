@@ -540,16 +540,14 @@ class _Writer:
                                                  "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})
         return objs
 
-    def to_draw(self, name: str | None, det: dict[str, torch.Tensor], thresh: float) -> list:
-        """The detections drawn (score >= ``thresh``), recorded under ``name`` for predict.json (None: not)."""
-        from ..eval.kitti_eval import predictions_to_kitti
-
-        keep = det["scores"] >= thresh
-        objs = predictions_to_kitti({k: v[keep] for k, v in det.items()}, self.classes)
+    def to_draw(self, name: str | None, objs: list, thresh: float) -> list:
+        """The detections drawn: those of :meth:`results` scoring >= ``thresh`` (never below the results' own
+        threshold), recorded under ``name`` for predict.json (None: not)."""
+        drawn = [o for o in objs if o.score >= thresh]
         if name is not None:
             self.drawn[name] = [{"class": o.type, "score": round(float(o.score), 4),
-                                 "box": [round(float(v), 1) for v in o.bbox]} for o in objs]
-        return objs
+                                 "box": [round(float(v), 1) for v in o.bbox]} for o in drawn]
+        return drawn
 
     def save_png(self, name: str, drawn: np.ndarray) -> None:
         from PIL import Image
@@ -631,9 +629,9 @@ def predict(source: str | Path | list[tuple[str, Path]], resolved: ResolvedModel
                 det = predictor(img)
                 name = writer.unique(path.stem)
                 hw = (int(img.shape[-2]), int(img.shape[-1]))
-                writer.results(name, det, thresh, hw, str(path))
+                objs = writer.results(name, det, thresh, hw, str(path))
                 if opts.save_images:
-                    objs = writer.to_draw(name, det, dthresh)
+                    objs = writer.to_draw(name, objs, dthresh)
                     writer.save_png(name, draw_detections(img.permute(1, 2, 0).numpy(), dets=objs,
                                                          classes=resolved.classes))
                 tick()
@@ -696,9 +694,9 @@ def _predict_video(path: Path, frames: Iterator[np.ndarray], fps: float, name: s
                 rgb = np.ascontiguousarray(np.asarray(frame)[..., :3])
                 img = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
                 det = predictor(img)
-                writer.results(f"{name}_{i:06d}", det, thresh, rgb.shape[:2], f"{path}#{i}")
+                objs = writer.results(f"{name}_{i:06d}", det, thresh, rgb.shape[:2], f"{path}#{i}")
                 if vw is not None:
-                    objs = writer.to_draw(None, det, dthresh)
+                    objs = writer.to_draw(None, objs, dthresh)
                     vw.append_data(draw_detections(rgb, dets=objs, classes=writer.classes))
                 tick()
         except (OSError, RuntimeError) as e:
