@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,13 @@ SHARED = REPO.parent / "shared"
 KITTI_REAL = SHARED / "kitti_real"
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Ultralytics writes its settings file on import: one temp folder per test process (the yolo tests'
+# subprocesses share it), never the user's home, and removed when the process ends
+if "YOLO_CONFIG_DIR" not in os.environ:
+    _yolo_dir = tempfile.mkdtemp(prefix="compressdet-test-ultralytics-")
+    os.environ["YOLO_CONFIG_DIR"] = _yolo_dir
+    atexit.register(shutil.rmtree, _yolo_dir, ignore_errors=True)
 
 
 def pytest_configure(config):

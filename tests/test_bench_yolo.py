@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 
 import pytest
 from _bench import load_bench, unload_bench  # tests/ is on sys.path
@@ -15,7 +14,6 @@ from _bench import load_bench, unload_bench  # tests/ is on sys.path
 from compressdet.models.yolo import ultralytics_available
 
 pytestmark = pytest.mark.skipif(not ultralytics_available(), reason="ultralytics not installed (compressdet[ultralytics])")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="compressdet-test-ultralytics-"))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import torch
@@ -31,7 +30,7 @@ def test_info_on_a_model_file(tmp_path, name, expected):
     torch.manual_seed(0)
     path = save_model(build_model(name, image_size=SIZE, num_classes=3), tmp_path / f"{name}.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200",
-           "YOLO_CONFIG_DIR": tempfile.mkdtemp(prefix="compressdet-test-ultralytics-")}
+           "YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"]}
     r = subprocess.run([sys.executable, "-m", "compressdet", "info", str(path)], capture_output=True, text=True,
                        env=env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ CLASSES = ["vehicle", "person"]
 
 def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200",
-            "YOLO_CONFIG_DIR": tempfile.mkdtemp(prefix="compressdet-test-ultralytics-")}
+            "YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"]}
 
 
 def _export(path, *flags):

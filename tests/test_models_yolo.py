@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import torch
@@ -16,8 +15,6 @@ from compressdet.models.yolo import ultralytics_available
 pytestmark = pytest.mark.skipif(not ultralytics_available(),
                                 reason="ultralytics not installed (pip install 'compressdet[ultralytics]')")
 
-# Ultralytics writes its settings file on import: into a temp folder, never the home (before any import)
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="compressdet-test-ultralytics-"))
 
 SIZE = (64, 192)
 CLASSES = ["vehicle", "person"]

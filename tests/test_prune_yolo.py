@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ import torch
 from compressdet.models.yolo import ultralytics_available
 
 pytestmark = pytest.mark.skipif(not ultralytics_available(), reason="ultralytics not installed")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="compressdet-test-ultralytics-"))
 torch.set_num_threads(1)
 
 HW = (64, 96)

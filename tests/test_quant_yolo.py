@@ -7,8 +7,6 @@ program is compared with the fp32 model instead."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import numpy as np
 import pytest
@@ -19,7 +17,6 @@ from compressdet.models.yolo import ultralytics_available
 pytest.importorskip("torchao")
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.skipif(not ultralytics_available(), reason="ultralytics not installed")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="compressdet-test-ultralytics-"))
 torch.set_num_threads(1)
 
 HW = (64, 96)
