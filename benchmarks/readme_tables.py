@@ -336,6 +336,23 @@ def train_speed(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fuzz(r: dict) -> str:
+    """The parsers' fuzzing (issue #44): examples and failures per target, and the code it ran on."""
+    target = r.get("examples_per_target", 0)
+    done = min((t["examples"] for t in r["targets"].values()), default=0) >= target
+    cmd = f"python benchmarks/fuzz.py --examples {target}" + (f" --chunk {r['chunk']}" if r.get("chunk") else "")
+    where = f" at commit `{r['commit'][:10]}`" if r.get("commit") else ""
+    digest = f" (package + fuzz tests digest `{r['code']}`)" if r.get("code") else ""
+    took = f"{r['seconds'] / 3600:.1f} h" if r["seconds"] >= 3600 else f"{r['seconds'] / 60:.0f} min"
+    lines = [f"`{cmd}`{where}{digest}, Hypothesis {r['versions']['hypothesis']}, {r.get('rounds', 1)} round(s) "
+             f"each with its own seed, {took}: **{r['examples_total']:,} examples, {r['failures']} failures**"
+             + ("" if done else f" (incomplete: not every target reached {target:,})") + ".", "",
+             "| target | examples | failures |", "|---|---|---|"]
+    for name, t in sorted(r["targets"].items()):
+        lines.append(f"| {name} | {t['examples']:,} | {t['failures']} |")
+    return "\n".join(lines) + "\n"
+
+
 # -------------------------------------------------------------------------------------------- pareto (#42)
 def pareto(r: dict) -> str:
     """The seed's table, one row per model of the chains (pareto.json): FLOPs, params, AP40 per class and
@@ -379,7 +396,7 @@ GENERATORS: dict[str, Callable[[dict], str]] = {
     "imitation_gain.json": imitation_gain, "imitation_gain.json:headline": imitation_headline,
     "model_parity.json": model_parity, "eval_speed.json": eval_speed,
     "prune.json": prune, "quant.json": quant, "quant_speed.json": quant_speed, "fp32_rewrites.json": fp32_rewrites,
-    "train_speed.json": train_speed,
+    "train_speed.json": train_speed, "fuzz.json": fuzz,
 }
 
 

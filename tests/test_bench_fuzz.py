@@ -44,6 +44,16 @@ def test_rounds_add_up_across_runs_of_the_same_code(tmp_path):
     for name, t in rep["targets"].items():
         assert rep2["targets"][name]["examples"] >= t["examples"] + 4, name
 
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import readme_tables  # the data guide's block: counts per target from this JSON, incompleteness said
+
+    block = readme_tables.GENERATORS["fuzz.json"](rep2)
+    assert f"--examples 8 --chunk 4` at commit `{rep2['commit'][:10]}`" in block and rep2["code"] in block
+    assert f"**{rep2['examples_total']:,} examples, 0 failures**" in block and "incomplete" not in block
+    assert f"| a | {rep2['targets']['a']['examples']:,} | 0 |" in block
+    short = {**rep2, "examples_per_target": 10**5}
+    assert "incomplete: not every target reached 100,000" in readme_tables.GENERATORS["fuzz.json"](short)
+
 
 def test_a_failing_property_fails_the_run(tmp_path):
     bad = _target_file(tmp_path / "test_fuzz_broken.py", "assert n < 10")
