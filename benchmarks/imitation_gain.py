@@ -71,6 +71,7 @@ import yaml
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # _protocol, _ledger when loaded by path (tests, other benchmarks)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _budget  # noqa: E402
 from _ledger import Ledger  # noqa: E402
 from _protocol import run_digest as _digest  # noqa: E402  (families.py, distill_methods.py: ig._digest)
 
@@ -164,6 +165,7 @@ def _run(recipe: dict, work: Path, ledger: Ledger | None = None, *, need_files: 
     run_dir = work / "runs" / recipe["name"]
     if ledger is not None and (man := ledger.get(recipe["name"], run_dir, need_files=need_files)) is not None:
         return man
+    _budget.check(f"run {recipe['name']}")  # between runs only: a recorded run is read back above
     path = work / f"{recipe['name']}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     if before_training is not None:

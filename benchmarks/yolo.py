@@ -83,6 +83,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _budget  # noqa: E402
 import imitation_gain as ig  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -179,6 +180,7 @@ def _child(job: dict) -> None:
 
 
 def _run_child(job: dict, folder: Path) -> dict:
+    _budget.check(f"Ultralytics {job['kind']} in {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "job.json"
     spec.write_text(json.dumps(job, indent=1))
@@ -369,6 +371,7 @@ def pair_latency(jobs: dict, cache_dir: Path, p: dict, hw) -> dict:
     if missing:
         raise SystemExit("not timed yet and not on this machine (re-make the run: drop its ledger entry): "
                          + "; ".join(missing))
+    _budget.check("timing " + ", ".join(sorted(jobs)))
     cells = time_isolated({k: TimingJob(b, str(f), (1,), tuple(hw)) for k, (b, f, _s) in jobs.items()},
                           runs=p["latency_runs"], rounds=p["latency_rounds"], threads=p["latency_threads"],
                           warmup=p["latency_warmup"])
