@@ -358,7 +358,6 @@ def calibrated(args) -> int:
     from _protocol import claim, protocol_keys
 
     from compressdet._io import atomic_write_json, atomic_write_text
-    from compressdet.eval.stats import describe
 
     t_start = time.perf_counter()
     c = CALIBRATED[args.preset]
@@ -497,7 +496,18 @@ def calibrated(args) -> int:
               "students": dict(sorted(students.items()))}
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, result)
-    md = [f"# Distillation methods, calibrated ({args.preset} preset)", "",
+    md = render_calibrated_md(result)
+    atomic_write_text(args.results / "distill_methods_calibrated.md", md)
+    print(md, end="")
+    return 0
+
+
+def render_calibrated_md(result: dict) -> str:
+    """``distill_methods_calibrated.md`` (and the docs block) from the JSON alone."""
+    from compressdet.eval.stats import describe
+
+    sel, rep_seeds = result["selection_seeds"], result["seeds"]
+    md = [f"# Distillation methods, calibrated ({result['preset']} preset)", "",
           "Each method swept on the same grid of gradient ratios (`weight: auto`), chosen on val over seeds "
           f"{sel}, reported on test over seeds {rep_seeds}. Short-schedule results."]
     for name, st in result["students"].items():
@@ -512,9 +522,7 @@ def calibrated(args) -> int:
         md += ["", f"- best other method by val: **{b['method']}**; against FGFI on test: "
                f"{describe(st['vs_fgfi'][b['method']])}",
                f"- goal (beats FGFI by >= +1.0 with a CI above 0): {'met' if st['goal_met'] else 'not met'}"]
-    atomic_write_text(args.results / "distill_methods_calibrated.md", "\n".join(md) + "\n")
-    print("\n".join(md))
-    return 0
+    return "\n".join(md) + "\n"
 
 
 def _kept_students(path: Path, preset: str, seeds: list[int]) -> dict:

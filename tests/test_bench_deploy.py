@@ -35,6 +35,10 @@ def test_goals_and_table_follow_the_numbers(dep):
          "results": results, "goals": g}
     md = dep.render_md(r)
     assert "| shuffledet/student@192x624 |" in md and "**3.8 ms, int8, +0.30**" in md and "2.60x" in md
+    import readme_tables  # the speed page's block: the same table without its title
+
+    block = readme_tables.GENERATORS["deploy.json"](r)
+    assert not block.startswith("#") and block in md and "**3.8 ms, int8, +0.30**" in block
 
 
 @pytest.mark.bench_smoke  # ~5 min on one thread: 2 PTQ stages, 2 deploys of 6 candidates each

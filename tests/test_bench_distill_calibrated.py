@@ -63,6 +63,12 @@ def test_smoke_calibrated_sweeps_ratios_and_records_calibration(tmp_path):
     best_other = max(("pkd", "crosskd", "pkd+crosskd"), key=lambda m: st["chosen"][m]["val_map40"])
     assert st["best_vs_fgfi"]["method"] == best_other and len(st["best_vs_fgfi"]["ci95"]) == 2
     assert not (tmp_path / "r" / "distill_methods.json").exists()  # the uncalibrated results are left alone
+    import readme_tables  # the distillation page's block: the written markdown, without its title
+
+    md = (tmp_path / "r" / "distill_methods_calibrated.md").read_text()
+    block = readme_tables.GENERATORS["distill_methods_calibrated.json"](r)
+    assert md.startswith("# Distillation methods, calibrated") and block in md and not block.startswith("#")
+    assert "## fcos_mnv2_050" in block and all(f"| {a} |" in block for a in st["test_map40"])
     runs = sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir())
     assert distill_methods.main(args) == 0  # resumes: no new run
     assert sorted(p.name for p in (tmp_path / "w" / "smoke" / "runs").iterdir()) == runs

@@ -76,6 +76,10 @@ def test_table_from_the_json_alone(yb):
     md = yb.render_md(r)
     assert all(f"| {a} |" in md for a in yb.ARMS)
     assert "| 5.00 (4.00, 5.00, 6.00) |" in md and "0.50x" in md and "goal (" in md and ": met" in md
+    import readme_tables  # the distillation page's block: the same tables without the title
+
+    block = readme_tables.GENERATORS["yolo.json"](r)
+    assert not block.startswith("#") and block in md and "| 5.00 (4.00, 5.00, 6.00) |" in block
 
 
 def test_decoded_outputs_give_compressdets_own_detections(yb):
