@@ -6,7 +6,15 @@ The CLI prints its message as one line and exits 2. Anything else is a bug and e
 
 from __future__ import annotations
 
-__all__ = ["UserError", "RecipeError", "DataError", "ArtifactError", "MissingDependencyError", "ModelError"]
+__all__ = ["UserError", "RecipeError", "DataError", "ArtifactError", "MissingDependencyError", "ModelError",
+           "one_line"]
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (a newline as ``\\n``): names read from user files (a
+    VOC ``<filename>``, a COCO ``file_name``) may hold any character, and a message naming them stays one
+    line. Printable characters, non-ASCII ones included, are left as they are."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class UserError(Exception):

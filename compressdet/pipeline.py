@@ -25,7 +25,7 @@ import yaml
 
 from . import __version__
 from ._io import atomic_write_json, atomic_write_text, sha256_file
-from .errors import ArtifactError, DataError, UserError
+from .errors import ArtifactError, DataError, UserError, one_line
 from .recipe import Recipe, StageConfig
 from .rundir import MANIFEST, find_latest_run, load_manifest  # noqa: F401 - re-exported
 from .stages import StageContext, StageInput, StageResult, env_rank, get_stage
@@ -576,7 +576,7 @@ def check_data(recipe: Recipe, notes: list[str] | None = None) -> None:
     problems = check_classes(recipe.data, notes)
     if problems:
         pre = f"{recipe.source}: " if recipe.source else ""
-        raise DataError("\n".join(pre + p for p in problems))
+        raise DataError("\n".join(one_line(pre + p) for p in problems))  # one line per problem
 
 
 def run_recipe(recipe: Recipe, run_dir: Path | None = None, resume: bool = False, from_stage: str | None = None,

@@ -32,7 +32,7 @@ from pydantic import (
 from ._yaml import DuplicateKeyError, compose_unique, construct, line_map, safe_load_unique
 from ._yaml import format_key_path as _fmt_loc
 from .conventions import KITTI_CLASSES
-from .errors import RecipeError, UserError
+from .errors import RecipeError, UserError, one_line
 
 __all__ = [
     "Recipe", "StageConfig", "DataConfig", "SplitFiles", "ModelConfig", "ScheduleConfig", "ImitationConfig",
@@ -912,7 +912,7 @@ class _Errors:
 
     def raise_if_any(self) -> None:
         if self.items:
-            raise RecipeError("\n".join(dict.fromkeys(self.items)))
+            raise RecipeError("\n".join(dict.fromkeys(map(one_line, self.items))))  # one line per problem
 
 
 _UNION_TAGS = {"ModelConfig", "str", "function-after[_root(), DataConfig]"}

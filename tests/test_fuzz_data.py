@@ -311,6 +311,34 @@ def test_fuzz_voc_reader(work):
         run()
 
 
+@pytest.mark.parametrize("name", ["0\n0", "a.png\r", "tab\there.png", "nul\x00.png", "bell\x07.png"])
+def test_names_with_control_characters_stay_one_line(work, name):
+    """Found by ``make fuzz`` (round 6, 300k examples in): a VOC ``<filename>`` holding a newline made the
+    'annotation without an image' DataError two lines. Names read from the data are escaped in messages;
+    printable non-ASCII stays as it is."""
+    from compressdet.data.formats import read_records, source_config
+    from compressdet.errors import DataError, one_line
+
+    assert one_line(name) == repr(name)[1:-1] and "\n" not in one_line(name)
+    assert one_line("Köln café.png") == "Köln café.png"
+    root = work / "voc_names"
+    _png(root / "JPEGImages" / "a.png")
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    (root / "Annotations" / "a.xml").write_text(VOC_XML.replace("<filename>a.png<", f"<filename>{name}<"))
+    (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Main" / "val.txt").write_text("a\n")
+    outcome(lambda: read_records(source_config("voc", root), "val"))  # one line (XML refuses NUL, BEL), or records
+    if name == "0\n0":  # the fuzzed case: named, escaped
+        with pytest.raises(DataError, match=r"annotation without an image \(.*/JPEGImages/0\\n0 not found\)"):
+            read_records(source_config("voc", root), "val")
+    croot = work / "coco_names"
+    _png(croot / "images" / "a.png")
+    (croot / "annotations").mkdir(parents=True, exist_ok=True)
+    doc = {**COCO_BASE, "images": [{**im, "file_name": name} for im in COCO_BASE["images"]]}
+    (croot / "annotations" / "val.json").write_text(json.dumps(doc))
+    outcome(lambda: read_records(source_config("coco", croot), "val"))  # a one-line DataError, or records
+
+
 DETS_BASE = [{"image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 8], "score": 0.9},
              {"image_id": 2, "category_id": 2, "bbox": [1, 1, 30, 20], "score": 0.4},
              {"image_id": 1, "category_id": 2, "bbox": [0, 0, 5, 5], "score": 0.1}]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import DataError
+from ...errors import DataError, one_line
 
 __all__ = ["ImageRecord", "Issues", "ClassMapper", "class_problems", "BOX_TOLERANCE", "check_box", "probe_image"]
 
@@ -59,7 +59,9 @@ class Issues:
         self.messages: list[str] = []
 
     def bad(self, kind: str, message: str) -> None:
-        """Report one bad item of ``kind`` (message: one line naming file and line/annotation)."""
+        """Report one bad item of ``kind`` (message: one line naming file and line/annotation; control
+        characters of names read from the data are escaped, so it stays one line)."""
+        message = one_line(message)
         if not self.skip_bad:
             raise DataError(message + " (set data.skip_bad: true or pass --skip-bad to skip bad items)")
         self.counts[kind] += 1
@@ -161,7 +163,7 @@ class ClassMapper:
         if categories is not None:
             problems = class_problems(self.classes, class_map, categories, source)
             if problems:
-                raise DataError("\n".join(problems))
+                raise DataError("\n".join(map(one_line, problems)))  # one line per problem
 
     def __call__(self, name: str) -> int | None:
         if self._explicit:
