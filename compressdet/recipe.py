@@ -212,8 +212,9 @@ class DataConfig(_Strict):
             self.classes = list(dict.fromkeys(t for t in self.class_map.values() if t is not None))
             if not self.classes:
                 raise ValueError("classes: omitted, and class_map drops every category; give data.classes")
-        else:
+        elif self.root or (self.format == "yolo" and self.yolo):
             self.classes = _categories_of(self)
+        # else: nowhere to read categories from; _root (next) names the missing field in its own line
         return self
 
     @model_validator(mode="after")

@@ -57,6 +57,17 @@ def outcome(text: str, overrides: list[str] | None = None) -> Recipe | None:
     return recipe
 
 
+@pytest.mark.parametrize("fmt, field", [("yolo", "data.yolo"), ("coco", "data.root"), ("voc", "data.root")])
+def test_data_without_a_location_and_classes_omitted_names_the_field(fmt, field):
+    """Found by ``make fuzz`` (recipe_mutated, ~350k examples in): yolo_example.yaml without its ``yolo:`` line
+    (no data.root either) ended in a TypeError while reading the categories for the omitted classes."""
+    text = (f"name: x\ndata:\n  format: {fmt}\n  image_size: [416, 416]\nstages:\n  - name: student\n"
+            "    kind: train\n    model: shuffledet_0.25x\n")
+    assert outcome(text) is None
+    with pytest.raises(UserError, match=f"format '{fmt}' needs {field}"):
+        parse_recipe(text, SOURCE, check_paths=False)
+
+
 # ---- strategies -----------------------------------------------------------------------------------------
 
 #: YAML scalars as a user may type them, right or wrong for the field they land in
