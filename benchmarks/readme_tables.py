@@ -258,7 +258,7 @@ def families(r: dict) -> str:
     """The benchmark's own table (``families.render_md``), without its title."""
     import families as fam  # benchmarks/ is on sys.path: this script lives there
 
-    return "\n".join(fam.render_md(r).splitlines()[2:]) + "\n"
+    return _untitled(fam.render_md(r))
 
 
 def fpn_speed(r: dict) -> str:

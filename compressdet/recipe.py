@@ -201,6 +201,17 @@ class DataConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _root(self) -> "DataConfig":
+        """First of the checks (pydantic runs them in this order): the omitted classes are read from here."""
+        if self.format == "kitti" and not self.root:
+            raise ValueError("format 'kitti' needs data.root (a folder holding training/ and ImageSets/)")
+        if self.format in ("coco", "voc") and not self.root:
+            raise ValueError(f"format '{self.format}' needs data.root (the folder its files are relative to)")
+        if self.format == "yolo" and not (self.root or self.yolo):
+            raise ValueError("format 'yolo' needs data.yolo (the dataset YAML) or data.root holding data.yaml")
+        return self
+
+    @model_validator(mode="after")
     def _default_classes(self) -> "DataConfig":
         """Omitted classes come from the data, never from KITTI: a COCO set of people and dogs trains a
         person/dog detector without a word in the recipe."""
@@ -212,19 +223,8 @@ class DataConfig(_Strict):
             self.classes = list(dict.fromkeys(t for t in self.class_map.values() if t is not None))
             if not self.classes:
                 raise ValueError("classes: omitted, and class_map drops every category; give data.classes")
-        elif self.root or (self.format == "yolo" and self.yolo):
+        else:
             self.classes = _categories_of(self)
-        # else: nowhere to read categories from; _root (next) names the missing field in its own line
-        return self
-
-    @model_validator(mode="after")
-    def _root(self) -> "DataConfig":
-        if self.format == "kitti" and not self.root:
-            raise ValueError("format 'kitti' needs data.root (a folder holding training/ and ImageSets/)")
-        if self.format in ("coco", "voc") and not self.root:
-            raise ValueError(f"format '{self.format}' needs data.root (the folder its files are relative to)")
-        if self.format == "yolo" and not (self.root or self.yolo):
-            raise ValueError("format 'yolo' needs data.yolo (the dataset YAML) or data.root holding data.yaml")
         return self
 
 
