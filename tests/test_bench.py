@@ -145,3 +145,36 @@ def test_compare_onnx_isolated_times_each_model_in_its_own_process(tmp_path):
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     with pytest.raises(RuntimeError, match="broken.onnx failed"):
         compare_onnx_isolated({"x": tmp_path / "broken.onnx"}, runs=1, rounds=1, threads=1)
+
+
+def test_onnx_timing_child_starts_without_torch(tmp_path):
+    """An ONNX Runtime timing child gets its input from the parent, so it never imports torch (seconds
+    per child, many children per bench or deploy)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from compressdet.bench.latency import TimingJob, time_isolated
+    from compressdet.export._onnx import synthetic_image
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    onnx_file = tmp_path / "m.onnx"
+    torch.onnx.export(m, (torch.zeros(1, 3, 32, 48),), str(onnx_file), input_names=["images"], opset_version=17,
+                      dynamo=False)
+    r = time_isolated({"m": TimingJob("ort", str(onnx_file), (1, 2), (32, 48))}, runs=2, rounds=2, threads=1,
+                      warmup=1)["m"]
+    assert r["precision"] == "fp32" and r["b1"]["runs"] == 2 and len(r["pids"]) == 2
+    assert r["b2"] == {"skipped": "graph has a static batch 1 (export with --dynamic-batch)"}
+
+    img = tmp_path / "x.npy"
+    np.save(img, synthetic_image((32, 48)).numpy())
+    probe = ("import runpy, sys; sys.argv = ['latency', sys.argv[1], '--backend', 'ort', '--runs', '1', '--warmup', "
+             "'0', '--threads', '1', '--input', sys.argv[2]]; "
+             "runpy.run_module('compressdet.bench.latency', run_name='__main__'); "
+             "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    out = subprocess.run([sys.executable, "-c", probe, str(onnx_file), str(img)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res, verdict = out.stdout.strip().splitlines()[-2:]
+    assert verdict == "no torch" and json.loads(res)["times"]["b1"][0] > 0

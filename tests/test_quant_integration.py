@@ -32,6 +32,7 @@ TAIL = """  - name: export
     backends: [torch, ort, ort-int8]
     runs: 2
     warmup: 1
+    rounds: 1
     threads: 1
 """
 

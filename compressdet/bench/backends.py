@@ -16,10 +16,21 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["OpenBackend", "open_backend", "CPU_BACKENDS", "float_counterpart"]
+__all__ = ["OpenBackend", "open_backend", "CPU_BACKENDS", "float_counterpart", "shape_mismatch"]
 
 #: backends that run on the CPU and are timed in isolated processes
 CPU_BACKENDS = ("torch", "ort", "ort-int8", "openvino", "openvino-f32", "openvino-int8")
+
+
+def shape_mismatch(shape: list, batch: int, size: tuple[int, int]) -> str | None:
+    """None when a graph input of ``shape`` (None or a string for a dynamic axis) accepts ``[batch, 3, *size]``,
+    else why not."""
+    b, _, h, w = shape
+    if isinstance(b, int) and b != batch:
+        return f"graph has a static batch {b} (export with --dynamic-batch)"
+    if (isinstance(h, int) and h != size[0]) or (isinstance(w, int) and w != size[1]):
+        return f"graph input is {h}x{w}"
+    return None
 
 
 def float_counterpart(backend: str) -> str:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,17 +181,19 @@ def time_isolated(jobs: Mapping[str, TimingJob], *, runs: int = 50, rounds: int 
     skipped: dict[str, dict[str, str]] = {k: {} for k in jobs}
     pids: dict[str, list[int]] = {k: [] for k in jobs}
     meta: dict[str, dict[str, Any]] = {}
-    for _ in range(rounds):
-        for name, job in jobs.items():
-            res = _run_child([str(job.path), "--backend", job.backend, "--runs", str(per_round), "--threads",
-                              str(threads), "--warmup", str(warmup), "--batch-sizes",
-                              ",".join(map(str, job.batch_sizes)), "--size", f"{job.image_size[0]}x{job.image_size[1]}"],
-                             f"{job.path} ({job.backend})")
-            pids[name].append(int(res["pid"]))
-            meta[name] = {"precision": res["precision"], "info": res.get("info", {})}
-            for b, t in res["times"].items():
-                times[name].setdefault(b, []).extend(t)
-            skipped[name].update(res.get("skipped", {}))
+    with tempfile.TemporaryDirectory(prefix="compressdet-timing-") as tmp:
+        inputs = _input_files({tuple(j.image_size) for j in jobs.values()}, Path(tmp))
+        for _ in range(rounds):
+            for name, job in jobs.items():
+                res = _run_child([str(job.path), "--backend", job.backend, "--runs", str(per_round), "--threads",
+                                  str(threads), "--warmup", str(warmup), "--batch-sizes",
+                                  ",".join(map(str, job.batch_sizes)), "--input", str(inputs[tuple(job.image_size)])],
+                                 f"{job.path} ({job.backend})")
+                pids[name].append(int(res["pid"]))
+                meta[name] = {"precision": res["precision"], "info": res.get("info", {})}
+                for b, t in res["times"].items():
+                    times[name].setdefault(b, []).extend(t)
+                skipped[name].update(res.get("skipped", {}))
     out: dict[str, dict[str, Any]] = {}
     for name, job in jobs.items():
         cells: dict[str, Any] = {**meta[name], "pids": pids[name]}
@@ -205,23 +208,37 @@ def time_isolated(jobs: Mapping[str, TimingJob], *, runs: int = 50, rounds: int 
     return out
 
 
-def _time_backend(backend: str, path: str, batch_sizes: list[int], size: tuple[int, int], runs: int, threads: int,
-                  warmup: int) -> dict[str, Any]:
-    """One process's share of :func:`time_isolated`: open ``path`` on ``backend``, time each batch size."""
+def _input_files(sizes: set[tuple[int, int]], folder: Path) -> dict[tuple[int, int], Path]:
+    """The timing input of each image size as ``.npy`` (one image; a child repeats it to its batch sizes).
+
+    Made here, where torch is already loaded, so that an ONNX Runtime or OpenVINO child starts without
+    importing torch (seconds per child); every backend is timed on the same bytes."""
     from ..export._onnx import synthetic_image
-    from .backends import open_backend
-    from .runner import _shape_ok
+
+    out = {}
+    for i, size in enumerate(sorted(sizes)):
+        out[size] = folder / f"input{i}_{size[0]}x{size[1]}.npy"
+        np.save(out[size], synthetic_image(size).numpy())
+    return out
+
+
+def _time_backend(backend: str, path: str, batch_sizes: list[int], image: np.ndarray, runs: int, threads: int,
+                  warmup: int) -> dict[str, Any]:
+    """One process's share of :func:`time_isolated`: open ``path`` on ``backend``, time each batch size
+    on ``image`` (``[1, 3, H, W]`` float32) repeated to it."""
+    from .backends import open_backend, shape_mismatch
 
     b = open_backend(backend, path, threads=threads)
+    size = tuple(image.shape[-2:])
     res: dict[str, Any] = {"pid": os.getpid(), "precision": b.precision, "info": b.info, "times": {}, "skipped": {}}
     for bs in batch_sizes:
-        why = _shape_ok(b.input_shape, bs, size) if b.input_shape is not None else None
+        why = shape_mismatch(b.input_shape, bs, size) if b.input_shape is not None else None
         if why and backend == "torch" and str(path).endswith(".pt2"):
             why = "the quantized .pt2 program was exported for batch 1"
         if why:
             res["skipped"][f"b{bs}"] = why
             continue
-        x = synthetic_image(size).repeat(bs, 1, 1, 1).numpy()
+        x = np.ascontiguousarray(np.repeat(image, bs, axis=0))
         res["times"][f"b{bs}"] = _timed_runs(lambda: b.fn(x), runs, warmup).tolist()
     return res
 
@@ -284,6 +301,8 @@ if __name__ == "__main__":  # the child process of compare_onnx_isolated / time_
     ap.add_argument("model")
     ap.add_argument("--backend", default=None)
     ap.add_argument("--batch-sizes", default="1")
+    ap.add_argument("--input", default=None, metavar="NPY", help="the image to time on, [1, 3, H, W] float32 "
+                    "(what time_isolated passes); else --size's synthetic image")
     ap.add_argument("--size", default=None, metavar="HxW")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
@@ -292,6 +311,13 @@ if __name__ == "__main__":  # the child process of compare_onnx_isolated / time_
     if a.backend is None:
         print(json.dumps(_time_onnx(a.model, a.runs, a.threads, a.warmup)))
     else:
-        hw = tuple(int(v) for v in a.size.split("x"))
-        print(json.dumps(_time_backend(a.backend, a.model, [int(v) for v in a.batch_sizes.split(",")], hw, a.runs,
+        if a.input:
+            img = np.load(a.input)
+        elif a.size:
+            from ..export._onnx import synthetic_image
+
+            img = synthetic_image(tuple(int(v) for v in a.size.split("x"))).numpy()
+        else:
+            ap.error("--backend needs --input or --size")
+        print(json.dumps(_time_backend(a.backend, a.model, [int(v) for v in a.batch_sizes.split(",")], img, a.runs,
                                        a.threads, a.warmup)))

@@ -24,7 +24,7 @@ from ..errors import MissingDependencyError, UserError
 from ..eval.evaluator import resolve_metric
 from ..export.formats import backend_format
 from ..export.runtime import outputs_max_abs_diff
-from .backends import open_backend
+from .backends import open_backend, shape_mismatch
 from .latency import TimingJob, measure_cuda_latency, set_threads, time_isolated
 
 __all__ = ["Variant", "collect_variants", "bench_run", "BenchOptions"]
@@ -285,16 +285,6 @@ def _ort_runner(path: Path, threads: int | None) -> tuple[Callable[[np.ndarray],
     return run, onnx_input_shape(sess)
 
 
-def _shape_ok(shape: list, batch: int, size: tuple[int, int]) -> str | None:
-    """None when a graph input of ``shape`` accepts ``[batch, 3, *size]``, else why not."""
-    b, _, h, w = shape
-    if isinstance(b, int) and b != batch:
-        return f"graph has a static batch {b} (export with --dynamic-batch)"
-    if (isinstance(h, int) and h != size[0]) or (isinstance(w, int) and w != size[1]):
-        return f"graph input is {h}x{w}"
-    return None
-
-
 def _ensure_onnx(v: Variant, model: torch.nn.Module, out_dir: Path, dynamic: bool,
                  log: Callable[[str], None]) -> Path:
     """The row's fp32 ONNX, exported (and verified) into the bench folder when the run has none."""
@@ -482,7 +472,7 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
             runners[backend] = (ob.fn, ob.input_shape)
             row["latency"][backend] = {}  # filled by the isolated-process timing below
             info = {"precision": ob.precision, **ob.info, "file": _rel(path, run_dir)}
-            if ob.input_shape is None or _shape_ok(ob.input_shape, 1, msize) is None:  # takes one image
+            if ob.input_shape is None or shape_mismatch(ob.input_shape, 1, msize) is None:  # takes one image
                 out = ob.fn(x_check.numpy())
                 info["max_abs_diff_vs_torch_fp32"] = outputs_max_abs_diff(out, ref_check)
                 info["detection_agreement_vs_torch_fp32"] = _agreement(ref_check, out, msize, model, opts)
@@ -494,7 +484,7 @@ def bench_run(run_dir: str | Path, out_dir: str | Path, opts: BenchOptions, *, r
             fn, shape = runners["tensorrt"]
             cells: dict[str, Any] = {}
             for bs in opts.batch_sizes:
-                why = _shape_ok(shape, bs, size) if shape is not None else None
+                why = shape_mismatch(shape, bs, size) if shape is not None else None
                 if why:
                     cells[f"b{bs}"] = {"skipped": why}
                     continue

@@ -148,7 +148,7 @@ class TensorRTRunner:
 
     @property
     def input_shape(self) -> list[int | None]:
-        """Engine input shape, None for a dynamic axis (as ``bench._shape_ok`` expects)."""
+        """Engine input shape, None for a dynamic axis (as ``bench.backends.shape_mismatch`` expects)."""
         return [None if int(d) < 0 else int(d) for d in self.engine.get_tensor_shape(self.input_name)]
 
     @property
