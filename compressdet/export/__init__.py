@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .exporter import ExportSource, Exporter, export_model, resolve_source
+    from .exporter import Exporter, ExportSource, export_model, resolve_source
     from .formats import BACKENDS, FORMATS, ExportFormat, export_formats, get_format, validate_options
 
 __all__ = ["export_model", "Exporter", "ExportSource", "resolve_source", "FORMATS", "BACKENDS", "ExportFormat",
