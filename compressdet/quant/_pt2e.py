@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ._conv_bn_passes import present_conv_kinds_only
 from ._fold import FeatureWrapper, quant_ready
 from ._fpn import CAPTURED_AS_IS, feature_wrapper, is_fpn, prediction_convs, split_shared_calls
 
@@ -386,7 +387,8 @@ def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     move_exported_model_to_eval(prepared)
-    return convert_pt2e(prepared)
+    with present_conv_kinds_only():  # torchao's BN fold for the conv kinds the graph has (same graph, 3x faster)
+        return convert_pt2e(prepared)
 
 
 def freeze_observers(prepared: torch.fx.GraphModule) -> None:

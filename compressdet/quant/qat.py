@@ -26,6 +26,7 @@ from torch import nn
 
 from ..engine.hooks import HookBase
 from ..errors import UserError
+from ._conv_bn_passes import present_conv_kinds_only
 from ._fpn import is_fpn
 from ._pt2e import apply_masks, capture, capture_options, check_prepared, convert, freeze_bn, freeze_observers, make_quantizer
 
@@ -46,8 +47,9 @@ def prepare_qat(model: nn.Module, example: torch.Tensor, cfg: Any) -> torch.fx.G
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     gm = capture(model, example, **capture_options(cfg))
-    prepared = prepare_qat_pt2e(gm, make_quantizer(cfg, is_qat=True, family=getattr(model, "family", "shuffledet"),
-                                                   model=model))
+    quantizer = make_quantizer(cfg, is_qat=True, family=getattr(model, "family", "shuffledet"), model=model)
+    with present_conv_kinds_only():  # torchao's conv + BN fusion for the conv kinds the graph has (same graph)
+        prepared = prepare_qat_pt2e(gm, quantizer)
     check_prepared(prepared)
     move_exported_model_to_train(prepared)
     prepared._compressdet_masks = getattr(gm, "_compressdet_masks", {})
