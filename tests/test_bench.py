@@ -147,9 +147,9 @@ def test_compare_onnx_isolated_times_each_model_in_its_own_process(tmp_path):
         compare_onnx_isolated({"x": tmp_path / "broken.onnx"}, runs=1, rounds=1, threads=1)
 
 
-def test_onnx_timing_child_starts_without_torch(tmp_path):
-    """An ONNX Runtime timing child gets its input from the parent, so it never imports torch (seconds
-    per child, many children per bench or deploy)."""
+def test_onnx_and_openvino_timing_children_start_without_torch(tmp_path):
+    """An ONNX Runtime or OpenVINO timing child gets its input from the parent, so it never imports torch
+    (seconds per child, many children per bench or deploy)."""
     import subprocess
     import sys
 
@@ -173,8 +173,22 @@ def test_onnx_timing_child_starts_without_torch(tmp_path):
              "'0', '--threads', '1', '--input', sys.argv[2]]; "
              "runpy.run_module('compressdet.bench.latency', run_name='__main__'); "
              "print('torch imported' if 'torch' in sys.modules else 'no torch')")
-    out = subprocess.run([sys.executable, "-c", probe, str(onnx_file), str(img)], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    res, verdict = out.stdout.strip().splitlines()[-2:]
-    assert verdict == "no torch" and json.loads(res)["times"]["b1"][0] > 0
+    backends = {"ort": onnx_file}
+    try:
+        import openvino as ov
+
+        ov.save_model(ov.convert_model(str(onnx_file)), str(tmp_path / "m.xml"))
+        backends["openvino"] = tmp_path / "m.xml"
+    except ImportError:
+        pass
+    for backend, path in backends.items():
+        out = subprocess.run([sys.executable, "-c", probe.replace("'ort'", repr(backend)), str(path), str(img)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        res, verdict = out.stdout.strip().splitlines()[-2:]
+        assert verdict == "no torch" and json.loads(res)["times"]["b1"][0] > 0, backend
+
+    np.save(img, np.zeros((3, 32, 48), np.float32))  # not one image: one line naming the file, exit 2
+    out = subprocess.run([sys.executable, "-m", "compressdet.bench.latency", str(onnx_file), "--backend", "ort",
+                          "--input", str(img)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"--input {img}: expected one image [1, 3, H, W], got shape [3, 32, 48]" in out.stderr

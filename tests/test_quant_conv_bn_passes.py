@@ -23,7 +23,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (  # noqa
     get_default_x86_inductor_quantization_config,
 )
 
-from compressdet.quant._conv_bn_passes import conv_kinds, present_conv_kinds_only  # noqa: E402
+from compressdet.quant._conv_bn_passes import conv_kinds, narrowed, present_conv_kinds_only  # noqa: E402
 
 
 def _net() -> nn.Module:
@@ -89,16 +89,17 @@ def test_narrowed_passes_give_torchaos_program_with_a_quarter_of_the_patterns():
     assert qat_utils._fuse_conv_bn_qat_helper.__module__ == qat_utils.__name__
 
 
+class _Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(2, 2, 3), nn.ConvTranspose2d(2, 2, 2)
+
+    def forward(self, x1, x2):
+        return self.c1(x1), self.c2(x2)
+
+
 def test_conv_kinds_names_each_kind_and_gives_up_on_unknown_convs():
-    class Mixed(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c1, self.c2 = nn.Conv1d(2, 2, 3), nn.ConvTranspose2d(2, 2, 2)
-
-        def forward(self, x1, x2):
-            return self.c1(x1), self.c2(x2)
-
-    gm = torch.export.export(Mixed(), (torch.zeros(1, 2, 8), torch.zeros(1, 2, 4, 4))).module()
+    gm = torch.export.export(_Mixed(), (torch.zeros(1, 2, 8), torch.zeros(1, 2, 4, 4))).module()
     assert conv_kinds(gm) == {"conv1d", "conv_transpose2d"}
     g = torch.fx.symbolic_trace(nn.Sequential(nn.ReLU()))
     assert conv_kinds(g) == set()
@@ -116,3 +117,34 @@ def test_helpers_are_restored_when_the_block_raises():
         assert qat_utils._fold_conv_bn_qat_helper is not before[0]
         raise RuntimeError("boom")
     assert (qat_utils._fold_conv_bn_qat_helper, qat_utils._fuse_conv_bn_qat_helper) == before
+
+
+def test_each_kind_the_graph_holds_runs_torchaos_helper_and_only_those():
+    calls = []
+
+    def original(m, conv_fn, example_inputs, is_cuda):
+        calls.append(conv_fn)
+        return m
+
+    helper = narrowed(original)
+    kinds = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv_transpose1d,
+             torch.nn.functional.conv_transpose2d)
+    mixed = torch.export.export(_Mixed(), (torch.zeros(1, 2, 8), torch.zeros(1, 2, 4, 4))).module()
+    for fn in kinds:
+        assert helper(mixed, fn, (), is_cuda=False) is mixed
+    assert calls == [torch.nn.functional.conv1d, torch.nn.functional.conv_transpose2d]
+    calls.clear()
+    no_conv = torch.export.export(nn.Sequential(nn.BatchNorm2d(2)), (torch.zeros(2, 2, 4, 4),)).module()
+    for fn in kinds:  # no conv at all: torchao's helpers all run (their dead-code pass is prepare's only one)
+        helper(no_conv, fn, (), is_cuda=False)
+    assert calls == list(kinds)
+
+
+def test_nested_blocks_put_torchaos_helpers_back_once_the_last_one_ends():
+    before = qat_utils._fuse_conv_bn_qat_helper
+    with present_conv_kinds_only():
+        inner = qat_utils._fuse_conv_bn_qat_helper
+        with present_conv_kinds_only():
+            assert qat_utils._fuse_conv_bn_qat_helper is inner
+        assert qat_utils._fuse_conv_bn_qat_helper is inner and inner.__wrapped__ is before
+    assert qat_utils._fuse_conv_bn_qat_helper is before

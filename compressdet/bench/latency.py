@@ -312,7 +312,9 @@ if __name__ == "__main__":  # the child process of compare_onnx_isolated / time_
         print(json.dumps(_time_onnx(a.model, a.runs, a.threads, a.warmup)))
     else:
         if a.input:
-            img = np.load(a.input)
+            img = np.load(a.input).astype(np.float32, copy=False)
+            if img.ndim != 4 or img.shape[:2] != (1, 3):
+                ap.error(f"--input {a.input}: expected one image [1, 3, H, W], got shape {list(img.shape)}")
         elif a.size:
             from ..export._onnx import synthetic_image
 

@@ -5,19 +5,21 @@ conv2d, conv_transpose1d and conv_transpose2d patterns in turn, and build every 
 ``torch.export`` at each call: 64 exports per convert, three quarters of them for kinds our 2-d
 detectors never have, about 40 s of a 2-core CPU per QAT or PTQ stage. Inside :func:`present_conv_kinds_only`
 the per-kind helper returns the graph untouched when it holds no conv of that kind, so only its patterns
-are built. Nothing else changes: a kind the graph has runs torchao's own helper, and any conv node this
-module does not recognise makes every kind run (tests check the graph and weights are those of the full pass).
+are built. Nothing else changes: a kind the graph has runs torchao's own helper, and a graph without convs,
+or with a conv node this module does not recognise, runs every kind (tests check the graph and weights
+are those of the full pass).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["present_conv_kinds_only", "conv_kinds"]
+__all__ = ["present_conv_kinds_only", "conv_kinds", "narrowed"]
 
 #: torchao's pattern function -> the aten op name its patterns match
 _KIND = {F.conv1d: "conv1d", F.conv2d: "conv2d", F.conv_transpose1d: "conv_transpose1d",
@@ -42,29 +44,50 @@ def conv_kinds(gm: torch.fx.GraphModule) -> set[str] | None:
     return kinds
 
 
+def narrowed(original: Callable) -> Callable:
+    """``original`` (a torchao helper ``(m, conv_fn, example_inputs, is_cuda)``) that returns ``m`` untouched
+    when ``m`` holds convs, none of them ``conv_fn``'s kind (a graph without any conv runs it: its
+    dead-code pass is then the only one prepare gets)."""
+
+    def helper(m, conv_fn, example_inputs, is_cuda, *args, **kwargs):
+        kinds = conv_kinds(m)
+        if kinds and conv_fn in _KIND and _KIND[conv_fn] not in kinds:
+            return m
+        return original(m, conv_fn, example_inputs, is_cuda, *args, **kwargs)
+
+    helper.__wrapped__ = original
+    return helper
+
+
+_lock = threading.Lock()
+_depth = 0
+_originals: dict[str, Callable] = {}
+
+
 @contextlib.contextmanager
 def present_conv_kinds_only() -> Iterator[None]:
-    """Within: torchao's conv + BN fuse / fold helpers skip the conv kinds a graph does not hold."""
+    """Within: torchao's conv + BN fuse / fold helpers skip the conv kinds a graph does not hold.
+
+    Re-entrant and thread-safe: the first block in installs the narrowed helpers, the last one out
+    puts torchao's back."""
+    global _depth
     try:
         from torchao.quantization.pt2e import qat_utils
     except ImportError:  # pragma: no cover - torchao is a dependency; nothing to narrow without it
         yield
         return
-    originals = {h: getattr(qat_utils, h) for h in _HELPERS if callable(getattr(qat_utils, h, None))}
-
-    def narrowed(original):
-        def helper(m, conv_fn, example_inputs, is_cuda, *args, **kwargs):
-            kinds = conv_kinds(m)
-            if kinds is not None and conv_fn in _KIND and _KIND[conv_fn] not in kinds:
-                return m
-            return original(m, conv_fn, example_inputs, is_cuda, *args, **kwargs)
-
-        return helper
-
+    with _lock:
+        if _depth == 0:
+            _originals.update({h: getattr(qat_utils, h) for h in _HELPERS if callable(getattr(qat_utils, h, None))})
+            for name, fn in _originals.items():
+                setattr(qat_utils, name, narrowed(fn))
+        _depth += 1
     try:
-        for name, fn in originals.items():
-            setattr(qat_utils, name, narrowed(fn))
         yield
     finally:
-        for name, fn in originals.items():
-            setattr(qat_utils, name, fn)
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                for name, fn in _originals.items():
+                    setattr(qat_utils, name, fn)
+                _originals.clear()
