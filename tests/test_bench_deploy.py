@@ -56,3 +56,25 @@ def test_smoke_preset_deploys_and_resumes(dep, tmp_path):
     assert dep.main(args) == 0  # resumes: the finished runs are read back, not re-timed
     again = json.loads((tmp_path / "r" / "deploy.json").read_text())
     assert again["results"] == r["results"]
+
+
+def test_families_flag_narrows_and_marks_the_table_partial(dep, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:  # argparse's error: exit 2, one line naming the flag
+        dep.main(["--preset", "cpu", "--families", "shuffledet,yolo", "--work", str(tmp_path)])
+    assert e.value.code == 2 and "--families" in capsys.readouterr().err
+    seen = {}
+
+    def models(preset, families):  # stops before any run: the narrowing is what is checked
+        seen["families"] = families
+        raise SystemExit(0)
+
+    monkeypatch.setattr(dep, "models", models)
+    with pytest.raises(SystemExit):
+        dep.main(["--preset", "cpu", "--families", "retinanet, shuffledet", "--work", str(tmp_path), "--no-ledger"])
+    assert seen["families"] == ["shuffledet", "retinanet"]  # the preset's order, not the flag's
+    r = {"preset": "cpu", "command": "python benchmarks/deploy.py --preset cpu --families shuffledet", "cpu": "x",
+         "families": ["shuffledet"], "complete": False, "goals": {},
+         "settings": {"max_map_drop": 0.5, "runs": 60, "rounds": 3, "threads": 2},
+         "candidate_names": ["ort-fp32"], "results": {"shuffledet/student@192x624": _entry("ort-fp32", 1.0, 1.0, 0.0)}}
+    assert "Partial: families shuffledet only" in dep.render_md(r)
+    assert "Partial" not in dep.render_md({**r, "complete": True})
