@@ -122,3 +122,10 @@ def test_smoke_preset_follows_the_protocol_and_resumes(fam, tmp_path):
     assert _artifacts(tmp_path / "w") == before
     r.pop("total_minutes_this_invocation"), again.pop("total_minutes_this_invocation")
     assert again == r
+
+
+def test_a_subset_never_overwrites_the_whole_table(fam):
+    assert fam.results_stem(list(fam.FAMILIES), told=False) == "families"
+    assert fam.results_stem(["shuffledet"], told=False) == "families-shuffledet"
+    assert fam.results_stem(["shuffledet", "fcos"], told=False) == "families-shuffledet-fcos"
+    assert fam.results_stem(["fcos"], told=True) == "families"  # --results: a folder of the caller's own
