@@ -18,15 +18,21 @@ exist, from the start otherwise. Because training is byte-reproducible (same rec
 inputs give the same model bytes), every recorded model can be checked by re-running its recipe:
 ``sha256`` in each entry is what it must reproduce, and ``put`` refuses a re-made run that does not.
 That holds on one CPU platform (PyTorch picks its kernels by the instruction set it finds), so each
-entry records the CPU it was made on (``platform``), and a refusal names both.
+entry records the CPU it was made on (``platform``). A re-make on another platform that does not
+reproduce is not refused but kept beside the record as that platform's re-make
+(``<entry>/platforms/<cpu>/``, the record untouched; ``get`` there returns it): later benchmarks on that
+machine build on it, and whatever they compare it with must be made there too. On the record's own
+platform a re-make that differs is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +61,31 @@ def _why_not_reproduced(recorded_on: str | None, here: str) -> str:
         return (f"it was recorded on {recorded_on} and re-made on {here}: training is byte-reproducible on one CPU "
                 "platform only, so re-make it there or re-make every run it is compared with here")
     return f"recorded on this CPU platform too ({here}), where training is meant to be byte-reproducible"
+
+
+def _variant_dir(here: str | None = None) -> str:
+    """``platforms/<cpu>``: where a run re-made on this CPU platform, not reproducing its record, is kept."""
+    if here is None:
+        from compressdet.pipeline import cpu_platform
+
+        here = cpu_platform()
+    return "platforms/" + (re.sub(r"[^A-Za-z0-9]+", "-", here).strip("-").lower() or "unknown")
+
+
+def _kept(name: str, manifest: dict) -> list[str]:
+    """The run's files a ledger keeps: the ``KEPT_ARTIFACTS`` of every stage it ran."""
+    out = []
+    for rec in manifest["stages"].values():
+        if rec.get("status") != "done" or rec.get("kind") == "model_file":
+            continue  # a model_file stage holds an input (the teacher), recorded where it was made
+        for key in KEPT_ARTIFACTS:
+            art = (rec.get("artifacts") or {}).get(key)
+            if not art:
+                continue
+            if Path(art["path"]).is_absolute() or ".." in Path(art["path"]).parts:
+                raise ValueError(f"{name}: {key} artifact {art['path']} is not inside the run folder")
+            out.append(art["path"])
+    return out
 
 
 class Ledger:
@@ -101,6 +132,9 @@ class Ledger:
         """The recorded manifest of run ``name``, its model files restored under ``run_dir`` (at the
         manifest's relative paths) when missing there; ``None`` when the ledger has no such run.
 
+        When the recorded bytes are gone but this CPU platform re-made the run (``put`` of a run that
+        did not reproduce here), that re-make comes back, marked ``"ledger_variant": "platforms/<cpu>"``.
+
         ``need_files=False`` is for a caller that reads only the run's metrics and its models' recorded
         sha256 (a leaf run whose test evaluation is cached under that sha256): when the bytes are gone
         the record alone comes back, marked ``"ledger_files": {relpath: sha256}``, instead of ``None``
@@ -110,26 +144,60 @@ class Ledger:
         entry = self._entry(name)
         if not (entry / "manifest.json").is_file():
             return None
+        info = json.loads((entry / "ledger.json").read_text())
+        if all((self.store / name / rel).is_file() for rel in info["files"]):
+            return self._restore(entry, self.store / name, info, run_dir)
+        variant = _variant_dir()
+        vrec = entry / variant
+        if (vrec / "manifest.json").is_file():
+            vinfo = json.loads((vrec / "ledger.json").read_text())
+            if all((self.store / name / variant / rel).is_file() for rel in vinfo["files"]):
+                return {**self._restore(vrec, self.store / name / variant, vinfo, run_dir), "ledger_variant": variant}
+        # recorded, but its bytes are not in this store: train again (same sha256 expected), unless the
+        # caller needs only the record
+        man = json.loads((entry / "manifest.json").read_text())
+        return None if need_files else {**man, "ledger_files": dict(info["files"])}
+
+    @staticmethod
+    def _restore(record: Path, files: Path, info: dict, run_dir: Path) -> dict:
         from compressdet._io import sha256_file
 
-        man = json.loads((entry / "manifest.json").read_text())
-        info = json.loads((entry / "ledger.json").read_text())
-        if any(not (self.store / name / rel).is_file() for rel in info["files"]):
-            # recorded, but its bytes are not in this store: train again (same sha256 expected), unless
-            # the caller needs only the record
-            return None if need_files else {**man, "ledger_files": dict(info["files"])}
         for rel, sha in info["files"].items():
-            src, dst = self.store / name / rel, Path(run_dir) / rel
+            src, dst = files / rel, Path(run_dir) / rel
             if not dst.is_file() or sha256_file(dst) != sha:
                 if sha256_file(src) != sha:
-                    raise SystemExit(f"{src}: ledger file changed (sha256 differs from {entry / 'ledger.json'})")
+                    raise SystemExit(f"{src}: ledger file changed (sha256 differs from {record / 'ledger.json'})")
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
-        return man
+        return json.loads((record / "manifest.json").read_text())
+
+    def file(self, man: dict, rel: str) -> Path:
+        """Where the ledger keeps file ``rel`` of run ``man`` (a ``get`` result): the recorded bytes, or
+        this platform's re-make of them."""
+        return self.store / man["recipe"] / man.get("ledger_variant", "") / rel
+
+    def kept_file(self, name: str, stage: str, key: str = "model") -> tuple[Path, dict]:
+        """File ``key`` of ``stage`` of recorded run ``name`` and the manifest it belongs to, restoring
+        nothing: the recorded bytes when the store has them, else this platform's re-make when it has that
+        (else the recorded path, missing)."""
+        entry, variant = self._entry(name), _variant_dir()
+        found = []
+        for rec, files in ((entry, self.store / name), (entry / variant, self.store / name / variant)):
+            if (rec / "manifest.json").is_file():
+                man = json.loads((rec / "manifest.json").read_text())
+                found.append((files / man["stages"][stage]["artifacts"][key]["path"], man))
+        if not found:
+            raise FileNotFoundError(f"{entry}: no recorded run")
+        return next((f for f in found if f[0].is_file()), found[0])
 
     def put(self, name: str, run_dir: Path, manifest: dict) -> None:
         """Record finished run ``name``: its manifest and the ``KEPT_ARTIFACTS`` of every stage it ran
-        (not of its ``model_file`` inputs)."""
+        (not of its ``model_file`` inputs).
+
+        A re-made run must reproduce its recorded sha256. One that does not, on a CPU platform other than
+        the record's (or a record that does not name one), is kept beside the record as this platform's
+        re-make (``<entry>/platforms/<cpu>/``): training is byte-reproducible on one platform only, so
+        runs compared with it must be re-made here too. On the record's own platform it is refused."""
         if self.root is None:
             return
         from compressdet._io import atomic_write_json, sha256_file
@@ -137,38 +205,46 @@ class Ledger:
 
         entry = self._entry(name)
         info = json.loads((entry / "ledger.json").read_text()) if (entry / "manifest.json").is_file() else None
-        recorded = None if info is None else info["files"]
         here = cpu_platform()
-        files = {}
-        for rec in manifest["stages"].values():
-            if rec.get("status") != "done" or rec.get("kind") == "model_file":
-                continue  # a model_file stage holds an input (the teacher), recorded where it was made
-            for key in KEPT_ARTIFACTS:
-                art = (rec.get("artifacts") or {}).get(key)
-                if not art:
-                    continue
-                if Path(art["path"]).is_absolute() or ".." in Path(art["path"]).parts:
-                    raise ValueError(f"{name}: {key} artifact {art['path']} is not inside the run folder")
-                src = Path(run_dir) / art["path"]
-                dst = self.store / name / art["path"]
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dst.with_suffix(dst.suffix + ".tmp")
-                shutil.copyfile(src, tmp)
-                sha = sha256_file(tmp)
-                if recorded is not None and recorded.get(art["path"], sha) != sha:
-                    tmp.unlink()
-                    raise SystemExit(f"{entry / 'ledger.json'}: re-made run {name} does not reproduce its recorded "
-                                     f"{art['path']} (sha256 {sha[:12]}, recorded {recorded[art['path']][:12]}); "
-                                     + _why_not_reproduced(info.get("platform"), here))
-                tmp.replace(dst)
-                files[art["path"]] = sha
-        atomic_write_json(entry / "ledger.json", {"files": files, "commit": _commit(), "platform": here,
-                                                  "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        shas = {rel: sha256_file(Path(run_dir) / rel) for rel in _kept(name, manifest)}
+        differs = [rel for rel, sha in shas.items() if info is not None and info["files"].get(rel, sha) != sha]
+        if differs:
+            rel, recorded_on = differs[0], info.get("platform")
+            why = (f"{entry / 'ledger.json'}: re-made run {name} does not reproduce its recorded {rel} (sha256 "
+                   f"{shas[rel][:12]}, recorded {info['files'][rel][:12]}); "
+                   + _why_not_reproduced(recorded_on, here))
+            if recorded_on == here:
+                raise SystemExit(why)
+            print(f"{why}; kept as this platform's re-make ({_variant_dir()})", file=sys.stderr, flush=True)
+            entry, files_at = entry / _variant_dir(), self.store / name / _variant_dir()
+        else:
+            files_at = self.store / name
+        for rel, sha in shas.items():
+            dst = files_at / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_suffix(dst.suffix + ".tmp")
+            shutil.copyfile(Path(run_dir) / rel, tmp)
+            if sha256_file(tmp) != sha:
+                tmp.unlink()
+                raise SystemExit(f"{Path(run_dir) / rel}: changed while it was recorded")
+            tmp.replace(dst)
+        record = {"files": shas, "commit": _commit(), "platform": here,
+                  "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if differs:
+            record["remakes_record_of"] = info.get("platform")
+        atomic_write_json(entry / "ledger.json", record)
         atomic_write_json(entry / "manifest.json", manifest)  # last: its presence means the entry is whole
 
     def entries(self) -> dict[str, dict]:
         """``{run name: ledger.json}`` of every recorded run (provenance for a results JSON)."""
         if self.root is None or not self.root.is_dir():
             return {}
-        return {p.parent.name: json.loads(p.read_text()) for p in sorted(self.root.glob("*/ledger.json"))
-                if (p.parent / "manifest.json").is_file()}
+        out = {}
+        for p in sorted(self.root.glob("*/ledger.json")):
+            if not (p.parent / "manifest.json").is_file():
+                continue
+            info = json.loads(p.read_text())
+            remakes = {f"platforms/{v.parent.name}": json.loads(v.read_text())
+                       for v in sorted(p.parent.glob("platforms/*/ledger.json")) if (v.parent / "manifest.json").is_file()}
+            out[p.parent.name] = {**info, "remakes": remakes} if remakes else info
+        return out

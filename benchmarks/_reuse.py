@@ -57,9 +57,10 @@ def find_model(r: dict, path: str, sha256: str | None) -> Path | None:
     if sha256 is None or not r.get("ledger"):
         return None
     ledger = Ledger.at(repo_path(r["ledger"]["path"]))
-    for entry in sorted(ledger.root.glob("*/ledger.json")):
+    # the recorded runs, then the re-makes on other CPU platforms (``Ledger.put``), beside their records
+    for entry in [*sorted(ledger.root.glob("*/ledger.json")), *sorted(ledger.root.glob("*/platforms/*/ledger.json"))]:
         for rel, sha in json.loads(entry.read_text())["files"].items():
-            f = ledger.store / entry.parent.name / rel
+            f = ledger.store / entry.parent.relative_to(ledger.root) / rel
             if sha == sha256 and f.is_file() and sha256_file(f) == sha256:
                 return f
     return None

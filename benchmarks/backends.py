@@ -22,7 +22,6 @@ one real SynthKITTI image (max |diff| over the raw head, and relative to the hea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -48,9 +47,7 @@ def trained_file(width: str) -> tuple[Path | None, str]:
     names = sorted(n for n in ledger.entries() if Path(n).match(pattern))
     if not names:
         return None, "random"
-    man = json.loads((ledger.root / names[0] / "manifest.json").read_text())
-    stage = "teacher" if width == "1" else "student"
-    return ledger.store / names[0] / man["stages"][stage]["artifacts"]["model"]["path"], f"trained ({names[0]})"
+    return ledger.kept_file(names[0], "teacher" if width == "1" else "student")[0], f"trained ({names[0]})"
 
 
 def model_for(width: str, hw: tuple[int, int]):

@@ -15,7 +15,6 @@ says what the shipped bytes score, and whether fp16 storage costs anything.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -72,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for asset, pattern, stage in (("shuffledet_1x_synthkitti", args.teacher_run, "teacher"),
                                   ("shuffledet_0.25x_imitated_synthkitti", args.student_run, "student")):
         name = _entry(ledger, pattern)
-        man = json.loads((ledger.root / name / "manifest.json").read_text())
-        src = ledger.store / name / man["stages"][stage]["artifacts"]["model"]["path"]
+        src, man = ledger.kept_file(name, stage)  # the recorded run, or this CPU platform's re-make of it
         model, meta = load_model(src)
         dst = args.out / NAMES[asset][0]
         save_model(model, dst, half=True,
@@ -87,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             "file": str(dst.relative_to(ROOT)) if dst.is_relative_to(ROOT) else str(dst),
             "sha256": sha256_file(dst), "bytes": dst.stat().st_size,
             "source": {"run": name, "file": f"<ledger store>/{name}/{src.relative_to(ledger.store / name)}",
+                       "platform": man.get("versions", {}).get("cpu"),
                        "sha256": sha256_file(src),
                        "bytes": src.stat().st_size},
             "arch": model.arch, "params": summ["params"]["total"], "backbone_macs": summ["macs"]["backbone"],

@@ -179,17 +179,18 @@ def _run(recipe: dict, work: Path, ledger: Ledger | None = None, *, need_files: 
     man = json.loads((run_dir / "manifest.json").read_text())
     if ledger is not None:
         ledger.put(recipe["name"], run_dir, man)
+        man = ledger.get(recipe["name"], run_dir) or man  # as recorded: a platform re-make says so
     return man
 
 
 def model_file(work: Path, man: dict, stage: str, ledger: Ledger | None = None, key: str = "model") -> Path:
     """The ``key`` artifact (the final model by default) of ``stage`` in run ``man``: the ledger's copy
-    when the ledger holds the run (committed, so results JSON paths stay valid on another machine),
-    else the run folder's."""
+    when the ledger holds the run (committed, so results JSON paths stay valid on another machine; or
+    this CPU platform's re-make of it, ``Ledger.get``), else the run folder's."""
     rel = man["stages"][stage]["artifacts"][key]["path"]
     if ledger is not None and ledger.store is not None and (
-            (ledger.store / man["recipe"] / rel).is_file() or rel in man.get("ledger_files", {})):
-        return (ledger.store / man["recipe"] / rel).resolve()
+            ledger.file(man, rel).is_file() or rel in man.get("ledger_files", {})):
+        return ledger.file(man, rel).resolve()
     return (work / "runs" / man["recipe"] / rel).resolve()
 
 

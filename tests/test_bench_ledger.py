@@ -113,24 +113,59 @@ def test_remade_run_must_reproduce_its_recorded_bytes(tmp_path):
     assert not list((tmp_path / "ledger" / "s-run").rglob("*.pt*"))  # nothing half-written left
 
 
-def test_refusal_names_the_cpu_a_run_was_recorded_on(tmp_path):
-    """Bytes reproduce on one CPU platform only: the record says which, and a refusal names both."""
+def test_a_remake_on_another_cpu_is_kept_beside_its_record(tmp_path, capsys):
+    """Bytes reproduce on one CPU platform only: the record says which. A re-make elsewhere that does not
+    reproduce is kept as that platform's re-make (the record untouched), comes back there, and is found
+    by its bytes; on the record's own platform it is still refused."""
+    from _ledger import _variant_dir
+    from _reuse import find_model
+
+    from compressdet._io import sha256_file
     from compressdet.pipeline import cpu_platform
 
     ledger = Ledger(tmp_path / "ledger")
-    ledger.put("s-run", tmp_path / "runs" / "s-run", man := _finished_run(tmp_path / "runs" / "s-run"))
-    info_path = tmp_path / "ledger" / "s-run" / "ledger.json"
+    run = tmp_path / "runs" / "s-run"
+    ledger.put("s-run", run, man := _finished_run(run))
+    entry = tmp_path / "ledger" / "s-run"
+    info_path = entry / "ledger.json"
     assert json.loads(info_path.read_text())["platform"] == cpu_platform()
-    info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "platform": "Other CPU (x86_64, torch AVX2)"}))
-    (tmp_path / "ledger" / "s-run" / "student" / "model.pt").unlink()
-    (tmp_path / "runs" / "s-run" / "student" / "model.pt").write_bytes(b"other weights")
-    with pytest.raises(SystemExit, match=r"recorded on Other CPU \(x86_64, torch AVX2\) and re-made on "):
-        ledger.put("s-run", tmp_path / "runs" / "s-run", man)
+    recorded = {**json.loads(info_path.read_text()), "platform": "Other CPU (x86_64, torch AVX512)"}
+    info_path.write_text(json.dumps(recorded))
+    (entry / "student" / "model.pt").unlink()  # this machine lacks the recorded bytes
+    assert ledger.get("s-run", tmp_path / "fresh") is None  # -> trained again
+    (run / "student" / "model.pt").write_bytes(b"other weights")
+    remade = {**man, "stages": {**man["stages"], "student": {**man["stages"]["student"], "metrics": {"map40": 3.4}}}}
+    ledger.put("s-run", run, remade)
+    err = capsys.readouterr().err
+    assert "recorded on Other CPU (x86_64, torch AVX512) and re-made on " in err and _variant_dir() in err
+    assert json.loads(info_path.read_text()) == recorded  # the record stands
+    variant = entry / _variant_dir()
+    vinfo = json.loads((variant / "ledger.json").read_text())
+    assert vinfo["platform"] == cpu_platform() and vinfo["remakes_record_of"] == recorded["platform"]
+    assert (variant / "student" / "model.pt").read_bytes() == b"other weights"
+
+    got = ledger.get("s-run", tmp_path / "fresh2")
+    assert got == {**remade, "ledger_variant": _variant_dir()}
+    assert (tmp_path / "fresh2" / "student" / "model.pt").read_bytes() == b"other weights"
+    assert ledger.file(got, "student/model.pt") == variant / "student" / "model.pt"
+    assert ledger.kept_file("s-run", "student") == (variant / "student" / "model.pt", remade)
+    assert ledger.entries()["s-run"]["remakes"][_variant_dir()]["files"] == vinfo["files"]
+    sha = sha256_file(variant / "student" / "model.pt")
+    assert find_model({"preset": "cpu", "ledger": {"path": str(ledger.root)}}, "/gone/model.pt", sha) == \
+        variant / "student" / "model.pt"
+    # a record that does not name its CPU: kept as a re-make too, saying it could not tell
     info = json.loads(info_path.read_text())
-    del info["platform"]  # a record made before platforms were recorded
+    del info["platform"]
     info_path.write_text(json.dumps(info))
-    with pytest.raises(SystemExit, match="does not name the CPU it was made on"):
-        ledger.put("s-run", tmp_path / "runs" / "s-run", man)
+    ledger.put("s-run", run, remade)
+    assert "does not name the CPU it was made on" in capsys.readouterr().err
+    # on the record's own platform a re-make that differs is a bug: refused, nothing written
+    info_path.write_text(json.dumps({**info, "platform": cpu_platform()}))
+    (run / "student" / "model.pt").write_bytes(b"third weights")
+    with pytest.raises(SystemExit, match="on this CPU platform too"):
+        ledger.put("s-run", run, remade)
+    assert (variant / "student" / "model.pt").read_bytes() == b"other weights"
+    assert not list(entry.rglob("*.tmp"))
 
 
 def test_benchmark_ledgers_keep_their_bytes_beside_the_records(monkeypatch):
