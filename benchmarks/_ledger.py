@@ -88,6 +88,20 @@ def _kept(name: str, manifest: dict) -> list[str]:
     return out
 
 
+def remade_here(path: Path) -> Path:
+    """A results JSON's path to a kept file of a ledger run (``<store>/<run>/<rel>``): itself when it is
+    here, else this CPU platform's re-make of it (``<store>/<run>/platforms/<cpu>/<rel>``, ``Ledger.put``)
+    when there is one, else itself (missing)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    variant = _variant_dir()
+    for parent in list(path.parents)[1:]:  # <run> is at least one folder above the file
+        if (other := parent / variant / path.relative_to(parent)).is_file():
+            return other
+    return path
+
+
 class Ledger:
     """``get`` / ``put`` of finished recipe runs under ``root`` (``None``: a ledger that keeps nothing).
 

@@ -58,6 +58,8 @@ SMOKE_MODELS = {"shuffledet/student": "asset:shuffledet_0.25x_imitated_synthkitt
 
 def models(preset: str, families: list[str]) -> dict[str, Path]:
     """``{"<family>/<student|teacher>": model file}``."""
+    from _ledger import remade_here
+
     from compressdet.assets import resolve_model_path
 
     if preset == "smoke":
@@ -71,8 +73,9 @@ def models(preset: str, families: list[str]) -> dict[str, Path]:
         e = fams.get(fam)
         if e is None:
             raise SystemExit(f"{fam_json}: no '{fam}' family; run python benchmarks/families.py --preset cpu")
-        out[f"{fam}/student"] = ROOT / e["student_models"]["distilled"][0]
-        out[f"{fam}/teacher"] = ROOT / e["teacher"]["model"]
+        # the recorded models, or this CPU platform's re-makes of them (the ledger keeps both)
+        out[f"{fam}/student"] = remade_here(ROOT / e["student_models"]["distilled"][0])
+        out[f"{fam}/teacher"] = remade_here(ROOT / e["teacher"]["model"])
     missing = [f"{k}: {p}" for k, p in out.items() if not p.is_file()]
     if missing:
         raise SystemExit("model files missing (python benchmarks/families.py --preset cpu restores them from the "

@@ -230,3 +230,19 @@ def test_test_map_without_the_file_needs_a_cached_evaluation(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no test evaluation of sha256 abababababab"):
         test_map(tmp_path / "gone.pt", {"root": "x"}, tmp_path, model_sha256="ab" * 32)
+
+
+def test_a_results_path_finds_this_platforms_remake(tmp_path):
+    """deploy.py reads families.json's model paths: where the recorded bytes are gone but this CPU
+    re-made the run, the path leads to the re-make; otherwise it stays as it was."""
+    from _ledger import _variant_dir, remade_here
+
+    recorded = tmp_path / "ledger" / "imitation_gain" / "cpu" / "I-s0" / "student" / "model.pt"
+    assert remade_here(recorded) == recorded  # neither here: unchanged (the caller says it is missing)
+    remake = tmp_path / "ledger" / "imitation_gain" / "cpu" / "I-s0" / _variant_dir() / "student" / "model.pt"
+    remake.parent.mkdir(parents=True)
+    remake.write_bytes(b"re-made")
+    assert remade_here(recorded) == remake
+    recorded.parent.mkdir(parents=True)
+    recorded.write_bytes(b"recorded")
+    assert remade_here(recorded) == recorded  # the recorded bytes win when they are here
