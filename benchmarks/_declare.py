@@ -118,7 +118,9 @@ class Runner:
                 if (man := other.get(recipe["name"], run_dir)) is not None:
                     self.log(f"{recipe['name']}: reused from {other.root}")
                     self.ledger.put(recipe["name"], run_dir, man)
-                    return man, (self.ledger if self.ledger.root is not None else other)
+                    if self.ledger.root is None:
+                        return man, other
+                    return self.ledger.get(recipe["name"], run_dir) or man, self.ledger
         return ig._run(recipe, self.work, self.ledger), self.ledger
 
     def _model_of(self, name: str, seed: int) -> Path:

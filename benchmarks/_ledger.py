@@ -89,16 +89,15 @@ def _kept(name: str, manifest: dict) -> list[str]:
 
 
 def remade_here(path: Path) -> Path:
-    """A results JSON's path to a kept file of a ledger run (``<store>/<run>/<rel>``): itself when it is
-    here, else this CPU platform's re-make of it (``<store>/<run>/platforms/<cpu>/<rel>``, ``Ledger.put``)
-    when there is one, else itself (missing)."""
+    """A results JSON's path to a kept file of a ledger run (``<store>/<run>/<rel>``): this CPU platform's
+    re-make of it (``<store>/<run>/platforms/<cpu>/<rel>``, ``Ledger.put``) when there is one (what this
+    machine's other runs were built on), else the path itself."""
     path = Path(path)
-    if path.is_file():
-        return path
     variant = _variant_dir()
-    for parent in list(path.parents)[1:]:  # <run> is at least one folder above the file
-        if (other := parent / variant / path.relative_to(parent)).is_file():
-            return other
+    if "platforms" not in path.parts:
+        for parent in list(path.parents)[:3]:  # <run>/<rel>, rel at most two folders deep (e.g. student/model.pt)
+            if (other := parent / variant / path.relative_to(parent)).is_file():
+                return other
     return path
 
 
@@ -146,8 +145,9 @@ class Ledger:
         """The recorded manifest of run ``name``, its model files restored under ``run_dir`` (at the
         manifest's relative paths) when missing there; ``None`` when the ledger has no such run.
 
-        When the recorded bytes are gone but this CPU platform re-made the run (``put`` of a run that
-        did not reproduce here), that re-make comes back, marked ``"ledger_variant": "platforms/<cpu>"``.
+        Where this CPU platform re-made the run (``put`` of a run that did not reproduce its record here),
+        that re-make is the run here, marked ``"ledger_variant": "platforms/<cpu>"``: what this machine's
+        later runs were built on, even when the record's bytes are here too.
 
         ``need_files=False`` is for a caller that reads only the run's metrics and its models' recorded
         sha256 (a leaf run whose test evaluation is cached under that sha256): when the bytes are gone
@@ -158,19 +158,18 @@ class Ledger:
         entry = self._entry(name)
         if not (entry / "manifest.json").is_file():
             return None
-        info = json.loads((entry / "ledger.json").read_text())
-        if all((self.store / name / rel).is_file() for rel in info["files"]):
-            return self._restore(entry, self.store / name, info, run_dir)
         variant = _variant_dir()
-        vrec = entry / variant
-        if (vrec / "manifest.json").is_file():
-            vinfo = json.loads((vrec / "ledger.json").read_text())
-            if all((self.store / name / variant / rel).is_file() for rel in vinfo["files"]):
-                return {**self._restore(vrec, self.store / name / variant, vinfo, run_dir), "ledger_variant": variant}
+        rec, files = entry, self.store / name
+        if (entry / variant / "manifest.json").is_file():
+            rec, files = entry / variant, self.store / name / variant
+        info = json.loads((rec / "ledger.json").read_text())
+        tag = {"ledger_variant": variant} if rec != entry else {}
+        if all((files / rel).is_file() for rel in info["files"]):
+            return {**self._restore(rec, files, info, run_dir), **tag}
         # recorded, but its bytes are not in this store: train again (same sha256 expected), unless the
         # caller needs only the record
-        man = json.loads((entry / "manifest.json").read_text())
-        return None if need_files else {**man, "ledger_files": dict(info["files"])}
+        man = json.loads((rec / "manifest.json").read_text())
+        return None if need_files else {**man, **tag, "ledger_files": dict(info["files"])}
 
     @staticmethod
     def _restore(record: Path, files: Path, info: dict, run_dir: Path) -> dict:
@@ -192,11 +191,11 @@ class Ledger:
 
     def kept_file(self, name: str, stage: str, key: str = "model") -> tuple[Path, dict]:
         """File ``key`` of ``stage`` of recorded run ``name`` and the manifest it belongs to, restoring
-        nothing: the recorded bytes when the store has them, else this platform's re-make when it has that
-        (else the recorded path, missing)."""
+        nothing: this platform's re-make when the store has it (as ``get``), else the recorded bytes (their
+        path, whether or not they are here)."""
         entry, variant = self._entry(name), _variant_dir()
         found = []
-        for rec, files in ((entry, self.store / name), (entry / variant, self.store / name / variant)):
+        for rec, files in ((entry / variant, self.store / name / variant), (entry, self.store / name)):
             if (rec / "manifest.json").is_file():
                 man = json.loads((rec / "manifest.json").read_text())
                 found.append((files / man["stages"][stage]["artifacts"][key]["path"], man))
@@ -219,7 +218,8 @@ class Ledger:
 
         entry = self._entry(name)
         info = json.loads((entry / "ledger.json").read_text()) if (entry / "manifest.json").is_file() else None
-        here = cpu_platform()
+        here, variant = cpu_platform(), _variant_dir()
+        manifest = {k: v for k, v in manifest.items() if not k.startswith("ledger_")}  # get's marks, not the run's
         shas = {rel: sha256_file(Path(run_dir) / rel) for rel in _kept(name, manifest)}
         differs = [rel for rel, sha in shas.items() if info is not None and info["files"].get(rel, sha) != sha]
         if differs:
@@ -229,10 +229,19 @@ class Ledger:
                    + _why_not_reproduced(recorded_on, here))
             if recorded_on == here:
                 raise SystemExit(why)
-            print(f"{why}; kept as this platform's re-make ({_variant_dir()})", file=sys.stderr, flush=True)
-            entry, files_at = entry / _variant_dir(), self.store / name / _variant_dir()
+            vrec = entry / variant
+            if (vrec / "manifest.json").is_file():  # re-made here before: this one must reproduce that one
+                vinfo = json.loads((vrec / "ledger.json").read_text())
+                if (bad := [r for r, sha in shas.items() if vinfo["files"].get(r, sha) != sha]):
+                    raise SystemExit(f"{vrec / 'ledger.json'}: re-made run {name} does not reproduce this CPU "
+                                     f"platform's earlier re-make of {bad[0]} (sha256 {shas[bad[0]][:12]}, recorded "
+                                     f"{vinfo['files'][bad[0]][:12]}); "
+                                     + _why_not_reproduced(vinfo.get("platform"), here))
+            print(f"{why}; kept as this platform's re-make ({variant})", file=sys.stderr, flush=True)
+            entry, files_at = vrec, self.store / name / variant
         else:
             files_at = self.store / name
+        (entry / "manifest.json").unlink(missing_ok=True)  # until the bytes and record agree: not an entry
         for rel, sha in shas.items():
             dst = files_at / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -250,9 +259,13 @@ class Ledger:
         atomic_write_json(entry / "manifest.json", manifest)  # last: its presence means the entry is whole
 
     def entries(self) -> dict[str, dict]:
-        """``{run name: ledger.json}`` of every recorded run (provenance for a results JSON)."""
+        """``{run name: ledger.json}`` of every recorded run (provenance for a results JSON): where this CPU
+        platform re-made a run, that re-make's (what a results JSON made here used), marked
+        ``ledger_variant`` and carrying the ``record`` it re-makes; other platforms' re-makes under
+        ``remakes``."""
         if self.root is None or not self.root.is_dir():
             return {}
+        variant = _variant_dir()
         out = {}
         for p in sorted(self.root.glob("*/ledger.json")):
             if not (p.parent / "manifest.json").is_file():
@@ -260,5 +273,10 @@ class Ledger:
             info = json.loads(p.read_text())
             remakes = {f"platforms/{v.parent.name}": json.loads(v.read_text())
                        for v in sorted(p.parent.glob("platforms/*/ledger.json")) if (v.parent / "manifest.json").is_file()}
-            out[p.parent.name] = {**info, "remakes": remakes} if remakes else info
+            if variant in remakes:
+                here = remakes.pop(variant)
+                out[p.parent.name] = {**here, "ledger_variant": variant, "record": info,
+                                      **({"remakes": remakes} if remakes else {})}
+            else:
+                out[p.parent.name] = {**info, "remakes": remakes} if remakes else info
         return out

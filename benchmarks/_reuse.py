@@ -37,7 +37,8 @@ def _checked_results(results_json: Path) -> dict:
     if teacher is None:
         raise SystemExit(f"{r['teacher']['model']}: the imitation benchmark's teacher is missing or changed; re-run "
                          "benchmarks/imitation_gain.py (--teacher-only retrains just the teacher; finished runs "
-                         "are recorded under benchmarks/ledger/imitation_gain)")
+                         "are recorded under benchmarks/ledger/imitation_gain; a teacher re-made on another CPU "
+                         "type than the results' is not theirs: re-run the whole benchmark there)")
     r["teacher"]["model"] = str(teacher)
     return r
 

@@ -190,7 +190,7 @@ def main(argv=None) -> int:
                                arch=sarch, need_files=False)
     if "ledger_files" in tman:
         runner.teacher_sha[str(teacher_file)] = ig.recorded_sha256(tman, "teacher")
-        runner.make_teacher = lambda: ig._run(teacher_recipe, work, tledger)
+        runner.make_teacher = lambda: ig.model_file(work, ig._run(teacher_recipe, work, tledger), "teacher", tledger)
 
     arms = ["none", "fgfi", "pkd", "crosskd", "+".join(COMBO)]
     k = len(p["lr_sweep"])  # every arm tries as many settings on val as the baseline's lr sweep
@@ -325,7 +325,7 @@ def _setup(args, p: dict, base: str):
                                need_files=False)
     if "ledger_files" in tman:
         runner.teacher_sha[str(teacher_file)] = ig.recorded_sha256(tman, "teacher")
-        runner.make_teacher = lambda: ig._run(teacher_recipe, work, ledger)
+        runner.make_teacher = lambda: ig.model_file(work, ig._run(teacher_recipe, work, ledger), "teacher", ledger)
     return {"n": n, "plan": plan, "data_hash": data_hash, "tarch": tarch, "sarch": sarch, "runner": runner,
             "teacher_file": teacher_file, "teacher": {"arch": tarch, "run": teacher_recipe["name"],
                                                       "val_map40": tman["stages"]["teacher"]["metrics"]["map40"]}}

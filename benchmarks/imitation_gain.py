@@ -154,12 +154,10 @@ def make_teacher_recipe(p: dict, arch: str | dict, steps: int, data_hash: str, l
     return {**recipe, "name": f"teacher-{_digest({'recipe': recipe, 'data_hash': data_hash})}"}
 
 
-def _run(recipe: dict, work: Path, ledger: Ledger | None = None, *, need_files: bool = True,
-         before_training: Callable[[], object] | None = None) -> dict:
+def _run(recipe: dict, work: Path, ledger: Ledger | None = None, *, need_files: bool = True) -> dict:
     """Run a recipe dict with the CLI (resuming its run folder if one exists); returns the manifest.
     A run the ``ledger`` holds is not run again: its manifest comes back, its model files restored
-    (``need_files=False``: or only its record, ``Ledger.get``, when the bytes are not on this machine).
-    ``before_training`` runs only when the recipe is really run (e.g. to make its teacher's bytes)."""
+    (``need_files=False``: or only its record, ``Ledger.get``, when the bytes are not on this machine)."""
     from compressdet.cli import main
 
     run_dir = work / "runs" / recipe["name"]
@@ -168,8 +166,6 @@ def _run(recipe: dict, work: Path, ledger: Ledger | None = None, *, need_files: 
     _budget.check(f"run {recipe['name']}")  # between runs only: a recorded run is read back above
     path = work / f"{recipe['name']}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    if before_training is not None:
-        before_training()
     args = ["run", str(path), "--run-dir", str(run_dir)]
     if (run_dir / "manifest.json").exists():
         args.append("--resume")
@@ -477,9 +473,10 @@ class StudentRunner:
         # benchmark whose students are leaves (distill_methods), not one that hands them on
         self.need_files = need_files
         # teacher file -> its sha256 (what the student recipes pin): hashed once, or the ledger's for a
-        # teacher known by its record only, whose bytes make_teacher makes when a student has to train
+        # teacher known by its record only, whose bytes make_teacher makes (returning their file: the
+        # record's, or this CPU platform's re-make) when a student has to train
         self.teacher_sha: dict[str, str] = {}
-        self.make_teacher: Callable[[], object] | None = None
+        self.make_teacher: Callable[[], Path] | None = None
         self.student_s: list[float] = []  # each student stage's own wall time (also for runs a re-run skips)
         self.models: dict[str, str] = {}  # run name -> the student's model file
 
@@ -493,6 +490,13 @@ class StudentRunner:
         from compressdet._io import sha256_file
 
         p = self.p
+        name = f"{label}-s{seed}-{self.skey}"
+        if (teacher is not None and not Path(teacher).is_file() and self.make_teacher is not None
+                and (self.ledger is None or self.ledger.get(name, self.work / "runs" / name,
+                                                            need_files=self.need_files) is None)):
+            # a student that trains reads its teacher: made here first, so the recipe pins the bytes it
+            # reads (this CPU platform's re-make of the teacher where the record's bytes cannot be made)
+            teacher = self.make_teacher()
         st = _stage("student", self.arch, self.plan["student_steps"], p, p["student_evals"], lr=lr)
         if schedule:
             st["schedule"].update(schedule)
@@ -504,19 +508,15 @@ class StudentRunner:
                            "sha256": self.teacher_sha[str(teacher)]})
             st.update(teacher="teacher", **({"distill": distill} if distill else {"imitation": {"weight": weight}}))
         stages.append(st)
-        recipe = {**self.base, "seed": seed, "name": f"{label}-s{seed}-{self.skey}", "data": _data(p, True),
-                  "stages": stages}
-
-        def teacher_bytes() -> None:  # a student that trains reads its teacher
-            if teacher is not None and not Path(teacher).is_file() and self.make_teacher is not None:
-                self.make_teacher()
-
-        man = _run(recipe, self.work, self.ledger, need_files=self.need_files, before_training=teacher_bytes)
+        recipe = {**self.base, "seed": seed, "name": name, "data": _data(p, True), "stages": stages}
+        man = _run(recipe, self.work, self.ledger, need_files=self.need_files)
         mfile = model_file(self.work, man, "student", self.ledger)
         try:
             test = test_map(mfile, _data(p, True), self.test_dir, model_sha256=recorded_sha256(man, "student"))
         except FileNotFoundError:  # a record without bytes and without a cached test evaluation: re-make it
-            man = _run(recipe, self.work, self.ledger, before_training=teacher_bytes)
+            if teacher is not None and not Path(teacher).is_file() and self.make_teacher is not None:
+                return self.run(label, seed, lr, weight, self.make_teacher(), distill, schedule)
+            man = _run(recipe, self.work, self.ledger)
             mfile = model_file(self.work, man, "student", self.ledger)
             test = test_map(mfile, _data(p, True), self.test_dir)
         self.student_s.append(sum(r.get("wall_time_s", 0.0) for r in man["stages"].values()))

@@ -173,3 +173,50 @@ def test_teacher_run_name_is_the_committed_ledgers(ig, kitti_real):  # the cpu d
     assert recipe["name"] == "teacher-95e346b509b8"
     assert (_PATH.parent / "ledger" / "imitation_gain" / "cpu" / recipe["name"]).is_dir()
     assert ig.make_teacher_recipe(p, "shuffledet_1x", 6000, data_hash, lr=0.01)["name"] != recipe["name"]
+
+
+def test_a_student_that_trains_pins_the_teacher_made_for_it(ig, tmp_path, monkeypatch):
+    """A teacher known by its record only is made before a student that must train, and the student's
+    recipe pins the bytes it reads (on another CPU type: this platform's re-make, at its own path); a
+    student the ledger already holds makes no teacher."""
+    import _protocol
+
+    from compressdet._io import sha256_file
+
+    ledger = ig.Ledger(tmp_path / "ledger")
+    runner = ig.student_runner(tmp_path / "w", ig.PRESETS["smoke"], 14, "k", test_dir=tmp_path / "t", ledger=ledger)
+    recorded = tmp_path / "ledger" / "t-run" / "teacher" / "model.pt"  # the record's path: no bytes here
+    remade = tmp_path / "ledger" / "t-run" / "platforms" / "here" / "teacher" / "model.pt"
+    made = []
+
+    def make_teacher():
+        remade.parent.mkdir(parents=True, exist_ok=True)
+        remade.write_bytes(b"teacher re-made here")
+        made.append(1)
+        return remade
+
+    runner.make_teacher = make_teacher
+    runner.teacher_sha[str(recorded)] = "ab" * 32  # the record's sha256, as distill_methods sets it
+    recipes = []
+
+    def fake_run(recipe, work, ledger=None, *, need_files=True):
+        recipes.append(recipe)
+        f = work / "runs" / recipe["name"] / "student" / "model.pt"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(recipe["name"].encode())
+        man = {"recipe": recipe["name"], "stages": {"student": {
+            "kind": "train", "status": "done", "metrics": {"map40": 1.0}, "wall_time_s": 1.0,
+            "artifacts": {"model": {"path": "student/model.pt"}}}}}
+        ledger.put(recipe["name"], work / "runs" / recipe["name"], man)
+        return man
+
+    monkeypatch.setattr(ig, "_run", fake_run)
+    monkeypatch.setattr(_protocol, "test_map", lambda *a, **k: {"map40": 2.0})
+    out = runner.run("I-lr0.01-w1.0", 0, 0.01, 1.0, recorded)
+    assert made == [1] and out["test"] == {"map40": 2.0}
+    teacher_stage = recipes[0]["stages"][0]
+    assert teacher_stage["path"] == str(remade) and teacher_stage["sha256"] == sha256_file(remade)
+    # the same student again: the ledger holds it, so no teacher is made (the recipe still names the record)
+    remade.unlink()
+    runner.run("I-lr0.01-w1.0", 0, 0.01, 1.0, recorded)
+    assert made == [1]

@@ -115,8 +115,9 @@ def test_remade_run_must_reproduce_its_recorded_bytes(tmp_path):
 
 def test_a_remake_on_another_cpu_is_kept_beside_its_record(tmp_path, capsys):
     """Bytes reproduce on one CPU platform only: the record says which. A re-make elsewhere that does not
-    reproduce is kept as that platform's re-make (the record untouched), comes back there, and is found
-    by its bytes; on the record's own platform it is still refused."""
+    reproduce is kept as that platform's re-make (the record untouched), is the run there from then on,
+    and is found by its bytes; on the record's own platform, or against an earlier re-make here, a
+    re-make that differs is refused."""
     from _ledger import _variant_dir
     from _reuse import find_model
 
@@ -131,17 +132,18 @@ def test_a_remake_on_another_cpu_is_kept_beside_its_record(tmp_path, capsys):
     assert json.loads(info_path.read_text())["platform"] == cpu_platform()
     recorded = {**json.loads(info_path.read_text()), "platform": "Other CPU (x86_64, torch AVX512)"}
     info_path.write_text(json.dumps(recorded))
-    (entry / "student" / "model.pt").unlink()  # this machine lacks the recorded bytes
+    (entry / "student" / "model.pt").rename(tmp_path / "recorded.pt")  # this machine lacks the recorded bytes
     assert ledger.get("s-run", tmp_path / "fresh") is None  # -> trained again
     (run / "student" / "model.pt").write_bytes(b"other weights")
     remade = {**man, "stages": {**man["stages"], "student": {**man["stages"]["student"], "metrics": {"map40": 3.4}}}}
-    ledger.put("s-run", run, remade)
+    ledger.put("s-run", run, {**remade, "ledger_variant": "a get's mark"})  # marks are not the run's
     err = capsys.readouterr().err
     assert "recorded on Other CPU (x86_64, torch AVX512) and re-made on " in err and _variant_dir() in err
     assert json.loads(info_path.read_text()) == recorded  # the record stands
     variant = entry / _variant_dir()
     vinfo = json.loads((variant / "ledger.json").read_text())
     assert vinfo["platform"] == cpu_platform() and vinfo["remakes_record_of"] == recorded["platform"]
+    assert json.loads((variant / "manifest.json").read_text()) == remade
     assert (variant / "student" / "model.pt").read_bytes() == b"other weights"
 
     got = ledger.get("s-run", tmp_path / "fresh2")
@@ -149,23 +151,41 @@ def test_a_remake_on_another_cpu_is_kept_beside_its_record(tmp_path, capsys):
     assert (tmp_path / "fresh2" / "student" / "model.pt").read_bytes() == b"other weights"
     assert ledger.file(got, "student/model.pt") == variant / "student" / "model.pt"
     assert ledger.kept_file("s-run", "student") == (variant / "student" / "model.pt", remade)
-    assert ledger.entries()["s-run"]["remakes"][_variant_dir()]["files"] == vinfo["files"]
+    e = ledger.entries()["s-run"]  # provenance here: the re-make's bytes, and the record it re-makes
+    assert e["files"] == vinfo["files"] and e["ledger_variant"] == _variant_dir() and e["record"] == recorded
     sha = sha256_file(variant / "student" / "model.pt")
     assert find_model({"preset": "cpu", "ledger": {"path": str(ledger.root)}}, "/gone/model.pt", sha) == \
         variant / "student" / "model.pt"
-    # a record that does not name its CPU: kept as a re-make too, saying it could not tell
+    # the record's bytes back in the store: this machine keeps building on its own re-make
+    (tmp_path / "recorded.pt").rename(entry / "student" / "model.pt")
+    assert ledger.get("s-run", tmp_path / "fresh3") == got
+    assert ledger.kept_file("s-run", "student")[0] == variant / "student" / "model.pt"
+    (entry / "student" / "model.pt").unlink()
+    # only the records here: a leaf caller gets the re-make's record and sha256
+    (variant / "student" / "model.pt").rename(tmp_path / "remade.pt")
+    assert ledger.get("s-run", tmp_path / "fresh4") is None
+    assert ledger.get("s-run", tmp_path / "fresh4", need_files=False) == \
+        {**remade, "ledger_variant": _variant_dir(), "ledger_files": vinfo["files"]}
+    (tmp_path / "remade.pt").rename(variant / "student" / "model.pt")
+    # a record that does not name its CPU: a re-make is kept too, saying it could not tell
     info = json.loads(info_path.read_text())
     del info["platform"]
     info_path.write_text(json.dumps(info))
     ledger.put("s-run", run, remade)
     assert "does not name the CPU it was made on" in capsys.readouterr().err
-    # on the record's own platform a re-make that differs is a bug: refused, nothing written
-    info_path.write_text(json.dumps({**info, "platform": cpu_platform()}))
+    # re-made here once more with other bytes: this platform does not reproduce itself, a bug: refused
     (run / "student" / "model.pt").write_bytes(b"third weights")
+    with pytest.raises(SystemExit, match="does not reproduce this CPU platform's earlier re-make"):
+        ledger.put("s-run", run, remade)
+    assert (variant / "student" / "model.pt").read_bytes() == b"other weights"
+    assert json.loads((variant / "ledger.json").read_text())["files"] == vinfo["files"]
+    assert (variant / "manifest.json").is_file()
+    # on the record's own platform a re-make that differs is refused, nothing written
+    info_path.write_text(json.dumps({**info, "platform": cpu_platform()}))
     with pytest.raises(SystemExit, match="on this CPU platform too"):
         ledger.put("s-run", run, remade)
     assert (variant / "student" / "model.pt").read_bytes() == b"other weights"
-    assert not list(entry.rglob("*.tmp"))
+    assert not list(entry.rglob("*.tmp")) and (entry / "manifest.json").is_file()
 
 
 def test_benchmark_ledgers_keep_their_bytes_beside_the_records(monkeypatch):
@@ -233,8 +253,8 @@ def test_test_map_without_the_file_needs_a_cached_evaluation(tmp_path):
 
 
 def test_a_results_path_finds_this_platforms_remake(tmp_path):
-    """deploy.py reads families.json's model paths: where the recorded bytes are gone but this CPU
-    re-made the run, the path leads to the re-make; otherwise it stays as it was."""
+    """deploy.py reads families.json's model paths: where this CPU re-made the run, the path leads to the
+    re-make; otherwise it stays as it was."""
     from _ledger import _variant_dir, remade_here
 
     recorded = tmp_path / "ledger" / "imitation_gain" / "cpu" / "I-s0" / "student" / "model.pt"
@@ -245,4 +265,9 @@ def test_a_results_path_finds_this_platforms_remake(tmp_path):
     assert remade_here(recorded) == remake
     recorded.parent.mkdir(parents=True)
     recorded.write_bytes(b"recorded")
-    assert remade_here(recorded) == recorded  # the recorded bytes win when they are here
+    assert remade_here(recorded) == remake  # what this machine's other runs were built on, as Ledger.get
+    assert remade_here(remake) == remake  # already a re-make's path
+    top = tmp_path / "ledger" / "quant" / "cpu" / "q-run" / "model.onnx"  # a file at the top of its run
+    (top.parent / _variant_dir()).mkdir(parents=True)
+    (top.parent / _variant_dir() / "model.onnx").write_bytes(b"graph")
+    assert remade_here(top) == top.parent / _variant_dir() / "model.onnx"
